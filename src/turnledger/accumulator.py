@@ -1,0 +1,515 @@
+"""The turn: :class:`TurnTokenAccumulator`, the ContextVar that holds it, and the scopes around it.
+
+A call belongs to the turn that was current when it *started*. LiteLLM's pre-call hook runs in the
+caller's context, so the callback binds the call's ``litellm_call_id`` to the current turn there
+(:func:`bind_call`). The end event may come later, from another thread, even from a thread with no
+copy of the caller's context (sync streams); it finds its turn through that binding.
+
+A turn is complete when its scope exits: LiteLLM logs a successful async call about a millisecond
+*after* the await returns, so the scope waits, up to ``settle_timeout``, for the calls still
+pending. A call still pending then is recorded as ``abandoned``: LiteLLM fires no event for a
+stream the caller broke off or a task cancelled mid-call, yet the provider bills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+from turnledger.money import micros_from_usd, split_micros, sum_costs
+from turnledger.records import CallKind, CallStatus, RecordFlag, TokenCallRecord
+from turnledger.subscribers import Subscriber, dispatch, global_subscribers
+
+DEFAULT_SETTLE_TIMEOUT_S = 2.0
+"""How long a closing scope waits for end events still in flight. Ordinary turns settle in about a
+millisecond; only a call that will never report (a broken-off stream) waits this long."""
+
+_current_turn: ContextVar[TurnTokenAccumulator | None] = ContextVar("turnledger_current_turn", default=None)
+
+
+def get_current_accumulator() -> TurnTokenAccumulator | None:
+    """The turn open in this context, or ``None`` outside any turn."""
+    return _current_turn.get()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """The application's own description of a model, attached to every record of that model."""
+
+    model_ref: str
+    model_id: str | None = None
+    display_name: str | None = None
+
+
+@dataclass(slots=True)
+class PendingCall:
+    """A call that has started (pre-call hook) and not yet ended."""
+
+    call_id: str
+    model: str
+    provider: str | None
+    call_kind: CallKind
+    stream: bool
+    started_at: datetime
+    started_monotonic: float
+    request: Mapping[str, Any] = field(default_factory=dict)
+    """What an estimate of an abandoned call may need (messages, input). Held in memory only."""
+
+
+AbandonedRecordFactory = Callable[[PendingCall, "ModelMetadata | None"], TokenCallRecord]
+
+
+def _default_abandoned_record(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord:
+    # Imported late: pricing depends on records only, but keeps this module import-light.
+    from turnledger.pricing import price_abandoned_call
+
+    return price_abandoned_call(pending, meta)
+
+
+class _CallBindings:
+    """``litellm_call_id`` -> the turn the call started in, kept a while after the turn closes so a
+    late event still finds (and is flagged against) its own turn rather than another or none."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._map: OrderedDict[str, weakref.ref[TurnTokenAccumulator]] = OrderedDict()
+        self.max_entries = max_entries
+
+    def bind(self, call_id: str, turn: TurnTokenAccumulator) -> None:
+        with self._lock:
+            self._map[call_id] = weakref.ref(turn)
+            self._map.move_to_end(call_id)
+            while len(self._map) > self.max_entries:
+                self._map.popitem(last=False)
+
+    def lookup(self, call_id: str) -> TurnTokenAccumulator | None:
+        with self._lock:
+            ref = self._map.get(call_id)
+        return ref() if ref is not None else None
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
+call_bindings = _CallBindings()
+
+
+class TurnTokenAccumulator:
+    """Every LLM call of one user turn, with exact totals.
+
+    Thread-safe: LiteLLM logs sync calls from its thread pool and sync streams from a thread of
+    their own. Records are appended once per LiteLLM event, however many callback instances see it.
+    """
+
+    def __init__(
+        self,
+        *,
+        turn_id: str | None = None,
+        user_id: str | None = None,
+        thread_id: str | None = None,
+        message_id: str | None = None,
+        tenant_id: str | None = None,
+        tags: Sequence[str] = (),
+        settle_timeout: float = DEFAULT_SETTLE_TIMEOUT_S,
+        abandoned_record_factory: AbandonedRecordFactory | None = None,
+        **labels: Any,
+    ) -> None:
+        self.turn_id: str = turn_id or uuid.uuid4().hex
+        self.user_id = user_id
+        self.thread_id = thread_id
+        self.message_id = message_id
+        self.tenant_id = tenant_id
+        self.tags: tuple[str, ...] = tuple(tags)
+        self.labels: dict[str, Any] = dict(labels)
+        """Any further labels the caller attached (free-form; never interpreted)."""
+        self.settle_timeout = settle_timeout
+        self.created_at = datetime.now(UTC)
+        self.closed_at: datetime | None = None
+        self.calls: list[TokenCallRecord] = []
+        """Records in the order their events arrived."""
+        self.late_calls: list[TokenCallRecord] = []
+        """Records whose event came after the turn closed; not part of the totals."""
+        self._abandoned_factory = abandoned_record_factory or _default_abandoned_record
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending: dict[str, PendingCall] = {}
+        self._seen_events: set[tuple[str, str, str]] = set()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._metadata: dict[str, ModelMetadata] = {}
+        self._bare_metadata: dict[str, ModelMetadata] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._token: Token[TurnTokenAccumulator | None] | None = None
+        self._closed = False
+
+    # -- labels & metadata -----------------------------------------------------------------------
+    def labels_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "turn_id": self.turn_id,
+            "user_id": self.user_id,
+            "thread_id": self.thread_id,
+            "message_id": self.message_id,
+            "tenant_id": self.tenant_id,
+            "tags": list(self.tags),
+        }
+        out.update(self.labels)
+        return out
+
+    def register_model_metadata(
+        self, model_ref: str, *, model_id: str | None = None, display_name: str | None = None
+    ) -> ModelMetadata:
+        """Attach the application's ``model_id`` / ``display_name`` to every record of ``model_ref``.
+
+        ``model_ref`` is the model string the application passes to LiteLLM (``openai/gpt-4o-mini``);
+        LiteLLM reports the bare name (``gpt-4o-mini``), so the bare name is indexed too.
+        """
+        meta = ModelMetadata(model_ref=model_ref, model_id=model_id, display_name=display_name)
+        with self._lock:
+            self._metadata[model_ref] = meta
+            self._bare_metadata[_bare_model_name(model_ref)] = meta
+        return meta
+
+    def metadata_for(self, model: str | None) -> ModelMetadata | None:
+        if not model:
+            return None
+        with self._lock:
+            return (
+                self._metadata.get(model)
+                or self._bare_metadata.get(model)
+                or self._bare_metadata.get(_bare_model_name(model))
+            )
+
+    # -- subscribers -----------------------------------------------------------------------------
+    def on_call(self, fn: Subscriber) -> Callable[[], None]:
+        """Have ``fn(record, turn)`` called with each record of this turn as it lands (and late ones)."""
+        with self._lock:
+            self._subscribers = (*self._subscribers, fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not fn)
+
+        return unsubscribe
+
+    # -- the call lifecycle ----------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending_calls(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def begin_call(self, pending: PendingCall) -> None:
+        """Bind a starting call to this turn so its end event finds it wherever it is logged from."""
+        with self._lock:
+            if self._closed:
+                return
+            existing = self._pending.get(pending.call_id)
+            if existing is None:
+                self._pending[pending.call_id] = pending
+        call_bindings.bind(pending.call_id, self)
+
+    def add(self, record: TokenCallRecord, *, event_key: tuple[str, str, str] | None = None) -> bool:
+        """Add a finished call. Returns False if it was a duplicate of an event already added.
+
+        After the turn closed, the record is kept in ``late_calls``, flagged ``late``, and still handed
+        to subscribers; it no longer changes the totals.
+        """
+        with self._lock:
+            if event_key is not None:
+                if event_key in self._seen_events:
+                    return False
+                self._seen_events.add(event_key)
+            if self._closed:
+                record = record.with_flags(RecordFlag.LATE)
+                self.late_calls.append(record)
+            else:
+                self.calls.append(record)
+            self._pending.pop(record.call_id, None)
+            waiters = self._wake_if_idle_locked()
+            subscribers = self._subscribers
+        _wake(waiters)
+        dispatch(record, self, subscribers + global_subscribers(), self._loop)
+        return True
+
+    def _wake_if_idle_locked(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        if self._pending:
+            return []
+        self._idle.notify_all()
+        waiters, self._waiters = self._waiters, []
+        return waiters
+
+    # -- closing ---------------------------------------------------------------------------------
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Wait (bounded) for pending calls, then close: what is still pending becomes ``abandoned``."""
+        try:
+            await self._settle_async(self.settle_timeout if timeout is None else timeout)
+        finally:
+            self._finalize()
+            self._deactivate()
+
+    def close(self, timeout: float | None = None) -> None:
+        """The sync twin of :meth:`aclose`; blocks the calling thread while it waits."""
+        try:
+            self._settle_sync(self.settle_timeout if timeout is None else timeout)
+        finally:
+            self._finalize()
+            self._deactivate()
+
+    async def _settle_async(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, fut))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                return
+
+    def _settle_sync(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._idle.wait(remaining)
+
+    def _finalize(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.closed_at = datetime.now(UTC)
+            abandoned = list(self._pending.values())
+            self._pending.clear()
+        for pending in abandoned:
+            try:
+                record = self._abandoned_factory(pending, self.metadata_for(pending.model))
+            except Exception:
+                record = TokenCallRecord(
+                    call_id=pending.call_id,
+                    model=pending.model,
+                    provider=pending.provider,
+                    call_kind=pending.call_kind,
+                    status=CallStatus.ABANDONED,
+                    stream=pending.stream,
+                    started_at=pending.started_at,
+                    flags=(RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR),
+                )
+            with self._lock:
+                self.calls.append(record)
+                subscribers = self._subscribers
+            dispatch(record, self, subscribers + global_subscribers(), self._loop)
+
+    # -- totals ----------------------------------------------------------------------------------
+    def _snapshot(self) -> list[TokenCallRecord]:
+        with self._lock:
+            return list(self.calls)
+
+    @property
+    def total_prompt_tokens(self) -> int:
+        return sum(c.prompt_tokens for c in self._snapshot())
+
+    @property
+    def total_completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self._snapshot())
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(c.total_tokens for c in self._snapshot())
+
+    @property
+    def total_cost_usd(self) -> Decimal | None:
+        """Exact sum of the priced calls; ``None`` only when every call is unpriced.
+
+        Unpriced calls are never counted as free: see :attr:`unpriced_calls`.
+        """
+        total, _ = sum_costs(c.cost_usd for c in self._snapshot())
+        return total
+
+    @property
+    def total_cost_micros(self) -> int | None:
+        return micros_from_usd(self.total_cost_usd)
+
+    @property
+    def unpriced_calls(self) -> int:
+        return sum(1 for c in self._snapshot() if c.cost_usd is None)
+
+    @property
+    def abandoned_calls(self) -> int:
+        return sum(1 for c in self._snapshot() if c.status is CallStatus.ABANDONED)
+
+    def per_message_summary(self) -> dict[str, dict[str, Any]]:
+        """Totals grouped by model: calls, every token kind, exact ``cost_usd`` and ``cost_micros``.
+
+        The per-model ``cost_micros`` add up to :attr:`total_cost_micros` (largest-remainder rounding).
+        """
+        groups: dict[str, list[TokenCallRecord]] = {}
+        for record in self._snapshot():
+            groups.setdefault(record.model, []).append(record)
+        summary: dict[str, dict[str, Any]] = {}
+        for model, records in groups.items():
+            cost, unpriced = sum_costs(r.cost_usd for r in records)
+            first = records[0]
+            summary[model] = {
+                "calls": len(records),
+                "prompt_tokens": sum(r.prompt_tokens for r in records),
+                "completion_tokens": sum(r.completion_tokens for r in records),
+                "total_tokens": sum(r.total_tokens for r in records),
+                "cached_tokens": sum(r.cached_tokens for r in records),
+                "cache_creation_tokens": sum(r.cache_creation_tokens for r in records),
+                "reasoning_tokens": sum(r.reasoning_tokens for r in records),
+                "cost_usd": cost,
+                "unpriced_calls": unpriced,
+                "failed_calls": sum(1 for r in records if r.status is CallStatus.FAILURE),
+                "abandoned_calls": sum(1 for r in records if r.status is CallStatus.ABANDONED),
+                "provider": first.provider,
+                "model_ref": first.model_ref,
+                "model_id": first.model_id,
+                "display_name": first.display_name,
+            }
+        micros = split_micros([s["cost_usd"] for s in summary.values()])
+        for entry, m in zip(summary.values(), micros, strict=True):
+            entry["cost_micros"] = m
+        return summary
+
+    @property
+    def grand_total(self) -> dict[str, Any]:
+        records = self._snapshot()
+        cost, unpriced = sum_costs(r.cost_usd for r in records)
+        return {
+            "calls": len(records),
+            "prompt_tokens": sum(r.prompt_tokens for r in records),
+            "completion_tokens": sum(r.completion_tokens for r in records),
+            "total_tokens": sum(r.total_tokens for r in records),
+            "cached_tokens": sum(r.cached_tokens for r in records),
+            "cache_creation_tokens": sum(r.cache_creation_tokens for r in records),
+            "reasoning_tokens": sum(r.reasoning_tokens for r in records),
+            "cost_usd": cost,
+            "cost_micros": micros_from_usd(cost),
+            "unpriced_calls": unpriced,
+        }
+
+    def __iter__(self) -> Iterator[TokenCallRecord]:
+        return iter(self._snapshot())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    def __repr__(self) -> str:
+        return (
+            f"TurnTokenAccumulator(turn_id={self.turn_id!r}, calls={len(self)}, "
+            f"cost_usd={self.total_cost_usd!r}, closed={self._closed})"
+        )
+
+    # -- context ---------------------------------------------------------------------------------
+    def _activate(self) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._token = _current_turn.set(self)
+
+    def _deactivate(self) -> None:
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            _current_turn.reset(token)
+        except ValueError:
+            # Closed from another context (start_turn in one task, close in another): that context's
+            # copy of the var is its own business; ours must not point at a closed turn.
+            if _current_turn.get() is self:
+                _current_turn.set(None)
+
+
+def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    for loop, fut in waiters:
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _bare_model_name(model: str) -> str:
+    return model.rsplit("/", 1)[-1]
+
+
+class scoped_turn:
+    """Open a turn for the block: ``async with scoped_turn(user_id=...) as turn`` or plain ``with``.
+
+    On exit it waits (up to ``settle_timeout``) for calls still being logged, records the ones
+    that never report as ``abandoned``, closes the turn and restores the previous turn, so nested
+    scopes stay isolated. Exceptions from the block propagate unchanged; calls made before them
+    are still in the turn.
+    """
+
+    def __init__(self, *, turn: TurnTokenAccumulator | None = None, **labels: Any) -> None:
+        self.turn = turn if turn is not None else TurnTokenAccumulator(**labels)
+
+    async def __aenter__(self) -> TurnTokenAccumulator:
+        self.turn._activate()
+        return self.turn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.turn.aclose()
+
+    def __enter__(self) -> TurnTokenAccumulator:
+        self.turn._activate()
+        return self.turn
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.turn.close()
+
+
+def start_turn(**labels: Any) -> TurnTokenAccumulator:
+    """Open a turn in the current context without a block (for middleware that cannot wrap one).
+
+    Close it with ``await turn.aclose()`` / ``turn.close()`` (which also makes it no longer current
+    in the context that opened it), or prefer :class:`scoped_turn`.
+    """
+    turn = TurnTokenAccumulator(**labels)
+    turn._activate()
+    return turn
+
+
+def register_model_usage_metadata(
+    model_ref: str, *, model_id: str | None = None, display_name: str | None = None
+) -> bool:
+    """Register model metadata on the current turn; returns False when no turn is open."""
+    turn = _current_turn.get()
+    if turn is None:
+        return False
+    turn.register_model_metadata(model_ref, model_id=model_id, display_name=display_name)
+    return True

@@ -1,0 +1,333 @@
+"""LiteLLM events -> :class:`TokenCallRecord` in the turn the call started in.
+
+Measured on litellm 1.106 (tests/integration/test_capture.py pins each):
+- ``log_pre_api_call`` runs in the caller's context (for ``aembedding``, in an executor thread with a
+  copy of it), before the request is sent: that is where a call is bound to its turn.
+- Async calls end in ``async_log_*_event`` on the loop, about 1 ms after the await returned (success)
+  or before the exception reaches the caller (failure). Sync calls end in ``log_*_event`` in
+  LiteLLM's logging thread pool; a sync stream ends in a thread with no copy of the caller's context.
+- Each event is delivered once per registered logger: the async path never also calls the sync
+  hooks, and vice versa.
+
+The callback never raises into LiteLLM: every hook is wrapped, problems are logged once per cause and
+counted, and a record is kept with whatever could be read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+
+from turnledger._logging import warn_once
+from turnledger.accumulator import (
+    PendingCall,
+    TurnTokenAccumulator,
+    call_bindings,
+    get_current_accumulator,
+)
+from turnledger.pricing import price_call
+from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.subscribers import Subscriber, dispatch, global_subscribers
+from turnledger.usage import normalize_usage
+
+_CALL_KINDS: dict[str, CallKind] = {}
+for _kind, _names in {
+    CallKind.CHAT: ("completion", "acompletion"),
+    CallKind.TEXT_COMPLETION: ("text_completion", "atext_completion"),
+    CallKind.EMBEDDING: ("embedding", "aembedding"),
+    CallKind.IMAGE_GENERATION: ("image_generation", "aimage_generation", "image_edit", "aimage_edit"),
+    CallKind.TRANSCRIPTION: ("transcription", "atranscription"),
+    CallKind.SPEECH: ("speech", "aspeech"),
+    CallKind.RERANK: ("rerank", "arerank"),
+    CallKind.MODERATION: ("moderation", "amoderation"),
+    CallKind.RESPONSES: ("responses", "aresponses"),
+}.items():
+    for _name in _names:
+        _CALL_KINDS[_name] = _kind
+
+_REQUEST_ID_HEADERS = ("llm_provider-x-request-id", "llm_provider-request-id", "request-id", "x-request-id")
+
+# Every list LiteLLM may copy a registered logger into (``function_setup`` promotes entries of
+# ``litellm.callbacks`` into the others); uninstall must clear all of them.
+_LITELLM_CALLBACK_LISTS = (
+    "callbacks",
+    "input_callback",
+    "success_callback",
+    "failure_callback",
+    "_async_success_callback",
+    "_async_failure_callback",
+    "_async_input_callback",
+    "service_callback",
+)
+
+
+def call_kind_of(call_type: object) -> CallKind:
+    if isinstance(call_type, str):
+        return _CALL_KINDS.get(call_type, CallKind.OTHER)
+    value = getattr(call_type, "value", None)
+    return _CALL_KINDS.get(value, CallKind.OTHER) if isinstance(value, str) else CallKind.OTHER
+
+
+def _utc(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        # LiteLLM stamps naive local times (datetime.now()); astimezone reads a naive value as local.
+        return value.astimezone(UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    ms = (end - start).total_seconds() * 1000.0
+    return ms if ms >= 0 else None
+
+
+def _provider_request_id(response_obj: Any) -> str | None:
+    hidden = getattr(response_obj, "_hidden_params", None)
+    if not isinstance(hidden, Mapping):
+        return None
+    headers = hidden.get("additional_headers")
+    if not isinstance(headers, Mapping):
+        return None
+    for name in _REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class TokenTrackingCallback(CustomLogger):
+    """The LiteLLM logger that feeds turns. Register it with :func:`install`.
+
+    ``name`` tells instances apart: LiteLLM drops a second logger of the same class whose public
+    scalar attributes are equal, so every instance carries a distinct ``tracker_name``. Several
+    instances never double-count: a turn keeps one record per LiteLLM event.
+    """
+
+    def __init__(self, *, name: str | None = None, on_record: Subscriber | None = None) -> None:
+        super().__init__()
+        self.tracker_name: str = name or f"turnledger-{uuid.uuid4().hex[:12]}"
+        self._on_record: tuple[Subscriber, ...] = (on_record,) if on_record is not None else ()
+        self._stats_lock = threading.Lock()
+        self.stats: Counter[str] = Counter()
+        """Events seen by outcome: ``captured``, ``unscoped``, ``late``, ``duplicate``, ``errors``."""
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] += 1
+
+    # -- LiteLLM hooks ---------------------------------------------------------------------------
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        try:
+            turn = get_current_accumulator()
+            if turn is None or turn.closed or not isinstance(kwargs, Mapping):
+                return
+            call_id = kwargs.get("litellm_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                warn_once("pre_call:no_call_id", "LiteLLM pre-call event without litellm_call_id")
+                return
+            litellm_params = kwargs.get("litellm_params")
+            provider = kwargs.get("custom_llm_provider")
+            if provider is None and isinstance(litellm_params, Mapping):
+                provider = litellm_params.get("custom_llm_provider")
+            turn.begin_call(
+                PendingCall(
+                    call_id=call_id,
+                    model=str(kwargs.get("model") or model or "unknown"),
+                    provider=provider if isinstance(provider, str) else None,
+                    call_kind=call_kind_of(kwargs.get("call_type")),
+                    stream=bool(kwargs.get("stream")),
+                    started_at=_utc(kwargs.get("start_time")) or datetime.now(UTC),
+                    started_monotonic=time.monotonic(),
+                    request={"messages": messages, "input": kwargs.get("input")},
+                )
+            )
+        except Exception:
+            self._count("errors")
+            warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.SUCCESS)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.FAILURE)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.SUCCESS)
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.FAILURE)
+
+    # -- events -> records -----------------------------------------------------------------------
+    def _on_end(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any, status: CallStatus) -> None:
+        try:
+            kw: Mapping[str, Any] = kwargs if isinstance(kwargs, Mapping) else {}
+            call_id = kw.get("litellm_call_id")
+            turn: TurnTokenAccumulator | None = None
+            if isinstance(call_id, str) and call_id:
+                turn = call_bindings.lookup(call_id)
+            if turn is None:
+                turn = get_current_accumulator()
+            try:
+                record = self.build_record(kw, response_obj, start_time, end_time, status, turn)
+            except Exception:
+                self._count("errors")
+                warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
+                record = TokenCallRecord(
+                    call_id=call_id if isinstance(call_id, str) and call_id else f"unknown-{uuid.uuid4().hex}",
+                    model=str(kw.get("model") or "unknown"),
+                    status=status,
+                    flags=(RecordFlag.MALFORMED_EVENT,),
+                )
+            end = _utc(end_time)
+            event_key = (record.call_id, str(status), end.isoformat() if end else "")
+            if turn is None:
+                self._count("unscoped")
+                dispatch(record, None, self._on_record + global_subscribers())
+                return
+            was_closed = turn.closed
+            if turn.add(record, event_key=event_key):
+                self._count("late" if was_closed else "captured")
+                if self._on_record:
+                    dispatch(record, turn, self._on_record)
+            else:
+                self._count("duplicate")
+        except Exception:
+            self._count("errors")
+            warn_once("event:dispatch", "turnledger failed to deliver a call record", exc_info=True)
+
+    def build_record(
+        self,
+        kwargs: Mapping[str, Any],
+        response_obj: Any,
+        start_time: Any,
+        end_time: Any,
+        status: CallStatus,
+        turn: TurnTokenAccumulator | None,
+    ) -> TokenCallRecord:
+        """Read one LiteLLM end event into a record; missing pieces are flagged, not fatal."""
+        flags: list[RecordFlag] = []
+        call_id = kwargs.get("litellm_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            flags.append(RecordFlag.MALFORMED_EVENT)
+            call_id = f"unknown-{uuid.uuid4().hex}"
+        model = kwargs.get("model")
+        if not isinstance(model, str) or not model:
+            model = getattr(response_obj, "model", None)
+            if not isinstance(model, str) or not model:
+                flags.append(RecordFlag.MALFORMED_EVENT)
+                model = "unknown"
+        provider = kwargs.get("custom_llm_provider")
+        started = _utc(start_time)
+        ended = _utc(end_time)
+        stream = bool(kwargs.get("stream"))
+        ttft = _ms_between(started, _utc(kwargs.get("completion_start_time"))) if stream else None
+
+        counts = normalize_usage(response_obj) if status is CallStatus.SUCCESS else normalize_usage(None)
+        flags.extend(counts.flags)
+        if status is CallStatus.SUCCESS and not counts.present:
+            flags.append(RecordFlag.USAGE_MISSING)
+
+        error_type: str | None = None
+        cost: Decimal | None
+        if status is CallStatus.FAILURE:
+            exc = kwargs.get("exception")
+            error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
+            if counts.prompt_tokens == 0 and counts.completion_tokens == 0:
+                cost, source = Decimal(0), CostSource.NOT_BILLED
+            else:
+                cost, source, cost_flags = price_call(kwargs, response_obj, counts)
+                flags.extend(cost_flags)
+        else:
+            cost, source, cost_flags = price_call(kwargs, response_obj, counts)
+            flags.extend(cost_flags)
+
+        meta = turn.metadata_for(model) if turn is not None else None
+        if meta is None and turn is not None:
+            litellm_params = kwargs.get("litellm_params")
+            if isinstance(litellm_params, Mapping):
+                original = litellm_params.get("model")
+                meta = turn.metadata_for(original if isinstance(original, str) else None)
+
+        return TokenCallRecord(
+            call_id=call_id,
+            model=model,
+            provider=provider if isinstance(provider, str) else None,
+            call_kind=call_kind_of(kwargs.get("call_type")),
+            status=status,
+            prompt_tokens=counts.prompt_tokens,
+            completion_tokens=counts.completion_tokens,
+            total_tokens=counts.total_tokens,
+            cached_tokens=counts.cached_tokens,
+            cache_creation_tokens=counts.cache_creation_tokens,
+            cache_creation_1h_tokens=counts.cache_creation_1h_tokens,
+            reasoning_tokens=counts.reasoning_tokens,
+            image_input_tokens=counts.image_input_tokens,
+            image_output_tokens=counts.image_output_tokens,
+            cost_usd=cost,
+            cost_source=source,
+            started_at=started,
+            latency_ms=_ms_between(started, ended),
+            ttft_ms=ttft,
+            provider_request_id=_provider_request_id(response_obj),
+            model_ref=meta.model_ref if meta else None,
+            model_id=meta.model_id if meta else None,
+            display_name=meta.display_name if meta else None,
+            stream=stream,
+            usage_estimated=RecordFlag.USAGE_ESTIMATED in flags,
+            error_type=error_type,
+            flags=tuple(dict.fromkeys(flags)),
+        )
+
+
+token_tracker = TokenTrackingCallback(name="turnledger-default")
+"""The default instance, registered by :func:`install`."""
+
+_install_lock = threading.Lock()
+
+
+def install(callback: TokenTrackingCallback | None = None) -> TokenTrackingCallback:
+    """Register ``callback`` (default :data:`token_tracker`) on LiteLLM. Idempotent; returns it."""
+    cb = callback if callback is not None else token_tracker
+    with _install_lock:
+        if not any(existing is cb for existing in litellm.callbacks):
+            litellm.callbacks.append(cb)
+    return cb
+
+
+def uninstall(callback: TokenTrackingCallback | None = None) -> None:
+    """Unregister ``callback`` (default :data:`token_tracker`) from every LiteLLM callback list.
+
+    ``litellm.callbacks.remove(x)`` alone is not enough: LiteLLM has already copied ``x`` into its
+    success/failure/input lists on the first call after registration.
+    """
+    cb = callback if callback is not None else token_tracker
+    with _install_lock:
+        for name in _LITELLM_CALLBACK_LISTS:
+            current = getattr(litellm, name, None)
+            if isinstance(current, list):
+                current[:] = [c for c in current if c is not cb]
+        utils_list = getattr(getattr(litellm, "utils", None), "callback_list", None)
+        if isinstance(utils_list, list):
+            utils_list[:] = [c for c in utils_list if c is not cb]
+
+
+def is_installed(callback: TokenTrackingCallback | None = None) -> bool:
+    cb = callback if callback is not None else token_tracker
+    return any(
+        existing is cb
+        for name in _LITELLM_CALLBACK_LISTS
+        for existing in (getattr(litellm, name, None) or [])
+        if isinstance(getattr(litellm, name, None), list)
+    )

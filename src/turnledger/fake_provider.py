@@ -1,0 +1,373 @@
+"""A local fake LLM provider that speaks the real OpenAI and Anthropic HTTP wire formats.
+
+LiteLLM is pointed at it with ``api_base`` so that LiteLLM's own request building, HTTP client,
+SSE parsing, usage handling and logging callbacks all run for real; only the far end is fake.
+
+The server runs its own event loop in a daemon thread, so it serves sync and async LiteLLM calls
+alike and outlives any one test's loop. Behaviour is scripted per wire model name with
+:class:`Script`; an unscripted model gets a deterministic default answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_CONTENT = "Hello from the fake provider."
+
+
+@dataclass
+class Script:
+    """How the fake provider answers one model."""
+
+    content: str = DEFAULT_CONTENT
+    """The assistant text; streamed word by word."""
+    usage: Mapping[str, Any] | None = None
+    """The usage block sent as-is (may be malformed on purpose); ``None`` means a computed default."""
+    status: int = 200
+    """An HTTP status other than 200 answers with an error body instead."""
+    delay_s: float = 0.0
+    """Delay before the response headers are sent."""
+    chunk_delay_s: float = 0.0
+    """Delay between streamed chunks."""
+    include_usage_chunk: bool | None = None
+    """Force (True) or suppress (False) the final usage chunk of an OpenAI stream; None follows the request."""
+    extra_response: Mapping[str, Any] = field(default_factory=dict)
+    """Top-level fields merged into a JSON response (and the last stream chunk)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """OpenAI-style tool calls returned instead of plain content."""
+
+
+@dataclass
+class ReceivedRequest:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def _default_chat_usage(body: Mapping[str, Any], content: str) -> dict[str, int]:
+    messages = body.get("messages") or []
+    prompt = 5 + sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, Mapping))
+    completion = len(content.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class FakeProvider:
+    """Start with :meth:`start` (or as a context manager); ``base_url`` is the OpenAI ``api_base``."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.requests: list[ReceivedRequest] = []
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self.port = 0
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeProvider:
+        self._thread = threading.Thread(target=self._serve, name="fake-provider", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake provider did not start")
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        runner = self._runner
+        if runner is not None:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+        self._loop = None
+
+    def __enter__(self) -> FakeProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def script(self, model: str, **fields: Any) -> Script:
+        s = Script(**fields)
+        self.scripts[model] = s
+        return s
+
+    def reset(self) -> None:
+        self.scripts.clear()
+        with self._lock:
+            self.requests.clear()
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/embeddings", self._embeddings)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/images/generations", self._images)
+        app.router.add_post("/v1/messages", self._anthropic_messages)
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets, "the fake provider's server has no listening socket"
+        self.port = int(sockets[0].getsockname()[1])
+        self._runner = runner
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+    async def _receive(self, request: web.Request) -> tuple[dict[str, Any], Script]:
+        body = await request.json()
+        with self._lock:
+            self.requests.append(ReceivedRequest(request.path, body, dict(request.headers)))
+        script = self.scripts.get(str(body.get("model", "")), Script())
+        if script.delay_s:
+            await asyncio.sleep(script.delay_s)
+        return body, script
+
+    def _request_id(self) -> str:
+        return f"req_fake_{next(self._ids):06d}"
+
+    @staticmethod
+    def _error(script: Script, rid: str) -> web.Response:
+        return web.json_response(
+            {"error": {"message": "fake provider failure", "type": "server_error", "code": script.status}},
+            status=script.status,
+            headers={"x-request-id": rid},
+        )
+
+    # -- OpenAI chat -------------------------------------------------------------------------
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        model = str(body.get("model", "fake"))
+        usage = dict(script.usage) if script.usage is not None else _default_chat_usage(body, script.content)
+        created = int(time.time())
+        cid = f"chatcmpl-{rid}"
+        if body.get("stream"):
+            return await self._chat_stream(request, body, script, usage, model, created, cid, rid)
+        message: dict[str, Any] = {"role": "assistant", "content": script.content}
+        finish = "stop"
+        if script.tool_calls:
+            message = {"role": "assistant", "content": None, "tool_calls": script.tool_calls}
+            finish = "tool_calls"
+        payload: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage,
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    async def _chat_stream(
+        self,
+        request: web.Request,
+        body: Mapping[str, Any],
+        script: Script,
+        usage: dict[str, Any],
+        model: str,
+        created: int,
+        cid: str,
+        rid: str,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
+        await resp.prepare(request)
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if script.include_usage_chunk is not None:
+            want_usage = script.include_usage_chunk
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        try:
+            words = script.content.split(" ")
+            for i, word in enumerate(words):
+                delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
+                if i == 0:
+                    delta["role"] = "assistant"
+                await resp.write(f"data: {json.dumps(chunk(delta, None))}\n\n".encode())
+                if script.chunk_delay_s:
+                    await asyncio.sleep(script.chunk_delay_s)
+            await resp.write(f"data: {json.dumps(chunk({}, 'stop'))}\n\n".encode())
+            if want_usage:
+                last: dict[str, Any] = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                last.update(script.extra_response)
+                await resp.write(f"data: {json.dumps(last)}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            # The client broke the stream off; a real provider still bills what it generated.
+            pass
+        return resp
+
+    # -- OpenAI embeddings -------------------------------------------------------------------
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        if script.usage is not None:
+            usage = dict(script.usage)
+        else:
+            tokens = sum(max(1, len(str(x).split())) for x in items)
+            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        payload: dict[str, Any] = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))],
+            "model": body.get("model"),
+            "usage": usage,
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- OpenAI images -----------------------------------------------------------------------
+    async def _images(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        n = int(body.get("n") or 1)
+        payload: dict[str, Any] = {
+            "created": int(time.time()),
+            "data": [{"url": f"https://images.invalid/{rid}/{i}.png"} for i in range(n)],
+        }
+        if script.usage is not None:
+            payload["usage"] = dict(script.usage)
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- Anthropic messages ------------------------------------------------------------------
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return web.json_response(
+                {"type": "error", "error": {"type": "api_error", "message": "fake provider failure"}},
+                status=script.status,
+                headers={"request-id": rid},
+            )
+        model = str(body.get("model", "claude-fake"))
+        usage: dict[str, Any] = (
+            dict(script.usage) if script.usage is not None else {"input_tokens": 20, "output_tokens": 5}
+        )
+        mid = f"msg_{rid}"
+        if not body.get("stream"):
+            payload: dict[str, Any] = {
+                "id": mid,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": script.content}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": usage,
+            }
+            payload.update(script.extra_response)
+            return web.json_response(payload, headers={"request-id": rid})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "request-id": rid})
+        await resp.prepare(request)
+
+        async def event(name: str, data: dict[str, Any]) -> None:
+            await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+        start_usage = {k: v for k, v in usage.items() if k != "output_tokens"}
+        start_usage["output_tokens"] = 1
+        try:
+            await event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": mid,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": start_usage,
+                    },
+                },
+            )
+            await event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
+            for i, word in enumerate(script.content.split(" ")):
+                await event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": word if i == 0 else " " + word},
+                    },
+                )
+                if script.chunk_delay_s:
+                    await asyncio.sleep(script.chunk_delay_s)
+            await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            await event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": usage.get("output_tokens", 0)},
+                },
+            )
+            await event("message_stop", {"type": "message_stop"})
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+
+if __name__ == "__main__":  # pragma: no cover - manual poking
+    with FakeProvider() as fp:
+        print(fp.base_url)
+        threading.Event().wait()

@@ -1,0 +1,161 @@
+"""One LLM call's accounting: :class:`TokenCallRecord` and the enums it is described by."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
+from typing import Any
+
+MICROS_PER_USD = Decimal(1_000_000)
+
+
+class CallStatus(StrEnum):
+    """How a call ended, as far as turnledger could see."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ABANDONED = "abandoned"
+    """The call started but LiteLLM never reported an end (a stream broken off, a task cancelled)
+    before its turn closed. The provider may still bill it, so it is kept, never dropped."""
+
+
+class CallKind(StrEnum):
+    """What kind of LiteLLM call produced the record (from LiteLLM's ``call_type``)."""
+
+    CHAT = "chat"
+    TEXT_COMPLETION = "text_completion"
+    EMBEDDING = "embedding"
+    IMAGE_GENERATION = "image_generation"
+    TRANSCRIPTION = "transcription"
+    SPEECH = "speech"
+    RERANK = "rerank"
+    MODERATION = "moderation"
+    RESPONSES = "responses"
+    OTHER = "other"
+
+
+class CostSource(StrEnum):
+    """Which stage of the cost chain priced a call. ``NONE`` means unpriced: cost unknown, not free."""
+
+    PROVIDER = "provider"
+    RESPONSE_COST = "response_cost"
+    HIDDEN_PARAMS = "hidden_params"
+    COMPLETION_COST = "completion_cost"
+    COST_PER_TOKEN = "cost_per_token"
+    PRICE_TABLE = "price_table"
+    ESTIMATED = "estimated"
+    NOT_BILLED = "not_billed"
+    """A failed call for which the provider reported no usage: nothing was billed, cost is exactly 0."""
+    NONE = "none"
+
+
+class RecordFlag(StrEnum):
+    """Why a record deserves a second look. Flags never stop a record from being kept."""
+
+    MALFORMED_EVENT = "malformed_event"
+    """The LiteLLM event lacked something expected (ids, model, timing); what could be read was kept."""
+    MALFORMED_USAGE = "malformed_usage"
+    """A usage count was not a non-negative integer, or the counts did not add up."""
+    USAGE_MISSING = "usage_missing"
+    """The response carried no usage block at all."""
+    USAGE_ESTIMATED = "usage_estimated"
+    """Token counts were estimated locally because the provider reported none."""
+    NO_CALLBACK = "no_callback"
+    """LiteLLM fired no end event for the call before its turn closed (see ``CallStatus.ABANDONED``)."""
+    LATE = "late"
+    """The end event arrived after the turn had closed; the record went to subscribers only."""
+    NEGATIVE_COST = "negative_cost"
+    """A pricing stage produced a negative cost, which was discarded."""
+    PRICING_ERROR = "pricing_error"
+    """A pricing stage raised; the chain went on."""
+
+
+def micros_from_usd(cost_usd: Decimal | None) -> int | None:
+    """Integer micro-USD, rounded half-even once, for callers that want an integer."""
+    if cost_usd is None:
+        return None
+    return int((cost_usd * MICROS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCallRecord:
+    """The accounting of one LiteLLM call (one attempt: a retried call yields one record per attempt)."""
+
+    call_id: str
+    """LiteLLM's ``litellm_call_id``; shared by the attempts of one retried call."""
+    model: str
+    """The model LiteLLM reports (provider prefix usually stripped, e.g. ``gpt-4o-mini``)."""
+    provider: str | None = None
+    """LiteLLM's ``custom_llm_provider`` (``openai``, ``anthropic``...)."""
+    call_kind: CallKind = CallKind.CHAT
+    status: CallStatus = CallStatus.SUCCESS
+    prompt_tokens: int = 0
+    """Input tokens as the provider counts them (OpenAI convention: cache reads and writes included)."""
+    completion_tokens: int = 0
+    """Output tokens, reasoning included."""
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    """Input tokens read from the provider's prompt cache (a subset of ``prompt_tokens``)."""
+    cache_creation_tokens: int = 0
+    """Input tokens written to the prompt cache (a subset of ``prompt_tokens``), 5-minute and 1-hour."""
+    cache_creation_1h_tokens: int = 0
+    """The part of ``cache_creation_tokens`` written with a 1-hour lifetime, where the provider says."""
+    reasoning_tokens: int = 0
+    """Reasoning tokens (a subset of ``completion_tokens``)."""
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    cost_usd: Decimal | None = None
+    """Exact cost in USD; ``None`` means unpriced (unknown), ``Decimal(0)`` means free."""
+    cost_source: CostSource = CostSource.NONE
+    started_at: datetime | None = None
+    """When LiteLLM started the call (UTC)."""
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    """Time to first token, for streams."""
+    provider_request_id: str | None = None
+    model_ref: str | None = None
+    """The application's own reference for the model, from ``register_model_metadata``."""
+    model_id: str | None = None
+    display_name: str | None = None
+    stream: bool = False
+    usage_estimated: bool = False
+    error_type: str | None = None
+    """The exception class name of a failed call. Never its message: messages can quote the prompt."""
+    flags: tuple[RecordFlag, ...] = ()
+
+    @property
+    def cost_micros(self) -> int | None:
+        """``cost_usd`` in integer micro-USD (half-even), ``None`` when unpriced."""
+        return micros_from_usd(self.cost_usd)
+
+    @property
+    def priced(self) -> bool:
+        return self.cost_usd is not None
+
+    @property
+    def late(self) -> bool:
+        return RecordFlag.LATE in self.flags
+
+    def with_flags(self, *flags: RecordFlag) -> TokenCallRecord:
+        merged = self.flags + tuple(f for f in flags if f not in self.flags)
+        return dataclasses.replace(self, flags=merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: money as a decimal string (never a float), times as ISO-8601."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Decimal):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
+            elif isinstance(value, StrEnum):
+                value = value.value
+            out[f.name] = value
+        out["cost_micros"] = self.cost_micros
+        return out
