@@ -1,0 +1,10 @@
+"""The ``turnledger`` command. Each command group lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+from turnledger.cli.app import app, main
+
+# Command modules register on `app` when imported.
+from turnledger.cli import commands_core as _core  # noqa: F401  isort: skip
+
+__all__ = ["app", "main"]

@@ -1,0 +1,84 @@
+"""The typer application, its shared options and the helpers every command uses.
+
+Exit codes scripts can rely on: 0 ok, 1 the operation failed (e.g. database unreachable),
+2 bad input (a bad flag value, URL or file), 3 the schema is missing (run ``turnledger migrate``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_SCHEMA_MISSING = 3
+
+app = typer.Typer(
+    name="turnledger",
+    help="Per-turn LLM token and cost accounting for LiteLLM applications.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """turnledger: which LLM calls each user turn made, their tokens, and their exact cost."""
+
+
+console = Console()
+err_console = Console(stderr=True)
+
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="TURNLEDGER_DATABASE_URL",
+        help="SQLAlchemy async URL; defaults to $TURNLEDGER_DATABASE_URL, else sqlite ./turnledger.db.",
+        show_envvar=False,
+    ),
+]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print a one-line error (no traceback) and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(value: str | None, *, now: datetime | None = None, option: str = "--since") -> datetime | None:
+    """``7d``, ``24h``, ``30m`` (ago), ``now``, or an ISO date/datetime (UTC if no zone) -> aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    now = now or datetime.now(UTC)
+    if value.strip().lower() == "now":
+        return now
+    match = _RELATIVE.match(value)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return now - timedelta(**{_UNITS[unit]: amount})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        fail(f"{option}: cannot read {value!r}; use e.g. 7d, 24h, 30m, 2026-11-01 or 2026-11-01T12:00", EXIT_BAD_INPUT)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def is_terminal() -> bool:
+    """Progress bars only when a person is watching."""
+    return sys.stderr.isatty()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Persistence: ORM models, writing turns, batch writer with outbox, reports."""
