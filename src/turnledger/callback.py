@@ -199,10 +199,12 @@ class TokenTrackingCallback(CustomLogger):
             was_closed = turn.closed
             if turn.add(record, event_key=event_key):
                 self._count("late" if was_closed else "captured")
-                if self._on_record:
-                    dispatch(record, turn, self._on_record)
             else:
                 self._count("duplicate")
+            # This instance's own subscribers hear of every event it saw, whichever instance's copy
+            # the turn kept.
+            if self._on_record:
+                dispatch(record.with_flags(RecordFlag.LATE) if was_closed else record, turn, self._on_record)
         except Exception:
             self._count("errors")
             warn_once("event:dispatch", "turnledger failed to deliver a call record", exc_info=True)

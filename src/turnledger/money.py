@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from turnledger.records import MICROS_PER_USD, micros_from_usd
 
@@ -13,16 +13,18 @@ __all__ = ["MICROS_PER_USD", "micros_from_usd", "split_micros", "sum_costs", "to
 def to_decimal(value: object) -> Decimal | None:
     """A float, int, str or Decimal as an exact Decimal; ``None`` for anything that is not a finite number.
 
-    Floats go through ``str`` so that ``3.9e-06`` becomes ``Decimal('0.0000039')`` and not the
-    binary expansion of the float.
+    Floats go through their shortest repr, rounded to the 15 significant digits a double carries,
+    so that ``3.9e-06`` becomes ``Decimal('0.0000039')`` and not the binary expansion of the float.
     """
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, float):
+        return _from_float(value)
     if isinstance(value, Decimal):
         result = value
     elif isinstance(value, int):
         result = Decimal(value)
-    elif isinstance(value, float | str):
+    elif isinstance(value, str):
         try:
             result = Decimal(str(value).strip())
         except InvalidOperation:
@@ -30,6 +32,33 @@ def to_decimal(value: object) -> Decimal | None:
     else:
         return None
     return result if result.is_finite() else None
+
+
+FLOAT_SIGNIFICANT_DIGITS = 15
+"""A double holds 15 significant decimal digits faithfully (DBL_DIG); digits past that are binary noise."""
+
+
+def _from_float(value: float) -> Decimal | None:
+    """A float cost as the decimal it stands for.
+
+    LiteLLM sums per-token costs in floats: 40 x 0.15/1M + 4 x 0.6/1M comes out as
+    8.400000000000001e-06. ``Decimal(str(value))`` keeps that noise; rounding to the 15 digits a
+    double carries recovers 0.0000084, the figure the rates and token counts actually give.
+    """
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    exact = Decimal(repr(value))
+    if exact == 0:
+        return Decimal(0)
+    rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - FLOAT_SIGNIFICANT_DIGITS + 1), ROUND_HALF_EVEN)
+    return _trim(rounded)
+
+
+def _trim(value: Decimal) -> Decimal:
+    """Drop trailing zeros without switching an integral value to exponent form (1E+2)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
 
 
 def sum_costs(costs: Iterable[Decimal | None]) -> tuple[Decimal | None, int]:

@@ -1,0 +1,404 @@
+"""Capture end to end: LiteLLM's real HTTP, streaming and logging code against the local fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+from litellm.exceptions import InternalServerError
+from litellm.router import Router
+
+import turnledger
+from turnledger import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord, TurnTokenAccumulator
+from turnledger.fake_provider import FakeProvider
+
+MESSAGES: Any = [{"role": "user", "content": "say hello"}]
+# gpt-4o-mini in LiteLLM's bundled map: $0.15 / 1M input, $0.60 / 1M output.
+GPT4O_MINI_IN = Decimal("0.00000015")
+GPT4O_MINI_OUT = Decimal("0.0000006")
+
+
+def expected_gpt4o_mini(prompt: int, completion: int) -> Decimal:
+    return prompt * GPT4O_MINI_IN + completion * GPT4O_MINI_OUT
+
+
+pytestmark = pytest.mark.usefixtures("tracker")
+
+
+async def test_async_completion_lands_in_its_turn_with_exact_cost(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150})
+    async with turnledger.scoped_turn(user_id="u-1", thread_id="t-1") as turn:
+        turn.register_model_metadata("openai/gpt-4o-mini", model_id="m-17", display_name="GPT-4o mini")
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+
+    assert len(turn.calls) == 1
+    record = turn.calls[0]
+    assert record.status is CallStatus.SUCCESS
+    assert record.call_kind is CallKind.CHAT
+    assert (record.model, record.provider) == ("gpt-4o-mini", "openai")
+    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (120, 30, 150)
+    assert record.cost_usd == expected_gpt4o_mini(120, 30) == Decimal("0.000036")
+    assert record.cost_micros == 36
+    assert record.cost_source is CostSource.RESPONSE_COST
+    assert record.provider_request_id is not None and record.provider_request_id.startswith("req_fake_")
+    assert record.latency_ms is not None and record.latency_ms > 0
+    assert record.started_at is not None and record.started_at.tzinfo is not None
+    # The metadata was registered under the prefixed name; LiteLLM reports the bare one.
+    assert (record.model_ref, record.model_id, record.display_name) == ("openai/gpt-4o-mini", "m-17", "GPT-4o mini")
+    assert record.call_id
+    assert turn.total_cost_usd == Decimal("0.000036")
+    assert turn.total_prompt_tokens == 120 and turn.total_completion_tokens == 30
+    assert turn.unpriced_calls == 0
+    assert turn.user_id == "u-1" and turn.thread_id == "t-1"
+
+
+async def test_async_stream_with_usage_chunk(fake_provider: FakeProvider, provider_kwargs: dict[str, Any]) -> None:
+    fake_provider.script(
+        "gpt-4o-mini",
+        content="one two three four",
+        usage={"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44},
+    )
+    async with turnledger.scoped_turn() as turn:
+        stream = await litellm.acompletion(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            **provider_kwargs,
+        )
+        received = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    assert received == "one two three four"
+    [record] = turn.calls
+    assert record.stream is True
+    assert (record.prompt_tokens, record.completion_tokens) == (40, 4)
+    assert record.cost_usd == expected_gpt4o_mini(40, 4)
+    assert record.ttft_ms is not None and record.ttft_ms >= 0
+
+
+async def test_embedding_and_image_generation(fake_provider: FakeProvider, provider_kwargs: dict[str, Any]) -> None:
+    fake_provider.script("text-embedding-3-small", usage={"prompt_tokens": 1000, "total_tokens": 1000})
+    async with turnledger.scoped_turn() as turn:
+        await litellm.aembedding(model="openai/text-embedding-3-small", input=["a", "b"], **provider_kwargs)
+        await litellm.aimage_generation(model="openai/dall-e-3", prompt="a red square", **provider_kwargs)
+    by_kind = {r.call_kind: r for r in turn.calls}
+    assert set(by_kind) == {CallKind.EMBEDDING, CallKind.IMAGE_GENERATION}
+    embedding = by_kind[CallKind.EMBEDDING]
+    assert (embedding.prompt_tokens, embedding.completion_tokens, embedding.total_tokens) == (1000, 0, 1000)
+    # text-embedding-3-small: $0.02 / 1M tokens.
+    assert embedding.cost_usd == Decimal("0.00002")
+    image = by_kind[CallKind.IMAGE_GENERATION]
+    assert image.status is CallStatus.SUCCESS
+    assert image.model.endswith("dall-e-3")
+
+
+async def test_router_acompletion(fake_provider: FakeProvider, provider_kwargs: dict[str, Any]) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20})
+    router = Router(
+        model_list=[{"model_name": "fast", "litellm_params": {"model": "openai/gpt-4o-mini", **provider_kwargs}}]
+    )
+    async with turnledger.scoped_turn() as turn:
+        await router.acompletion(model="fast", messages=MESSAGES)
+        await router.acompletion(model="fast", messages=MESSAGES)
+    assert [r.status for r in turn.calls] == [CallStatus.SUCCESS, CallStatus.SUCCESS]
+    assert len({r.call_id for r in turn.calls}) == 2
+    assert turn.total_cost_usd == 2 * expected_gpt4o_mini(10, 10)
+
+
+async def test_http_500_is_a_failure_record_and_the_error_reaches_the_caller(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("broken-model", status=500)
+    async with turnledger.scoped_turn() as turn:
+        with pytest.raises(InternalServerError):
+            await litellm.acompletion(
+                model="openai/broken-model", messages=MESSAGES, num_retries=0, max_retries=0, **provider_kwargs
+            )
+    assert len(turn.calls) >= 1
+    assert all(r.status is CallStatus.FAILURE for r in turn.calls)
+    failure = turn.calls[0]
+    assert failure.error_type == "InternalServerError"
+    # A failed call that reported no usage billed nothing: exactly 0, and it says why.
+    assert failure.cost_usd == Decimal(0)
+    assert failure.cost_source is CostSource.NOT_BILLED
+    assert turn.unpriced_calls == 0
+
+
+def test_sync_completion_embedding_and_sync_stream(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+    with turnledger.scoped_turn(user_id="sync-user") as turn:
+        litellm.completion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        litellm.embedding(model="openai/text-embedding-3-small", input=["x y z"], **provider_kwargs)
+        # LiteLLM logs a sync stream from a thread with no copy of the caller's context: the record must
+        # still find this turn through the call id bound at pre-call time.
+        stream = litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            **provider_kwargs,
+        )
+        for _ in stream:
+            pass
+    kinds = sorted((r.call_kind.value, r.stream) for r in turn.calls)
+    assert kinds == [("chat", False), ("chat", True), ("embedding", False)]
+    assert all(r.status is CallStatus.SUCCESS for r in turn.calls)
+    streamed = next(r for r in turn.calls if r.stream)
+    assert (streamed.prompt_tokens, streamed.completion_tokens) == (7, 3)
+
+
+def test_sync_stream_event_has_no_caller_context_yet_finds_its_turn(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    """Pin the LiteLLM behaviour the bindings exist for: the sync stream's success event sees no turn."""
+    seen: list[TurnTokenAccumulator | None] = []
+
+    class Probe(turnledger.TokenTrackingCallback):
+        def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+            seen.append(turnledger.get_current_accumulator())
+
+    probe = turnledger.install(Probe(name="probe"))
+    with turnledger.scoped_turn() as turn:
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            **provider_kwargs,
+        ):
+            pass
+    turnledger.uninstall(probe)
+    assert seen == [None]
+    assert len(turn.calls) == 1
+
+
+async def test_nested_scopes_are_isolated(fake_provider: FakeProvider, provider_kwargs: dict[str, Any]) -> None:
+    async with turnledger.scoped_turn(user_id="outer") as outer:
+        await litellm.acompletion(model="openai/outer-model", messages=MESSAGES, **provider_kwargs)
+        async with turnledger.scoped_turn(user_id="inner") as inner:
+            assert turnledger.get_current_accumulator() is inner
+            await litellm.acompletion(model="openai/inner-model", messages=MESSAGES, **provider_kwargs)
+            await litellm.acompletion(model="openai/inner-model", messages=MESSAGES, **provider_kwargs)
+        assert turnledger.get_current_accumulator() is outer
+        await litellm.acompletion(model="openai/outer-model", messages=MESSAGES, **provider_kwargs)
+    assert turnledger.get_current_accumulator() is None
+    assert [r.model for r in outer.calls] == ["outer-model", "outer-model"]
+    assert [r.model for r in inner.calls] == ["inner-model", "inner-model"]
+    assert not {r.call_id for r in outer.calls} & {r.call_id for r in inner.calls}
+
+
+async def test_200_concurrent_turns_lose_and_misplace_nothing(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    """Each turn calls a model named after itself, so a record in the wrong turn cannot hide."""
+    turns_n, calls_per_turn = 200, 3
+
+    async def one_turn(i: int) -> TurnTokenAccumulator:
+        async with turnledger.scoped_turn(user_id=f"user-{i}") as turn:
+            for j in range(calls_per_turn):
+                if j == 1:
+                    await litellm.aembedding(model=f"openai/emb-{i}", input=["x"], **provider_kwargs)
+                else:
+                    await litellm.acompletion(model=f"openai/turn-{i}", messages=MESSAGES, **provider_kwargs)
+        return turn
+
+    turns = await asyncio.gather(*(one_turn(i) for i in range(turns_n)))
+    lost = sum(calls_per_turn - len(t.calls) for t in turns)
+    misplaced = sum(1 for i, t in enumerate(turns) for r in t.calls if r.model not in (f"turn-{i}", f"emb-{i}"))
+    assert (lost, misplaced) == (0, 0)
+    assert all(r.status is CallStatus.SUCCESS for t in turns for r in t.calls)
+    assert all(len({r.call_id for r in t.calls}) == calls_per_turn for t in turns)
+
+
+async def test_broken_off_stream_becomes_abandoned(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("slow-stream", content=" ".join(["word"] * 50), chunk_delay_s=0.02)
+    async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+        stream = await litellm.acompletion(
+            model="openai/slow-stream",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            **provider_kwargs,
+        )
+        async for _chunk in stream:
+            break  # the caller stops reading; LiteLLM will never log this call
+    [record] = turn.calls
+    assert record.status is CallStatus.ABANDONED
+    assert RecordFlag.NO_CALLBACK in record.flags
+    assert record.model == "slow-stream" and record.stream is True
+    assert turn.abandoned_calls == 1
+
+
+async def test_cancelled_call_becomes_abandoned(fake_provider: FakeProvider, provider_kwargs: dict[str, Any]) -> None:
+    fake_provider.script("very-slow", delay_s=5)
+    async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
+        task = asyncio.create_task(
+            litellm.acompletion(model="openai/very-slow", messages=MESSAGES, num_retries=0, **provider_kwargs)
+        )
+        while turn.pending_calls == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # LiteLLM fires no event for a cancelled call (measured), yet the provider may have billed it.
+    [record] = turn.calls
+    assert record.status is CallStatus.ABANDONED
+    assert RecordFlag.NO_CALLBACK in record.flags and record.model == "very-slow"
+
+
+async def test_late_event_reaches_subscribers_flagged_and_leaves_totals_alone(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10})
+    landed: list[TokenCallRecord] = []
+    got_late = asyncio.Event()
+
+    def follow(record: TokenCallRecord, turn: TurnTokenAccumulator | None) -> None:
+        landed.append(record)
+        if record.late:
+            got_late.set()
+
+    # settle_timeout=0: the scope closes without waiting, so LiteLLM's success event (logged ~1 ms after
+    # the await returns) arrives after the turn closed.
+    async with turnledger.scoped_turn(settle_timeout=0) as turn:
+        turn.on_call(follow)
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+    await asyncio.wait_for(got_late.wait(), 5)
+    assert [r.status for r in turn.calls] == [CallStatus.ABANDONED]
+    [late] = turn.late_calls
+    assert late.status is CallStatus.SUCCESS and late.late
+    assert late.call_id == turn.calls[0].call_id
+    assert late.cost_usd == expected_gpt4o_mini(5, 5)
+    assert [r.late for r in landed] == [False, True]
+    assert turn.total_prompt_tokens == 0  # the closed turn's totals did not move
+
+
+async def test_waiting_at_exit_is_what_keeps_the_last_call(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    """Without the bounded wait the last call of a turn is logged after exit; with it, never."""
+    async with turnledger.scoped_turn() as turn:
+        for _ in range(3):
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        in_scope_before_exit = len(turn.calls)
+    assert in_scope_before_exit < 3  # LiteLLM had not logged the last call when the await returned
+    assert len(turn.calls) == 3 and not turn.late_calls
+
+
+async def test_anthropic_wire_format(fake_provider: FakeProvider) -> None:
+    fake_provider.script(
+        "claude-haiku-4-5",
+        usage={
+            "input_tokens": 100,
+            "output_tokens": 20,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+    )
+    async with turnledger.scoped_turn() as turn:
+        await litellm.acompletion(
+            model="anthropic/claude-haiku-4-5",
+            messages=MESSAGES,
+            api_base=fake_provider.anthropic_base_url,
+            api_key="sk-ant-fake",
+        )
+    [record] = turn.calls
+    assert record.provider == "anthropic"
+    assert (record.prompt_tokens, record.completion_tokens) == (100, 20)
+    # claude-haiku-4-5: $1 / 1M input, $5 / 1M output.
+    assert record.cost_usd == Decimal("0.0002")
+
+
+async def test_install_is_idempotent_and_a_second_instance_is_not_deduplicated_away(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    assert turnledger.install() is turnledger.token_tracker
+    assert turnledger.install() is turnledger.token_tracker
+    sidecar: list[TokenCallRecord] = []
+    second = turnledger.TokenTrackingCallback(name="billing-sidecar", on_record=lambda r, t: sidecar.append(r))
+    turnledger.install(second)
+    async with turnledger.scoped_turn() as turn:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+    # Both instances saw the event (LiteLLM did not drop the second), the turn kept one record.
+    assert len(turn.calls) == 1
+    assert [r.call_id for r in sidecar] == [turn.calls[0].call_id]
+    assert turnledger.token_tracker.stats["captured"] + second.stats["captured"] == 1
+    assert turnledger.token_tracker.stats["duplicate"] + second.stats["duplicate"] == 1
+    turnledger.uninstall(second)
+
+
+async def test_uninstall_really_unregisters(fake_provider: FakeProvider, provider_kwargs: dict[str, Any]) -> None:
+    await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+    # LiteLLM has now copied the tracker into its success/failure lists; removing it from
+    # litellm.callbacks alone would leave it firing.
+    assert turnledger.token_tracker in litellm._async_success_callback
+    turnledger.uninstall()
+    assert not turnledger.is_installed()
+    async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+    assert turn.calls == []
+    turnledger.install()
+
+
+async def test_malformed_usage_is_kept_flagged_and_the_call_succeeds(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 2})
+    async with turnledger.scoped_turn() as turn:
+        response = await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+    assert response.choices[0].message.content
+    [record] = turn.calls
+    assert RecordFlag.MALFORMED_USAGE in record.flags
+    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (12, 3, 15)
+
+
+async def test_a_failing_capture_never_breaks_the_call_and_logs_once(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("usage parser bug")
+
+    monkeypatch.setattr("turnledger.callback.normalize_usage", explode)
+    async with turnledger.scoped_turn() as turn:
+        for _ in range(3):
+            response = await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+            assert response.choices[0].message.content
+    assert len(turn.calls) == 3
+    assert all(RecordFlag.MALFORMED_EVENT in r.flags for r in turn.calls)
+    assert all(r.cost_usd is None for r in turn.calls)  # nothing could be read: unpriced, not free
+    logged = [rec for rec in caplog.records if rec.name == "turnledger" and "could not read" in rec.getMessage()]
+    assert len(logged) == 1
+    assert turnledger.token_tracker.stats["errors"] == 3
+
+
+async def test_calls_outside_any_turn_go_to_global_subscribers(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    seen: list[tuple[TokenCallRecord, TurnTokenAccumulator | None]] = []
+    done = threading.Event()
+
+    def follow(record: TokenCallRecord, turn: TurnTokenAccumulator | None) -> None:
+        seen.append((record, turn))
+        done.set()
+
+    unsubscribe = turnledger.subscribe(follow)
+    try:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        for _ in range(200):
+            if done.is_set():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        unsubscribe()
+    [(record, turn)] = seen
+    assert turn is None and record.status is CallStatus.SUCCESS
+    assert turnledger.token_tracker.stats["unscoped"] == 1

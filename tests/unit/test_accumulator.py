@@ -1,0 +1,217 @@
+"""The turn accumulator without LiteLLM: context isolation, thread safety, exact totals."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+import turnledger
+from turnledger import CallStatus, CostSource, RecordFlag, TokenCallRecord, TurnTokenAccumulator
+from turnledger.accumulator import PendingCall, call_bindings
+from turnledger.records import CallKind
+
+
+def record(
+    call_id: str, model: str = "m", cost: str | None = "0.001", prompt: int = 10, completion: int = 5
+) -> TokenCallRecord:
+    return TokenCallRecord(
+        call_id=call_id,
+        model=model,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cost_usd=None if cost is None else Decimal(cost),
+        cost_source=CostSource.NONE if cost is None else CostSource.RESPONSE_COST,
+    )
+
+
+def pending(call_id: str, model: str = "m") -> PendingCall:
+    return PendingCall(
+        call_id=call_id,
+        model=model,
+        provider="openai",
+        call_kind=CallKind.CHAT,
+        stream=False,
+        started_at=datetime.now(UTC),
+        started_monotonic=0.0,
+    )
+
+
+async def test_two_concurrent_tasks_each_see_only_their_own_turn() -> None:
+    seen: dict[str, list[TurnTokenAccumulator | None]] = {"a": [], "b": []}
+    both_inside = asyncio.Barrier(2)
+
+    async def worker(name: str) -> TurnTokenAccumulator:
+        async with turnledger.scoped_turn(user_id=name) as turn:
+            await both_inside.wait()
+            seen[name].append(turnledger.get_current_accumulator())
+            turn.add(record(f"{name}-1"))
+            await asyncio.sleep(0)
+            seen[name].append(turnledger.get_current_accumulator())
+        seen[name].append(turnledger.get_current_accumulator())
+        return turn
+
+    a, b = await asyncio.gather(worker("a"), worker("b"))
+    assert seen["a"] == [a, a, None] and seen["b"] == [b, b, None]
+    assert [r.call_id for r in a.calls] == ["a-1"] and [r.call_id for r in b.calls] == ["b-1"]
+    assert turnledger.get_current_accumulator() is None
+
+
+def test_sync_scope_restores_the_outer_turn() -> None:
+    with turnledger.scoped_turn() as outer:
+        with turnledger.scoped_turn() as inner:
+            assert turnledger.get_current_accumulator() is inner
+        assert turnledger.get_current_accumulator() is outer
+    assert turnledger.get_current_accumulator() is None
+
+
+async def test_scope_resets_context_and_keeps_calls_when_the_body_raises() -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with turnledger.scoped_turn() as turn:
+            turn.add(record("c1"))
+            raise RuntimeError("boom")
+    assert turnledger.get_current_accumulator() is None
+    assert turn.closed and [r.call_id for r in turn.calls] == ["c1"]
+
+
+def test_totals_are_exact_and_unpriced_is_not_free() -> None:
+    turn = TurnTokenAccumulator()
+    turn.add(record("1", model="a", cost="0.0000015"))
+    turn.add(record("2", model="a", cost="0.0000015"))
+    turn.add(record("3", model="b", cost=None))
+    assert turn.total_cost_usd == Decimal("0.000003")
+    assert turn.unpriced_calls == 1
+    summary = turn.per_message_summary()
+    assert summary["a"]["cost_usd"] == Decimal("0.000003") and summary["a"]["unpriced_calls"] == 0
+    assert summary["b"]["cost_usd"] is None and summary["b"]["unpriced_calls"] == 1
+    assert summary["b"]["cost_micros"] is None
+    assert turn.grand_total["calls"] == 3 and turn.grand_total["cost_micros"] == 3
+    only_unpriced = TurnTokenAccumulator()
+    only_unpriced.add(record("x", cost=None))
+    assert only_unpriced.total_cost_usd is None and only_unpriced.total_cost_micros is None
+    assert TurnTokenAccumulator().total_cost_usd == Decimal(0)
+
+
+def test_per_model_micros_add_up_to_the_total() -> None:
+    turn = TurnTokenAccumulator()
+    # Each model alone rounds to 0 or 1 micro; together they are 2 micros, and the parts must say so.
+    for i, model in enumerate(["a", "b", "c", "d"]):
+        turn.add(record(str(i), model=model, cost="0.0000005"))
+    summary = turn.per_message_summary()
+    assert turn.total_cost_micros == 2
+    assert sum(s["cost_micros"] for s in summary.values()) == 2
+
+
+def test_million_calls_of_one_and_a_half_micro_usd_are_exactly_a_dollar_fifty() -> None:
+    turn = TurnTokenAccumulator()
+    one = record("c", cost="0.0000015")
+    turn.calls.extend([one] * 1_000_000)
+    assert turn.total_cost_usd == Decimal("1.5")
+    assert turn.total_cost_micros == 1_500_000
+
+
+def test_the_same_event_is_added_once() -> None:
+    turn = TurnTokenAccumulator()
+    key = ("c1", "success", "2026-01-01T00:00:00+00:00")
+    assert turn.add(record("c1"), event_key=key) is True
+    assert turn.add(record("c1"), event_key=key) is False
+    assert len(turn.calls) == 1
+
+
+def test_concurrent_adds_from_threads_are_all_kept() -> None:
+    turn = TurnTokenAccumulator()
+    threads_n, per_thread = 8, 500
+
+    def work(t: int) -> None:
+        for i in range(per_thread):
+            turn.add(record(f"{t}-{i}", cost="0.000001"), event_key=(f"{t}-{i}", "success", ""))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(turn.calls) == threads_n * per_thread
+    assert turn.total_cost_usd == Decimal("0.004")
+
+
+async def test_exit_waits_for_a_pending_call_and_wakes_when_it_lands() -> None:
+    async with turnledger.scoped_turn(settle_timeout=5) as turn:
+        turn.begin_call(pending("c1"))
+        loop = asyncio.get_running_loop()
+        # The end event arrives from another thread shortly after the body finished.
+        loop.call_later(0.05, lambda: threading.Thread(target=turn.add, args=(record("c1"),)).start())
+    assert [r.status for r in turn.calls] == [CallStatus.SUCCESS]
+    assert not turn.late_calls
+
+
+async def test_a_call_still_pending_at_the_deadline_is_abandoned_not_dropped() -> None:
+    async with turnledger.scoped_turn(settle_timeout=0.05) as turn:
+        turn.begin_call(pending("never-ends", model="m-x"))
+    [abandoned] = turn.calls
+    assert abandoned.status is CallStatus.ABANDONED and abandoned.model == "m-x"
+    assert RecordFlag.NO_CALLBACK in abandoned.flags
+    # Its binding outlives the turn so that a late event finds this turn, not another.
+    assert call_bindings.lookup("never-ends") is turn
+
+
+def test_sync_close_waits_for_pending_calls() -> None:
+    with turnledger.scoped_turn(settle_timeout=5) as turn:
+        turn.begin_call(pending("c1"))
+        threading.Timer(0.05, turn.add, args=(record("c1"),)).start()
+    assert [r.call_id for r in turn.calls] == ["c1"] and turn.calls[0].status is CallStatus.SUCCESS
+
+
+def test_metadata_is_found_by_prefixed_and_bare_name() -> None:
+    turn = TurnTokenAccumulator()
+    turn.register_model_metadata("openrouter/anthropic/claude-sonnet-4-5", model_id="42", display_name="Sonnet")
+    meta = turn.metadata_for("claude-sonnet-4-5")
+    assert meta is not None and (meta.model_id, meta.display_name) == ("42", "Sonnet")
+    assert turn.metadata_for("openrouter/anthropic/claude-sonnet-4-5") is meta
+    assert turn.metadata_for("gpt-4o") is None
+
+
+def test_register_model_usage_metadata_needs_an_open_turn() -> None:
+    assert turnledger.register_model_usage_metadata("openai/gpt-4o") is False
+    with turnledger.scoped_turn() as turn:
+        assert turnledger.register_model_usage_metadata("openai/gpt-4o", model_id="7") is True
+    meta = turn.metadata_for("gpt-4o")
+    assert meta is not None and meta.model_id == "7"
+
+
+async def test_start_turn_then_aclose() -> None:
+    turn = turnledger.start_turn(user_id="u")
+    assert turnledger.get_current_accumulator() is turn
+    turn.add(record("c1"))
+    await turn.aclose()
+    assert turn.closed and turnledger.get_current_accumulator() is None
+
+
+async def test_subscribers_sync_async_and_a_failing_one() -> None:
+    got_sync: list[str] = []
+    got_async: list[str] = []
+
+    def sync_sub(r: TokenCallRecord, t: TurnTokenAccumulator | None) -> None:
+        got_sync.append(r.call_id)
+
+    async def async_sub(r: TokenCallRecord, t: TurnTokenAccumulator | None) -> None:
+        await asyncio.sleep(0)
+        got_async.append(r.call_id)
+
+    def broken(r: TokenCallRecord, t: TurnTokenAccumulator | None) -> None:
+        raise ValueError("subscriber bug")
+
+    async with turnledger.scoped_turn() as turn:
+        turn.on_call(broken)
+        turn.on_call(sync_sub)
+        turn.on_call(async_sub)
+        turn.add(record("c1"))
+        turn.add(record("c2"))
+    from turnledger.subscribers import drain_subscribers
+
+    await drain_subscribers()
+    assert got_sync == ["c1", "c2"] and got_async == ["c1", "c2"]
