@@ -402,3 +402,30 @@ async def test_calls_outside_any_turn_go_to_global_subscribers(
     [(record, turn)] = seen
     assert turn is None and record.status is CallStatus.SUCCESS
     assert turnledger.token_tracker.stats["unscoped"] == 1
+
+
+async def test_jsonl_ledger_follows_spend_and_stores_no_secret_or_text(
+    fake_provider: FakeProvider, tmp_path: Any
+) -> None:
+    ledger = turnledger.JsonlLedger(tmp_path / "ledger.jsonl", fsync=True)
+    unsubscribe = turnledger.subscribe(ledger)
+    fake_provider.script(
+        "gpt-4o-mini", content="COMPLETION-TEXT-7f3a", usage={"prompt_tokens": 9, "completion_tokens": 1}
+    )
+    try:
+        async with turnledger.scoped_turn(user_id="u-ledger", tags=["beta"]) as turn:
+            await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=[{"role": "user", "content": "PROMPT-TEXT-91b2"}],
+                api_base=fake_provider.base_url,
+                api_key="sk-SECRET-KEY-5d6e",
+            )
+    finally:
+        unsubscribe()
+    raw = (tmp_path / "ledger.jsonl").read_text()
+    for secret in ("PROMPT-TEXT-91b2", "COMPLETION-TEXT-7f3a", "sk-SECRET-KEY-5d6e"):
+        assert secret not in raw
+    [line] = ledger.read()
+    assert line["turn"]["user_id"] == "u-ledger" and line["turn"]["tags"] == ["beta"]
+    assert line["call"]["call_id"] == turn.calls[0].call_id
+    assert line["call"]["cost_usd"] == str(expected_gpt4o_mini(9, 1))  # a decimal string, never a float
