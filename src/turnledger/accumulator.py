@@ -91,8 +91,15 @@ class _CallBindings:
         with self._lock:
             self._map[call_id] = weakref.ref(turn)
             self._map.move_to_end(call_id)
-            while len(self._map) > self.max_entries:
-                self._map.popitem(last=False)
+            # Evict the oldest bindings of *closed* turns only: an open turn must keep every binding,
+            # however long it stays open, or its context-less events would land nowhere.
+            skipped = 0
+            while len(self._map) > self.max_entries and skipped < len(self._map):
+                old_id, old_ref = self._map.popitem(last=False)
+                old_turn = old_ref()
+                if old_turn is not None and not old_turn.closed:
+                    self._map[old_id] = old_ref
+                    skipped += 1
 
     def lookup(self, call_id: str) -> TurnTokenAccumulator | None:
         with self._lock:

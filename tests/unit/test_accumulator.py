@@ -215,3 +215,19 @@ async def test_subscribers_sync_async_and_a_failing_one() -> None:
 
     await drain_subscribers()
     assert got_sync == ["c1", "c2"] and got_async == ["c1", "c2"]
+
+
+def test_bindings_of_open_turns_survive_eviction() -> None:
+    from turnledger.accumulator import _CallBindings
+
+    bindings = _CallBindings(max_entries=3)
+    open_turn = TurnTokenAccumulator()
+    closed_turn = TurnTokenAccumulator()
+    closed_turn.close(timeout=0)
+    bindings.bind("open-1", open_turn)
+    for i in range(5):
+        bindings.bind(f"closed-{i}", closed_turn)
+    assert bindings.lookup("open-1") is open_turn
+    assert bindings.lookup("closed-0") is None
+    assert bindings.lookup("closed-4") is closed_turn
+    assert len(bindings) == 3
