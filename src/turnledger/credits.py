@@ -1,0 +1,947 @@
+"""Prepaid credits: reserve before a turn, settle with its exact cost, debit exactly once.
+
+:class:`CreditLedger` keeps each account's balance as the sum of an append-only journal
+(:mod:`turnledger.credits_models`). Every operation carries an idempotency key: calling it again
+with the same key returns the first result and changes nothing, so a retried request, a replayed
+message or a crashed worker that runs again cannot charge twice.
+
+Concurrency: **row locks**. Each write is one transaction that first locks the account's row
+(``SELECT ... FOR UPDATE`` on PostgreSQL, under READ COMMITTED; on SQLite the transaction opens
+with ``BEGIN IMMEDIATE``, which takes the database's single write lock). One operation has to read
+and write several things as a unit: the idempotency key, the holds that expired and must be
+released first, the available balance, a journal row, a hold row and the account's running sums.
+A single conditional ``UPDATE ... WHERE balance - held + overdraft >= :x`` guards only the
+balance; the key check, the expiry and the journal insert around it would each need their own
+retry loop and would still race one another. The lock is per account, so different accounts never
+wait for each other, and reads (balance, history) never wait at all. Under READ COMMITTED each
+statement after the lock is granted sees everything the previous holder committed, so the second
+of two concurrent calls with one key finds the first's entry and replays it. The unique index on
+the key is the last line: a key reused on another account at the same instant fails one insert,
+which is rolled back and answered with the winner's entry.
+
+Holds expire (``hold_ttl``, default 15 minutes) so that a process that died between reserve and
+settle does not lock credits forever: :meth:`CreditLedger.expire_holds` releases them, and so does
+every operation that next locks the account. A settle that arrives after its hold expired still
+debits the actual cost: the calls were made, and the provider bills them.
+
+A turn ties in through :class:`credit_scope`, which reserves on entry and settles the turn's exact
+cost on exit (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal, localcontext
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from turnledger._logging import warn_once
+from turnledger.accumulator import TurnTokenAccumulator, scoped_turn
+from turnledger.credits_models import (
+    ACCOUNT_MAX_LENGTH,
+    KEY_MAX_LENGTH,
+    CreditAccount,
+    CreditHold,
+    CreditJournalEntry,
+    EntryKind,
+    canonical_amount,
+    quantize_amount,
+)
+from turnledger.errors import CreditError, InsufficientCredits, SchemaMissingError, StorageError
+from turnledger.money import sum_costs, to_decimal
+
+DEFAULT_HOLD_TTL = timedelta(minutes=15)
+"""How long a reservation holds credits if nobody settles or releases it."""
+
+Amount = Decimal | int | str
+"""An amount in USD. Floats are refused: a float has already lost the exact figure."""
+
+UnpricedPolicy = Literal["free", "estimate", "error"]
+
+T = TypeVar("T")
+
+# Balances carry 18 decimal places and up to 20 integer digits; the default 28-digit context
+# would round a sum of large balances silently.
+_EXACT = Context(prec=80)
+
+_J = CreditJournalEntry
+_A = CreditAccount
+_H = CreditHold
+
+
+# -- results -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal entry, as written (amounts at the stored scale)."""
+
+    id: int
+    key: str
+    account: str
+    kind: EntryKind
+    amount: Decimal
+    """Signed effect on the balance."""
+    hold_amount: Decimal
+    """Signed effect on the credits held for open reservations."""
+    balance_after: Decimal
+    held_after: Decimal
+    turn_id: str | None
+    reservation_id: int | None
+    """For settle and release: the reservation they close."""
+    expires_at: datetime | None
+    note: str | None
+    created_at: datetime
+    replayed: bool = field(default=False, compare=False)
+    """True when this call found the key already used and returned the first result unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Credits held for a turn until it is settled or released (or the hold expires)."""
+
+    id: int
+    key: str
+    account: str
+    amount: Decimal
+    """The estimate held."""
+    expires_at: datetime
+    turn_id: str | None
+    created_at: datetime
+    replayed: bool = field(default=False, compare=False)
+
+    @property
+    def settle_key(self) -> str:
+        return f"{self.key}/settle"
+
+    @property
+    def release_key(self) -> str:
+        return f"{self.key}/release"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBalance:
+    account: str
+    balance: Decimal
+    """The sum of the journal: what the account owns (negative within an overdraft)."""
+    held: Decimal
+    """Credits held for open reservations."""
+    overdraft_limit: Decimal
+
+    @property
+    def available(self) -> Decimal:
+        """What a new reservation or debit may take: ``balance - held + overdraft_limit``."""
+        with localcontext(_EXACT):
+            return canonical_amount(self.balance - self.held + self.overdraft_limit)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """The outcome of :meth:`CreditLedger.verify`: empty ``problems`` means every account adds up."""
+
+    accounts: int
+    entries: int
+    open_holds: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(slots=True)
+class _Account:
+    account_id: str
+    balance: Decimal
+    held: Decimal
+    overdraft_limit: Decimal
+
+    @property
+    def available(self) -> Decimal:
+        with localcontext(_EXACT):
+            return self.balance - self.held + self.overdraft_limit
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+class CreditLedger:
+    """Prepaid credit accounts on an :class:`AsyncEngine` (PostgreSQL or SQLite).
+
+    Every method is its own transaction. Amounts are exact ``Decimal`` (``int`` and ``str`` are
+    accepted); anything finer than 18 decimal places is rounded half-even once, when written.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        hold_ttl: timedelta = DEFAULT_HOLD_TTL,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if hold_ttl <= timedelta(0):
+            raise ValueError("hold_ttl must be positive")
+        self.engine = engine
+        self.hold_ttl = hold_ttl
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    # -- public operations -------------------------------------------------------------------
+    async def open_account(self, account: str, *, overdraft_limit: Amount = 0) -> AccountBalance:
+        """Create ``account`` (balance 0) if it does not exist, and set its overdraft limit."""
+        _check_account(account)
+        limit = _amount(overdraft_limit, "overdraft_limit", minimum="zero")
+        async with self._write() as conn:
+            now = self._now()
+            acct = await self._lock_account(conn, account, create=True, now=now)
+            assert acct is not None
+            await conn.execute(update(_A).where(_A.account_id == account).values(overdraft_limit=limit, updated_at=now))
+            acct.overdraft_limit = quantize_amount(limit)
+            await self._expire_locked(conn, acct, now)
+            return _balance_of(acct)
+
+    async def grant(
+        self, account: str, amount: Amount, key: str, *, turn_id: str | None = None, note: str | None = None
+    ) -> Entry:
+        """Add credits to ``account``, creating it if needed."""
+        value = _amount(amount, "amount", minimum="positive")
+
+        async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
+            return await self._append(conn, acct, now, EntryKind.GRANT, key, amount=value, turn_id=turn_id, note=note)
+
+        return await self._run(account, key, EntryKind.GRANT, op, _entry_replay, create=True)
+
+    async def debit(
+        self, account: str, amount: Amount, key: str, *, turn_id: str | None = None, note: str | None = None
+    ) -> Entry:
+        """Spend credits without a reservation; :class:`InsufficientCredits` if ``available`` is short."""
+        value = _amount(amount, "amount", minimum="positive")
+
+        async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
+            _require_available(acct, value, "debit")
+            return await self._append(conn, acct, now, EntryKind.DEBIT, key, amount=-value, turn_id=turn_id, note=note)
+
+        return await self._run(account, key, EntryKind.DEBIT, op, _entry_replay)
+
+    async def refund(
+        self, account: str, amount: Amount, key: str, *, turn_id: str | None = None, note: str | None = None
+    ) -> Entry:
+        """Give credits back to an existing account."""
+        value = _amount(amount, "amount", minimum="positive")
+
+        async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
+            return await self._append(conn, acct, now, EntryKind.REFUND, key, amount=value, turn_id=turn_id, note=note)
+
+        return await self._run(account, key, EntryKind.REFUND, op, _entry_replay)
+
+    async def adjust(self, account: str, amount: Amount, key: str, *, note: str | None = None) -> Entry:
+        """An operator's correction, either sign; not checked against the available balance."""
+        value = _amount(amount, "amount", minimum="nonzero")
+
+        async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
+            return await self._append(conn, acct, now, EntryKind.ADJUST, key, amount=value, note=note)
+
+        return await self._run(account, key, EntryKind.ADJUST, op, _entry_replay)
+
+    async def reserve(
+        self,
+        account: str,
+        estimate: Amount,
+        key: str,
+        *,
+        turn_id: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> Reservation:
+        """Hold ``estimate`` for a turn; :class:`InsufficientCredits` if ``available`` cannot cover it.
+
+        A refusal writes nothing, so the same key may succeed later, after a grant.
+        """
+        value = _amount(estimate, "estimate", minimum="zero")
+        lifetime = self.hold_ttl if ttl is None else ttl
+        if lifetime <= timedelta(0):
+            raise ValueError("ttl must be positive")
+
+        async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Reservation:
+            _require_available(acct, value, "reservation")
+            entry = await self._append(
+                conn,
+                acct,
+                now,
+                EntryKind.RESERVE,
+                key,
+                hold_amount=value,
+                turn_id=turn_id,
+                expires_at=now + lifetime,
+            )
+            await conn.execute(
+                insert(_H).values(
+                    reservation_id=entry.id, account_id=acct.account_id, amount=value, expires_at=now + lifetime
+                )
+            )
+            return _reservation_of(entry)
+
+        return await self._run(account, key, EntryKind.RESERVE, op, _reservation_replay)
+
+    async def settle(
+        self, reservation: Reservation, actual_cost: Amount, key: str | None = None, *, note: str | None = None
+    ) -> Entry:
+        """Debit the turn's actual cost and free its hold, once per reservation.
+
+        The actual cost is debited in full even when it exceeds the hold or the hold already
+        expired (the calls were made); that is the one way a balance can end below the overdraft
+        limit, and the entry's ``balance_after`` shows it. A second settle of the same
+        reservation, under any key, returns the first settle entry and changes nothing.
+        """
+        cost = _amount(actual_cost, "actual_cost", minimum="zero")
+        settle_key = key or reservation.settle_key
+
+        async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
+            await self._check_reservation(conn, reservation)
+            closing = await self._closing_entries(conn, reservation.id)
+            for prior in closing:
+                if prior.kind is EntryKind.SETTLE:
+                    return _replayed(prior)
+            hold = await self._take_hold(conn, reservation.id)
+            entry_note = note
+            if hold is None:
+                entry_note = note or "hold had already been released; actual cost debited anyway"
+            return await self._append(
+                conn,
+                acct,
+                now,
+                EntryKind.SETTLE,
+                settle_key,
+                amount=-cost,
+                hold_amount=-(hold or Decimal(0)),
+                turn_id=reservation.turn_id,
+                reservation_id=reservation.id,
+                note=entry_note,
+            )
+
+        return await self._run(
+            reservation.account, settle_key, EntryKind.SETTLE, op, _entry_replay, keep_hold=reservation.id
+        )
+
+    async def release(self, reservation: Reservation, key: str | None = None) -> Entry:
+        """Free a reservation's hold without charging. If it was already settled or released (or
+        expired), returns that closing entry and changes nothing."""
+        release_key = key or reservation.release_key
+
+        async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
+            await self._check_reservation(conn, reservation)
+            closing = await self._closing_entries(conn, reservation.id)
+            if closing:
+                return _replayed(closing[0])
+            hold = await self._take_hold(conn, reservation.id)
+            if hold is None:
+                raise StorageError(f"reservation {reservation.id} has neither a hold nor a closing entry")
+            return await self._append(
+                conn,
+                acct,
+                now,
+                EntryKind.RELEASE,
+                release_key,
+                hold_amount=-hold,
+                turn_id=reservation.turn_id,
+                reservation_id=reservation.id,
+            )
+
+        return await self._run(
+            reservation.account, release_key, EntryKind.RELEASE, op, _entry_replay, keep_hold=reservation.id
+        )
+
+    async def expire_holds(self, account: str | None = None) -> list[Entry]:
+        """Release every hold past its expiry (on ``account``, or on all accounts); the release entries."""
+        now = self._now()
+        if account is None:
+            async with self.engine.connect() as conn:
+                rows = await _execute(
+                    conn, select(_H.account_id).where(_H.expires_at <= now).distinct().order_by(_H.account_id)
+                )
+                accounts = [r[0] for r in rows]
+        else:
+            accounts = [account]
+        released: list[Entry] = []
+        for name in accounts:
+            async with self._write() as conn:
+                acct = await self._lock_account(conn, name, create=False, now=self._now())
+                if acct is None:
+                    raise CreditError(f"no credit account {name!r}")
+                released.extend(await self._expire_locked(conn, acct, self._now()))
+        return released
+
+    async def balance(self, account: str) -> AccountBalance:
+        """The account's balance, held credits and overdraft limit (expired holds released first)."""
+        async with self.engine.connect() as conn:
+            acct = await self._read_account(conn, account)
+            if acct is None:
+                raise CreditError(f"no credit account {account!r}")
+            expired = await _execute(
+                conn, select(func.count()).select_from(_H).where(_H.account_id == account, _H.expires_at <= self._now())
+            )
+            if not expired.scalar_one():
+                return _balance_of(acct)
+        await self.expire_holds(account)
+        async with self.engine.connect() as conn:
+            acct = await self._read_account(conn, account)
+            assert acct is not None
+            return _balance_of(acct)
+
+    async def get_reservation(self, reservation_id: int) -> Reservation | None:
+        """A reservation by id (e.g. to settle one that another process opened)."""
+        async with self.engine.connect() as conn:
+            rows = await _execute(conn, _entry_select().where(_J.id == reservation_id, _J.kind == EntryKind.RESERVE))
+            row = rows.mappings().first()
+        return _reservation_of(_entry_of(row)) if row is not None else None
+
+    async def history(
+        self,
+        account: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Entry]:
+        """The account's journal, oldest first (the last ``limit`` entries when a limit is given)."""
+        stmt = _entry_select().where(_J.account_id == account)
+        if since is not None:
+            stmt = stmt.where(_J.created_at >= since)
+        if until is not None:
+            stmt = stmt.where(_J.created_at < until)
+        stmt = stmt.order_by(_J.id.desc())
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await _execute(conn, stmt)).mappings().all()
+        return [_entry_of(r) for r in reversed(rows)]
+
+    async def verify(self, account: str | None = None) -> VerifyReport:
+        """Prove that each account's balance and held credits equal the sums of its journal.
+
+        Also replays the journal in order and checks every entry's ``balance_after`` and
+        ``held_after``: a lost update or an entry written outside the account lock shows up as a
+        break in that chain. Reads one consistent snapshot on PostgreSQL (REPEATABLE READ).
+        """
+        problems: list[str] = []
+        async with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            acct_stmt = select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit).order_by(_A.account_id)
+            entry_stmt = select(
+                _J.id, _J.account_id, _J.kind, _J.amount, _J.hold_amount, _J.balance_after, _J.held_after
+            )
+            hold_stmt = select(_H.account_id, _H.amount, _H.reservation_id)
+            if account is not None:
+                acct_stmt = acct_stmt.where(_A.account_id == account)
+                entry_stmt = entry_stmt.where(_J.account_id == account)
+                hold_stmt = hold_stmt.where(_H.account_id == account)
+            accounts = {r.account_id: r for r in (await _execute(conn, acct_stmt)).all()}
+            if account is not None and account not in accounts:
+                raise CreditError(f"no credit account {account!r}")
+            sums: dict[str, list[Decimal]] = {name: [Decimal(0), Decimal(0)] for name in accounts}
+            entries = 0
+            with localcontext(_EXACT):
+                result = await conn.stream(entry_stmt.order_by(_J.account_id, _J.id))
+                async for row in result:
+                    entries += 1
+                    running = sums.setdefault(row.account_id, [Decimal(0), Decimal(0)])
+                    running[0] += row.amount
+                    running[1] += row.hold_amount
+                    if running[0] != row.balance_after or running[1] != row.held_after:
+                        problems.append(
+                            f"{row.account_id}: entry {row.id} ({row.kind}) records balance {row.balance_after} "
+                            f"held {row.held_after}, the journal up to it sums to {running[0]} and {running[1]}"
+                        )
+                open_holds: dict[str, Decimal] = {}
+                hold_count = 0
+                for hold in (await _execute(conn, hold_stmt)).all():
+                    hold_count += 1
+                    open_holds[hold.account_id] = open_holds.get(hold.account_id, Decimal(0)) + hold.amount
+            for name, (balance, held) in sums.items():
+                acct_row = accounts.get(name)
+                if acct_row is None:
+                    problems.append(f"{name}: journal entries for an account that does not exist")
+                    continue
+                if acct_row.balance != balance:
+                    problems.append(f"{name}: balance {acct_row.balance} but the journal sums to {balance}")
+                if acct_row.held != held:
+                    problems.append(f"{name}: held {acct_row.held} but the journal's holds sum to {held}")
+                if open_holds.get(name, Decimal(0)) != acct_row.held:
+                    problems.append(f"{name}: held {acct_row.held} but the open holds sum to {open_holds.get(name, 0)}")
+        return VerifyReport(accounts=len(accounts), entries=entries, open_holds=hold_count, problems=tuple(problems))
+
+    # -- the transaction skeleton ------------------------------------------------------------
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the ledger's clock must return timezone-aware datetimes")
+        return now.astimezone(UTC)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; committed when the block ends normally, rolled back otherwise."""
+        try:
+            async with self.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    await conn.execution_options(isolation_level="READ COMMITTED")
+                elif conn.dialect.name == "sqlite":
+                    # The write lock up front: a deferred transaction that reads, then writes, can
+                    # fail with SQLITE_BUSY instead of waiting when another writer got in between.
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                yield conn
+                await conn.commit()
+        except DBAPIError as exc:
+            raise _storage_error(exc) from exc
+
+    async def _run(
+        self,
+        account: str,
+        key: str,
+        kind: EntryKind,
+        op: Callable[[AsyncConnection, _Account, datetime], Awaitable[T]],
+        replay: Callable[[Entry, EntryKind, str], T],
+        *,
+        create: bool = False,
+        keep_hold: int | None = None,
+    ) -> T:
+        _check_account(account)
+        _check_key(key)
+        try:
+            async with self._write() as conn:
+                now = self._now()
+                acct = await self._lock_account(conn, account, create=create, now=now)
+                existing = await self._find_key(conn, key)
+                if existing is not None:
+                    return replay(existing, kind, account)
+                if acct is None:
+                    raise CreditError(f"no credit account {account!r}")
+                await self._expire_locked(conn, acct, now, keep=keep_hold)
+                try:
+                    return await op(conn, acct, now)
+                except CreditError:
+                    # A refusal writes nothing of its own; the expired holds released above are
+                    # still worth keeping.
+                    await conn.commit()
+                    raise
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            # The same key, committed by a concurrent call on another account (or a race on
+            # account creation): the winner's entry is the answer.
+            async with self.engine.connect() as conn:
+                existing = await self._find_key(conn, key)
+            if existing is None:
+                raise
+            return replay(existing, kind, account)
+
+    # -- steps, all under the account lock ---------------------------------------------------
+    async def _lock_account(
+        self, conn: AsyncConnection, account: str, *, create: bool, now: datetime
+    ) -> _Account | None:
+        if create:
+            values: dict[str, Any] = {
+                "account_id": account,
+                "balance": Decimal(0),
+                "held": Decimal(0),
+                "overdraft_limit": Decimal(0),
+                "created_at": now,
+                "updated_at": now,
+            }
+            dialect_insert = pg.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            await _execute(
+                conn, dialect_insert(_A).values(**values).on_conflict_do_nothing(index_elements=["account_id"])
+            )
+        stmt = (
+            select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit)
+            .where(_A.account_id == account)
+            .with_for_update()
+        )
+        row = (await _execute(conn, stmt)).first()
+        return _Account(row.account_id, row.balance, row.held, row.overdraft_limit) if row is not None else None
+
+    async def _read_account(self, conn: AsyncConnection, account: str) -> _Account | None:
+        stmt = select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit).where(_A.account_id == account)
+        row = (await _execute(conn, stmt)).first()
+        return _Account(row.account_id, row.balance, row.held, row.overdraft_limit) if row is not None else None
+
+    async def _find_key(self, conn: AsyncConnection, key: str) -> Entry | None:
+        row = (await _execute(conn, _entry_select().where(_J.idempotency_key == key))).mappings().first()
+        return _entry_of(row) if row is not None else None
+
+    async def _expire_locked(
+        self, conn: AsyncConnection, acct: _Account, now: datetime, *, keep: int | None = None
+    ) -> list[Entry]:
+        stmt = (
+            select(_H.reservation_id, _H.amount, _J.idempotency_key, _J.turn_id)
+            .join(_J, _J.id == _H.reservation_id)
+            .where(_H.account_id == acct.account_id, _H.expires_at <= now)
+            .order_by(_H.expires_at, _H.reservation_id)
+        )
+        released: list[Entry] = []
+        for row in (await _execute(conn, stmt)).all():
+            if row.reservation_id == keep:
+                # The reservation being settled right now: close it by that settle, not by expiry.
+                continue
+            await conn.execute(delete(_H).where(_H.reservation_id == row.reservation_id))
+            released.append(
+                await self._append(
+                    conn,
+                    acct,
+                    now,
+                    EntryKind.RELEASE,
+                    f"{row.idempotency_key}/expired",
+                    hold_amount=-row.amount,
+                    turn_id=row.turn_id,
+                    reservation_id=row.reservation_id,
+                    note="hold expired",
+                )
+            )
+        return released
+
+    async def _check_reservation(self, conn: AsyncConnection, reservation: Reservation) -> None:
+        stmt = select(_J.account_id, _J.kind, _J.hold_amount).where(_J.id == reservation.id)
+        row = (await _execute(conn, stmt)).first()
+        if row is None or row.kind != EntryKind.RESERVE or row.account_id != reservation.account:
+            raise CreditError(f"no reservation {reservation.id} on account {reservation.account!r}")
+
+    async def _closing_entries(self, conn: AsyncConnection, reservation_id: int) -> list[Entry]:
+        stmt = _entry_select().where(_J.reservation_id == reservation_id).order_by(_J.id)
+        return [_entry_of(r) for r in (await _execute(conn, stmt)).mappings().all()]
+
+    async def _take_hold(self, conn: AsyncConnection, reservation_id: int) -> Decimal | None:
+        row = (await _execute(conn, select(_H.amount).where(_H.reservation_id == reservation_id))).first()
+        if row is None:
+            return None
+        await conn.execute(delete(_H).where(_H.reservation_id == reservation_id))
+        amount: Decimal = row.amount
+        return amount
+
+    async def _append(
+        self,
+        conn: AsyncConnection,
+        acct: _Account,
+        now: datetime,
+        kind: EntryKind,
+        key: str,
+        *,
+        amount: Decimal = Decimal(0),
+        hold_amount: Decimal = Decimal(0),
+        turn_id: str | None = None,
+        reservation_id: int | None = None,
+        expires_at: datetime | None = None,
+        note: str | None = None,
+    ) -> Entry:
+        amount, hold_amount = quantize_amount(amount), quantize_amount(hold_amount)
+        with localcontext(_EXACT):
+            balance_after = acct.balance + amount
+            held_after = acct.held + hold_amount
+        values: dict[str, Any] = {
+            "idempotency_key": key,
+            "account_id": acct.account_id,
+            "kind": kind.value,
+            "amount": amount,
+            "hold_amount": hold_amount,
+            "balance_after": balance_after,
+            "held_after": held_after,
+            "turn_id": turn_id,
+            "reservation_id": reservation_id,
+            "expires_at": expires_at,
+            "note": note[:200] if note else None,
+            "created_at": now,
+        }
+        result = await _execute(conn, insert(_J).values(**values))
+        entry_id = int(result.inserted_primary_key[0])
+        await conn.execute(
+            update(_A)
+            .where(_A.account_id == acct.account_id)
+            .values(balance=balance_after, held=held_after, updated_at=now)
+        )
+        acct.balance, acct.held = balance_after, held_after
+        return Entry(
+            id=entry_id,
+            key=key,
+            account=acct.account_id,
+            kind=kind,
+            amount=canonical_amount(amount),
+            hold_amount=canonical_amount(hold_amount),
+            balance_after=canonical_amount(balance_after),
+            held_after=canonical_amount(held_after),
+            turn_id=turn_id,
+            reservation_id=reservation_id,
+            expires_at=expires_at,
+            note=values["note"],
+            created_at=now,
+        )
+
+
+# -- the turn tie-in -----------------------------------------------------------------------------
+class UnpricedCallsError(CreditError):
+    """A turn under ``unpriced="error"`` made calls nobody could price. Its priced part was settled;
+    :attr:`charge` says what was charged and how many calls were left unpriced."""
+
+    def __init__(self, message: str, charge: TurnCharge) -> None:
+        super().__init__(message)
+        self.charge = charge
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCharge:
+    """What a :class:`credit_scope` charged for its turn, and why."""
+
+    reservation: Reservation
+    entry: Entry
+    """The settle entry (the first one, if the scope was replayed)."""
+    charged: Decimal
+    """What the settle asked to debit."""
+    priced_cost: Decimal
+    """The exact sum of the turn's priced calls, abandoned ones at their estimate included."""
+    unpriced_calls: int
+    abandoned_calls: int
+    policy: UnpricedPolicy
+
+
+def turn_charge(turn: TurnTokenAccumulator, estimate: Decimal, policy: UnpricedPolicy) -> tuple[Decimal, Decimal, int]:
+    """``(charged, priced_cost, unpriced_calls)`` for a closed turn under ``policy``.
+
+    ``free`` charges the priced calls only; ``estimate`` charges at least the reserved estimate
+    when any call is unpriced (the estimate stands in for what nobody could price); ``error``
+    charges the priced calls and lets the caller decide the rest.
+    """
+    if policy not in ("free", "estimate", "error"):
+        raise ValueError(f"unpriced must be 'free', 'estimate' or 'error', not {policy!r}")
+    priced, unpriced = sum_costs(record.cost_usd for record in turn.calls)
+    priced_cost = priced if priced is not None else Decimal(0)
+    if unpriced and policy == "estimate":
+        return max(priced_cost, estimate), priced_cost, unpriced
+    return priced_cost, priced_cost, unpriced
+
+
+class credit_scope:
+    """A turn that is paid for: reserve ``estimate`` on entry, settle the turn's exact cost on exit.
+
+        scope = credit_scope(ledger, account="u-42", estimate=Decimal("0.05"), user_id="u-42")
+        async with scope as turn:
+            await litellm.acompletion(...)
+        scope.charge.charged        # Decimal('0.000405')
+
+    Entry raises :class:`InsufficientCredits` before the block runs. On exit the turn closes as in
+    :class:`scoped_turn` (calls that never reported become ``abandoned`` at their estimated cost)
+    and its cost is settled, also when the block raised or was cancelled: calls that were made are
+    paid for. Unpriced calls follow ``unpriced`` (see :func:`turn_charge`) and are counted in
+    :attr:`charge` either way; under ``"error"`` an :class:`UnpricedCallsError` is raised after the
+    priced part is settled (unless the block already raised).
+
+    The reservation key defaults to ``turn:<turn_id>``: pass ``key`` (or a ``turn_id``) that is
+    stable across retries of one request and a retried turn neither reserves nor charges twice.
+    """
+
+    def __init__(
+        self,
+        ledger: CreditLedger,
+        *,
+        account: str,
+        estimate: Amount,
+        key: str | None = None,
+        turn: TurnTokenAccumulator | None = None,
+        unpriced: UnpricedPolicy = "estimate",
+        ttl: timedelta | None = None,
+        **labels: Any,
+    ) -> None:
+        if unpriced not in ("free", "estimate", "error"):
+            raise ValueError(f"unpriced must be 'free', 'estimate' or 'error', not {unpriced!r}")
+        self.ledger = ledger
+        self.account = account
+        self.estimate = _amount(estimate, "estimate", minimum="zero")
+        self.unpriced: UnpricedPolicy = unpriced
+        self.ttl = ttl
+        self._scope = scoped_turn(turn=turn, **labels)
+        self.turn = self._scope.turn
+        self.key = key or f"turn:{self.turn.turn_id}"
+        self.reservation: Reservation | None = None
+        self.charge: TurnCharge | None = None
+
+    async def __aenter__(self) -> TurnTokenAccumulator:
+        self.reservation = await self.ledger.reserve(
+            self.account, self.estimate, self.key, turn_id=self.turn.turn_id, ttl=self.ttl
+        )
+        return await self._scope.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self.reservation is not None
+        await self._scope.__aexit__(exc_type, exc, tb)
+        charged, priced_cost, unpriced = turn_charge(self.turn, self.estimate, self.unpriced)
+        entry = await self.ledger.settle(self.reservation, charged)
+        self.charge = TurnCharge(
+            reservation=self.reservation,
+            entry=entry,
+            charged=charged,
+            priced_cost=priced_cost,
+            unpriced_calls=unpriced,
+            abandoned_calls=self.turn.abandoned_calls,
+            policy=self.unpriced,
+        )
+        if unpriced:
+            warn_once(
+                f"credits.unpriced.{self.unpriced}",
+                "turn %s made %d unpriced call(s); settled under unpriced=%r",
+                self.turn.turn_id,
+                unpriced,
+                self.unpriced,
+            )
+            if self.unpriced == "error" and exc is None:
+                raise UnpricedCallsError(
+                    f"turn {self.turn.turn_id} made {unpriced} unpriced call(s); settled {charged} for the priced ones",
+                    self.charge,
+                )
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _amount(value: object, name: str, *, minimum: Literal["zero", "positive", "nonzero"]) -> Decimal:
+    if isinstance(value, float):
+        raise TypeError(f"{name} must be a Decimal, int or str, not a float (floats are not exact)")
+    parsed = to_decimal(value)
+    if parsed is None:
+        raise ValueError(f"{name} must be a finite amount, not {value!r}")
+    if minimum == "zero" and parsed < 0:
+        raise ValueError(f"{name} must not be negative, not {parsed}")
+    if minimum == "positive" and parsed <= 0:
+        raise ValueError(f"{name} must be positive, not {parsed}")
+    if minimum == "nonzero" and parsed == 0:
+        raise ValueError(f"{name} must not be zero")
+    return parsed
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not key or len(key) > KEY_MAX_LENGTH:
+        raise ValueError(f"an idempotency key must be a non-empty string of at most {KEY_MAX_LENGTH} characters")
+
+
+def _check_account(account: str) -> None:
+    if not isinstance(account, str) or not account or len(account) > ACCOUNT_MAX_LENGTH:
+        raise ValueError(f"an account must be a non-empty string of at most {ACCOUNT_MAX_LENGTH} characters")
+
+
+def _require_available(acct: _Account, amount: Decimal, what: str) -> None:
+    available = acct.available
+    if quantize_amount(amount) > available:
+        raise InsufficientCredits(
+            f"account {acct.account_id!r}: available {canonical_amount(available)} cannot cover the {what} of {amount}"
+        )
+
+
+def _entry_select() -> Any:
+    return select(
+        _J.id,
+        _J.idempotency_key,
+        _J.account_id,
+        _J.kind,
+        _J.amount,
+        _J.hold_amount,
+        _J.balance_after,
+        _J.held_after,
+        _J.turn_id,
+        _J.reservation_id,
+        _J.expires_at,
+        _J.note,
+        _J.created_at,
+    )
+
+
+def _entry_of(row: Mapping[str, Any]) -> Entry:
+    return Entry(
+        id=int(row["id"]),
+        key=row["idempotency_key"],
+        account=row["account_id"],
+        kind=EntryKind(row["kind"]),
+        amount=row["amount"],
+        hold_amount=row["hold_amount"],
+        balance_after=row["balance_after"],
+        held_after=row["held_after"],
+        turn_id=row["turn_id"],
+        reservation_id=row["reservation_id"],
+        expires_at=row["expires_at"],
+        note=row["note"],
+        created_at=row["created_at"],
+    )
+
+
+def _replayed(entry: Entry) -> Entry:
+    return dataclasses.replace(entry, replayed=True)
+
+
+def _check_replay(entry: Entry, kind: EntryKind, account: str) -> None:
+    if entry.account != account or entry.kind is not kind:
+        raise CreditError(
+            f"idempotency key {entry.key!r} was already used for a {entry.kind} on account {entry.account!r}"
+        )
+
+
+def _entry_replay(entry: Entry, kind: EntryKind, account: str) -> Entry:
+    _check_replay(entry, kind, account)
+    return _replayed(entry)
+
+
+def _reservation_of(entry: Entry) -> Reservation:
+    assert entry.expires_at is not None
+    return Reservation(
+        id=entry.id,
+        key=entry.key,
+        account=entry.account,
+        amount=entry.hold_amount,
+        expires_at=entry.expires_at,
+        turn_id=entry.turn_id,
+        created_at=entry.created_at,
+        replayed=entry.replayed,
+    )
+
+
+def _reservation_replay(entry: Entry, kind: EntryKind, account: str) -> Reservation:
+    if entry.kind is not EntryKind.RESERVE or entry.account != account:
+        raise CreditError(
+            f"idempotency key {entry.key!r} was already used for a {entry.kind} on account {entry.account!r}"
+        )
+    return _reservation_of(_replayed(entry))
+
+
+def _balance_of(acct: _Account) -> AccountBalance:
+    return AccountBalance(
+        account=acct.account_id,
+        balance=canonical_amount(acct.balance),
+        held=canonical_amount(acct.held),
+        overdraft_limit=canonical_amount(acct.overdraft_limit),
+    )
+
+
+async def _execute(conn: AsyncConnection, stmt: Any) -> Any:
+    return await conn.execute(stmt)
+
+
+def _storage_error(exc: DBAPIError) -> StorageError:
+    text = str(exc.orig).lower()
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return SchemaMissingError("the credit tables do not exist: run `turnledger migrate`")
+    if isinstance(exc, IntegrityError):
+        return StorageError("a concurrent write used the same idempotency key or account")
+    return StorageError(f"the credit ledger could not read or write the database: {type(exc.orig).__name__}")
+
+
+__all__ = [
+    "DEFAULT_HOLD_TTL",
+    "AccountBalance",
+    "CreditLedger",
+    "Entry",
+    "EntryKind",
+    "Reservation",
+    "TurnCharge",
+    "UnpricedCallsError",
+    "VerifyReport",
+    "credit_scope",
+    "turn_charge",
+]
