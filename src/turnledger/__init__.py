@@ -31,7 +31,13 @@ from turnledger.errors import (
     StorageError,
     TurnledgerError,
 )
+from turnledger.price_map import PriceMap, PriceMapOrigin, load_price_map, refresh_price_map
+from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.store import reports
+from turnledger.store.engine import make_engine, session_factory
+from turnledger.store.record import TurnRows, insert_turn_rows, record_token_usage, record_turn, turn_rows
+from turnledger.store.reports import ReportBy, ReportRow, usage_report
 from turnledger.subscribers import JsonlLedger, subscribe
 
 __version__ = "0.1.0"
@@ -45,22 +51,39 @@ __all__ = [
     "InsufficientCredits",
     "JsonlLedger",
     "ModelMetadata",
+    "ModelPrice",
     "PendingCall",
+    "PriceMap",
+    "PriceMapOrigin",
+    "PriceTable",
     "RecordFlag",
+    "ReportBy",
+    "ReportRow",
     "SchemaMissingError",
     "StorageError",
     "TokenCallRecord",
     "TokenTrackingCallback",
+    "TurnRows",
     "TurnTokenAccumulator",
     "TurnledgerError",
     "__version__",
     "get_current_accumulator",
+    "insert_turn_rows",
     "install",
     "is_installed",
+    "load_price_map",
+    "make_engine",
+    "record_token_usage",
+    "record_turn",
+    "refresh_price_map",
     "register_model_usage_metadata",
+    "reports",
     "scoped_turn",
+    "session_factory",
     "start_turn",
     "subscribe",
     "token_tracker",
+    "turn_rows",
     "uninstall",
+    "usage_report",
 ]

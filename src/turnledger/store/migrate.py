@@ -1,0 +1,123 @@
+"""Schema migrations from code: the same Alembic revisions ``turnledger migrate`` and the tests run.
+
+The sync functions are for scripts and the CLI; inside a running event loop use the ``*_async`` ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import pool
+from sqlalchemy.engine import URL, Connection
+
+from turnledger.store.engine import make_engine, resolve_url
+
+SCRIPT_LOCATION = "turnledger:migrations"
+"""Resolved through the installed package, so it works from a wheel as well as a checkout."""
+
+T = TypeVar("T")
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An Alembic :class:`Config` for turnledger's migrations; no ini file needed."""
+    cfg = Config()
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    # Passed as an attribute, not an ini option: configparser would choke on a '%' in a password.
+    cfg.attributes["url"] = resolve_url(url).render_as_string(hide_password=False)
+    return cfg
+
+
+def head_revision() -> str | None:
+    """The newest revision the installed package knows."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+async def upgrade_async(url: str | URL | None = None, revision: str = "head") -> None:
+    await _with_connection(url, lambda conn: _command(conn, url, "upgrade", revision))
+
+
+async def downgrade_async(url: str | URL | None, revision: str) -> None:
+    await _with_connection(url, lambda conn: _command(conn, url, "downgrade", revision))
+
+
+async def current_revision_async(url: str | URL | None = None) -> str | None:
+    """The revision the database is at; ``None`` for an empty database."""
+    revision: str | None = await _with_connection(
+        url, lambda conn: MigrationContext.configure(conn).get_current_revision()
+    )
+    return revision
+
+
+def upgrade(url: str | URL | None = None, revision: str = "head") -> None:
+    """Upgrade the schema at ``url`` (default: ``TURNLEDGER_DATABASE_URL`` / ./turnledger.db) to ``revision``."""
+    _run(upgrade_async(url, revision))
+
+
+def downgrade(url: str | URL | None, revision: str) -> None:
+    """Downgrade the schema at ``url`` to ``revision`` (``"base"`` drops every turnledger table)."""
+    _run(downgrade_async(url, revision))
+
+
+def current_revision(url: str | URL | None = None) -> str | None:
+    return _run(current_revision_async(url))
+
+
+def _command(connection: Connection, url: str | URL | None, action: str, revision: str) -> None:
+    cfg = alembic_config(url)
+    cfg.attributes["connection"] = connection
+    if action == "upgrade":
+        command.upgrade(cfg, revision)
+    else:
+        command.downgrade(cfg, revision)
+
+
+async def _with_connection(url: str | URL | None, fn: Any) -> Any:
+    engine = make_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.begin() as connection:
+            return await connection.run_sync(fn)
+    finally:
+        await engine.dispose()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # Called from inside a loop (a notebook, an async app's startup): asyncio.run would refuse, so
+    # the migration runs on a loop of its own in a helper thread while this one waits.
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="turnledger-migrate")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+__all__ = [
+    "alembic_config",
+    "current_revision",
+    "current_revision_async",
+    "downgrade",
+    "downgrade_async",
+    "head_revision",
+    "upgrade",
+    "upgrade_async",
+]

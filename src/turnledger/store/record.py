@@ -1,0 +1,405 @@
+"""Writing turns: :func:`record_turn` (a closed turn and its calls, exactly once) and :func:`record_token_usage`.
+
+Rows are built by pure functions (:func:`turn_rows`, :func:`call_row`) and inserted by
+:func:`insert_turn_rows`, which takes many turns at once, so a batch writer reuses both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, cast
+
+from sqlalchemy import Table, insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from turnledger._logging import warn_once
+from turnledger.accumulator import TurnTokenAccumulator
+from turnledger.money import micros_from_usd, sum_costs, to_decimal
+from turnledger.records import MICROS_PER_USD, CallStatus, TokenCallRecord
+from turnledger.store.engine import storage_error
+from turnledger.store.models import TokenUsage, TokenUsageCall
+
+USAGE_TABLE = cast(Table, TokenUsage.__table__)
+CALLS_TABLE = cast(Table, TokenUsageCall.__table__)
+
+Database = AsyncSession | AsyncConnection
+"""What the writers and reports run on: the caller's session (its transaction) or a connection."""
+
+INSERT_CHUNK = 500
+"""Turn rows per INSERT statement: ~30 parameters each stays far below both backends' limits."""
+
+_SECRET_KEYS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "api-key",
+        "authorization",
+        "auth",
+        "headers",
+        "extra_headers",
+        "messages",
+        "prompt",
+        "input",
+        "content",
+        "completion",
+        "text",
+        "response",
+        "system",
+        "password",
+        "secret",
+        "token",
+    }
+)
+"""Keys dropped from caller-supplied JSON documents: whatever sits under them may be a key or a prompt."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRows:
+    """A turn as rows: ``usage`` for ``token_usage`` and ``calls`` for ``token_usage_calls``.
+
+    Call rows carry no ``usage_id``: it is the turn row's id, known only once that row is inserted.
+    """
+
+    turn_id: str
+    usage: dict[str, Any]
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def call_row(
+    record: TokenCallRecord,
+    *,
+    seq: int,
+    usage_type: str,
+    user_id: str | None,
+    thread_id: str | None,
+    tenant_id: str | None,
+    created_at: datetime,
+) -> dict[str, Any]:
+    """The ``token_usage_calls`` row of one call (without ``usage_id``)."""
+    return {
+        "seq": seq,
+        "call_id": record.call_id,
+        "model": record.model,
+        "provider": record.provider,
+        "call_kind": record.call_kind.value,
+        "status": record.status.value,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "total_tokens": record.total_tokens,
+        "cached_tokens": record.cached_tokens,
+        "cache_creation_tokens": record.cache_creation_tokens,
+        "cache_creation_1h_tokens": record.cache_creation_1h_tokens,
+        "reasoning_tokens": record.reasoning_tokens,
+        "image_input_tokens": record.image_input_tokens,
+        "image_output_tokens": record.image_output_tokens,
+        "cost_usd": record.cost_usd,
+        "cost_micros": record.cost_micros,
+        "cost_source": record.cost_source.value,
+        "started_at": record.started_at,
+        "latency_ms": record.latency_ms,
+        "ttft_ms": record.ttft_ms,
+        "stream": record.stream,
+        "usage_estimated": record.usage_estimated,
+        "error_type": record.error_type,
+        "provider_request_id": record.provider_request_id,
+        "model_ref": record.model_ref,
+        "model_id": record.model_id,
+        "display_name": record.display_name,
+        "flags": [flag.value for flag in record.flags],
+        "usage_type": usage_type,
+        "user_id": user_id,
+        "thread_id": thread_id,
+        "tenant_id": tenant_id,
+        "created_at": created_at,
+    }
+
+
+def turn_rows(
+    turn: TurnTokenAccumulator,
+    *,
+    usage_type: str,
+    message_id: str | None = None,
+    created_at: datetime | None = None,
+    recorded_at: datetime | None = None,
+) -> TurnRows:
+    """A closed turn as rows. Pure: reads the turn, touches no database.
+
+    ``created_at`` (what reports bucket by) defaults to when the turn opened. Late calls (their
+    event came after the turn closed) are not part of the turn's totals and are not included.
+    """
+    if not turn.closed:
+        raise ValueError(f"turn {turn.turn_id!r} is still open: close it (leave its scope) before recording it")
+    when = _aware(created_at or turn.created_at)
+    records = list(turn)
+    user_id, thread_id, tenant_id = _opt_str(turn.user_id), _opt_str(turn.thread_id), _opt_str(turn.tenant_id)
+    calls = [
+        call_row(
+            record,
+            seq=seq,
+            usage_type=usage_type,
+            user_id=user_id,
+            thread_id=thread_id,
+            tenant_id=tenant_id,
+            created_at=when,
+        )
+        for seq, record in enumerate(records)
+    ]
+    cost, unpriced = sum_costs(r.cost_usd for r in records)
+    usage = {
+        "turn_id": turn.turn_id,
+        "usage_type": usage_type,
+        "user_id": user_id,
+        "thread_id": thread_id,
+        "message_id": _opt_str(message_id if message_id is not None else turn.message_id),
+        "tenant_id": tenant_id,
+        "tags": [str(tag) for tag in turn.tags],
+        "calls": len(records),
+        "prompt_tokens": sum(r.prompt_tokens for r in records),
+        "completion_tokens": sum(r.completion_tokens for r in records),
+        "total_tokens": sum(r.total_tokens for r in records),
+        "cached_tokens": sum(r.cached_tokens for r in records),
+        "cache_creation_tokens": sum(r.cache_creation_tokens for r in records),
+        "reasoning_tokens": sum(r.reasoning_tokens for r in records),
+        "cost_usd": cost,
+        "cost_micros": micros_from_usd(cost),
+        "unpriced_calls": unpriced,
+        "failed_calls": sum(1 for r in records if r.status is CallStatus.FAILURE),
+        "abandoned_calls": sum(1 for r in records if r.status is CallStatus.ABANDONED),
+        "model_breakdown": _json_safe(turn.per_message_summary()) if records else {},
+        "call_details": [record.to_dict() for record in records],
+        "created_at": when,
+        "recorded_at": _aware(recorded_at or datetime.now(UTC)),
+    }
+    return TurnRows(turn_id=turn.turn_id, usage=usage, calls=calls)
+
+
+async def insert_turn_rows(db: Database, batch: Sequence[TurnRows]) -> dict[str, int]:
+    """Insert turns and their calls in the caller's transaction; turns already stored are skipped.
+
+    Returns ``{turn_id: row id}`` for the turns written by this call. Idempotent on ``turn_id`` on
+    both backends (``INSERT ... ON CONFLICT (turn_id) DO NOTHING RETURNING``), also against a
+    concurrent writer of the same turn: PostgreSQL makes the second insert wait for the first.
+    Raises :class:`~turnledger.errors.StorageError` (or ``SchemaMissingError``) if the database refuses.
+    """
+    unique: dict[str, TurnRows] = {}
+    for rows in batch:
+        unique.setdefault(rows.turn_id, rows)
+    if not unique:
+        return {}
+    dialect_insert = postgresql.insert if _dialect_name(db) == "postgresql" else sqlite.insert
+    table = USAGE_TABLE
+    written: dict[str, int] = {}
+    try:
+        items = list(unique.values())
+        for start in range(0, len(items), INSERT_CHUNK):
+            chunk = items[start : start + INSERT_CHUNK]
+            stmt = (
+                dialect_insert(table)
+                .values([rows.usage for rows in chunk])
+                .on_conflict_do_nothing(index_elements=["turn_id"])
+                .returning(table.c.id, table.c.turn_id)
+            )
+            result = await db.execute(stmt)
+            written.update({turn_id: row_id for row_id, turn_id in result.all()})
+        call_rows = [
+            {**call, "usage_id": written[rows.turn_id]}
+            for rows in unique.values()
+            if rows.turn_id in written
+            for call in rows.calls
+        ]
+        if call_rows:
+            await db.execute(insert(CALLS_TABLE), call_rows)
+    except SQLAlchemyError as exc:
+        raise storage_error(exc) from exc
+    return written
+
+
+async def record_turn(
+    db: Database,
+    turn: TurnTokenAccumulator,
+    *,
+    usage_type: str,
+    message_id: str | None = None,
+    created_at: datetime | None = None,
+) -> int | None:
+    """Write a closed turn and its calls in the caller's transaction (commit it yourself).
+
+    Returns the new ``token_usage`` row id, or ``None`` when this ``turn_id`` is already stored
+    (recording a turn twice stores it once). Raises ``ValueError`` for a turn still open and
+    :class:`~turnledger.errors.StorageError` when the database refuses the write.
+    """
+    rows = turn_rows(turn, usage_type=usage_type, message_id=message_id, created_at=created_at)
+    written = await insert_turn_rows(db, [rows])
+    return written.get(rows.turn_id)
+
+
+def record_token_usage(
+    session: Any,
+    *,
+    usage_type: str,
+    user_id: str | None,
+    thread_id: str | None = None,
+    message_id: str | None = None,
+    tenant_id: str | None = None,
+    tags: Iterable[str] = (),
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    total_tokens: int | None = None,
+    cached_tokens: int = 0,
+    cache_creation_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    cost_usd: Decimal | float | int | str | None = None,
+    cost_micros: int | None = None,
+    calls: int = 1,
+    model_breakdown: Mapping[str, Any] | None = None,
+    call_details: Sequence[Mapping[str, Any]] | None = None,
+    turn_id: str | None = None,
+    created_at: datetime | None = None,
+) -> TokenUsage | None:
+    """Add one ``token_usage`` row to ``session`` (sync or async) so it commits with the caller's work.
+
+    Never raises: on bad input it logs why and returns ``None``. ``cost_usd`` (or, failing that,
+    ``cost_micros``) left out means unpriced: the row's cost is NULL and its calls count as unpriced.
+    A duplicate ``turn_id`` is refused by the database at flush/commit, in the caller's transaction.
+    """
+    try:
+        counts = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cached_tokens": cached_tokens,
+            "cache_creation_tokens": cache_creation_tokens,
+            "reasoning_tokens": reasoning_tokens,
+            "calls": calls,
+        }
+        if total_tokens is not None:
+            counts["total_tokens"] = total_tokens
+        bad = sorted(name for name, value in counts.items() if not _is_count(value))
+        if bad:
+            _refuse("bad_counts", "record_token_usage: %s must be non-negative integers", ", ".join(bad))
+            return None
+        if not usage_type or not isinstance(usage_type, str):
+            _refuse("bad_usage_type", "record_token_usage: usage_type must be a non-empty string")
+            return None
+        cost = _cost_from(cost_usd, cost_micros)
+        if cost is _INVALID:
+            _refuse("bad_cost", "record_token_usage: cost must be a finite, non-negative number")
+            return None
+        if created_at is not None and (not isinstance(created_at, datetime) or created_at.tzinfo is None):
+            _refuse("naive_created_at", "record_token_usage: created_at must be a timezone-aware datetime")
+            return None
+        priced_cost = cost if isinstance(cost, Decimal) else None
+        now = datetime.now(UTC)
+        row = TokenUsage(
+            turn_id=_opt_str(turn_id) or _new_id(),
+            usage_type=usage_type,
+            user_id=_opt_str(user_id),
+            thread_id=_opt_str(thread_id),
+            message_id=_opt_str(message_id),
+            tenant_id=_opt_str(tenant_id),
+            tags=[str(tag) for tag in tags],
+            calls=calls,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens if total_tokens is None else total_tokens,
+            cached_tokens=cached_tokens,
+            cache_creation_tokens=cache_creation_tokens,
+            reasoning_tokens=reasoning_tokens,
+            cost_usd=priced_cost,
+            cost_micros=micros_from_usd(priced_cost),
+            unpriced_calls=calls if priced_cost is None else 0,
+            failed_calls=0,
+            abandoned_calls=0,
+            model_breakdown=_scrub(_json_safe(model_breakdown)) if model_breakdown is not None else None,
+            call_details=[_scrub(_json_safe(d)) for d in call_details] if call_details is not None else None,
+            created_at=(created_at or now).astimezone(UTC),
+            recorded_at=now,
+        )
+        session.add(row)
+    except Exception as exc:
+        _refuse("unexpected", "record_token_usage: row not added: %s", type(exc).__name__)
+        return None
+    return row
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+_INVALID = object()
+
+
+def _cost_from(cost_usd: object, cost_micros: object) -> Decimal | object | None:
+    if cost_usd is not None:
+        cost = to_decimal(cost_usd)
+    elif cost_micros is not None:
+        if not _is_int(cost_micros):
+            return _INVALID
+        cost = Decimal(int(str(cost_micros))) / MICROS_PER_USD
+    else:
+        return None
+    if cost is None or cost < 0:
+        return _INVALID
+    return cost
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: object) -> bool:
+    return _is_int(value) and int(str(value)) >= 0
+
+
+def _refuse(cause: str, message: str, *args: object) -> None:
+    warn_once(f"record_token_usage:{cause}", message, *args)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("turnledger stores timezone-aware datetimes only")
+    return value.astimezone(UTC)
+
+
+def _dialect_name(db: Database) -> str:
+    if isinstance(db, AsyncConnection):
+        return db.dialect.name
+    return db.get_bind().dialect.name
+
+
+def _json_safe(value: Any) -> Any:
+    """Decimals as strings (never floats), datetimes as ISO-8601, enums as their values."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _scrub(v) for k, v in value.items() if str(k).lower() not in _SECRET_KEYS}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+__all__ = ["Database", "TurnRows", "call_row", "insert_turn_rows", "record_token_usage", "record_turn", "turn_rows"]

@@ -1,0 +1,239 @@
+"""Breakdowns of recorded usage: per model, user, thread, tenant or day, over a time range.
+
+Per-model figures are summed over call rows (``token_usage_calls``); the others over turn rows
+(``token_usage``), which already hold each turn's exact totals, so a per-day report reads a third
+as many rows. Costs are exact: PostgreSQL sums ``NUMERIC``; SQLite stores decimal text, so its
+query groups by cost as well and the (few) distinct costs are summed in Python with ``Decimal``.
+
+A group whose calls are all unpriced has ``cost_usd = None`` (unknown), never 0; a mixed group
+has the sum of its priced calls and says how many were unpriced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Date, Select, case, cast, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+
+from turnledger.store.engine import storage_error
+from turnledger.store.models import TokenUsage, TokenUsageCall
+from turnledger.store.record import Database, _dialect_name
+
+
+class ReportBy(StrEnum):
+    MODEL = "model"
+    USER = "user"
+    THREAD = "thread"
+    TENANT = "tenant"
+    DAY = "day"
+
+
+TOKEN_KINDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """One group of a breakdown."""
+
+    key: str | None
+    """The model, user, thread or tenant id, or the UTC day as ``YYYY-MM-DD``; ``None`` when unset."""
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+    """Exact sum of the priced calls; ``None`` when every call of the group is unpriced."""
+    unpriced_calls: int = 0
+    failed_calls: int = 0
+    abandoned_calls: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: the cost as a decimal string (or null), never a float."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["cost_usd"] = None if self.cost_usd is None else str(self.cost_usd)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFilters:
+    since: datetime | None = None
+    """Inclusive lower bound on the turn's ``created_at``."""
+    until: datetime | None = None
+    """Exclusive upper bound."""
+    user_id: str | None = None
+    thread_id: str | None = None
+    tenant_id: str | None = None
+    usage_type: str | None = None
+
+
+async def usage_report(
+    db: Database,
+    by: ReportBy | str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user_id: str | None = None,
+    thread_id: str | None = None,
+    tenant_id: str | None = None,
+    usage_type: str | None = None,
+) -> list[ReportRow]:
+    """The breakdown ``by`` model/user/thread/tenant/day, highest cost first (days in date order).
+
+    Raises ``ValueError`` for an unknown ``by`` and :class:`~turnledger.errors.StorageError`
+    (``SchemaMissingError`` when the tables are missing) if the database cannot answer.
+    """
+    grouping = ReportBy(by)
+    filters = ReportFilters(since, until, user_id, thread_id, tenant_id, usage_type)
+    exact_in_sql = _dialect_name(db) == "postgresql"
+    stmt = build_query(grouping, filters, exact_in_sql=exact_in_sql)
+    try:
+        result = await db.execute(stmt)
+        raw = result.all()
+    except SQLAlchemyError as exc:
+        raise storage_error(exc) from exc
+    return _sorted(grouping, _merge(raw))
+
+
+async def by_model(db: Database, **filters: Any) -> list[ReportRow]:
+    return await usage_report(db, ReportBy.MODEL, **filters)
+
+
+async def by_user(db: Database, **filters: Any) -> list[ReportRow]:
+    return await usage_report(db, ReportBy.USER, **filters)
+
+
+async def by_thread(db: Database, **filters: Any) -> list[ReportRow]:
+    return await usage_report(db, ReportBy.THREAD, **filters)
+
+
+async def by_tenant(db: Database, **filters: Any) -> list[ReportRow]:
+    return await usage_report(db, ReportBy.TENANT, **filters)
+
+
+async def by_day(db: Database, **filters: Any) -> list[ReportRow]:
+    return await usage_report(db, ReportBy.DAY, **filters)
+
+
+def build_query(grouping: ReportBy, filters: ReportFilters, *, exact_in_sql: bool) -> Select[Any]:
+    """The parametrized breakdown query (public so the benchmark can ``EXPLAIN`` exactly this).
+
+    Result columns: key, cost part, calls, the token kinds, unpriced, failed, abandoned. With
+    ``exact_in_sql`` the cost part is ``SUM(cost_usd)``; without, rows are also grouped by the
+    cost itself and the cost part is that cost times its row count (see the module docstring).
+    """
+    per_call = grouping is ReportBy.MODEL
+    t: Any = TokenUsageCall if per_call else TokenUsage
+    key = _key(grouping, t, exact_in_sql=exact_in_sql).label("key")
+    if per_call:
+        counters: list[ColumnElement[Any]] = [
+            func.count().label("calls"),
+            *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_KINDS],
+            func.sum(case((t.cost_usd.is_(None), 1), else_=0)).label("unpriced_calls"),
+            func.sum(case((t.status == "failure", 1), else_=0)).label("failed_calls"),
+            func.sum(case((t.status == "abandoned", 1), else_=0)).label("abandoned_calls"),
+        ]
+    else:
+        counters = [
+            func.sum(t.calls).label("calls"),
+            *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_KINDS],
+            func.sum(t.unpriced_calls).label("unpriced_calls"),
+            func.sum(t.failed_calls).label("failed_calls"),
+            func.sum(t.abandoned_calls).label("abandoned_calls"),
+        ]
+    if exact_in_sql:
+        stmt = select(key, func.sum(t.cost_usd).label("cost"), *counters).group_by(key)
+    else:
+        stmt = select(key, t.cost_usd.label("cost"), func.count().label("rows"), *counters).group_by(key, t.cost_usd)
+    for condition in _conditions(t, filters):
+        stmt = stmt.where(condition)
+    return stmt
+
+
+def _key(grouping: ReportBy, t: Any, *, exact_in_sql: bool) -> ColumnElement[Any]:
+    if grouping is ReportBy.MODEL:
+        return t.model  # type: ignore[no-any-return]
+    if grouping is ReportBy.USER:
+        return t.user_id  # type: ignore[no-any-return]
+    if grouping is ReportBy.THREAD:
+        return t.thread_id  # type: ignore[no-any-return]
+    if grouping is ReportBy.TENANT:
+        return t.tenant_id  # type: ignore[no-any-return]
+    if exact_in_sql:
+        # The UTC calendar day, whatever the session's time zone.
+        return cast(func.timezone("UTC", t.created_at), Date)
+    # SQLite stores UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' text.
+    return func.substr(t.created_at, 1, 10)
+
+
+def _conditions(t: Any, filters: ReportFilters) -> list[ColumnElement[bool]]:
+    out: list[ColumnElement[bool]] = []
+    if filters.since is not None:
+        out.append(t.created_at >= filters.since)
+    if filters.until is not None:
+        out.append(t.created_at < filters.until)
+    if filters.user_id is not None:
+        out.append(t.user_id == filters.user_id)
+    if filters.thread_id is not None:
+        out.append(t.thread_id == filters.thread_id)
+    if filters.tenant_id is not None:
+        out.append(t.tenant_id == filters.tenant_id)
+    if filters.usage_type is not None:
+        out.append(t.usage_type == filters.usage_type)
+    return out
+
+
+_COUNTERS = ("calls", *TOKEN_KINDS, "unpriced_calls", "failed_calls", "abandoned_calls")
+
+
+def _merge(raw: Sequence[Any]) -> list[ReportRow]:
+    groups: dict[str | None, dict[str, Any]] = {}
+    for row in raw:
+        mapping = row._mapping
+        key = mapping["key"]
+        key = None if key is None else (key.isoformat() if hasattr(key, "isoformat") else str(key))
+        acc = groups.setdefault(key, dict.fromkeys(_COUNTERS, 0) | {"cost_usd": None})
+        for name in _COUNTERS:
+            acc[name] += int(mapping[name] or 0)
+        cost = mapping["cost"]
+        if cost is not None:
+            part = Decimal(cost) * int(mapping["rows"]) if "rows" in mapping else Decimal(cost)
+            acc["cost_usd"] = part if acc["cost_usd"] is None else acc["cost_usd"] + part
+    return [ReportRow(key=key, **values) for key, values in groups.items()]
+
+
+def _sorted(grouping: ReportBy, rows: list[ReportRow]) -> list[ReportRow]:
+    if grouping is ReportBy.DAY:
+        return sorted(rows, key=lambda r: r.key or "")
+    # Highest cost first; unpriced groups (unknown cost) after the priced ones; then by key.
+    return sorted(rows, key=lambda r: (r.cost_usd is None, -(r.cost_usd or Decimal(0)), r.key is None, r.key or ""))
+
+
+__all__ = [
+    "ReportBy",
+    "ReportFilters",
+    "ReportRow",
+    "build_query",
+    "by_day",
+    "by_model",
+    "by_tenant",
+    "by_thread",
+    "by_user",
+    "usage_report",
+]

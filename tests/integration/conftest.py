@@ -1,0 +1,102 @@
+"""Databases for integration tests: every test taking ``engine`` or ``database_url`` runs on PostgreSQL and SQLite.
+
+PostgreSQL: one database with a random name per test session, created through the ``postgres``
+maintenance database, migrated with Alembic, dropped at the end. SQLite: a migrated file in a temp
+directory. Each test starts with every table empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from turnledger.store import migrate
+from turnledger.store.base import Base
+from turnledger.store.engine import make_engine
+
+PG_ADMIN_DSN = os.environ.get("TURNLEDGER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ("postgresql", "sqlite")
+
+
+async def _pg_admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def pg_url_for(name: str) -> str:
+    """The asyncpg URL of database ``name`` on the test server."""
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+def create_pg_database() -> tuple[str, str]:
+    """A new, empty PostgreSQL database with a random name: ``(name, url)``. Drop it with :func:`drop_pg_database`."""
+    name = f"turnledger_test_{secrets.token_hex(6)}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    return name, pg_url_for(name)
+
+
+def drop_pg_database(name: str) -> None:
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgresql_database_url() -> Iterator[str]:
+    name, url = create_pg_database()
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("store") / "turnledger.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    migrate.upgrade(url)
+    return url
+
+
+def _table_names(connection: Connection) -> list[str]:
+    present = set(inspect(connection).get_table_names()) - {"alembic_version"}
+    # Children before parents, so foreign keys never block a delete.
+    ordered = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name in present]
+    return ordered + sorted(present - set(ordered))
+
+
+async def _empty_tables(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for name in await conn.run_sync(_table_names):
+                await conn.execute(text(f'DELETE FROM "{name}"'))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a migrated database with every table empty, once per backend."""
+    url: str = request.getfixturevalue(f"{request.param}_database_url")
+    asyncio.run(_empty_tables(url))
+    return url
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = make_engine(database_url)
+    yield eng
+    await eng.dispose()
