@@ -49,7 +49,7 @@ DatabaseUrlOption = Annotated[
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print a one-line error (no traceback) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -1,0 +1,78 @@
+"""Running a command's database work with errors a person can act on, never a traceback.
+
+Every command that touches the database runs its coroutine through :func:`run_db`, so "the server is
+down", "that is not a URL" and "the tables are not there yet" read the same from every command and
+exit with the codes of :mod:`turnledger.cli.app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SCHEMA_MISSING, fail
+from turnledger.config import database_url
+from turnledger.errors import ConfigurationError, SchemaMissingError, StorageError
+
+T = TypeVar("T")
+
+MIGRATE_HINT = "run `turnledger migrate` first (with the same --database-url)"
+
+# "no such table: x" (SQLite) and 'relation "x" does not exist' (PostgreSQL).
+_MISSING_TABLE = re.compile(r"no such table|relation \"[^\"]+\" does not exist|UndefinedTable", re.IGNORECASE)
+
+
+def shown_url(url: str | None) -> str:
+    """The database URL as it may be printed: the password masked."""
+    raw = database_url(url)
+    try:
+        return make_url(raw).render_as_string(hide_password=True)
+    except ArgumentError:
+        return raw.split("@", 1)[-1] if "@" in raw else raw
+
+
+def describe(exc: BaseException, url: str | None) -> tuple[str, int] | None:
+    """A one-line message and exit code for an error a user can fix; ``None`` for a bug."""
+    where = shown_url(url)
+    if isinstance(exc, SchemaMissingError):
+        return f"turnledger's tables are missing in {where}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING
+    if isinstance(exc, ConfigurationError):
+        return str(exc), EXIT_BAD_INPUT
+    if isinstance(exc, ArgumentError):
+        return f"cannot read database URL {where!r}: {exc}", EXIT_BAD_INPUT
+    if isinstance(exc, DBAPIError):
+        detail = _first_line(str(exc.orig) if exc.orig is not None else str(exc))
+        if _MISSING_TABLE.search(str(exc)):
+            return f"turnledger's tables are missing in {where} ({detail}): {MIGRATE_HINT}", EXIT_SCHEMA_MISSING
+        return f"database {where}: {detail}", EXIT_FAILED
+    if isinstance(exc, StorageError):
+        return f"database {where}: {exc}", EXIT_FAILED
+    # asyncpg raises the socket's own errors (refused, unknown host) unwrapped.
+    if isinstance(exc, OSError | TimeoutError):
+        return f"cannot reach the database at {where}: {_first_line(str(exc)) or type(exc).__name__}", EXIT_FAILED
+    return None
+
+
+def run_db(coro: Coroutine[Any, Any, T], url: str | None) -> T:
+    """``asyncio.run(coro)``, turning a user-fixable database error into a one-line message and exit code."""
+    try:
+        return asyncio.run(coro)
+    except Exception as exc:
+        described = describe(exc, url)
+        if described is None:
+            raise
+        fail(*described)
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    # SQLAlchemy appends "(Background on this error at: ...)" and the statement; neither helps here.
+    return re.sub(r"\s*\(Background on this error.*$", "", line).strip()
+
+
+__all__ = ["MIGRATE_HINT", "describe", "run_db", "shown_url"]
