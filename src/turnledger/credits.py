@@ -359,7 +359,7 @@ class CreditLedger:
         """Release every hold past its expiry (on ``account``, or on all accounts); the release entries."""
         now = self._now()
         if account is None:
-            async with self.engine.connect() as conn:
+            async with self._read() as conn:
                 rows = await _execute(
                     conn, select(_H.account_id).where(_H.expires_at <= now).distinct().order_by(_H.account_id)
                 )
@@ -377,7 +377,7 @@ class CreditLedger:
 
     async def balance(self, account: str) -> AccountBalance:
         """The account's balance, held credits and overdraft limit (expired holds released first)."""
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             acct = await self._read_account(conn, account)
             if acct is None:
                 raise CreditError(f"no credit account {account!r}")
@@ -387,14 +387,14 @@ class CreditLedger:
             if not expired.scalar_one():
                 return _balance_of(acct)
         await self.expire_holds(account)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             acct = await self._read_account(conn, account)
             assert acct is not None
             return _balance_of(acct)
 
     async def get_reservation(self, reservation_id: int) -> Reservation | None:
         """A reservation by id (e.g. to settle one that another process opened)."""
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = await _execute(conn, _entry_select().where(_J.id == reservation_id, _J.kind == EntryKind.RESERVE))
             row = rows.mappings().first()
         return _reservation_of(_entry_of(row)) if row is not None else None
@@ -416,7 +416,7 @@ class CreditLedger:
         stmt = stmt.order_by(_J.id.desc())
         if limit is not None:
             stmt = stmt.limit(limit)
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await _execute(conn, stmt)).mappings().all()
         return [_entry_of(r) for r in reversed(rows)]
 
@@ -428,7 +428,7 @@ class CreditLedger:
         break in that chain. Reads one consistent snapshot on PostgreSQL (REPEATABLE READ).
         """
         problems: list[str] = []
-        async with self.engine.connect() as conn:
+        async with self._read() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execution_options(isolation_level="REPEATABLE READ")
             acct_stmt = select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit).order_by(_A.account_id)
@@ -498,6 +498,14 @@ class CreditLedger:
         except DBAPIError as exc:
             raise _storage_error(exc) from exc
 
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise _storage_error(exc) from exc
+
     async def _run(
         self,
         account: str,
@@ -533,7 +541,7 @@ class CreditLedger:
                 raise
             # The same key, committed by a concurrent call on another account (or a race on
             # account creation): the winner's entry is the answer.
-            async with self.engine.connect() as conn:
+            async with self._read() as conn:
                 existing = await self._find_key(conn, key)
             if existing is None:
                 raise
@@ -929,7 +937,9 @@ def _storage_error(exc: DBAPIError) -> StorageError:
         return SchemaMissingError("the credit tables do not exist: run `turnledger migrate`")
     if isinstance(exc, IntegrityError):
         return StorageError("a concurrent write used the same idempotency key or account")
-    return StorageError(f"the credit ledger could not read or write the database: {type(exc.orig).__name__}")
+    # asyncpg's errors arrive wrapped in the adapter's generic Error; the driver's own class says more.
+    cause = (exc.orig.__cause__ or exc.orig) if exc.orig is not None else exc
+    return StorageError(f"the credit ledger could not read or write the database: {type(cause).__name__}")
 
 
 __all__ = [
