@@ -31,6 +31,8 @@ from turnledger.errors import (
     StorageError,
     TurnledgerError,
 )
+from turnledger.price_map import PriceMap, PriceMapOrigin, load_price_map, refresh_price_map
+from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.store import reports
 from turnledger.store.engine import make_engine, session_factory
@@ -49,7 +51,11 @@ __all__ = [
     "InsufficientCredits",
     "JsonlLedger",
     "ModelMetadata",
+    "ModelPrice",
     "PendingCall",
+    "PriceMap",
+    "PriceMapOrigin",
+    "PriceTable",
     "RecordFlag",
     "ReportBy",
     "ReportRow",
@@ -65,9 +71,11 @@ __all__ = [
     "insert_turn_rows",
     "install",
     "is_installed",
+    "load_price_map",
     "make_engine",
     "record_token_usage",
     "record_turn",
+    "refresh_price_map",
     "register_model_usage_metadata",
     "reports",
     "scoped_turn",

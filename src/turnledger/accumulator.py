@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnledger.money import micros_from_usd, split_micros, sum_costs
 from turnledger.records import CallKind, CallStatus, RecordFlag, TokenCallRecord
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
+
+if TYPE_CHECKING:
+    from turnledger.price_table import PriceTable
 
 DEFAULT_SETTLE_TIMEOUT_S = 2.0
 """How long a closing scope waits for end events still in flight. Ordinary turns settle in about a
@@ -66,6 +69,8 @@ class PendingCall:
     started_monotonic: float
     request: Mapping[str, Any] = field(default_factory=dict)
     """What an estimate of an abandoned call may need (messages, input). Held in memory only."""
+    price_table: PriceTable | None = None
+    """The price table of the callback that saw the call start, for pricing an abandoned call."""
 
 
 AbandonedRecordFactory = Callable[[PendingCall, "ModelMetadata | None"], TokenCallRecord]

@@ -34,7 +34,8 @@ from turnledger.accumulator import (
     call_bindings,
     get_current_accumulator,
 )
-from turnledger.pricing import price_call
+from turnledger.price_table import PriceTable
+from turnledger.pricing import estimate_missing_usage, price_call
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
 from turnledger.usage import normalize_usage
@@ -113,11 +114,23 @@ class TokenTrackingCallback(CustomLogger):
     ``name`` tells instances apart: LiteLLM drops a second logger of the same class whose public
     scalar attributes are equal, so every instance carries a distinct ``tracker_name``. Several
     instances never double-count: a turn keeps one record per LiteLLM event.
+
+    ``price_table`` prices the calls LiteLLM cannot (the last stage of the cost chain, see
+    :mod:`turnledger.pricing`). It is an immutable value held by this instance, never written into
+    ``litellm.model_cost``: ``install(TokenTrackingCallback(price_table=PriceTable.from_file(...)))``.
     """
 
-    def __init__(self, *, name: str | None = None, on_record: Subscriber | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        on_record: Subscriber | None = None,
+        price_table: PriceTable | None = None,
+    ) -> None:
         super().__init__()
         self.tracker_name: str = name or f"turnledger-{uuid.uuid4().hex[:12]}"
+        # Private: LiteLLM compares loggers' public attributes to de-duplicate them.
+        self._price_table = price_table
         self._on_record: tuple[Subscriber, ...] = (on_record,) if on_record is not None else ()
         self._stats_lock = threading.Lock()
         self.stats: Counter[str] = Counter()
@@ -151,6 +164,7 @@ class TokenTrackingCallback(CustomLogger):
                     started_at=_utc(kwargs.get("start_time")) or datetime.now(UTC),
                     started_monotonic=time.monotonic(),
                     request={"messages": messages, "input": kwargs.get("input")},
+                    price_table=self._price_table,
                 )
             )
         except Exception:
@@ -240,6 +254,16 @@ class TokenTrackingCallback(CustomLogger):
         flags.extend(counts.flags)
         if status is CallStatus.SUCCESS and not counts.present:
             flags.append(RecordFlag.USAGE_MISSING)
+        call_kind = call_kind_of(kwargs.get("call_type"))
+        pricing_kw: dict[str, Any] = {
+            "model": model,
+            "provider": provider if isinstance(provider, str) else None,
+            "call_kind": call_kind,
+            "price_table": self._price_table,
+        }
+        estimated = (
+            estimate_missing_usage(kwargs, response_obj, counts, **pricing_kw) if status is CallStatus.SUCCESS else None
+        )
 
         error_type: str | None = None
         cost: Decimal | None
@@ -249,10 +273,13 @@ class TokenTrackingCallback(CustomLogger):
             if counts.prompt_tokens == 0 and counts.completion_tokens == 0:
                 cost, source = Decimal(0), CostSource.NOT_BILLED
             else:
-                cost, source, cost_flags = price_call(kwargs, response_obj, counts)
+                cost, source, cost_flags = price_call(kwargs, response_obj, counts, **pricing_kw)
                 flags.extend(cost_flags)
+        elif estimated is not None:
+            counts, cost, source, cost_flags = estimated
+            flags.extend(cost_flags)
         else:
-            cost, source, cost_flags = price_call(kwargs, response_obj, counts)
+            cost, source, cost_flags = price_call(kwargs, response_obj, counts, **pricing_kw)
             flags.extend(cost_flags)
 
         meta = turn.metadata_for(model) if turn is not None else None
@@ -266,7 +293,7 @@ class TokenTrackingCallback(CustomLogger):
             call_id=call_id,
             model=model,
             provider=provider if isinstance(provider, str) else None,
-            call_kind=call_kind_of(kwargs.get("call_type")),
+            call_kind=call_kind,
             status=status,
             prompt_tokens=counts.prompt_tokens,
             completion_tokens=counts.completion_tokens,

@@ -130,6 +130,11 @@ class FakeProvider:
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/images/generations", self._images)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        # Azure OpenAI speaks the OpenAI chat format under a deployment path.
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
+        app.router.add_post("/v1beta/models/{model_action}", self._gemini_generate)
+        app.router.add_post("/model/{model_id}/converse", self._bedrock_converse)
         runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -143,11 +148,12 @@ class FakeProvider:
         loop.close()
 
     # -- helpers -----------------------------------------------------------------------------
-    async def _receive(self, request: web.Request) -> tuple[dict[str, Any], Script]:
+    async def _receive(self, request: web.Request, model: str | None = None) -> tuple[dict[str, Any], Script]:
         body = await request.json()
         with self._lock:
             self.requests.append(ReceivedRequest(request.path, body, dict(request.headers)))
-        script = self.scripts.get(str(body.get("model", "")), Script())
+        # Gemini and Bedrock name the model in the path, not the body.
+        script = self.scripts.get(model if model is not None else str(body.get("model", "")), Script())
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
         return body, script
@@ -365,6 +371,49 @@ class FakeProvider:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return resp
+
+    # -- Gemini generateContent -------------------------------------------------------------
+    async def _gemini_generate(self, request: web.Request) -> web.Response:
+        model, _, action = request.match_info["model_action"].partition(":")
+        _body, script = await self._receive(request, model)
+        rid = self._request_id()
+        if script.status != 200 or action != "generateContent":
+            return self._error(script if script.status != 200 else Script(status=404), rid)
+        usage: dict[str, Any] = (
+            dict(script.usage)
+            if script.usage is not None
+            else {"promptTokenCount": 20, "candidatesTokenCount": 5, "totalTokenCount": 25}
+        )
+        payload: dict[str, Any] = {
+            "candidates": [
+                {"content": {"role": "model", "parts": [{"text": script.content}]}, "finishReason": "STOP", "index": 0}
+            ],
+            "usageMetadata": usage,
+            "modelVersion": model,
+            "responseId": rid,
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- Bedrock Converse --------------------------------------------------------------------
+    async def _bedrock_converse(self, request: web.Request) -> web.Response:
+        _body, script = await self._receive(request, request.match_info["model_id"])
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        usage: dict[str, Any] = (
+            dict(script.usage)
+            if script.usage is not None
+            else {"inputTokens": 20, "outputTokens": 5, "totalTokens": 25}
+        )
+        payload: dict[str, Any] = {
+            "output": {"message": {"role": "assistant", "content": [{"text": script.content}]}},
+            "stopReason": "end_turn",
+            "usage": usage,
+            "metrics": {"latencyMs": 1},
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-amzn-requestid": rid})
 
 
 if __name__ == "__main__":  # pragma: no cover - manual poking

@@ -1,48 +1,367 @@
-"""The cost chain: which source prices a call, in exact Decimal. Unpriced is ``None``, never 0."""
+"""The cost chain: which source prices a call, in exact Decimal. Unpriced is ``None``, never 0.
+
+Stages, tried in order; the first that can price answers and is recorded as ``cost_source``:
+
+1. ``provider``: a cost the provider sent inline (OpenRouter's ``usage.cost``).
+2. ``response_cost``: LiteLLM's ``kwargs["response_cost"]``.
+3. ``hidden_params``: ``response_obj._hidden_params["response_cost"]``.
+4. ``completion_cost``: ``litellm.completion_cost(completion_response=...)``.
+5. ``cost_per_token``: ``litellm.cost_per_token`` with the normalized cache, 1-hour cache and
+   reasoning counts passed in (it prices every input token as fresh unless told). Skipped for image
+   generation, which token rates cannot price.
+6. ``price_table``: the caller's own :class:`~turnledger.price_table.PriceTable`.
+
+The usual call stops at stage 2 and reads no LiteLLM cost function at all, which keeps the callback
+within a few microseconds. What a stage says is not taken blindly: a negative cost is discarded and
+flagged (LiteLLM prices a negative completion count negatively, measured on 1.106), and ``0`` from a
+LiteLLM stage for a call that used tokens counts only if LiteLLM's map really lists the model at zero
+rates; otherwise it is "unknown", not "free", and the chain goes on.
+
+LiteLLM's costs are floats summed in binary (``0.00021280000000000002`` for a DeepSeek call worth
+exactly ``0.0002128``). A float carries 15 significant decimal digits faithfully, so each LiteLLM
+figure is read by :func:`~turnledger.money.to_decimal` (shortest repr rounded half-even to 15
+significant digits): exact for every cost with up to 15 significant digits (any realistic
+tokens x rates sum), without the binary noise. Everything after that is Decimal arithmetic.
+
+Missing usage: LiteLLM does not add ``stream_options={"include_usage": True}`` to a stream sent to a
+custom ``api_base`` (only to OpenAI's own), and then reports 0 tokens and ``response_cost == 0.0``.
+turnledger does **not** inject ``include_usage`` itself: an OpenAI-compatible server may reject the
+unknown parameter (failing the caller's call, which capture must never do) and, when accepted, it
+adds a usage-only final chunk the caller's stream loop would see. Instead such a call is detected
+(0 tokens, content returned) and its usage estimated with ``litellm.token_counter``
+(``cost_source='estimated'``, ``usage_estimated=True``). Callers who know their server supports it
+should pass ``stream_options={"include_usage": True}`` themselves and get exact counts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from turnledger._logging import warn_once
 from turnledger.money import to_decimal
-from turnledger.records import CallStatus, CostSource, RecordFlag, TokenCallRecord
-from turnledger.usage import TokenCounts
+from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.usage import TokenCounts, estimate_counts, response_text, usage_block, usage_missing
 
 if TYPE_CHECKING:
     from turnledger.accumulator import ModelMetadata, PendingCall
+    from turnledger.price_table import PriceTable
+
+logger = logging.getLogger("turnledger")
+
+PriceResult = tuple[Decimal | None, CostSource, list[RecordFlag]]
+
+decimal_from_litellm = to_decimal
+"""LiteLLM's float costs are read by :func:`turnledger.money.to_decimal`: shortest repr, rounded to 15
+significant digits, so ``0.00021280000000000002`` -> ``Decimal('0.0002128')``."""
+
+
+# -- the chain ----------------------------------------------------------------------------------------
 
 
 def price_call(
-    kwargs: Mapping[str, Any], response_obj: Any, counts: TokenCounts
-) -> tuple[Decimal | None, CostSource, list[RecordFlag]]:
-    """Price one finished call from LiteLLM's ``response_cost``.
-
-    ``None`` from LiteLLM means it could not price the call: the record is unpriced, not free.
-    """
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    counts: TokenCounts,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    call_kind: CallKind = CallKind.CHAT,
+    price_table: PriceTable | None = None,
+) -> PriceResult:
+    """Price one finished call through the chain (module docstring). Never raises."""
     flags: list[RecordFlag] = []
-    cost = to_decimal(kwargs.get("response_cost"))
-    if cost is None:
-        return None, CostSource.NONE, flags
-    if cost < 0:
-        flags.append(RecordFlag.NEGATIVE_COST)
-        return None, CostSource.NONE, flags
-    return cost, CostSource.RESPONSE_COST, flags
+    name = model or _str(kwargs.get("model")) or _str(getattr(response_obj, "model", None)) or ""
+    prov = provider if provider is not None else _str(kwargs.get("custom_llm_provider"))
+    is_image = call_kind is CallKind.IMAGE_GENERATION
+
+    def accept(value: object, *, from_litellm: bool) -> Decimal | None:
+        cost = decimal_from_litellm(value)
+        if cost is None:
+            return None
+        if cost < 0:
+            _add(flags, RecordFlag.NEGATIVE_COST)
+            return None
+        if cost == 0 and from_litellm and (counts.used_tokens or is_image) and not _litellm_lists_free(name, prov):
+            return None
+        return cost
+
+    cost = accept(_get(usage_block(response_obj), "cost"), from_litellm=False)
+    if cost is not None:
+        return cost, CostSource.PROVIDER, flags
+    cost = accept(kwargs.get("response_cost"), from_litellm=True)
+    if cost is not None:
+        return cost, CostSource.RESPONSE_COST, flags
+    hidden = _get(response_obj, "_hidden_params")
+    cost = accept(_get(hidden, "response_cost"), from_litellm=True)
+    if cost is not None:
+        return cost, CostSource.HIDDEN_PARAMS, flags
+    if not isinstance(response_obj, Mapping) and response_obj is not None:
+        value = _run_stage("completion_cost", name, prov, flags, _completion_cost, kwargs, response_obj, name, prov)
+        cost = accept(value, from_litellm=True)
+        if cost is not None:
+            return cost, CostSource.COMPLETION_COST, flags
+    cost, source, more = price_counts(
+        counts,
+        model=name,
+        provider=prov,
+        call_kind=call_kind,
+        price_table=price_table,
+        images_out=_images_generated(kwargs, response_obj) if is_image else 0,
+    )
+    flags.extend(f for f in more if f not in flags)
+    return cost, source, flags
+
+
+def price_counts(
+    counts: TokenCounts,
+    *,
+    model: str,
+    provider: str | None = None,
+    call_kind: CallKind = CallKind.CHAT,
+    price_table: PriceTable | None = None,
+    images_out: int = 0,
+) -> PriceResult:
+    """Price known counts by rates alone: ``cost_per_token``, then the caller's price table."""
+    flags: list[RecordFlag] = []
+    is_image = call_kind is CallKind.IMAGE_GENERATION
+    if not is_image and model:
+        value = _run_stage(
+            "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind
+        )
+        cost = decimal_from_litellm(value)
+        if cost is not None and cost < 0:
+            _add(flags, RecordFlag.NEGATIVE_COST)
+        elif cost is not None and (cost > 0 or not counts.used_tokens or _litellm_lists_free(model, provider)):
+            return cost, CostSource.COST_PER_TOKEN, flags
+    if price_table is not None and model:
+        cost = price_table.cost(model, counts, provider=provider, images_out=images_out)
+        if cost is not None:
+            return cost, CostSource.PRICE_TABLE, flags
+    return None, CostSource.NONE, flags
+
+
+def estimate_missing_usage(
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    counts: TokenCounts,
+    *,
+    model: str,
+    provider: str | None = None,
+    call_kind: CallKind = CallKind.CHAT,
+    price_table: PriceTable | None = None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
+    """For a call that returned content but reported 0 tokens: estimated counts and their price.
+
+    ``None`` when usage is not missing (the normal case; costs one attribute read) or the estimate failed.
+    """
+    if counts.used_tokens or not usage_missing(counts, response_obj):
+        return None
+    try:
+        estimate = estimate_counts(
+            model,
+            messages=kwargs.get("messages"),
+            input_texts=kwargs.get("input"),
+            completion_text=response_text(response_obj),
+        )
+    except Exception as exc:
+        warn_once(
+            f"estimate:{provider}/{model}:{type(exc).__name__}",
+            "turnledger could not estimate the missing usage of %s (%s)",
+            model,
+            type(exc).__name__,
+        )
+        return None
+    cost, source, flags = price_counts(
+        estimate, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+    flags = [*estimate.flags, *(f for f in flags if f not in estimate.flags)]
+    return estimate, cost, CostSource.ESTIMATED if cost is not None else source, flags
 
 
 def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord:
-    """The record of a call that never reported an end: kept, unpriced, flagged ``no_callback``."""
+    """The record of a call that never reported an end: kept, flagged, its input estimated.
+
+    Prompt tokens are estimated from the request's messages (or embedding input) with
+    ``litellm.token_counter``. What the caller received is not visible here (LiteLLM fires nothing
+    for a stream broken off), so completion tokens are 0 and the record says so with
+    ``completion_not_seen``: the cost is a lower bound. Status stays ``abandoned``.
+    """
+    flags: list[RecordFlag] = [RecordFlag.NO_CALLBACK]
+    counts = TokenCounts()
+    cost: Decimal | None = None
+    source = CostSource.NONE
+    request = pending.request if isinstance(pending.request, Mapping) else {}
+    try:
+        counts = estimate_counts(pending.model, messages=request.get("messages"), input_texts=request.get("input"))
+    except Exception as exc:
+        flags.append(RecordFlag.PRICING_ERROR)
+        warn_once(
+            f"estimate:{pending.provider}/{pending.model}:{type(exc).__name__}",
+            "turnledger could not estimate an abandoned call to %s (%s)",
+            pending.model,
+            type(exc).__name__,
+        )
+    else:
+        flags.extend(counts.flags)
+        flags.append(RecordFlag.COMPLETION_NOT_SEEN)
+        if counts.prompt_tokens > 0:
+            cost, source, more = price_counts(
+                counts,
+                model=pending.model,
+                provider=pending.provider,
+                call_kind=pending.call_kind,
+                price_table=pending.price_table,
+            )
+            flags.extend(more)
+            if cost is not None:
+                source = CostSource.ESTIMATED
     return TokenCallRecord(
         call_id=pending.call_id,
         model=pending.model,
         provider=pending.provider,
         call_kind=pending.call_kind,
         status=CallStatus.ABANDONED,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        total_tokens=counts.total_tokens,
+        cost_usd=cost,
+        cost_source=source,
         stream=pending.stream,
         started_at=pending.started_at,
         model_ref=meta.model_ref if meta else None,
         model_id=meta.model_id if meta else None,
         display_name=meta.display_name if meta else None,
-        flags=(RecordFlag.NO_CALLBACK,),
+        usage_estimated=counts.estimated,
+        flags=tuple(dict.fromkeys(flags)),
     )
+
+
+# -- stages that call LiteLLM ------------------------------------------------------------------------
+
+
+def _completion_cost(kwargs: Mapping[str, Any], response_obj: Any, model: str, provider: str | None) -> float:
+    import litellm
+
+    optional = kwargs.get("optional_params")
+    opts: Mapping[str, Any] = optional if isinstance(optional, Mapping) else {}
+    call_type = kwargs.get("call_type")
+    extra: dict[str, Any] = {}
+    if isinstance(call_type, str) and call_type:
+        extra["call_type"] = call_type
+    for key in ("size", "quality", "n"):
+        if opts.get(key) is not None:
+            extra[key] = opts[key]
+    # The response's own model names what was billed (an Azure deployment answers with its base model).
+    response_model = getattr(response_obj, "model", None)
+    return float(
+        litellm.completion_cost(
+            completion_response=response_obj,
+            model=None if isinstance(response_model, str) and response_model else model,
+            custom_llm_provider=provider,
+            **extra,
+        )
+    )
+
+
+def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_kind: CallKind) -> Decimal:
+    import litellm
+    from litellm.types.utils import Usage
+
+    usage = Usage(
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        total_tokens=counts.total_tokens,
+        prompt_tokens_details={
+            "cached_tokens": counts.cached_tokens,
+            "cache_creation_tokens": counts.cache_creation_tokens,
+            "cache_creation_token_details": {
+                "ephemeral_5m_input_tokens": counts.cache_creation_5m_tokens,
+                "ephemeral_1h_input_tokens": counts.cache_creation_1h_tokens,
+            },
+        },
+        completion_tokens_details={"reasoning_tokens": counts.reasoning_tokens},
+    )
+    call_type = "embedding" if call_kind is CallKind.EMBEDDING else "completion"
+    prompt_cost, completion_cost = litellm.cost_per_token(
+        model=model, custom_llm_provider=provider, usage_object=usage, call_type=call_type
+    )
+    prompt_dec = decimal_from_litellm(prompt_cost)
+    completion_dec = decimal_from_litellm(completion_cost)
+    if prompt_dec is None or completion_dec is None:
+        raise ValueError("cost_per_token returned a non-number")
+    # Each half is read (and de-noised) on its own, then summed exactly.
+    return prompt_dec + completion_dec
+
+
+_NOT_MAPPED_HINTS = ("not mapped", "isn't mapped", "not found in cost map", "does not exist in passed")
+_quiet_lock = threading.Lock()
+_quiet_seen: set[str] = set()
+
+
+def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordFlag], fn: Any, *args: Any) -> Any:
+    """Run one LiteLLM stage; a raise is logged once per stage, model and cause, and the chain goes on."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        cause = f"pricing:{stage}:{provider}/{model}:{type(exc).__name__}"
+        text = str(exc).lower()
+        if type(exc).__name__ == "ModelNotMappedError" or any(h in text for h in _NOT_MAPPED_HINTS):
+            # LiteLLM not knowing a model is an answer ("cannot price"), not a fault.
+            with _quiet_lock:
+                first = cause not in _quiet_seen
+                _quiet_seen.add(cause)
+            if first:
+                logger.debug("turnledger: LiteLLM's %s has no price for %s/%s", stage, provider, model)
+            return None
+        _add(flags, RecordFlag.PRICING_ERROR)
+        warn_once(cause, "turnledger: pricing stage %s failed for %s (%s)", stage, model, type(exc).__name__)
+        return None
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _litellm_lists_free(model: str, provider: str | None) -> bool:
+    """Whether LiteLLM's price map lists ``model`` with zero input and output rates (a free model)."""
+    if not model:
+        return False
+    import litellm
+
+    cost_map = litellm.model_cost
+    entry = cost_map.get(f"{provider}/{model}") if provider else None
+    if entry is None:
+        entry = cost_map.get(model)
+    if not isinstance(entry, Mapping):
+        return False
+    rates = [entry.get("input_cost_per_token"), entry.get("output_cost_per_token")]
+    return entry.get("input_cost_per_token") is not None and all(r in (None, 0) for r in rates)
+
+
+def _images_generated(kwargs: Mapping[str, Any], response_obj: Any) -> int:
+    data = _get(response_obj, "data")
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        return len(data)
+    optional = kwargs.get("optional_params")
+    n = optional.get("n") if isinstance(optional, Mapping) else None
+    return n if isinstance(n, int) and n > 0 else 1
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _add(flags: list[RecordFlag], flag: RecordFlag) -> None:
+    if flag not in flags:
+        flags.append(flag)

@@ -71,6 +71,9 @@ class RecordFlag(StrEnum):
     """A pricing stage produced a negative cost, which was discarded."""
     PRICING_ERROR = "pricing_error"
     """A pricing stage raised; the chain went on."""
+    COMPLETION_NOT_SEEN = "completion_not_seen"
+    """The call's output could not be seen (an abandoned call): completion tokens are counted as 0,
+    so the estimated cost is a lower bound."""
 
 
 def micros_from_usd(cost_usd: Decimal | None) -> int | None:

@@ -1,13 +1,27 @@
 """Provider usage blocks -> normalized token counts.
 
-Conventions (OpenAI's, which LiteLLM normalizes to): ``prompt_tokens`` includes cache reads and
-cache writes; ``completion_tokens`` includes reasoning. A count that is not a non-negative integer
-is read as far as it can be and flagged, never trusted blindly and never negative.
+Normalized counts follow OpenAI's convention, which LiteLLM normalizes to: ``prompt_tokens``
+includes cache reads and cache writes; ``completion_tokens`` includes reasoning. Provider families
+that keep the parts apart are folded into it here, so a token is never counted twice nor dropped:
+
+- OpenAI, Azure, OpenRouter, DeepSeek (and every LiteLLM ``Usage``): ``prompt_tokens`` already
+  includes cached tokens (``prompt_tokens_details.cached_tokens``; DeepSeek's
+  ``prompt_cache_hit_tokens``). LiteLLM folds Anthropic/Bedrock cache reads and writes into
+  ``prompt_tokens`` too (measured on 1.106: 100 input + 1000 read + 300 written -> 1400).
+- Raw Anthropic (``input_tokens`` beside ``cache_read_input_tokens`` / ``cache_creation_input_tokens``)
+  and raw Bedrock Converse (``inputTokens``, ``cacheReadInputTokens``, ``cacheWriteInputTokens``):
+  input excludes the cache, so prompt = input + read + write.
+- Raw Gemini ``usageMetadata``: ``promptTokenCount`` includes ``cachedContentTokenCount``;
+  ``thoughtsTokenCount`` is *outside* ``candidatesTokenCount``, so completion = candidates + thoughts.
+
+Then fresh input = prompt - cache read - cache write. A count that is not a non-negative integer is
+read as far as it can be and flagged ``malformed_usage``, never trusted blindly and never negative;
+parts that exceed their whole (cache > prompt, reasoning > completion) raise the whole and are flagged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,16 +44,30 @@ class TokenCounts:
     cache_creation_1h_tokens: int = 0
     """The 1-hour part of ``cache_creation_tokens``."""
     reasoning_tokens: int = 0
+    """The reasoning part of ``completion_tokens``."""
     image_input_tokens: int = 0
+    """The image part of ``prompt_tokens``."""
     image_output_tokens: int = 0
+    """The image part of ``completion_tokens``."""
     present: bool = False
     """Whether the response carried a usage block at all."""
+    estimated: bool = False
+    """Whether the counts were estimated locally (the provider reported none)."""
     flags: list[RecordFlag] = field(default_factory=list)
 
     @property
     def fresh_prompt_tokens(self) -> int:
         """Input tokens neither read from nor written to the cache."""
         return max(0, self.prompt_tokens - self.cached_tokens - self.cache_creation_tokens)
+
+    @property
+    def cache_creation_5m_tokens(self) -> int:
+        """Cache writes with the default (5-minute) lifetime."""
+        return max(0, self.cache_creation_tokens - self.cache_creation_1h_tokens)
+
+    @property
+    def used_tokens(self) -> bool:
+        return self.prompt_tokens > 0 or self.completion_tokens > 0
 
     def flag(self, flag: RecordFlag) -> None:
         if flag not in self.flags:
@@ -52,6 +80,15 @@ def _get(obj: Any, name: str) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+def _first(obj: Any, *names: str) -> Any:
+    """The first of ``names`` that ``obj`` carries with a value other than ``None``."""
+    for name in names:
+        value = _get(obj, name)
+        if value is not None:
+            return value
+    return None
 
 
 def read_count(counts: TokenCounts, value: Any) -> int:
@@ -84,36 +121,181 @@ def read_count(counts: TokenCounts, value: Any) -> int:
     return int(number)
 
 
+_USAGE_KEYS = ("prompt_tokens", "input_tokens", "inputTokens", "promptTokenCount")
+
+
 def usage_block(response_obj: Any) -> Any:
-    """The usage block of a LiteLLM response object or dict, or ``None``."""
-    usage = _get(response_obj, "usage")
-    if usage is None and isinstance(response_obj, Mapping):
-        usage = response_obj.get("usage")
-    return usage
+    """The usage block of a LiteLLM response object or dict (or a bare usage block), or ``None``."""
+    if response_obj is None:
+        return None
+    usage = _first(response_obj, "usage", "usageMetadata")
+    if usage is not None:
+        return usage
+    if isinstance(response_obj, Mapping) and any(k in response_obj for k in _USAGE_KEYS):
+        return response_obj
+    return None
 
 
 def normalize_usage(response_obj: Any) -> TokenCounts:
-    """Normalized counts from whatever LiteLLM handed the callback."""
+    """Normalized counts from whatever LiteLLM handed the callback (never raises on odd shapes)."""
     counts = TokenCounts()
     usage = usage_block(response_obj)
-    if usage is None:
+    if usage is None or isinstance(usage, str | bytes | int | float):
         return counts
     counts.present = True
-    counts.prompt_tokens = read_count(counts, _get(usage, "prompt_tokens") or _get(usage, "input_tokens"))
-    counts.completion_tokens = read_count(counts, _get(usage, "completion_tokens") or _get(usage, "output_tokens"))
-    total = _get(usage, "total_tokens")
-    counts.total_tokens = (
-        read_count(counts, total) if total is not None else counts.prompt_tokens + counts.completion_tokens
-    )
-    prompt_details = _get(usage, "prompt_tokens_details") or _get(usage, "input_tokens_details")
+    if _get(usage, "promptTokenCount") is not None or _get(usage, "candidatesTokenCount") is not None:
+        _read_gemini(counts, usage)
+    elif _get(usage, "inputTokens") is not None or _get(usage, "outputTokens") is not None:
+        _read_bedrock(counts, usage)
+    else:
+        _read_openai_or_anthropic(counts, usage)
+    _check_invariants(counts, _first(usage, "total_tokens", "totalTokens"))
+    return counts
+
+
+def _read_openai_or_anthropic(counts: TokenCounts, usage: Any) -> None:
+    prompt_raw = _get(usage, "prompt_tokens")
+    input_raw = _get(usage, "input_tokens")
+    # LiteLLM's ImageResponse usage carries prompt_tokens=0 beside the real input_tokens.
+    use_input = prompt_raw is None or (prompt_raw == 0 and isinstance(input_raw, int) and input_raw > 0)
+    completion_raw = _get(usage, "completion_tokens")
+    output_raw = _get(usage, "output_tokens")
+    use_output = completion_raw is None or (completion_raw == 0 and isinstance(output_raw, int) and output_raw > 0)
+
+    prompt_details = _first(usage, "prompt_tokens_details", "input_tokens_details")
+    completion_details = _first(usage, "completion_tokens_details", "output_tokens_details")
+
     cached = _get(prompt_details, "cached_tokens")
     if cached is None:
-        cached = _get(usage, "cache_read_input_tokens")
+        cached = _first(usage, "cache_read_input_tokens", "prompt_cache_hit_tokens")
     counts.cached_tokens = read_count(counts, cached)
-    counts.cache_creation_tokens = read_count(counts, _get(usage, "cache_creation_input_tokens"))
-    completion_details = _get(usage, "completion_tokens_details") or _get(usage, "output_tokens_details")
+
+    creation = _first(prompt_details, "cache_creation_tokens", "cache_write_tokens")
+    if creation is None:
+        creation = _get(usage, "cache_creation_input_tokens")
+    counts.cache_creation_tokens = read_count(counts, creation)
+
+    creation_details = _get(prompt_details, "cache_creation_token_details") or _get(usage, "cache_creation")
+    one_hour = read_count(counts, _get(creation_details, "ephemeral_1h_input_tokens"))
+    five_min = read_count(counts, _get(creation_details, "ephemeral_5m_input_tokens"))
+    if creation is None and (one_hour or five_min):
+        counts.cache_creation_tokens = one_hour + five_min
+    counts.cache_creation_1h_tokens = one_hour
+
+    if use_input:
+        counts.prompt_tokens = read_count(counts, input_raw)
+        # Raw Anthropic keeps cache reads and writes out of input_tokens; OpenAI's Responses API
+        # (input_tokens_details.cached_tokens) keeps them in.
+        if _get(usage, "cache_read_input_tokens") is not None or _get(usage, "cache_creation_input_tokens") is not None:
+            counts.prompt_tokens += counts.cached_tokens + counts.cache_creation_tokens
+    else:
+        counts.prompt_tokens = read_count(counts, prompt_raw)
+    counts.completion_tokens = read_count(counts, output_raw if use_output else completion_raw)
+
     counts.reasoning_tokens = read_count(counts, _get(completion_details, "reasoning_tokens"))
-    if counts.total_tokens < counts.prompt_tokens + counts.completion_tokens:
+    counts.image_input_tokens = read_count(counts, _get(prompt_details, "image_tokens"))
+    counts.image_output_tokens = read_count(counts, _get(completion_details, "image_tokens"))
+
+
+def _read_bedrock(counts: TokenCounts, usage: Any) -> None:
+    counts.cached_tokens = read_count(counts, _get(usage, "cacheReadInputTokens"))
+    counts.cache_creation_tokens = read_count(counts, _get(usage, "cacheWriteInputTokens"))
+    fresh = read_count(counts, _get(usage, "inputTokens"))
+    counts.prompt_tokens = fresh + counts.cached_tokens + counts.cache_creation_tokens
+    counts.completion_tokens = read_count(counts, _get(usage, "outputTokens"))
+
+
+def _read_gemini(counts: TokenCounts, usage: Any) -> None:
+    counts.prompt_tokens = read_count(counts, _get(usage, "promptTokenCount"))
+    counts.cached_tokens = read_count(counts, _get(usage, "cachedContentTokenCount"))
+    counts.reasoning_tokens = read_count(counts, _get(usage, "thoughtsTokenCount"))
+    counts.completion_tokens = read_count(counts, _get(usage, "candidatesTokenCount")) + counts.reasoning_tokens
+    total = _get(usage, "totalTokenCount")
+    if total is not None:
+        counts.total_tokens = read_count(counts, total)
+
+
+def _check_invariants(counts: TokenCounts, total: Any) -> None:
+    if total is not None:
+        counts.total_tokens = read_count(counts, total)
+    if counts.cache_creation_1h_tokens > counts.cache_creation_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
-        counts.total_tokens = counts.prompt_tokens + counts.completion_tokens
+        counts.cache_creation_tokens = counts.cache_creation_1h_tokens
+    if counts.cached_tokens + counts.cache_creation_tokens > counts.prompt_tokens:
+        # The parts cannot exceed the whole: keep every token, count it once, and say so.
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.prompt_tokens = counts.cached_tokens + counts.cache_creation_tokens
+    if counts.image_input_tokens > counts.prompt_tokens:
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.image_input_tokens = counts.prompt_tokens
+    if counts.reasoning_tokens + counts.image_output_tokens > counts.completion_tokens:
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.completion_tokens = counts.reasoning_tokens + counts.image_output_tokens
+    expected_total = counts.prompt_tokens + counts.completion_tokens
+    if counts.total_tokens == 0 and total is None:
+        counts.total_tokens = expected_total
+    elif counts.total_tokens != expected_total:
+        # A total below the parts is wrong; one above them may count tokens we cannot see
+        # (server-side tool use), so it is kept, but both are worth a second look.
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.total_tokens = max(counts.total_tokens, expected_total)
+
+
+# -- what a call returned (for estimating missing usage) ------------------------------------------
+
+
+def response_text(response_obj: Any) -> str:
+    """The text a chat/text response returned (content and tool-call arguments), or ``""``.
+
+    Used only to estimate tokens locally; it is never stored or logged.
+    """
+    choices = _get(response_obj, "choices")
+    if not isinstance(choices, Sequence) or isinstance(choices, str | bytes):
+        return ""
+    parts: list[str] = []
+    for choice in choices:
+        message = _first(choice, "message", "delta")
+        text = _get(message, "content") if message is not None else _get(choice, "text")
+        if isinstance(text, str):
+            parts.append(text)
+        tool_calls = _get(message, "tool_calls")
+        if isinstance(tool_calls, Sequence) and not isinstance(tool_calls, str | bytes):
+            for call in tool_calls:
+                function = _get(call, "function")
+                for piece in (_get(function, "name"), _get(function, "arguments")):
+                    if isinstance(piece, str):
+                        parts.append(piece)
+    return "".join(parts)
+
+
+def usage_missing(counts: TokenCounts, response_obj: Any) -> bool:
+    """True when a call returned content yet reports no tokens at all.
+
+    LiteLLM reports a stream to a custom ``api_base`` without ``stream_options.include_usage`` as
+    0 tokens (measured on 1.106), which would otherwise read as a free call.
+    """
+    return not counts.used_tokens and bool(response_text(response_obj))
+
+
+def estimate_counts(
+    model: str, messages: Any = None, input_texts: Any = None, completion_text: str = ""
+) -> TokenCounts:
+    """Counts estimated with ``litellm.token_counter`` from the request and the returned text.
+
+    Raises whatever the tokenizer raises; callers decide what an estimate failure means.
+    """
+    import litellm
+
+    counts = TokenCounts(present=False, estimated=True)
+    counts.flag(RecordFlag.USAGE_ESTIMATED)
+    if isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and messages:
+        counts.prompt_tokens = int(litellm.token_counter(model=model, messages=list(messages)))
+    elif isinstance(input_texts, str) and input_texts:
+        counts.prompt_tokens = int(litellm.token_counter(model=model, text=input_texts))
+    elif isinstance(input_texts, Sequence) and not isinstance(input_texts, bytes):
+        texts = [t for t in input_texts if isinstance(t, str) and t]
+        counts.prompt_tokens = sum(int(litellm.token_counter(model=model, text=t)) for t in texts)
+    if completion_text:
+        counts.completion_tokens = int(litellm.token_counter(model=model, text=completion_text))
+    counts.total_tokens = counts.prompt_tokens + counts.completion_tokens
     return counts

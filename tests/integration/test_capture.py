@@ -279,7 +279,9 @@ async def test_late_event_reaches_subscribers_flagged_and_leaves_totals_alone(
     assert late.call_id == turn.calls[0].call_id
     assert late.cost_usd == expected_gpt4o_mini(5, 5)
     assert [r.late for r in landed] == [False, True]
-    assert turn.total_prompt_tokens == 0  # the closed turn's totals did not move
+    # The closed turn's totals did not move: they hold only the abandoned call's estimated prompt.
+    assert turn.total_prompt_tokens == turn.calls[0].prompt_tokens
+    assert turn.calls[0].usage_estimated and turn.calls[0].completion_tokens == 0
 
 
 async def test_waiting_at_exit_is_what_keeps_the_last_call(

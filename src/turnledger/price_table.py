@@ -1,0 +1,276 @@
+"""The user's own prices: :class:`PriceTable`, in LiteLLM's ``model_cost`` schema, never in LiteLLM's globals.
+
+LiteLLM's way to price an unknown model (``input_cost_per_token`` on a call, ``register_model``)
+writes into the process-wide ``litellm.model_cost`` (measured: a per-call rate leaks into it and
+prices every later call of that name). A :class:`PriceTable` is an immutable value held by the
+callback that uses it; loading or using one changes nothing global.
+
+Lookup of a model name: exact first (the name, then ``provider/name``, each as a price key and as an
+alias), then the longest prefix that ends on a ``-``, ``:``, ``/``, ``@`` or ``.`` boundary, so
+``claude-sonnet-4-5-20250929`` finds ``claude-sonnet-4-5`` while ``gpt-4o-mini`` never falls to
+``gpt-4``. An alias maps a name (an OpenRouter slug, an Azure deployment, a fine-tune id) to a
+priced model, which is then looked up the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from turnledger.errors import ConfigurationError
+from turnledger.money import to_decimal
+from turnledger.usage import TokenCounts
+
+BOUNDARY_CHARS = frozenset("-:/@.")
+"""Where a model name may be cut for a prefix match."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """One model's rates in USD, exact. ``None`` means the rate is not given (not that it is free).
+
+    Field names are LiteLLM's ``model_cost`` keys, so an entry copied from its price map just works.
+    """
+
+    input_cost_per_token: Decimal | None = None
+    output_cost_per_token: Decimal | None = None
+    cache_read_input_token_cost: Decimal | None = None
+    """Falls back to ``input_cost_per_token`` when not given."""
+    cache_creation_input_token_cost: Decimal | None = None
+    """5-minute cache writes. Falls back to ``input_cost_per_token`` when not given."""
+    cache_creation_input_token_cost_above_1hr: Decimal | None = None
+    """1-hour cache writes. Falls back to ``cache_creation_input_token_cost``."""
+    output_cost_per_reasoning_token: Decimal | None = None
+    """Falls back to ``output_cost_per_token``."""
+    input_cost_per_image_token: Decimal | None = None
+    """Image input tokens. Falls back to ``input_cost_per_token``."""
+    output_cost_per_image_token: Decimal | None = None
+    """Image output tokens. Falls back to ``output_cost_per_token``."""
+    input_cost_per_image: Decimal | None = None
+    """Per image sent (image edits)."""
+    output_cost_per_image: Decimal | None = None
+    """Per image generated."""
+
+    @classmethod
+    def from_mapping(cls, model: str, entry: Mapping[str, Any]) -> ModelPrice:
+        """Read the known rate keys of a ``model_cost`` entry; other keys are ignored."""
+        values: dict[str, Decimal] = {}
+        for f in fields(cls):
+            if f.name not in entry or entry[f.name] is None:
+                continue
+            rate = to_decimal(entry[f.name])
+            if rate is None or rate < 0:
+                raise ConfigurationError(f"price of {model!r}: {f.name} must be a non-negative number")
+            values[f.name] = rate
+        return cls(**values)
+
+    def cost(self, counts: TokenCounts, *, images_in: int = 0, images_out: int = 0) -> Decimal | None:
+        """The exact cost of ``counts``, or ``None`` when a count that was used has no rate.
+
+        Each token is priced once: fresh input, cache reads, 5-minute and 1-hour cache writes, text
+        and image input; text output, reasoning and image output.
+        """
+        total = Decimal(0)
+        image_in = min(counts.image_input_tokens, counts.fresh_prompt_tokens)
+        image_out = min(counts.image_output_tokens, max(0, counts.completion_tokens - counts.reasoning_tokens))
+        cache_write = _or(self.cache_creation_input_token_cost, self.input_cost_per_token)
+        parts: tuple[tuple[int, Decimal | None], ...] = (
+            (counts.fresh_prompt_tokens - image_in, self.input_cost_per_token),
+            (image_in, _or(self.input_cost_per_image_token, self.input_cost_per_token)),
+            (counts.cached_tokens, _or(self.cache_read_input_token_cost, self.input_cost_per_token)),
+            (counts.cache_creation_5m_tokens, cache_write),
+            (counts.cache_creation_1h_tokens, _or(self.cache_creation_input_token_cost_above_1hr, cache_write)),
+            (
+                counts.completion_tokens - counts.reasoning_tokens - image_out,
+                self.output_cost_per_token,
+            ),
+            (counts.reasoning_tokens, _or(self.output_cost_per_reasoning_token, self.output_cost_per_token)),
+            (image_out, _or(self.output_cost_per_image_token, self.output_cost_per_token)),
+            (images_in, self.input_cost_per_image),
+            (images_out, self.output_cost_per_image),
+        )
+        for quantity, rate in parts:
+            if quantity <= 0:
+                continue
+            if rate is None:
+                return None
+            total += rate * quantity
+        return total
+
+
+def _or(first: Decimal | None, second: Decimal | None) -> Decimal | None:
+    return first if first is not None else second
+
+
+@dataclass(frozen=True, slots=True)
+class PriceMatch:
+    """Which entry of a table priced a model name, and how it was found."""
+
+    key: str
+    """The price key that matched."""
+    price: ModelPrice
+    via_alias: str | None = None
+    """The alias the name went through, if any."""
+
+
+class PriceTable(Mapping[str, ModelPrice]):
+    """An immutable table of per-model prices and aliases. Safe to share between threads.
+
+    ``PriceTable({"my-model": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}},
+    aliases={"my-deployment": "my-model"})``. Rates go through ``str`` (``Decimal(str(1e-6))``)
+    so they are exact.
+    """
+
+    def __init__(
+        self, prices: Mapping[str, Mapping[str, Any]] | None = None, *, aliases: Mapping[str, str] | None = None
+    ) -> None:
+        table: dict[str, ModelPrice] = {}
+        for model, entry in (prices or {}).items():
+            if not isinstance(model, str) or not model:
+                raise ConfigurationError(f"price table keys must be model names, not {model!r}")
+            if not isinstance(entry, Mapping):
+                raise ConfigurationError(f"price of {model!r} must be a mapping of rates")
+            table[model] = ModelPrice.from_mapping(model, entry)
+        self._prices: Mapping[str, ModelPrice] = MappingProxyType(table)
+        alias_map: dict[str, str] = {}
+        for alias, target in (aliases or {}).items():
+            if not isinstance(alias, str) or not isinstance(target, str) or not alias or not target:
+                raise ConfigurationError(f"alias {alias!r} -> {target!r} must map a name to a name")
+            if self._find_price(target) is None:
+                raise ConfigurationError(f"alias {alias!r} points at {target!r}, which has no price")
+            alias_map[alias] = target
+        self._aliases: Mapping[str, str] = MappingProxyType(alias_map)
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PriceTable:
+        """A table from ``{"models": {...}, "aliases": {...}}`` or a bare ``model_cost``-style mapping.
+
+        In a bare mapping, LiteLLM's ``sample_spec`` entry and non-mapping values are skipped.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigurationError("a price table must be a mapping")
+        if "models" in data or "aliases" in data:
+            models = data.get("models") or {}
+            aliases = data.get("aliases") or {}
+            if not isinstance(models, Mapping) or not isinstance(aliases, Mapping):
+                raise ConfigurationError("'models' and 'aliases' must be mappings")
+            return cls(models, aliases=aliases)
+        return cls({k: v for k, v in data.items() if k != "sample_spec" and isinstance(v, Mapping)})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PriceTable:
+        """A table from a JSON or YAML file (by extension: ``.yaml``/``.yml`` is YAML, else JSON)."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read price table {p}: {exc.strerror or exc}") from exc
+        try:
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except ValueError as exc:  # json.JSONDecodeError and yaml.YAMLError's parse errors
+            raise ConfigurationError(f"price table {p} is not valid: {exc}") from exc
+        except Exception as exc:
+            raise ConfigurationError(f"price table {p} is not valid: {type(exc).__name__}") from exc
+        return cls.from_dict(data if data is not None else {})
+
+    # -- lookup ----------------------------------------------------------------------------------
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        return self._aliases
+
+    def match(self, model: str, provider: str | None = None) -> PriceMatch | None:
+        """The entry that prices ``model`` (as LiteLLM reports it, with its provider), or ``None``."""
+        if not model:
+            return None
+        names = [model]
+        if provider and not model.startswith(provider + "/"):
+            names.append(f"{provider}/{model}")
+        for name in names:
+            found = self._exact(name)
+            if found is not None:
+                return found
+        for name in names:
+            found = self._prefix(name)
+            if found is not None:
+                return found
+        return None
+
+    def lookup(self, model: str, provider: str | None = None) -> ModelPrice | None:
+        found = self.match(model, provider)
+        return found.price if found is not None else None
+
+    def cost(
+        self,
+        model: str,
+        counts: TokenCounts,
+        *,
+        provider: str | None = None,
+        images_in: int = 0,
+        images_out: int = 0,
+    ) -> Decimal | None:
+        """The exact cost of one call, or ``None`` when the model or a needed rate is not in the table."""
+        price = self.lookup(model, provider)
+        if price is None:
+            return None
+        return price.cost(counts, images_in=images_in, images_out=images_out)
+
+    def _exact(self, name: str) -> PriceMatch | None:
+        price = self._prices.get(name)
+        if price is not None:
+            return PriceMatch(name, price)
+        target = self._aliases.get(name)
+        if target is not None:
+            return self._via(name, target)
+        return None
+
+    def _prefix(self, name: str) -> PriceMatch | None:
+        for prefix in _boundary_prefixes(name):
+            found = self._exact(prefix)
+            if found is not None:
+                return found
+        return None
+
+    def _via(self, alias: str, target: str) -> PriceMatch | None:
+        found = self._find_price(target)
+        if found is None:
+            return None
+        return PriceMatch(found[0], found[1], via_alias=alias)
+
+    def _find_price(self, name: str) -> tuple[str, ModelPrice] | None:
+        """A price by key, exact then boundary prefix (aliases are not followed: one hop only)."""
+        for candidate in (name, *_boundary_prefixes(name)):
+            price = self._prices.get(candidate)
+            if price is not None:
+                return candidate, price
+        return None
+
+    # -- Mapping ---------------------------------------------------------------------------------
+    def __getitem__(self, model: str) -> ModelPrice:
+        return self._prices[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prices)
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+    def __repr__(self) -> str:
+        return f"PriceTable(models={len(self._prices)}, aliases={len(self._aliases)})"
+
+
+def _boundary_prefixes(name: str) -> Iterator[str]:
+    """Prefixes of ``name`` that end right before a boundary character, longest first."""
+    for i in range(len(name) - 1, 0, -1):
+        if name[i] in BOUNDARY_CHARS:
+            yield name[:i]
