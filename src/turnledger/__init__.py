@@ -23,6 +23,7 @@ from turnledger.accumulator import (
     start_turn,
 )
 from turnledger.callback import TokenTrackingCallback, install, is_installed, token_tracker, uninstall
+from turnledger.credits import CreditLedger, Reservation, TurnCharge, UnpricedCallsError, credit_scope
 from turnledger.errors import (
     ConfigurationError,
     CreditError,
@@ -31,8 +32,6 @@ from turnledger.errors import (
     StorageError,
     TurnledgerError,
 )
-from turnledger.price_map import PriceMap, PriceMapOrigin, load_price_map, refresh_price_map
-from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.store import reports
 from turnledger.store.engine import make_engine, session_factory
@@ -48,34 +47,33 @@ __all__ = [
     "ConfigurationError",
     "CostSource",
     "CreditError",
+    "CreditLedger",
     "InsufficientCredits",
     "JsonlLedger",
     "ModelMetadata",
-    "ModelPrice",
     "PendingCall",
-    "PriceMap",
-    "PriceMapOrigin",
-    "PriceTable",
     "RecordFlag",
     "ReportBy",
     "ReportRow",
+    "Reservation",
     "SchemaMissingError",
     "StorageError",
     "TokenCallRecord",
     "TokenTrackingCallback",
+    "TurnCharge",
     "TurnRows",
     "TurnTokenAccumulator",
     "TurnledgerError",
+    "UnpricedCallsError",
     "__version__",
+    "credit_scope",
     "get_current_accumulator",
     "insert_turn_rows",
     "install",
     "is_installed",
-    "load_price_map",
     "make_engine",
     "record_token_usage",
     "record_turn",
-    "refresh_price_map",
     "register_model_usage_metadata",
     "reports",
     "scoped_turn",
