@@ -32,6 +32,8 @@ from turnledger.errors import (
     StorageError,
     TurnledgerError,
 )
+from turnledger.price_map import PriceMap, PriceMapOrigin, load_price_map, refresh_price_map
+from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.store import reports
 from turnledger.store.engine import make_engine, session_factory
@@ -51,7 +53,11 @@ __all__ = [
     "InsufficientCredits",
     "JsonlLedger",
     "ModelMetadata",
+    "ModelPrice",
     "PendingCall",
+    "PriceMap",
+    "PriceMapOrigin",
+    "PriceTable",
     "RecordFlag",
     "ReportBy",
     "ReportRow",
@@ -71,9 +77,11 @@ __all__ = [
     "insert_turn_rows",
     "install",
     "is_installed",
+    "load_price_map",
     "make_engine",
     "record_token_usage",
     "record_turn",
+    "refresh_price_map",
     "register_model_usage_metadata",
     "reports",
     "scoped_turn",
