@@ -1,0 +1,205 @@
+"""Capture overhead: what installing turnledger adds to a LiteLLM call, and the callback's own cost per event.
+
+1. LiteLLM's per-call time with ``mock_response`` (no network), with and without the callback, in one
+   run, interleaved block by block so that machine noise hits both arms alike. A block is
+   ``TURNS`` turns of 3 sequential ``acompletion`` calls; the "with" arm opens a ``scoped_turn`` per turn
+   (its exit waits for the turn's events, as in production); both arms end a block by waiting for
+   LiteLLM's logging worker to go idle, so the callback's deferred work is inside the timing.
+   Judged: (with - without) / without per call, target < 1%.
+2. The callback's own time per event, calling its hooks directly with arguments recorded from a real
+   ``acompletion``: the pre-call hook (binds the call to its turn) and the success hook (usage,
+   pricing, record, add to turn). Judged: microseconds per call (both hooks), target < 25 us.
+
+Size knobs: ``BENCH_CAPTURE_REPEATS`` (default 15), ``BENCH_CAPTURE_TURNS`` (turns per block, default 40),
+``BENCH_CAPTURE_EVENTS`` (direct events per repeat, default 2000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gc
+import os
+import statistics
+import time
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+import turnledger
+from turnledger.accumulator import TurnTokenAccumulator
+
+MODEL = "gpt-4o-mini"
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def fmt(values: list[float], unit: str, scale: float = 1.0) -> str:
+    scaled = [v * scale for v in values]
+    return (
+        f"min {min(scaled):8.2f} {unit}   median {statistics.median(scaled):8.2f} {unit}   "
+        f"max {max(scaled):8.2f} {unit}   (n={len(values)})"
+    )
+
+
+async def _logging_idle() -> None:
+    # LiteLLM runs success callbacks from a background worker; a block is over when that has caught up.
+    queue = GLOBAL_LOGGING_WORKER._queue
+    for _ in range(100_000):
+        busy = (queue is not None and not queue.empty()) or GLOBAL_LOGGING_WORKER._running_tasks
+        if not busy:
+            break
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def _call() -> None:
+    await litellm.acompletion(model=MODEL, messages=MESSAGES, mock_response="Hello!")
+
+
+async def _block(turns: int, tracked: bool) -> float:
+    start = time.perf_counter()
+    for _ in range(turns):
+        if tracked:
+            async with turnledger.scoped_turn(user_id="bench"):
+                for _ in range(3):
+                    await _call()
+        else:
+            for _ in range(3):
+                await _call()
+    await _logging_idle()
+    return (time.perf_counter() - start) / (3 * turns)
+
+
+async def litellm_overhead(repeats: int, turns: int) -> None:
+    # Warm both paths (imports, price map, first-call setup) before anything is timed.
+    turnledger.install()
+    await _block(5, tracked=True)
+    turnledger.uninstall()
+    await _block(5, tracked=False)
+
+    without: list[float] = []
+    with_cb: list[float] = []
+    for i in range(repeats):
+        # Alternate which arm goes first so a drifting machine does not favour one.
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for tracked in order:
+            if tracked:
+                turnledger.install()
+            gc.collect()
+            per_call = await _block(turns, tracked)
+            if tracked:
+                turnledger.uninstall()
+                with_cb.append(per_call)
+            else:
+                without.append(per_call)
+    deltas = [w - wo for w, wo in zip(with_cb, without, strict=True)]
+    ratios = [d / wo for d, wo in zip(deltas, without, strict=True)]
+    print(f"LiteLLM acompletion(mock_response), {repeats} interleaved repeats x {3 * turns} calls per arm")
+    print(f"  without callback   per call: {fmt(without, 'ms', 1e3)}")
+    print(f"  with callback      per call: {fmt(with_cb, 'ms', 1e3)}")
+    print(f"  added (paired)     per call: {fmt(deltas, 'us', 1e6)}")
+    median_ratio = statistics.median(ratios)
+    print(
+        f"  JUDGED added/without: min {min(ratios):+.2%}  median {median_ratio:+.2%}  max {max(ratios):+.2%}"
+        f"   target < 1%  -> {'PASS' if median_ratio < 0.01 else 'OVER'}"
+    )
+
+
+class _Recorder(CustomLogger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre: tuple[Any, Any, dict[str, Any]] | None = None
+        self.success: tuple[dict[str, Any], Any, Any, Any] | None = None
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        self.pre = (model, messages, kwargs)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self.success = (kwargs, response_obj, start_time, end_time)
+
+
+async def _record_event() -> _Recorder:
+    recorder = _Recorder()
+    litellm.callbacks.append(recorder)
+    try:
+        await _call()
+        for _ in range(1000):
+            if recorder.success is not None:
+                break
+            await asyncio.sleep(0.001)
+    finally:
+        litellm.callbacks.remove(recorder)
+        for name in ("success_callback", "_async_success_callback", "input_callback", "failure_callback"):
+            current = getattr(litellm, name, None)
+            if isinstance(current, list):
+                current[:] = [c for c in current if c is not recorder]
+    if recorder.pre is None or recorder.success is None:
+        raise RuntimeError("LiteLLM did not deliver the events to record")
+    return recorder
+
+
+async def callback_per_event(repeats: int, events: int) -> None:
+    recorder = await _record_event()
+    assert recorder.pre is not None and recorder.success is not None
+    model, messages, pre_kwargs = recorder.pre
+    kwargs, response_obj, start_time, end_time = recorder.success
+    cb = turnledger.TokenTrackingCallback(name="bench-direct")
+
+    pre_times: list[float] = []
+    end_times: list[float] = []
+    for _ in range(repeats):
+        # Distinct call ids, prepared outside the timing, so no event is short-cut as a duplicate.
+        ids = [f"bench-{i}-{time.monotonic_ns()}" for i in range(events)]
+        pre_args = [{**pre_kwargs, "litellm_call_id": cid} for cid in ids]
+        end_args = [{**kwargs, "litellm_call_id": cid} for cid in ids]
+        turn = TurnTokenAccumulator(user_id="bench")
+        turn._activate()
+        try:
+            gc.collect()
+            t0 = time.perf_counter()
+            for a in pre_args:
+                cb.log_pre_api_call(model, messages, a)
+            t1 = time.perf_counter()
+            for a in end_args:
+                await cb.async_log_success_event(a, response_obj, start_time, end_time)
+            t2 = time.perf_counter()
+        finally:
+            turn._deactivate()
+        if len(turn.calls) != events:
+            raise RuntimeError(f"expected {events} records, got {len(turn.calls)}")
+        pre_times.append((t1 - t0) / events)
+        end_times.append((t2 - t1) / events)
+    sample = copy.copy(turn.calls[0])
+    totals = [p + e for p, e in zip(pre_times, end_times, strict=True)]
+    print(f"TokenTrackingCallback hooks called directly, recorded real event, {repeats} repeats x {events} events")
+    print(f"  (sample record: {sample.prompt_tokens}+{sample.completion_tokens} tokens, cost {sample.cost_usd})")
+    print(f"  log_pre_api_call         per event: {fmt(pre_times, 'us', 1e6)}")
+    print(f"  async_log_success_event  per event: {fmt(end_times, 'us', 1e6)}")
+    median_total = statistics.median(totals) * 1e6
+    print(
+        f"  JUDGED both hooks per call: {fmt(totals, 'us', 1e6)}"
+        f"   target < 25 us -> {'PASS' if median_total < 25 else 'OVER'}"
+    )
+
+
+async def _main() -> None:
+    repeats = _env_int("BENCH_CAPTURE_REPEATS", 15)
+    await litellm_overhead(repeats, _env_int("BENCH_CAPTURE_TURNS", 40))
+    print()
+    await callback_per_event(repeats, _env_int("BENCH_CAPTURE_EVENTS", 2000))
+
+
+def main() -> None:
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""``turnledger replay``: write the turns waiting in a BatchWriter outbox to the database, by hand.
+
+Safe to run twice, and next to running writers: rows already stored are skipped by ``turn_id``, a
+live writer's segments are left to it, and two replays never take the same writer's segments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, DatabaseUrlOption, app, console, fail, is_terminal
+
+if TYPE_CHECKING:
+    from turnledger.store.writer import ProgressFn, ReplayReport
+
+OutboxOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--outbox",
+        help="An outbox directory or one segment file (default: $TURNLEDGER_OUTBOX_DIR, else ./turnledger-outbox).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) -> None:
+    """Write the turns left in an outbox (by writers that stopped or could not reach the database)."""
+    from turnledger.store.outbox import outbox_dir, segment_writer
+    from turnledger.store.writer import pending_segments
+
+    target = outbox_dir(outbox)
+    if target.is_file():
+        if segment_writer(target) is None:
+            fail(f"--outbox: {target} is not an outbox segment (<writer>.<NNNNNN>.jsonl)", EXIT_BAD_INPUT)
+        files: list[Path] | None = [target]
+        directory = target.parent
+    elif target.is_dir() or outbox is None:
+        files, directory = None, target
+    else:
+        fail(f"--outbox: {target} does not exist", EXIT_BAD_INPUT)
+    candidates = files if files is not None else pending_segments(directory)
+    if not candidates:
+        console.print(f"nothing to replay in {directory}", highlight=False)
+        return
+    try:
+        report = asyncio.run(_replay(directory, files, candidates, database_url))
+    except Exception as exc:
+        fail(_describe(exc))
+    _print(report)
+    if report.bad_lines:
+        raise typer.Exit(EXIT_FAILED)
+
+
+async def _replay(
+    directory: Path, files: list[Path] | None, candidates: list[Path], database_url: str | None
+) -> ReplayReport:
+    from turnledger.store.engine import make_engine
+    from turnledger.store.writer import count_entries, replay_outbox
+
+    engine = make_engine(database_url)
+    try:
+        if not is_terminal():
+            return await replay_outbox(engine, directory, files=files)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        total = await asyncio.to_thread(count_entries, candidates)
+        with Progress(
+            TextColumn("replaying outbox"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        ) as progress:
+            task = progress.add_task("replay", total=total)
+            advance: ProgressFn = lambda n: progress.advance(task, n)  # noqa: E731
+            return await replay_outbox(engine, directory, files=files, progress=advance)
+    finally:
+        await engine.dispose()
+
+
+def _print(report: ReplayReport) -> None:
+    console.print(
+        f"replayed {report.entries} turns from {report.files} files: "
+        f"{report.inserted} written, {report.already_present} already in the database",
+        highlight=False,
+    )
+    for path in report.skipped_files:
+        console.print(f"skipped {path}: its writer is still running and replays it itself", highlight=False)
+    for line in report.bad_lines:
+        console.print(
+            f"skipped {line.path} line {line.lineno}: {line.reason} (kept in {line.path.name}.rejected)",
+            highlight=False,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from turnledger.errors import TurnledgerError
+
+    if isinstance(exc, TurnledgerError):
+        return str(exc)
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error: {type(getattr(exc, 'orig', None) or exc).__name__}"
+    if isinstance(exc, OSError | TimeoutError):
+        return f"cannot reach the database: {exc or type(exc).__name__}"
+    return f"replay failed: {type(exc).__name__}: {exc}"

@@ -1,0 +1,190 @@
+"""BatchWriter on PostgreSQL and SQLite: batches, idempotence, bounded queue, outbox, replay, shutdown."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import turnledger
+from tests.integration.writer_support import (
+    closed_turn,
+    files_in,
+    line_count,
+    orphan_calls,
+    stored_call_count,
+    stored_cost,
+    stored_turn_ids,
+)
+from turnledger.store.engine import make_engine
+from turnledger.store.outbox import OutboxJournal, encode_entry
+from turnledger.store.record import turn_rows
+from turnledger.store.writer import BatchWriter, make_entry, pending_segments, replay_outbox
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_scoped_turn_persists_through_the_writer(engine: AsyncEngine, tmp_path: Path) -> None:
+    async with BatchWriter(engine, outbox_dir=tmp_path, batch_size=7, flush_interval=0.01) as writer:
+        for i in range(20):
+            async with turnledger.scoped_turn(turn_id=f"t{i}", user_id="u-9", persist=writer) as turn:
+                for c in range(3):
+                    turn.add(
+                        turnledger.TokenCallRecord(
+                            call_id=f"t{i}-{c}", model="gpt-4o-mini", prompt_tokens=5, cost_usd=Decimal("0.1")
+                        )
+                    )
+        await writer.flush(timeout=30)
+        assert writer.stats["written"] == 20
+        assert writer.stats["batches"] >= 3  # 20 turns in batches of at most 7
+    assert await stored_turn_ids(engine) == {f"t{i}": 1 for i in range(20)}
+    assert await stored_call_count(engine) == 60
+    assert await stored_cost(engine) == Decimal("6.0")
+    # Everything written: the writer leaves no segment and no lock behind.
+    assert files_in(tmp_path) == []
+
+
+async def test_a_turn_handed_over_twice_is_stored_once(engine: AsyncEngine, tmp_path: Path) -> None:
+    turn = closed_turn("same")
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        await writer.persist(turn)
+        await writer.flush(timeout=30)
+        await writer.persist(turn)
+        await writer.persist(turn)
+        await writer.flush(timeout=30)
+        assert writer.stats["handed_over"] == 3
+        assert writer.stats["written"] == 1
+    assert await stored_turn_ids(engine) == {"same": 1}
+    assert await stored_call_count(engine) == 3
+
+
+async def test_a_full_queue_spills_to_the_outbox_and_is_replayed(engine: AsyncEngine, tmp_path: Path) -> None:
+    async with BatchWriter(engine, outbox_dir=tmp_path, max_queue=2, batch_size=2, flush_interval=0.01) as writer:
+        futures = [writer.submit(closed_turn(f"q{i}")) for i in range(50)]
+        for fut in futures:
+            await fut
+        # 50 turns reached the journal in one group; only 2 fit in memory, the rest wait in the outbox.
+        assert writer.stats["spilled"] >= 40
+        await writer.flush(timeout=30)
+        assert writer.stats["replayed"] >= 40
+    assert await stored_turn_ids(engine) == {f"q{i}": 1 for i in range(50)}
+    assert await stored_call_count(engine) == 150
+    assert await orphan_calls(engine) == 0
+    assert files_in(tmp_path) == []
+
+
+async def test_an_unreachable_database_leaves_every_turn_in_the_outbox(engine: AsyncEngine, tmp_path: Path) -> None:
+    # Port 9 (discard) is closed on this machine: every connection is refused at once.
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:9/nowhere")
+    try:
+        writer = BatchWriter(dead, outbox_dir=tmp_path, flush_interval=0.01, retry_initial=0.01, retry_max=0.05)
+        async with writer:
+            for i in range(30):
+                await writer.persist(closed_turn(f"d{i}"))
+        assert writer.stats["written"] == 0
+        assert writer.stats["failed_batches"] >= 1
+    finally:
+        await dead.dispose()
+    segments = pending_segments(tmp_path)
+    assert segments
+    assert sum(line_count(p) for p in segments) == 30
+
+    report = await replay_outbox(engine, tmp_path)
+    assert (report.entries, report.inserted, report.bad_lines) == (30, 30, [])
+    assert await stored_turn_ids(engine) == {f"d{i}": 1 for i in range(30)}
+    assert pending_segments(tmp_path) == []
+    # A second replay finds nothing to do and changes nothing.
+    again = await replay_outbox(engine, tmp_path)
+    assert (again.files, again.entries) == (0, 0)
+    assert await stored_call_count(engine) == 90
+
+
+async def test_replay_skips_corrupt_and_torn_lines_and_is_idempotent(engine: AsyncEngine, tmp_path: Path) -> None:
+    journal = OutboxJournal(tmp_path, writer_id="dead-writer")
+    journal.open()
+    good = [encode_entry(make_entry(turn_rows(closed_turn(f"r{i}"), usage_type="chat"))) for i in range(4)]
+    damaged = bytearray(good[1])
+    damaged[60] ^= 0x01  # one flipped bit: still a line, no longer the line that was written
+    journal.append([good[0], bytes(damaged), b"this is not json\n", good[2], good[3][:-40]])
+    journal.close()
+    # A turn already in the database is skipped, not duplicated.
+    async with engine.begin() as conn:
+        await turnledger.insert_turn_rows(conn, [turn_rows(closed_turn("r0"), usage_type="chat")])
+
+    report = await replay_outbox(engine, tmp_path)
+    assert report.entries == 2
+    assert report.inserted == 1
+    assert [(b.lineno, b.reason.split(" (")[0].split(";")[0]) for b in report.bad_lines] == [
+        (2, "checksum mismatch"),
+        (3, "not an outbox line"),
+        (5, "truncated line"),
+    ]
+    assert "torn write" in report.bad_lines[-1].reason
+    assert await stored_turn_ids(engine) == {"r0": 1, "r2": 1}
+    rejected = [name for name in files_in(tmp_path) if name.endswith(".rejected")]
+    assert rejected == ["dead-writer.000001.jsonl.rejected"]
+    assert line_count(tmp_path / rejected[0]) == 3
+    assert pending_segments(tmp_path) == []
+
+
+async def test_replay_leaves_a_live_writers_segments_alone(engine: AsyncEngine, tmp_path: Path) -> None:
+    live = OutboxJournal(tmp_path, writer_id="live-writer")
+    live.open()
+    try:
+        live.append([encode_entry(make_entry(turn_rows(closed_turn("live"), usage_type="chat")))])
+        report = await replay_outbox(engine, tmp_path)
+        assert report.entries == 0
+        assert [p.name for p in report.skipped_files] == ["live-writer.000001.jsonl"]
+        assert await stored_turn_ids(engine) == {}
+    finally:
+        live.close()
+    # Once its writer is gone, the segment is anyone's to replay.
+    report = await replay_outbox(engine, tmp_path)
+    assert report.inserted == 1
+    assert files_in(tmp_path) == []
+
+
+async def test_a_new_writer_replays_what_a_dead_one_left(engine: AsyncEngine, tmp_path: Path) -> None:
+    dead = OutboxJournal(tmp_path, writer_id="crashed")
+    dead.open()
+    dead.append([encode_entry(make_entry(turn_rows(closed_turn(f"x{i}"), usage_type="chat"))) for i in range(5)])
+    # As if the process died: its files stay, its flock goes with its file descriptors.
+    dead.rotate()
+    assert dead._lock_fh is not None
+    dead._lock_fh.close()
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        await writer.persist(closed_turn("fresh"))
+        await writer.flush(timeout=30)
+        assert writer.stats["replayed"] == 5
+    assert await stored_turn_ids(engine) == {**{f"x{i}": 1 for i in range(5)}, "fresh": 1}
+    assert files_in(tmp_path) == []
+
+
+async def test_outbox_lines_keep_money_and_times_exact(tmp_path: Path) -> None:
+    rows = turn_rows(closed_turn("exact"), usage_type="chat")
+    line = encode_entry(make_entry(rows))
+    parsed = json.loads(line)
+    assert parsed["entry"]["usage"]["cost_usd"] == {"$dec": "0.0000405"}
+    from turnledger.store.outbox import decode_line
+
+    back = decode_line(line)
+    assert back["usage"] == rows.usage
+    assert back["calls"] == rows.calls
+
+
+async def test_close_spills_what_it_cannot_write_within_the_deadline(engine: AsyncEngine, tmp_path: Path) -> None:
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:9/nowhere")
+    try:
+        writer = BatchWriter(dead, outbox_dir=tmp_path, flush_interval=5, batch_size=1000, retry_initial=5)
+        await writer.start()
+        for i in range(10):
+            await writer.persist(closed_turn(f"s{i}"))
+        await writer.close(timeout=0.5)
+    finally:
+        await dead.dispose()
+    report = await replay_outbox(engine, tmp_path)
+    assert report.inserted == 10
+    assert await stored_turn_ids(engine) == {f"s{i}": 1 for i in range(10)}

@@ -1,0 +1,75 @@
+"""Helpers shared by the BatchWriter tests: closed turns made without LiteLLM, and counting what is stored."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from turnledger.accumulator import TurnTokenAccumulator
+from turnledger.records import CostSource, TokenCallRecord
+from turnledger.store.record import CALLS_TABLE, USAGE_TABLE
+
+
+def closed_turn(turn_id: str, *, calls: int = 3, user_id: str = "u-1") -> TurnTokenAccumulator:
+    """A closed turn of ``calls`` priced calls: 10+20 tokens and $0.0000135 each."""
+    turn = TurnTokenAccumulator(turn_id=turn_id, user_id=user_id, thread_id="t-1", tags=("bench",))
+    for i in range(calls):
+        turn.add(
+            TokenCallRecord(
+                call_id=f"{turn_id}-c{i}",
+                model="gpt-4o-mini",
+                provider="openai",
+                prompt_tokens=10,
+                completion_tokens=20,
+                total_tokens=30,
+                cost_usd=Decimal("0.0000135"),
+                cost_source=CostSource.RESPONSE_COST,
+                started_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+                latency_ms=4.5,
+            )
+        )
+    turn._finalize()
+    return turn
+
+
+async def stored_turn_ids(engine: AsyncEngine) -> Counter[str]:
+    """How many ``token_usage`` rows each turn_id has (the unique index makes it 1, if all is well)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(USAGE_TABLE.c.turn_id))).scalars().all()
+    return Counter(rows)
+
+
+async def stored_call_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(CALLS_TABLE))).scalar_one())
+
+
+async def stored_cost(engine: AsyncEngine) -> Decimal:
+    """The exact sum of every stored call's cost, summed in Python (SQLite keeps money as text)."""
+    async with engine.connect() as conn:
+        values = (await conn.execute(select(CALLS_TABLE.c.cost_usd))).scalars().all()
+    return sum((v for v in values if v is not None), Decimal(0))
+
+
+async def orphan_calls(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT count(*) FROM token_usage_calls c"
+                " LEFT JOIN token_usage u ON u.id = c.usage_id WHERE u.id IS NULL"
+            )
+        )
+        return int(result.scalar_one())
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def line_count(path: Path) -> int:
+    return len(path.read_bytes().splitlines())
