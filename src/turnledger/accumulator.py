@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from turnledger.money import micros_from_usd, split_micros, sum_costs
 from turnledger.records import CallKind, CallStatus, RecordFlag, TokenCallRecord
@@ -474,6 +474,14 @@ def _bare_model_name(model: str) -> str:
     return model.rsplit("/", 1)[-1]
 
 
+class TurnSink(Protocol):
+    """Where a closed turn goes when its scope exits (``scoped_turn(..., persist=sink)``): a BatchWriter."""
+
+    async def persist_turn(self, turn: TurnTokenAccumulator) -> None: ...
+
+    def submit_threadsafe(self, turn: TurnTokenAccumulator) -> None: ...
+
+
 class scoped_turn:
     """Open a turn for the block: ``async with scoped_turn(user_id=...) as turn`` or plain ``with``.
 
@@ -481,10 +489,16 @@ class scoped_turn:
     that never report as ``abandoned``, closes the turn and restores the previous turn, so nested
     scopes stay isolated. Exceptions from the block propagate unchanged; calls made before them
     are still in the turn.
+
+    With ``persist=writer`` (a :class:`~turnledger.BatchWriter`) the closed turn is then handed to the
+    writer; the async exit waits until the turn is durable. A hand-off that fails is logged, never raised.
     """
 
-    def __init__(self, *, turn: TurnTokenAccumulator | None = None, **labels: Any) -> None:
+    def __init__(
+        self, *, turn: TurnTokenAccumulator | None = None, persist: TurnSink | None = None, **labels: Any
+    ) -> None:
         self.turn = turn if turn is not None else TurnTokenAccumulator(**labels)
+        self.persist = persist
 
     async def __aenter__(self) -> TurnTokenAccumulator:
         self.turn._activate()
@@ -494,6 +508,11 @@ class scoped_turn:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.turn.aclose()
+        if self.persist is not None:
+            try:
+                await self.persist.persist_turn(self.turn)
+            except Exception:
+                _persist_failed(self.turn)
 
     def __enter__(self) -> TurnTokenAccumulator:
         self.turn._activate()
@@ -503,6 +522,18 @@ class scoped_turn:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.turn.close()
+        if self.persist is not None:
+            try:
+                self.persist.submit_threadsafe(self.turn)
+            except Exception:
+                _persist_failed(self.turn)
+
+
+def _persist_failed(turn: TurnTokenAccumulator) -> None:
+    # Imported here: accumulator stays free of logging set-up and of the store at import time.
+    from turnledger._logging import warn_once
+
+    warn_once("scoped_turn:persist", "turnledger could not hand turn %s to its writer", turn.turn_id, exc_info=True)
 
 
 def start_turn(**labels: Any) -> TurnTokenAccumulator:
