@@ -62,6 +62,22 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
+REPORT_FIGURES = (
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "failed_calls",
+    "abandoned_calls",
+)
+"""The turn-row columns a breakdown sums."""
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -100,8 +116,10 @@ class TokenUsage(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow)
 
     __table_args__ = (
-        # Per-day breakdowns and time-range filters over all users (bench: per-day over 30 days).
-        Index("ix_token_usage_created_at", "created_at"),
+        # Per-day breakdowns of everyone over a time range (bench: 30 days of 1M turns). A turn row is
+        # wide (its JSON documents), so on PostgreSQL the index also carries every figure a breakdown
+        # sums: the report is an index-only scan and never reads the table (bench/report_bench.py).
+        Index("ix_token_usage_created_at", "created_at", postgresql_include=list(REPORT_FIGURES)),
         # One user's / tenant's / thread's history over a time range: equality prefix, then range.
         Index("ix_token_usage_user_id_created_at", "user_id", "created_at"),
         Index("ix_token_usage_tenant_id_created_at", "tenant_id", "created_at"),

@@ -62,7 +62,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_token_usage")),
         sa.UniqueConstraint("turn_id", name=op.f("uq_token_usage_turn_id")),
     )
-    op.create_index("ix_token_usage_created_at", "token_usage", ["created_at"])
+    # Covering on PostgreSQL: a per-day report is an index-only scan (see models.TokenUsage).
+    op.create_index(
+        "ix_token_usage_created_at",
+        "token_usage",
+        ["created_at"],
+        postgresql_include=[
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cached_tokens",
+            "cache_creation_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+            "unpriced_calls",
+            "failed_calls",
+            "abandoned_calls",
+        ],
+    )
     op.create_index("ix_token_usage_user_id_created_at", "token_usage", ["user_id", "created_at"])
     op.create_index("ix_token_usage_tenant_id_created_at", "token_usage", ["tenant_id", "created_at"])
     op.create_index("ix_token_usage_thread_id_created_at", "token_usage", ["thread_id", "created_at"])
