@@ -35,7 +35,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal, localcontext
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -49,6 +49,7 @@ from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator, scoped_turn
 from turnledger.credits_models import (
     ACCOUNT_MAX_LENGTH,
+    EXACT_CONTEXT,
     KEY_MAX_LENGTH,
     CreditAccount,
     CreditHold,
@@ -70,9 +71,7 @@ UnpricedPolicy = Literal["free", "estimate", "error"]
 
 T = TypeVar("T")
 
-# Balances carry 18 decimal places and up to 20 integer digits; the default 28-digit context
-# would round a sum of large balances silently.
-_EXACT = Context(prec=80)
+_EXACT = EXACT_CONTEXT
 
 _J = CreditJournalEntry
 _A = CreditAccount
@@ -823,6 +822,7 @@ def _amount(value: object, name: str, *, minimum: Literal["zero", "positive", "n
         raise ValueError(f"{name} must be positive, not {parsed}")
     if minimum == "nonzero" and parsed == 0:
         raise ValueError(f"{name} must not be zero")
+    quantize_amount(parsed)  # refuses what the column cannot hold, before anything is written
     return parsed
 
 

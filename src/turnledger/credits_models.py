@@ -10,7 +10,7 @@ without scanning history. ``turnledger credits verify`` proves all three agree.
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +27,10 @@ AMOUNT_SCALE = 18
 stored exactly; anything finer is rounded half-even, once, when the row is written."""
 
 QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
+MAX_INTEGER_DIGITS = AMOUNT_PRECISION - AMOUNT_SCALE
+
+# The default 28-digit context would round a 38-digit amount (and its sums) without a word.
+EXACT_CONTEXT = Context(prec=2 * AMOUNT_PRECISION, rounding=ROUND_HALF_EVEN)
 
 KEY_MAX_LENGTH = 200
 """The longest idempotency key a caller may pass; derived keys (``<key>/settle``) need a little more."""
@@ -56,15 +60,21 @@ class EntryKind(StrEnum):
 
 
 def quantize_amount(value: Decimal) -> Decimal:
-    """``value`` at the stored scale (half-even): what the database will hold, exactly."""
-    return value.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+    """``value`` at the stored scale (half-even): what the database will hold, exactly.
+
+    :class:`ValueError` if it has more integer digits than the column holds.
+    """
+    exact = value.quantize(QUANTUM, context=EXACT_CONTEXT)
+    if exact != 0 and exact.adjusted() >= MAX_INTEGER_DIGITS:
+        raise ValueError(f"{value} is too large for a credit amount (at most {MAX_INTEGER_DIGITS} integer digits)")
+    return exact
 
 
 def canonical_amount(value: Decimal) -> Decimal:
     """An amount without the trailing zeros of the stored scale (``Decimal('1.5')``, not ``1.500...0``)."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return value.normalize()
+    if value == value.to_integral_value(context=EXACT_CONTEXT):
+        return value.quantize(Decimal(1), context=EXACT_CONTEXT)
+    return value.normalize(EXACT_CONTEXT)
 
 
 class ExactAmount(TypeDecorator[Decimal]):
@@ -118,7 +128,7 @@ class CreditAccount(Base):
 
 
 class CreditJournalEntry(Base):
-    """One change to an account. Rows are only ever inserted (a trigger refuses updates and deletes)."""
+    """One change to an account. Rows are only ever inserted; a trigger refuses updates."""
 
     __tablename__ = "credit_journal"
     __table_args__ = (

@@ -24,22 +24,22 @@ UTC_TS = sa.DateTime(timezone=True)
 
 _KINDS = "kind IN ('grant', 'reserve', 'settle', 'release', 'debit', 'refund', 'adjust')"
 
-# The journal is the audit trail a bill is argued from: the database itself refuses to change it.
+# The journal is the audit trail a bill is argued from: the database itself refuses to edit an entry.
+# Deletes stay possible (data retention, emptying a test database) and cannot go unnoticed:
+# `turnledger credits verify` replays every account's journal against its running balance.
 # One statement per execute: asyncpg prepares each statement and refuses several in one.
 _PG_APPEND_ONLY = (
     """CREATE FUNCTION credit_journal_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        RAISE EXCEPTION 'credit_journal is append-only';
+        RAISE EXCEPTION 'credit_journal is append-only: entries are never updated';
     END;
     $$""",
-    """CREATE TRIGGER credit_journal_append_only BEFORE UPDATE OR DELETE ON credit_journal
+    """CREATE TRIGGER credit_journal_append_only BEFORE UPDATE ON credit_journal
     FOR EACH ROW EXECUTE FUNCTION credit_journal_append_only()""",
 )
 _SQLITE_APPEND_ONLY = (
-    """CREATE TRIGGER credit_journal_no_update BEFORE UPDATE ON credit_journal
-    BEGIN SELECT RAISE(ABORT, 'credit_journal is append-only'); END""",
-    """CREATE TRIGGER credit_journal_no_delete BEFORE DELETE ON credit_journal
-    BEGIN SELECT RAISE(ABORT, 'credit_journal is append-only'); END""",
+    """CREATE TRIGGER credit_journal_append_only BEFORE UPDATE ON credit_journal
+    BEGIN SELECT RAISE(ABORT, 'credit_journal is append-only: entries are never updated'); END""",
 )
 
 
@@ -116,8 +116,7 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS credit_journal_append_only ON credit_journal")
         op.execute("DROP FUNCTION IF EXISTS credit_journal_append_only()")
     else:
-        op.execute("DROP TRIGGER IF EXISTS credit_journal_no_update")
-        op.execute("DROP TRIGGER IF EXISTS credit_journal_no_delete")
+        op.execute("DROP TRIGGER IF EXISTS credit_journal_append_only")
     op.drop_index("ix_credit_holds_account_id_expires_at", table_name="credit_holds")
     op.drop_table("credit_holds")
     op.drop_index(op.f("ix_credit_journal_reservation_id"), table_name="credit_journal")

@@ -1,0 +1,251 @@
+"""CreditLedger on PostgreSQL and SQLite: every operation, idempotency, refusals, overdraft, expiry, verify."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from turnledger import CreditError, CreditLedger, InsufficientCredits
+from turnledger.credits import EntryKind
+
+pytestmark = pytest.mark.asyncio
+
+
+class Clock:
+    """A clock the test moves by hand, so expiry is tested without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(engine: AsyncEngine, clock: Clock) -> CreditLedger:
+    return CreditLedger(engine, hold_ttl=timedelta(minutes=10), clock=clock)
+
+
+async def test_reserve_settle_debits_the_actual_cost_and_frees_the_rest(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1.00"), "g-1")
+    res = await ledger.reserve("acct", Decimal("0.25"), "r-1", turn_id="turn-1")
+    held = await ledger.balance("acct")
+    assert (held.balance, held.held, held.available) == (Decimal("1"), Decimal("0.25"), Decimal("0.75"))
+
+    entry = await ledger.settle(res, Decimal("0.000123456789012345"))
+    assert entry.kind is EntryKind.SETTLE
+    assert entry.amount == Decimal("-0.000123456789012345")
+    assert entry.hold_amount == Decimal("-0.25")
+    assert entry.reservation_id == res.id and entry.turn_id == "turn-1"
+    after = await ledger.balance("acct")
+    assert (after.balance, after.held, after.available) == (
+        Decimal("0.999876543210987655"),
+        Decimal("0"),
+        Decimal("0.999876543210987655"),
+    )
+    assert (await ledger.verify()).ok
+
+
+async def test_every_operation_is_idempotent_on_its_key(ledger: CreditLedger) -> None:
+    first_grant = await ledger.grant("acct", Decimal("5"), "g")
+    again = await ledger.grant("acct", Decimal("5"), "g")
+    assert again == first_grant and again.replayed and not first_grant.replayed
+
+    res = await ledger.reserve("acct", Decimal("1"), "r")
+    assert await ledger.reserve("acct", Decimal("1"), "r") == res
+    settled = await ledger.settle(res, Decimal("0.4"))
+    # A second settle of the same reservation, with another figure or another key, changes nothing.
+    assert await ledger.settle(res, Decimal("0.9")) == settled
+    assert await ledger.settle(res, Decimal("0.9"), key="other-key") == settled
+    assert await ledger.release(res) == settled
+
+    debit = await ledger.debit("acct", Decimal("0.1"), "d")
+    assert await ledger.debit("acct", Decimal("0.1"), "d") == debit
+    refund = await ledger.refund("acct", Decimal("0.05"), "rf")
+    assert await ledger.refund("acct", Decimal("0.05"), "rf") == refund
+    adjust = await ledger.adjust("acct", Decimal("-0.01"), "adj", note="rounding")
+    assert await ledger.adjust("acct", Decimal("-0.01"), "adj") == adjust
+
+    # 5 - 0.4 - 0.1 + 0.05 - 0.01, each applied once.
+    assert (await ledger.balance("acct")).balance == Decimal("4.54")
+    assert len(await ledger.history("acct")) == 6
+    assert (await ledger.verify()).ok
+
+
+async def test_a_key_used_for_another_operation_or_account_is_refused(ledger: CreditLedger) -> None:
+    await ledger.grant("a", Decimal("1"), "k")
+    await ledger.grant("b", Decimal("1"), "kb")
+    with pytest.raises(CreditError, match="already used for a grant"):
+        await ledger.debit("a", Decimal("0.1"), "k")
+    with pytest.raises(CreditError, match="already used"):
+        await ledger.grant("b", Decimal("1"), "k")
+    with pytest.raises(CreditError, match="already used"):
+        await ledger.reserve("a", Decimal("0.1"), "k")
+    assert (await ledger.balance("a")).balance == Decimal("1")
+    assert (await ledger.balance("b")).balance == Decimal("1")
+
+
+async def test_reserve_and_debit_refuse_beyond_available_and_write_nothing(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    await ledger.reserve("acct", Decimal("0.6"), "r1")
+    with pytest.raises(InsufficientCredits, match=r"available 0\.4 "):
+        await ledger.reserve("acct", Decimal("0.41"), "r2")
+    with pytest.raises(InsufficientCredits):
+        await ledger.debit("acct", Decimal("0.400000000000000001"), "d1")
+    exact = await ledger.reserve("acct", Decimal("0.4"), "r2")  # the refused key is free to succeed later
+    assert exact.amount == Decimal("0.4")
+    assert (await ledger.balance("acct")).available == Decimal("0")
+    assert [e.kind for e in await ledger.history("acct")] == [EntryKind.GRANT, EntryKind.RESERVE, EntryKind.RESERVE]
+
+
+async def test_overdraft_limit_extends_available(ledger: CreditLedger) -> None:
+    await ledger.open_account("acct", overdraft_limit=Decimal("0.5"))
+    await ledger.grant("acct", Decimal("1"), "g")
+    await ledger.debit("acct", Decimal("1.5"), "d1")
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.available) == (Decimal("-0.5"), Decimal("0"))
+    with pytest.raises(InsufficientCredits):
+        await ledger.reserve("acct", Decimal("0.000000000000000001"), "r")
+    await ledger.reserve("acct", Decimal("0"), "r0")  # a free turn still reserves
+
+
+async def test_settle_beyond_the_hold_debits_the_full_actual_cost(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.1"), "r")
+    entry = await ledger.settle(res, Decimal("1.25"))
+    # The calls were made: the provider bills them, so the account owes them.
+    assert (entry.amount, entry.balance_after) == (Decimal("-1.25"), Decimal("-0.25"))
+    assert (await ledger.verify()).ok
+
+
+async def test_release_frees_the_hold_without_charging(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.7"), "r")
+    released = await ledger.release(res)
+    assert (released.kind, released.amount, released.hold_amount) == (EntryKind.RELEASE, Decimal(0), Decimal("-0.7"))
+    assert await ledger.release(res) == released
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.held) == (Decimal("1"), Decimal("0"))
+    # Settling after a release still charges what was used (hold_amount 0: nothing left to free).
+    settled = await ledger.settle(res, Decimal("0.2"))
+    assert (settled.amount, settled.hold_amount) == (Decimal("-0.2"), Decimal(0))
+    assert (await ledger.verify()).ok
+
+
+async def test_expired_holds_are_released_by_expire_holds(ledger: CreditLedger, clock: Clock) -> None:
+    await ledger.grant("a", Decimal("1"), "ga")
+    await ledger.grant("b", Decimal("1"), "gb")
+    await ledger.reserve("a", Decimal("0.3"), "ra")
+    await ledger.reserve("b", Decimal("0.4"), "rb", ttl=timedelta(hours=1))
+    clock.advance(minutes=9)
+    assert await ledger.expire_holds() == []
+    clock.advance(minutes=1)
+    released = await ledger.expire_holds()
+    assert [(e.account, e.kind, e.hold_amount, e.note) for e in released] == [
+        ("a", EntryKind.RELEASE, Decimal("-0.3"), "hold expired")
+    ]
+    assert (await ledger.balance("b")).held == Decimal("0.4")
+    assert (await ledger.verify()).ok
+
+
+async def test_expired_holds_are_released_lazily_when_the_account_is_touched(
+    ledger: CreditLedger, clock: Clock
+) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    await ledger.reserve("acct", Decimal("0.9"), "r1")
+    with pytest.raises(InsufficientCredits):
+        await ledger.reserve("acct", Decimal("0.5"), "r2")
+    clock.advance(minutes=11)
+    # The reserve that needs the credits finds the dead hold and releases it first.
+    await ledger.reserve("acct", Decimal("0.5"), "r2")
+    kinds = [(e.kind, e.note) for e in await ledger.history("acct")]
+    assert kinds == [
+        (EntryKind.GRANT, None),
+        (EntryKind.RESERVE, None),
+        (EntryKind.RELEASE, "hold expired"),
+        (EntryKind.RESERVE, None),
+    ]
+    clock.advance(minutes=11)
+    # A plain balance read releases expired holds too.
+    bal = await ledger.balance("acct")
+    assert (bal.held, bal.available) == (Decimal(0), Decimal(1))
+
+
+async def test_settle_after_the_hold_expired_still_charges_once(ledger: CreditLedger, clock: Clock) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.5"), "r")
+    clock.advance(hours=1)
+    # The turn ran long; its settle arrives before anyone expired the hold: it closes it itself.
+    entry = await ledger.settle(res, Decimal("0.2"))
+    assert (entry.amount, entry.hold_amount, entry.note) == (Decimal("-0.2"), Decimal("-0.5"), None)
+    assert [e.kind for e in await ledger.history("acct")] == [EntryKind.GRANT, EntryKind.RESERVE, EntryKind.SETTLE]
+
+    res2 = await ledger.reserve("acct", Decimal("0.5"), "r2")
+    clock.advance(hours=1)
+    assert len(await ledger.expire_holds("acct")) == 1
+    late = await ledger.settle(res2, Decimal("0.3"))
+    assert (late.amount, late.hold_amount) == (Decimal("-0.3"), Decimal(0))
+    assert late.note is not None and "already been released" in late.note
+    assert (await ledger.balance("acct")).balance == Decimal("0.5")
+    assert (await ledger.verify()).ok
+
+
+async def test_unknown_accounts_and_bad_amounts_are_refused(ledger: CreditLedger) -> None:
+    with pytest.raises(CreditError, match="no credit account 'ghost'"):
+        await ledger.reserve("ghost", Decimal("1"), "r")
+    with pytest.raises(CreditError, match="no credit account"):
+        await ledger.balance("ghost")
+    with pytest.raises(ValueError, match="positive"):
+        await ledger.grant("acct", Decimal("0"), "g")
+    with pytest.raises(TypeError, match="float"):
+        await ledger.grant("acct", 0.1, "g")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="negative"):
+        await ledger.reserve("acct", Decimal("-1"), "r")
+
+
+async def test_amounts_are_stored_to_18_places_rounded_half_even_once(ledger: CreditLedger) -> None:
+    entry = await ledger.grant("acct", Decimal("0.0000000000000000025"), "g")
+    assert entry.amount == Decimal("0.000000000000000002")
+    entry = await ledger.grant("acct", Decimal("12345678901234567890.123456789012345678"), "big")
+    assert entry.balance_after == Decimal("12345678901234567890.12345678901234568")
+    assert (await ledger.balance("acct")).balance == Decimal("12345678901234567890.12345678901234568")
+    assert (await ledger.verify()).ok
+
+
+async def test_journal_entries_cannot_be_edited(engine: AsyncEngine, ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE credit_journal SET amount = '2'"))
+    assert (await ledger.verify()).ok
+
+
+async def test_verify_reports_a_balance_that_does_not_match_its_journal(
+    engine: AsyncEngine, ledger: CreditLedger
+) -> None:
+    await ledger.grant("acct", Decimal("1"), "g1")
+    await ledger.grant("acct", Decimal("2"), "g2")
+    await ledger.grant("other", Decimal("2"), "g3")
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE credit_accounts SET balance = '3.5' WHERE account_id = 'acct'"))
+        await conn.execute(text("DELETE FROM credit_journal WHERE idempotency_key = 'g1'"))
+    report = await ledger.verify()
+    assert not report.ok
+    assert (report.accounts, report.entries) == (2, 2)
+    assert any("acct: balance 3.5 but the journal sums to 2" in p for p in report.problems), report.problems
+    # The deleted first entry breaks the chain of running balances at the next one.
+    assert any("acct: entry" in p and "records balance 3" in p for p in report.problems), report.problems
+    assert (await ledger.verify("other")).ok
