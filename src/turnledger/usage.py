@@ -153,6 +153,16 @@ def normalize_usage(response_obj: Any) -> TokenCounts:
     return counts
 
 
+_ANTHROPIC_CACHE_KEYS = ("cache_read_input_tokens", "cache_creation_input_tokens", "cache_creation")
+
+
+def _null(usage: Any, name: str) -> bool:
+    """Whether ``usage`` names ``name`` and gives it no value (``"prompt_tokens": null``)."""
+    if isinstance(usage, Mapping):
+        return name in usage and usage[name] is None
+    return hasattr(usage, name) and getattr(usage, name) is None
+
+
 def _read_openai_or_anthropic(counts: TokenCounts, usage: Any) -> None:
     prompt_raw = _get(usage, "prompt_tokens")
     input_raw = _get(usage, "input_tokens")
@@ -186,11 +196,20 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Any) -> None:
         counts.prompt_tokens = read_count(counts, input_raw)
         # Raw Anthropic keeps cache reads and writes out of input_tokens; OpenAI's Responses API
         # (input_tokens_details.cached_tokens) keeps them in.
-        if _get(usage, "cache_read_input_tokens") is not None or _get(usage, "cache_creation_input_tokens") is not None:
+        if any(_get(usage, k) is not None for k in _ANTHROPIC_CACHE_KEYS):
             counts.prompt_tokens += counts.cached_tokens + counts.cache_creation_tokens
     else:
         counts.prompt_tokens = read_count(counts, prompt_raw)
     counts.completion_tokens = read_count(counts, output_raw if use_output else completion_raw)
+    # An explicit null where a count belongs is malformed; an absent key (embeddings) is not.
+    if (
+        prompt_raw is None and input_raw is None and (_null(usage, "prompt_tokens") or _null(usage, "input_tokens"))
+    ) or (
+        completion_raw is None
+        and output_raw is None
+        and (_null(usage, "completion_tokens") or _null(usage, "output_tokens"))
+    ):
+        counts.flag(RecordFlag.MALFORMED_USAGE)
 
     counts.reasoning_tokens = read_count(counts, _get(completion_details, "reasoning_tokens"))
     counts.image_input_tokens = read_count(counts, _get(prompt_details, "image_tokens"))

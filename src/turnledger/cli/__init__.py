@@ -9,5 +9,6 @@ from turnledger.cli import commands_core as _core  # noqa: F401  isort: skip
 from turnledger.cli import commands_credits as _credits  # noqa: F401  isort: skip
 from turnledger.cli import commands_prices as _prices  # noqa: F401  isort: skip
 from turnledger.cli import commands_store as _store  # noqa: F401  isort: skip
+from turnledger.cli import commands_replay as _replay  # noqa: F401  isort: skip
 
 __all__ = ["app", "main"]

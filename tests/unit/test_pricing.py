@@ -1,0 +1,344 @@
+"""The cost chain stage by stage, with LiteLLM's real cost functions and exact Decimal expectations."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+from litellm.types.utils import ImageObject, ImageResponse, ModelResponse, Usage
+
+from turnledger import PriceTable
+from turnledger._logging import problem_counts
+from turnledger.accumulator import PendingCall, TurnTokenAccumulator
+from turnledger.pricing import (
+    decimal_from_litellm,
+    estimate_missing_usage,
+    price_abandoned_call,
+    price_call,
+    price_counts,
+)
+from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.usage import TokenCounts, normalize_usage
+
+D = Decimal
+# LiteLLM's bundled rates (litellm 1.106), USD per token.
+GPT_4O_MINI_IN, GPT_4O_MINI_CACHED, GPT_4O_MINI_OUT = D("0.00000015"), D("0.000000075"), D("0.0000006")
+SONNET_45_IN, SONNET_45_READ, SONNET_45_W5M, SONNET_45_W1H, SONNET_45_OUT = (
+    D("0.000003"),
+    D("0.0000003"),
+    D("0.00000375"),
+    D("0.000006"),
+    D("0.000015"),
+)
+
+TABLE = PriceTable.from_dict(
+    {
+        "models": {
+            "acme-7b": {"input_cost_per_token": "0.000001", "output_cost_per_token": "0.000002"},
+            "acme-image": {"output_cost_per_image": "0.02"},
+        },
+        "aliases": {"acme/acme-7b-chat": "acme-7b"},
+    }
+)
+
+
+def response(model: str, **usage: Any) -> ModelResponse:
+    return ModelResponse(
+        model=model,
+        choices=[{"message": {"role": "assistant", "content": "ok"}}],
+        usage=Usage(**usage),
+    )
+
+
+def kw(model: str, provider: str = "openai", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "custom_llm_provider": provider, "call_type": "acompletion", **extra}
+
+
+def price(kwargs: dict[str, Any], obj: Any, **options: Any) -> tuple[Decimal | None, CostSource, list[RecordFlag]]:
+    return price_call(kwargs, obj, normalize_usage(obj), **options)
+
+
+# -- each stage answers, in order ---------------------------------------------------------------------
+
+
+def test_provider_inline_cost_wins() -> None:
+    obj = response("openai/gpt-4o-mini", prompt_tokens=10, completion_tokens=1, total_tokens=11, cost=0.00042)
+    assert price(kw("openai/gpt-4o-mini", "openrouter", response_cost=0.5), obj) == (
+        D("0.00042"),
+        CostSource.PROVIDER,
+        [],
+    )
+
+
+def test_provider_zero_is_a_price() -> None:
+    # OpenRouter's ":free" models report cost 0: the provider said so, so it is free.
+    obj = response("meta/llama:free", prompt_tokens=10, completion_tokens=1, total_tokens=11, cost=0)
+    assert price(kw("meta/llama:free", "openrouter"), obj)[:2] == (D(0), CostSource.PROVIDER)
+
+
+def test_response_cost_float_noise_is_dropped() -> None:
+    obj = response("deepseek-chat", prompt_tokens=1000, completion_tokens=200, total_tokens=1200)
+    cost, source, flags = price(kw("deepseek-chat", "deepseek", response_cost=0.00021280000000000002), obj)
+    assert (cost, source, flags) == (D("0.0002128"), CostSource.RESPONSE_COST, [])
+
+
+def test_hidden_params_answer_when_response_cost_is_absent() -> None:
+    obj = response("gpt-4o-mini", prompt_tokens=10, completion_tokens=1, total_tokens=11)
+    obj._hidden_params["response_cost"] = 0.0000021
+    assert price(kw("gpt-4o-mini"), obj) == (D("0.0000021"), CostSource.HIDDEN_PARAMS, [])
+
+
+def test_completion_cost_answers_for_a_real_response() -> None:
+    obj = response(
+        "gpt-4o-mini",
+        prompt_tokens=1000,
+        completion_tokens=100,
+        total_tokens=1100,
+        prompt_tokens_details={"cached_tokens": 600},
+    )
+    cost, source, flags = price(kw("gpt-4o-mini"), obj)
+    assert source is CostSource.COMPLETION_COST and flags == []
+    assert cost == 400 * GPT_4O_MINI_IN + 600 * GPT_4O_MINI_CACHED + 100 * GPT_4O_MINI_OUT
+
+
+def test_cost_per_token_gets_cache_and_1h_writes() -> None:
+    # A dict response (no LiteLLM object to hand completion_cost): cost_per_token from our counts.
+    obj = {
+        "usage": {
+            "input_tokens": 100,
+            "output_tokens": 50,
+            "cache_read_input_tokens": 1000,
+            "cache_creation_input_tokens": 300,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100},
+        }
+    }
+    cost, source, flags = price(kw("claude-sonnet-4-5-20250929", "anthropic"), obj)
+    assert source is CostSource.COST_PER_TOKEN and flags == []
+    assert (
+        cost
+        == 100 * SONNET_45_IN + 1000 * SONNET_45_READ + 200 * SONNET_45_W5M + 100 * SONNET_45_W1H + 50 * SONNET_45_OUT
+    )
+    assert cost == D("0.00270")
+
+
+def test_price_table_prices_what_litellm_cannot() -> None:
+    obj = response("acme-7b-chat", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
+    kwargs = kw("acme/acme-7b-chat", "openai")
+    assert price(kwargs, obj) == (None, CostSource.NONE, [])
+    cost, source, flags = price(kwargs, obj, price_table=TABLE)
+    assert (cost, source, flags) == (1000 * D("0.000001") + 10 * D("0.000002"), CostSource.PRICE_TABLE, [])
+
+
+# -- what is not a price ------------------------------------------------------------------------------
+
+
+def test_negative_cost_is_discarded_and_the_chain_goes_on() -> None:
+    obj = {"usage": {"prompt_tokens": 12, "completion_tokens": -5, "total_tokens": 7}}
+    cost, source, flags = price(kw("gpt-4o-mini", response_cost=-0.0000012), obj)
+    assert (cost, source) == (12 * GPT_4O_MINI_IN, CostSource.COST_PER_TOKEN)
+    assert flags == [RecordFlag.NEGATIVE_COST]
+
+
+def test_zero_from_litellm_for_an_unknown_model_is_not_a_price() -> None:
+    obj = {"usage": {"prompt_tokens": 500, "completion_tokens": 20}}
+    assert price(kw("acme-unknown", response_cost=0.0), obj) == (None, CostSource.NONE, [])
+
+
+def test_zero_from_litellm_for_a_model_it_lists_at_zero_rates_is_free() -> None:
+    entry = litellm.model_cost["codestral/codestral-latest"]
+    assert (entry["input_cost_per_token"], entry["output_cost_per_token"]) == (0.0, 0.0)
+    obj = {"usage": {"prompt_tokens": 500, "completion_tokens": 20}}
+    assert price(kw("codestral-latest", "codestral", response_cost=0.0), obj) == (D(0), CostSource.RESPONSE_COST, [])
+
+
+def test_zero_cost_for_zero_tokens_is_a_price() -> None:
+    obj = {"usage": {"prompt_tokens": 0, "completion_tokens": 0}}
+    assert price(kw("gpt-4o-mini", response_cost=0.0), obj) == (D(0), CostSource.RESPONSE_COST, [])
+
+
+def test_unpriced_is_none_never_zero() -> None:
+    obj = response("acme-unknown", prompt_tokens=5, completion_tokens=5, total_tokens=10)
+    assert price(kw("acme-unknown"), obj) == (None, CostSource.NONE, [])
+
+
+def test_image_generation_skips_token_rates_and_prices_per_image() -> None:
+    obj = ImageResponse(
+        data=[ImageObject(url="https://images.invalid/1.png"), ImageObject(url="https://images.invalid/2.png")]
+    )
+    kwargs = kw("acme-image", call_type="aimage_generation", optional_params={"n": 2, "size": "1024x1024"})
+    assert price(kwargs, obj, call_kind=CallKind.IMAGE_GENERATION) == (None, CostSource.NONE, [])
+    cost, source, _ = price(kwargs, obj, call_kind=CallKind.IMAGE_GENERATION, price_table=TABLE)
+    assert (cost, source) == (2 * D("0.02"), CostSource.PRICE_TABLE)
+
+
+# -- a stage that raises ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_completion_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> float:
+        raise RuntimeError("cost map corrupted")
+
+    monkeypatch.setattr(litellm, "completion_cost", boom)
+
+
+@pytest.mark.usefixtures("broken_completion_cost")
+def test_a_raising_stage_is_logged_once_and_the_chain_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    obj = response("gpt-4o-mini", prompt_tokens=10, completion_tokens=1, total_tokens=11)
+    with caplog.at_level(logging.WARNING, logger="turnledger"):
+        results = [price(kw("gpt-4o-mini"), obj) for _ in range(5)]
+    assert (
+        results
+        == [(10 * GPT_4O_MINI_IN + 1 * GPT_4O_MINI_OUT, CostSource.COST_PER_TOKEN, [RecordFlag.PRICING_ERROR])] * 5
+    )
+    assert len([r for r in caplog.records if "completion_cost" in r.getMessage()]) == 1
+    assert problem_counts["pricing:completion_cost:openai/gpt-4o-mini:RuntimeError"] == 5
+
+
+def test_litellm_not_knowing_a_model_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    obj = response("acme-unknown", prompt_tokens=5, completion_tokens=5, total_tokens=10)
+    with caplog.at_level(logging.WARNING, logger="turnledger"):
+        assert price(kw("acme-unknown"), obj) == (None, CostSource.NONE, [])
+    assert caplog.records == []
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.00021280000000000002, D("0.0002128")),
+        (8.400000000000001e-06, D("0.0000084")),
+        (1.5e-06, D("0.0000015")),
+        (0.0, D(0)),
+        ("0.000001", D("0.000001")),
+        (None, None),
+        (float("nan"), None),
+        ("free", None),
+    ],
+)
+def test_decimal_from_litellm(value: object, expected: Decimal | None) -> None:
+    assert decimal_from_litellm(value) == expected
+
+
+def test_price_counts_by_rates_alone() -> None:
+    counts = TokenCounts(prompt_tokens=1000, completion_tokens=100, total_tokens=1100, cached_tokens=600)
+    cost, source, _ = price_counts(counts, model="gpt-4o-mini", provider="openai")
+    assert (cost, source) == (
+        400 * GPT_4O_MINI_IN + 600 * GPT_4O_MINI_CACHED + 100 * GPT_4O_MINI_OUT,
+        CostSource.COST_PER_TOKEN,
+    )
+    assert price_counts(counts, model="acme-7b", price_table=TABLE)[:2] == (
+        1000 * D("0.000001") + 100 * D("0.000002"),
+        CostSource.PRICE_TABLE,
+    )
+    assert price_counts(counts, model="nobody")[:2] == (None, CostSource.NONE)
+
+
+# -- missing usage ------------------------------------------------------------------------------------
+
+
+def test_missing_stream_usage_is_estimated() -> None:
+    obj = ModelResponse(
+        model="gpt-4o-mini",
+        choices=[{"message": {"role": "assistant", "content": "Hello from the fake provider."}}],
+        usage=Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0),
+    )
+    kwargs = kw("gpt-4o-mini", response_cost=0.0, messages=[{"role": "user", "content": "say hello"}], stream=True)
+    counts = normalize_usage(obj)
+    result = estimate_missing_usage(kwargs, obj, counts, model="gpt-4o-mini", provider="openai")
+    assert result is not None
+    estimate, cost, source, flags = result
+    assert (estimate.prompt_tokens, estimate.completion_tokens) == (9, 6)
+    assert (cost, source) == (9 * GPT_4O_MINI_IN + 6 * GPT_4O_MINI_OUT, CostSource.ESTIMATED)
+    assert flags == [RecordFlag.USAGE_ESTIMATED]
+
+
+def test_usage_present_is_not_estimated() -> None:
+    obj = response("gpt-4o-mini", prompt_tokens=3, completion_tokens=1, total_tokens=4)
+    assert estimate_missing_usage(kw("gpt-4o-mini"), obj, normalize_usage(obj), model="gpt-4o-mini") is None
+    empty = ModelResponse(model="m", choices=[{"message": {"content": ""}}], usage=Usage())
+    assert estimate_missing_usage(kw("m"), empty, normalize_usage(empty), model="m") is None
+
+
+def test_estimated_usage_of_an_unknown_model_stays_unpriced() -> None:
+    obj = ModelResponse(model="acme-x", choices=[{"message": {"content": "some words"}}], usage=Usage())
+    result = estimate_missing_usage(
+        kw("acme-x", messages=[{"role": "user", "content": "hi"}]), obj, normalize_usage(obj), model="acme-x"
+    )
+    assert result is not None
+    estimate, cost, source, _ = result
+    assert estimate.used_tokens and (cost, source) == (None, CostSource.NONE)
+
+
+# -- abandoned calls ----------------------------------------------------------------------------------
+
+
+def pending(model: str, request: dict[str, Any], table: PriceTable | None = None) -> PendingCall:
+    return PendingCall(
+        call_id="call-1",
+        model=model,
+        provider="openai",
+        call_kind=CallKind.CHAT,
+        stream=True,
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        started_monotonic=0.0,
+        request=request,
+        price_table=table,
+    )
+
+
+def test_abandoned_call_prompt_is_estimated_and_priced() -> None:
+    record = price_abandoned_call(
+        pending("gpt-4o-mini", {"messages": [{"role": "user", "content": "say hello"}]}), None
+    )
+    assert record.status is CallStatus.ABANDONED and record.stream
+    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (9, 0, 9)
+    assert (record.cost_usd, record.cost_source) == (9 * GPT_4O_MINI_IN, CostSource.ESTIMATED)
+    assert record.usage_estimated
+    assert record.flags == (RecordFlag.NO_CALLBACK, RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN)
+
+
+def test_abandoned_call_uses_the_callbacks_price_table() -> None:
+    messages = [{"role": "user", "content": "say hello"}]
+    assert price_abandoned_call(pending("acme-7b", {"messages": messages}), None).cost_usd is None
+    record = price_abandoned_call(pending("acme-7b", {"messages": messages}, TABLE), None)
+    assert (record.cost_usd, record.cost_source) == (9 * D("0.000001"), CostSource.ESTIMATED)
+
+
+def test_abandoned_call_without_a_request_is_unpriced() -> None:
+    record = price_abandoned_call(pending("gpt-4o-mini", {}), None)
+    assert (record.prompt_tokens, record.cost_usd, record.cost_source) == (0, None, CostSource.NONE)
+    assert RecordFlag.NO_CALLBACK in record.flags
+
+
+def test_abandoned_call_whose_estimate_fails_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("no tokenizer")
+
+    monkeypatch.setattr(litellm, "token_counter", boom)
+    record = price_abandoned_call(pending("gpt-4o-mini", {"messages": [{"role": "user", "content": "x"}]}), None)
+    assert record.status is CallStatus.ABANDONED and record.cost_usd is None
+    assert record.flags == (RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR)
+
+
+# -- money adds up exactly ----------------------------------------------------------------------------
+
+
+def test_a_million_calls_of_one_and_a_half_micro_usd_total_exactly_one_fifty() -> None:
+    turn = TurnTokenAccumulator()
+    record = TokenCallRecord(call_id="c", model="m", cost_usd=decimal_from_litellm(1.5e-06))
+    assert record.cost_usd == D("0.0000015") and record.cost_micros == 2  # half-even, once per row
+    for _ in range(1_000_000):
+        turn.add(record)
+    assert len(turn) == 1_000_000
+    assert turn.total_cost_usd == D("1.5")
+    assert turn.total_cost_micros == 1_500_000
+    assert turn.per_message_summary()["m"]["cost_usd"] == D("1.5")
+    # A float sum drifts: this is what Decimal is protecting.
+    assert sum([1.5e-06] * 1_000_000) != 1.5
