@@ -1,0 +1,276 @@
+"""PriceTable: loading, exact-then-boundary-aware lookup, aliases, exact costs, LiteLLM's globals untouched."""
+
+from __future__ import annotations
+
+import copy
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import litellm
+import pytest
+
+from turnledger import ConfigurationError, ModelPrice, PriceTable
+from turnledger.usage import TokenCounts
+
+D = Decimal
+RATES = {"input_cost_per_token": "0.000001", "output_cost_per_token": "0.000002"}
+
+
+def table(*names: str, aliases: dict[str, str] | None = None) -> PriceTable:
+    return PriceTable(dict.fromkeys(names, RATES), aliases=aliases)
+
+
+# -- lookup --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "model", "expected"),
+    [
+        (("gpt-4",), "gpt-4o-mini", None),  # never falls to a shorter name inside a word
+        (("gpt-4o",), "gpt-4omni", None),
+        (("gpt-4", "gpt-4o", "gpt-4o-mini"), "gpt-4o-mini", "gpt-4o-mini"),  # exact first
+        (("gpt-4o", "gpt-4o-mini"), "gpt-4o-mini-2024-07-18", "gpt-4o-mini"),  # longest prefix
+        (("gpt-4o",), "gpt-4o-2024-08-06", "gpt-4o"),
+        (("claude-sonnet-4-5", "claude-sonnet-4"), "claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        (("claude-3-5-sonnet",), "claude-3-5-sonnet@20240620", "claude-3-5-sonnet"),  # Vertex '@'
+        (("ft:gpt-4o-mini-2024-07-18",), "ft:gpt-4o-mini-2024-07-18:acme::8xYz", "ft:gpt-4o-mini-2024-07-18"),
+        (("anthropic",), "anthropic.claude-3-5-sonnet", "anthropic"),  # '.' is a boundary
+        (("acme",), "acme/llama-3-70b", "acme"),  # '/' is a boundary
+        (("gpt-4o-mini",), "gpt-4o-mini-", "gpt-4o-mini"),
+        (("gpt-4o-mini",), "gpt-4o", None),  # a longer key never matches a shorter name
+        ((), "gpt-4o", None),
+    ],
+)
+def test_exact_then_boundary_aware_longest_prefix(keys: tuple[str, ...], model: str, expected: str | None) -> None:
+    found = table(*keys).match(model)
+    assert (found.key if found else None) == expected
+
+
+def test_the_colon_boundary_needs_the_whole_prefix() -> None:
+    # "...-v1" is a prefix of "...-v1:0" on the ':' boundary, so it matches.
+    found = table("anthropic.claude-3-5-sonnet-20240620-v1").match("anthropic.claude-3-5-sonnet-20240620-v1:0")
+    assert found is not None and found.key == "anthropic.claude-3-5-sonnet-20240620-v1"
+
+
+def test_provider_prefixed_keys() -> None:
+    t = table("gpt-4o", "azure/gpt-4o")
+    # The bare name is tried first, then provider/name.
+    assert t.match("gpt-4o", "azure").key == "gpt-4o"  # type: ignore[union-attr]
+    t2 = table("azure/gpt-4o")
+    assert t2.match("gpt-4o", "azure").key == "azure/gpt-4o"  # type: ignore[union-attr]
+    assert t2.match("gpt-4o-2024-08-06", "azure").key == "azure/gpt-4o"  # type: ignore[union-attr]
+    assert t2.match("gpt-4o", "openai") is None
+    assert t2.match("azure/gpt-4o", "azure").key == "azure/gpt-4o"  # type: ignore[union-attr]
+
+
+def test_exact_matches_on_any_name_beat_prefixes() -> None:
+    t = table("gpt-4o", "openai/gpt-4o-mini")
+    assert t.match("gpt-4o-mini", "openai").key == "openai/gpt-4o-mini"  # type: ignore[union-attr]
+
+
+def test_aliases() -> None:
+    t = PriceTable(
+        {"claude-sonnet-4-5": RATES, "gpt-4o-mini": RATES},
+        aliases={
+            "anthropic/claude-sonnet-4.5": "claude-sonnet-4-5",  # an OpenRouter slug
+            "prod-eastus-chat": "gpt-4o-mini-2024-07-18",  # an Azure deployment; target found by prefix
+            "ft:gpt-4o-mini:acme": "gpt-4o-mini",  # a fine-tune family
+        },
+    )
+    slug = t.match("anthropic/claude-sonnet-4.5", "openrouter")
+    assert slug is not None and (slug.key, slug.via_alias) == ("claude-sonnet-4-5", "anthropic/claude-sonnet-4.5")
+    deployment = t.match("prod-eastus-chat", "azure")
+    assert deployment is not None and deployment.key == "gpt-4o-mini"
+    # Alias keys take part in the boundary-aware prefix search too.
+    tuned = t.match("ft:gpt-4o-mini:acme:run-7")
+    assert tuned is not None and (tuned.key, tuned.via_alias) == ("gpt-4o-mini", "ft:gpt-4o-mini:acme")
+    assert t.aliases["prod-eastus-chat"] == "gpt-4o-mini-2024-07-18"
+
+
+def test_an_alias_to_nothing_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="no price"):
+        PriceTable({"gpt-4o": RATES}, aliases={"x": "gpt-4"})
+
+
+# -- cost ----------------------------------------------------------------------------------------------
+
+
+def test_every_token_kind_is_priced_once_at_its_rate() -> None:
+    price = ModelPrice.from_mapping(
+        "m",
+        {
+            "input_cost_per_token": 3e-06,
+            "output_cost_per_token": 1.5e-05,
+            "cache_read_input_token_cost": 3e-07,
+            "cache_creation_input_token_cost": 3.75e-06,
+            "cache_creation_input_token_cost_above_1hr": 6e-06,
+            "output_cost_per_reasoning_token": 2e-05,
+            "input_cost_per_image_token": 1e-05,
+            "output_cost_per_image_token": 4e-05,
+        },
+    )
+    counts = TokenCounts(
+        prompt_tokens=2000,  # 300 fresh text + 200 fresh image + 1000 read + 300 5m + 200 1h
+        cached_tokens=1000,
+        cache_creation_tokens=500,
+        cache_creation_1h_tokens=200,
+        image_input_tokens=200,
+        completion_tokens=700,  # 400 text + 100 reasoning + 200 image
+        reasoning_tokens=100,
+        image_output_tokens=200,
+    )
+    expected = (
+        300 * D("0.000003")
+        + 200 * D("0.00001")
+        + 1000 * D("0.0000003")
+        + 300 * D("0.00000375")
+        + 200 * D("0.000006")
+        + 400 * D("0.000015")
+        + 100 * D("0.00002")
+        + 200 * D("0.00004")
+    )
+    assert price.cost(counts) == expected == D("0.021525")
+
+
+def test_missing_rates_fall_back_to_the_base_rates() -> None:
+    price = ModelPrice.from_mapping("m", {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"})
+    counts = TokenCounts(
+        prompt_tokens=100,
+        cached_tokens=50,
+        cache_creation_tokens=20,
+        cache_creation_1h_tokens=10,
+        completion_tokens=10,
+        reasoning_tokens=5,
+    )
+    assert price.cost(counts) == 100 * D("0.000002") + 10 * D("0.000008")
+    # A 1-hour write without its own rate costs what a 5-minute write costs.
+    price_5m = ModelPrice.from_mapping("m", {"input_cost_per_token": 1, "cache_creation_input_token_cost": 2})
+    assert price_5m.cost(TokenCounts(prompt_tokens=10, cache_creation_tokens=10, cache_creation_1h_tokens=4)) == D(20)
+
+
+def test_a_used_count_without_a_rate_is_unpriced_not_free() -> None:
+    price = ModelPrice.from_mapping("m", {"input_cost_per_token": "0.000001"})
+    assert price.cost(TokenCounts(prompt_tokens=10)) == D("0.00001")
+    assert price.cost(TokenCounts(prompt_tokens=10, completion_tokens=1)) is None
+    per_image = ModelPrice.from_mapping("img", {"output_cost_per_image": "0.04"})
+    assert per_image.cost(TokenCounts(), images_out=3) == D("0.12")
+    assert per_image.cost(TokenCounts(), images_in=1) is None
+
+
+def test_zero_rates_are_free() -> None:
+    t = PriceTable({"free-model": {"input_cost_per_token": 0, "output_cost_per_token": 0.0}})
+    cost = t.cost("free-model", TokenCounts(prompt_tokens=1000, completion_tokens=100))
+    assert cost == D(0) and cost is not None
+
+
+def test_float_rates_are_read_exactly() -> None:
+    t = PriceTable({"m": {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07}})
+    assert t["m"].input_cost_per_token == D("0.00000015")
+    assert t.cost("m", TokenCounts(prompt_tokens=3, completion_tokens=7)) == D("0.00000465")
+    assert t.cost("other", TokenCounts(prompt_tokens=3)) is None
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+
+
+def test_from_dict_with_models_and_aliases_or_a_bare_model_cost_map() -> None:
+    wrapped = PriceTable.from_dict({"models": {"a": RATES}, "aliases": {"b": "a"}})
+    assert list(wrapped) == ["a"] and wrapped.aliases == {"b": "a"}
+    bare = PriceTable.from_dict({"sample_spec": {"input_cost_per_token": 0}, "a": RATES, "note": "ignored"})
+    assert list(bare) == ["a"] and len(bare) == 1
+
+
+def test_a_copy_of_litellms_own_entries_loads() -> None:
+    subset = {k: litellm.model_cost[k] for k in ("gpt-4o-mini", "claude-sonnet-4-5-20250929", "text-embedding-3-small")}
+    t = PriceTable.from_dict(subset)
+    assert t["claude-sonnet-4-5-20250929"].cache_creation_input_token_cost_above_1hr == D("0.000006")
+    assert t["gpt-4o-mini"].output_cost_per_token == D("0.0000006")
+
+
+def test_from_json_and_yaml_files(tmp_path: Path) -> None:
+    data: dict[str, Any] = {"models": {"acme-7b": RATES}, "aliases": {"acme/acme-7b-chat": "acme-7b"}}
+    json_path = tmp_path / "prices.json"
+    json_path.write_text(json.dumps(data))
+    yaml_path = tmp_path / "prices.yaml"
+    # PyYAML reads 2e-06 as a string (YAML 1.1 floats need a dot): read exactly all the same.
+    yaml_path.write_text(
+        "models:\n  acme-7b:\n    input_cost_per_token: 1e-06\n    output_cost_per_token: 0.000002\n"
+        "aliases:\n  acme/acme-7b-chat: acme-7b\n"
+    )
+    for path in (json_path, yaml_path):
+        t = PriceTable.from_file(path)
+        assert t.lookup("acme/acme-7b-chat") == ModelPrice(
+            input_cost_per_token=D("0.000001"), output_cost_per_token=D("0.000002")
+        )
+    empty = tmp_path / "empty.yml"
+    empty.write_text("")
+    assert len(PriceTable.from_file(empty)) == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"m": {"input_cost_per_token": -1}},
+        {"m": {"input_cost_per_token": "cheap"}},
+        {"m": {"input_cost_per_token": float("nan")}},
+        {"models": {"m": "not a mapping"}},
+        {"models": ["m"]},
+        {"models": {"": RATES}},
+        {"models": {"m": RATES}, "aliases": {"x": 3}},
+    ],
+)
+def test_bad_tables_are_configuration_errors(data: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        PriceTable.from_dict(data)
+
+
+def test_bad_files_are_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        PriceTable.from_file(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigurationError, match="not valid"):
+        PriceTable.from_file(broken)
+    broken_yaml = tmp_path / "broken.yaml"
+    broken_yaml.write_text("models: [unclosed")
+    with pytest.raises(ConfigurationError, match="not valid"):
+        PriceTable.from_file(broken_yaml)
+    with pytest.raises(ConfigurationError, match="mapping"):
+        PriceTable.from_dict(["a"])  # type: ignore[arg-type]
+
+
+# -- immutability and LiteLLM's globals --------------------------------------------------------------------
+
+
+def test_the_table_is_immutable_and_owns_its_data() -> None:
+    source: dict[str, Any] = {"m": dict(RATES)}
+    t = PriceTable(source)
+    source["m"]["input_cost_per_token"] = "9"
+    source["n"] = RATES
+    assert t["m"].input_cost_per_token == D("0.000001") and "n" not in t
+    with pytest.raises(TypeError):
+        t["x"] = ModelPrice()  # type: ignore[index]
+
+
+def test_loading_and_using_a_table_leaves_litellm_model_cost_unchanged(tmp_path: Path) -> None:
+    before = copy.deepcopy(litellm.model_cost)
+    path = tmp_path / "prices.json"
+    path.write_text(
+        json.dumps(
+            {
+                "models": {
+                    "acme-7b": RATES,
+                    # Shadowing a model LiteLLM knows must not change LiteLLM's entry.
+                    "gpt-4o-mini": {"input_cost_per_token": 1, "output_cost_per_token": 1},
+                },
+                "aliases": {"acme-deploy": "acme-7b"},
+            }
+        )
+    )
+    t = PriceTable.from_file(path)
+    assert t.cost("acme-deploy", TokenCounts(prompt_tokens=5, completion_tokens=5)) == D("0.000015")
+    assert t.cost("gpt-4o-mini", TokenCounts(prompt_tokens=1)) == D(1)
+    assert litellm.model_cost == before
+    assert "acme-7b" not in litellm.model_cost and "acme-deploy" not in litellm.model_cost
