@@ -39,11 +39,13 @@ from turnledger.store import reports
 from turnledger.store.engine import make_engine, session_factory
 from turnledger.store.record import TurnRows, insert_turn_rows, record_token_usage, record_turn, turn_rows
 from turnledger.store.reports import ReportBy, ReportRow, usage_report
+from turnledger.store.writer import BatchWriter, ReplayReport, replay_outbox
 from turnledger.subscribers import JsonlLedger, subscribe
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchWriter",
     "CallKind",
     "CallStatus",
     "ConfigurationError",
@@ -59,6 +61,7 @@ __all__ = [
     "PriceMapOrigin",
     "PriceTable",
     "RecordFlag",
+    "ReplayReport",
     "ReportBy",
     "ReportRow",
     "Reservation",
@@ -83,6 +86,7 @@ __all__ = [
     "record_turn",
     "refresh_price_map",
     "register_model_usage_metadata",
+    "replay_outbox",
     "reports",
     "scoped_turn",
     "session_factory",

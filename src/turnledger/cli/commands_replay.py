@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, DatabaseUrlOption, app, console, fail, is_terminal
+from turnledger.cli.app import EXIT_BAD_INPUT, DatabaseUrlOption, app, console, err_console, fail, is_terminal
+from turnledger.cli.db import run_db
 
 if TYPE_CHECKING:
     from turnledger.store.writer import ProgressFn, ReplayReport
@@ -47,13 +48,9 @@ def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) 
     if not candidates:
         console.print(f"nothing to replay in {directory}", highlight=False)
         return
-    try:
-        report = asyncio.run(_replay(directory, files, candidates, database_url))
-    except Exception as exc:
-        fail(_describe(exc))
+    report = run_db(_replay(directory, files, candidates, database_url), database_url)
+    # Bad lines are reported and set aside, not fatal: the rest is written and a rerun is clean.
     _print(report)
-    if report.bad_lines:
-        raise typer.Exit(EXIT_FAILED)
 
 
 async def _replay(
@@ -70,7 +67,12 @@ async def _replay(
 
         total = await asyncio.to_thread(count_entries, candidates)
         with Progress(
-            TextColumn("replaying outbox"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+            TextColumn("replaying outbox"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
         ) as progress:
             task = progress.add_task("replay", total=total)
             advance: ProgressFn = lambda n: progress.advance(task, n)  # noqa: E731
@@ -92,17 +94,3 @@ def _print(report: ReplayReport) -> None:
             f"skipped {line.path} line {line.lineno}: {line.reason} (kept in {line.path.name}.rejected)",
             highlight=False,
         )
-
-
-def _describe(exc: BaseException) -> str:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from turnledger.errors import TurnledgerError
-
-    if isinstance(exc, TurnledgerError):
-        return str(exc)
-    if isinstance(exc, SQLAlchemyError):
-        return f"database error: {type(getattr(exc, 'orig', None) or exc).__name__}"
-    if isinstance(exc, OSError | TimeoutError):
-        return f"cannot reach the database: {exc or type(exc).__name__}"
-    return f"replay failed: {type(exc).__name__}: {exc}"

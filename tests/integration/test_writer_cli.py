@@ -1,0 +1,60 @@
+"""``turnledger replay`` from the shell: writes what an outbox holds, and is safe to run twice."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.integration.cli_run import one_line_error, run_cli
+from tests.integration.writer_support import closed_turn, files_in, stored_call_count, stored_turn_ids
+from turnledger.store.engine import make_engine
+from turnledger.store.outbox import OutboxJournal, encode_entry
+from turnledger.store.record import turn_rows
+from turnledger.store.writer import make_entry
+
+
+def _dead_writer_outbox(directory: Path, count: int) -> None:
+    journal = OutboxJournal(directory, writer_id="gone")
+    journal.open()
+    lines = [encode_entry(make_entry(turn_rows(closed_turn(f"cli{i}"), usage_type="chat"))) for i in range(count)]
+    journal.append([*lines[:2], b'{"crc":"00000000","entry":{}}\n', *lines[2:]])
+    journal.close()
+
+
+async def _stored(url: str) -> tuple[dict[str, int], int]:
+    engine: AsyncEngine = make_engine(url)
+    try:
+        return dict(await stored_turn_ids(engine)), await stored_call_count(engine)
+    finally:
+        await engine.dispose()
+
+
+# Each CLI run starts a Python process that imports LiteLLM (seconds): one backend here; the replay
+# itself runs on both backends in test_writer.py.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_replay_command_writes_the_outbox_and_is_safe_to_run_twice(database_url: str, tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    _dead_writer_outbox(outbox, 5)
+
+    first = run_cli("replay", "--outbox", str(outbox), "--database-url", database_url)
+    assert first.returncode == 0, first.stderr
+    assert "replayed 5 turns from 1 files: 5 written, 0 already in the database" in first.stdout
+    assert "line 3: checksum mismatch" in first.stdout
+    assert asyncio.run(_stored(database_url)) == ({f"cli{i}": 1 for i in range(5)}, 15)
+    assert files_in(outbox) == ["gone.000001.jsonl.rejected"]
+
+    second = run_cli("replay", "--outbox", str(outbox), "--database-url", database_url)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to replay" in second.stdout
+    assert asyncio.run(_stored(database_url)) == ({f"cli{i}": 1 for i in range(5)}, 15)
+
+
+def test_replay_command_refuses_a_path_that_is_not_an_outbox(tmp_path: Path) -> None:
+    stray = tmp_path / "notes.txt"
+    stray.write_text("hello")
+    result = run_cli("replay", "--outbox", str(stray), "--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db")
+    assert result.returncode == 2
+    assert "is not an outbox segment" in one_line_error(result)
