@@ -81,6 +81,12 @@ def upgrade() -> None:
             "abandoned_calls",
         ],
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # Without statistics on the UTC day expression the planner guesses one group per row and
+        # sorts (spilling to disk) instead of hashing ~30 groups: measured 443 ms -> see bench.
+        op.execute(
+            "CREATE STATISTICS st_token_usage_created_day ON ((timezone('UTC', created_at))::date) FROM token_usage"
+        )
     op.create_index("ix_token_usage_user_id_created_at", "token_usage", ["user_id", "created_at"])
     op.create_index("ix_token_usage_tenant_id_created_at", "token_usage", ["tenant_id", "created_at"])
     op.create_index("ix_token_usage_thread_id_created_at", "token_usage", ["thread_id", "created_at"])
@@ -139,5 +145,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP STATISTICS IF EXISTS st_token_usage_created_day")
     op.drop_table("token_usage_calls")
     op.drop_table("token_usage")

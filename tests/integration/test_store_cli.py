@@ -1,0 +1,137 @@
+"""``turnledger migrate`` and ``turnledger report`` on both databases, and their one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from turnledger import record_turn, session_factory
+from turnledger.cli import app
+from turnledger.store import migrate
+from turnledger.store.engine import make_engine
+
+from .conftest import BACKENDS, PG_ADMIN_DSN, create_pg_database, drop_pg_database
+from .store_data import report_turns
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> Result:
+    return runner.invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def one_line_error(result: Result) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+async def _seed(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            for turn, when in report_turns():
+                await record_turn(session, turn, usage_type="chat", created_at=when)
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cli.db'}"  # a plain URL, as a person would type it
+        return
+    name, url = create_pg_database()
+    try:
+        yield url.replace("postgresql+asyncpg://", "postgresql://")
+    finally:
+        drop_pg_database(name)
+
+
+def test_migrate_then_report_every_format(fresh_url: str) -> None:
+    result = invoke("migrate", "--database-url", fresh_url)
+    assert result.exit_code == 0, result.output
+    assert f"is at revision {migrate.head_revision()}" in result.stdout
+    assert invoke("migrate", "--database-url", fresh_url).exit_code == 0  # again: nothing to do, no error
+
+    asyncio.run(_seed(fresh_url))
+
+    as_json = invoke("report", "--by", "model", "--format", "json", "--database-url", fresh_url)
+    assert as_json.exit_code == 0, as_json.output
+    rows = json.loads(as_json.stdout)
+    assert [(r["key"], r["calls"], r["cost_usd"], r["unpriced_calls"]) for r in rows] == [
+        ("gpt-4o", 2, "0.0125", 1),
+        ("gpt-4o-mini", 5, "0.0005655", 0),
+        ("local-llm", 2, None, 2),
+    ]
+
+    as_csv = invoke("report", "--by", "day", "--format", "csv", "--database-url", fresh_url)
+    assert as_csv.exit_code == 0, as_csv.output
+    days = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [(d["key"], d["calls"], d["cost_usd"]) for d in days] == [
+        ("2026-11-02", "2", "0.012905"),
+        ("2026-11-03", "3", "0.000036"),
+        ("2026-11-04", "4", "0.0001245"),
+    ]
+
+    table = invoke("report", "--by", "user", "--database-url", fresh_url, "--user", "dave")
+    assert table.exit_code == 0, table.output
+    assert "dave" in table.stdout and "unpriced" in table.stdout and "alice" not in table.stdout
+
+    windowed = invoke(
+        "report", "--by", "tenant", "--since", "2026-11-03", "--until", "2026-11-04", "--format", "json",
+        "--database-url", fresh_url,
+    )  # fmt: skip
+    assert [(r["key"], r["cost_usd"]) for r in json.loads(windowed.stdout)] == [
+        ("acme", "0.000036"),
+        ("globex", None),
+    ]
+    recent = invoke("report", "--since", "7d", "--format", "json", "--database-url", fresh_url)
+    assert recent.exit_code == 0 and json.loads(recent.stdout) == []
+
+
+def test_report_before_migrate_exits_3_and_says_migrate(tmp_path: Path) -> None:
+    missing_file = invoke("report", "--database-url", f"sqlite:///{tmp_path / 'none.db'}")
+    assert missing_file.exit_code == 3
+    assert "turnledger migrate" in one_line_error(missing_file)
+    assert not (tmp_path / "none.db").exists()
+
+    empty_pg = invoke("report", "--database-url", PG_ADMIN_DSN)
+    assert empty_pg.exit_code == 3
+    assert "turnledger migrate" in one_line_error(empty_pg)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("report", "--by", "colour"),
+        ("report", "--format", "xml"),
+        ("report", "--since", "last tuesday"),
+        ("report", "--database-url", "mysql://u@h/db"),
+        ("report", "--database-url", "::not a url::"),
+        ("migrate", "--database-url", "::not a url::"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: tuple[str, ...], tmp_path: Path) -> None:
+    full = [*args] if "--database-url" in args else [*args, "--database-url", f"sqlite:///{tmp_path / 'x.db'}"]
+    result = invoke(*full)
+    assert result.exit_code == 2, result.output
+    one_line_error(result)
+
+
+def test_unreachable_database_exits_1_with_one_line() -> None:
+    url = "postgresql://postgres@127.0.0.1:1/nowhere"
+    for command in ("report", "migrate"):
+        result = invoke(command, "--database-url", url)
+        assert result.exit_code == 1, result.output
+        assert "127.0.0.1:1" in one_line_error(result)

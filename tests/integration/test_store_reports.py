@@ -1,0 +1,228 @@
+"""Every breakdown read back with exact figures, on PostgreSQL and SQLite alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from turnledger import ReportBy, ReportRow, SchemaMissingError, record_turn, session_factory, usage_report
+from turnledger.store import reports
+from turnledger.store.engine import make_engine
+
+from .conftest import PG_ADMIN_DSN
+from .store_data import DAY1, DAY2, DAY3, report_turns
+
+ALICE = ReportRow(
+    key="alice",
+    calls=4,
+    prompt_tokens=3170,
+    completion_tokens=1215,
+    total_tokens=4385,
+    cached_tokens=200,
+    reasoning_tokens=50,
+    cost_usd=Decimal("0.012941"),
+    unpriced_calls=1,
+)
+CAROL = ReportRow(
+    key="carol",
+    calls=2,
+    prompt_tokens=400,
+    completion_tokens=100,
+    total_tokens=500,
+    cost_usd=Decimal("0.00012"),
+    failed_calls=1,
+)
+BOB = ReportRow(
+    key="bob",
+    calls=2,
+    prompt_tokens=10,
+    completion_tokens=5,
+    total_tokens=15,
+    cost_usd=Decimal("0.0000045"),
+    unpriced_calls=1,
+    abandoned_calls=1,
+)
+DAVE = ReportRow(
+    key="dave",
+    calls=1,
+    prompt_tokens=10,
+    completion_tokens=5,
+    total_tokens=15,
+    cache_creation_tokens=7,
+    cost_usd=None,
+    unpriced_calls=1,
+)
+
+
+def keyed(row: ReportRow, key: str | None) -> ReportRow:
+    return ReportRow(**(row.to_dict() | {"key": key, "cost_usd": row.cost_usd}))
+
+
+@pytest.fixture
+async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    async with session_factory(engine)() as s:
+        for turn, when in report_turns():
+            await record_turn(s, turn, usage_type="chat", created_at=when)
+        await s.commit()
+        yield s
+
+
+async def test_per_model(session: AsyncSession) -> None:
+    assert await usage_report(session, ReportBy.MODEL) == [
+        ReportRow(
+            key="gpt-4o",
+            calls=2,
+            prompt_tokens=2010,
+            completion_tokens=755,
+            total_tokens=2765,
+            cache_creation_tokens=7,
+            cost_usd=Decimal("0.0125"),
+            unpriced_calls=1,
+        ),
+        ReportRow(
+            key="gpt-4o-mini",
+            calls=5,
+            prompt_tokens=1530,
+            completion_tokens=560,
+            total_tokens=2090,
+            cached_tokens=200,
+            reasoning_tokens=50,
+            cost_usd=Decimal("0.0005655"),
+            failed_calls=1,
+        ),
+        # Every call unpriced: the cost is unknown, never 0.
+        ReportRow(
+            key="local-llm",
+            calls=2,
+            prompt_tokens=50,
+            completion_tokens=10,
+            total_tokens=60,
+            cost_usd=None,
+            unpriced_calls=2,
+            abandoned_calls=1,
+        ),
+    ]
+
+
+async def test_per_user(session: AsyncSession) -> None:
+    assert await reports.by_user(session) == [ALICE, CAROL, BOB, DAVE]
+
+
+async def test_per_thread(session: AsyncSession) -> None:
+    assert await reports.by_thread(session) == [
+        keyed(ALICE, "t-a"),
+        keyed(CAROL, None),
+        keyed(BOB, "t-b"),
+        keyed(DAVE, "t-d"),
+    ]
+
+
+async def test_per_tenant(session: AsyncSession) -> None:
+    globex = ReportRow(
+        key="globex",
+        calls=3,
+        prompt_tokens=20,
+        completion_tokens=10,
+        total_tokens=30,
+        cache_creation_tokens=7,
+        cost_usd=Decimal("0.0000045"),
+        unpriced_calls=2,
+        abandoned_calls=1,
+    )
+    assert await reports.by_tenant(session) == [keyed(ALICE, "acme"), keyed(CAROL, None), globex]
+
+
+async def test_per_day_buckets_by_utc_day(session: AsyncSession) -> None:
+    assert await reports.by_day(session) == [
+        ReportRow(
+            key="2026-11-02",
+            calls=2,
+            prompt_tokens=3000,
+            completion_tokens=1175,
+            total_tokens=4175,
+            cached_tokens=200,
+            reasoning_tokens=50,
+            cost_usd=Decimal("0.012905"),
+        ),
+        # 23:59:59.999999 still belongs to its own day.
+        ReportRow(
+            key="2026-11-03",
+            calls=3,
+            prompt_tokens=180,
+            completion_tokens=45,
+            total_tokens=225,
+            cache_creation_tokens=7,
+            cost_usd=Decimal("0.000036"),
+            unpriced_calls=2,
+        ),
+        ReportRow(
+            key="2026-11-04",
+            calls=4,
+            prompt_tokens=410,
+            completion_tokens=105,
+            total_tokens=515,
+            cost_usd=Decimal("0.0001245"),
+            unpriced_calls=1,
+            failed_calls=1,
+            abandoned_calls=1,
+        ),
+    ]
+
+
+async def test_since_is_inclusive_and_until_exclusive(session: AsyncSession) -> None:
+    rows = await reports.by_user(session, since=DAY2, until=DAY3)
+    alice_day2 = ReportRow(
+        key="alice",
+        calls=2,
+        prompt_tokens=170,
+        completion_tokens=40,
+        total_tokens=210,
+        cost_usd=Decimal("0.000036"),
+        unpriced_calls=1,
+    )
+    assert rows == [alice_day2, DAVE]
+    assert await reports.by_user(session, since=DAY3 + timedelta(microseconds=1)) == []
+
+
+async def test_filters_by_user_tenant_thread_and_usage_type(session: AsyncSession) -> None:
+    by_model_alice = await reports.by_model(session, user_id="alice")
+    assert [(r.key, r.calls, r.cost_usd, r.unpriced_calls) for r in by_model_alice] == [
+        ("gpt-4o", 1, Decimal("0.0125"), 0),
+        ("gpt-4o-mini", 2, Decimal("0.000441"), 0),
+        ("local-llm", 1, None, 1),
+    ]
+    assert [r.key for r in await reports.by_day(session, tenant_id="globex")] == ["2026-11-03", "2026-11-04"]
+    assert [r.key for r in await reports.by_model(session, thread_id="t-d")] == ["gpt-4o"]
+    assert await reports.by_user(session, usage_type="embedding") == []
+    assert await reports.by_user(session, since=DAY1, user_id="carol") == [CAROL]
+
+
+async def test_attribution_is_data_not_sql(session: AsyncSession) -> None:
+    # Filters are bound parameters: a hostile value matches nothing and breaks nothing.
+    assert await reports.by_model(session, user_id="alice' OR '1'='1") == []
+    assert len(await reports.by_model(session)) == 3
+
+
+async def test_an_unknown_grouping_is_refused(session: AsyncSession) -> None:
+    with pytest.raises(ValueError, match="colour"):
+        await usage_report(session, "colour")
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", PG_ADMIN_DSN], ids=["sqlite", "postgresql"])
+async def test_a_database_without_tables_says_migrate(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with session_factory(engine)() as s:
+            with pytest.raises(SchemaMissingError, match="turnledger migrate"):
+                await usage_report(s, ReportBy.DAY)
+    finally:
+        await engine.dispose()
+
+
+def test_row_to_dict_keeps_money_exact() -> None:
+    assert ALICE.to_dict()["cost_usd"] == "0.012941"
+    assert DAVE.to_dict()["cost_usd"] is None
