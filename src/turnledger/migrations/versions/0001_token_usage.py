@@ -81,7 +81,7 @@ def upgrade() -> None:
             "abandoned_calls",
         ],
     )
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_context().dialect.name == "postgresql":
         # Without statistics on the UTC day expression the planner guesses one group per row and
         # sorts (spilling to disk) instead of hashing ~30 groups: measured 443 ms -> see bench.
         op.execute(
@@ -145,7 +145,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_context().dialect.name == "postgresql":
         op.execute("DROP STATISTICS IF EXISTS st_token_usage_created_day")
     op.drop_table("token_usage_calls")
     op.drop_table("token_usage")
