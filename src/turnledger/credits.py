@@ -162,6 +162,7 @@ class _Account:
     balance: Decimal
     held: Decimal
     overdraft_limit: Decimal
+    has_expired_holds: bool = False
 
     @property
     def available(self) -> Decimal:
@@ -300,14 +301,14 @@ class CreditLedger:
         settle_key = key or reservation.settle_key
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
-            await self._check_reservation(conn, reservation)
-            closing = await self._closing_entries(conn, reservation.id)
-            for prior in closing:
-                if prior.kind is EntryKind.SETTLE:
-                    return _replayed(prior)
-            hold = await self._take_hold(conn, reservation.id)
+            # The common case in one statement: the hold is still open, so nothing has closed it.
+            hold = await self._take_hold(conn, reservation)
             entry_note = note
             if hold is None:
+                await self._check_reservation(conn, reservation)
+                for prior in await self._closing_entries(conn, reservation.id):
+                    if prior.kind is EntryKind.SETTLE:
+                        return _replayed(prior)
                 entry_note = note or "hold had already been released; actual cost debited anyway"
             return await self._append(
                 conn,
@@ -332,13 +333,13 @@ class CreditLedger:
         release_key = key or reservation.release_key
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
-            await self._check_reservation(conn, reservation)
-            closing = await self._closing_entries(conn, reservation.id)
-            if closing:
-                return _replayed(closing[0])
-            hold = await self._take_hold(conn, reservation.id)
+            hold = await self._take_hold(conn, reservation)
             if hold is None:
-                raise StorageError(f"reservation {reservation.id} has neither a hold nor a closing entry")
+                await self._check_reservation(conn, reservation)
+                closing = await self._closing_entries(conn, reservation.id)
+                if not closing:
+                    raise StorageError(f"reservation {reservation.id} has neither a hold nor a closing entry")
+                return _replayed(closing[0])
             return await self._append(
                 conn,
                 acct,
@@ -516,30 +517,40 @@ class CreditLedger:
         create: bool = False,
         keep_hold: int | None = None,
     ) -> T:
+        """Lock the account, release its expired holds, run ``op``; a used key answers with its first result.
+
+        The key is not looked up before ``op`` runs: the unique index on it refuses a second entry
+        (the transaction is rolled back and the first entry returned), which saves a query under
+        the lock on every call. Only a refusal looks the key up first, because a replay must
+        return its first result even when the account could no longer afford it.
+        """
         _check_account(account)
         _check_key(key)
         try:
             async with self._write() as conn:
                 now = self._now()
                 acct = await self._lock_account(conn, account, create=create, now=now)
-                existing = await self._find_key(conn, key)
-                if existing is not None:
-                    return replay(existing, kind, account)
                 if acct is None:
+                    existing = await self._find_key(conn, key)
+                    if existing is not None:
+                        return replay(existing, kind, account)
                     raise CreditError(f"no credit account {account!r}")
-                await self._expire_locked(conn, acct, now, keep=keep_hold)
+                if acct.has_expired_holds:
+                    await self._expire_locked(conn, acct, now, keep=keep_hold)
                 try:
                     return await op(conn, acct, now)
                 except CreditError:
-                    # A refusal writes nothing of its own; the expired holds released above are
-                    # still worth keeping.
+                    existing = await self._find_key(conn, key)
+                    if existing is not None:
+                        return replay(existing, kind, account)
+                    # A refusal writes nothing of its own; the expired holds released above stay released.
                     await conn.commit()
                     raise
         except StorageError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
-            # The same key, committed by a concurrent call on another account (or a race on
-            # account creation): the winner's entry is the answer.
+            # The key was used before (or by a concurrent call that committed first): the first
+            # entry is the answer.
             async with self._read() as conn:
                 existing = await self._find_key(conn, key)
             if existing is None:
@@ -563,13 +574,18 @@ class CreditLedger:
             await _execute(
                 conn, dialect_insert(_A).values(**values).on_conflict_do_nothing(index_elements=["account_id"])
             )
+        # Whether any hold has expired comes with the lock, in the same round trip: every statement
+        # under the lock makes every other writer of this account wait a little longer.
+        expired = select(_H.reservation_id).where(_H.account_id == account, _H.expires_at <= now).exists()
         stmt = (
-            select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit)
+            select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit, expired.label("has_expired_holds"))
             .where(_A.account_id == account)
-            .with_for_update()
+            .with_for_update(of=_A)
         )
         row = (await _execute(conn, stmt)).first()
-        return _Account(row.account_id, row.balance, row.held, row.overdraft_limit) if row is not None else None
+        if row is None:
+            return None
+        return _Account(row.account_id, row.balance, row.held, row.overdraft_limit, bool(row.has_expired_holds))
 
     async def _read_account(self, conn: AsyncConnection, account: str) -> _Account | None:
         stmt = select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit).where(_A.account_id == account)
@@ -620,13 +636,14 @@ class CreditLedger:
         stmt = _entry_select().where(_J.reservation_id == reservation_id).order_by(_J.id)
         return [_entry_of(r) for r in (await _execute(conn, stmt)).mappings().all()]
 
-    async def _take_hold(self, conn: AsyncConnection, reservation_id: int) -> Decimal | None:
-        row = (await _execute(conn, select(_H.amount).where(_H.reservation_id == reservation_id))).first()
-        if row is None:
-            return None
-        await conn.execute(delete(_H).where(_H.reservation_id == reservation_id))
-        amount: Decimal = row.amount
-        return amount
+    async def _take_hold(self, conn: AsyncConnection, reservation: Reservation) -> Decimal | None:
+        stmt = (
+            delete(_H)
+            .where(_H.reservation_id == reservation.id, _H.account_id == reservation.account)
+            .returning(_H.amount)
+        )
+        row = (await _execute(conn, stmt)).first()
+        return None if row is None else Decimal(row.amount)
 
     async def _append(
         self,
