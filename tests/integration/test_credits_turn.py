@@ -1,0 +1,152 @@
+"""credit_scope: a turn reserves on entry and settles its exact cost on exit, through real LiteLLM HTTP."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from turnledger import CreditLedger, InsufficientCredits, UnpricedCallsError, credit_scope
+from turnledger.credits import EntryKind
+from turnledger.fake_provider import FakeProvider
+from turnledger.records import CallStatus, CostSource
+
+MESSAGES: Any = [{"role": "user", "content": "say hello"}]
+# gpt-4o-mini in LiteLLM's bundled map: $0.15 / 1M input, $0.60 / 1M output.
+GPT4O_MINI_IN = Decimal("0.00000015")
+GPT4O_MINI_OUT = Decimal("0.0000006")
+ESTIMATE = Decimal("0.01")
+
+pytestmark = pytest.mark.usefixtures("tracker")
+
+
+@pytest.fixture
+async def ledger(engine: AsyncEngine) -> CreditLedger:
+    ledger = CreditLedger(engine)
+    await ledger.grant("u-1", Decimal("1"), "initial")
+    return ledger
+
+
+async def test_a_turn_is_charged_its_exact_cost_once(
+    ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150})
+    fake_provider.script("gpt-4o", usage={"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010})
+    scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, key="req-1", user_id="u-1")
+    async with scope as turn:
+        assert (await ledger.balance("u-1")).held == ESTIMATE
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+
+    assert scope.charge is not None
+    # 2 x (120 x 0.15/1M + 30 x 0.60/1M)
+    assert scope.charge.charged == turn.total_cost_usd == Decimal("0.000072")
+    assert (scope.charge.unpriced_calls, scope.charge.abandoned_calls) == (0, 0)
+    assert scope.charge.entry.turn_id == turn.turn_id
+    balance = await ledger.balance("u-1")
+    assert (balance.balance, balance.held) == (Decimal("0.999928"), Decimal(0))
+
+    # The same request retried: the reservation and the settle are replayed, nothing is charged twice.
+    retry = credit_scope(ledger, account="u-1", estimate=ESTIMATE, key="req-1")
+    async with retry:
+        await litellm.acompletion(model="openai/gpt-4o", messages=MESSAGES, **provider_kwargs)
+    assert retry.charge is not None and retry.charge.entry.replayed
+    assert retry.charge.entry == scope.charge.entry
+    assert (await ledger.balance("u-1")).balance == Decimal("0.999928")
+    assert (await ledger.verify()).ok
+
+
+async def test_a_broken_off_stream_is_settled_at_its_estimated_cost(
+    ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", content=" ".join(["word"] * 50), chunk_delay_s=0.02)
+    scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, settle_timeout=0.3)
+    async with scope as turn:
+        stream = await litellm.acompletion(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            **provider_kwargs,
+        )
+        async for _chunk in stream:
+            break  # the caller walks away; LiteLLM never logs this call, the provider still bills it
+
+    [record] = turn.calls
+    assert record.status is CallStatus.ABANDONED
+    # What is true today: the cost engine estimates the prompt (the completion was never seen),
+    # so the abandoned call is priced, as a lower bound, and that is what is charged.
+    assert record.cost_source is CostSource.ESTIMATED
+    assert record.prompt_tokens > 0 and record.completion_tokens == 0
+    assert record.cost_usd == record.prompt_tokens * GPT4O_MINI_IN
+    assert scope.charge is not None
+    assert (scope.charge.charged, scope.charge.abandoned_calls, scope.charge.unpriced_calls) == (
+        record.cost_usd,
+        1,
+        0,
+    )
+    assert (await ledger.balance("u-1")).balance == Decimal(1) - record.cost_usd
+
+
+async def test_calls_made_before_the_body_raised_are_still_paid_for(
+    ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150})
+    scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE)
+    with pytest.raises(RuntimeError, match="tool failed"):
+        async with scope:
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+            raise RuntimeError("tool failed")
+    assert scope.charge is not None and scope.charge.charged == Decimal("0.000036")
+    balance = await ledger.balance("u-1")
+    assert (balance.balance, balance.held) == (Decimal("0.999964"), Decimal(0))
+
+
+async def test_a_turn_the_account_cannot_cover_never_starts(
+    ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    ran = False
+    with pytest.raises(InsufficientCredits):
+        async with credit_scope(ledger, account="u-1", estimate=Decimal("1.01")):
+            ran = True
+    assert not ran
+    assert [e.kind for e in await ledger.history("u-1")] == [EntryKind.GRANT]
+
+
+@pytest.mark.parametrize(
+    ("policy", "charged"),
+    [("free", Decimal("0.000036")), ("estimate", ESTIMATE), ("error", Decimal("0.000036"))],
+)
+async def test_unpriced_calls_follow_the_policy_and_are_reported(
+    ledger: CreditLedger,
+    fake_provider: FakeProvider,
+    provider_kwargs: dict[str, Any],
+    policy: Any,
+    charged: Decimal,
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150})
+    fake_provider.script("acme-llm-7b", usage={"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20})
+    scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, unpriced=policy)
+
+    async def body() -> None:
+        async with scope:
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+            await litellm.acompletion(model="openai/acme-llm-7b", messages=MESSAGES, **provider_kwargs)
+
+    if policy == "error":
+        with pytest.raises(UnpricedCallsError, match="1 unpriced call") as info:
+            await body()
+        assert info.value.charge is scope.charge
+    else:
+        await body()
+    assert scope.charge is not None
+    assert (scope.charge.charged, scope.charge.priced_cost, scope.charge.unpriced_calls) == (
+        charged,
+        Decimal("0.000036"),
+        1,
+    )
+    balance = await ledger.balance("u-1")
+    assert (balance.balance, balance.held) == (Decimal(1) - charged, Decimal(0))
