@@ -6,6 +6,7 @@ from turnledger.cli.app import app, main
 
 # Command modules register on `app` when imported.
 from turnledger.cli import commands_core as _core  # noqa: F401  isort: skip
+from turnledger.cli import commands_chart as _chart  # noqa: F401  isort: skip
 from turnledger.cli import commands_demo as _demo  # noqa: F401  isort: skip
 from turnledger.cli import commands_credits as _credits  # noqa: F401  isort: skip
 from turnledger.cli import commands_prices as _prices  # noqa: F401  isort: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -13,7 +13,7 @@ from rich.text import Text
 
 from turnledger.cli.app import DatabaseUrlOption, app, console
 from turnledger.cli.db import run_db, shown_url
-from turnledger.cli.demo_turns import DemoTurn, run_demo_turns
+from turnledger.cli.demo_turns import DemoTurn, run_demo_turns, run_history_turns
 from turnledger.cli.output import OutputFormat, emit, usd
 from turnledger.money import sum_costs
 from turnledger.records import CallStatus, CostSource, TokenCallRecord
@@ -42,6 +42,15 @@ NEXT_STEPS: tuple[tuple[str, str], ...] = (
 def demo(
     database_url: DatabaseUrlOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final report.")] = False,
+    history_days: Annotated[
+        int,
+        typer.Option(
+            "--history-days",
+            min=0,
+            max=90,
+            help="Also record this many past days of ordinary turns (backdated), for `turnledger chart`.",
+        ),
+    ] = 14,
 ) -> None:
     """Run a few realistic turns against a local fake provider, record them, and print what was captured.
 
@@ -49,10 +58,10 @@ def demo(
     provider on 127.0.0.1. The turns: a chat with tool use, a streamed answer, an embedding batch,
     a model nobody has a price for, and a stream the caller breaks off.
     """
-    run_db(_demo(database_url, quiet=quiet), database_url)
+    run_db(_demo(database_url, quiet=quiet, history_days=history_days), database_url)
 
 
-async def _demo(url: str | None, *, quiet: bool) -> None:
+async def _demo(url: str | None, *, quiet: bool, history_days: int) -> None:
     # Imported here: the store, LiteLLM and the fake provider are heavy, and other commands' --help
     # should not pay for them.
     import litellm
@@ -74,8 +83,10 @@ async def _demo(url: str | None, *, quiet: bool) -> None:
     installed_here = not is_installed()
     install()
     fake = FakeProvider().start()
+    today = since.date()
     try:
         turns = await run_demo_turns(fake)
+        history = await run_history_turns(fake, [today - timedelta(days=d) for d in range(history_days, 0, -1)])
     finally:
         fake.stop()
         if installed_here:
@@ -84,8 +95,10 @@ async def _demo(url: str | None, *, quiet: bool) -> None:
     engine = make_engine(url)
     try:
         async with session_factory(engine)() as session:
-            for demo_turn in turns:
-                await record_turn(session, demo_turn.turn, usage_type=demo_turn.usage_type)
+            for demo_turn in [*turns, *history]:
+                await record_turn(
+                    session, demo_turn.turn, usage_type=demo_turn.usage_type, created_at=demo_turn.created_at
+                )
             await session.commit()
             report = await usage_report(session, "model", since=since)
     finally:
@@ -109,6 +122,12 @@ async def _demo(url: str | None, *, quiet: bool) -> None:
         title="This run, read back from the database by model",
     )
     console.print(summary_line(r for t in turns for r in t.turn.calls))
+    if history and not quiet:
+        console.print(
+            f"\nAlso recorded: {len(history)} ordinary turns over the {history_days} days before today "
+            f"({sum(len(t.turn.calls) for t in history)} calls, captured the same way, backdated; "
+            "stored once however often the demo runs)."
+        )
     if not quiet:
         console.print(next_steps(time.perf_counter() - began))
 

@@ -7,9 +7,11 @@ a real provider would report. No key leaves the machine: the one passed is a pla
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import litellm
@@ -46,6 +48,8 @@ class DemoTurn:
     """What the turn shows."""
     usage_type: str
     turn: TurnTokenAccumulator
+    created_at: datetime | None = None
+    """Recorded as happening then (history); ``None``: when the turn opened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,4 +171,54 @@ async def run_demo_turns(fake: FakeProvider) -> list[DemoTurn]:
     return out
 
 
-__all__ = ["SCENES", "UNKNOWN_MODEL", "DemoTurn", "run_demo_turns"]
+# -- history: a fortnight of ordinary days, so `turnledger chart` has something to draw ----------------
+
+# (model as the app passes it, the usage the provider reports, which fake endpoint)
+_HISTORY_CALLS: dict[str, tuple[str, dict[str, int], str]] = {
+    "mini": ("openai/gpt-4o-mini", {"prompt_tokens": 900, "completion_tokens": 150, "total_tokens": 1050}, "openai"),
+    "4o": ("openai/gpt-4o", {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}, "openai"),
+    "sonnet": ("anthropic/claude-sonnet-4-5", {"input_tokens": 1800, "output_tokens": 350}, "anthropic"),
+    "embed": ("openai/text-embedding-3-small", {"prompt_tokens": 3000, "total_tokens": 3000}, "openai"),
+}
+
+
+def history_plan(day: date) -> list[tuple[str, list[str]]]:
+    """The turns of one past day, ``(user, [call, ...])``: varied by weekday, the same on every run."""
+    n = day.toordinal() * 7919  # a cheap scramble of the date, so days differ without randomness
+    weekend = day.weekday() >= 5
+    alice = ["mini"] * (1 + n % 3) + (["4o"] if n % 5 < 2 else [])
+    bob = ["sonnet"] * (0 if weekend else 1 + n % 7 // 3) + ["embed"]
+    return [("alice", alice), ("bob", bob)]
+
+
+async def run_history_turns(fake: FakeProvider, days: list[date]) -> list[DemoTurn]:
+    """Real captured calls for each past day; their turn ids are fixed per day, so a second demo run
+    stores no history twice (recording a turn is idempotent on its id)."""
+    for model, usage, _ in _HISTORY_CALLS.values():
+        fake.script(model.split("/", 1)[1], usage=usage)
+    bases = {"openai": fake.base_url, "anthropic": fake.anthropic_base_url}
+
+    async def one_turn(day: date, index: int, user: str, calls: list[str]) -> DemoTurn:
+        async with scoped_turn(turn_id=f"demo-history-{day.isoformat()}-{index}", user_id=user) as turn:
+            for name in calls:
+                model, _, base = _HISTORY_CALLS[name]
+                kw = {"api_base": bases[base], "api_key": PLACEHOLDER_KEY}
+                if name == "embed":
+                    await litellm.aembedding(model=model, input=["refund policy", "shipping times"], **kw)
+                else:
+                    await litellm.acompletion(model=model, messages=_user("Summarise my inbox."), **kw)
+        return DemoTurn(f"history {day}", "chat", turn, created_at=datetime.combine(day, time(12), UTC))
+
+    # Concurrent turns, as in a real server: each call still lands in its own turn.
+    return list(
+        await asyncio.gather(
+            *(
+                one_turn(day, index, user, calls)
+                for day in days
+                for index, (user, calls) in enumerate(history_plan(day))
+            )
+        )
+    )
+
+
+__all__ = ["SCENES", "UNKNOWN_MODEL", "DemoTurn", "history_plan", "run_demo_turns", "run_history_turns"]
