@@ -4,6 +4,8 @@
    ``(user_id, created_at)``).
 2. Per-day breakdown of every user over the last 30 days (``token_usage``, the turn rows).
 3. For scale: the per-day breakdown over the whole history (every turn row).
+4. For the other indexes: per-model of one tenant (30 days), per-day of one thread, and per-model of
+   everyone over 30 days (a million call rows; no target in the issue).
 
 Each query runs through :func:`turnledger.usage_report` (SQL + the Python merge), ``REPEATS`` times
 after one warm-up; printed: min / median / max, the median's ratio to the 1 s target, and the
@@ -237,6 +239,10 @@ async def run() -> None:
             ("per-model, one user, 30 days", ReportBy.MODEL, {"user_id": "user-42", "since": since}),
             ("per-day, all users, 30 days", ReportBy.DAY, {"since": since}),
             (f"per-day, all users, all {days} days", ReportBy.DAY, {}),
+            # The other indexes, justified the same way (not targets of the issue, printed for the record).
+            ("per-model, one tenant, 30 days", ReportBy.MODEL, {"tenant_id": "tenant-7", "since": since}),
+            ("per-day, one thread, all days", ReportBy.DAY, {"thread_id": "thread-4242"}),
+            ("per-model, all users, 30 days", ReportBy.MODEL, {"since": since}),
         ]
         for title, grouping, filters in cases:
             timings, groups = await _time(url, grouping, repeats, **filters)

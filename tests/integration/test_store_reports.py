@@ -225,4 +225,5 @@ async def test_a_database_without_tables_says_migrate(url: str) -> None:
 
 def test_row_to_dict_keeps_money_exact() -> None:
     assert ALICE.to_dict()["cost_usd"] == "0.012941"
+    assert ReportRow(key="m", cost_usd=Decimal("1.5E-7")).to_dict()["cost_usd"] == "0.00000015"
     assert DAVE.to_dict()["cost_usd"] is None

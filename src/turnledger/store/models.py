@@ -54,7 +54,8 @@ class ExactDecimal(TypeDecorator[Decimal]):
             return None
         if not isinstance(value, Decimal) or not value.is_finite():
             raise ValueError(f"cost must be a finite Decimal, not {value!r}")
-        return str(value) if dialect.name == "sqlite" else value
+        # Fixed point ("0.00000015", never "1.5E-7"), so the stored text reads as money.
+        return f"{value:f}" if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
@@ -181,8 +182,6 @@ class TokenUsageCall(Base):
         Index("ix_token_usage_calls_tenant_id_created_at", "tenant_id", "created_at"),
         # Per-model breakdown of everyone over a time range.
         Index("ix_token_usage_calls_created_at", "created_at"),
-        # Finding every attempt of one LiteLLM call (retries share the id).
-        Index("ix_token_usage_calls_call_id", "call_id"),
     )
 
 

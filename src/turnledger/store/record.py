@@ -382,7 +382,7 @@ def _dialect_name(db: Database) -> str:
 def _json_safe(value: Any) -> Any:
     """Decimals as strings (never floats), datetimes as ISO-8601, enums as their values."""
     if isinstance(value, Decimal):
-        return str(value)
+        return f"{value:f}"
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Enum):

@@ -65,9 +65,9 @@ class ReportRow:
     abandoned_calls: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: the cost as a decimal string (or null), never a float."""
+        """JSON-safe: the cost as a fixed-point decimal string (or null), never a float."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["cost_usd"] = None if self.cost_usd is None else str(self.cost_usd)
+        out["cost_usd"] = None if self.cost_usd is None else f"{self.cost_usd:f}"
         return out
 
 

@@ -141,7 +141,6 @@ def upgrade() -> None:
     op.create_index("ix_token_usage_calls_user_id_created_at", "token_usage_calls", ["user_id", "created_at"])
     op.create_index("ix_token_usage_calls_tenant_id_created_at", "token_usage_calls", ["tenant_id", "created_at"])
     op.create_index("ix_token_usage_calls_created_at", "token_usage_calls", ["created_at"])
-    op.create_index("ix_token_usage_calls_call_id", "token_usage_calls", ["call_id"])
 
 
 def downgrade() -> None:
