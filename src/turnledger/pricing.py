@@ -5,7 +5,8 @@ Stages, tried in order; the first that can price answers and is recorded as ``co
 1. ``provider``: a cost the provider sent inline (OpenRouter's ``usage.cost``).
 2. ``response_cost``: LiteLLM's ``kwargs["response_cost"]``.
 3. ``hidden_params``: ``response_obj._hidden_params["response_cost"]``.
-4. ``completion_cost``: ``litellm.completion_cost(completion_response=...)``.
+4. ``completion_cost``: ``litellm.completion_cost(completion_response=...)``, for events LiteLLM did
+   not price itself (no ``response_cost`` key; when the key is there, LiteLLM already ran this).
 5. ``cost_per_token``: ``litellm.cost_per_token`` with the normalized cache, 1-hour cache and
    reasoning counts passed in (it prices every input token as fresh unless told). Skipped for image
    generation, which token rates cannot price.
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from turnledger._logging import warn_once
 from turnledger.money import to_decimal
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
-from turnledger.usage import TokenCounts, estimate_counts, response_text, usage_block, usage_missing
+from turnledger.usage import TokenCounts, estimate_counts, response_text, usage_missing
 
 if TYPE_CHECKING:
     from turnledger.accumulator import ModelMetadata, PendingCall
@@ -89,7 +90,7 @@ def price_call(
             return None
         return cost
 
-    cost = accept(_get(usage_block(response_obj), "cost"), from_litellm=False)
+    cost = accept(counts.inline_cost, from_litellm=False)
     if cost is not None:
         return cost, CostSource.PROVIDER, flags
     cost = accept(kwargs.get("response_cost"), from_litellm=True)
@@ -99,7 +100,9 @@ def price_call(
     cost = accept(_get(hidden, "response_cost"), from_litellm=True)
     if cost is not None:
         return cost, CostSource.HIDDEN_PARAMS, flags
-    if not isinstance(response_obj, Mapping) and response_obj is not None:
+    # LiteLLM computes response_cost with completion_cost itself: when the event carries the key,
+    # re-running it on the same response answers the same None, at ~450 us an event.
+    if "response_cost" not in kwargs and response_obj is not None and not isinstance(response_obj, Mapping):
         value = _run_stage("completion_cost", name, prov, flags, _completion_cost, kwargs, response_obj, name, prov)
         cost = accept(value, from_litellm=True)
         if cost is not None:
@@ -298,12 +301,27 @@ def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_
 
 
 _NOT_MAPPED_HINTS = ("not mapped", "isn't mapped", "not found in cost map", "does not exist in passed")
-_quiet_lock = threading.Lock()
-_quiet_seen: set[str] = set()
+_UNMAPPED_MAX = 4096
+_unmapped_lock = threading.Lock()
+_unmapped: dict[tuple[str, str | None, str], tuple[int, int]] = {}
+"""(stage, provider, model) -> the identity and size of ``litellm.model_cost`` when LiteLLM said it
+has no price. An unknown model otherwise pays for two failing LiteLLM lookups (~270 us) on every
+call; a refreshed or grown map (``register_model``, :func:`~turnledger.refresh_price_map`) asks again."""
+
+
+def _map_version() -> tuple[int, int]:
+    import litellm
+
+    cost_map = litellm.model_cost
+    return id(cost_map), len(cost_map)
 
 
 def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordFlag], fn: Any, *args: Any) -> Any:
     """Run one LiteLLM stage; a raise is logged once per stage, model and cause, and the chain goes on."""
+    key = (stage, provider, model)
+    known_unmapped = _unmapped.get(key)
+    if known_unmapped is not None and known_unmapped == _map_version():
+        return None
     try:
         return fn(*args)
     except Exception as exc:
@@ -311,9 +329,11 @@ def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordF
         text = str(exc).lower()
         if type(exc).__name__ == "ModelNotMappedError" or any(h in text for h in _NOT_MAPPED_HINTS):
             # LiteLLM not knowing a model is an answer ("cannot price"), not a fault.
-            with _quiet_lock:
-                first = cause not in _quiet_seen
-                _quiet_seen.add(cause)
+            with _unmapped_lock:
+                if len(_unmapped) >= _UNMAPPED_MAX:
+                    _unmapped.clear()
+                first = key not in _unmapped
+                _unmapped[key] = _map_version()
             if first:
                 logger.debug("turnledger: LiteLLM's %s has no price for %s/%s", stage, provider, model)
             return None
@@ -353,7 +373,7 @@ def _images_generated(kwargs: Mapping[str, Any], response_obj: Any) -> int:
 def _get(obj: Any, name: str) -> Any:
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    if type(obj) is dict or isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
 

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+
+from pydantic import BaseModel
 
 from turnledger.records import RecordFlag
 
@@ -51,6 +54,8 @@ class TokenCounts:
     """The image part of ``completion_tokens``."""
     present: bool = False
     """Whether the response carried a usage block at all."""
+    inline_cost: Any = None
+    """A cost the provider sent inline in the usage block (OpenRouter's ``usage.cost``), as sent."""
     estimated: bool = False
     """Whether the counts were estimated locally (the provider reported none)."""
     flags: list[RecordFlag] = field(default_factory=list)
@@ -77,9 +82,32 @@ class TokenCounts:
 def _get(obj: Any, name: str) -> Any:
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    if type(obj) is dict or isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
+
+
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+
+
+def fields_of(obj: Any) -> Mapping[str, Any]:
+    """A usage block or details object as a read-only mapping of its fields (empty for ``None``).
+
+    LiteLLM hands pydantic models; reading a name one lacks goes through pydantic's slow
+    ``__getattr__`` (an exception per miss), and the callback reads a dozen such names per event,
+    so a model is read through its ``__dict__`` and extras instead.
+    """
+    if obj is None:
+        return _NO_FIELDS
+    if type(obj) is dict:
+        return obj
+    if isinstance(obj, BaseModel):
+        extra = obj.__pydantic_extra__
+        return {**obj.__dict__, **extra} if extra else obj.__dict__
+    if isinstance(obj, Mapping):
+        return obj
+    fields = getattr(obj, "__dict__", None)
+    return fields if isinstance(fields, dict) else _NO_FIELDS
 
 
 def _first(obj: Any, *names: str) -> Any:
@@ -128,7 +156,12 @@ def usage_block(response_obj: Any) -> Any:
     """The usage block of a LiteLLM response object or dict (or a bare usage block), or ``None``."""
     if response_obj is None:
         return None
-    usage = _first(response_obj, "usage", "usageMetadata")
+    fields = fields_of(response_obj)
+    usage = fields.get("usage")
+    if usage is None:
+        usage = fields.get("usageMetadata")
+    if usage is None and not isinstance(response_obj, Mapping | BaseModel):
+        usage = getattr(response_obj, "usage", None)  # a plain object with a ``usage`` property
     if usage is not None:
         return usage
     if isinstance(response_obj, Mapping) and any(k in response_obj for k in _USAGE_KEYS):
@@ -139,64 +172,73 @@ def usage_block(response_obj: Any) -> Any:
 def normalize_usage(response_obj: Any) -> TokenCounts:
     """Normalized counts from whatever LiteLLM handed the callback (never raises on odd shapes)."""
     counts = TokenCounts()
-    usage = usage_block(response_obj)
-    if usage is None or isinstance(usage, str | bytes | int | float):
+    block = usage_block(response_obj)
+    if block is None or isinstance(block, str | bytes | int | float):
         return counts
+    usage = fields_of(block)
     counts.present = True
-    if _get(usage, "promptTokenCount") is not None or _get(usage, "candidatesTokenCount") is not None:
+    counts.inline_cost = usage.get("cost")
+    if usage.get("promptTokenCount") is not None or usage.get("candidatesTokenCount") is not None:
         _read_gemini(counts, usage)
-    elif _get(usage, "inputTokens") is not None or _get(usage, "outputTokens") is not None:
+    elif usage.get("inputTokens") is not None or usage.get("outputTokens") is not None:
         _read_bedrock(counts, usage)
     else:
         _read_openai_or_anthropic(counts, usage)
-    _check_invariants(counts, _first(usage, "total_tokens", "totalTokens"))
+    total = usage.get("total_tokens")
+    _check_invariants(counts, total if total is not None else usage.get("totalTokens"))
     return counts
 
 
 _ANTHROPIC_CACHE_KEYS = ("cache_read_input_tokens", "cache_creation_input_tokens", "cache_creation")
 
 
-def _null(usage: Any, name: str) -> bool:
+def _null(usage: Mapping[str, Any], name: str) -> bool:
     """Whether ``usage`` names ``name`` and gives it no value (``"prompt_tokens": null``)."""
-    if isinstance(usage, Mapping):
-        return name in usage and usage[name] is None
-    return hasattr(usage, name) and getattr(usage, name) is None
+    return name in usage and usage[name] is None
 
 
-def _read_openai_or_anthropic(counts: TokenCounts, usage: Any) -> None:
-    prompt_raw = _get(usage, "prompt_tokens")
-    input_raw = _get(usage, "input_tokens")
+def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
+    get = usage.get
+    prompt_raw = get("prompt_tokens")
+    input_raw = get("input_tokens")
     # LiteLLM's ImageResponse usage carries prompt_tokens=0 beside the real input_tokens.
     use_input = prompt_raw is None or (prompt_raw == 0 and isinstance(input_raw, int) and input_raw > 0)
-    completion_raw = _get(usage, "completion_tokens")
-    output_raw = _get(usage, "output_tokens")
+    completion_raw = get("completion_tokens")
+    output_raw = get("output_tokens")
     use_output = completion_raw is None or (completion_raw == 0 and isinstance(output_raw, int) and output_raw > 0)
 
-    prompt_details = _first(usage, "prompt_tokens_details", "input_tokens_details")
-    completion_details = _first(usage, "completion_tokens_details", "output_tokens_details")
+    details = get("prompt_tokens_details")
+    prompt_details = fields_of(details if details is not None else get("input_tokens_details"))
+    details = get("completion_tokens_details")
+    completion_details = fields_of(details if details is not None else get("output_tokens_details"))
 
-    cached = _get(prompt_details, "cached_tokens")
+    cached = prompt_details.get("cached_tokens")
     if cached is None:
-        cached = _first(usage, "cache_read_input_tokens", "prompt_cache_hit_tokens")
+        cached = get("cache_read_input_tokens")
+        if cached is None:
+            cached = get("prompt_cache_hit_tokens")
     counts.cached_tokens = read_count(counts, cached)
 
-    creation = _first(prompt_details, "cache_creation_tokens", "cache_write_tokens")
+    creation = prompt_details.get("cache_creation_tokens")
     if creation is None:
-        creation = _get(usage, "cache_creation_input_tokens")
+        creation = prompt_details.get("cache_write_tokens")
+        if creation is None:
+            creation = get("cache_creation_input_tokens")
     counts.cache_creation_tokens = read_count(counts, creation)
 
-    creation_details = _get(prompt_details, "cache_creation_token_details") or _get(usage, "cache_creation")
-    one_hour = read_count(counts, _get(creation_details, "ephemeral_1h_input_tokens"))
-    five_min = read_count(counts, _get(creation_details, "ephemeral_5m_input_tokens"))
-    if creation is None and (one_hour or five_min):
-        counts.cache_creation_tokens = one_hour + five_min
-    counts.cache_creation_1h_tokens = one_hour
+    creation_details = fields_of(prompt_details.get("cache_creation_token_details") or get("cache_creation"))
+    if creation_details:
+        one_hour = read_count(counts, creation_details.get("ephemeral_1h_input_tokens"))
+        five_min = read_count(counts, creation_details.get("ephemeral_5m_input_tokens"))
+        if creation is None and (one_hour or five_min):
+            counts.cache_creation_tokens = one_hour + five_min
+        counts.cache_creation_1h_tokens = one_hour
 
     if use_input:
         counts.prompt_tokens = read_count(counts, input_raw)
         # Raw Anthropic keeps cache reads and writes out of input_tokens; OpenAI's Responses API
         # (input_tokens_details.cached_tokens) keeps them in.
-        if any(_get(usage, k) is not None for k in _ANTHROPIC_CACHE_KEYS):
+        if any(get(k) is not None for k in _ANTHROPIC_CACHE_KEYS):
             counts.prompt_tokens += counts.cached_tokens + counts.cache_creation_tokens
     else:
         counts.prompt_tokens = read_count(counts, prompt_raw)
@@ -211,12 +253,14 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Any) -> None:
     ):
         counts.flag(RecordFlag.MALFORMED_USAGE)
 
-    counts.reasoning_tokens = read_count(counts, _get(completion_details, "reasoning_tokens"))
-    counts.image_input_tokens = read_count(counts, _get(prompt_details, "image_tokens"))
-    counts.image_output_tokens = read_count(counts, _get(completion_details, "image_tokens"))
+    if completion_details:
+        counts.reasoning_tokens = read_count(counts, completion_details.get("reasoning_tokens"))
+        counts.image_output_tokens = read_count(counts, completion_details.get("image_tokens"))
+    if prompt_details:
+        counts.image_input_tokens = read_count(counts, prompt_details.get("image_tokens"))
 
 
-def _read_bedrock(counts: TokenCounts, usage: Any) -> None:
+def _read_bedrock(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
     counts.cached_tokens = read_count(counts, _get(usage, "cacheReadInputTokens"))
     counts.cache_creation_tokens = read_count(counts, _get(usage, "cacheWriteInputTokens"))
     fresh = read_count(counts, _get(usage, "inputTokens"))
@@ -224,7 +268,7 @@ def _read_bedrock(counts: TokenCounts, usage: Any) -> None:
     counts.completion_tokens = read_count(counts, _get(usage, "outputTokens"))
 
 
-def _read_gemini(counts: TokenCounts, usage: Any) -> None:
+def _read_gemini(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
     counts.prompt_tokens = read_count(counts, _get(usage, "promptTokenCount"))
     counts.cached_tokens = read_count(counts, _get(usage, "cachedContentTokenCount"))
     counts.reasoning_tokens = read_count(counts, _get(usage, "thoughtsTokenCount"))
