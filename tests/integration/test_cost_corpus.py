@@ -419,3 +419,55 @@ async def test_corpus_leaves_litellm_model_cost_untouched(fake_provider: FakePro
     after = {k: dict(v) for k, v in litellm.model_cost.items() if isinstance(v, dict)}
     assert after == before
     assert "acme-ft-base" not in litellm.model_cost and "acme-free" not in litellm.model_cost
+
+
+@pytest.mark.usefixtures("priced_tracker")
+async def test_anthropic_stream_with_cache_is_priced_exactly(fake_provider: FakeProvider) -> None:
+    fake_provider.script(
+        "claude-sonnet-4-5-20250929",
+        usage={
+            "input_tokens": 100,
+            "output_tokens": 50,
+            "cache_read_input_tokens": 1000,
+            "cache_creation_input_tokens": 300,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100},
+        },
+    )
+    async with turnledger.scoped_turn() as turn:
+        stream = await litellm.acompletion(
+            model="anthropic/claude-sonnet-4-5-20250929",
+            messages=MESSAGES,
+            api_base=fake_provider.anthropic_base_url,
+            api_key=KEY,
+            stream=True,
+        )
+        async for _chunk in stream:
+            pass
+    [record] = turn.calls
+    assert record.stream is True and record.usage_estimated is False
+    assert (record.prompt_tokens, record.cached_tokens, record.cache_creation_tokens) == (1400, 1000, 300)
+    assert record.completion_tokens == 50
+    assert record.cost_usd == (
+        100 * SONNET_45["in"]
+        + 1000 * SONNET_45["read"]
+        + 200 * SONNET_45["write_5m"]
+        + 100 * SONNET_45["write_1h"]
+        + 50 * SONNET_45["out"]
+    )
+
+
+@pytest.mark.usefixtures("priced_tracker")
+def test_sync_completion_through_an_alias(fake_provider: FakeProvider) -> None:
+    fake_provider.script(
+        "acme-ft-deployment", usage={"prompt_tokens": 300, "completion_tokens": 40, "total_tokens": 340}
+    )
+    with turnledger.scoped_turn() as turn:
+        litellm.completion(
+            model="azure/acme-ft-deployment",
+            messages=MESSAGES,
+            api_base=fake_provider.anthropic_base_url,
+            api_key=KEY,
+            api_version="2024-10-21",
+        )
+    [record] = turn.calls
+    assert (record.cost_usd, record.cost_source) == (300 * ACME_FT["in"] + 40 * ACME_FT["out"], CostSource.PRICE_TABLE)

@@ -342,3 +342,56 @@ def test_a_million_calls_of_one_and_a_half_micro_usd_total_exactly_one_fifty() -
     assert turn.per_message_summary()["m"]["cost_usd"] == D("1.5")
     # A float sum drifts: this is what Decimal is protecting.
     assert sum([1.5e-06] * 1_000_000) != 1.5
+
+
+# -- what the chain does not repeat -------------------------------------------------------------------
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(litellm, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(litellm, name, wrapper)
+    return calls
+
+
+def test_completion_cost_is_not_rerun_when_litellm_already_ran_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting(monkeypatch, "completion_cost")
+    obj = response("acme-never-seen-1", prompt_tokens=5, completion_tokens=5, total_tokens=10)
+    assert price(kw("acme-never-seen-1", response_cost=None), obj)[:2] == (None, CostSource.NONE)
+    assert calls == []
+    assert price(kw("acme-never-seen-1"), obj)[:2] == (None, CostSource.NONE)
+    assert calls == [1]
+
+
+def test_a_model_litellm_cannot_price_is_asked_once_per_map_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting(monkeypatch, "cost_per_token")
+    counts = TokenCounts(prompt_tokens=10, completion_tokens=1, total_tokens=11)
+    for _ in range(3):
+        assert price_counts(counts, model="acme-never-seen-2", provider="openai")[:2] == (None, CostSource.NONE)
+    assert calls == [1]
+    # The map grew (register_model, a refreshed map): LiteLLM is asked again, and now it knows.
+    monkeypatch.setitem(
+        litellm.model_cost,
+        "acme-never-seen-2",
+        {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06, "litellm_provider": "openai", "mode": "chat"},
+    )
+    assert price_counts(counts, model="acme-never-seen-2", provider="openai")[:2] == (
+        10 * D("0.000001") + 1 * D("0.000002"),
+        CostSource.COST_PER_TOKEN,
+    )
+    assert calls == [1, 1]
+
+
+def test_a_plain_object_with_a_usage_property_is_read() -> None:
+    class Response:
+        @property
+        def usage(self) -> dict[str, int]:
+            return {"prompt_tokens": 4, "completion_tokens": 2}
+
+    counts = normalize_usage(Response())
+    assert (counts.prompt_tokens, counts.completion_tokens, counts.total_tokens) == (4, 2, 6)
