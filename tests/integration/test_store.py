@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, select
+from sqlalchemy import delete, func, insert, inspect, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import turnledger
 from turnledger import CallStatus, record_token_usage, record_turn, session_factory
 from turnledger.store import migrate
 from turnledger.store.base import Base
-from turnledger.store.engine import make_engine
+from turnledger.store.engine import make_engine, resolve_url
 from turnledger.store.models import TokenUsage, TokenUsageCall
 from turnledger.store.record import insert_turn_rows, turn_rows
 
@@ -353,3 +354,41 @@ def test_utc_timestamps_round_trip_from_another_zone() -> None:
     assert rows.usage["created_at"] == datetime(2026, 11, 2, 23, 30, tzinfo=UTC)
     assert rows.usage["created_at"].tzinfo is UTC
     assert rows.calls[0]["created_at"] == rows.usage["created_at"]
+
+
+async def test_deleting_a_turn_deletes_its_calls(engine: AsyncEngine) -> None:
+    # Foreign keys are enforced on SQLite too (its default is to ignore them).
+    turn = closed_turn("turn-cascade", [call("c-1", "m", 1, 1, "0.1"), call("c-2", "m", 1, 1, "0.2")])
+    async with session_factory(engine)() as session:
+        row_id = await record_turn(session, turn, usage_type="chat")
+        await session.commit()
+        await session.execute(delete(TokenUsage).where(TokenUsage.id == row_id))
+        await session.commit()
+        assert await session.scalar(select(func.count()).select_from(TokenUsageCall)) == 0
+
+
+async def test_a_call_without_its_turn_is_refused(engine: AsyncEngine) -> None:
+    row = turn_rows(closed_turn("orphan", [call("c-1", "m", 1, 1, "0.1")]), usage_type="chat").calls[0]
+    async with engine.connect() as conn:
+        with pytest.raises(IntegrityError):
+            await conn.execute(insert(TokenUsageCall), [{**row, "usage_id": 999_999}])
+
+
+async def test_sqlite_connections_use_wal_and_foreign_keys(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'pragmas.db'}")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 5000
+    finally:
+        await engine.dispose()
+
+
+def test_the_default_database_is_sqlite_turnledger_db(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TURNLEDGER_DATABASE_URL", raising=False)
+    assert str(resolve_url()) == "sqlite+aiosqlite:///./turnledger.db"
+    monkeypatch.setenv("TURNLEDGER_DATABASE_URL", "postgresql://u@db.example/billing")
+    assert str(resolve_url()) == "postgresql+asyncpg://u@db.example/billing"
+    with pytest.raises(turnledger.ConfigurationError, match="mysql"):
+        resolve_url("mysql://u@h/db")

@@ -78,6 +78,19 @@ REPORT_FIGURES = (
 )
 """The turn-row columns a breakdown sums."""
 
+CALL_REPORT_FIGURES = (
+    "model",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+)
+"""The call-row columns a per-model breakdown reads."""
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -180,8 +193,10 @@ class TokenUsageCall(Base):
         # Per-model breakdown of one user over a time range (bench), and of a tenant.
         Index("ix_token_usage_calls_user_id_created_at", "user_id", "created_at"),
         Index("ix_token_usage_calls_tenant_id_created_at", "tenant_id", "created_at"),
-        # Per-model breakdown of everyone over a time range.
-        Index("ix_token_usage_calls_created_at", "created_at"),
+        # Per-model breakdown of everyone over a time range (the CLI's default report). A plain index
+        # here was ignored for a parallel seq scan of 3M rows (~1 s); carrying the summed figures
+        # makes it an index-only scan on PostgreSQL (bench/report_bench.py).
+        Index("ix_token_usage_calls_created_at", "created_at", postgresql_include=list(CALL_REPORT_FIGURES)),
     )
 
 

@@ -140,7 +140,22 @@ def upgrade() -> None:
     )
     op.create_index("ix_token_usage_calls_user_id_created_at", "token_usage_calls", ["user_id", "created_at"])
     op.create_index("ix_token_usage_calls_tenant_id_created_at", "token_usage_calls", ["tenant_id", "created_at"])
-    op.create_index("ix_token_usage_calls_created_at", "token_usage_calls", ["created_at"])
+    op.create_index(
+        "ix_token_usage_calls_created_at",
+        "token_usage_calls",
+        ["created_at"],
+        postgresql_include=[
+            "model",
+            "status",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cached_tokens",
+            "cache_creation_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+        ],
+    )
 
 
 def downgrade() -> None:
