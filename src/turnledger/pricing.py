@@ -116,6 +116,14 @@ def price_call(
         images_out=_images_generated(kwargs, response_obj) if is_image else 0,
     )
     flags.extend(f for f in more if f not in flags)
+    if cost is None and price_table is not None:
+        # An Azure deployment (or a proxy alias) answers with the model that served it.
+        served = _str(getattr(response_obj, "model", None))
+        if served and served != name:
+            counts_images = _images_generated(kwargs, response_obj) if is_image else 0
+            served_cost = price_table.cost(served, counts, provider=prov, images_out=counts_images)
+            if served_cost is not None:
+                return served_cost, CostSource.PRICE_TABLE, flags
     return cost, source, flags
 
 

@@ -395,3 +395,10 @@ def test_a_plain_object_with_a_usage_property_is_read() -> None:
 
     counts = normalize_usage(Response())
     assert (counts.prompt_tokens, counts.completion_tokens, counts.total_tokens) == (4, 2, 6)
+
+
+def test_price_table_falls_back_to_the_model_that_served_the_call() -> None:
+    # An Azure deployment name nobody priced, answering as a model the table knows.
+    obj = response("acme-7b-2025-06", prompt_tokens=100, completion_tokens=10, total_tokens=110)
+    cost, source, _ = price(kw("eastus-prod-deployment", "azure"), obj, price_table=TABLE)
+    assert (cost, source) == (100 * D("0.000001") + 10 * D("0.000002"), CostSource.PRICE_TABLE)
