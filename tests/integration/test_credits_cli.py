@@ -1,0 +1,173 @@
+"""``turnledger credits ...`` on PostgreSQL and SQLite.
+
+One end-to-end run per database goes through the real entry point in a subprocess; the rest use
+typer's in-process runner, because each subprocess pays LiteLLM's import (seconds on this machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import text
+from typer.testing import CliRunner, Result
+
+from tests.integration.cli_run import one_line_error as subprocess_one_line_error
+from tests.integration.cli_run import run_cli
+from turnledger import CreditLedger
+from turnledger.cli import app
+from turnledger.store.engine import make_engine
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> Result:
+    return runner.invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def one_line_error(result: Result) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def _ledger_setup(url: str) -> None:
+    """An account with a grant, a settled turn and one hold that expired an hour ago."""
+
+    async def go() -> None:
+        engine = make_engine(url)
+        try:
+            past = datetime.now(UTC) - timedelta(hours=2)
+            old = CreditLedger(engine, hold_ttl=timedelta(hours=1), clock=lambda: past)
+            await old.grant("acct-1", Decimal("10"), "g-1")
+            res = await old.reserve("acct-1", Decimal("0.5"), "turn-1", turn_id="turn-1")
+            await old.settle(res, Decimal("0.000123"))
+            await old.reserve("acct-1", Decimal("2"), "turn-2", turn_id="turn-2")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
+
+
+def test_the_real_entry_point_grants_and_fails_in_one_line(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+    # Side by side: each process spends most of its time importing LiteLLM.
+    with ThreadPoolExecutor(2) as pool:
+        grant_run = pool.submit(run_cli, "credits", "grant", "acct-1", "2.5", "--key", "top-up-7", "--json", *db)
+        unknown_run = pool.submit(run_cli, "credits", "balance", "nobody", *db)
+        granted, unknown = grant_run.result(), unknown_run.result()
+    assert granted.returncode == 0, granted.stderr
+    entry = json.loads(granted.stdout)
+    # The grant touched the account, so the hold that expired an hour ago was released first.
+    assert (entry["kind"], entry["amount"], entry["balance_after"], entry["held_after"]) == (
+        "grant",
+        "2.5",
+        "12.499877",
+        "0",
+    )
+    assert unknown.returncode == 1
+    assert subprocess_one_line_error(unknown) == "error: no credit account 'nobody'"
+    verify = invoke("credits", "verify", *db)
+    assert (verify.exit_code, verify.stdout.strip()) == (
+        0,
+        "ok: 1 account(s), 6 journal entries, 0 open hold(s); every balance equals its journal",
+    )
+
+
+def test_grant_balance_history_verify_expire(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+
+    granted = invoke("credits", "grant", "acct-1", "2.5", "--key", "top-up-7", "--json", *db)
+    assert granted.exit_code == 0, granted.stderr
+    assert json.loads(granted.stdout)["replayed"] is False
+    again = invoke("credits", "grant", "acct-1", "2.5", "--key", "top-up-7", *db)
+    assert again.exit_code == 0
+    assert again.stdout.strip() == "acct-1: already granted (key replayed) 2.5, balance 12.499877 (key top-up-7)"
+
+    balance = invoke("credits", "balance", "acct-1", "--json", *db)
+    assert balance.exit_code == 0, balance.stderr
+    assert json.loads(balance.stdout) == {
+        "account": "acct-1",
+        "balance": "12.499877",
+        "held": "0",
+        "overdraft_limit": "0",
+        "available": "12.499877",
+    }
+    text_balance = invoke("credits", "balance", "acct-1", *db)
+    assert text_balance.stdout.strip() == ("acct-1: balance 12.499877  held 0  overdraft 0  available 12.499877")
+
+    history = invoke("credits", "history", "acct-1", "--json", *db)
+    rows = json.loads(history.stdout)
+    assert [(r["kind"], r["amount"], r["hold_amount"]) for r in rows] == [
+        ("grant", "10", "0"),
+        ("reserve", "0", "0.5"),
+        ("settle", "-0.000123", "-0.5"),
+        ("reserve", "0", "2"),
+        ("release", "0", "-2"),
+        ("grant", "2.5", "0"),
+    ]
+    assert rows[4]["note"] == "hold expired" and rows[4]["turn_id"] == "turn-2"
+    text_history = invoke("credits", "history", "acct-1", "--limit", "2", *db)
+    lines = text_history.stdout.splitlines()
+    assert len(lines) == 2 and "release" in lines[0] and "(hold expired)" in lines[0] and "grant" in lines[1]
+
+    verify = invoke("credits", "verify", *db)
+    assert verify.exit_code == 0, verify.stderr
+    expire = invoke("credits", "expire", *db)
+    assert (expire.exit_code, expire.stdout.strip()) == (0, "released 0 expired hold(s), 0 in all")
+
+
+def test_expire_releases_dead_holds(database_url: str) -> None:
+    _ledger_setup(database_url)
+    expire = invoke("credits", "expire", "--json", "--database-url", database_url)
+    assert expire.exit_code == 0, expire.stderr
+    [release] = json.loads(expire.stdout)
+    assert (release["kind"], release["hold_amount"], release["turn_id"]) == ("release", "-2", "turn-2")
+
+
+def test_verify_exits_1_on_a_mismatch(database_url: str) -> None:
+    _ledger_setup(database_url)
+
+    async def tamper() -> None:
+        engine = make_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE credit_accounts SET balance = '11' WHERE account_id = 'acct-1'"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(tamper())
+    verify = invoke("credits", "verify", "--database-url", database_url)
+    assert verify.exit_code == 1
+    assert "mismatch: acct-1: balance 11 but the journal sums to 9.999877" in verify.stdout
+
+
+def test_errors_are_one_line_with_the_documented_exit_codes(database_url: str, tmp_path: Path) -> None:
+    db = ["--database-url", database_url]
+    unknown = invoke("credits", "history", "nobody", *db)
+    assert (unknown.exit_code, unknown.stdout.strip()) == (0, "nobody: no entries")
+
+    bad_amount = invoke("credits", "grant", "acct-1", "ten", *db)
+    assert bad_amount.exit_code == 2
+    assert one_line_error(bad_amount) == "error: amount: 'ten' is not a positive amount"
+
+    bad_since = invoke("credits", "history", "acct-1", "--since", "yesterday-ish", *db)
+    assert bad_since.exit_code == 2
+    assert "--since" in one_line_error(bad_since)
+
+    empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    missing = invoke("credits", "balance", "acct-1", "--database-url", empty)
+    assert missing.exit_code == 3
+    assert one_line_error(missing) == "error: the credit tables do not exist: run `turnledger migrate`"
+
+    bad_url = invoke("credits", "verify", "--database-url", "mysql://db/x")
+    assert bad_url.exit_code == 2
+    assert "PostgreSQL or SQLite" in one_line_error(bad_url)
