@@ -352,7 +352,10 @@ def estimate_counts(
     counts = TokenCounts(present=False, estimated=True)
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     if isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and messages:
-        counts.prompt_tokens = int(litellm.token_counter(model=model, messages=list(messages)))
+        # use_default_image_token_count: never fetch an image URL to measure it (no network here).
+        counts.prompt_tokens = int(
+            litellm.token_counter(model=model, messages=list(messages), use_default_image_token_count=True)
+        )
     elif isinstance(input_texts, str) and input_texts:
         counts.prompt_tokens = int(litellm.token_counter(model=model, text=input_texts))
     elif isinstance(input_texts, Sequence) and not isinstance(input_texts, bytes):

@@ -342,3 +342,20 @@ def test_estimate_counts_uses_litellm_token_counter() -> None:
     assert embedded.prompt_tokens == 2 and embedded.completion_tokens == 0
     assert estimate_counts("text-embedding-3-small", input_texts="hello world").prompt_tokens == 2
     assert estimate_counts("gpt-4o-mini").total_tokens == 0
+
+
+def test_estimating_an_image_message_never_fetches_the_image() -> None:
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this"},
+                # An unroutable address: a fetch would hang or fail; the default size is used instead.
+                {"type": "image_url", "image_url": {"url": "http://192.0.2.1/cat.png"}},
+            ],
+        }
+    ]
+    counts = estimate_counts("gpt-4o-mini", messages=messages)
+    text_only = estimate_counts("gpt-4o-mini", messages=[{"role": "user", "content": "what is this"}])
+    # The text plus the token count LiteLLM assumes for an image it does not fetch (litellm 1.106).
+    assert (text_only.prompt_tokens, counts.prompt_tokens) == (10, 260)
