@@ -114,6 +114,7 @@ def price_call(
         call_kind=call_kind,
         price_table=price_table,
         images_out=_images_generated(kwargs, response_obj) if is_image else 0,
+        ask_litellm=not _litellm_said_unmapped(kwargs),
     )
     flags.extend(f for f in more if f not in flags)
     if cost is None and price_table is not None:
@@ -135,11 +136,15 @@ def price_counts(
     call_kind: CallKind = CallKind.CHAT,
     price_table: PriceTable | None = None,
     images_out: int = 0,
+    ask_litellm: bool = True,
 ) -> PriceResult:
-    """Price known counts by rates alone: ``cost_per_token``, then the caller's price table."""
+    """Price known counts by rates alone: ``cost_per_token``, then the caller's price table.
+
+    ``ask_litellm=False`` skips ``cost_per_token`` (LiteLLM already said it has no price for the model).
+    """
     flags: list[RecordFlag] = []
     is_image = call_kind is CallKind.IMAGE_GENERATION
-    if not is_image and model:
+    if ask_litellm and not is_image and model:
         value = _run_stage(
             "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind
         )
@@ -367,6 +372,20 @@ def _litellm_lists_free(model: str, provider: str | None) -> bool:
         return False
     rates = [entry.get("input_cost_per_token"), entry.get("output_cost_per_token")]
     return entry.get("input_cost_per_token") is not None and all(r in (None, 0) for r in rates)
+
+
+def _litellm_said_unmapped(kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM, pricing this very event, failed because it does not know the model.
+
+    Its standard logging payload keeps the reason (``"This model isn't mapped yet..."``); asking
+    ``cost_per_token`` again would only repeat it, at ~190 us an event.
+    """
+    if kwargs.get("response_cost") is not None:
+        return False
+    payload = kwargs.get("standard_logging_object")
+    info = payload.get("response_cost_failure_debug_info") if isinstance(payload, Mapping) else None
+    error = info.get("error_str") if isinstance(info, Mapping) else None
+    return isinstance(error, str) and any(h in error.lower() for h in _NOT_MAPPED_HINTS)
 
 
 def _images_generated(kwargs: Mapping[str, Any], response_obj: Any) -> int:

@@ -402,3 +402,20 @@ def test_price_table_falls_back_to_the_model_that_served_the_call() -> None:
     obj = response("acme-7b-2025-06", prompt_tokens=100, completion_tokens=10, total_tokens=110)
     cost, source, _ = price(kw("eastus-prod-deployment", "azure"), obj, price_table=TABLE)
     assert (cost, source) == (100 * D("0.000001") + 10 * D("0.000002"), CostSource.PRICE_TABLE)
+
+
+def test_litellms_own_not_mapped_answer_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting(monkeypatch, "cost_per_token")
+    obj = response("acme-never-seen-3", prompt_tokens=10, completion_tokens=1, total_tokens=11)
+    # What LiteLLM 1.106 puts in the event when it cannot price a model (measured).
+    said = {
+        "response_cost_failure_debug_info": {
+            "error_str": "This model isn't mapped yet. model=openai/acme-never-seen-3, custom_llm_provider=openai."
+        }
+    }
+    kwargs = kw("acme-never-seen-3", response_cost=None, standard_logging_object=said)
+    assert price(kwargs, obj)[:2] == (None, CostSource.NONE)
+    assert calls == []
+    cost, source, _ = price(kw("acme-7b", response_cost=None, standard_logging_object=said), obj, price_table=TABLE)
+    assert (cost, source) == (10 * D("0.000001") + 1 * D("0.000002"), CostSource.PRICE_TABLE)
+    assert calls == []
