@@ -9,8 +9,11 @@ Stages, tried in order; the first that can price answers and is recorded as ``co
    not price itself (no ``response_cost`` key; when the key is there, LiteLLM already ran this).
 5. ``cost_per_token``: ``litellm.cost_per_token`` with the normalized cache, 1-hour cache and
    reasoning counts passed in (it prices every input token as fresh unless told). Skipped for image
-   generation, which token rates cannot price.
-6. ``price_table``: the caller's own :class:`~turnledger.price_table.PriceTable`.
+   generation, which token rates cannot price, and when LiteLLM's own pricing of the event already
+   failed because it does not know the model; a model it cannot price is asked once per version of
+   ``litellm.model_cost``, not on every call.
+6. ``price_table``: the caller's own :class:`~turnledger.price_table.PriceTable`, for the model as
+   LiteLLM reports it, then for the model the response says served it (an Azure deployment).
 
 The usual call stops at stage 2 and reads no LiteLLM cost function at all, which keeps the callback
 within a few microseconds. What a stage says is not taken blindly: a negative cost is discarded and
