@@ -1,12 +1,19 @@
-"""Running the real ``turnledger`` entry point in a subprocess, as a user's shell would."""
+"""Running ``turnledger`` as a user's shell would (a subprocess of the real entry point), or in-process.
+
+A subprocess pays for importing LiteLLM every time (seconds on a busy machine), so each test file runs
+the real entry point for what only it can show and checks the many small option cases in-process.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from typer.testing import CliRunner, Result
 
 
 def run_cli(
@@ -27,7 +34,22 @@ def run_cli(
     )
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+def run_many(
+    commands: Sequence[Sequence[str]], *, env: Mapping[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Several independent invocations, two at a time: each one's start-up (importing LiteLLM) is most of its cost."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda args: run_cli(*args, env=env), commands))
+
+
+def invoke(*args: str) -> Result:
+    """The same command in-process, through typer's runner, at 80 columns."""
+    from turnledger.cli import app
+
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+
+
+def one_line_error(result: subprocess.CompletedProcess[str] | Result) -> str:
     """The command's stderr, asserted to be a single ``error:`` line and no traceback."""
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

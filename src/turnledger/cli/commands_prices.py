@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, err_console, fail
+from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, fail
 from turnledger.cli.output import FormatOption, OutputFormat, emit, per_million, usd
 from turnledger.money import to_decimal
 
@@ -122,13 +122,11 @@ def prices(
         emit(rows, fmt, columns=[(key, key) for key in rows[0]])
     unpriced = [q.model for q in quotes if q.source is None]
     if unpriced:
-        err_console.print(
-            f"[bold red]error:[/] no price for {', '.join(unpriced)}: its calls would be recorded as unpriced "
-            "(cost unknown, not $0); add it to a price table",
-            highlight=False,
-            soft_wrap=True,
+        fail(
+            f"no price for {', '.join(unpriced)}: its calls would be recorded as unpriced (cost unknown, not $0); "
+            "add it to a price table",
+            EXIT_FAILED,
         )
-        raise typer.Exit(EXIT_FAILED)
 
 
 def _cell(key: str, value: Any) -> str:

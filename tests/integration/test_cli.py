@@ -1,0 +1,125 @@
+"""The ``turnledger`` entry point as a user meets it: the demo end to end, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from turnledger.store.engine import make_engine, session_factory
+from turnledger.store.models import TokenUsage, TokenUsageCall
+from turnledger.store.reports import ReportRow, usage_report
+
+from .cli_run import invoke, one_line_error, run_cli, run_many
+from .conftest import PG_ADMIN_DSN
+
+SCENES = ("Chat with tool use", "Streamed answer", "Embedding batch", "Unknown-priced model", "Broken-off stream")
+
+
+async def _read_back(url: str) -> tuple[int, list[ReportRow], list[tuple[str, str, str | None]]]:
+    engine = make_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            turns = (await session.execute(select(func.count()).select_from(TokenUsage))).scalar_one()
+            bob = await usage_report(session, "model", usage_type="chat", user_id="bob")
+            carol = select(TokenUsageCall.model, TokenUsageCall.status, TokenUsageCall.cost_source).where(
+                TokenUsageCall.user_id == "carol"
+            )
+            return turns, bob, [(m, s, c) for m, s, c in (await session.execute(carol)).all()]
+    finally:
+        await engine.dispose()
+
+
+def test_demo_end_to_end_records_every_scene_exactly_and_history_once(database_url: str) -> None:
+    first = run_cli("demo", "--history-days", "2", "--database-url", database_url)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert all(title in out for title in SCENES)
+    # Exact, from LiteLLM's bundled prices: 182 x $0.15/1M + 21 x $0.60/1M; 412 x $2.50/1M + 96 x $10/1M; ...
+    assert "$0.0000399" in out and "$0.0000462" in out and "$0.00199" in out and "$0.00003072" in out
+    unknown = next(line for line in out.splitlines() if line.lstrip().startswith("acme-llm-7b"))
+    assert "unpriced" in unknown and "$0 " not in unknown
+    assert "stream abandoned" in out
+    assert "What to try next" in out and "turnledger chart --by model --since 30d" in out
+    assert all(len(line) <= 80 for line in out.splitlines()), "the demo must read at 80 columns"
+    assert "sk-demo" not in out + first.stderr
+
+    second = run_cli("demo", "--history-days", "2", "--quiet", "--database-url", database_url)
+    assert second.returncode == 0, second.stderr
+    assert "What to try next" not in second.stdout and "acme-llm-7b" in second.stdout
+
+    turns, bob, carol = asyncio.run(_read_back(database_url))
+    # 5 scenes per run; 2 history turns for each of 2 past days, stored once though the demo ran twice.
+    assert turns == 2 * 5 + 2 * 2
+    # bob's chat turns are today's streamed answer and broken-off stream (his history is "chat" too,
+    # but on other models).
+    gpt4o = next(r for r in bob if r.key == "gpt-4o")
+    assert (gpt4o.calls, gpt4o.prompt_tokens, gpt4o.completion_tokens) == (2, 824, 192)
+    assert gpt4o.cost_usd == Decimal("0.00398")
+    broken = next(r for r in bob if r.key == "gpt-4o-mini")
+    assert (broken.calls, broken.abandoned_calls) == (2, 2)
+    assert carol == [("acme-llm-7b", "success", "none")] * 2
+
+
+@pytest.fixture
+def no_matplotlib(tmp_path: Path) -> dict[str, str]:
+    """An environment in which ``import matplotlib`` fails, as without the ``chart`` extra."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "matplotlib.py").write_text("raise ImportError('No module named matplotlib')\n")
+    return {"PYTHONPATH": str(shadow)}
+
+
+def test_entry_point_errors_are_one_line_with_exit_codes_1_2_3(tmp_path: Path, no_matplotlib: dict[str, str]) -> None:
+    empty_sqlite = f"sqlite:///{tmp_path / 'empty.db'}"
+    cases: list[tuple[list[str], int, str]] = [
+        (["chart", "--by", "colour", "--database-url", empty_sqlite], 2, "--by: 'colour' is not one of model, user"),
+        (["demo", "--database-url", "mysql://user:hunter2@db.example/x"], 2, "PostgreSQL or SQLite"),
+        (["chart", "--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"], 1, "127.0.0.1:1"),
+        (["chart", "--database-url", empty_sqlite], 3, "run `turnledger migrate`"),
+        (["chart", "--database-url", PG_ADMIN_DSN], 3, "run `turnledger migrate`"),
+    ]
+    results = run_many([args for args, _, _ in cases])
+    for (args, code, message), result in zip(cases, results, strict=True):
+        assert result.returncode == code, (args, result.stdout, result.stderr)
+        line = one_line_error(result)
+        assert message in line and "hunter2" not in line, (args, line)
+
+    missing_extra = run_cli("chart", "--output", str(tmp_path / "s.png"), env=no_matplotlib)
+    assert missing_extra.returncode == 1
+    assert "needs matplotlib: pip install 'turnledger[chart]'" in one_line_error(missing_extra)
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["chart", "--since", "last tuesday"], "--since: cannot read 'last tuesday'"),
+        (["chart", "--since", "2d", "--until", "3d"], "must be after --since"),
+        (["chart", "--output", "spend.gif"], "must end in .png, .svg, .html"),
+        (["chart", "--output", "nowhere/spend.png"], "--output: no directory 'nowhere'"),
+        (["chart", "--size", "0x600"], "--size: '0x600' is not WIDTHxHEIGHT"),
+        (["chart", "--by", "day"], "--by: 'day' is not one of model, user, thread, tenant"),
+        (["chart", "--database-url", "::not a url::"], "cannot read database URL"),
+        (["demo", "--database-url", "oracle://scott:tiger@h/x"], "PostgreSQL or SQLite"),
+        (["prices", " "], "prices: a model name is empty"),
+    ],
+)
+def test_bad_option_values_exit_2_with_one_line(args: list[str], message: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    line = one_line_error(result)
+    assert message in line and "tiger" not in line
+
+
+@pytest.mark.parametrize(
+    "args", [["chart", "--format", "xml"], ["prices", "gpt-4o-mini", "--prompt-tokens", "-5"], ["demo", "--bogus"]]
+)
+def test_option_parser_errors_exit_2_without_traceback(args: list[str]) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
