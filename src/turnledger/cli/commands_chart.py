@@ -88,7 +88,8 @@ def chart(
             write_file(spend, output, pixels)
         except OSError as exc:
             fail(f"--output: cannot write {str(output)!r}: {exc.strerror or exc}", EXIT_FAILED)
-        console.print(f"wrote {output} ({pixels[0]}x{pixels[1]} px)" if output.suffix != ".html" else f"wrote {output}")
+        written = f"wrote {output}" + ("" if output.suffix.lower() == ".html" else f" ({pixels[0]}x{pixels[1]} px)")
+        console.print(written, markup=False, highlight=False, soft_wrap=True)
         return
     if fmt is not OutputFormat.TABLE:
         rows = [
