@@ -1,33 +1,49 @@
-"""``turnledger prices``: the rates and a sample call's exact cost, through the real entry point."""
+"""``turnledger prices``: the rates turnledger would use, where they come from, and a sample call's exact cost."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from tests.integration.cli_run import one_line_error, run_cli
+import pytest
+
+from .cli_run import invoke, one_line_error, run_cli
 
 
-def test_prices_json_gives_exact_rates_and_sample_cost() -> None:
-    result = run_cli("prices", "gpt-4o-mini", "openai/text-embedding-3-small", "--format", "json")
+@pytest.fixture
+def price_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "models:\n"
+        "  acme-llm-7b:\n"
+        "    input_cost_per_token: 0.0000002\n"
+        "    output_cost_per_token: 0.0000008\n"
+        "  gpt-4o-mini:\n"  # LiteLLM knows this one, and LiteLLM's price comes first in the chain
+        "    input_cost_per_token: 1\n"
+        "aliases:\n"
+        "  my-deployment: acme-llm-7b\n"
+    )
+    return path
+
+
+def test_prices_through_the_entry_point_exact_from_litellm_and_the_users_table(price_file: Path) -> None:
+    result = run_cli(
+        "prices", "gpt-4o-mini", "openai/text-embedding-3-small", "azure/my-deployment",
+        "--price-table", str(price_file), "--format", "json",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    mini, embedding = json.loads(result.stdout)
-    assert (mini["model"], mini["source"], mini["matched"]) == ("gpt-4o-mini", "litellm", "gpt-4o-mini")
-    assert mini["input_cost_per_token"] == "0.00000015"
-    assert mini["output_cost_per_token"] == "0.0000006"
+    mini, embedding, deployment = json.loads(result.stdout)
+    assert (mini["source"], mini["matched"]) == ("litellm", "gpt-4o-mini")
+    assert (mini["input_cost_per_token"], mini["output_cost_per_token"]) == ("0.00000015", "0.0000006")
     # 1,000 x $0.15/1M + 500 x $0.60/1M, exact.
     assert mini["sample_cost_usd"] == "0.00045000"
     # A provider prefix is looked through, and says so.
     assert (embedding["source"], embedding["matched"]) == ("litellm", "text-embedding-3-small")
     assert embedding["sample_cost_usd"] == "0.00002000"
-
-
-def test_prices_table_shows_rates_per_million_and_a_custom_sample() -> None:
-    result = run_cli("prices", "gpt-4o-mini", "--prompt-tokens", "12000", "--completion-tokens", "800")
-    assert result.returncode == 0, result.stderr
-    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("gpt-4o-mini"))
-    # 12,000 x 0.15/1M + 800 x 0.60/1M = 0.0018 + 0.00048
-    assert row.split() == ["gpt-4o-mini", "litellm", "$0.15", "$0.60", "$0.075", "$0.00228"]
-    assert "12,000 in" in result.stdout
+    assert deployment["source"] == "price_table"
+    assert (deployment["matched"], deployment["via_alias"]) == ("acme-llm-7b", "my-deployment")
+    # 1,000 x $0.20/1M + 500 x $0.80/1M
+    assert deployment["sample_cost_usd"] == "0.0006000"
 
 
 def test_unknown_model_is_unpriced_not_free_and_exits_1() -> None:
@@ -41,10 +57,24 @@ def test_unknown_model_is_unpriced_not_free_and_exits_1() -> None:
     assert "no price for acme-llm-7b" in one_line_error(result)
 
 
-def test_bad_format_and_negative_tokens_are_usage_errors() -> None:
-    bad_format = run_cli("prices", "gpt-4o-mini", "--format", "yaml")
-    assert bad_format.returncode == 2
-    assert "Traceback" not in bad_format.stderr and "yaml" in bad_format.stderr
-    negative = run_cli("prices", "gpt-4o-mini", "--prompt-tokens", "-5")
-    assert negative.returncode == 2
-    assert "Traceback" not in negative.stderr
+def test_prices_table_shows_rates_per_million_and_a_custom_sample(price_file: Path) -> None:
+    result = invoke(
+        "prices", "gpt-4o-mini", "acme-llm-7b", "--prompt-tokens", "12000", "--completion-tokens", "800",
+        "--price-table", str(price_file),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    # 12,000 x 0.15/1M + 800 x 0.60/1M = 0.0018 + 0.00048
+    assert rows["gpt-4o-mini"] == ["gpt-4o-mini", "litellm", "$0.15", "$0.60", "$0.075", "$0.00228"]
+    assert rows["acme-llm-7b"] == ["acme-llm-7b", "your", "table", "$0.20", "$0.80", "-", "$0.00304"]
+    assert "12,000 in" in result.stdout
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+
+
+def test_a_bad_price_table_is_a_one_line_input_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"models": {"m": {"input_cost_per_token": -1}}}')
+    for path, message in ((bad, "must be a non-negative number"), (tmp_path / "none.json", "cannot read")):
+        result = invoke("prices", "m", "--price-table", str(path))
+        assert result.exit_code == 2
+        assert message in one_line_error(result)

@@ -4,15 +4,18 @@ what a sample call would cost at them."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, fail
 from turnledger.cli.output import FormatOption, OutputFormat, emit, per_million, usd
-from turnledger.money import to_decimal
+from turnledger.errors import ConfigurationError
+from turnledger.price_table import ModelPrice, PriceTable
+from turnledger.usage import TokenCounts
 
 # The rates shown, in LiteLLM's model_cost field names (the schema price tables use too).
 RATE_FIELDS: tuple[tuple[str, str], ...] = (
@@ -25,22 +28,26 @@ RATE_FIELDS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Quote:
-    """What turnledger knows about one model's price."""
+    """What turnledger knows about one model's price, and from where."""
 
     model: str
     source: str | None
-    """``litellm`` (LiteLLM's bundled map), or ``None`` when unpriced."""
-    matched: str | None
+    """``litellm`` (LiteLLM's price map), ``price_table`` (yours), or ``None``: unpriced."""
+    matched: str | None = None
     """The key the model was found under (``openai/gpt-4o-mini`` is found under ``gpt-4o-mini``)."""
-    rates: dict[str, Decimal] = field(default_factory=dict)
-    mode: str | None = None
+    price: ModelPrice | None = None
+    via_alias: str | None = None
+    """The price-table alias the name went through, if any."""
+
+    def rate(self, name: str) -> Decimal | None:
+        return None if self.price is None else getattr(self.price, name)
 
     def sample_cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal | None:
-        if self.source is None:
+        """Exact, by the same :meth:`ModelPrice.cost` the price-table stage of the cost chain uses."""
+        if self.price is None:
             return None
-        input_rate = self.rates.get("input_cost_per_token", Decimal(0))
-        output_rate = self.rates.get("output_cost_per_token", Decimal(0))
-        return prompt_tokens * input_rate + completion_tokens * output_rate
+        counts = TokenCounts(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+        return self.price.cost(counts)
 
 
 def litellm_candidates(model: str) -> list[str]:
@@ -53,24 +60,31 @@ def litellm_candidates(model: str) -> list[str]:
     return out
 
 
-def quote_from_litellm(model: str, model_cost: Mapping[str, Any]) -> Quote:
+def quote_from_litellm(model: str, model_cost: Mapping[str, Any]) -> Quote | None:
     """A read-only lookup in LiteLLM's map (never written to: per-call prices leak into it globally)."""
     for key in litellm_candidates(model):
         entry = model_cost.get(key)
         if not isinstance(entry, Mapping):
             continue
-        rates = {name: rate for name, _ in RATE_FIELDS if (rate := to_decimal(entry.get(name))) is not None}
-        if "input_cost_per_token" not in rates and "output_cost_per_token" not in rates:
+        if entry.get("input_cost_per_token") is None and entry.get("output_cost_per_token") is None:
             continue
-        mode = entry.get("mode")
-        return Quote(model, "litellm", key, rates, mode if isinstance(mode, str) else None)
-    return Quote(model, None, None)
+        return Quote(model, "litellm", key, ModelPrice.from_mapping(key, entry))
+    return None
 
 
-def quote(model: str) -> Quote:
+def quote(model: str, table: PriceTable | None = None) -> Quote:
+    """The chain's order: LiteLLM prices a model it knows; the user's table prices the rest."""
     import litellm
 
-    return quote_from_litellm(model, litellm.model_cost)
+    found = quote_from_litellm(model, litellm.model_cost)
+    if found is not None:
+        return found
+    if table is not None:
+        candidates = litellm_candidates(model)
+        match = next((m for name in candidates if (m := table.match(name)) is not None), None)
+        if match is not None:
+            return Quote(model, "price_table", match.key, match.price, match.via_alias)
+    return Quote(model, None)
 
 
 @app.command(
@@ -79,6 +93,7 @@ def quote(model: str) -> Quote:
         "  turnledger prices gpt-4o-mini claude-sonnet-4-5\n\n"
         "  turnledger prices openai/gpt-4o --prompt-tokens 12000 --completion-tokens 800\n\n"
         "  turnledger prices text-embedding-3-small --format json\n\n"
+        "  turnledger prices my-finetune --price-table prices.yaml\n\n"
         "Exit code 1 when any model has no price: turnledger would record its calls as unpriced."
     )
 )
@@ -86,20 +101,32 @@ def prices(
     models: Annotated[list[str], typer.Argument(help="Model names as you pass them to LiteLLM.", show_default=False)],
     prompt_tokens: Annotated[int, typer.Option(help="Input tokens of the sample call.", min=0)] = 1000,
     completion_tokens: Annotated[int, typer.Option(help="Output tokens of the sample call.", min=0)] = 500,
+    price_table: Annotated[
+        Path | None,
+        typer.Option(
+            "--price-table",
+            help="Your prices (JSON/YAML, LiteLLM's model_cost schema, optional aliases): used where LiteLLM has none.",
+            dir_okay=False,
+        ),
+    ] = None,
     fmt: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """The rates turnledger would price MODEL at, where they come from, and a sample call's cost."""
     names = [m.strip() for m in models]
     if any(not m for m in names):
         fail("prices: a model name is empty", EXIT_BAD_INPUT)
-    quotes = [quote(m) for m in names]
+    try:
+        table = PriceTable.from_file(price_table) if price_table is not None else None
+    except ConfigurationError as exc:
+        fail(f"--price-table: {exc}", EXIT_BAD_INPUT)
+    quotes = [quote(m, table) for m in names]
     rows = [
         {
             "model": q.model,
             "source": q.source,
             "matched": q.matched,
-            "mode": q.mode,
-            **{name: q.rates.get(name) for name, _ in RATE_FIELDS},
+            "via_alias": q.via_alias,
+            **{name: q.rate(name) for name, _ in RATE_FIELDS},
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "sample_cost_usd": q.sample_cost(prompt_tokens, completion_tokens),
@@ -109,12 +136,13 @@ def prices(
     if fmt is OutputFormat.TABLE:
         for row in rows:
             alias = "" if row["matched"] == row["model"] else f" as {row['matched']}"
-            row["from"] = None if row["source"] is None else f"{row['source']}{alias}"
+            source = {"litellm": "litellm", "price_table": "your table"}.get(str(row["source"]))
+            row["from"] = None if source is None else f"{source}{alias}"
         columns = [
             ("model", "model"),
             ("from", "from"),
             # A rate no model has (cache writes, for most) is a column of dashes: leave it out.
-            *[(name, f"{label}\n$/1M") for name, label in RATE_FIELDS if any(q.rates.get(name) for q in quotes)],
+            *[(name, f"{label}\n$/1M") for name, label in RATE_FIELDS if any(q.rate(name) is not None for q in quotes)],
             ("sample_cost_usd", f"{prompt_tokens:,} in\n{completion_tokens:,} out"),
         ]
         emit(rows, fmt, columns=columns, title="Rates per million tokens, and one sample call", cell=_cell)
