@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -88,6 +89,35 @@ async def test_a_broken_off_stream_is_settled_at_its_estimated_cost(
         1,
         0,
     )
+    assert (await ledger.balance("u-1")).balance == Decimal(1) - record.cost_usd
+
+
+async def test_a_cancelled_turn_still_settles_the_call_it_started(
+    ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", delay_s=5)
+    scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, settle_timeout=0.2)
+    started = asyncio.Event()
+
+    async def handler() -> None:
+        async with scope as turn:
+            call = asyncio.create_task(
+                litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=0, **provider_kwargs)
+            )
+            while turn.pending_calls == 0:
+                await asyncio.sleep(0.01)
+            started.set()
+            await call
+
+    task = asyncio.create_task(handler())
+    await started.wait()
+    task.cancel()  # the client disconnected; the server cancels the request's task
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert scope.charge is not None
+    [record] = scope.turn.calls
+    assert record.status is CallStatus.ABANDONED and record.cost_usd is not None
+    assert scope.charge.charged == record.cost_usd == record.prompt_tokens * GPT4O_MINI_IN
     assert (await ledger.balance("u-1")).balance == Decimal(1) - record.cost_usd
 
 
