@@ -761,7 +761,14 @@ class credit_scope:
     priced part is settled (unless the block already raised).
 
     The reservation key defaults to ``turn:<turn_id>``: pass ``key`` (or a ``turn_id``) that is
-    stable across retries of one request and a retried turn neither reserves nor charges twice.
+    stable across retries of one request and a retried turn neither reserves nor charges twice
+    (the retry's own calls are then not charged: the request is billed once, as the first
+    attempt's settle said). Late events, after the turn closed, change nothing: the turn's
+    totals, and so the charge, are fixed when it closes.
+
+    Why a scope of its own rather than a ``credits=`` argument on :class:`scoped_turn`: the
+    accumulator stays free of the database, and a refused reservation is an ordinary exception
+    raised before any turn is opened.
     """
 
     def __init__(
