@@ -17,12 +17,13 @@ from tests.integration.writer_support import (
     orphan_calls,
     stored_call_count,
     stored_cost,
+    stored_rows,
     stored_turn_ids,
 )
 from turnledger.store.engine import make_engine
 from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import turn_rows
-from turnledger.store.writer import BatchWriter, make_entry, pending_segments, replay_outbox
+from turnledger.store.writer import BatchWriter, entry_rows, make_entry, pending_segments, replay_outbox
 
 pytestmark = pytest.mark.asyncio
 
@@ -170,9 +171,9 @@ async def test_outbox_lines_keep_money_and_times_exact(tmp_path: Path) -> None:
     assert parsed["entry"]["usage"]["cost_usd"] == {"$dec": "0.0000405"}
     from turnledger.store.outbox import decode_line
 
-    back = decode_line(line)
-    assert back["usage"] == rows.usage
-    assert back["calls"] == rows.calls
+    back = entry_rows(decode_line(line))
+    assert back.usage == rows.usage
+    assert back.calls == rows.calls
 
 
 async def test_close_spills_what_it_cannot_write_within_the_deadline(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -188,3 +189,25 @@ async def test_close_spills_what_it_cannot_write_within_the_deadline(engine: Asy
     report = await replay_outbox(engine, tmp_path)
     assert report.inserted == 10
     assert await stored_turn_ids(engine) == {f"s{i}": 1 for i in range(10)}
+
+
+@pytest.mark.parametrize("pg_copy", [True, False], ids=["copy", "insert"])
+async def test_the_writer_stores_exactly_what_record_turn_stores(
+    engine: AsyncEngine, tmp_path: Path, pg_copy: bool
+) -> None:
+    via_writer, via_record = closed_turn("via-writer"), closed_turn("via-record")
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01, pg_copy=pg_copy) as writer:
+        await writer.persist(via_writer, message_id="m-1")
+        await writer.flush(timeout=30)
+    async with turnledger.session_factory(engine)() as session:
+        await turnledger.record_turn(
+            session, via_record, usage_type="chat", message_id="m-1", created_at=via_writer.created_at
+        )
+        await session.commit()
+    written, recorded = await stored_rows(engine, "via-writer"), await stored_rows(engine, "via-record")
+    assert written == recorded
+    usage, calls = written
+    assert usage["cost_usd"] == Decimal("0.0000405")
+    assert usage["tags"] == ["bench"]
+    assert usage["model_breakdown"]["gpt-4o-mini"]["cost_usd"] == "0.0000405"
+    assert [c["cost_usd"] for c in calls] == [Decimal("0.0000135")] * 3

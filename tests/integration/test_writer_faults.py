@@ -119,8 +119,8 @@ def _read_ids(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _start_child(url: str, *paths: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "tests.integration.writer_child", url, *map(str, paths)]
+def _start_child(url: str, path: str, *files: Path) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "tests.integration.writer_child", url, *map(str, files), path]
     return subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE)
 
 
@@ -134,8 +134,9 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("path", ["copy", "insert"])
 async def test_sigkill_mid_batch_loses_nothing_and_doubles_nothing(
-    pg_engine: AsyncEngine, postgresql_database_url: str, tmp_path: Path
+    path: str, pg_engine: AsyncEngine, postgresql_database_url: str, tmp_path: Path
 ) -> None:
     outbox, handed_path, acked_path, marker = (
         tmp_path / "outbox",
@@ -143,7 +144,7 @@ async def test_sigkill_mid_batch_loses_nothing_and_doubles_nothing(
         tmp_path / "acked",
         tmp_path / "in-batch",
     )
-    proc = _start_child(postgresql_database_url, outbox, handed_path, acked_path, marker)
+    proc = _start_child(postgresql_database_url, path, outbox, handed_path, acked_path, marker)
     try:
         await asyncio.to_thread(_wait_for, marker, proc, 60)
         # The child is now asleep inside an open transaction: turns inserted, not committed.

@@ -1,10 +1,10 @@
 """A process that writes turns through a BatchWriter until it is killed: the SIGKILL test's victim.
 
-``python -m tests.integration.writer_child URL OUTBOX_DIR HANDED ACKED MARKER``
+``python -m tests.integration.writer_child URL OUTBOX_DIR HANDED ACKED MARKER copy|insert``
 
 Each turn id goes to HANDED before ``persist`` and to ACKED after it returned (the turn is durable).
-From the ``SLOW_AFTER``-th batch on, every batch sleeps inside its open transaction, after inserting its
-turns and before committing, and touches MARKER first: the test kills the process there, mid-batch.
+From the ``SLOW_AFTER``-th batch on, every batch stalls inside its open transaction, after its turns
+are inserted and before the commit, and touches MARKER first: the test kills the process there.
 """
 
 from __future__ import annotations
@@ -12,35 +12,58 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+import turnledger.store.writer as writer_module
 from tests.integration.writer_support import closed_turn
 from turnledger.store.engine import make_engine
-from turnledger.store.writer import BatchWriter
+from turnledger.store.writer import BatchWriter, Entry
 
 SLOW_AFTER = 5
 PRODUCERS = 8
 
 
-async def main(url: str, outbox: str, handed_path: str, acked_path: str, marker: str) -> None:
+def _touch(path: str) -> None:
+    Path(path).touch()
+
+
+async def main(url: str, outbox: str, handed_path: str, acked_path: str, marker: str, path: str) -> None:
     engine = make_engine(url)
     batches = 0
 
     @event.listens_for(engine.sync_engine, "after_cursor_execute")
-    def _stall(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+    def _stall_insert(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+        # The multi-row INSERT path: the loop stops too, nothing else moves while the transaction is open.
         nonlocal batches
         if statement.startswith("INSERT INTO token_usage ("):
             batches += 1
             if batches >= SLOW_AFTER:
-                Path(marker).touch()
-                time.sleep(0.5)  # the loop stops too: nothing else moves while the transaction is open
+                _touch(marker)
+                time.sleep(0.5)
+
+    copy_entries = writer_module._copy_entries
+
+    async def _stall_copy(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
+        # The COPY path: the statement that moves the staged rows sleeps in the server before it returns.
+        nonlocal batches
+        batches += 1
+        if batches >= SLOW_AFTER:
+            writer_module._MOVE_STAGED = f"SELECT ({writer_module._MOVE_STAGED}) FROM pg_sleep(0.5)"
+            _touch(marker)
+        return await copy_entries(conn, entries)
+
+    writer_module._copy_entries = _stall_copy
 
     handed = open(handed_path, "a", buffering=1)  # noqa: SIM115, ASYNC230  line-buffered: each id reaches the kernel at once
     acked = open(acked_path, "a", buffering=1)  # noqa: SIM115, ASYNC230
-    async with BatchWriter(engine, outbox_dir=outbox, batch_size=20, flush_interval=0.01) as writer:
+    async with BatchWriter(
+        engine, outbox_dir=outbox, batch_size=20, flush_interval=0.01, pg_copy=path == "copy"
+    ) as writer:
 
         async def produce(p: int) -> None:
             for i in range(1_000_000):
@@ -53,4 +76,4 @@ async def main(url: str, outbox: str, handed_path: str, acked_path: str, marker:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:6]))
+    asyncio.run(main(*sys.argv[1:7]))

@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -73,3 +74,24 @@ def files_in(directory: Path) -> list[str]:
 
 def line_count(path: Path) -> int:
     return len(path.read_bytes().splitlines())
+
+
+_VARYING = {"id", "usage_id", "turn_id", "recorded_at", "call_id"}
+
+
+async def stored_rows(engine: AsyncEngine, turn_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A stored turn's row and call rows, minus what differs between two recordings of equal turns."""
+    async with engine.connect() as conn:
+        usage = (await conn.execute(select(USAGE_TABLE).where(USAGE_TABLE.c.turn_id == turn_id))).mappings().one()
+        calls = (
+            (
+                await conn.execute(
+                    select(CALLS_TABLE).where(CALLS_TABLE.c.usage_id == usage["id"]).order_by(CALLS_TABLE.c.seq)
+                )
+            )
+            .mappings()
+            .all()
+        )
+    details = [{k: v for k, v in d.items() if k != "call_id"} for d in usage["call_details"]]
+    clean_usage = {k: v for k, v in usage.items() if k not in _VARYING} | {"call_details": details}
+    return clean_usage, [{k: v for k, v in c.items() if k not in _VARYING} for c in calls]

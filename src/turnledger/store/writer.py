@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -29,9 +30,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+from sqlalchemy import JSON
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from turnledger._logging import warn_once
+from turnledger.store.engine import storage_error
 from turnledger.store.outbox import (
     FORMAT_VERSION,
     BadLine,
@@ -42,7 +46,7 @@ from turnledger.store.outbox import (
     read_segment,
     segment_seq,
 )
-from turnledger.store.record import TurnRows, insert_turn_rows, turn_rows
+from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, insert_turn_rows, turn_rows
 
 if TYPE_CHECKING:
     from turnledger.accumulator import TurnTokenAccumulator
@@ -59,12 +63,45 @@ RowBuilder = Callable[..., TurnRows]
 # -- entries: a turn's rows as one outbox line ---------------------------------------------------
 
 
+_USAGE_COLUMNS = [c.name for c in USAGE_TABLE.columns if c.name != "id"]
+_CALL_COLUMNS = [c.name for c in CALLS_TABLE.columns if c.name != "usage_id"]
+_JSON_COLUMNS = frozenset(
+    c.name for table in (USAGE_TABLE, CALLS_TABLE) for c in table.columns if c.type._type_affinity is JSON
+)
+_USAGE_JSON_NAMES = [c for c in _USAGE_COLUMNS if c in _JSON_COLUMNS]
+_CALL_JSON_NAMES = [c for c in _CALL_COLUMNS if c in _JSON_COLUMNS]
+
+
+def _with_json(row: Mapping[str, Any], names: list[str], convert: Callable[[Any], Any]) -> dict[str, Any]:
+    out = dict(row)
+    for name in names:
+        if out.get(name) is not None:
+            out[name] = convert(out[name])
+    return out
+
+
 def make_entry(rows: TurnRows) -> dict[str, Any]:
-    return {"v": FORMAT_VERSION, "turn_id": rows.turn_id, "usage": rows.usage, "calls": rows.calls}
+    """A turn's rows as an outbox entry. JSON document columns are kept as their JSON text: serialized
+    once, that text is both what the outbox line carries and what COPY sends to PostgreSQL."""
+    return {
+        "v": FORMAT_VERSION,
+        "turn_id": rows.turn_id,
+        "usage": _with_json(rows.usage, _USAGE_JSON_NAMES, _dumps),
+        "calls": [_with_json(call, _CALL_JSON_NAMES, _dumps) for call in rows.calls],
+    }
 
 
 def entry_rows(entry: Entry) -> TurnRows:
-    return TurnRows(turn_id=entry["turn_id"], usage=dict(entry["usage"]), calls=list(entry["calls"]))
+    """An entry back as :class:`TurnRows`, JSON documents parsed again (for the multi-row INSERT path)."""
+    return TurnRows(
+        turn_id=entry["turn_id"],
+        usage=_with_json(entry["usage"], _USAGE_JSON_NAMES, json.loads),
+        calls=[_with_json(call, _CALL_JSON_NAMES, json.loads) for call in entry["calls"]],
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def is_entry(value: Mapping[str, Any]) -> bool:
@@ -78,10 +115,79 @@ def is_entry(value: Mapping[str, Any]) -> bool:
     )
 
 
-async def write_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
-    """Insert the entries' turns in the caller's transaction; returns how many were not yet stored."""
+async def write_entries(conn: AsyncConnection, entries: Sequence[Entry], *, pg_copy: bool = True) -> int:
+    """Insert the entries' turns in the caller's transaction; returns how many were not yet stored.
+
+    On PostgreSQL with ``pg_copy`` the rows are COPYed into session-temporary staging tables and moved
+    with one ``INSERT ... SELECT ... ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py measures
+    it against multi-row INSERTs); elsewhere, :func:`~turnledger.store.record.insert_turn_rows`.
+    """
+    if pg_copy and conn.dialect.name == "postgresql":
+        return await _copy_entries(conn, entries)
     written = await insert_turn_rows(conn, [entry_rows(e) for e in entries])
     return len(written)
+
+
+def _quoted(names: Iterable[str], prefix: str = "") -> str:
+    return ", ".join(f'{prefix}"{n}"' for n in names)
+
+
+_STAGE_USAGE = "turnledger_stage_usage"
+_STAGE_CALLS = "turnledger_stage_calls"
+_CREATE_STAGES = [
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_USAGE} ON COMMIT DELETE ROWS AS "
+    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM token_usage WITH NO DATA",
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_CALLS} ON COMMIT DELETE ROWS AS "
+    f'SELECT u."turn_id", {_quoted(_CALL_COLUMNS, "c.")} FROM token_usage_calls c '
+    f'JOIN token_usage u ON u."id" = c."usage_id" WITH NO DATA',
+]
+_MOVE_STAGED = (
+    f"WITH new AS (INSERT INTO token_usage ({_quoted(_USAGE_COLUMNS)}) "
+    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM {_STAGE_USAGE} "
+    f'ON CONFLICT ("turn_id") DO NOTHING RETURNING "id", "turn_id"), '
+    f'moved AS (INSERT INTO token_usage_calls ("usage_id", {_quoted(_CALL_COLUMNS)}) '
+    f'SELECT new."id", {_quoted(_CALL_COLUMNS, "s.")} FROM {_STAGE_CALLS} s JOIN new ON new."turn_id" = s."turn_id") '
+    "SELECT count(*) FROM new"
+)
+
+
+def _copy_records(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The staging tables' records: turns (deduplicated by ``turn_id``) and their calls keyed by ``turn_id``.
+
+    JSON documents are already text in an entry, which is what asyncpg's COPY takes for JSONB.
+    """
+    unique: dict[str, Entry] = {}
+    for entry in entries:
+        unique.setdefault(entry["turn_id"], entry)
+    usage_records = [tuple([e["usage"].get(c) for c in _USAGE_COLUMNS]) for e in unique.values()]
+    call_records = [
+        (turn_id, *[call.get(c) for c in _CALL_COLUMNS]) for turn_id, e in unique.items() for call in e["calls"]
+    ]
+    return usage_records, call_records
+
+
+async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
+    usage_records, call_records = _copy_records(entries)
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    try:
+        # A savepoint if the caller's transaction already began on this connection, else a transaction.
+        async with driver.transaction():
+            for ddl in _CREATE_STAGES:
+                await driver.execute(ddl)
+            await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=_USAGE_COLUMNS)
+            if call_records:
+                await driver.copy_records_to_table(
+                    _STAGE_CALLS, records=call_records, columns=["turn_id", *_CALL_COLUMNS]
+                )
+            inserted: int = await driver.fetchval(_MOVE_STAGED)
+    except asyncpg.PostgresError as exc:
+        raise storage_error(exc) from exc
+    except BaseException:
+        # Not an answer from the server (a dropped link, a cancelled wait): the connection cannot be trusted.
+        await conn.invalidate()
+        raise
+    return inserted
 
 
 # -- replaying segment files ---------------------------------------------------------------------
@@ -260,8 +366,10 @@ class BatchWriter:
         fsync: bool = True,
         replay_others: bool = True,
         row_builder: RowBuilder | None = None,
+        pg_copy: bool = True,
     ) -> None:
         self.engine = engine
+        self.pg_copy = pg_copy
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
@@ -535,7 +643,7 @@ class BatchWriter:
 
         async def write() -> int:
             async with self.engine.begin() as conn:
-                return await write_entries(conn, entries)
+                return await write_entries(conn, entries, pg_copy=self.pg_copy)
 
         task = asyncio.create_task(write())
         done, _ = await asyncio.wait({task}, timeout=self.write_timeout)
