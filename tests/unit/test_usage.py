@@ -85,6 +85,12 @@ PAYLOADS: list[tuple[str, Any, dict[str, int]]] = [
         expect(prompt=12 + 2048 + 1024, completion=300, total=3384, cached=2048, write=1024, write_1h=512),
     ),
     (
+        # Claude on Vertex AI answers in Anthropic's own usage shape.
+        "vertex-anthropic-raw",
+        {"input_tokens": 40, "output_tokens": 9, "cache_read_input_tokens": 160, "cache_creation_input_tokens": 0},
+        expect(prompt=200, completion=9, total=209, cached=160),
+    ),
+    (
         "anthropic-raw-1h-breakdown-only",
         {"input_tokens": 10, "output_tokens": 5, "cache_creation": {"ephemeral_1h_input_tokens": 100}},
         expect(prompt=110, completion=5, total=115, write=100, write_1h=100),
