@@ -1,0 +1,52 @@
+"""The README's integration example runs as written, against the fake provider instead of OpenAI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from turnledger.fake_provider import FakeProvider
+
+from .cli_run import invoke, run_cli
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_example() -> str:
+    """The first Python block after the "Use it in your app" heading."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Use it in your app") :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the README lost its integration example"
+    return match.group(1)
+
+
+def test_the_readme_example_records_a_turn_the_report_then_shows(fake_provider: FakeProvider, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    migrated = run_cli("migrate", "--database-url", url)
+    assert migrated.returncode == 0, migrated.stderr
+
+    script = tmp_path / "app.py"
+    script.write_text(readme_example(), encoding="utf-8")
+    env = {
+        "TURNLEDGER_DATABASE_URL": url,
+        # LiteLLM's own settings for the OpenAI endpoint: the example's code is untouched.
+        "OPENAI_BASE_URL": fake_provider.base_url,
+        "OPENAI_API_KEY": "sk-fake-not-a-real-key",
+        "PATH": "/usr/bin:/bin",
+    }
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    # The fake provider's default usage: 9 + 5 tokens for the chat, 4 for the embedding; priced from
+    # LiteLLM's bundled map: 9 x $0.15/1M + 5 x $0.60/1M + 4 x $0.02/1M.
+    assert run.stdout.split() == ["2", "18", "0.00000443", "0"]
+
+    report = invoke("report", "--by", "user", "--since", "7d", "--format", "json", "--database-url", url)
+    assert report.exit_code == 0, report.output
+    [row] = json.loads(report.stdout)
+    assert (row["key"], row["calls"], row["total_tokens"], row["cost_usd"]) == ("u-42", 2, 18, "0.00000443")
