@@ -186,14 +186,15 @@ async def insert_turn_rows(db: Database, batch: Sequence[TurnRows]) -> dict[str,
     Returns ``{turn_id: row id}`` for the turns written by this call. Idempotent on ``turn_id`` on
     both backends (``INSERT ... ON CONFLICT (turn_id) DO NOTHING RETURNING``), also against a
     concurrent writer of the same turn: PostgreSQL makes the second insert wait for the first.
-    Raises :class:`~turnledger.errors.StorageError` (or ``SchemaMissingError``) if the database refuses.
+    Raises :class:`~turnledger.errors.StorageError` (``SchemaMissingError`` for missing tables) if the
+    database refuses; a server that cannot be reached raises the driver's own ``OSError``.
     """
     unique: dict[str, TurnRows] = {}
     for rows in batch:
         unique.setdefault(rows.turn_id, rows)
     if not unique:
         return {}
-    dialect_insert = postgresql.insert if _dialect_name(db) == "postgresql" else sqlite.insert
+    dialect_insert = postgresql.insert if dialect_name(db) == "postgresql" else sqlite.insert
     table = USAGE_TABLE
     written: dict[str, int] = {}
     try:
@@ -373,7 +374,8 @@ def _aware(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _dialect_name(db: Database) -> str:
+def dialect_name(db: Database) -> str:
+    """``"postgresql"`` or ``"sqlite"``: the backend behind a session or connection."""
     if isinstance(db, AsyncConnection):
         return db.dialect.name
     return db.get_bind().dialect.name
@@ -402,4 +404,13 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-__all__ = ["Database", "TurnRows", "call_row", "insert_turn_rows", "record_token_usage", "record_turn", "turn_rows"]
+__all__ = [
+    "Database",
+    "TurnRows",
+    "call_row",
+    "dialect_name",
+    "insert_turn_rows",
+    "record_token_usage",
+    "record_turn",
+    "turn_rows",
+]

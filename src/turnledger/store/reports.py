@@ -24,7 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
-from turnledger.store.record import Database, _dialect_name
+from turnledger.store.record import Database, dialect_name
 
 
 class ReportBy(StrEnum):
@@ -101,7 +101,7 @@ async def usage_report(
     """
     grouping = ReportBy(by)
     filters = ReportFilters(since, until, user_id, thread_id, tenant_id, usage_type)
-    exact_in_sql = _dialect_name(db) == "postgresql"
+    exact_in_sql = dialect_name(db) == "postgresql"
     stmt = build_query(grouping, filters, exact_in_sql=exact_in_sql)
     try:
         result = await db.execute(stmt)
