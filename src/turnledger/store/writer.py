@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -243,16 +243,27 @@ def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
     return entries
 
 
+WriteFn = Callable[[Sequence[Entry]], Coroutine[Any, Any, int]]
+"""Writes a batch of entries in one transaction; returns how many turns were new."""
+
+
+def transaction_writer(engine: AsyncEngine, *, pg_copy: bool = True) -> WriteFn:
+    async def write(entries: Sequence[Entry]) -> int:
+        async with engine.begin() as conn:
+            return await write_entries(conn, entries, pg_copy=pg_copy)
+
+    return write
+
+
 async def replay_segment(
-    engine: AsyncEngine, path: Path, *, batch_size: int = 500, progress: ProgressFn | None = None
+    write: WriteFn, path: Path, *, batch_size: int = 500, progress: ProgressFn | None = None
 ) -> ReplayReport:
     """Write every entry of one segment file, then delete it. Raises if the database refuses a batch."""
     report = ReplayReport(files=1)
     entries = await asyncio.to_thread(load_segment, path, report)
     for start in range(0, len(entries), batch_size):
         chunk = entries[start : start + batch_size]
-        async with engine.begin() as conn:
-            report.inserted += await write_entries(conn, chunk)
+        report.inserted += await write(chunk)
         report.entries += len(chunk)
         if progress is not None:
             progress(len(chunk))
@@ -282,6 +293,7 @@ async def replay_outbox(
     batch_size: int = 500,
     exclude_writer: str | None = None,
     progress: ProgressFn | None = None,
+    write: WriteFn | None = None,
 ) -> ReplayReport:
     """Replay the segments that writers which are gone left in ``directory`` (or only ``files``, all in one directory).
 
@@ -291,6 +303,7 @@ async def replay_outbox(
     from turnledger.store.outbox import outbox_dir, segment_writer
 
     root = outbox_dir(directory)
+    write = write or transaction_writer(engine)
     report = ReplayReport()
     wanted: set[str] | None = None
     if files is not None:
@@ -309,7 +322,7 @@ async def replay_outbox(
             for path in claim.segments:
                 if wanted is not None and path.name not in wanted:
                     continue
-                report.merge(await replay_segment(engine, path, batch_size=batch_size, progress=progress))
+                report.merge(await replay_segment(write, path, batch_size=batch_size, progress=progress))
         finally:
             left = [p for p in claim.segments if p.exists()]
             claim.release(remove_lock=not left)
@@ -370,6 +383,7 @@ class BatchWriter:
     ) -> None:
         self.engine = engine
         self.pg_copy = pg_copy
+        self._write = transaction_writer(engine, pg_copy=pg_copy)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
@@ -641,18 +655,21 @@ class BatchWriter:
         abandoned transaction commit after all, replaying them is a no-op.
         """
 
-        async def write() -> int:
-            async with self.engine.begin() as conn:
-                return await write_entries(conn, entries, pg_copy=self.pg_copy)
-
-        task = asyncio.create_task(write())
-        done, _ = await asyncio.wait({task}, timeout=self.write_timeout)
+        task = asyncio.create_task(self._write(entries))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.write_timeout)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
         if task in done:
             return task.result()
+        self._abandon(task)
+        raise TimeoutError(f"database write took longer than {self.write_timeout}s")
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
         task.cancel()
         self._abandoned.add(task)
         task.add_done_callback(self._forget_abandoned)
-        raise TimeoutError(f"database write took longer than {self.write_timeout}s")
 
     def _forget_abandoned(self, task: asyncio.Task[Any]) -> None:
         self._abandoned.discard(task)
@@ -710,7 +727,11 @@ class BatchWriter:
             return
         if self._others_due:
             report = await replay_outbox(
-                self.engine, self.journal.directory, batch_size=self.batch_size, exclude_writer=self.writer_id
+                self.engine,
+                self.journal.directory,
+                batch_size=self.batch_size,
+                exclude_writer=self.writer_id,
+                write=self._bounded_write,
             )
             self._others_due = False
             self.stats["replayed"] += report.entries
