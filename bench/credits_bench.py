@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from tests.integration.conftest import create_pg_database, drop_pg_database
-from tests.integration.test_credits_concurrency import WORKER_SECONDS, Job, _run_workers
+from tests.integration.test_credits_concurrency import Job, Workers
 from turnledger.credits import CreditLedger
 from turnledger.store import migrate
 from turnledger.store.engine import make_engine
@@ -70,16 +70,13 @@ async def _grant(url: str, account: str) -> None:
         await engine.dispose()
 
 
-def _two_processes(url: str, run: int) -> float:
+def _two_processes(url: str, run: int, workers: Workers) -> float:
     account = f"bench-{run}-procs"
     asyncio.run(_grant(url, account))
     jobs = [Job(account, f"{account}-{i}", ESTIMATE, ACTUAL) for i in range(PAIRS)]
-    # The workers warm up on the integration test's account name; make it exist.
-    asyncio.run(_grant(url, "exhaust-account"))
-    WORKER_SECONDS.clear()
-    _run_workers(url, [jobs[0::2], jobs[1::2]])
+    workers.run(url, [jobs[0::2], jobs[1::2]])
     # Both were released together; the slower one is the wall time.
-    return max(WORKER_SECONDS)
+    return workers.elapsed_s[-1]
 
 
 def _line(label: str, per_pair_ms: list[float]) -> str:
@@ -89,7 +86,7 @@ def _line(label: str, per_pair_ms: list[float]) -> str:
     )
 
 
-def _measure(name: str, url: str) -> None:
+def _measure(name: str, url: str, workers: Workers) -> None:
     migrate.upgrade(url)
     seq: list[float] = []
     tasks: list[float] = []
@@ -97,7 +94,7 @@ def _measure(name: str, url: str) -> None:
     for run in range(REPEATS):
         seq.append(asyncio.run(_in_process(url, run, concurrent=False)) / PAIRS * 1000)
         tasks.append(asyncio.run(_in_process(url, run, concurrent=True)) / PAIRS * 1000)
-        procs.append(_two_processes(url, run) / PAIRS * 1000)
+        procs.append(_two_processes(url, run, workers) / PAIRS * 1000)
     print(f"{name}: {PAIRS} reserve/settle pairs on one account, {REPEATS} repeats")
     print(_line("sequential", seq))
     print(_line("tasks", tasks))
@@ -110,13 +107,14 @@ def _measure(name: str, url: str) -> None:
 
 
 def main() -> None:
-    name, url = create_pg_database()
-    try:
-        _measure("postgresql", url)
-    finally:
-        drop_pg_database(name)
-    with tempfile.TemporaryDirectory() as tmp:
-        _measure("sqlite", f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}")
+    with Workers() as workers:
+        name, url = create_pg_database()
+        try:
+            _measure("postgresql", url, workers)
+        finally:
+            drop_pg_database(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            _measure("sqlite", f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}", workers)
 
 
 if __name__ == "__main__":

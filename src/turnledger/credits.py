@@ -7,7 +7,8 @@ message or a crashed worker that runs again cannot charge twice.
 
 Concurrency: **row locks**. Each write is one transaction that first locks the account's row
 (``SELECT ... FOR UPDATE`` on PostgreSQL, under READ COMMITTED; on SQLite the transaction opens
-with ``BEGIN IMMEDIATE``, which takes the database's single write lock). One operation has to read
+with ``BEGIN IMMEDIATE``, which takes the database's single write lock, and the tasks of one
+process queue for it on an asyncio lock rather than in SQLite's sleeping busy loop). One operation has to read
 and write several things as a unit: the idempotency key, the holds that expired and must be
 released first, the available balance, a journal row, a hold row and the account's running sums.
 A single conditional ``UPDATE ... WHERE balance - held + overdraft >= :x`` guards only the
@@ -30,8 +31,10 @@ cost on exit (see its docstring).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -190,6 +193,9 @@ class CreditLedger:
         self.engine = engine
         self.hold_ttl = hold_ttl
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._writer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- public operations -------------------------------------------------------------------
     async def open_account(self, account: str, *, overdraft_limit: Amount = 0) -> AccountBalance:
@@ -485,6 +491,18 @@ class CreditLedger:
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; committed when the block ends normally, rolled back otherwise."""
+        if self.engine.dialect.name == "sqlite":
+            # SQLite has one writer at a time. Tasks of this process take turns here, in a queue;
+            # left to SQLite, they would poll for its lock in a busy loop that sleeps up to 100 ms
+            # a time. Writers in other processes still meet at BEGIN IMMEDIATE.
+            async with self._sqlite_writer_lock(), self._transaction() as conn:
+                yield conn
+        else:
+            async with self._transaction() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.connect() as conn:
                 if conn.dialect.name == "postgresql":
@@ -497,6 +515,14 @@ class CreditLedger:
                 await conn.commit()
         except DBAPIError as exc:
             raise _storage_error(exc) from exc
+
+    def _sqlite_writer_lock(self) -> asyncio.Lock:
+        # One lock per event loop: an asyncio.Lock belongs to the loop it is first used on.
+        loop = asyncio.get_running_loop()
+        lock = self._writer_locks.get(loop)
+        if lock is None:
+            lock = self._writer_locks[loop] = asyncio.Lock()
+        return lock
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:

@@ -9,7 +9,8 @@ journal's own sum (in SQL on PostgreSQL), the count of reserves and settles, and
 that no reserve ever took the account below its overdraft limit.
 
 ``TURNLEDGER_CREDITS_PAIRS`` sets the number of pairs per scenario (default 500 on PostgreSQL;
-SQLite runs a tenth of it, its writers taking turns on one database-wide lock).
+SQLite runs a tenth of it, its writers taking turns on one database-wide lock). The two worker
+processes are started once for the module and serve both databases.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -38,9 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 PAIRS = int(os.environ.get("TURNLEDGER_CREDITS_PAIRS", "500"))
-WORKER_SECONDS: list[float] = []
-"""The concurrent phase's wall time in each worker run so far (read by bench.credits_bench)."""
-
 EXHAUST = "exhaust-account"
 PARTIAL = "partial-account"
 
@@ -57,17 +57,22 @@ def _pairs_for(url: str) -> int:
     return PAIRS if url.startswith("postgresql") else max(PAIRS // 10, 20)
 
 
-# -- the worker process ------------------------------------------------------------------------
-async def _worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
+# -- the worker processes ----------------------------------------------------------------------
+# A worker is started once per test module and serves one run per line of stdin: it reads a run's
+# spec, connects, answers "armed", waits for "go" (so that both workers start together), runs
+# every pair as its own task and answers with one JSON line. Start-up (importing LiteLLM takes
+# seconds) is paid once, not once per run.
+
+
+async def _run_pairs(spec: dict[str, Any]) -> dict[str, Any]:
     # A small pool per process: tasks queue for connections, and both processes still hold
-    # several transactions open on the one account at every moment. SQLite gets fewer: its
-    # writers wait for the one database lock in a sleeping busy loop, PostgreSQL's in a queue.
-    pool_size = 6 if spec["url"].startswith("postgresql") else 2
-    engine = make_engine(spec["url"], pool_size=pool_size, max_overflow=0)
+    # several transactions open on the one account at every moment.
+    engine = make_engine(spec["url"], pool_size=6, max_overflow=0)
     ledger = CreditLedger(engine, hold_ttl=timedelta(hours=1))
     try:
-        await ledger.balance(EXHAUST)  # connects, so that the start is simultaneous
-        print("ready", flush=True)
+        async with engine.connect() as conn:  # connected before "go", so that the start is simultaneous
+            await conn.execute(text("SELECT 1"))
+        print("armed", flush=True)
         sys.stdin.readline()
 
         async def pair(job: dict[str, str]) -> dict[str, Any]:
@@ -87,63 +92,108 @@ async def _worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
         started = time.perf_counter()
         results = list(await asyncio.gather(*(pair(job) for job in spec["jobs"])))
         # Wall time of the concurrent phase, for bench.credits_bench (tests never assert on it).
-        print(f"elapsed {time.perf_counter() - started:.3f}", file=sys.stderr, flush=True)
-        return results
+        return {"elapsed_s": time.perf_counter() - started, "results": results}
     finally:
         await engine.dispose()
 
 
 def _worker_main() -> None:
-    spec = json.loads(sys.argv[1])
-    results = asyncio.run(_worker(spec))
-    print(json.dumps(results), flush=True)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        print(json.dumps(asyncio.run(_run_pairs(json.loads(line)))), flush=True)
 
 
-# -- the test side -----------------------------------------------------------------------------
-def _run_workers(url: str, job_lists: list[list[Job]]) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if k != "TURNLEDGER_DATABASE_URL"}
-    procs = []
-    for jobs in job_lists:
-        spec = {
-            "url": url,
-            "jobs": [
-                {"account": j.account, "key": j.key, "estimate": str(j.estimate), "actual": str(j.actual)} for j in jobs
-            ],
-        }
-        procs.append(
+class Workers:
+    """Two worker processes, started once and reused: ``with Workers() as w: w.run(url, halves)``."""
+
+    def __init__(self, count: int = 2) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "TURNLEDGER_DATABASE_URL"}
+        # A file, not a pipe: a full pipe would block a worker. Closed in close().
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.test_credits_concurrency", json.dumps(spec)],
+                [sys.executable, "-m", "tests.integration.test_credits_concurrency"],
                 cwd=REPO_ROOT,
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=self._stderr,
                 text=True,
             )
-        )
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            assert line.strip() == "ready", proc.communicate(timeout=30)
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+            for _ in range(count)
+        ]
+        self.elapsed_s: list[float] = []
+        """The concurrent phase's wall time of the slower worker, per run."""
+        self._ready = False
+
+    def _expect(self, proc: subprocess.Popen[str], word: str) -> str:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith(word):
+            self._stderr.seek(0)
+            raise AssertionError(f"worker said {line!r}, not {word!r}: {self._stderr.read()[-3000:]}")
+        return line
+
+    def _send(self, proc: subprocess.Popen[str], line: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+    def run(self, url: str, job_lists: list[list[Job]]) -> list[dict[str, Any]]:
+        if not self._ready:
+            for proc in self.procs:
+                self._expect(proc, "ready")
+            self._ready = True
+        for proc, jobs in zip(self.procs, job_lists, strict=True):
+            spec = {
+                "url": url,
+                "jobs": [
+                    {"account": j.account, "key": j.key, "estimate": str(j.estimate), "actual": str(j.actual)}
+                    for j in jobs
+                ],
+            }
+            self._send(proc, json.dumps(spec))
+        for proc in self.procs:
+            self._expect(proc, "armed")
+        for proc in self.procs:
+            self._send(proc, "go")
         results: list[dict[str, Any]] = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err
-            WORKER_SECONDS.append(float(err.rsplit("elapsed ", 1)[1].split()[0]))
-            results.extend(json.loads(out.strip().splitlines()[-1]))
+        elapsed = 0.0
+        for proc in self.procs:
+            answer = json.loads(self._expect(proc, "{"))
+            elapsed = max(elapsed, answer["elapsed_s"])
+            results.extend(answer["results"])
+        self.elapsed_s.append(elapsed)
         return results
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None and not proc.stdin.closed:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self._stderr.close()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
+@pytest.fixture(scope="module")
+def workers() -> Iterator[Workers]:
+    with Workers() as started:
+        yield started
+
+
+# -- the test side -----------------------------------------------------------------------------
 def _split_with_repeats(unique: list[Job], repeats: int) -> list[list[Job]]:
     """Two interleaved halves; the first ``repeats`` keys of one half are also run by the other."""
     halves: list[list[Job]] = [unique[0::2], unique[1::2]]
@@ -189,7 +239,7 @@ def _outcomes(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return by_key
 
 
-async def test_concurrent_pairs_from_two_processes_are_exact(engine: AsyncEngine) -> None:
+async def test_concurrent_pairs_from_two_processes_are_exact(engine: AsyncEngine, workers: Workers) -> None:
     pairs = _pairs_for(str(engine.url))
     repeats = pairs // 10
     ledger = CreditLedger(engine, hold_ttl=timedelta(hours=1))
@@ -223,7 +273,7 @@ async def test_concurrent_pairs_from_two_processes_are_exact(engine: AsyncEngine
     partial[1] += big_jobs[1::2]
 
     url = engine.url.render_as_string(hide_password=False)
-    results = _run_workers(url, [exhaust[0] + partial[0], exhaust[1] + partial[1]])
+    results = workers.run(url, [exhaust[0] + partial[0], exhaust[1] + partial[1]])
     assert len(results) == 2 * pairs
     outcomes = _outcomes(results)
 
