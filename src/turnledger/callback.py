@@ -165,6 +165,7 @@ class TokenTrackingCallback(CustomLogger):
                     started_monotonic=time.monotonic(),
                     request={"messages": messages, "input": kwargs.get("input")},
                     price_table=self._price_table,
+                    call_details=kwargs,
                 )
             )
         except Exception:

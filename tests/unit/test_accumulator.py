@@ -231,3 +231,37 @@ def test_bindings_of_open_turns_survive_eviction() -> None:
     assert bindings.lookup("closed-0") is None
     assert bindings.lookup("closed-4") is closed_turn
     assert len(bindings) == 3
+
+
+async def test_a_call_whose_response_arrived_is_waited_for_past_the_settle_deadline() -> None:
+    """LiteLLM always logs a returned non-stream call, only late when busy: wait for it, don't abandon it."""
+    async with turnledger.scoped_turn(settle_timeout=0.05, logging_timeout=5) as turn:
+        responded = pending("slow-log")
+        responded.call_details = {"original_response": "{...}"}
+        turn.begin_call(responded)
+        asyncio.get_running_loop().call_later(0.3, turn.add, record("slow-log"))
+    assert [(r.call_id, r.status) for r in turn.calls] == [("slow-log", CallStatus.SUCCESS)]
+
+
+async def test_a_stream_or_in_flight_call_gets_only_the_settle_deadline() -> None:
+    async with turnledger.scoped_turn(settle_timeout=0.05, logging_timeout=30) as turn:
+        in_flight = pending("in-flight")
+        in_flight.call_details = {}
+        stream = pending("stream")
+        stream.stream = True
+        stream.call_details = {"original_response": "{...}"}
+        turn.begin_call(in_flight)
+        turn.begin_call(stream)
+    assert sorted((r.call_id, r.status) for r in turn.calls) == [
+        ("in-flight", CallStatus.ABANDONED),
+        ("stream", CallStatus.ABANDONED),
+    ]
+
+
+def test_sync_close_applies_the_same_two_deadlines() -> None:
+    with turnledger.scoped_turn(settle_timeout=0.05, logging_timeout=5) as turn:
+        responded = pending("slow-log")
+        responded.call_details = {"original_response": "{...}"}
+        turn.begin_call(responded)
+        threading.Timer(0.3, turn.add, args=(record("slow-log"),)).start()
+    assert [(r.call_id, r.status) for r in turn.calls] == [("slow-log", CallStatus.SUCCESS)]
