@@ -52,6 +52,7 @@ from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator, scoped_turn
 from turnledger.credits_models import (
     ACCOUNT_MAX_LENGTH,
+    DERIVED_KEY_MAX_LENGTH,
     EXACT_CONTEXT,
     KEY_MAX_LENGTH,
     CreditAccount,
@@ -215,6 +216,7 @@ class CreditLedger:
         self, account: str, amount: Amount, key: str, *, turn_id: str | None = None, note: str | None = None
     ) -> Entry:
         """Add credits to ``account``, creating it if needed."""
+        _check_key(key)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -226,6 +228,7 @@ class CreditLedger:
         self, account: str, amount: Amount, key: str, *, turn_id: str | None = None, note: str | None = None
     ) -> Entry:
         """Spend credits without a reservation; :class:`InsufficientCredits` if ``available`` is short."""
+        _check_key(key)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -238,6 +241,7 @@ class CreditLedger:
         self, account: str, amount: Amount, key: str, *, turn_id: str | None = None, note: str | None = None
     ) -> Entry:
         """Give credits back to an existing account."""
+        _check_key(key)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -247,6 +251,7 @@ class CreditLedger:
 
     async def adjust(self, account: str, amount: Amount, key: str, *, note: str | None = None) -> Entry:
         """An operator's correction, either sign; not checked against the available balance."""
+        _check_key(key)
         value = _amount(amount, "amount", minimum="nonzero")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -267,6 +272,7 @@ class CreditLedger:
 
         A refusal writes nothing, so the same key may succeed later, after a grant.
         """
+        _check_key(key)
         value = _amount(estimate, "estimate", minimum="zero")
         lifetime = self.hold_ttl if ttl is None else ttl
         if lifetime <= timedelta(0):
@@ -304,6 +310,8 @@ class CreditLedger:
         reservation, under any key, returns the first settle entry and changes nothing.
         """
         cost = _amount(actual_cost, "actual_cost", minimum="zero")
+        if key is not None:
+            _check_key(key)
         settle_key = key or reservation.settle_key
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -336,6 +344,8 @@ class CreditLedger:
     async def release(self, reservation: Reservation, key: str | None = None) -> Entry:
         """Free a reservation's hold without charging. If it was already settled or released (or
         expired), returns that closing entry and changes nothing."""
+        if key is not None:
+            _check_key(key)
         release_key = key or reservation.release_key
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -551,7 +561,7 @@ class CreditLedger:
         return its first result even when the account could no longer afford it.
         """
         _check_account(account)
-        _check_key(key)
+        _check_key(key, derived=True)
         try:
             async with self._write() as conn:
                 now = self._now()
@@ -876,9 +886,12 @@ def _amount(value: object, name: str, *, minimum: Literal["zero", "positive", "n
     return parsed
 
 
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key or len(key) > KEY_MAX_LENGTH:
-        raise ValueError(f"an idempotency key must be a non-empty string of at most {KEY_MAX_LENGTH} characters")
+def _check_key(key: str | None, *, derived: bool = False) -> None:
+    # A caller's key may use KEY_MAX_LENGTH characters; the ledger's own keys derived from it
+    # (``<key>/settle``, ``<key>/expired``) use the column's spare room.
+    limit = DERIVED_KEY_MAX_LENGTH if derived else KEY_MAX_LENGTH
+    if not isinstance(key, str) or not key or len(key) > limit:
+        raise ValueError(f"an idempotency key must be a non-empty string of at most {limit} characters")
 
 
 def _check_account(account: str) -> None:

@@ -33,7 +33,9 @@ MAX_INTEGER_DIGITS = AMOUNT_PRECISION - AMOUNT_SCALE
 EXACT_CONTEXT = Context(prec=2 * AMOUNT_PRECISION, rounding=ROUND_HALF_EVEN)
 
 KEY_MAX_LENGTH = 200
-"""The longest idempotency key a caller may pass; derived keys (``<key>/settle``) need a little more."""
+"""The longest idempotency key a caller may pass."""
+DERIVED_KEY_MAX_LENGTH = KEY_MAX_LENGTH + 40
+"""The column's width: room for the keys the ledger derives from a caller's (``<key>/settle``)."""
 
 ACCOUNT_MAX_LENGTH = 200
 
@@ -137,7 +139,7 @@ class CreditJournalEntry(Base):
     )
 
     id: Mapped[int] = mapped_column(_EntryId, primary_key=True, autoincrement=True)
-    idempotency_key: Mapped[str] = mapped_column(String(KEY_MAX_LENGTH + 40), nullable=False, unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(DERIVED_KEY_MAX_LENGTH), nullable=False, unique=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("credit_accounts.account_id"), nullable=False)
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
     amount: Mapped[Decimal] = mapped_column(ExactAmount(), nullable=False)

@@ -249,3 +249,26 @@ async def test_verify_reports_a_balance_that_does_not_match_its_journal(
     # The deleted first entry breaks the chain of running balances at the next one.
     assert any("acct: entry" in p and "records balance 3" in p for p in report.problems), report.problems
     assert (await ledger.verify("other")).ok
+
+
+async def test_the_longest_key_still_settles_and_expires(ledger: CreditLedger, clock: Clock) -> None:
+    longest = "k" * 200
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.5"), longest)
+    assert (await ledger.settle(res, Decimal("0.1"))).key == longest + "/settle"
+    other = await ledger.reserve("acct", Decimal("0.5"), longest[:-1] + "x")
+    clock.advance(hours=1)
+    [expired] = await ledger.expire_holds()
+    assert expired.key == other.key + "/expired"
+    with pytest.raises(ValueError, match="at most 200"):
+        await ledger.reserve("acct", Decimal("0.5"), longest + "k")
+    with pytest.raises(ValueError, match="at most 200"):
+        await ledger.settle(other, Decimal("0.1"), key=longest + "k")
+
+
+async def test_a_reservation_can_be_found_by_id_from_another_process(ledger: CreditLedger) -> None:
+    grant = await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.5"), "r", turn_id="t-9")
+    assert await ledger.get_reservation(res.id) == res
+    assert await ledger.get_reservation(grant.id) is None
+    assert await ledger.get_reservation(10**9) is None
