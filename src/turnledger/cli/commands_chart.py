@@ -20,7 +20,7 @@ from turnledger.cli.app import (
     is_terminal,
     parse_when,
 )
-from turnledger.cli.db import run_db
+from turnledger.cli.db import refuse_missing_sqlite_file, run_db
 from turnledger.cli.output import FormatOption, OutputFormat, emit
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ def chart(
             fail(f"--output: no directory {str(output.parent)!r}", EXIT_BAD_INPUT)
         _require_matplotlib()
 
+    refuse_missing_sqlite_file(database_url)
     spend = run_db(_load(database_url, grouping, start, end, user_id=user, tenant_id=tenant), database_url)
 
     if output is not None:

@@ -2,38 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from turnledger.cli.app import (
     EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_SCHEMA_MISSING,
     DatabaseUrlOption,
     app,
     console,
     fail,
     parse_when,
 )
-from turnledger.errors import ConfigurationError, SchemaMissingError, StorageError
+from turnledger.cli.db import refuse_missing_sqlite_file, run_db, shown_url
+from turnledger.cli.output import OutputFormat, emit
+from turnledger.errors import ConfigurationError
 from turnledger.store import migrate as migrations
-from turnledger.store.engine import is_schema_missing, make_engine, resolve_url, session_factory
+from turnledger.store.engine import make_engine, resolve_url, session_factory
 from turnledger.store.reports import ReportBy, ReportRow, usage_report
 
-T = TypeVar("T")
-
-MIGRATE_HINT = "run `turnledger migrate` first (with the same --database-url)"
 FORMATS = ("table", "json", "csv")
+ALWAYS_SHOWN = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
 TABLE_COLUMNS = (
     ("calls", "calls"),
     ("prompt_tokens", "prompt"),
@@ -52,9 +45,9 @@ def migrate_command(
 ) -> None:
     """Create turnledger's tables, or upgrade them to this version's schema."""
     url = _resolve(database_url)
-    _run(migrations.upgrade_async(url, revision), url)
-    current = _run(migrations.current_revision_async(url), url)
-    console.print(f"{_shown(url)} is at revision {current}", highlight=False)
+    run_db(migrations.upgrade_async(url, revision), url)
+    current = run_db(migrations.current_revision_async(url), url)
+    console.print(f"{shown_url(url)} is at revision {current}", highlight=False)
 
 
 @app.command("report")
@@ -77,15 +70,15 @@ def report_command(
     start = parse_when(since, option="--since")
     end = parse_when(until, option="--until")
     url = _resolve(database_url)
-    _refuse_missing_sqlite_file(url)
-    rows = _run(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), url)
+    refuse_missing_sqlite_file(url)
+    rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), url)
     fmt = output_format.lower()
     if fmt == "json":
         typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
     elif fmt == "csv":
         typer.echo(_csv(rows), nl=False)
     else:
-        console.print(_table(grouping, rows))
+        _table(grouping, rows)
 
 
 async def _report(url: URL, grouping: ReportBy, **filters: Any) -> list[ReportRow]:
@@ -97,24 +90,17 @@ async def _report(url: URL, grouping: ReportBy, **filters: Any) -> list[ReportRo
         await engine.dispose()
 
 
-def _table(grouping: ReportBy, rows: list[ReportRow]) -> Table:
-    table = Table(title=f"usage by {grouping.value}", title_justify="left")
-    table.add_column(grouping.value)
-    for _, header in TABLE_COLUMNS:
-        table.add_column(header, justify="right")
-    table.add_column("cost (USD)", justify="right")
-    table.add_column("unpriced calls", justify="right")
-    for row in rows:
-        cost = "unpriced" if row.cost_usd is None else f"{row.cost_usd:f}"
-        table.add_row(
-            row.key if row.key is not None else "(none)",
-            *[f"{getattr(row, name):,}" for name, _ in TABLE_COLUMNS],
-            cost,
-            f"{row.unpriced_calls:,}",
-        )
+def _table(grouping: ReportBy, rows: list[ReportRow]) -> None:
+    # At 80 columns every figure must stay whole: token kinds no row used are left out.
+    used = [(n, header) for n, header in TABLE_COLUMNS if n in ALWAYS_SHOWN or any(getattr(r, n) for r in rows)]
+    emit(
+        [{**r.to_dict(), "key": r.key if r.key is not None else "(none)", "cost_usd": r.cost_usd} for r in rows],
+        OutputFormat.TABLE,
+        columns=[("key", grouping.value), *used, ("cost_usd", "cost (USD)"), ("unpriced_calls", "unpriced calls")],
+        title=f"usage by {grouping.value}",
+    )
     if not rows:
-        table.caption = "no usage recorded in this range"
-    return table
+        console.print("no usage recorded in this range")
 
 
 def _csv(rows: list[ReportRow]) -> str:
@@ -133,36 +119,3 @@ def _resolve(database_url: str | None) -> URL:
         return resolve_url(database_url)
     except ConfigurationError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
-
-
-def _shown(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-def _refuse_missing_sqlite_file(url: URL) -> None:
-    # SQLite would create an empty file and then fail on the missing tables; say so without the file.
-    database = url.database
-    if url.get_backend_name() == "sqlite" and database and database != ":memory:" and not Path(database).exists():
-        fail(f"no database at {database}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
-
-
-def _run(coro: Coroutine[Any, Any, T], url: URL) -> T:
-    """Run ``coro``; a database problem becomes a one-line error with the documented exit code."""
-    try:
-        return asyncio.run(coro)
-    except SchemaMissingError:
-        fail(f"turnledger's tables are missing in {_shown(url)}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
-    except ConfigurationError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    except (StorageError, SQLAlchemyError, OSError) as exc:
-        if is_schema_missing(exc):
-            fail(f"turnledger's tables are missing in {_shown(url)}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
-        fail(f"database {_shown(url)}: {_detail(exc)}", EXIT_FAILED)
-
-
-def _detail(exc: BaseException) -> str:
-    if isinstance(exc, StorageError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    source = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    lines = str(source).strip().splitlines()
-    return lines[0] if lines else type(source).__name__

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SCHEMA_MISSING, fail
@@ -27,8 +28,10 @@ MIGRATE_HINT = "run `turnledger migrate` first (with the same --database-url)"
 _MISSING_TABLE = re.compile(r"no such table|relation \"[^\"]+\" does not exist|UndefinedTable", re.IGNORECASE)
 
 
-def shown_url(url: str | None) -> str:
+def shown_url(url: str | URL | None) -> str:
     """The database URL as it may be printed: the password masked."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
     raw = database_url(url)
     try:
         return make_url(raw).render_as_string(hide_password=True)
@@ -36,7 +39,18 @@ def shown_url(url: str | None) -> str:
         return raw.split("@", 1)[-1] if "@" in raw else raw
 
 
-def describe(exc: BaseException, url: str | None) -> tuple[str, int] | None:
+def refuse_missing_sqlite_file(url: str | URL | None) -> None:
+    """Exit 3 for a SQLite file that does not exist, rather than create an empty one to read from."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(database_url(url))
+    except ArgumentError:
+        return  # run_db reports the URL itself
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" and not Path(database).exists():
+        fail(f"no database at {database}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
+
+
+def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | None:
     """A one-line message and exit code for an error a user can fix; ``None`` for a bug."""
     where = shown_url(url)
     if isinstance(exc, SchemaMissingError):
@@ -51,6 +65,10 @@ def describe(exc: BaseException, url: str | None) -> tuple[str, int] | None:
             return f"turnledger's tables are missing in {where} ({detail}): {MIGRATE_HINT}", EXIT_SCHEMA_MISSING
         return f"database {where}: {detail}", EXIT_FAILED
     if isinstance(exc, StorageError):
+        # The store wraps the driver's error; its own words say more than "database error: X".
+        cause = exc.__cause__
+        if isinstance(cause, DBAPIError | OSError) and not isinstance(cause, SchemaMissingError):
+            return describe(cause, url)
         return f"database {where}: {exc}", EXIT_FAILED
     # asyncpg raises the socket's own errors (refused, unknown host) unwrapped.
     if isinstance(exc, OSError | TimeoutError):
@@ -58,7 +76,7 @@ def describe(exc: BaseException, url: str | None) -> tuple[str, int] | None:
     return None
 
 
-def run_db(coro: Coroutine[Any, Any, T], url: str | None) -> T:
+def run_db(coro: Coroutine[Any, Any, T], url: str | URL | None) -> T:
     """``asyncio.run(coro)``, turning a user-fixable database error into a one-line message and exit code."""
     try:
         return asyncio.run(coro)
@@ -75,4 +93,4 @@ def _first_line(text: str) -> str:
     return re.sub(r"\s*\(Background on this error.*$", "", line).strip()
 
 
-__all__ = ["MIGRATE_HINT", "describe", "run_db", "shown_url"]
+__all__ = ["MIGRATE_HINT", "describe", "refuse_missing_sqlite_file", "run_db", "shown_url"]

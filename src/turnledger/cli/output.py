@@ -91,7 +91,14 @@ def emit(
             writer.writerow(["" if row.get(key) is None else plain(row.get(key)) for key, _ in columns])
         return
     # A light frame: at 80 columns the figures need the width more than the borders do.
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     render = cell or default_cell
     cells = [[render(key, row.get(key)) for key, _ in columns] for row in rows]
     for i, (key, header) in enumerate(columns):
@@ -100,7 +107,8 @@ def emit(
         # text wraps between words, never inside one.
         words = [w for text in [header, *(c[i] for c in cells)] for w in Text.from_markup(text).plain.split()]
         table.add_column(
-            header,
+            # A figure's header breaks between words so the column is only as wide as its figures.
+            header.replace(" ", "\n") if numeric and "\n" not in header else header,
             justify="right" if numeric else "left",
             no_wrap=numeric or i == 0,
             min_width=max((len(w) for w in words), default=1),
