@@ -170,11 +170,16 @@ async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
     usage_records, call_records = _copy_records(entries)
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
+    # The staging tables live as long as the connection; creating them is skipped (a round trip per
+    # table) once a top-level transaction that created them has committed on this connection.
+    top_level = not driver.is_in_transaction()
+    staged = top_level and conn.info.get(_STAGED_KEY, False)
+    conn.info.pop(_STAGED_KEY, None)
     try:
         # A savepoint if the caller's transaction already began on this connection, else a transaction.
         async with driver.transaction():
-            for ddl in _CREATE_STAGES:
-                await driver.execute(ddl)
+            if not staged:
+                await driver.execute(";".join(_CREATE_STAGES))
             await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=_USAGE_COLUMNS)
             if call_records:
                 await driver.copy_records_to_table(
@@ -187,7 +192,12 @@ async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
         # Not an answer from the server (a dropped link, a cancelled wait): the connection cannot be trusted.
         await conn.invalidate()
         raise
+    if top_level:
+        conn.info[_STAGED_KEY] = True
     return inserted
+
+
+_STAGED_KEY = "turnledger_staging_tables"
 
 
 # -- replaying segment files ---------------------------------------------------------------------
