@@ -47,8 +47,8 @@ def test_prices_through_the_entry_point_exact_from_litellm_and_the_users_table(p
 
 
 def test_unknown_model_is_unpriced_not_free_and_exits_1() -> None:
-    result = run_cli("prices", "gpt-4o-mini", "acme-llm-7b", "--format", "csv")
-    assert result.returncode == 1
+    result = invoke("prices", "gpt-4o-mini", "acme-llm-7b", "--format", "csv")
+    assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines[0].startswith("model,source,matched,")
     unknown = lines[2].split(",")
