@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.integration.writer_support import (
     stored_rows,
     stored_turn_ids,
 )
+from turnledger._logging import problem_counts
 from turnledger.store.engine import make_engine
 from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import turn_rows
@@ -211,3 +213,24 @@ async def test_the_writer_stores_exactly_what_record_turn_stores(
     assert usage["tags"] == ["bench"]
     assert usage["model_breakdown"]["gpt-4o-mini"]["cost_usd"] == "0.0000405"
     assert [c["cost_usd"] for c in calls] == [Decimal("0.0000135")] * 3
+
+
+async def test_a_sync_scope_hands_its_turn_over_from_another_thread(engine: AsyncEngine, tmp_path: Path) -> None:
+    def sync_code(writer: BatchWriter) -> None:
+        with turnledger.scoped_turn(turn_id="from-thread", persist=writer) as turn:
+            turn.add(turnledger.TokenCallRecord(call_id="c", model="gpt-4o-mini", cost_usd=Decimal("0.5")))
+
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        await asyncio.to_thread(sync_code, writer)
+        await asyncio.sleep(0)  # the hand-off is scheduled onto this loop
+        await writer.flush(timeout=30)
+    assert await stored_turn_ids(engine) == {"from-thread": 1}
+    assert await stored_cost(engine) == Decimal("0.5")
+
+
+async def test_a_failed_hand_off_is_logged_never_raised(engine: AsyncEngine, tmp_path: Path) -> None:
+    writer = BatchWriter(engine, outbox_dir=tmp_path)  # never started: every hand-off fails
+    async with turnledger.scoped_turn(turn_id="lost", persist=writer) as turn:
+        turn.add(turnledger.TokenCallRecord(call_id="c", model="gpt-4o-mini"))
+    assert turn.closed
+    assert problem_counts["scoped_turn:persist"] == 1
