@@ -272,3 +272,15 @@ async def test_a_reservation_can_be_found_by_id_from_another_process(ledger: Cre
     assert await ledger.get_reservation(res.id) == res
     assert await ledger.get_reservation(grant.id) is None
     assert await ledger.get_reservation(10**9) is None
+
+
+async def test_a_replay_returns_its_first_result_even_when_the_account_could_no_longer_afford_it(
+    ledger: CreditLedger,
+) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.6"), "r")
+    debit = await ledger.debit("acct", Decimal("0.4"), "d")
+    assert (await ledger.balance("acct")).available == Decimal(0)
+    assert await ledger.reserve("acct", Decimal("0.6"), "r") == res
+    assert await ledger.debit("acct", Decimal("0.4"), "d") == debit
+    assert len(await ledger.history("acct")) == 3
