@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +16,9 @@ from turnledger.cli.app import (
     DatabaseUrlOption,
     app,
     console,
+    err_console,
     fail,
+    is_terminal,
     parse_when,
 )
 from turnledger.cli.db import refuse_missing_sqlite_file, run_db, shown_url
@@ -38,7 +41,14 @@ TABLE_COLUMNS = (
 )
 
 
-@app.command("migrate")
+@app.command(
+    "migrate",
+    epilog=(
+        "Examples:\n\n"
+        "  turnledger migrate                  (./turnledger.db, or $TURNLEDGER_DATABASE_URL)\n\n"
+        "  turnledger migrate --database-url postgresql://app@db.internal/app"
+    ),
+)
 def migrate_command(
     database_url: DatabaseUrlOption = None,
     revision: Annotated[str, typer.Option("--revision", help="Target revision (default: the newest).")] = "head",
@@ -50,14 +60,23 @@ def migrate_command(
     console.print(f"{shown_url(url)} is at revision {current}", highlight=False)
 
 
-@app.command("report")
+@app.command(
+    "report",
+    epilog=(
+        "Examples:\n\n"
+        "  turnledger report --by model --since 7d\n\n"
+        "  turnledger report --by user --since 2026-11-01 --until 2026-12-01 --format csv > november.csv\n\n"
+        "  turnledger report --by day --user u-42 --format json\n\n"
+        "Unpriced calls (no known price) are counted apart: a group with only unpriced calls has no cost, not $0."
+    ),
+)
 def report_command(
     by: Annotated[str, typer.Option("--by", help="model, user, thread, tenant or day.")] = "model",
     since: Annotated[str | None, typer.Option("--since", help="7d, 24h, 2026-11-01... (default: all)")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Exclusive end, same forms as --since.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user id.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant id.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Calls, tokens and exact cost per model, user, thread, tenant or day."""
@@ -71,7 +90,9 @@ def report_command(
     end = parse_when(until, option="--until")
     url = _resolve(database_url)
     refuse_missing_sqlite_file(url)
-    rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), url)
+    # One query, so no measurable progress: a spinner on a terminal, nothing when piped.
+    with err_console.status("reading usage", spinner="dots") if is_terminal() else nullcontext():
+        rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), url)
     fmt = output_format.lower()
     if fmt == "json":
         typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
