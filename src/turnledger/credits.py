@@ -337,9 +337,8 @@ class CreditLedger:
                 note=entry_note,
             )
 
-        return await self._run(
-            reservation.account, settle_key, EntryKind.SETTLE, op, _entry_replay, keep_hold=reservation.id
-        )
+        replay = _closing_replay(reservation)
+        return await self._run(reservation.account, settle_key, EntryKind.SETTLE, op, replay, keep_hold=reservation.id)
 
     async def release(self, reservation: Reservation, key: str | None = None) -> Entry:
         """Free a reservation's hold without charging. If it was already settled or released (or
@@ -367,9 +366,9 @@ class CreditLedger:
                 reservation_id=reservation.id,
             )
 
-        return await self._run(
-            reservation.account, release_key, EntryKind.RELEASE, op, _entry_replay, keep_hold=reservation.id
-        )
+        replay = _closing_replay(reservation)
+        account, kind = reservation.account, EntryKind.RELEASE
+        return await self._run(account, release_key, kind, op, replay, keep_hold=reservation.id)
 
     async def expire_holds(self, account: str | None = None) -> list[Entry]:
         """Release every hold past its expiry (on ``account``, or on all accounts); the release entries."""
@@ -957,6 +956,15 @@ def _check_replay(entry: Entry, kind: EntryKind, account: str) -> None:
 def _entry_replay(entry: Entry, kind: EntryKind, account: str) -> Entry:
     _check_replay(entry, kind, account)
     return _replayed(entry)
+
+
+def _closing_replay(reservation: Reservation) -> Callable[[Entry, EntryKind, str], Entry]:
+    def replay(entry: Entry, kind: EntryKind, account: str) -> Entry:
+        if entry.reservation_id != reservation.id:
+            raise CreditError(f"idempotency key {entry.key!r} was already used for another reservation")
+        return _entry_replay(entry, kind, account)
+
+    return replay
 
 
 def _reservation_of(entry: Entry) -> Reservation:

@@ -284,3 +284,13 @@ async def test_a_replay_returns_its_first_result_even_when_the_account_could_no_
     assert await ledger.reserve("acct", Decimal("0.6"), "r") == res
     assert await ledger.debit("acct", Decimal("0.4"), "d") == debit
     assert len(await ledger.history("acct")) == 3
+
+
+async def test_a_settle_key_cannot_close_another_reservation(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    first = await ledger.reserve("acct", Decimal("0.2"), "r1")
+    second = await ledger.reserve("acct", Decimal("0.2"), "r2")
+    await ledger.settle(first, Decimal("0.1"), key="shared")
+    with pytest.raises(CreditError, match="another reservation"):
+        await ledger.settle(second, Decimal("0.1"), key="shared")
+    assert (await ledger.balance("acct")).held == Decimal("0.2")
