@@ -78,13 +78,14 @@ def no_matplotlib(tmp_path: Path) -> dict[str, str]:
 
 def test_entry_point_errors_are_one_line_with_exit_codes_1_2_3(tmp_path: Path, no_matplotlib: dict[str, str]) -> None:
     empty_sqlite = f"sqlite:///{tmp_path / 'empty.db'}"
+    (tmp_path / "empty.db").touch()  # a file without turnledger's tables
     cases: list[tuple[list[str], int, str]] = [
-        (["chart", "--by", "colour", "--database-url", empty_sqlite], 2, "--by: 'colour' is not one of model, user"),
         (["demo", "--database-url", "mysql://user:hunter2@db.example/x"], 2, "PostgreSQL or SQLite"),
         (["chart", "--database-url", "postgresql://postgres@127.0.0.1:1/nowhere"], 1, "127.0.0.1:1"),
         (["chart", "--database-url", empty_sqlite], 3, "run `turnledger migrate`"),
         (["chart", "--database-url", PG_ADMIN_DSN], 3, "run `turnledger migrate`"),
     ]
+    # Each start-up imports LiteLLM: the option-value errors are checked in-process below.
     results = run_many([args for args, _, _ in cases])
     for (args, code, message), result in zip(cases, results, strict=True):
         assert result.returncode == code, (args, result.stdout, result.stderr)
@@ -106,6 +107,7 @@ def test_entry_point_errors_are_one_line_with_exit_codes_1_2_3(tmp_path: Path, n
         (["chart", "--output", "nowhere/spend.png"], "--output: no directory 'nowhere'"),
         (["chart", "--size", "0x600"], "--size: '0x600' is not WIDTHxHEIGHT"),
         (["chart", "--by", "day"], "--by: 'day' is not one of model, user, thread, tenant"),
+        (["chart", "--by", "colour"], "--by: 'colour' is not one of model, user, thread, tenant"),
         (["chart", "--database-url", "::not a url::"], "cannot read database URL"),
         (["demo", "--database-url", "oracle://scott:tiger@h/x"], "PostgreSQL or SQLite"),
         (["prices", " "], "prices: a model name is empty"),
@@ -116,6 +118,14 @@ def test_bad_option_values_exit_2_with_one_line(args: list[str], message: str) -
     assert result.exit_code == 2, result.output
     line = one_line_error(result)
     assert message in line and "tiger" not in line
+
+
+def test_a_sqlite_file_that_is_not_there_is_not_created_but_reported(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    result = invoke("chart", "--database-url", f"sqlite:///{missing}")
+    assert result.exit_code == 3
+    assert f"no database at {missing}: run `turnledger migrate`" in one_line_error(result)
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize(

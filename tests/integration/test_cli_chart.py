@@ -8,6 +8,8 @@ import struct
 import zlib
 from pathlib import Path
 
+import pytest
+
 from turnledger.store.engine import make_engine, session_factory
 from turnledger.store.record import record_turn
 
@@ -87,6 +89,8 @@ def test_chart_in_the_terminal_reads_at_80_columns(database_url: str) -> None:
     ]
 
 
+# Drawing does not depend on the backend (the figures are checked on both above): one subprocess.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_chart_renders_a_png_of_the_requested_size(database_url: str, tmp_path: Path) -> None:
     asyncio.run(_seed(database_url))
     png = tmp_path / "spend.png"
