@@ -174,8 +174,8 @@ async def handoff_latency(engine: AsyncEngine, turns: list[TurnTokenAccumulator]
 
 def python_costs(turns: list[TurnTokenAccumulator]) -> dict[str, float]:
     """Microseconds per turn of each Python step of the BatchWriter path, timed alone (no database)."""
+    from turnledger.store.entries import _copy_records, make_entry
     from turnledger.store.outbox import encode_entry
-    from turnledger.store.writer import _copy_records, make_entry
 
     t0 = time.perf_counter()
     rows = [turn_rows(turn, usage_type="chat") for turn in turns]

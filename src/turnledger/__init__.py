@@ -38,8 +38,9 @@ from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, Tok
 from turnledger.store import reports
 from turnledger.store.engine import make_engine, session_factory
 from turnledger.store.record import TurnRows, insert_turn_rows, record_token_usage, record_turn, turn_rows
+from turnledger.store.replay import ReplayReport, replay_outbox
 from turnledger.store.reports import ReportBy, ReportRow, usage_report
-from turnledger.store.writer import BatchWriter, ReplayReport, replay_outbox
+from turnledger.store.writer import BatchWriter
 from turnledger.subscribers import JsonlLedger, subscribe
 
 __version__ = "0.1.0"

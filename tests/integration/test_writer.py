@@ -23,9 +23,11 @@ from tests.integration.writer_support import (
 )
 from turnledger._logging import problem_counts
 from turnledger.store.engine import make_engine
+from turnledger.store.entries import entry_rows, make_entry
 from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import turn_rows
-from turnledger.store.writer import BatchWriter, entry_rows, make_entry, pending_segments, replay_outbox
+from turnledger.store.replay import pending_segments, replay_outbox
+from turnledger.store.writer import BatchWriter
 
 pytestmark = pytest.mark.asyncio
 

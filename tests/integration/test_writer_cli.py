@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.integration.cli_run import one_line_error, run_cli
 from tests.integration.writer_support import closed_turn, files_in, stored_call_count, stored_turn_ids
 from turnledger.store.engine import make_engine
+from turnledger.store.entries import make_entry
 from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import turn_rows
-from turnledger.store.writer import make_entry
 
 
 def _dead_writer_outbox(directory: Path, count: int) -> None:

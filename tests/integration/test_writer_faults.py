@@ -28,7 +28,8 @@ from tests.integration.writer_support import (
     stored_turn_ids,
 )
 from turnledger.store.engine import make_engine
-from turnledger.store.writer import BatchWriter, pending_segments, replay_outbox
+from turnledger.store.replay import pending_segments, replay_outbox
+from turnledger.store.writer import BatchWriter
 
 pytestmark = pytest.mark.asyncio
 

@@ -19,10 +19,11 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-import turnledger.store.writer as writer_module
+import turnledger.store.entries as entries_module
 from tests.integration.writer_support import closed_turn
 from turnledger.store.engine import make_engine
-from turnledger.store.writer import BatchWriter, Entry
+from turnledger.store.entries import Entry
+from turnledger.store.writer import BatchWriter
 
 SLOW_AFTER = 5
 PRODUCERS = 8
@@ -46,18 +47,18 @@ async def main(url: str, outbox: str, handed_path: str, acked_path: str, marker:
                 _touch(marker)
                 time.sleep(0.5)
 
-    copy_entries = writer_module._copy_entries
+    copy_entries = entries_module._copy_entries
 
     async def _stall_copy(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
         # The COPY path: the statement that moves the staged rows sleeps in the server before it returns.
         nonlocal batches
         batches += 1
         if batches >= SLOW_AFTER:
-            writer_module._MOVE_STAGED = f"SELECT ({writer_module._MOVE_STAGED}) FROM pg_sleep(0.5)"
+            entries_module._MOVE_STAGED = f"SELECT ({entries_module._MOVE_STAGED}) FROM pg_sleep(0.5)"
             _touch(marker)
         return await copy_entries(conn, entries)
 
-    writer_module._copy_entries = _stall_copy
+    entries_module._copy_entries = _stall_copy
 
     handed = open(handed_path, "a", buffering=1)  # noqa: SIM115, ASYNC230  line-buffered: each id reaches the kernel at once
     acked = open(acked_path, "a", buffering=1)  # noqa: SIM115, ASYNC230

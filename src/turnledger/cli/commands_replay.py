@@ -16,7 +16,7 @@ from turnledger.cli.app import EXIT_BAD_INPUT, DatabaseUrlOption, app, console, 
 from turnledger.cli.db import run_db
 
 if TYPE_CHECKING:
-    from turnledger.store.writer import ProgressFn, ReplayReport
+    from turnledger.store.replay import ProgressFn, ReplayReport
 
 OutboxOption = Annotated[
     Path | None,
@@ -32,7 +32,7 @@ OutboxOption = Annotated[
 def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Write the turns left in an outbox (by writers that stopped or could not reach the database)."""
     from turnledger.store.outbox import outbox_dir, segment_writer
-    from turnledger.store.writer import pending_segments
+    from turnledger.store.replay import pending_segments
 
     target = outbox_dir(outbox)
     if target.is_file():
@@ -57,7 +57,7 @@ async def _replay(
     directory: Path, files: list[Path] | None, candidates: list[Path], database_url: str | None
 ) -> ReplayReport:
     from turnledger.store.engine import make_engine
-    from turnledger.store.writer import count_entries, replay_outbox
+    from turnledger.store.replay import count_entries, replay_outbox
 
     engine = make_engine(database_url)
     try:

@@ -10,8 +10,8 @@ A turn is handed over when its rows are durable in this writer's outbox: from th
 database or in the outbox (possibly both), whatever dies. The queue in memory is only the fast path;
 a batch that fails, or a turn that does not fit in the bounded queue, is simply left to the outbox
 files, which the writer replays once a write succeeds again (and which ``turnledger replay`` or the next
-writer replays if this process dies). Every write is ``INSERT ... ON CONFLICT (turn_id) DO NOTHING`` and
-the turn's calls are inserted only for turns that insert, in one transaction: writing a turn twice
+writer replays if this process dies). Every write skips a ``turn_id`` already stored, and inserts a turn's
+calls only with the turn, in one transaction (:mod:`turnledger.store.entries`): writing a turn twice
 stores it once.
 """
 
@@ -19,327 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-from sqlalchemy import JSON
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger._logging import warn_once
-from turnledger.store.engine import storage_error
-from turnledger.store.outbox import (
-    FORMAT_VERSION,
-    BadLine,
-    OutboxJournal,
-    claim_writer,
-    claimable_writers,
-    encode_entry,
-    read_segment,
-    segment_seq,
-)
-from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, insert_turn_rows, turn_rows
+from turnledger.store.entries import Entry, make_entry, transaction_writer
+from turnledger.store.outbox import OutboxJournal, encode_entry, segment_seq
+from turnledger.store.record import TurnRows, turn_rows
+from turnledger.store.replay import ReplayReport, load_segment, replay_outbox
 
 if TYPE_CHECKING:
     from turnledger.accumulator import TurnTokenAccumulator
 
 logger = logging.getLogger("turnledger.writer")
 
-Entry = Mapping[str, Any]
-"""``{"v": 1, "turn_id": ..., "usage": {token_usage row}, "calls": [token_usage_calls rows, no usage_id]}``."""
-
 RowBuilder = Callable[..., TurnRows]
 """``(turn, *, usage_type, ...) -> TurnRows``; the default is :func:`turnledger.store.record.turn_rows`."""
-
-
-# -- entries: a turn's rows as one outbox line ---------------------------------------------------
-
-
-_USAGE_COLUMNS = [c.name for c in USAGE_TABLE.columns if c.name != "id"]
-_CALL_COLUMNS = [c.name for c in CALLS_TABLE.columns if c.name != "usage_id"]
-_JSON_COLUMNS = frozenset(
-    c.name for table in (USAGE_TABLE, CALLS_TABLE) for c in table.columns if c.type._type_affinity is JSON
-)
-_USAGE_JSON_NAMES = [c for c in _USAGE_COLUMNS if c in _JSON_COLUMNS]
-_CALL_JSON_NAMES = [c for c in _CALL_COLUMNS if c in _JSON_COLUMNS]
-
-
-def _with_json(row: Mapping[str, Any], names: list[str], convert: Callable[[Any], Any]) -> dict[str, Any]:
-    out = dict(row)
-    for name in names:
-        if out.get(name) is not None:
-            out[name] = convert(out[name])
-    return out
-
-
-def make_entry(rows: TurnRows) -> dict[str, Any]:
-    """A turn's rows as an outbox entry. JSON document columns are kept as their JSON text: serialized
-    once, that text is both what the outbox line carries and what COPY sends to PostgreSQL."""
-    return {
-        "v": FORMAT_VERSION,
-        "turn_id": rows.turn_id,
-        "usage": _with_json(rows.usage, _USAGE_JSON_NAMES, _dumps),
-        "calls": [_with_json(call, _CALL_JSON_NAMES, _dumps) for call in rows.calls],
-    }
-
-
-def entry_rows(entry: Entry) -> TurnRows:
-    """An entry back as :class:`TurnRows`, JSON documents parsed again (for the multi-row INSERT path)."""
-    return TurnRows(
-        turn_id=entry["turn_id"],
-        usage=_with_json(entry["usage"], _USAGE_JSON_NAMES, json.loads),
-        calls=[_with_json(call, _CALL_JSON_NAMES, json.loads) for call in entry["calls"]],
-    )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def is_entry(value: Mapping[str, Any]) -> bool:
-    usage = value.get("usage")
-    return (
-        value.get("v") == FORMAT_VERSION
-        and isinstance(value.get("turn_id"), str)
-        and isinstance(usage, Mapping)
-        and usage.get("turn_id") == value.get("turn_id")
-        and isinstance(value.get("calls"), list)
-    )
-
-
-async def write_entries(conn: AsyncConnection, entries: Sequence[Entry], *, pg_copy: bool = True) -> int:
-    """Insert the entries' turns in the caller's transaction; returns how many were not yet stored.
-
-    On PostgreSQL with ``pg_copy`` the rows are COPYed into session-temporary staging tables and moved
-    with one ``INSERT ... SELECT ... ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py measures
-    it against multi-row INSERTs); elsewhere, :func:`~turnledger.store.record.insert_turn_rows`.
-    """
-    if pg_copy and conn.dialect.name == "postgresql":
-        return await _copy_entries(conn, entries)
-    written = await insert_turn_rows(conn, [entry_rows(e) for e in entries])
-    return len(written)
-
-
-def _quoted(names: Iterable[str], prefix: str = "") -> str:
-    return ", ".join(f'{prefix}"{n}"' for n in names)
-
-
-_STAGE_USAGE = "turnledger_stage_usage"
-_STAGE_CALLS = "turnledger_stage_calls"
-_CREATE_STAGES = [
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_USAGE} ON COMMIT DELETE ROWS AS "
-    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM token_usage WITH NO DATA",
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_CALLS} ON COMMIT DELETE ROWS AS "
-    f'SELECT u."turn_id", {_quoted(_CALL_COLUMNS, "c.")} FROM token_usage_calls c '
-    f'JOIN token_usage u ON u."id" = c."usage_id" WITH NO DATA',
-]
-_MOVE_STAGED = (
-    f"WITH new AS (INSERT INTO token_usage ({_quoted(_USAGE_COLUMNS)}) "
-    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM {_STAGE_USAGE} "
-    f'ON CONFLICT ("turn_id") DO NOTHING RETURNING "id", "turn_id"), '
-    f'moved AS (INSERT INTO token_usage_calls ("usage_id", {_quoted(_CALL_COLUMNS)}) '
-    f'SELECT new."id", {_quoted(_CALL_COLUMNS, "s.")} FROM {_STAGE_CALLS} s JOIN new ON new."turn_id" = s."turn_id") '
-    "SELECT count(*) FROM new"
-)
-
-
-def _copy_records(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The staging tables' records: turns (deduplicated by ``turn_id``) and their calls keyed by ``turn_id``.
-
-    JSON documents are already text in an entry, which is what asyncpg's COPY takes for JSONB.
-    """
-    unique: dict[str, Entry] = {}
-    for entry in entries:
-        unique.setdefault(entry["turn_id"], entry)
-    usage_records = [tuple([e["usage"].get(c) for c in _USAGE_COLUMNS]) for e in unique.values()]
-    call_records = [
-        (turn_id, *[call.get(c) for c in _CALL_COLUMNS]) for turn_id, e in unique.items() for call in e["calls"]
-    ]
-    return usage_records, call_records
-
-
-async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
-    usage_records, call_records = _copy_records(entries)
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    # The staging tables live as long as the connection; creating them is skipped (a round trip per
-    # table) once a top-level transaction that created them has committed on this connection.
-    top_level = not driver.is_in_transaction()
-    staged = top_level and conn.info.get(_STAGED_KEY, False)
-    conn.info.pop(_STAGED_KEY, None)
-    try:
-        # A savepoint if the caller's transaction already began on this connection, else a transaction.
-        async with driver.transaction():
-            if not staged:
-                await driver.execute(";".join(_CREATE_STAGES))
-            await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=_USAGE_COLUMNS)
-            if call_records:
-                await driver.copy_records_to_table(
-                    _STAGE_CALLS, records=call_records, columns=["turn_id", *_CALL_COLUMNS]
-                )
-            inserted: int = await driver.fetchval(_MOVE_STAGED)
-    except asyncpg.PostgresError as exc:
-        raise storage_error(exc) from exc
-    except BaseException:
-        # Not an answer from the server (a dropped link, a cancelled wait): the connection cannot be trusted.
-        await conn.invalidate()
-        raise
-    if top_level:
-        conn.info[_STAGED_KEY] = True
-    return inserted
-
-
-_STAGED_KEY = "turnledger_staging_tables"
-
-
-# -- replaying segment files ---------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ReplayReport:
-    """What a replay did. ``bad_lines`` were reported and skipped; they are kept in ``*.rejected`` files."""
-
-    files: int = 0
-    entries: int = 0
-    inserted: int = 0
-    """Turns that were not yet in the database."""
-    bad_lines: list[BadLine] = field(default_factory=list)
-    skipped_files: list[Path] = field(default_factory=list)
-    """Segments of a writer that is still alive: it replays its own."""
-
-    @property
-    def already_present(self) -> int:
-        return self.entries - self.inserted
-
-    def merge(self, other: ReplayReport) -> None:
-        self.files += other.files
-        self.entries += other.entries
-        self.inserted += other.inserted
-        self.bad_lines.extend(other.bad_lines)
-        self.skipped_files.extend(other.skipped_files)
-
-
-ProgressFn = Callable[[int], None]
-"""Called with the number of entries just written (for a progress bar)."""
-
-
-def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
-    """The entries of one segment; bad lines are logged, counted in ``report`` and set aside."""
-    entries: list[Entry] = []
-    bad: list[BadLine] = []
-    for item in read_segment(path):
-        if isinstance(item, BadLine):
-            bad.append(item)
-        elif is_entry(item):
-            entries.append(item)
-        else:
-            bad.append(BadLine(path, -1, "not a turn entry of a known format version", b""))
-    for line in bad:
-        logger.warning("turnledger outbox %s line %s skipped: %s", line.path, line.lineno, line.reason)
-    if bad:
-        # Set aside rather than deleted: a damaged line may still be read by a person.
-        with open(path.with_name(path.name + ".rejected"), "ab") as fh:
-            for line in bad:
-                fh.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
-    report.bad_lines.extend(bad)
-    return entries
-
-
-WriteFn = Callable[[Sequence[Entry]], Coroutine[Any, Any, int]]
-"""Writes a batch of entries in one transaction; returns how many turns were new."""
-
-
-def transaction_writer(engine: AsyncEngine, *, pg_copy: bool = True) -> WriteFn:
-    async def write(entries: Sequence[Entry]) -> int:
-        async with engine.begin() as conn:
-            return await write_entries(conn, entries, pg_copy=pg_copy)
-
-    return write
-
-
-async def replay_segment(
-    write: WriteFn, path: Path, *, batch_size: int = 500, progress: ProgressFn | None = None
-) -> ReplayReport:
-    """Write every entry of one segment file, then delete it. Raises if the database refuses a batch."""
-    report = ReplayReport(files=1)
-    entries = await asyncio.to_thread(load_segment, path, report)
-    for start in range(0, len(entries), batch_size):
-        chunk = entries[start : start + batch_size]
-        report.inserted += await write(chunk)
-        report.entries += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    await asyncio.to_thread(path.unlink, missing_ok=True)
-    return report
-
-
-def count_entries(paths: Iterable[Path]) -> int:
-    """Lines in the given files (an upper bound of entries, for a progress bar's total)."""
-    total = 0
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
-            total += sum(1 for line in fh if line.strip())
-    return total
-
-
-def pending_segments(directory: Path) -> list[Path]:
-    """Every segment in an outbox directory, whoever wrote it."""
-    return sorted(directory.glob("*.[0-9][0-9][0-9][0-9][0-9][0-9].jsonl")) if directory.is_dir() else []
-
-
-async def replay_outbox(
-    engine: AsyncEngine,
-    directory: str | Path | None = None,
-    *,
-    files: Sequence[Path] | None = None,
-    batch_size: int = 500,
-    exclude_writer: str | None = None,
-    progress: ProgressFn | None = None,
-    write: WriteFn | None = None,
-) -> ReplayReport:
-    """Replay the segments that writers which are gone left in ``directory`` (or only ``files``, all in one directory).
-
-    Safe to run twice, and next to live writers: a live writer's segments are skipped (it replays
-    its own), two replays never take the same writer's segments, and rows already stored are skipped.
-    """
-    from turnledger.store.outbox import outbox_dir, segment_writer
-
-    root = outbox_dir(directory)
-    write = write or transaction_writer(engine)
-    report = ReplayReport()
-    wanted: set[str] | None = None
-    if files is not None:
-        wanted = {Path(f).name for f in files}
-        writers = sorted({w for f in files if (w := segment_writer(Path(f))) is not None})
-        root = Path(files[0]).parent if files else root
-    else:
-        writers = claimable_writers(root, exclude=exclude_writer)
-    for writer_id in writers:
-        claim = claim_writer(root, writer_id)
-        if claim is None:
-            busy = [p for p in pending_segments(root) if segment_writer(p) == writer_id]
-            report.skipped_files.extend(p for p in busy if wanted is None or p.name in wanted)
-            continue
-        try:
-            for path in claim.segments:
-                if wanted is not None and path.name not in wanted:
-                    continue
-                report.merge(await replay_segment(write, path, batch_size=batch_size, progress=progress))
-        finally:
-            left = [p for p in claim.segments if p.exists()]
-            claim.release(remove_lock=not left)
-    return report
-
-
-# -- the writer ----------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)

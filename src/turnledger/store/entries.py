@@ -1,0 +1,177 @@
+"""A turn's rows as one outbox entry, and writing many entries at once, idempotently, on both backends.
+
+An entry is ``{"v": 1, "turn_id": ..., "usage": {token_usage row}, "calls": [token_usage_calls rows]}``
+(call rows without ``usage_id``, which only the insert knows), with JSON document columns kept as
+their JSON text: serialized once, that text is both what the outbox line carries and what COPY sends.
+
+:func:`write_entries` stores turns with their calls in one transaction, skipping any ``turn_id`` already
+stored: on PostgreSQL by COPY into session-temporary staging tables and one ``INSERT ... SELECT ...
+ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py: 2-3x the multi-row INSERT), elsewhere through
+:func:`turnledger.store.record.insert_turn_rows` (multi-row ``INSERT ... ON CONFLICT DO NOTHING``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+from sqlalchemy import JSON
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from turnledger.store.engine import storage_error
+from turnledger.store.outbox import FORMAT_VERSION
+from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, insert_turn_rows
+
+Entry = Mapping[str, Any]
+"""One turn's rows, as written to and read from the outbox (see the module docstring)."""
+
+
+_USAGE_COLUMNS = [c.name for c in USAGE_TABLE.columns if c.name != "id"]
+_CALL_COLUMNS = [c.name for c in CALLS_TABLE.columns if c.name != "usage_id"]
+_JSON_COLUMNS = frozenset(
+    c.name for table in (USAGE_TABLE, CALLS_TABLE) for c in table.columns if c.type._type_affinity is JSON
+)
+_USAGE_JSON_NAMES = [c for c in _USAGE_COLUMNS if c in _JSON_COLUMNS]
+_CALL_JSON_NAMES = [c for c in _CALL_COLUMNS if c in _JSON_COLUMNS]
+
+
+def _with_json(row: Mapping[str, Any], names: list[str], convert: Callable[[Any], Any]) -> dict[str, Any]:
+    out = dict(row)
+    for name in names:
+        if out.get(name) is not None:
+            out[name] = convert(out[name])
+    return out
+
+
+def make_entry(rows: TurnRows) -> dict[str, Any]:
+    """A turn's rows as an outbox entry. JSON document columns are kept as their JSON text: serialized
+    once, that text is both what the outbox line carries and what COPY sends to PostgreSQL."""
+    return {
+        "v": FORMAT_VERSION,
+        "turn_id": rows.turn_id,
+        "usage": _with_json(rows.usage, _USAGE_JSON_NAMES, _dumps),
+        "calls": [_with_json(call, _CALL_JSON_NAMES, _dumps) for call in rows.calls],
+    }
+
+
+def entry_rows(entry: Entry) -> TurnRows:
+    """An entry back as :class:`TurnRows`, JSON documents parsed again (for the multi-row INSERT path)."""
+    return TurnRows(
+        turn_id=entry["turn_id"],
+        usage=_with_json(entry["usage"], _USAGE_JSON_NAMES, json.loads),
+        calls=[_with_json(call, _CALL_JSON_NAMES, json.loads) for call in entry["calls"]],
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def is_entry(value: Mapping[str, Any]) -> bool:
+    usage = value.get("usage")
+    return (
+        value.get("v") == FORMAT_VERSION
+        and isinstance(value.get("turn_id"), str)
+        and isinstance(usage, Mapping)
+        and usage.get("turn_id") == value.get("turn_id")
+        and isinstance(value.get("calls"), list)
+    )
+
+
+async def write_entries(conn: AsyncConnection, entries: Sequence[Entry], *, pg_copy: bool = True) -> int:
+    """Insert the entries' turns in the caller's transaction; returns how many were not yet stored.
+
+    On PostgreSQL with ``pg_copy`` the rows are COPYed into session-temporary staging tables and moved
+    with one ``INSERT ... SELECT ... ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py measures
+    it against multi-row INSERTs); elsewhere, :func:`~turnledger.store.record.insert_turn_rows`.
+    """
+    if pg_copy and conn.dialect.name == "postgresql":
+        return await _copy_entries(conn, entries)
+    written = await insert_turn_rows(conn, [entry_rows(e) for e in entries])
+    return len(written)
+
+
+def _quoted(names: Iterable[str], prefix: str = "") -> str:
+    return ", ".join(f'{prefix}"{n}"' for n in names)
+
+
+_STAGE_USAGE = "turnledger_stage_usage"
+_STAGE_CALLS = "turnledger_stage_calls"
+_CREATE_STAGES = [
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_USAGE} ON COMMIT DELETE ROWS AS "
+    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM token_usage WITH NO DATA",
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_CALLS} ON COMMIT DELETE ROWS AS "
+    f'SELECT u."turn_id", {_quoted(_CALL_COLUMNS, "c.")} FROM token_usage_calls c '
+    f'JOIN token_usage u ON u."id" = c."usage_id" WITH NO DATA',
+]
+_MOVE_STAGED = (
+    f"WITH new AS (INSERT INTO token_usage ({_quoted(_USAGE_COLUMNS)}) "
+    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM {_STAGE_USAGE} "
+    f'ON CONFLICT ("turn_id") DO NOTHING RETURNING "id", "turn_id"), '
+    f'moved AS (INSERT INTO token_usage_calls ("usage_id", {_quoted(_CALL_COLUMNS)}) '
+    f'SELECT new."id", {_quoted(_CALL_COLUMNS, "s.")} FROM {_STAGE_CALLS} s JOIN new ON new."turn_id" = s."turn_id") '
+    "SELECT count(*) FROM new"
+)
+
+
+def _copy_records(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The staging tables' records: turns (deduplicated by ``turn_id``) and their calls keyed by ``turn_id``.
+
+    JSON documents are already text in an entry, which is what asyncpg's COPY takes for JSONB.
+    """
+    unique: dict[str, Entry] = {}
+    for entry in entries:
+        unique.setdefault(entry["turn_id"], entry)
+    usage_records = [tuple([e["usage"].get(c) for c in _USAGE_COLUMNS]) for e in unique.values()]
+    call_records = [
+        (turn_id, *[call.get(c) for c in _CALL_COLUMNS]) for turn_id, e in unique.items() for call in e["calls"]
+    ]
+    return usage_records, call_records
+
+
+async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
+    usage_records, call_records = _copy_records(entries)
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    # The staging tables live as long as the connection; creating them is skipped (a round trip per
+    # table) once a top-level transaction that created them has committed on this connection.
+    top_level = not driver.is_in_transaction()
+    staged = top_level and conn.info.get(_STAGED_KEY, False)
+    conn.info.pop(_STAGED_KEY, None)
+    try:
+        # A savepoint if the caller's transaction already began on this connection, else a transaction.
+        async with driver.transaction():
+            if not staged:
+                await driver.execute(";".join(_CREATE_STAGES))
+            await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=_USAGE_COLUMNS)
+            if call_records:
+                await driver.copy_records_to_table(
+                    _STAGE_CALLS, records=call_records, columns=["turn_id", *_CALL_COLUMNS]
+                )
+            inserted: int = await driver.fetchval(_MOVE_STAGED)
+    except asyncpg.PostgresError as exc:
+        raise storage_error(exc) from exc
+    except BaseException:
+        # Not an answer from the server (a dropped link, a cancelled wait): the connection cannot be trusted.
+        await conn.invalidate()
+        raise
+    if top_level:
+        conn.info[_STAGED_KEY] = True
+    return inserted
+
+
+_STAGED_KEY = "turnledger_staging_tables"
+
+
+WriteFn = Callable[[Sequence[Entry]], Coroutine[Any, Any, int]]
+"""Writes a batch of entries in one transaction; returns how many turns were new."""
+
+
+def transaction_writer(engine: AsyncEngine, *, pg_copy: bool = True) -> WriteFn:
+    async def write(entries: Sequence[Entry]) -> int:
+        async with engine.begin() as conn:
+            return await write_entries(conn, entries, pg_copy=pg_copy)
+
+    return write

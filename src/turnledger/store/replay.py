@@ -1,0 +1,146 @@
+"""Replaying outbox segments into the database: by a live writer, by the next writer, or by hand.
+
+Safe to run twice and next to live writers: rows already stored are skipped by ``turn_id``, a live
+writer's segments are left to it (its flock says it is alive), and two replays never take the same
+writer's segments. A corrupt or torn line is reported, set aside in ``<segment>.rejected`` and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from turnledger.store.entries import Entry, WriteFn, is_entry, transaction_writer
+from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, read_segment
+
+logger = logging.getLogger("turnledger.outbox")
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a replay did. ``bad_lines`` were reported and skipped; they are kept in ``*.rejected`` files."""
+
+    files: int = 0
+    entries: int = 0
+    inserted: int = 0
+    """Turns that were not yet in the database."""
+    bad_lines: list[BadLine] = field(default_factory=list)
+    skipped_files: list[Path] = field(default_factory=list)
+    """Segments of a writer that is still alive: it replays its own."""
+
+    @property
+    def already_present(self) -> int:
+        return self.entries - self.inserted
+
+    def merge(self, other: ReplayReport) -> None:
+        self.files += other.files
+        self.entries += other.entries
+        self.inserted += other.inserted
+        self.bad_lines.extend(other.bad_lines)
+        self.skipped_files.extend(other.skipped_files)
+
+
+ProgressFn = Callable[[int], None]
+"""Called with the number of entries just written (for a progress bar)."""
+
+
+def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
+    """The entries of one segment; bad lines are logged, counted in ``report`` and set aside."""
+    entries: list[Entry] = []
+    bad: list[BadLine] = []
+    for item in read_segment(path):
+        if isinstance(item, BadLine):
+            bad.append(item)
+        elif is_entry(item):
+            entries.append(item)
+        else:
+            bad.append(BadLine(path, -1, "not a turn entry of a known format version", b""))
+    for line in bad:
+        logger.warning("turnledger outbox %s line %s skipped: %s", line.path, line.lineno, line.reason)
+    if bad:
+        # Set aside rather than deleted: a damaged line may still be read by a person.
+        with open(path.with_name(path.name + ".rejected"), "ab") as fh:
+            for line in bad:
+                fh.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
+    report.bad_lines.extend(bad)
+    return entries
+
+
+async def replay_segment(
+    write: WriteFn, path: Path, *, batch_size: int = 500, progress: ProgressFn | None = None
+) -> ReplayReport:
+    """Write every entry of one segment file, then delete it. Raises if the database refuses a batch."""
+    report = ReplayReport(files=1)
+    entries = await asyncio.to_thread(load_segment, path, report)
+    for start in range(0, len(entries), batch_size):
+        chunk = entries[start : start + batch_size]
+        report.inserted += await write(chunk)
+        report.entries += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    await asyncio.to_thread(path.unlink, missing_ok=True)
+    return report
+
+
+def count_entries(paths: Iterable[Path]) -> int:
+    """Lines in the given files (an upper bound of entries, for a progress bar's total)."""
+    total = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
+            total += sum(1 for line in fh if line.strip())
+    return total
+
+
+def pending_segments(directory: Path) -> list[Path]:
+    """Every segment in an outbox directory, whoever wrote it."""
+    return sorted(directory.glob("*.[0-9][0-9][0-9][0-9][0-9][0-9].jsonl")) if directory.is_dir() else []
+
+
+async def replay_outbox(
+    engine: AsyncEngine,
+    directory: str | Path | None = None,
+    *,
+    files: Sequence[Path] | None = None,
+    batch_size: int = 500,
+    exclude_writer: str | None = None,
+    progress: ProgressFn | None = None,
+    write: WriteFn | None = None,
+) -> ReplayReport:
+    """Replay the segments that writers which are gone left in ``directory`` (or only ``files``, all in one directory).
+
+    Safe to run twice, and next to live writers: a live writer's segments are skipped (it replays
+    its own), two replays never take the same writer's segments, and rows already stored are skipped.
+    """
+    from turnledger.store.outbox import outbox_dir, segment_writer
+
+    root = outbox_dir(directory)
+    write = write or transaction_writer(engine)
+    report = ReplayReport()
+    wanted: set[str] | None = None
+    if files is not None:
+        wanted = {Path(f).name for f in files}
+        writers = sorted({w for f in files if (w := segment_writer(Path(f))) is not None})
+        root = Path(files[0]).parent if files else root
+    else:
+        writers = claimable_writers(root, exclude=exclude_writer)
+    for writer_id in writers:
+        claim = claim_writer(root, writer_id)
+        if claim is None:
+            busy = [p for p in pending_segments(root) if segment_writer(p) == writer_id]
+            report.skipped_files.extend(p for p in busy if wanted is None or p.name in wanted)
+            continue
+        try:
+            for path in claim.segments:
+                if wanted is not None and path.name not in wanted:
+                    continue
+                report.merge(await replay_segment(write, path, batch_size=batch_size, progress=progress))
+        finally:
+            left = [p for p in claim.segments if p.exists()]
+            claim.release(remove_lock=not left)
+    return report
