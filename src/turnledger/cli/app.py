@@ -6,6 +6,7 @@ Exit codes scripts can rely on: 0 ok, 1 the operation failed (e.g. database unre
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -83,4 +84,10 @@ def is_terminal() -> bool:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # At exit the interpreter would garbage-collect LiteLLM's hundreds of thousands of objects,
+        # about a second per command (measured: `turnledger version` 3.3 s -> 2.3 s). Frozen objects
+        # are skipped by that collection; atexit handlers and ordinary deallocation still run.
+        gc.freeze()
