@@ -10,7 +10,7 @@ without scanning history. ``turnledger credits verify`` proves all three agree.
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
@@ -66,9 +66,14 @@ def quantize_amount(value: Decimal) -> Decimal:
 
     :class:`ValueError` if it has more integer digits than the column holds.
     """
-    exact = value.quantize(QUANTUM, context=EXACT_CONTEXT)
+    too_large = f"{value} is too large for a credit amount (at most {MAX_INTEGER_DIGITS} integer digits)"
+    try:
+        exact = value.quantize(QUANTUM, context=EXACT_CONTEXT)
+    except InvalidOperation:
+        # More digits than even the exact context holds (1e400): far past the column too.
+        raise ValueError(too_large) from None
     if exact != 0 and exact.adjusted() >= MAX_INTEGER_DIGITS:
-        raise ValueError(f"{value} is too large for a credit amount (at most {MAX_INTEGER_DIGITS} integer digits)")
+        raise ValueError(too_large)
     return exact
 
 

@@ -120,6 +120,17 @@ def test_bad_option_values_exit_2_with_one_line(args: list[str], message: str) -
     assert message in line and "tiger" not in line
 
 
+def test_mistakes_in_other_teams_commands_are_one_line_input_errors_too(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    for args, message in (
+        (["migrate", "--revision", "nosuch"], "migration: Can't locate revision identified by 'nosuch'"),
+        (["credits", "grant", "acct-1", "1e400"], "too large for a credit amount"),
+    ):
+        result = invoke(*args, "--database-url", url)
+        assert result.exit_code == 2, result.output
+        assert message in one_line_error(result)
+
+
 def test_a_sqlite_file_that_is_not_there_is_not_created_but_reported(tmp_path: Path) -> None:
     missing = tmp_path / "typo.db"
     result = invoke("chart", "--database-url", f"sqlite:///{missing}")

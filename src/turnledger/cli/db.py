@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from alembic.util import CommandError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
@@ -57,6 +58,8 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
         return f"turnledger's tables are missing in {where}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING
     if isinstance(exc, ConfigurationError):
         return str(exc), EXIT_BAD_INPUT
+    if isinstance(exc, CommandError):  # Alembic refusing a revision it does not know
+        return f"migration: {_first_line(str(exc))}", EXIT_BAD_INPUT
     if isinstance(exc, ArgumentError):
         return f"cannot read database URL {where!r}: {exc}", EXIT_BAD_INPUT
     if isinstance(exc, DBAPIError):
