@@ -231,8 +231,25 @@ async def test_a_sync_scope_hands_its_turn_over_from_another_thread(engine: Asyn
 
 
 async def test_a_failed_hand_off_is_logged_never_raised(engine: AsyncEngine, tmp_path: Path) -> None:
-    writer = BatchWriter(engine, outbox_dir=tmp_path)  # never started: every hand-off fails
-    async with turnledger.scoped_turn(turn_id="lost", persist=writer) as turn:
+    def broken_rows(turn: turnledger.TurnTokenAccumulator, **options: object) -> turnledger.TurnRows:
+        raise RuntimeError("cannot build rows")
+
+    writer = BatchWriter(engine, outbox_dir=tmp_path, row_builder=broken_rows)
+    async with writer, turnledger.scoped_turn(turn_id="lost", persist=writer) as turn:
         turn.add(turnledger.TokenCallRecord(call_id="c", model="gpt-4o-mini"))
     assert turn.closed
     assert problem_counts["scoped_turn:persist"] == 1
+
+
+async def test_turns_handed_over_after_close_still_reach_the_outbox(engine: AsyncEngine, tmp_path: Path) -> None:
+    writer = BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01)
+    async with writer:
+        await writer.persist(closed_turn("in-time"))
+    # A request still finishing during shutdown: the writer has closed, the turn must not be lost.
+    async with turnledger.scoped_turn(turn_id="late", persist=writer) as turn:
+        turn.add(turnledger.TokenCallRecord(call_id="c", model="gpt-4o-mini", cost_usd=Decimal("0.25")))
+    assert writer.stats["spilled"] == 1
+    report = await replay_outbox(engine, tmp_path)
+    assert (report.entries, report.inserted) == (1, 1)
+    assert await stored_turn_ids(engine) == {"in-time": 1, "late": 1}
+    assert files_in(tmp_path) == []

@@ -197,14 +197,33 @@ class BatchWriter:
 
     def submit_rows(self, rows: TurnRows) -> asyncio.Future[None]:
         """Hand over a turn's rows built elsewhere (:func:`turnledger.store.record.turn_rows`)."""
-        if self._closing or not self._tasks:
-            raise RuntimeError("BatchWriter is not running")
         entry = make_entry(rows)
+        line = encode_entry(entry)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._handoffs.append(_Handoff(entry, encode_entry(entry), done))
         self.stats["handed_over"] += 1
+        if self._closing or not self._tasks:
+            self._spill_late(line)
+            done.set_result(None)
+            return done
+        self._handoffs.append(_Handoff(entry, line, done))
         self._wake_journal.set()
         return done
+
+    def _spill_late(self, line: bytes) -> None:
+        # Before start or after close there is no journal to join: the turn gets an outbox segment of
+        # its own (a writer id of its own, closed at once), which the next writer or a replay stores.
+        journal = OutboxJournal(self.journal.directory, fsync=self.journal.fsync)
+        journal.open()
+        try:
+            journal.append([line])
+        finally:
+            journal.close()
+        self.stats["spilled"] += 1
+        warn_once(
+            "writer:not_running",
+            "turnledger: turns handed to a BatchWriter that is not running go to the outbox %s",
+            self.journal.directory,
+        )
 
     async def persist(self, turn: TurnTokenAccumulator, **options: Any) -> None:
         """Hand a closed turn over and wait until it is durable (one group fsync, shared with other turns)."""
