@@ -74,7 +74,8 @@ class BatchWriter:
     outbox. A write that fails or takes longer than ``write_timeout`` is left to the outbox and retried
     from it after a backoff (``retry_initial`` doubling up to ``retry_max``, jittered). ``close()``
     drains for up to ``shutdown_timeout`` seconds; whatever is left stays in the outbox for the next
-    writer on the same directory or ``turnledger replay``.
+    writer on the same directory or ``turnledger replay``. A turn handed over before ``start()`` or
+    after ``close()`` is written straight to an outbox segment of its own.
     """
 
     def __init__(
@@ -237,8 +238,9 @@ class BatchWriter:
         """Hand over from another thread (a sync ``with scoped_turn``); does not wait for durability."""
         rows = self.rows_for(turn)
         loop = self._tasks[0].get_loop() if self._tasks else None
-        if loop is None or loop.is_closed():
-            raise RuntimeError("BatchWriter is not running")
+        if loop is None or loop.is_closed() or self._closing:
+            self._spill_late(encode_entry(make_entry(rows)))
+            return
         loop.call_soon_threadsafe(self._submit_logged, rows)
 
     def _submit_logged(self, rows: TurnRows) -> None:
