@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
-from turnledger.records import MICROS_PER_USD, micros_from_usd
+from turnledger.records import MICROS_PER_USD, MONEY_CONTEXT, micros_from_usd
 
-__all__ = ["MICROS_PER_USD", "micros_from_usd", "split_micros", "sum_costs", "to_decimal"]
+__all__ = ["MICROS_PER_USD", "MONEY_CONTEXT", "micros_from_usd", "split_micros", "sum_costs", "to_decimal"]
 
 
 def to_decimal(value: object) -> Decimal | None:
@@ -50,8 +50,12 @@ def _from_float(value: float) -> Decimal | None:
     exact = Decimal(repr(value))
     if exact == 0:
         return Decimal(0)
-    rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - FLOAT_SIGNIFICANT_DIGITS + 1), ROUND_HALF_EVEN)
-    return _trim(rounded)
+    try:
+        with localcontext(MONEY_CONTEXT):
+            step = Decimal(1).scaleb(exact.adjusted() - FLOAT_SIGNIFICANT_DIGITS + 1)
+            return _trim(exact.quantize(step, ROUND_HALF_EVEN))
+    except InvalidOperation:
+        return None  # beyond any money figure (1e300): not a usable number
 
 
 def _trim(value: Decimal) -> Decimal:
@@ -70,12 +74,13 @@ def sum_costs(costs: Iterable[Decimal | None]) -> tuple[Decimal | None, int]:
     total = Decimal(0)
     priced = 0
     unpriced = 0
-    for cost in costs:
-        if cost is None:
-            unpriced += 1
-        else:
-            total += cost
-            priced += 1
+    with localcontext(MONEY_CONTEXT):
+        for cost in costs:
+            if cost is None:
+                unpriced += 1
+            else:
+                total += cost
+                priced += 1
     if unpriced and not priced:
         return None, unpriced
     return total, unpriced
@@ -93,14 +98,15 @@ def split_micros(parts: Sequence[Decimal | None]) -> list[int | None]:
         return [None for _ in parts]
     floors: list[int | None] = []
     remainders: list[tuple[Decimal, int]] = []
-    for i, part in enumerate(parts):
-        if part is None:
-            floors.append(None)
-            continue
-        exact = part * MICROS_PER_USD
-        floor = int(exact.to_integral_value(rounding=ROUND_FLOOR))
-        floors.append(floor)
-        remainders.append((exact - floor, i))
+    with localcontext(MONEY_CONTEXT):
+        for i, part in enumerate(parts):
+            if part is None:
+                floors.append(None)
+                continue
+            exact = part * MICROS_PER_USD
+            floor = int(exact.to_integral_value(rounding=ROUND_FLOOR))
+            floors.append(floor)
+            remainders.append((exact - floor, i))
     shortfall = target - sum(f for f in floors if f is not None)
     remainders.sort(key=lambda r: (-r[0], r[1]))
     out = list(floors)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from turnledger.errors import ConfigurationError
-from turnledger.money import to_decimal
+from turnledger.money import MONEY_CONTEXT, to_decimal
 from turnledger.usage import TokenCounts
 
 BOUNDARY_CHARS = frozenset("-:/@.")
@@ -94,12 +94,13 @@ class ModelPrice:
             (images_in, self.input_cost_per_image),
             (images_out, self.output_cost_per_image),
         )
-        for quantity, rate in parts:
-            if quantity <= 0:
-                continue
-            if rate is None:
-                return None
-            total += rate * quantity
+        with localcontext(MONEY_CONTEXT):
+            for quantity, rate in parts:
+                if quantity <= 0:
+                    continue
+                if rate is None:
+                    return None
+                total += rate * quantity
         return total
 
 

@@ -93,6 +93,10 @@ def price_call(
             return None
         return cost
 
+    if kwargs.get("cache_hit") is True:
+        # LiteLLM answered from its own cache: no provider was called, nothing was billed. Its usage
+        # block repeats the cached response's tokens, which must not be priced again.
+        return Decimal(0), CostSource.CACHE_HIT, flags
     cost = accept(counts.inline_cost, from_litellm=False)
     if cost is not None:
         return cost, CostSource.PROVIDER, flags
@@ -157,8 +161,11 @@ def price_counts(
         elif cost is not None and (cost > 0 or not counts.used_tokens or _litellm_lists_free(model, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
-        cost = price_table.cost(model, counts, provider=provider, images_out=images_out)
-        if cost is not None:
+        found = price_table.match(model, provider)
+        cost = found.price.cost(counts, images_out=images_out) if found is not None else None
+        if found is not None and cost is not None:
+            if found.via_alias is None and found.key not in (model, f"{provider}/{model}"):
+                _add(flags, RecordFlag.PRICE_PREFIX_MATCH)
             return cost, CostSource.PRICE_TABLE, flags
     return None, CostSource.NONE, flags
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from enum import StrEnum
 from typing import Any
 
 MICROS_PER_USD = Decimal(1_000_000)
+
+MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN)
+"""Money arithmetic runs in this context, never the application's: a caller that set
+``getcontext().prec = 4`` for its own purposes must not round our sums. 60 digits hold any
+per-token rate times any token count exactly."""
 
 
 class CallStatus(StrEnum):
@@ -47,6 +52,8 @@ class CostSource(StrEnum):
     COST_PER_TOKEN = "cost_per_token"
     PRICE_TABLE = "price_table"
     ESTIMATED = "estimated"
+    CACHE_HIT = "cache_hit"
+    """Answered from LiteLLM's own response cache: no provider call was made, cost is exactly 0."""
     NOT_BILLED = "not_billed"
     """A failed call for which the provider reported no usage: nothing was billed, cost is exactly 0."""
     NONE = "none"
@@ -71,6 +78,9 @@ class RecordFlag(StrEnum):
     """A pricing stage produced a negative cost, which was discarded."""
     PRICING_ERROR = "pricing_error"
     """A pricing stage raised; the chain went on."""
+    PRICE_PREFIX_MATCH = "price_prefix_match"
+    """Priced by a shorter entry of the user's price table (``gpt-4o`` for ``gpt-4o-mini``): the table
+    has no entry for this exact model. Add one if the two are priced differently."""
     COMPLETION_NOT_SEEN = "completion_not_seen"
     """The call's output could not be seen (an abandoned call): completion tokens are counted as 0,
     so the estimated cost is a lower bound."""
@@ -80,7 +90,8 @@ def micros_from_usd(cost_usd: Decimal | None) -> int | None:
     """Integer micro-USD, rounded half-even once, for callers that want an integer."""
     if cost_usd is None:
         return None
-    return int((cost_usd * MICROS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+    with localcontext(MONEY_CONTEXT):
+        return int((cost_usd * MICROS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +163,7 @@ class TokenCallRecord:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Decimal):
-                value = str(value)
+                value = f"{value:f}"  # fixed point: never "1.5E-7"
             elif isinstance(value, datetime):
                 value = value.isoformat()
             elif isinstance(value, tuple):

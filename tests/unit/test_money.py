@@ -53,3 +53,29 @@ def test_split_micros_parts_add_up() -> None:
     assert split_micros([None]) == [None]
     # 2.8 micros round to 3; the tie in remainders goes to the first part.
     assert split_micros([Decimal("0.0000014"), Decimal("0.0000014")]) == [2, 1]
+
+
+def test_money_ignores_the_applications_decimal_context() -> None:
+    from decimal import localcontext
+
+    from turnledger.price_table import ModelPrice
+    from turnledger.usage import TokenCounts
+
+    price = ModelPrice(input_cost_per_token=Decimal("0.00000015"), output_cost_per_token=Decimal("0.0000006"))
+    counts = TokenCounts(prompt_tokens=518517, completion_tokens=1, total_tokens=518518)
+    with localcontext() as ctx:
+        ctx.prec = 4  # an application's own setting must not round our money
+        assert price.cost(counts) == Decimal("0.07777815")
+        assert sum_costs([Decimal("0.0000015")] * 1000) == (Decimal("0.0015"), 0)
+        assert micros_from_usd(Decimal("123456.7890125")) == 123456789012
+
+
+def test_to_decimal_of_an_absurd_float_is_none_not_an_exception() -> None:
+    assert to_decimal(1e300) is None
+
+
+def test_record_json_money_is_fixed_point() -> None:
+    from turnledger.records import TokenCallRecord
+
+    record = TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("1.5E-7"))
+    assert record.to_dict()["cost_usd"] == "0.00000015"

@@ -419,3 +419,23 @@ def test_litellms_own_not_mapped_answer_is_not_asked_again(monkeypatch: pytest.M
     cost, source, _ = price(kw("acme-7b", response_cost=None, standard_logging_object=said), obj, price_table=TABLE)
     assert (cost, source) == (10 * D("0.000001") + 1 * D("0.000002"), CostSource.PRICE_TABLE)
     assert calls == []
+
+
+def test_a_litellm_cache_hit_costs_exactly_nothing() -> None:
+    # LiteLLM replays the cached response's usage and says response_cost 0.0: no provider was called.
+    obj = response("gpt-4o-mini", prompt_tokens=1000, completion_tokens=500, total_tokens=1500)
+    kwargs = kw("gpt-4o-mini", response_cost=0.0, cache_hit=True)
+    assert price(kwargs, obj) == (D(0), CostSource.CACHE_HIT, [])
+    # The same event without the cache flag is a real call, priced at its rates.
+    real = kw("gpt-4o-mini", response_cost=0.0)
+    cost, source, _ = price(real, obj)
+    assert (cost, source) == (1000 * GPT_4O_MINI_IN + 500 * GPT_4O_MINI_OUT, CostSource.COST_PER_TOKEN)
+
+
+def test_a_price_table_prefix_match_is_flagged() -> None:
+    obj = response("acme-7b-instruct", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
+    cost, source, flags = price(kw("acme-7b-instruct", "openai"), obj, price_table=TABLE)
+    assert (cost, source) == (1000 * D("0.000001") + 10 * D("0.000002"), CostSource.PRICE_TABLE)
+    assert flags == [RecordFlag.PRICE_PREFIX_MATCH]
+    exact = response("acme-7b", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
+    assert price(kw("acme-7b", "openai"), exact, price_table=TABLE)[2] == []
