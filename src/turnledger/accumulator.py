@@ -301,7 +301,12 @@ class TurnTokenAccumulator:
             self._deactivate()
 
     def close(self, timeout: float | None = None) -> None:
-        """The sync twin of :meth:`aclose`; blocks the calling thread while it waits."""
+        """The sync twin of :meth:`aclose`; blocks the calling thread while it waits.
+
+        Refused on an event loop's thread when it would have to wait: use ``await turn.aclose()``.
+        """
+        if timeout != 0 and self.pending_calls:
+            _refuse_blocking_inside_event_loop("TurnTokenAccumulator.close()", "`await turn.aclose()`")
         try:
             self._settle_sync(timeout)
         finally:
@@ -549,6 +554,7 @@ class scoped_turn:
                 _persist_failed(self.turn)
 
     def __enter__(self) -> TurnTokenAccumulator:
+        _refuse_blocking_inside_event_loop("a plain `with scoped_turn(...)`", "`async with scoped_turn(...)`")
         self.turn._activate()
         return self.turn
 
@@ -564,10 +570,28 @@ class scoped_turn:
 
 
 def _persist_failed(turn: TurnTokenAccumulator) -> None:
-    # Imported here: accumulator stays free of logging set-up and of the store at import time.
-    from turnledger._logging import warn_once
+    # Every lost hand-off is a billing record that did not reach the writer: logged with its turn id
+    # each time (not once per cause), so it can be recovered from the logs or the subscribers' ledger.
+    from turnledger._logging import logger, problem_counts
 
-    warn_once("scoped_turn:persist", "turnledger could not hand turn %s to its writer", turn.turn_id, exc_info=True)
+    problem_counts["scoped_turn:persist"] += 1
+    logger.error(
+        "turnledger could not hand turn %s (%d calls, cost_usd=%s) to its writer",
+        turn.turn_id,
+        len(turn),
+        turn.total_cost_usd,
+        exc_info=True,
+    )
+
+
+def _refuse_blocking_inside_event_loop(what: str, instead: str) -> None:
+    """A sync wait on the event loop's own thread would starve the very loop LiteLLM logs async calls
+    on: every call would be abandoned after the full deadline and then arrive late (measured)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{what} would block the running event loop; use {instead}")
 
 
 def start_turn(**labels: Any) -> TurnTokenAccumulator:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -106,6 +106,33 @@ def _provider_request_id(response_obj: Any) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def _stand_in_call_id(kwargs: object) -> str:
+    """An id for an event that came without ``litellm_call_id``, the same for every callback instance
+    that sees that event (they all get the same kwargs object), so de-duplication still works."""
+    return f"unknown-{id(kwargs):x}"
+
+
+class _SeenEvents:
+    """A bounded, thread-safe memory of event keys, for events that belong to no turn."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._keys: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self.max_entries = max_entries
+
+    def first_sighting(self, key: tuple[str, str, str]) -> bool:
+        with self._lock:
+            if key in self._keys:
+                return False
+            self._keys[key] = None
+            if len(self._keys) > self.max_entries:
+                self._keys.popitem(last=False)
+            return True
+
+
+_unscoped_events = _SeenEvents()
 
 
 class TokenTrackingCallback(CustomLogger):
@@ -200,7 +227,7 @@ class TokenTrackingCallback(CustomLogger):
                 self._count("errors")
                 warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
                 record = TokenCallRecord(
-                    call_id=call_id if isinstance(call_id, str) and call_id else f"unknown-{uuid.uuid4().hex}",
+                    call_id=call_id if isinstance(call_id, str) and call_id else _stand_in_call_id(kwargs),
                     model=str(kw.get("model") or "unknown"),
                     status=status,
                     flags=(RecordFlag.MALFORMED_EVENT,),
@@ -209,7 +236,9 @@ class TokenTrackingCallback(CustomLogger):
             event_key = (record.call_id, str(status), end.isoformat() if end else "")
             if turn is None:
                 self._count("unscoped")
-                dispatch(record, None, self._on_record + global_subscribers())
+                # Every installed instance sees the event: global subscribers must hear of it once.
+                first = _unscoped_events.first_sighting(event_key)
+                dispatch(record, None, self._on_record + (global_subscribers() if first else ()))
                 return
             was_closed = turn.closed
             if turn.add(record, event_key=event_key):
@@ -238,7 +267,7 @@ class TokenTrackingCallback(CustomLogger):
         call_id = kwargs.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
             flags.append(RecordFlag.MALFORMED_EVENT)
-            call_id = f"unknown-{uuid.uuid4().hex}"
+            call_id = _stand_in_call_id(kwargs)
         model = kwargs.get("model")
         if not isinstance(model, str) or not model:
             model = getattr(response_obj, "model", None)

@@ -433,3 +433,32 @@ async def test_jsonl_ledger_follows_spend_and_stores_no_secret_or_text(
     assert line["turn"]["user_id"] == "u-ledger" and line["turn"]["tags"] == ["beta"]
     assert line["call"]["call_id"] == turn.calls[0].call_id
     assert line["call"]["cost_usd"] == str(expected_gpt4o_mini(9, 1))  # a decimal string, never a float
+
+
+async def test_two_instances_tell_global_subscribers_of_an_unscoped_call_once(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    seen: list[str] = []
+    unsubscribe = turnledger.subscribe(lambda record, turn: seen.append(record.call_id))
+    second = turnledger.install(turnledger.TokenTrackingCallback(name="second"))
+    try:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        for _ in range(200):
+            if turnledger.token_tracker.stats["unscoped"] and second.stats["unscoped"]:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        unsubscribe()
+        turnledger.uninstall(second)
+    assert turnledger.token_tracker.stats["unscoped"] == second.stats["unscoped"] == 1
+    assert len(seen) == 1
+
+
+def test_an_event_without_a_call_id_is_added_once_by_two_instances() -> None:
+    first, second = turnledger.TokenTrackingCallback(name="a"), turnledger.TokenTrackingCallback(name="b")
+    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "custom_llm_provider": "openai", "call_type": "completion"}
+    with turnledger.scoped_turn() as turn:
+        for cb in (first, second):
+            cb.log_success_event(kwargs, None, None, None)
+    [record] = turn.calls
+    assert RecordFlag.MALFORMED_EVENT in record.flags

@@ -265,3 +265,15 @@ def test_sync_close_applies_the_same_two_deadlines() -> None:
         turn.begin_call(responded)
         threading.Timer(0.3, turn.add, args=(record("slow-log"),)).start()
     assert [(r.call_id, r.status) for r in turn.calls] == [("slow-log", CallStatus.SUCCESS)]
+
+
+async def test_a_sync_scope_inside_a_running_event_loop_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="async with scoped_turn"), turnledger.scoped_turn():
+        pass
+    assert turnledger.get_current_accumulator() is None
+    turn = turnledger.start_turn()
+    turn.begin_call(pending("c1"))
+    with pytest.raises(RuntimeError, match=r"await turn\.aclose"):
+        turn.close()
+    await turn.aclose(timeout=0)
+    assert turn.closed
