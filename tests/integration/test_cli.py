@@ -110,6 +110,12 @@ def test_entry_point_errors_are_one_line_with_exit_codes_1_2_3(tmp_path: Path, n
         (["chart", "--by", "colour"], "--by: 'colour' is not one of model, user, thread, tenant"),
         (["chart", "--database-url", "::not a url::"], "cannot read database URL"),
         (["demo", "--database-url", "oracle://scott:tiger@h/x"], "PostgreSQL or SQLite"),
+        (["report", "--since", "99999999d"], "--since: '99999999d' reaches before year 1"),
+        (["chart", "--database-url", "postgresql://scott:tiger@127.0.0.1:99999/x"], "port 99999 is not 1-65535"),
+        (
+            ["report", "--database-url", "postgresql://scott:tiger@127.0.0.1:5432/test?sslmode=require"],
+            "the driver takes no 'sslmode' option (asyncpg spells TLS ?ssl=require)",
+        ),
         (["prices", " "], "prices: a model name is empty"),
     ],
 )

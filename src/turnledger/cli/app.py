@@ -70,7 +70,10 @@ def parse_when(value: str | None, *, now: datetime | None = None, option: str = 
     match = _RELATIVE.match(value)
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        return now - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return now - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:
+            fail(f"{option}: {value!r} reaches before year 1", EXIT_BAD_INPUT)
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:

@@ -26,6 +26,7 @@ T = TypeVar("T")
 MIGRATE_HINT = "run `turnledger migrate` first (with the same --database-url)"
 
 # "no such table: x" (SQLite) and 'relation "x" does not exist' (PostgreSQL).
+_UNKNOWN_CONNECT_ARG = re.compile(r"connect\(\) got an unexpected keyword argument '([^']+)'")
 _MISSING_TABLE = re.compile(r"no such table|relation \"[^\"]+\" does not exist|UndefinedTable", re.IGNORECASE)
 
 
@@ -73,6 +74,12 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
         if isinstance(cause, DBAPIError | OSError) and not isinstance(cause, SchemaMissingError):
             return describe(cause, url)
         return f"database {where}: {exc}", EXIT_FAILED
+    # asyncpg passes the URL's query to connect(): a libpq-only option (sslmode=...) is refused there.
+    if isinstance(exc, TypeError) and (bad := _UNKNOWN_CONNECT_ARG.search(str(exc))):
+        return (
+            f"database URL {where}: the driver takes no {bad.group(1)!r} option (asyncpg spells TLS ?ssl=require)",
+            EXIT_BAD_INPUT,
+        )
     # asyncpg raises the socket's own errors (refused, unknown host) unwrapped.
     if isinstance(exc, OSError | TimeoutError):
         return f"cannot reach the database at {where}: {_first_line(str(exc)) or type(exc).__name__}", EXIT_FAILED

@@ -36,6 +36,9 @@ def resolve_url(url: str | URL | None = None) -> URL:
         parsed = parsed.set(drivername=driver)
     if parsed.get_backend_name() not in {"postgresql", "sqlite"}:
         raise ConfigurationError(f"turnledger stores to PostgreSQL or SQLite, not {parsed.get_backend_name()!r}")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        # Otherwise the socket layer raises OverflowError at the first connection.
+        raise ConfigurationError(f"database URL {parsed.render_as_string()!r}: port {parsed.port} is not 1-65535")
     return parsed
 
 
