@@ -108,3 +108,37 @@ def test_exact_decimal_is_text_on_sqlite_and_numeric_on_postgresql() -> None:
     assert isinstance(money.load_dialect_impl(pg), Numeric)
     with pytest.raises(ValueError, match="finite Decimal"):
         money.process_bind_param(Decimal("NaN"), pg)
+
+
+def test_call_rows_micros_add_up_to_the_turns() -> None:
+    turn = TurnTokenAccumulator(turn_id="micros")
+    for i in range(3):
+        turn.add(TokenCallRecord(call_id=f"c{i}", model="m", cost_usd=Decimal("0.0000005")))
+    turn.close(timeout=0)
+    rows = turn_rows(turn, usage_type="chat")
+    assert rows.usage["cost_micros"] == 2
+    assert sum(c["cost_micros"] for c in rows.calls) == 2
+    assert sum(d["cost_micros"] for d in rows.usage["call_details"]) == 2
+
+
+def test_caller_documents_lose_every_key_that_could_hold_a_secret_or_text() -> None:
+    from turnledger.store.record import _scrub
+
+    document = {
+        "x-api-key": "sk-1",
+        "openai_api_key": "sk-2",
+        "bearer_token": "t",
+        "user_prompt": "hi",
+        "messages_preview": "hi",
+        "Authorization": "Bearer x",
+        "nested": [{"system_message": "s", "prompt_tokens": 3}],
+        "prompt_tokens": 10,
+        "cost_usd": "0.1",
+        "model": "gpt-4o-mini",
+    }
+    assert _scrub(document) == {
+        "nested": [{"prompt_tokens": 3}],
+        "prompt_tokens": 10,
+        "cost_usd": "0.1",
+        "model": "gpt-4o-mini",
+    }

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator
-from turnledger.money import micros_from_usd, sum_costs, to_decimal
+from turnledger.money import micros_from_usd, split_micros, sum_costs, to_decimal
 from turnledger.records import MICROS_PER_USD, CallStatus, TokenCallRecord
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
@@ -35,29 +35,20 @@ Database = AsyncSession | AsyncConnection
 INSERT_CHUNK = 500
 """Turn rows per INSERT statement: ~30 parameters each stays far below both backends' limits."""
 
-_SECRET_KEYS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "api-key",
-        "authorization",
-        "auth",
-        "headers",
-        "extra_headers",
-        "messages",
-        "prompt",
-        "input",
-        "content",
-        "completion",
-        "text",
-        "response",
-        "system",
-        "password",
-        "secret",
-        "token",
-    }
-)
-"""Keys dropped from caller-supplied JSON documents: whatever sits under them may be a key or a prompt."""
+_SECRET_KEY_PARTS = ("key", "auth", "secret", "passw", "header", "cookie", "credential", "bearer", "signature", "token")
+_TEXT_KEY_PARTS = ("prompt", "message", "content", "completion", "input", "text", "response", "system", "output")
+_COUNT_KEY_SUFFIXES = ("_tokens", "tokens", "_count", "_calls", "_micros", "_usd", "_ms")
+"""Caller-supplied JSON documents keep a key only if it cannot hold a secret or a text: a key naming a
+count or a figure (``prompt_tokens``, ``cost_usd``) is kept; any other key that mentions a secret
+(``x-api-key``, ``bearer_token``) or a text (``user_prompt``, ``messages_preview``) is dropped with
+what sits under it. Matching parts of names, not whole names, is what catches the variants."""
+
+
+def _sensitive_key(key: object) -> bool:
+    name = str(key).lower()
+    if name.endswith(_COUNT_KEY_SUFFIXES):
+        return False
+    return any(part in name for part in _SECRET_KEY_PARTS + _TEXT_KEY_PARTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +72,13 @@ def call_row(
     thread_id: str | None,
     tenant_id: str | None,
     created_at: datetime,
+    cost_micros: int | None = None,
 ) -> dict[str, Any]:
-    """The ``token_usage_calls`` row of one call (without ``usage_id``)."""
+    """The ``token_usage_calls`` row of one call (without ``usage_id``).
+
+    ``cost_micros`` is the call's share of its turn's rounded micros (see ``split_micros``), so that
+    the call rows of a turn add up to its ``cost_micros``; alone, a call rounds its own cost.
+    """
     return {
         "seq": seq,
         "call_id": record.call_id,
@@ -100,7 +96,7 @@ def call_row(
         "image_input_tokens": record.image_input_tokens,
         "image_output_tokens": record.image_output_tokens,
         "cost_usd": record.cost_usd,
-        "cost_micros": record.cost_micros,
+        "cost_micros": record.cost_micros if cost_micros is None else cost_micros,
         "cost_source": record.cost_source.value,
         "started_at": record.started_at,
         "latency_ms": record.latency_ms,
@@ -139,6 +135,8 @@ def turn_rows(
     when = _aware(created_at or turn.created_at)
     records = list(turn)
     user_id, thread_id, tenant_id = _opt_str(turn.user_id), _opt_str(turn.thread_id), _opt_str(turn.tenant_id)
+    # Rounded once for the turn, then shared out: the call rows' micros add up to the turn's.
+    micros = split_micros([r.cost_usd for r in records])
     calls = [
         call_row(
             record,
@@ -148,8 +146,9 @@ def turn_rows(
             thread_id=thread_id,
             tenant_id=tenant_id,
             created_at=when,
+            cost_micros=share,
         )
-        for seq, record in enumerate(records)
+        for seq, (record, share) in enumerate(zip(records, micros, strict=True))
     ]
     cost, unpriced = sum_costs(r.cost_usd for r in records)
     usage = {
@@ -173,7 +172,9 @@ def turn_rows(
         "failed_calls": sum(1 for r in records if r.status is CallStatus.FAILURE),
         "abandoned_calls": sum(1 for r in records if r.status is CallStatus.ABANDONED),
         "model_breakdown": _json_safe(turn.per_message_summary()) if records else {},
-        "call_details": [record.to_dict() for record in records],
+        "call_details": [
+            {**record.to_dict(), "cost_micros": share} for record, share in zip(records, micros, strict=True)
+        ],
         "created_at": when,
         "recorded_at": _aware(recorded_at or datetime.now(UTC)),
     }
@@ -398,7 +399,7 @@ def _json_safe(value: Any) -> Any:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: _scrub(v) for k, v in value.items() if str(k).lower() not in _SECRET_KEYS}
+        return {k: _scrub(v) for k, v in value.items() if not _sensitive_key(k)}
     if isinstance(value, list):
         return [_scrub(v) for v in value]
     return value
