@@ -280,7 +280,8 @@ class TokenTrackingCallback(CustomLogger):
         stream = bool(kwargs.get("stream"))
         ttft = _ms_between(started, _utc(kwargs.get("completion_start_time"))) if stream else None
 
-        counts = normalize_usage(response_obj) if status is CallStatus.SUCCESS else normalize_usage(None)
+        # A failure usually carries no response; one that does (billed, then refused) is priced by its usage.
+        counts = normalize_usage(response_obj)
         flags.extend(counts.flags)
         if status is CallStatus.SUCCESS and not counts.present:
             flags.append(RecordFlag.USAGE_MISSING)
