@@ -104,7 +104,9 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
-@credits_app.command("balance")
+@credits_app.command(
+    "balance", epilog=("Examples:\n\n  turnledger credits balance u-42\n\n  turnledger credits balance u-42 --json\n\n")
+)
 def balance(account: AccountArg, database_url: DatabaseUrlOption = None, as_json: JsonOption = False) -> None:
     """Show an account's balance, held credits, overdraft limit and what is available."""
     result = _run(lambda ledger: ledger.balance(account), database_url)
@@ -125,7 +127,14 @@ def balance(account: AccountArg, database_url: DatabaseUrlOption = None, as_json
     )
 
 
-@credits_app.command("grant")
+@credits_app.command(
+    "grant",
+    epilog=(
+        "Examples:\n\n"
+        '  turnledger credits grant u-42 10 --key invoice-2026-11-0042 --note "November top-up"\n\n'
+        "  turnledger credits grant u-42 2.50 --key refund-1234\n\n"
+    ),
+)
 def grant(
     account: AccountArg,
     amount: Annotated[str, typer.Argument(help="USD to add, e.g. 10 or 2.50.")],
@@ -147,7 +156,14 @@ def grant(
     _say(f"{entry.account}: {verb} {_money(entry.amount)}, balance {_money(entry.balance_after)} (key {entry.key})")
 
 
-@credits_app.command("history")
+@credits_app.command(
+    "history",
+    epilog=(
+        "Examples:\n\n"
+        "  turnledger credits history u-42 --since 7d\n\n"
+        "  turnledger credits history u-42 --limit 10 --json\n\n"
+    ),
+)
 def history(
     account: AccountArg,
     since: Annotated[str | None, typer.Option("--since", help="e.g. 7d, 24h, 2026-11-01.")] = None,
@@ -175,7 +191,9 @@ def history(
         )
 
 
-@credits_app.command("verify")
+@credits_app.command(
+    "verify", epilog=("Examples:\n\n  turnledger credits verify\n\n  turnledger credits verify --account u-42\n\n")
+)
 def verify(
     account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
     database_url: DatabaseUrlOption = None,
@@ -205,7 +223,10 @@ def verify(
         raise typer.Exit(EXIT_FAILED)
 
 
-@credits_app.command("expire")
+@credits_app.command(
+    "expire",
+    epilog=("Examples:\n\n  turnledger credits expire\n\n  turnledger credits expire --account u-42 --json\n\n"),
+)
 def expire(
     account: Annotated[str | None, typer.Option("--account", help="Only this account.")] = None,
     database_url: DatabaseUrlOption = None,

@@ -28,7 +28,14 @@ OutboxOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  turnledger replay                  (./turnledger-outbox, or $TURNLEDGER_OUTBOX_DIR)\n\n"
+        "  turnledger replay --outbox /var/lib/app/turnledger-outbox --database-url postgresql://app@db/app\n\n"
+        "Safe to run twice and next to running writers: stored turns are skipped, live writers' files left alone."
+    )
+)
 def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Write the turns left in an outbox (by writers that stopped or could not reach the database)."""
     from turnledger.store.outbox import outbox_dir, segment_writer
