@@ -23,7 +23,7 @@ from turnledger.accumulator import (
     start_turn,
 )
 from turnledger.callback import TokenTrackingCallback, install, is_installed, token_tracker, uninstall
-from turnledger.credits import CreditLedger, Reservation, TurnCharge, UnpricedCallsError, credit_scope
+from turnledger.credits import CreditLedger, Reservation, TurnCharge, TurnKeyReused, UnpricedCallsError, credit_scope
 from turnledger.errors import (
     ConfigurationError,
     CreditError,
@@ -71,6 +71,7 @@ __all__ = [
     "TokenCallRecord",
     "TokenTrackingCallback",
     "TurnCharge",
+    "TurnKeyReused",
     "TurnRows",
     "TurnTokenAccumulator",
     "TurnledgerError",

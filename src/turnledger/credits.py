@@ -739,6 +739,19 @@ class CreditLedger:
 
 
 # -- the turn tie-in -----------------------------------------------------------------------------
+class TurnKeyReused(CreditError):
+    """A :class:`credit_scope` was opened with a reservation key that was already used.
+
+    Running the turn again would make real (billed) provider calls that the replayed settle could
+    never charge, so the block is not run. A retried request should answer from its first attempt,
+    or open a scope with a new key to be charged again. :attr:`reservation` is the first attempt's.
+    """
+
+    def __init__(self, message: str, reservation: Reservation) -> None:
+        super().__init__(message)
+        self.reservation = reservation
+
+
 class UnpricedCallsError(CreditError):
     """A turn under ``unpriced="error"`` made calls nobody could price. Its priced part was settled;
     :attr:`charge` says what was charged and how many calls were left unpriced."""
@@ -795,11 +808,11 @@ class credit_scope:
     :attr:`charge` either way; under ``"error"`` an :class:`UnpricedCallsError` is raised after the
     priced part is settled (unless the block already raised).
 
-    The reservation key defaults to ``turn:<turn_id>``: pass ``key`` (or a ``turn_id``) that is
-    stable across retries of one request and a retried turn neither reserves nor charges twice
-    (the retry's own calls are then not charged: the request is billed once, as the first
-    attempt's settle said). Late events, after the turn closed, change nothing: the turn's
-    totals, and so the charge, are fixed when it closes.
+    The reservation key defaults to ``turn:<turn_id>``. Pass a ``key`` that is stable across retries
+    of one request and a retry neither reserves nor charges twice: its entry raises
+    :class:`TurnKeyReused` before the block runs, because the block's calls would cost real money
+    that the first attempt's settle could never charge. Late events, after the turn closed, change
+    nothing: the turn's totals, and so the charge, are fixed when it closes.
 
     Why a scope of its own rather than a ``credits=`` argument on :class:`scoped_turn`: the
     accumulator stays free of the database, and a refused reservation is an ordinary exception
@@ -835,6 +848,12 @@ class credit_scope:
         self.reservation = await self.ledger.reserve(
             self.account, self.estimate, self.key, turn_id=self.turn.turn_id, ttl=self.ttl
         )
+        if self.reservation.replayed:
+            raise TurnKeyReused(
+                f"reservation key {self.key!r} was already used (turn {self.reservation.turn_id}); "
+                "the turn is not run again, so nothing is spent that could not be charged",
+                self.reservation,
+            )
         return await self._scope.__aenter__()
 
     async def __aexit__(

@@ -10,7 +10,7 @@ import litellm
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from turnledger import CreditLedger, InsufficientCredits, UnpricedCallsError, credit_scope
+from turnledger import CreditLedger, InsufficientCredits, TurnKeyReused, UnpricedCallsError, credit_scope
 from turnledger.credits import EntryKind
 from turnledger.fake_provider import FakeProvider
 from turnledger.records import CallStatus, CostSource
@@ -50,12 +50,14 @@ async def test_a_turn_is_charged_its_exact_cost_once(
     balance = await ledger.balance("u-1")
     assert (balance.balance, balance.held) == (Decimal("0.999928"), Decimal(0))
 
-    # The same request retried: the reservation and the settle are replayed, nothing is charged twice.
+    # The same request retried: refused before its block runs, so it spends nothing it cannot charge.
+    requests_before = len(fake_provider.requests)
     retry = credit_scope(ledger, account="u-1", estimate=ESTIMATE, key="req-1")
-    async with retry:
-        await litellm.acompletion(model="openai/gpt-4o", messages=MESSAGES, **provider_kwargs)
-    assert retry.charge is not None and retry.charge.entry.replayed
-    assert retry.charge.entry == scope.charge.entry
+    with pytest.raises(TurnKeyReused) as refused:
+        async with retry:
+            await litellm.acompletion(model="openai/gpt-4o", messages=MESSAGES, **provider_kwargs)
+    assert refused.value.reservation.turn_id == turn.turn_id
+    assert len(fake_provider.requests) == requests_before
     assert (await ledger.balance("u-1")).balance == Decimal("0.999928")
     assert (await ledger.verify()).ok
 
