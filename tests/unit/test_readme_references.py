@@ -1,0 +1,26 @@
+"""The README stays true to the code: the set-up commands it promises and every test it cites exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_shows_the_two_commands_and_the_makefile_has_them() -> None:
+    assert "make demo" in README and "make test" in README
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^demo:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
+
+
+def test_every_test_the_readme_cites_exists() -> None:
+    files = set(re.findall(r"(tests/[a-z_/]+\.py)", README))
+    names = set(re.findall(r"`(test_[a-z0-9_]+)`", README)) | set(re.findall(r"::(test_[a-z0-9_]+)", README))
+    assert files and names
+    missing_files = sorted(f for f in files if not (ROOT / f).is_file())
+    assert missing_files == []
+    defined = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("test_*.py"))
+    missing = sorted(n for n in names if not re.search(rf"def {n}\(", defined))
+    assert missing == []
