@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
+from rich.console import JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -132,7 +133,7 @@ async def _demo(url: str | None, *, quiet: bool, history_days: int) -> None:
         console.print(next_steps(time.perf_counter() - began))
 
 
-TURN_COLUMNS: tuple[tuple[str, str], ...] = (
+TURN_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("model", "left"),
     ("call", "left"),
     ("in", "right"),
@@ -176,7 +177,7 @@ def turn_tables(turns: list[DemoTurn]) -> list[Table]:
             box=None,
         )
         for (header, justify), width in zip(TURN_COLUMNS, widths, strict=True):
-            table.add_column(header, justify=justify, no_wrap=True, min_width=width)  # type: ignore[arg-type]
+            table.add_column(header, justify=justify, no_wrap=True, min_width=width)
         for row in rows:
             table.add_row(*row)
         tables.append(table)
@@ -184,8 +185,12 @@ def turn_tables(turns: list[DemoTurn]) -> list[Table]:
 
 
 def turn_note(records: list[TokenCallRecord]) -> str:
-    if any(r.status is CallStatus.ABANDONED for r in records):
-        return "\n[dim]no end event ever came; kept as abandoned, input estimated, output unseen[/]"
+    abandoned = [r for r in records if r.status is CallStatus.ABANDONED]
+    if abandoned:
+        estimated = all(r.cost_source is CostSource.ESTIMATED for r in abandoned)
+        return "\n[dim]no end event ever came; kept as abandoned" + (
+            ", input estimated, output unseen[/]" if estimated else "[/]"
+        )
     if any(r.cost_usd is None for r in records):
         return "\n[dim]no price list knows this model: unpriced, not $0 (add it to a price table)[/]"
     return ""
@@ -214,6 +219,7 @@ def summary_line(records: Iterable[TokenCallRecord]) -> str:
 
 def next_steps(elapsed_s: float) -> str:
     installed = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    installed |= {g.name or "" for g in app.registered_groups}  # `credits` is a group of commands
     lines = [f"\n[bold]What to try next[/] [dim](demo took {elapsed_s:.1f} s)[/]"]
     lines += [f"  {example}" for command, example in NEXT_STEPS if command in installed]
     lines.append("  In your app: README.md, 'Use it in your app' (scoped_turn, record_turn)")
