@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import litellm
+import pytest
+
+import turnledger
+from turnledger import subscribers
 from turnledger.fake_provider import FakeProvider
 
 from .cli_run import invoke, run_cli
@@ -50,3 +56,45 @@ def test_the_readme_example_records_a_turn_the_report_then_shows(fake_provider: 
     assert report.exit_code == 0, report.output
     [row] = json.loads(report.stdout)
     assert (row["key"], row["calls"], row["total_tokens"], row["cost_usd"]) == ("u-42", 2, 18, "0.00000443")
+
+
+def readme_proxy_module() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## With the LiteLLM proxy") :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the README lost its proxy callback module"
+    return match.group(1)
+
+
+async def test_the_readme_proxy_module_loads_as_the_proxy_loads_it_and_logs_each_call(
+    fake_provider: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything short of the proxy server: LiteLLM's own loader for `callbacks:` entries, then a call."""
+    from litellm.proxy.types_utils.utils import get_instance_fn
+
+    monkeypatch.setattr(subscribers, "_global_subscribers", ())  # the module subscribes globally
+    ledger = tmp_path / "calls.jsonl"
+    module = readme_proxy_module()
+    assert '"/var/log/turnledger/calls.jsonl"' in module
+    (tmp_path / "custom_callbacks.py").write_text(module.replace("/var/log/turnledger/calls.jsonl", str(ledger)))
+    (tmp_path / "config.yaml").write_text("litellm_settings:\n  callbacks: custom_callbacks.proxy_handler_instance\n")
+
+    handler = get_instance_fn("custom_callbacks.proxy_handler_instance", config_file_path=str(tmp_path / "config.yaml"))
+    assert isinstance(handler, turnledger.TokenTrackingCallback)
+    turnledger.install(handler)  # what the proxy does with the instances it loads: litellm.callbacks
+    await litellm.acompletion(
+        model="openai/gpt-4o-mini",
+        messages=[{"role": "user", "content": "What is a token?"}],
+        api_base=fake_provider.base_url,
+        api_key="sk-fake-not-a-real-key",
+    )
+    for _ in range(200):  # the success callback runs just after the call returns
+        if ledger.exists() and ledger.read_text():
+            break
+        await asyncio.sleep(0.01)
+    [line] = [json.loads(raw) for raw in ledger.read_text().splitlines()]
+    assert "turn" not in line  # no scoped_turn in a proxy: one line per call, no turn labels
+    call = line["call"]
+    assert (call["model"], call["prompt_tokens"], call["completion_tokens"]) == ("gpt-4o-mini", 9, 5)
+    assert (call["cost_usd"], call["cost_source"]) == ("0.00000435", "response_cost")
+    assert "sk-fake" not in ledger.read_text() and "What is a token" not in ledger.read_text()
