@@ -20,14 +20,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SCHEMA_MISSING, fail
 from turnledger.config import database_url
 from turnledger.errors import ConfigurationError, SchemaMissingError, StorageError
+from turnledger.store.engine import is_schema_missing
 
 T = TypeVar("T")
 
 MIGRATE_HINT = "run `turnledger migrate` first (with the same --database-url)"
 
-# "no such table: x" (SQLite) and 'relation "x" does not exist' (PostgreSQL).
+# asyncpg's connect() refusing a URL query option it does not know (libpq's sslmode=, a typo).
 _UNKNOWN_CONNECT_ARG = re.compile(r"connect\(\) got an unexpected keyword argument '([^']+)'")
-_MISSING_TABLE = re.compile(r"no such table|relation \"[^\"]+\" does not exist|UndefinedTable", re.IGNORECASE)
 
 
 def shown_url(url: str | URL | None) -> str:
@@ -65,7 +65,7 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
         return f"cannot read database URL {where!r}: {exc}", EXIT_BAD_INPUT
     if isinstance(exc, DBAPIError):
         detail = _first_line(str(exc.orig) if exc.orig is not None else str(exc))
-        if _MISSING_TABLE.search(str(exc)):
+        if is_schema_missing(exc):
             return f"turnledger's tables are missing in {where} ({detail}): {MIGRATE_HINT}", EXIT_SCHEMA_MISSING
         return f"database {where}: {detail}", EXIT_FAILED
     if isinstance(exc, StorageError):
