@@ -15,6 +15,9 @@ from turnledger import (
     RecordFlag,
     TokenCallRecord,
     TurnTokenAccumulator,
+    make_engine,
+    record_turn,
+    session_factory,
 )
 
 DAY1 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -170,3 +173,15 @@ def report_turns() -> list[tuple[TurnTokenAccumulator, datetime]]:
             DAY3,
         ),
     ]
+
+
+async def record_report_turns(url: str) -> None:
+    """Record :func:`report_turns` into the database at ``url`` (migrated), each on its own day."""
+    engine = make_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            for turn, when in report_turns():
+                await record_turn(session, turn, usage_type="chat", created_at=when)
+            await session.commit()
+    finally:
+        await engine.dispose()

@@ -10,24 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from turnledger.store.engine import make_engine, session_factory
-from turnledger.store.record import record_turn
-
 from .cli_run import invoke, run_cli
-from .store_data import report_turns
+from .store_data import record_report_turns
 
 RANGE = ("--since", "2026-11-01", "--until", "2026-11-05")
-
-
-async def _seed(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        async with session_factory(engine)() as session:
-            for turn, when in report_turns():
-                await record_turn(session, turn, usage_type="chat", created_at=when)
-            await session.commit()
-    finally:
-        await engine.dispose()
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -44,7 +30,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_chart_data_is_exact_per_day_and_model(database_url: str) -> None:
-    asyncio.run(_seed(database_url))
+    asyncio.run(record_report_turns(database_url))
     result = invoke("chart", *RANGE, "--format", "json", "--database-url", database_url)
     assert result.exit_code == 0, result.output
     rows = [(r["day"], r["model"], r["cost_usd"], r["unpriced_calls"]) for r in json.loads(result.stdout)]
@@ -64,7 +50,7 @@ def test_chart_data_is_exact_per_day_and_model(database_url: str) -> None:
 
 
 def test_chart_in_the_terminal_reads_at_80_columns(database_url: str) -> None:
-    asyncio.run(_seed(database_url))
+    asyncio.run(record_report_turns(database_url))
     result = invoke("chart", *RANGE, "--database-url", database_url)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -92,7 +78,7 @@ def test_chart_in_the_terminal_reads_at_80_columns(database_url: str) -> None:
 # Drawing does not depend on the backend (the figures are checked on both above): one subprocess.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_chart_renders_a_png_of_the_requested_size(database_url: str, tmp_path: Path) -> None:
-    asyncio.run(_seed(database_url))
+    asyncio.run(record_report_turns(database_url))
     png = tmp_path / "spend.png"
     result = run_cli("chart", *RANGE, "--output", str(png), "--size", "640x360", "--database-url", database_url)
     assert result.returncode == 0, result.stderr
@@ -101,7 +87,7 @@ def test_chart_renders_a_png_of_the_requested_size(database_url: str, tmp_path: 
 
 
 def test_chart_html_and_svg_files(database_url: str, tmp_path: Path) -> None:
-    asyncio.run(_seed(database_url))
+    asyncio.run(record_report_turns(database_url))
     page = tmp_path / "spend.html"
     assert invoke("chart", *RANGE, "--output", str(page), "--database-url", database_url).exit_code == 0
     text = page.read_text()

@@ -21,12 +21,12 @@ from .cli_run import invoke, run_cli
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_example() -> str:
-    """The first Python block after the "Use it in your app" heading."""
+def readme_python(heading: str) -> str:
+    """The first Python block after ``heading`` in the README."""
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Use it in your app") :]
+    section = text[text.index(heading) :]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the README lost its integration example"
+    assert match is not None, f"the README lost its example under {heading!r}"
     return match.group(1)
 
 
@@ -36,7 +36,7 @@ def test_the_readme_example_records_a_turn_the_report_then_shows(fake_provider: 
     assert migrated.returncode == 0, migrated.stderr
 
     script = tmp_path / "app.py"
-    script.write_text(readme_example(), encoding="utf-8")
+    script.write_text(readme_python("## Use it in your app"), encoding="utf-8")
     env = {
         "TURNLEDGER_DATABASE_URL": url,
         # LiteLLM's own settings for the OpenAI endpoint: the example's code is untouched.
@@ -58,14 +58,6 @@ def test_the_readme_example_records_a_turn_the_report_then_shows(fake_provider: 
     assert (row["key"], row["calls"], row["total_tokens"], row["cost_usd"]) == ("u-42", 2, 18, "0.00000443")
 
 
-def readme_proxy_module() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## With the LiteLLM proxy") :]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the README lost its proxy callback module"
-    return match.group(1)
-
-
 async def test_the_readme_proxy_module_loads_as_the_proxy_loads_it_and_logs_each_call(
     fake_provider: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -74,7 +66,7 @@ async def test_the_readme_proxy_module_loads_as_the_proxy_loads_it_and_logs_each
 
     monkeypatch.setattr(subscribers, "_global_subscribers", ())  # the module subscribes globally
     ledger = tmp_path / "calls.jsonl"
-    module = readme_proxy_module()
+    module = readme_python("## With the LiteLLM proxy")
     assert '"/var/log/turnledger/calls.jsonl"' in module
     (tmp_path / "custom_callbacks.py").write_text(module.replace("/var/log/turnledger/calls.jsonl", str(ledger)))
     (tmp_path / "config.yaml").write_text("litellm_settings:\n  callbacks: custom_callbacks.proxy_handler_instance\n")

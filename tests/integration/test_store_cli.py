@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from turnledger import record_turn, session_factory
 from turnledger.cli import app
 from turnledger.store import migrate
-from turnledger.store.engine import make_engine
 
 from .conftest import BACKENDS, PG_ADMIN_DSN, create_pg_database, drop_pg_database
-from .store_data import report_turns
+from .store_data import record_report_turns
 
 runner = CliRunner()
 
@@ -33,17 +31,6 @@ def one_line_error(result: Result) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     return lines[0]
-
-
-async def _seed(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        async with session_factory(engine)() as session:
-            for turn, when in report_turns():
-                await record_turn(session, turn, usage_type="chat", created_at=when)
-            await session.commit()
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,7 +51,7 @@ def test_migrate_then_report_every_format(fresh_url: str) -> None:
     assert f"is at revision {migrate.head_revision()}" in result.stdout
     assert invoke("migrate", "--database-url", fresh_url).exit_code == 0  # again: nothing to do, no error
 
-    asyncio.run(_seed(fresh_url))
+    asyncio.run(record_report_turns(fresh_url))
 
     as_json = invoke("report", "--by", "model", "--format", "json", "--database-url", fresh_url)
     assert as_json.exit_code == 0, as_json.output
