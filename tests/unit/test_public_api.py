@@ -1,0 +1,101 @@
+"""The public API is a promise: these names, re-exported from ``turnledger``, and one exception root."""
+
+from __future__ import annotations
+
+import inspect
+
+import turnledger
+
+PUBLIC_API = [
+    "BatchWriter",
+    "CallKind",
+    "CallStatus",
+    "ConfigurationError",
+    "CostSource",
+    "CreditError",
+    "CreditLedger",
+    "InsufficientCredits",
+    "JsonlLedger",
+    "ModelMetadata",
+    "ModelPrice",
+    "PendingCall",
+    "PriceMap",
+    "PriceMapOrigin",
+    "PriceTable",
+    "RecordFlag",
+    "ReplayReport",
+    "ReportBy",
+    "ReportRow",
+    "Reservation",
+    "SchemaMissingError",
+    "StorageError",
+    "TokenCallRecord",
+    "TokenTrackingCallback",
+    "TurnCharge",
+    "TurnKeyReused",
+    "TurnRows",
+    "TurnTokenAccumulator",
+    "TurnledgerError",
+    "UnpricedCallsError",
+    "__version__",
+    "credit_scope",
+    "get_current_accumulator",
+    "insert_turn_rows",
+    "install",
+    "is_installed",
+    "load_price_map",
+    "make_engine",
+    "record_token_usage",
+    "record_turn",
+    "refresh_price_map",
+    "register_model_usage_metadata",
+    "replay_outbox",
+    "reports",
+    "scoped_turn",
+    "session_factory",
+    "start_turn",
+    "subscribe",
+    "token_tracker",
+    "turn_rows",
+    "uninstall",
+    "usage_report",
+]
+
+SEED_NAMES = {
+    # Applications written against the seed import these; they must never move or be renamed.
+    "TokenTrackingCallback",
+    "token_tracker",
+    "install",
+    "uninstall",
+    "TurnTokenAccumulator",
+    "TokenCallRecord",
+    "scoped_turn",
+    "start_turn",
+    "get_current_accumulator",
+    "register_model_usage_metadata",
+    "record_token_usage",
+}
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    assert turnledger.__all__ == PUBLIC_API
+    assert sorted(turnledger.__all__) == turnledger.__all__
+
+
+def test_every_public_name_resolves() -> None:
+    for name in turnledger.__all__:
+        assert getattr(turnledger, name) is not None, name
+
+
+def test_seed_names_are_kept() -> None:
+    assert set(turnledger.__all__) >= SEED_NAMES
+
+
+def test_every_exception_has_one_root() -> None:
+    errors = [
+        obj
+        for name in turnledger.__all__
+        if inspect.isclass(obj := getattr(turnledger, name)) and issubclass(obj, BaseException)
+    ]
+    assert errors
+    assert all(issubclass(e, turnledger.TurnledgerError) for e in errors)
