@@ -117,6 +117,8 @@ def test_entry_point_errors_are_one_line_with_exit_codes_1_2_3(tmp_path: Path, n
             "the driver takes no 'sslmode' option (asyncpg spells TLS ?ssl=require)",
         ),
         (["prices", " "], "prices: a model name is empty"),
+        (["chart", "--format", "xml"], "--format: 'xml' is not one of table, json, csv"),
+        (["prices", "gpt-4o-mini", "-f", "yaml"], "--format: 'yaml' is not one of table, json, csv"),
     ],
 )
 def test_bad_option_values_exit_2_with_one_line(args: list[str], message: str) -> None:
@@ -146,7 +148,7 @@ def test_a_sqlite_file_that_is_not_there_is_not_created_but_reported(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    "args", [["chart", "--format", "xml"], ["prices", "gpt-4o-mini", "--prompt-tokens", "-5"], ["demo", "--bogus"]]
+    "args", [["prices", "gpt-4o-mini", "--prompt-tokens", "-5"], ["demo", "--bogus"], ["chart", "--size"]]
 )
 def test_option_parser_errors_exit_2_without_traceback(args: list[str]) -> None:
     result = invoke(*args)

@@ -21,7 +21,7 @@ from turnledger.cli.app import (
     parse_when,
 )
 from turnledger.cli.db import refuse_missing_sqlite_file, run_db
-from turnledger.cli.output import FormatOption, OutputFormat, emit
+from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
 
 if TYPE_CHECKING:
     from turnledger.cli.chart_data import DailySpend
@@ -54,10 +54,11 @@ def chart(
         Path | None, typer.Option("--output", "-o", help="Write a .png, .svg or .html file instead.", dir_okay=False)
     ] = None,
     size: Annotated[str, typer.Option("--size", help="Image size in pixels, WIDTHxHEIGHT.")] = "1200x600",
-    fmt: FormatOption = OutputFormat.TABLE,
+    output_format: FormatOption = "table",
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Daily spend stacked by model (or user, thread, tenant): bars in the terminal, or an image file."""
+    fmt = as_format(output_format)
     from turnledger.cli.chart_data import CHART_GROUPINGS
     from turnledger.cli.chart_render import FILE_SUFFIXES, parse_size
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, fail
-from turnledger.cli.output import FormatOption, OutputFormat, emit, per_million, usd
+from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit, per_million, usd
 from turnledger.errors import ConfigurationError
 from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.usage import TokenCounts
@@ -109,9 +109,10 @@ def prices(
             dir_okay=False,
         ),
     ] = None,
-    fmt: FormatOption = OutputFormat.TABLE,
+    output_format: FormatOption = "table",
 ) -> None:
     """The rates turnledger would price MODEL at, where they come from, and a sample call's cost."""
+    fmt = as_format(output_format)
     names = [m.strip() for m in models]
     if any(not m for m in names):
         fail("prices: a model name is empty", EXIT_BAD_INPUT)

@@ -20,7 +20,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from turnledger.cli.app import console
+from turnledger.cli.app import EXIT_BAD_INPUT, console, fail
 
 UNPRICED = "unpriced"
 
@@ -31,10 +31,15 @@ class OutputFormat(StrEnum):
     CSV = "csv"
 
 
-FormatOption = Annotated[
-    OutputFormat,
-    typer.Option("--format", "-f", help="table (for people), json or csv (for scripts).", case_sensitive=False),
-]
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="table (for people), json or csv (for scripts).")]
+"""Read with :func:`as_format`, which answers a bad value with a one-line error like every other flag."""
+
+
+def as_format(text: str) -> OutputFormat:
+    try:
+        return OutputFormat(text.strip().lower())
+    except ValueError:
+        fail(f"--format: {text!r} is not one of {', '.join(f.value for f in OutputFormat)}", EXIT_BAD_INPUT)
 
 
 def usd(value: Decimal | None, *, min_places: int = 0) -> str:
@@ -128,4 +133,14 @@ def default_cell(key: str, value: Any) -> str:
     return str(plain(value))
 
 
-__all__ = ["UNPRICED", "FormatOption", "OutputFormat", "default_cell", "emit", "per_million", "plain", "usd"]
+__all__ = [
+    "UNPRICED",
+    "FormatOption",
+    "OutputFormat",
+    "as_format",
+    "default_cell",
+    "emit",
+    "per_million",
+    "plain",
+    "usd",
+]
