@@ -22,13 +22,12 @@ from turnledger.cli.app import (
     parse_when,
 )
 from turnledger.cli.db import refuse_missing_sqlite_file, run_db, shown_url
-from turnledger.cli.output import OutputFormat, emit
+from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
 from turnledger.errors import ConfigurationError
 from turnledger.store import migrate as migrations
 from turnledger.store.engine import make_engine, resolve_url, session_factory
 from turnledger.store.reports import ReportBy, ReportRow, usage_report
 
-FORMATS = ("table", "json", "csv")
 ALWAYS_SHOWN = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
 TABLE_COLUMNS = (
     ("calls", "calls"),
@@ -76,7 +75,7 @@ def report_command(
     until: Annotated[str | None, typer.Option("--until", help="Exclusive end, same forms as --since.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user id.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant id.")] = None,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
+    output_format: FormatOption = "table",
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Calls, tokens and exact cost per model, user, thread, tenant or day."""
@@ -84,8 +83,7 @@ def report_command(
         grouping = ReportBy(by.lower())
     except ValueError:
         fail(f"--by: {by!r} is not one of {', '.join(b.value for b in ReportBy)}", EXIT_BAD_INPUT)
-    if output_format.lower() not in FORMATS:
-        fail(f"--format: {output_format!r} is not one of {', '.join(FORMATS)}", EXIT_BAD_INPUT)
+    fmt = as_format(output_format)
     start = parse_when(since, option="--since")
     end = parse_when(until, option="--until")
     url = _resolve(database_url)
@@ -93,10 +91,9 @@ def report_command(
     # One query, so no measurable progress: a spinner on a terminal, nothing when piped.
     with err_console.status("reading usage", spinner="dots") if is_terminal() else nullcontext():
         rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), url)
-    fmt = output_format.lower()
-    if fmt == "json":
+    if fmt is OutputFormat.JSON:
         typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
-    elif fmt == "csv":
+    elif fmt is OutputFormat.CSV:
         typer.echo(_csv(rows), nl=False)
     else:
         _table(grouping, rows)
