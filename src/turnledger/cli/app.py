@@ -24,6 +24,7 @@ EXIT_SCHEMA_MISSING = 3
 app = typer.Typer(
     name="turnledger",
     help="Per-turn LLM token and cost accounting for LiteLLM applications.",
+    epilog="New here? `turnledger demo` records a few turns from a local fake provider: no key, no network.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
