@@ -3,7 +3,7 @@
 For turns of three real LiteLLM calls to the local fake provider, measures the time from the
 return of the turn's last ``await`` to the end of ``async with scoped_turn(...)``: that is the
 latency the wait adds. Sequential turns and 50 concurrent turns, p50 / p99 / max, side by side with
-``settle_timeout=0`` (no wait), whose lost last-calls show why the wait exists.
+both deadlines at 0 (no wait), whose lost last-calls show why the wait exists.
 
     python -m bench.scope_exit_bench        (TURNLEDGER_BENCH_TURNS=N to resize)
 """
@@ -29,9 +29,12 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _turn(kwargs: dict[str, Any], settle_timeout: float) -> tuple[float, int, int]:
-    """(exit wait ms, calls in the turn, calls that arrived late)."""
-    async with turnledger.scoped_turn(settle_timeout=settle_timeout) as turn:
+async def _turn(kwargs: dict[str, Any], settle_timeout: float | None) -> tuple[float, int, int]:
+    """(exit wait ms, calls in the turn, calls that arrived late). ``None``: the default deadlines."""
+    turn = turnledger.TurnTokenAccumulator()
+    if settle_timeout is not None:
+        turn.settle_timeout = turn.logging_timeout = settle_timeout
+    async with turnledger.scoped_turn(turn=turn):
         for _ in range(3):
             await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **kwargs)
         before_exit = time.perf_counter()
@@ -40,7 +43,7 @@ async def _turn(kwargs: dict[str, Any], settle_timeout: float) -> tuple[float, i
     return wait_ms, succeeded, len(turn.late_calls)
 
 
-async def _run(kwargs: dict[str, Any], turns: int, concurrency: int, settle_timeout: float) -> dict[str, float]:
+async def _run(kwargs: dict[str, Any], turns: int, concurrency: int, settle_timeout: float | None) -> dict[str, float]:
     waits: list[float] = []
     captured = 0
     semaphore = asyncio.Semaphore(concurrency)
@@ -68,11 +71,11 @@ async def _main() -> None:
     with FakeProvider() as provider:
         kwargs = {"api_base": provider.base_url, "api_key": "sk-bench"}
         turnledger.install()
-        await _run(kwargs, 20, 5, 2.0)  # warm-up: LiteLLM's first calls are slow
+        await _run(kwargs, 20, 5, None)  # warm-up: LiteLLM's first calls are slow
         print(f"{turns} turns x 3 calls each; exit wait = last await returned -> scope exited")
         print(f"{'mode':<34}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'calls kept in turn':>22}")
         for concurrency in (1, 50):
-            for label, timeout in (("wait (settle_timeout=2s)", 2.0), ("no wait (settle_timeout=0)", 0.0)):
+            for label, timeout in (("wait (default deadlines)", None), ("no wait (both deadlines 0)", 0.0)):
                 r = await _run(kwargs, turns, concurrency, timeout)
                 name = f"{label}, conc={concurrency}"
                 kept = f"{int(r['captured'])}/{int(r['expected'])}"
