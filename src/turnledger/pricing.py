@@ -65,6 +65,9 @@ significant digits, so ``0.00021280000000000002`` -> ``Decimal('0.0002128')``.""
 
 # -- the chain ----------------------------------------------------------------------------------------
 
+INLINE_COST_PROVIDERS = frozenset({"openrouter"})
+"""Providers that send the call's cost inline in their usage block, streamed or not."""
+
 
 def price_call(
     kwargs: Mapping[str, Any],
@@ -97,7 +100,11 @@ def price_call(
         # LiteLLM answered from its own cache: no provider was called, nothing was billed. Its usage
         # block repeats the cached response's tokens, which must not be priced again.
         return Decimal(0), CostSource.CACHE_HIT, flags
-    cost = accept(counts.inline_cost, from_litellm=False)
+    # On a stream LiteLLM stamps its own computed cost into usage.cost when the provider sent none
+    # (litellm.main._stamp_streaming_usage_cost), so there only a provider known to send inline costs
+    # is believed; LiteLLM's figure is then read, as what it is, from response_cost below.
+    inline = counts.inline_cost if (not kwargs.get("stream") or prov in INLINE_COST_PROVIDERS) else None
+    cost = accept(inline, from_litellm=False)
     if cost is not None:
         return cost, CostSource.PROVIDER, flags
     cost = accept(kwargs.get("response_cost"), from_litellm=True)

@@ -439,3 +439,14 @@ def test_a_price_table_prefix_match_is_flagged() -> None:
     assert flags == [RecordFlag.PRICE_PREFIX_MATCH]
     exact = response("acme-7b", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
     assert price(kw("acme-7b", "openai"), exact, price_table=TABLE)[2] == []
+
+
+def test_litellms_own_cost_stamped_on_a_stream_is_not_a_provider_price() -> None:
+    # LiteLLM writes its computed cost into usage.cost of a streamed response that had none.
+    obj = response("gpt-4o", prompt_tokens=412, completion_tokens=96, total_tokens=508)
+    obj.usage.cost = 0.0019900000000000004  # type: ignore[attr-defined]
+    streamed = kw("gpt-4o", stream=True, response_cost=0.0019900000000000004)
+    assert price(streamed, obj) == (D("0.00199"), CostSource.RESPONSE_COST, [])
+    # OpenRouter sends its cost inline, streamed or not: that one is the provider's.
+    openrouter = kw("openai/gpt-4o", "openrouter", stream=True, response_cost=0.0019900000000000004)
+    assert price(openrouter, obj) == (D("0.00199"), CostSource.PROVIDER, [])
