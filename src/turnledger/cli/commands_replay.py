@@ -94,6 +94,11 @@ def _print(report: ReplayReport) -> None:
         f"{report.inserted} written, {report.already_present} already in the database",
         highlight=False,
     )
+    if report.rejected:
+        console.print(
+            f"{report.rejected} turns refused by the database for their data: set aside in *.rejected files",
+            highlight=False,
+        )
     for path in report.skipped_files:
         console.print(f"skipped {path}: its writer is still running and replays it itself", highlight=False)
     for line in report.bad_lines:

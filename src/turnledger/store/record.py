@@ -6,6 +6,8 @@ Rows are built by pure functions (:func:`turn_rows`, :func:`call_row`) and inser
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import String, Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -28,6 +30,20 @@ from turnledger.store.models import TokenUsage, TokenUsageCall
 
 USAGE_TABLE = cast(Table, TokenUsage.__table__)
 CALLS_TABLE = cast(Table, TokenUsageCall.__table__)
+
+logger = logging.getLogger("turnledger.store")
+
+
+def _string_limits(table: Table) -> tuple[tuple[str, int], ...]:
+    return tuple(
+        (c.name, c.type.length) for c in table.columns if isinstance(c.type, String) and c.type.length is not None
+    )
+
+
+_USAGE_LIMITS = _string_limits(USAGE_TABLE)
+_CALL_LIMITS = _string_limits(CALLS_TABLE)
+SANITIZED_FLAG = "sanitized"
+"""In a call row's ``flags``: a string of the call or its turn lost NUL characters or was shortened to fit."""
 
 Database = AsyncSession | AsyncConnection
 """What the writers and reports run on: the caller's session (its transaction) or a connection."""
@@ -78,8 +94,9 @@ def call_row(
 
     ``cost_micros`` is the call's share of its turn's rounded micros (see ``split_micros``), so that
     the call rows of a turn add up to its ``cost_micros``; alone, a call rounds its own cost.
+    Strings are made storable (:func:`_fit_row`); a changed row gets the ``sanitized`` flag.
     """
-    return {
+    row: dict[str, Any] = {
         "seq": seq,
         "call_id": record.call_id,
         "model": record.model,
@@ -115,6 +132,9 @@ def call_row(
         "tenant_id": tenant_id,
         "created_at": created_at,
     }
+    if _fit_row(row, _CALL_LIMITS):
+        row["flags"].append(SANITIZED_FLAG)
+    return row
 
 
 def turn_rows(
@@ -137,7 +157,7 @@ def turn_rows(
     user_id, thread_id, tenant_id = _opt_str(turn.user_id), _opt_str(turn.thread_id), _opt_str(turn.tenant_id)
     # Rounded once for the turn, then shared out: the call rows' micros add up to the turn's.
     micros = split_micros([r.cost_usd for r in records])
-    calls = [
+    calls: list[dict[str, Any]] = [
         call_row(
             record,
             seq=seq,
@@ -178,7 +198,13 @@ def turn_rows(
         "created_at": when,
         "recorded_at": _aware(recorded_at or datetime.now(UTC)),
     }
-    return TurnRows(turn_id=turn.turn_id, usage=usage, calls=calls)
+    fitted = _fit_row(usage, _USAGE_LIMITS)
+    if fitted or any(SANITIZED_FLAG in c["flags"] for c in calls) or any("\x00" in t for t in usage["tags"]):
+        _sanitize_documents(usage, calls)
+        logger.warning(
+            "turnledger turn %r: NUL characters removed or strings shortened to fit their columns", turn.turn_id
+        )
+    return TurnRows(turn_id=usage["turn_id"], usage=usage, calls=calls)
 
 
 async def insert_turn_rows(db: Database, batch: Sequence[TurnRows]) -> dict[str, int]:
@@ -395,6 +421,53 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _fit(value: str, length: int) -> str:
+    """``value`` without NUL characters (PostgreSQL refuses them in text and JSONB), at most ``length`` long.
+
+    A shortened value ends in a hash of the whole one: distinct ids stay distinct, and the same id
+    always shortens the same way, so a retried turn is still recognized by its ``turn_id``.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if len(value) > length:
+        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        value = f"{value[: length - len(digest) - 1]}~{digest}"
+    return value
+
+
+def _fit_row(row: dict[str, Any], limits: tuple[tuple[str, int], ...]) -> bool:
+    """Make the row's bounded strings storable in place; whether anything changed."""
+    changed = False
+    for name, length in limits:
+        value = row.get(name)
+        if isinstance(value, str) and (len(value) > length or "\x00" in value):
+            row[name] = _fit(value, length)
+            changed = True
+    return changed
+
+
+def _strip_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, Mapping):
+        return {_strip_nul(k): _strip_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_nul(v) for v in value]
+    return value
+
+
+def _sanitize_documents(usage: dict[str, Any], calls: Sequence[dict[str, Any]]) -> None:
+    # Rare path (a turn already found to carry a bad string): the JSON documents repeat the calls'
+    # strings, so they lose their NULs too, and carry the flags and ids their call rows now have.
+    for name in ("tags", "model_breakdown", "call_details"):
+        usage[name] = _strip_nul(usage[name])
+    for detail, call in zip(usage["call_details"], calls, strict=True):
+        detail["flags"] = list(call["flags"])
+        for name, _length in _CALL_LIMITS:
+            if name in detail and name in call:
+                detail[name] = call[name]
 
 
 def _scrub(value: Any) -> Any:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger.store.entries import Entry, WriteFn, is_entry, transaction_writer
 from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, read_segment
+from turnledger.store.rejects import rejected_path, set_aside, write_isolating
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -30,18 +31,21 @@ class ReplayReport:
     entries: int = 0
     inserted: int = 0
     """Turns that were not yet in the database."""
+    rejected: int = 0
+    """Entries the database refused for their data, set aside in ``<segment>.rejected``."""
     bad_lines: list[BadLine] = field(default_factory=list)
     skipped_files: list[Path] = field(default_factory=list)
     """Segments of a writer that is still alive: it replays its own."""
 
     @property
     def already_present(self) -> int:
-        return self.entries - self.inserted
+        return self.entries - self.inserted - self.rejected
 
     def merge(self, other: ReplayReport) -> None:
         self.files += other.files
         self.entries += other.entries
         self.inserted += other.inserted
+        self.rejected += other.rejected
         self.bad_lines.extend(other.bad_lines)
         self.skipped_files.extend(other.skipped_files)
 
@@ -75,12 +79,21 @@ def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
 async def replay_segment(
     write: WriteFn, path: Path, *, batch_size: int = 500, progress: ProgressFn | None = None
 ) -> ReplayReport:
-    """Write every entry of one segment file, then delete it. Raises if the database refuses a batch."""
+    """Write every entry of one segment file, then delete it. Raises if the database cannot be written.
+
+    Entries the database refuses for their data are set aside in ``<segment>.rejected`` (and counted in
+    ``report.rejected``); the rest of their batch is written.
+    """
     report = ReplayReport(files=1)
     entries = await asyncio.to_thread(load_segment, path, report)
+
+    def reject(refused: Sequence[Entry], exc: BaseException) -> None:
+        set_aside(rejected_path(path), refused, exc)
+        report.rejected += len(refused)
+
     for start in range(0, len(entries), batch_size):
         chunk = entries[start : start + batch_size]
-        report.inserted += await write(chunk)
+        report.inserted += await write_isolating(write, chunk, reject)
         report.entries += len(chunk)
         if progress is not None:
             progress(len(chunk))

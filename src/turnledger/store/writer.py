@@ -35,6 +35,7 @@ from turnledger._logging import warn_once
 from turnledger.store.entries import Entry, make_entry, transaction_writer
 from turnledger.store.outbox import OutboxJournal, encode_entry, segment_seq
 from turnledger.store.record import TurnRows, turn_rows
+from turnledger.store.rejects import rejected_path, set_aside, write_isolating
 from turnledger.store.replay import ReplayReport, load_segment, replay_outbox
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ class BatchWriter:
         self.journal = OutboxJournal(outbox_dir, fsync=fsync)
         self.stats: Counter[str] = Counter()
         """``handed_over``, ``written`` (turns new to the database), ``batches``, ``failed_batches``,
-        ``spilled`` (left to the outbox: queue full, batch failed, or shutdown), ``replayed``, ``bad_lines``."""
+        ``spilled`` (left to the outbox: queue full, batch failed, or shutdown), ``replayed``, ``bad_lines``,
+        ``rejected`` (refused by the database for their data, set aside in ``*.rejected``)."""
         self._row_builder: RowBuilder = row_builder or turn_rows
         self._handoffs: list[_Handoff] = []
         self._appending = False
@@ -413,8 +415,13 @@ class BatchWriter:
 
     async def _write_queued(self) -> None:
         batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        reject_path = rejected_path(self.journal.directory / self.writer_id)
+
+        def reject(refused: Sequence[Entry], exc: BaseException) -> None:
+            self._reject(reject_path, refused, exc)
+
         try:
-            written = await self._bounded_write([q.entry for q in batch])
+            written = await write_isolating(self._bounded_write, [q.entry for q in batch], reject)
         except BaseException:
             self._spill(batch)
             raise
@@ -422,6 +429,11 @@ class BatchWriter:
         self.stats["written"] += written
         for q in batch:
             self._entry_done(q.segment)
+
+    def _reject(self, path: Path, refused: Sequence[Entry], exc: BaseException) -> None:
+        # A poison turn would fail every batch it is in, forever: it is set aside, the rest goes on.
+        set_aside(path, refused, exc)
+        self.stats["rejected"] += len(refused)
 
     def _spill(self, items: Iterable[_Queued]) -> None:
         for q in items:
@@ -451,9 +463,13 @@ class BatchWriter:
             report = ReplayReport(files=1)
             entries = await asyncio.to_thread(load_segment, path, report) if path.exists() else []
             self.stats["bad_lines"] += len(report.bad_lines)
+            self.stats["rejected"] += report.rejected
+            reject_path = rejected_path(path)
             for start in range(0, len(entries), self.batch_size):
                 chunk = entries[start : start + self.batch_size]
-                self.stats["written"] += await self._bounded_write(chunk)
+                self.stats["written"] += await write_isolating(
+                    self._bounded_write, chunk, lambda refused, exc: self._reject(reject_path, refused, exc)
+                )
                 self.stats["replayed"] += len(chunk)
             self._dirty.discard(segment)
             self._segment_pending.pop(segment, None)
@@ -472,3 +488,4 @@ class BatchWriter:
             self.stats["replayed"] += report.entries
             self.stats["written"] += report.inserted
             self.stats["bad_lines"] += len(report.bad_lines)
+            self.stats["rejected"] += report.rejected

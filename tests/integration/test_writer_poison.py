@@ -1,0 +1,121 @@
+"""Poison turns: rows the database refuses must not block the good turns around them, in the writer or in replay."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.integration.writer_support import closed_turn, stored_call_count, stored_turn_ids
+from turnledger.accumulator import TurnTokenAccumulator
+from turnledger.records import TokenCallRecord
+from turnledger.store.entries import make_entry
+from turnledger.store.outbox import OutboxJournal, decode_line, encode_entry
+from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, turn_rows
+from turnledger.store.replay import pending_segments, replay_outbox
+from turnledger.store.writer import BatchWriter
+
+pytestmark = pytest.mark.asyncio
+
+
+def _good(prefix: str, count: int) -> list[TurnRows]:
+    return [turn_rows(closed_turn(f"{prefix}{i}"), usage_type="chat") for i in range(count)]
+
+
+def _poison(engine: AsyncEngine) -> TurnRows:
+    """Rows the database refuses, made past turn_rows' own checks (as an older version might have spilled)."""
+    rows = turn_rows(closed_turn("poison"), usage_type="chat")
+    if engine.dialect.name == "postgresql":
+        rows.usage["user_id"] = "u" * 300
+        rows.calls[1]["model"] = "gpt\x00-4o"
+    else:
+        # SQLite bounds no string and takes NUL: two calls with one seq break the primary key instead.
+        rows.calls[1]["seq"] = 0
+    return rows
+
+
+def _rejected_turn_ids(directory: Path) -> list[str]:
+    return [
+        str(decode_line(line)["turn_id"])
+        for path in sorted(directory.glob("*.rejected"))
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+async def test_a_poison_turn_is_set_aside_and_the_batch_around_it_written(
+    engine: AsyncEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="turnledger.outbox")
+    async with BatchWriter(engine, outbox_dir=tmp_path, batch_size=50, flush_interval=0.05, retry_max=0.2) as writer:
+        futures = [writer.submit_rows(r) for r in [*_good("a", 10), _poison(engine), *_good("b", 10)]]
+        for fut in futures:
+            await fut
+        await writer.flush(timeout=20)
+        assert writer.stats["rejected"] == 1
+        assert writer.stats["failed_batches"] == 0
+        assert writer.healthy
+        # Still writing afterwards.
+        await writer.persist(closed_turn("after"))
+        await writer.flush(timeout=20)
+    expected = {f"a{i}": 1 for i in range(10)} | {f"b{i}": 1 for i in range(10)} | {"after": 1}
+    assert await stored_turn_ids(engine) == expected
+    assert await stored_call_count(engine) == 63
+    assert _rejected_turn_ids(tmp_path) == ["poison"]
+    assert pending_segments(tmp_path) == []
+    assert any("'poison'" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records)
+
+
+async def test_replay_sets_a_poison_entry_aside_and_writes_the_rest(engine: AsyncEngine, tmp_path: Path) -> None:
+    journal = OutboxJournal(tmp_path, writer_id="dead-writer")
+    journal.open()
+    journal.append([encode_entry(make_entry(r)) for r in [*_good("r", 5), _poison(engine), *_good("s", 5)]])
+    journal.rotate()
+    journal._lock_fh.close()  # type: ignore[union-attr]  # the writer died: its lock went with it
+    report = await replay_outbox(engine, tmp_path, batch_size=4)
+    assert (report.entries, report.inserted, report.rejected) == (11, 10, 1)
+    assert report.already_present == 0
+    assert await stored_turn_ids(engine) == {f"r{i}": 1 for i in range(5)} | {f"s{i}": 1 for i in range(5)}
+    assert _rejected_turn_ids(tmp_path) == ["poison"]
+    assert pending_segments(tmp_path) == []
+    again = await replay_outbox(engine, tmp_path)
+    assert (again.entries, again.inserted) == (0, 0)
+
+
+def _hostile_turn(turn_id: str) -> TurnTokenAccumulator:
+    turn = TurnTokenAccumulator(turn_id=turn_id, user_id="u" * 300, thread_id="t\x00-1", tags=("a\x00b",))
+    turn.add(TokenCallRecord(call_id=f"{turn_id}-c0", model="gpt-4o-mini", provider="open\x00ai"))
+    turn.add(TokenCallRecord(call_id=f"{turn_id}-c1", model="m" * 400))
+    turn._finalize()
+    return turn
+
+
+async def test_turn_rows_makes_hostile_strings_storable(
+    engine: AsyncEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="turnledger.store")
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        await writer.persist(closed_turn("before"))
+        await writer.persist(_hostile_turn("hostile"))
+        await writer.persist(closed_turn("after"))
+        await writer.flush(timeout=20)
+        assert writer.stats["rejected"] == 0
+    assert await stored_turn_ids(engine) == {"before": 1, "hostile": 1, "after": 1}
+    async with engine.connect() as conn:
+        usage = (await conn.execute(select(USAGE_TABLE).where(USAGE_TABLE.c.turn_id == "hostile"))).mappings().one()
+        calls = (await conn.execute(select(CALLS_TABLE).where(CALLS_TABLE.c.usage_id == usage["id"]))).mappings().all()
+    assert len(usage["user_id"]) == 255
+    assert usage["user_id"].startswith("u" * 200)
+    # Shortened with a hash of the whole value: the same id always shortens the same way.
+    assert usage["user_id"] == turn_rows(_hostile_turn("x"), usage_type="chat").usage["user_id"]
+    assert usage["thread_id"] == "t-1"
+    assert usage["tags"] == ["ab"]
+    assert sorted(c["provider"] or "" for c in calls) == ["", "openai"]
+    assert sorted(len(c["model"]) for c in calls) == [11, 255]
+    assert all("sanitized" in c["flags"] for c in calls)
+    assert [d["provider"] for d in usage["call_details"]] == ["openai", None]
+    assert all("sanitized" in d["flags"] for d in usage["call_details"])
+    assert _rejected_turn_ids(tmp_path) == []
+    assert any("'hostile'" in r.getMessage() for r in caplog.records)
