@@ -421,18 +421,9 @@ class TurnTokenAccumulator:
             groups.setdefault(record.model, []).append(record)
         summary: dict[str, dict[str, Any]] = {}
         for model, records in groups.items():
-            cost, unpriced = sum_costs(r.cost_usd for r in records)
             first = records[0]
             summary[model] = {
-                "calls": len(records),
-                "prompt_tokens": sum(r.prompt_tokens for r in records),
-                "completion_tokens": sum(r.completion_tokens for r in records),
-                "total_tokens": sum(r.total_tokens for r in records),
-                "cached_tokens": sum(r.cached_tokens for r in records),
-                "cache_creation_tokens": sum(r.cache_creation_tokens for r in records),
-                "reasoning_tokens": sum(r.reasoning_tokens for r in records),
-                "cost_usd": cost,
-                "unpriced_calls": unpriced,
+                **record_totals(records),
                 "failed_calls": sum(1 for r in records if r.status is CallStatus.FAILURE),
                 "abandoned_calls": sum(1 for r in records if r.status is CallStatus.ABANDONED),
                 "provider": first.provider,
@@ -447,20 +438,9 @@ class TurnTokenAccumulator:
 
     @property
     def grand_total(self) -> dict[str, Any]:
-        records = self._snapshot()
-        cost, unpriced = sum_costs(r.cost_usd for r in records)
-        return {
-            "calls": len(records),
-            "prompt_tokens": sum(r.prompt_tokens for r in records),
-            "completion_tokens": sum(r.completion_tokens for r in records),
-            "total_tokens": sum(r.total_tokens for r in records),
-            "cached_tokens": sum(r.cached_tokens for r in records),
-            "cache_creation_tokens": sum(r.cache_creation_tokens for r in records),
-            "reasoning_tokens": sum(r.reasoning_tokens for r in records),
-            "cost_usd": cost,
-            "cost_micros": micros_from_usd(cost),
-            "unpriced_calls": unpriced,
-        }
+        totals = record_totals(self._snapshot())
+        totals["cost_micros"] = micros_from_usd(totals["cost_usd"])
+        return totals
 
     def __iter__(self) -> Iterator[TokenCallRecord]:
         return iter(self._snapshot())
@@ -494,6 +474,25 @@ class TurnTokenAccumulator:
             # copy of the var is its own business; ours must not point at a closed turn.
             if _current_turn.get() is self:
                 _current_turn.set(None)
+
+
+TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+)
+
+
+def record_totals(records: Sequence[TokenCallRecord]) -> dict[str, Any]:
+    """Calls, each token kind, the exact priced ``cost_usd`` (None if all unpriced) and ``unpriced_calls``."""
+    totals: dict[str, Any] = {"calls": len(records)}
+    for name in TOKEN_FIELDS:
+        totals[name] = sum(getattr(r, name) for r in records)
+    totals["cost_usd"], totals["unpriced_calls"] = sum_costs(r.cost_usd for r in records)
+    return totals
 
 
 def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
