@@ -113,12 +113,15 @@ class BatchWriter:
         self.stats: Counter[str] = Counter()
         """``handed_over``, ``written`` (turns new to the database), ``batches``, ``failed_batches``,
         ``spilled`` (left to the outbox: queue full, batch failed, or shutdown), ``replayed``, ``bad_lines``,
-        ``rejected`` (refused by the database for their data, set aside in ``*.rejected``)."""
+        ``rejected`` (refused by the database for their data, set aside in ``*.rejected``), ``lost`` (in
+        neither the outbox nor the database: both failed; each is logged as an error with its turn_id)."""
         self._row_builder: RowBuilder = row_builder or turn_rows
         self._handoffs: list[_Handoff] = []
         self._appending = False
         self._append_done = asyncio.Event()
         self._queue: deque[_Queued] = deque()
+        self._unjournaled: deque[_Queued] = deque()
+        """Turns the outbox could not take and the database has not taken yet: memory is their only copy."""
         self._segment_pending: Counter[int] = Counter()
         self._dirty: set[int] = set()
         self._others_due = replay_others
@@ -179,6 +182,7 @@ class BatchWriter:
                 self.journal.directory,
             )
             self._fail_queue()
+        await self._rescue_unjournaled()
         self.journal.rotate()
         for path in self.journal.segments():
             self._maybe_discard(segment_seq(path))
@@ -285,7 +289,7 @@ class BatchWriter:
                 warn_once("writer:journal", "turnledger could not write its outbox in %s", self.journal.directory)
                 logger.debug("outbox append failed", exc_info=True)
                 for h in batch:
-                    self._queue.append(_Queued(h.entry, -1))
+                    self._keep_unjournaled(_Queued(h.entry, -1))
                     if not h.done.done():
                         h.done.set_exception(exc)
                 self._wake_writer.set()
@@ -329,6 +333,10 @@ class BatchWriter:
         backoff = self.retry_initial
         prefer_replay = False
         while True:
+            if self._unjournaled:
+                # After a failure and its backoff: turns without an outbox copy go first.
+                self._queue.extendleft(reversed(self._unjournaled))
+                self._unjournaled.clear()
             if not self._queue and not self._has_replay_work():
                 if self._closing and not self._handoffs:
                     return
@@ -439,12 +447,43 @@ class BatchWriter:
         for q in items:
             if q.segment > 0:
                 self._dirty.add(q.segment)
-            self.stats["spilled"] += 1
+                self.stats["spilled"] += 1
+            else:
+                # Not in the outbox: replay cannot bring it back, so memory keeps it for the next attempt.
+                self._keep_unjournaled(q)
+
+    def _keep_unjournaled(self, q: _Queued) -> None:
+        if len(self._queue) + len(self._unjournaled) >= self.max_queue:
+            self._lose([q.entry], "the outbox cannot be written and the writer holds max_queue turns already")
+            return
+        self._unjournaled.append(q)
+        self._wake_writer.set()
+
+    def _lose(self, entries: Iterable[Entry], why: str) -> None:
+        for entry in entries:
+            self.stats["lost"] += 1
+            # Every one, not once per cause: this is the list of turns someone has to recover by hand.
+            logger.error("turnledger LOST turn %r: in neither the database nor the outbox (%s)", entry["turn_id"], why)
+
+    async def _rescue_unjournaled(self) -> None:
+        """On close: a last attempt to put the turns only memory holds into the outbox; log those lost."""
+        items = [q for q in self._unjournaled if q.segment <= 0]
+        self._unjournaled.clear()
+        if not items:
+            return
+        try:
+            segment = await asyncio.to_thread(self.journal.append, [encode_entry(q.entry) for q in items])
+        except Exception as exc:
+            self._lose((q.entry for q in items), f"writer closed; outbox append failed: {type(exc).__name__}")
+            return
+        self._dirty.add(segment)
+        self.stats["spilled"] += len(items)
 
     def _fail_queue(self) -> None:
         # The database is failing: what waits in memory is already in the outbox, and replay takes it from there.
-        self._spill(self._queue)
+        items = list(self._queue)
         self._queue.clear()
+        self._spill(items)
 
     def _entry_done(self, segment: int) -> None:
         if self._segment_pending.get(segment, 0) <= 0:
