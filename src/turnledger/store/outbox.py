@@ -66,6 +66,10 @@ def _default(value: object) -> object:
     raise TypeError(f"outbox cannot store a {type(value).__name__}")
 
 
+_LINE_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False)
+"""Built once: ``json.dumps`` with these options would build a new encoder for every line."""
+
+
 def _object_hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1:
         if "$dec" in obj:
@@ -79,7 +83,7 @@ def _object_hook(obj: dict[str, Any]) -> Any:
 
 def encode_entry(entry: Mapping[str, Any]) -> bytes:
     """One outbox line, newline included."""
-    body = json.dumps(entry, default=_default, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _LINE_ENCODER.encode(entry).encode()
     return b"%s%08x%s%s}\n" % (_LINE_PREFIX, zlib.crc32(body), _ENTRY_MARK, body)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,6 +43,18 @@ def _string_limits(table: Table) -> tuple[tuple[str, int], ...]:
 
 _USAGE_LIMITS = _string_limits(USAGE_TABLE)
 _CALL_LIMITS = _string_limits(CALLS_TABLE)
+
+
+def _limit_groups(limits: tuple[tuple[str, int], ...]) -> tuple[tuple[Callable[[Any], Any], int], ...]:
+    by_length: dict[int, list[str]] = {}
+    for name, length in limits:
+        by_length.setdefault(length, []).append(name)
+    # itemgetter of two or more names returns a tuple; a single name is padded so it does too.
+    return tuple((operator.itemgetter(*names, names[0]), length) for length, names in by_length.items())
+
+
+_USAGE_GROUPS = _limit_groups(_USAGE_LIMITS)
+_CALL_GROUPS = _limit_groups(_CALL_LIMITS)
 SANITIZED_FLAG = "sanitized"
 """In a call row's ``flags``: a string of the call or its turn lost NUL characters or was shortened to fit."""
 
@@ -192,9 +205,7 @@ def turn_rows(
         "failed_calls": sum(1 for r in records if r.status is CallStatus.FAILURE),
         "abandoned_calls": sum(1 for r in records if r.status is CallStatus.ABANDONED),
         "model_breakdown": _json_safe(turn.per_message_summary()) if records else {},
-        "call_details": [
-            {**record.to_dict(), "cost_micros": share} for record, share in zip(records, micros, strict=True)
-        ],
+        "call_details": [_call_detail(record, share) for record, share in zip(records, micros, strict=True)],
         "created_at": when,
         "recorded_at": _aware(recorded_at or datetime.now(UTC)),
     }
@@ -408,8 +419,18 @@ def dialect_name(db: Database) -> str:
     return db.get_bind().dialect.name
 
 
+_JSON_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_safe(value: Any) -> Any:
     """Decimals as strings (never floats), datetimes as ISO-8601, enums as their values."""
+    kind = type(value)
+    # Exact-type checks first: plain values and plain dicts are nearly all of it (an enum is a str
+    # subclass, so it is not caught here).
+    if kind in _JSON_PLAIN:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, Decimal):
         return f"{value:f}"
     if isinstance(value, datetime):
@@ -437,8 +458,23 @@ def _fit(value: str, length: int) -> str:
     return value
 
 
+def _may_need_fit(row: dict[str, Any], groups: tuple[tuple[Callable[[Any], Any], int], ...]) -> bool:
+    # The common case (nothing to fix) in a few C-level calls per row rather than a Python loop per column.
+    try:
+        for getter, length in groups:
+            present = tuple(filter(None, getter(row)))
+            if present and (max(map(len, present)) > length or "\x00" in "".join(present)):
+                return True
+    except (KeyError, TypeError):
+        return True
+    return False
+
+
 def _fit_row(row: dict[str, Any], limits: tuple[tuple[str, int], ...]) -> bool:
     """Make the row's bounded strings storable in place; whether anything changed."""
+    groups = _USAGE_GROUPS if limits is _USAGE_LIMITS else _CALL_GROUPS
+    if not _may_need_fit(row, groups):
+        return False
     changed = False
     for name, length in limits:
         value = row.get(name)
@@ -468,6 +504,56 @@ def _sanitize_documents(usage: dict[str, Any], calls: Sequence[dict[str, Any]]) 
         for name, _length in _CALL_LIMITS:
             if name in detail and name in call:
                 detail[name] = call[name]
+
+
+def _call_detail_fast(r: TokenCallRecord, share: int | None) -> dict[str, Any]:
+    """``{**r.to_dict(), "cost_micros": share}``, spelled out: to_dict's generic loop was most of turn_rows' time."""
+    cost, started = r.cost_usd, r.started_at
+    return {
+        "call_id": r.call_id,
+        "model": r.model,
+        "provider": r.provider,
+        "call_kind": r.call_kind.value,
+        "status": r.status.value,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.total_tokens,
+        "cached_tokens": r.cached_tokens,
+        "cache_creation_tokens": r.cache_creation_tokens,
+        "cache_creation_1h_tokens": r.cache_creation_1h_tokens,
+        "reasoning_tokens": r.reasoning_tokens,
+        "image_input_tokens": r.image_input_tokens,
+        "image_output_tokens": r.image_output_tokens,
+        "cost_usd": f"{cost:f}" if isinstance(cost, Decimal) else cost,
+        "cost_source": r.cost_source.value,
+        "started_at": started.isoformat() if isinstance(started, datetime) else started,
+        "latency_ms": r.latency_ms,
+        "ttft_ms": r.ttft_ms,
+        "provider_request_id": r.provider_request_id,
+        "model_ref": r.model_ref,
+        "model_id": r.model_id,
+        "display_name": r.display_name,
+        "stream": r.stream,
+        "usage_estimated": r.usage_estimated,
+        "error_type": r.error_type,
+        "flags": [str(flag) for flag in r.flags],
+        "cost_micros": share,
+    }
+
+
+def _call_detail_generic(r: TokenCallRecord, share: int | None) -> dict[str, Any]:
+    return {**r.to_dict(), "cost_micros": share}
+
+
+def _pick_call_detail() -> Callable[[TokenCallRecord, int | None], dict[str, Any]]:
+    # Should TokenCallRecord gain or lose a field, the spelled-out version is no longer its to_dict:
+    # fall back to the generic one rather than store a different document.
+    probe = TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.1"), started_at=datetime.now(UTC))
+    same = _call_detail_fast(probe, 1) == _call_detail_generic(probe, 1)
+    return _call_detail_fast if same else _call_detail_generic
+
+
+_call_detail = _pick_call_detail()
 
 
 def _scrub(value: Any) -> Any:

@@ -1,0 +1,70 @@
+"""The turn row's JSON documents, built the fast way, are exactly what the generic conversions give."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+from turnledger import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord, TurnTokenAccumulator, turn_rows
+from turnledger.store import record
+
+
+def _records() -> list[TokenCallRecord]:
+    return [
+        TokenCallRecord(call_id="a", model="gpt-4o-mini"),
+        TokenCallRecord(
+            call_id="b",
+            model="claude",
+            provider="anthropic",
+            call_kind=CallKind.EMBEDDING,
+            status=CallStatus.FAILURE,
+            prompt_tokens=7,
+            completion_tokens=3,
+            total_tokens=10,
+            cached_tokens=1,
+            cache_creation_tokens=2,
+            cache_creation_1h_tokens=1,
+            reasoning_tokens=2,
+            image_input_tokens=4,
+            image_output_tokens=5,
+            cost_usd=Decimal("1.5E-7"),
+            cost_source=CostSource.PRICE_TABLE,
+            started_at=datetime(2026, 11, 25, 12, 0, tzinfo=timezone(timedelta(hours=2))),
+            latency_ms=12.25,
+            ttft_ms=3.0,
+            provider_request_id="req-1",
+            model_ref="ref",
+            model_id="mid",
+            display_name="Claude",
+            stream=True,
+            usage_estimated=True,
+            error_type="RateLimitError",
+            flags=(RecordFlag.MALFORMED_EVENT, RecordFlag.LATE),
+        ),
+        TokenCallRecord(call_id="c", model="gpt-4o-mini", cost_usd=Decimal(0), started_at=datetime.now(UTC)),
+    ]
+
+
+def test_call_details_are_to_dict_with_the_share() -> None:
+    assert record._call_detail is record._call_detail_fast
+    for rec in _records():
+        assert record._call_detail_fast(rec, 17) == {**rec.to_dict(), "cost_micros": 17}
+        assert record._call_detail_fast(rec, None) == {**rec.to_dict(), "cost_micros": None}
+
+
+def test_the_fast_json_safe_matches_the_generic_conversion() -> None:
+    records = _records()
+    turn = TurnTokenAccumulator(turn_id="t")
+    for rec in records:
+        turn.add(rec)
+    turn._finalize()
+    safe = record._json_safe(turn.per_message_summary())
+    assert safe["claude"]["cost_usd"] == "0.00000015"
+    assert safe["gpt-4o-mini"]["cost_usd"] == "0"
+    nested = {RecordFlag.LATE: [Decimal("1E-3"), (1, True, None)], 3: {"x": CallStatus.SUCCESS, "y": 2.5}}
+    assert record._json_safe(nested) == {"late": ["0.001", [1, True, None]], "3": {"x": "success", "y": 2.5}}
+    rows = turn_rows(turn, usage_type="chat")
+    assert rows.usage["model_breakdown"] == safe
+    assert rows.usage["call_details"] == [
+        {**rec.to_dict(), "cost_micros": row["cost_micros"]} for rec, row in zip(records, rows.calls, strict=True)
+    ]
