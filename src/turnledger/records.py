@@ -81,6 +81,9 @@ class RecordFlag(StrEnum):
     PRICE_PREFIX_MATCH = "price_prefix_match"
     """Priced by a shorter entry of the user's price table (``gpt-4o`` for ``gpt-4o-mini``): the table
     has no entry for this exact model. Add one if the two are priced differently."""
+    SANITIZED = "sanitized"
+    """A stored string was changed to fit its column: NUL characters removed, or an over-long value
+    shortened to its start plus a hash of the whole (logged with the turn id)."""
     COMPLETION_NOT_SEEN = "completion_not_seen"
     """The call's output could not be seen (an abandoned call): completion tokens are counted as 0,
     so the estimated cost is a lower bound."""

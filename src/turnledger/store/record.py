@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.money import micros_from_usd, split_micros, sum_costs, to_decimal
-from turnledger.records import MICROS_PER_USD, CallStatus, TokenCallRecord
+from turnledger.records import MICROS_PER_USD, CallStatus, RecordFlag, TokenCallRecord
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
 
@@ -55,7 +55,7 @@ def _limit_groups(limits: tuple[tuple[str, int], ...]) -> tuple[tuple[Callable[[
 
 _USAGE_GROUPS = _limit_groups(_USAGE_LIMITS)
 _CALL_GROUPS = _limit_groups(_CALL_LIMITS)
-SANITIZED_FLAG = "sanitized"
+SANITIZED_FLAG = RecordFlag.SANITIZED.value
 """In a call row's ``flags``: a string of the call or its turn lost NUL characters or was shortened to fit."""
 
 Database = AsyncSession | AsyncConnection
