@@ -175,13 +175,13 @@ async def handoff_latency(engine: AsyncEngine, turns: list[TurnTokenAccumulator]
 def python_costs(turns: list[TurnTokenAccumulator]) -> dict[str, float]:
     """Microseconds per turn of each Python step of the BatchWriter path, timed alone (no database)."""
     from turnledger.store.entries import _copy_records, make_entry
-    from turnledger.store.outbox import encode_entry
+    from turnledger.store.lines import encode_line
 
     t0 = time.perf_counter()
     rows = [turn_rows(turn, usage_type="chat") for turn in turns]
     t1 = time.perf_counter()
     entries = [make_entry(r) for r in rows]
-    lines = [encode_entry(e) for e in entries]
+    lines = [encode_line(e) for e in entries]
     t2 = time.perf_counter()
     _copy_records(entries)
     t3 = time.perf_counter()

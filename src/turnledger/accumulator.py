@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import threading
 import time
 import uuid
@@ -486,11 +487,15 @@ TOKEN_FIELDS = (
 )
 
 
+_TOKEN_GETTER = operator.attrgetter(*TOKEN_FIELDS)
+
+
 def record_totals(records: Sequence[TokenCallRecord]) -> dict[str, Any]:
     """Calls, each token kind, the exact priced ``cost_usd`` (None if all unpriced) and ``unpriced_calls``."""
     totals: dict[str, Any] = {"calls": len(records)}
-    for name in TOKEN_FIELDS:
-        totals[name] = sum(getattr(r, name) for r in records)
+    # Column sums in C (one getter call per record): a generator per field was most of this time.
+    columns = list(zip(*map(_TOKEN_GETTER, records), strict=True)) or [() for _ in TOKEN_FIELDS]
+    totals.update(zip(TOKEN_FIELDS, map(sum, columns), strict=True))
     totals["cost_usd"], totals["unpriced_calls"] = sum_costs(r.cost_usd for r in records)
     return totals
 

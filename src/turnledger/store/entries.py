@@ -3,6 +3,7 @@
 An entry is ``{"v": 1, "turn_id": ..., "usage": {token_usage row}, "calls": [token_usage_calls rows]}``
 (call rows without ``usage_id``, which only the insert knows), with JSON document columns kept as
 their JSON text: serialized once, that text is both what the outbox line carries and what COPY sends.
+This is the entry in memory; on disk it is packed (:mod:`turnledger.store.lines`).
 
 :func:`write_entries` stores turns with their calls in one transaction, skipping any ``turn_id`` already
 stored: on PostgreSQL by COPY into session-temporary staging tables and one ``INSERT ... SELECT ...
@@ -13,6 +14,7 @@ ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py: 2-3x the multi-row INS
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,8 +30,12 @@ Entry = Mapping[str, Any]
 """One turn's rows, as written to and read from the outbox (see the module docstring)."""
 
 
-_USAGE_COLUMNS = [c.name for c in USAGE_TABLE.columns if c.name != "id"]
-_CALL_COLUMNS = [c.name for c in CALLS_TABLE.columns if c.name != "usage_id"]
+USAGE_COLUMNS = [c.name for c in USAGE_TABLE.columns if c.name != "id"]
+"""The keys of an entry's ``usage`` row, in column order."""
+CALL_COLUMNS = [c.name for c in CALLS_TABLE.columns if c.name != "usage_id"]
+"""The keys of each of an entry's ``calls`` rows, in column order."""
+_USAGE_COLUMNS = USAGE_COLUMNS
+_CALL_COLUMNS = CALL_COLUMNS
 _JSON_COLUMNS = frozenset(
     c.name for table in (USAGE_TABLE, CALLS_TABLE) for c in table.columns if c.type._type_affinity is JSON
 )
@@ -69,10 +75,14 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` builds on every call, built once."""
 
 
-def _dumps(value: Any) -> str:
+def dumps_document(value: Any) -> str:
+    """A JSON document column's value as the JSON text an entry carries."""
     if type(value) is list and not value:
         return "[]"  # most calls' flags
     return _ENCODER.encode(value)
+
+
+_dumps = dumps_document
 
 
 def is_entry(value: Mapping[str, Any]) -> bool:
@@ -130,11 +140,25 @@ def _copy_records(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list
     unique: dict[str, Entry] = {}
     for entry in entries:
         unique.setdefault(entry["turn_id"], entry)
-    usage_records = [tuple([e["usage"].get(c) for c in _USAGE_COLUMNS]) for e in unique.values()]
+    usage_records = [_values(e["usage"], _USAGE_GETTER, _USAGE_COLUMNS) for e in unique.values()]
     call_records = [
-        (turn_id, *[call.get(c) for c in _CALL_COLUMNS]) for turn_id, e in unique.items() for call in e["calls"]
+        (turn_id, *_values(call, _CALL_GETTER, _CALL_COLUMNS)) for turn_id, e in unique.items() for call in e["calls"]
     ]
     return usage_records, call_records
+
+
+_USAGE_GETTER = operator.itemgetter(*_USAGE_COLUMNS)
+_CALL_GETTER = operator.itemgetter(*_CALL_COLUMNS)
+
+
+def _values(
+    row: Mapping[str, Any], getter: Callable[[Mapping[str, Any]], tuple[Any, ...]], columns: list[str]
+) -> tuple[Any, ...]:
+    try:
+        return getter(row)
+    except KeyError:
+        # An entry from an outbox written before a column existed: the column is NULL.
+        return tuple([row.get(c) for c in columns])
 
 
 async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:

@@ -9,7 +9,9 @@ Layout of an outbox directory, one writer per id (``<host>-<pid>-<random>``)::
 A line is ``{"crc":"<crc32 of entry, 8 hex>","entry":{...}}``: the checksum catches a line that is
 torn (the process died mid-write) or damaged yet still parses. An entry is one unit of idempotent
 work, a turn's rows by table; Decimals and datetimes are tagged (``{"$dec": "0.1"}``,
-``{"$dt": "..."}``) so a replayed row is exactly the row that was spilled.
+``{"$dt": "..."}``) so a replayed row is exactly the row that was spilled. That is format version 1;
+a BatchWriter writes version 2 (rows packed in column order, :mod:`turnledger.store.lines`), and
+replay reads both.
 
 A segment is claimable by anyone who can take its writer's lock: the writer died (its flock went with
 it) or closed cleanly with rows left over. Replaying a segment twice is harmless: rows are inserted
@@ -82,8 +84,12 @@ def _object_hook(obj: dict[str, Any]) -> Any:
 
 
 def encode_entry(entry: Mapping[str, Any]) -> bytes:
-    """One outbox line, newline included."""
-    body = _LINE_ENCODER.encode(entry).encode()
+    """One outbox line, newline included, with values tagged by type (format version 1)."""
+    return frame_line(_LINE_ENCODER.encode(entry).encode())
+
+
+def frame_line(body: bytes) -> bytes:
+    """An entry's JSON text as a checksummed outbox line, newline included."""
     return b"%s%08x%s%s}\n" % (_LINE_PREFIX, zlib.crc32(body), _ENTRY_MARK, body)
 
 

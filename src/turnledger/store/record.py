@@ -23,8 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from turnledger._logging import warn_once
-from turnledger.accumulator import TurnTokenAccumulator
-from turnledger.money import micros_from_usd, split_micros, sum_costs, to_decimal
+from turnledger.accumulator import TurnTokenAccumulator, record_totals
+from turnledger.money import micros_from_usd, split_micros, to_decimal
 from turnledger.records import MICROS_PER_USD, CallStatus, RecordFlag, TokenCallRecord
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
@@ -183,7 +183,8 @@ def turn_rows(
         )
         for seq, (record, share) in enumerate(zip(records, micros, strict=True))
     ]
-    cost, unpriced = sum_costs(r.cost_usd for r in records)
+    totals = record_totals(records)
+    statuses = [r.status for r in records]
     usage = {
         "turn_id": turn.turn_id,
         "usage_type": usage_type,
@@ -193,17 +194,17 @@ def turn_rows(
         "tenant_id": tenant_id,
         "tags": [str(tag) for tag in turn.tags],
         "calls": len(records),
-        "prompt_tokens": sum(r.prompt_tokens for r in records),
-        "completion_tokens": sum(r.completion_tokens for r in records),
-        "total_tokens": sum(r.total_tokens for r in records),
-        "cached_tokens": sum(r.cached_tokens for r in records),
-        "cache_creation_tokens": sum(r.cache_creation_tokens for r in records),
-        "reasoning_tokens": sum(r.reasoning_tokens for r in records),
-        "cost_usd": cost,
-        "cost_micros": micros_from_usd(cost),
-        "unpriced_calls": unpriced,
-        "failed_calls": sum(1 for r in records if r.status is CallStatus.FAILURE),
-        "abandoned_calls": sum(1 for r in records if r.status is CallStatus.ABANDONED),
+        "prompt_tokens": totals["prompt_tokens"],
+        "completion_tokens": totals["completion_tokens"],
+        "total_tokens": totals["total_tokens"],
+        "cached_tokens": totals["cached_tokens"],
+        "cache_creation_tokens": totals["cache_creation_tokens"],
+        "reasoning_tokens": totals["reasoning_tokens"],
+        "cost_usd": totals["cost_usd"],
+        "cost_micros": micros_from_usd(totals["cost_usd"]),
+        "unpriced_calls": totals["unpriced_calls"],
+        "failed_calls": statuses.count(CallStatus.FAILURE),
+        "abandoned_calls": statuses.count(CallStatus.ABANDONED),
         "model_breakdown": _json_safe(turn.per_message_summary()) if records else {},
         "call_details": [_call_detail(record, share) for record, share in zip(records, micros, strict=True)],
         "created_at": when,
@@ -430,7 +431,9 @@ def _json_safe(value: Any) -> Any:
     if kind in _JSON_PLAIN:
         return value
     if kind is dict:
-        return {k if type(k) is str else str(k): _json_safe(v) for k, v in value.items()}
+        # Plain values are kept without a call: they are most of a document.
+        plain = _JSON_PLAIN
+        return {k if type(k) is str else str(k): v if type(v) in plain else _json_safe(v) for k, v in value.items()}
     if isinstance(value, Decimal):
         return f"{value:f}"
     if isinstance(value, datetime):

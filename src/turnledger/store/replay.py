@@ -17,7 +17,8 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger.store.entries import Entry, WriteFn, is_entry, transaction_writer
-from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, read_segment
+from turnledger.store.lines import unpack_entry
+from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, encode_entry, read_segment
 from turnledger.store.rejects import rejected_path, set_aside, write_isolating
 
 logger = logging.getLogger("turnledger.outbox")
@@ -61,10 +62,11 @@ def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
     for item in read_segment(path):
         if isinstance(item, BadLine):
             bad.append(item)
-        elif is_entry(item):
-            entries.append(item)
+        elif (entry := unpack_entry(item)) is not None and is_entry(entry):
+            entries.append(entry)
         else:
-            bad.append(BadLine(path, -1, "not a turn entry of a known format version", b""))
+            # Kept as a line of its content: what a person needs to recover the turn by hand.
+            bad.append(BadLine(path, -1, "not a turn entry of a known format version", encode_entry(item)))
     for line in bad:
         logger.warning("turnledger outbox %s line %s skipped: %s", line.path, line.lineno, line.reason)
     if bad:

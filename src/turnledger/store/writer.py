@@ -33,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger._logging import warn_once
 from turnledger.store.entries import Entry, make_entry, transaction_writer
-from turnledger.store.outbox import OutboxJournal, encode_entry, segment_seq
+from turnledger.store.lines import encode_line
+from turnledger.store.outbox import OutboxJournal, segment_seq
 from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.rejects import rejected_path, set_aside, write_isolating
 from turnledger.store.replay import ReplayReport, load_segment, replay_outbox
@@ -205,7 +206,7 @@ class BatchWriter:
     def submit_rows(self, rows: TurnRows) -> asyncio.Future[None]:
         """Hand over a turn's rows built elsewhere (:func:`turnledger.store.record.turn_rows`)."""
         entry = make_entry(rows)
-        line = encode_entry(entry)
+        line = encode_line(entry)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.stats["handed_over"] += 1
         if self._closing or not self._tasks:
@@ -245,7 +246,7 @@ class BatchWriter:
         rows = self.rows_for(turn)
         loop = self._tasks[0].get_loop() if self._tasks else None
         if loop is None or loop.is_closed() or self._closing:
-            self._spill_late(encode_entry(make_entry(rows)))
+            self._spill_late(encode_line(make_entry(rows)))
             return
         loop.call_soon_threadsafe(self._submit_logged, rows)
 
@@ -472,7 +473,7 @@ class BatchWriter:
         if not items:
             return
         try:
-            segment = await asyncio.to_thread(self.journal.append, [encode_entry(q.entry) for q in items])
+            segment = await asyncio.to_thread(self.journal.append, [encode_line(q.entry) for q in items])
         except Exception as exc:
             self._lose((q.entry for q in items), f"writer closed; outbox append failed: {type(exc).__name__}")
             return

@@ -1,0 +1,189 @@
+"""Outbox lines of format version 2: a turn's rows packed as arrays in column order.
+
+A version-1 line (:func:`turnledger.store.outbox.encode_entry`) spells out every column name of
+every row and tags each Decimal and datetime (``{"$dec": ...}``) through a Python callback of the
+JSON encoder: most of what a line cost the writer per turn. A version-2 entry is::
+
+    {"v": 2, "turn_id": ..., "cols": "<checksum of the column names>",
+     "usage": [token_usage values], "calls": [[token_usage_calls values], ...]}
+
+with money as its decimal text and times as ISO-8601 text; the column a value sits in says which
+it is. ``cols`` ties a line to the column lists it was packed with: a line packed for other columns
+is refused (reported and set aside like any bad line), never stored into the wrong columns.
+
+Anything the packing cannot say exactly (a row with other keys, a value of an unexpected type) is
+written as a version-1 line instead; both versions are read back into the same in-memory entry
+(:func:`turnledger.store.entries.make_entry`'s), so everything after reading is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from itertools import chain
+from typing import Any, cast
+
+from sqlalchemy import JSON, Table
+
+from turnledger.store.base import UTCDateTime
+from turnledger.store.entries import CALL_COLUMNS, USAGE_COLUMNS, Entry, dumps_document
+from turnledger.store.models import ExactDecimal
+from turnledger.store.outbox import FORMAT_VERSION, encode_entry, frame_line
+from turnledger.store.record import CALLS_TABLE, USAGE_TABLE
+
+PACKED_VERSION = 2
+
+_COLUMN_NAMES = "|".join(USAGE_COLUMNS) + "||" + "|".join(CALL_COLUMNS)
+_FINGERPRINT = f"{zlib.crc32(_COLUMN_NAMES.encode()):08x}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """One table's packing: column order, and which positions hold money, times and JSON documents."""
+
+    columns: list[str]
+    getter: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    dec: tuple[int, ...]
+    dt: tuple[int, ...]
+    doc: tuple[int, ...]
+    special: tuple[tuple[int, type], ...]
+    """Positions to convert when packing, with what they hold (``str``: a JSON document's text)."""
+
+    @classmethod
+    def of(cls, table: Table, columns: list[str]) -> _Layout:
+        types = {c.name: c.type for c in table.columns}
+
+        def where(test: Callable[[Any], bool]) -> tuple[int, ...]:
+            return tuple(i for i, name in enumerate(columns) if test(types[name]))
+
+        dec = where(lambda t: isinstance(t, ExactDecimal))
+        dt = where(lambda t: isinstance(t, UTCDateTime))
+        doc = where(lambda t: t._type_affinity is JSON)
+        kinds: dict[int, type] = {
+            **dict.fromkeys(dec, Decimal),
+            **dict.fromkeys(dt, datetime),
+            **dict.fromkeys(doc, str),
+        }
+        return cls(
+            columns=columns,
+            getter=operator.itemgetter(*columns),
+            dec=dec,
+            dt=dt,
+            doc=doc,
+            special=tuple(sorted(kinds.items())),
+        )
+
+
+_USAGE = _Layout.of(USAGE_TABLE, USAGE_COLUMNS)
+_CALLS = _Layout.of(CALLS_TABLE, CALL_COLUMNS)
+_HOLE = "\x00turnledger:document\x00"
+"""Where a JSON document goes in a packed row until its text is spliced in (NULs: no stored string has them)."""
+_HOLE_JSON = json.dumps(_HOLE)
+
+_PLAIN_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""No ``default``: a value JSON cannot take raises, and the line falls back to version 1."""
+
+
+class _Unpackable(Exception):
+    pass
+
+
+def _pack(row: Mapping[str, Any], layout: _Layout, docs: list[str], times: dict[int, str]) -> list[Any]:
+    # Same length and every column present: the same keys, nothing left out of the line.
+    if len(row) != len(layout.columns):
+        raise _Unpackable
+    try:
+        values = list(layout.getter(row))
+    except KeyError:
+        raise _Unpackable from None
+    for i, kind in layout.special:
+        value = values[i]
+        if value is None:
+            continue
+        if kind is str:
+            # A "$..." key could be read back as a tagged value (outbox._object_hook): version 1 says it
+            # exactly. Any "$" at all is looked for: one character is a far faster search than '"$'.
+            if type(value) is not str or "$" in value:
+                raise _Unpackable
+            docs.append(value)
+            values[i] = _HOLE
+        elif type(value) is not kind:
+            raise _Unpackable
+        elif kind is Decimal:
+            values[i] = str(value)
+        else:
+            # A turn's rows share their created_at: written out once.
+            text = times.get(id(value))
+            if text is None:
+                text = times[id(value)] = cast(datetime, value).isoformat()
+            values[i] = text
+    return values
+
+
+def encode_line(entry: Entry) -> bytes:
+    """The entry as an outbox line, newline included: version 2 when it packs exactly, else version 1."""
+    docs: list[str] = []
+    times: dict[int, str] = {}  # by id(): the entry holds every datetime alive meanwhile
+    try:
+        packed = {
+            "v": PACKED_VERSION,
+            "turn_id": entry["turn_id"],
+            "cols": _FINGERPRINT,
+            "usage": _pack(entry["usage"], _USAGE, docs, times),
+            "calls": [_pack(call, _CALLS, docs, times) for call in entry["calls"]],
+        }
+        parts = _PLAIN_ENCODER.encode(packed).split(_HOLE_JSON)
+    except (_Unpackable, TypeError, ValueError):
+        return encode_entry(entry)
+    if len(parts) != len(docs) + 1:
+        return encode_entry(entry)  # the placeholder's text occurred elsewhere too
+    # The documents are JSON text already: spliced in as JSON, not escaped again as strings.
+    body = "".join(chain.from_iterable(zip(parts, docs, strict=False))) + parts[-1]
+    return frame_line(body.encode())
+
+
+def _unpack(values: Any, layout: _Layout) -> dict[str, Any]:
+    if type(values) is not list or len(values) != len(layout.columns):
+        raise _Unpackable
+    for i in layout.dec:
+        value = values[i]
+        if value is not None:
+            if type(value) is not str:
+                raise _Unpackable
+            values[i] = Decimal(value)
+    for i in layout.dt:
+        value = values[i]
+        if value is not None:
+            if type(value) is not str:
+                raise _Unpackable
+            values[i] = datetime.fromisoformat(value)
+    for i in layout.doc:
+        if values[i] is not None:
+            values[i] = dumps_document(values[i])
+    return dict(zip(layout.columns, values, strict=True))
+
+
+def unpack_entry(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A decoded line's entry as :func:`~turnledger.store.entries.make_entry` builds it.
+
+    A version-1 entry is returned as it is; a version-2 one is unpacked; ``None`` if a version-2
+    entry is malformed or was packed for other columns.
+    """
+    if item.get("v") != PACKED_VERSION:
+        return item
+    if item.get("cols") != _FINGERPRINT or not isinstance(item.get("calls"), list):
+        return None
+    try:
+        return {
+            "v": FORMAT_VERSION,
+            "turn_id": item.get("turn_id"),
+            "usage": _unpack(item.get("usage"), _USAGE),
+            "calls": [_unpack(call, _CALLS) for call in item["calls"]],
+        }
+    except (_Unpackable, TypeError, ValueError, InvalidOperation):
+        return None
