@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from turnledger._logging import warn_once
 from turnledger.money import to_decimal
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
-from turnledger.usage import TokenCounts, estimate_counts, response_text, usage_missing
+from turnledger.usage import TokenCounts, estimate_counts, get_field, response_text, usage_missing
 
 if TYPE_CHECKING:
     from turnledger.accumulator import ModelMetadata, PendingCall
@@ -110,8 +110,8 @@ def price_call(
     cost = accept(kwargs.get("response_cost"), from_litellm=True)
     if cost is not None:
         return cost, CostSource.RESPONSE_COST, flags
-    hidden = _get(response_obj, "_hidden_params")
-    cost = accept(_get(hidden, "response_cost"), from_litellm=True)
+    hidden = get_field(response_obj, "_hidden_params")
+    cost = accept(get_field(hidden, "response_cost"), from_litellm=True)
     if cost is not None:
         return cost, CostSource.HIDDEN_PARAMS, flags
     # LiteLLM computes response_cost with completion_cost itself: when the event carries the key,
@@ -121,13 +121,14 @@ def price_call(
         cost = accept(value, from_litellm=True)
         if cost is not None:
             return cost, CostSource.COMPLETION_COST, flags
+    images_out = _images_generated(kwargs, response_obj) if is_image else 0
     cost, source, more = price_counts(
         counts,
         model=name,
         provider=prov,
         call_kind=call_kind,
         price_table=price_table,
-        images_out=_images_generated(kwargs, response_obj) if is_image else 0,
+        images_out=images_out,
         ask_litellm=not _litellm_said_unmapped(kwargs),
     )
     flags.extend(f for f in more if f not in flags)
@@ -135,8 +136,7 @@ def price_call(
         # An Azure deployment (or a proxy alias) answers with the model that served it.
         served = _str(getattr(response_obj, "model", None))
         if served and served != name:
-            counts_images = _images_generated(kwargs, response_obj) if is_image else 0
-            served_cost = price_table.cost(served, counts, provider=prov, images_out=counts_images)
+            served_cost = price_table.cost(served, counts, provider=prov, images_out=images_out)
             if served_cost is not None:
                 return served_cost, CostSource.PRICE_TABLE, flags
     return cost, source, flags
@@ -406,20 +406,12 @@ def _litellm_said_unmapped(kwargs: Mapping[str, Any]) -> bool:
 
 
 def _images_generated(kwargs: Mapping[str, Any], response_obj: Any) -> int:
-    data = _get(response_obj, "data")
+    data = get_field(response_obj, "data")
     if isinstance(data, Sequence) and not isinstance(data, str | bytes):
         return len(data)
     optional = kwargs.get("optional_params")
     n = optional.get("n") if isinstance(optional, Mapping) else None
     return n if isinstance(n, int) and n > 0 else 1
-
-
-def _get(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if type(obj) is dict or isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
 
 
 def _str(value: object) -> str | None:

@@ -79,7 +79,8 @@ class TokenCounts:
             self.flags.append(flag)
 
 
-def _get(obj: Any, name: str) -> Any:
+def get_field(obj: Any, name: str) -> Any:
+    """``obj[name]`` for a mapping, ``obj.name`` otherwise; ``None`` when absent (LiteLLM hands both)."""
     if obj is None:
         return None
     if type(obj) is dict or isinstance(obj, Mapping):
@@ -113,7 +114,7 @@ def fields_of(obj: Any) -> Mapping[str, Any]:
 def _first(obj: Any, *names: str) -> Any:
     """The first of ``names`` that ``obj`` carries with a value other than ``None``."""
     for name in names:
-        value = _get(obj, name)
+        value = get_field(obj, name)
         if value is not None:
             return value
     return None
@@ -261,19 +262,19 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
 
 
 def _read_bedrock(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
-    counts.cached_tokens = read_count(counts, _get(usage, "cacheReadInputTokens"))
-    counts.cache_creation_tokens = read_count(counts, _get(usage, "cacheWriteInputTokens"))
-    fresh = read_count(counts, _get(usage, "inputTokens"))
+    counts.cached_tokens = read_count(counts, get_field(usage, "cacheReadInputTokens"))
+    counts.cache_creation_tokens = read_count(counts, get_field(usage, "cacheWriteInputTokens"))
+    fresh = read_count(counts, get_field(usage, "inputTokens"))
     counts.prompt_tokens = fresh + counts.cached_tokens + counts.cache_creation_tokens
-    counts.completion_tokens = read_count(counts, _get(usage, "outputTokens"))
+    counts.completion_tokens = read_count(counts, get_field(usage, "outputTokens"))
 
 
 def _read_gemini(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
-    counts.prompt_tokens = read_count(counts, _get(usage, "promptTokenCount"))
-    counts.cached_tokens = read_count(counts, _get(usage, "cachedContentTokenCount"))
-    counts.reasoning_tokens = read_count(counts, _get(usage, "thoughtsTokenCount"))
-    counts.completion_tokens = read_count(counts, _get(usage, "candidatesTokenCount")) + counts.reasoning_tokens
-    total = _get(usage, "totalTokenCount")
+    counts.prompt_tokens = read_count(counts, get_field(usage, "promptTokenCount"))
+    counts.cached_tokens = read_count(counts, get_field(usage, "cachedContentTokenCount"))
+    counts.reasoning_tokens = read_count(counts, get_field(usage, "thoughtsTokenCount"))
+    counts.completion_tokens = read_count(counts, get_field(usage, "candidatesTokenCount")) + counts.reasoning_tokens
+    total = get_field(usage, "totalTokenCount")
     if total is not None:
         counts.total_tokens = read_count(counts, total)
 
@@ -312,20 +313,20 @@ def response_text(response_obj: Any) -> str:
 
     Used only to estimate tokens locally; it is never stored or logged.
     """
-    choices = _get(response_obj, "choices")
+    choices = get_field(response_obj, "choices")
     if not isinstance(choices, Sequence) or isinstance(choices, str | bytes):
         return ""
     parts: list[str] = []
     for choice in choices:
         message = _first(choice, "message", "delta")
-        text = _get(message, "content") if message is not None else _get(choice, "text")
+        text = get_field(message, "content") if message is not None else get_field(choice, "text")
         if isinstance(text, str):
             parts.append(text)
-        tool_calls = _get(message, "tool_calls")
+        tool_calls = get_field(message, "tool_calls")
         if isinstance(tool_calls, Sequence) and not isinstance(tool_calls, str | bytes):
             for call in tool_calls:
-                function = _get(call, "function")
-                for piece in (_get(function, "name"), _get(function, "arguments")):
+                function = get_field(call, "function")
+                for piece in (get_field(function, "name"), get_field(function, "arguments")):
                     if isinstance(piece, str):
                         parts.append(piece)
     return "".join(parts)
