@@ -22,6 +22,7 @@ from sqlalchemy import Date, Select, case, cast, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
+from turnledger.accumulator import TOKEN_FIELDS
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
 from turnledger.store.record import Database, dialect_name
@@ -35,14 +36,8 @@ class ReportBy(StrEnum):
     DAY = "day"
 
 
-TOKEN_KINDS = (
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "reasoning_tokens",
-)
+TOKEN_KINDS = TOKEN_FIELDS
+"""The token counts every breakdown sums: the same kinds a turn's totals add up."""
 
 
 @dataclass(frozen=True, slots=True)
