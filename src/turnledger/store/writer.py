@@ -373,19 +373,16 @@ class BatchWriter:
 
     async def _gather_batch(self) -> None:
         # Wait up to flush_interval for the batch to fill; a full batch or closing cuts it short.
-        deadline = time.monotonic() + self.flush_interval
-        while len(self._queue) < self.batch_size and not self._closing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wake_writer.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_writer.wait(), remaining)
+        await self._wait_until(self.flush_interval, lambda: len(self._queue) >= self.batch_size or self._closing)
 
     async def _sleep(self, seconds: float) -> None:
         # close() sets _closing and wakes us: a writer in backoff stops at once and leaves the rest to the outbox.
+        await self._wait_until(seconds, lambda: self._closing)
+
+    async def _wait_until(self, seconds: float, done: Callable[[], bool]) -> None:
+        """Wait up to ``seconds``, re-checking ``done`` each time the writer is woken."""
         deadline = time.monotonic() + seconds
-        while not self._closing:
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
