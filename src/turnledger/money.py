@@ -38,6 +38,16 @@ FLOAT_SIGNIFICANT_DIGITS = 15
 """A double holds 15 significant decimal digits faithfully (DBL_DIG); digits past that are binary noise."""
 
 
+_FLOAT_CONTEXT = MONEY_CONTEXT.copy()
+"""MONEY_CONTEXT's settings, passed to each operation rather than entered with ``localcontext`` (which
+copies a context per call): the callback reads a float cost on every event. A copy of its own, so the
+status flags these operations set never land on the shared MONEY_CONTEXT."""
+
+_ONE = Decimal(1)
+_STEPS: dict[int, Decimal] = {}
+"""The rounding step for each decimal exponent a float cost has (a few dozen at most)."""
+
+
 def _from_float(value: float) -> Decimal | None:
     """A float cost as the decimal it stands for.
 
@@ -50,19 +60,18 @@ def _from_float(value: float) -> Decimal | None:
     exact = Decimal(repr(value))
     if exact == 0:
         return Decimal(0)
+    adjusted = exact.adjusted()
+    step = _STEPS.get(adjusted)
+    if step is None:
+        step = _STEPS[adjusted] = Decimal((0, (1,), adjusted - FLOAT_SIGNIFICANT_DIGITS + 1))
     try:
-        with localcontext(MONEY_CONTEXT):
-            step = Decimal(1).scaleb(exact.adjusted() - FLOAT_SIGNIFICANT_DIGITS + 1)
-            return _trim(exact.quantize(step, ROUND_HALF_EVEN))
+        rounded = exact.quantize(step, ROUND_HALF_EVEN, _FLOAT_CONTEXT)
+        # Trailing zeros dropped, without switching an integral value to exponent form (1E+2).
+        if rounded == rounded.to_integral_value(context=_FLOAT_CONTEXT):
+            return rounded.quantize(_ONE, context=_FLOAT_CONTEXT)
+        return rounded.normalize(_FLOAT_CONTEXT)
     except InvalidOperation:
         return None  # beyond any money figure (1e300): not a usable number
-
-
-def _trim(value: Decimal) -> Decimal:
-    """Drop trailing zeros without switching an integral value to exponent form (1E+2)."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return value.normalize()
 
 
 def sum_costs(costs: Iterable[Decimal | None]) -> tuple[Decimal | None, int]:

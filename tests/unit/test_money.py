@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from decimal import Decimal
+import math
+import random
+import struct
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
 
 import pytest
 
@@ -79,3 +82,37 @@ def test_record_json_money_is_fixed_point() -> None:
 
     record = TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("1.5E-7"))
     assert record.to_dict()["cost_usd"] == "0.00000015"
+
+
+def _reference_from_float(value: float) -> Decimal | None:
+    """The plain statement of the rule: shortest repr, rounded half-even to 15 significant digits,
+    trailing zeros dropped (an integral value stays in integer form)."""
+    exact = Decimal(repr(value))
+    if exact == 0:
+        return Decimal(0)
+    with localcontext(Context(prec=60)):
+        try:
+            rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 14), ROUND_HALF_EVEN)
+            if rounded == rounded.to_integral_value():
+                return rounded.quantize(Decimal(1))
+            return rounded.normalize()
+        except InvalidOperation:
+            return None  # beyond any money figure
+
+
+def test_float_costs_read_digit_for_digit_like_the_rule() -> None:
+    rnd = random.Random(20261125)
+    values = [8.400000000000001e-06, 1.35e-05, 9.9999999999999996, 123456789012345678.0, 1e16, 5e-324, -1.5e-05]
+    values += [rnd.uniform(0, 1) * 10 ** rnd.randint(-12, 4) for _ in range(3000)]
+    values += [rnd.randint(1, 10**6) * rnd.choice((0.15, 0.6, 2.5, 0.075, 1.1)) / 1e6 for _ in range(3000)]
+    values += [struct.unpack("d", rnd.randbytes(8))[0] for _ in range(3000)]
+    values = [v for v in values if math.isfinite(v)]
+    for value in values:
+        got, want = to_decimal(value), _reference_from_float(value)
+        assert (got.as_tuple() if got is not None else None) == (want.as_tuple() if want is not None else None), value
+
+
+def test_float_costs_ignore_the_callers_decimal_context() -> None:
+    with localcontext(Context(prec=4, rounding=ROUND_FLOOR)):
+        assert to_decimal(0.00021280000000000002) == Decimal("0.0002128")
+        assert to_decimal(123456.789) == Decimal("123456.789")
