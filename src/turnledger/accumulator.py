@@ -419,19 +419,23 @@ class TurnTokenAccumulator:
         """
         groups: dict[str, list[TokenCallRecord]] = {}
         for record in self._snapshot():
-            groups.setdefault(record.model, []).append(record)
+            group = groups.get(record.model)
+            if group is None:
+                groups[record.model] = [record]
+            else:
+                group.append(record)
         summary: dict[str, dict[str, Any]] = {}
         for model, records in groups.items():
             first = records[0]
-            summary[model] = {
-                **record_totals(records),
-                "failed_calls": sum(1 for r in records if r.status is CallStatus.FAILURE),
-                "abandoned_calls": sum(1 for r in records if r.status is CallStatus.ABANDONED),
-                "provider": first.provider,
-                "model_ref": first.model_ref,
-                "model_id": first.model_id,
-                "display_name": first.display_name,
-            }
+            totals = record_totals(records)
+            statuses = [r.status for r in records]
+            totals["failed_calls"] = statuses.count(CallStatus.FAILURE)
+            totals["abandoned_calls"] = statuses.count(CallStatus.ABANDONED)
+            totals["provider"] = first.provider
+            totals["model_ref"] = first.model_ref
+            totals["model_id"] = first.model_id
+            totals["display_name"] = first.display_name
+            summary[model] = totals
         micros = split_micros([s["cost_usd"] for s in summary.values()])
         for entry, m in zip(summary.values(), micros, strict=True):
             entry["cost_micros"] = m

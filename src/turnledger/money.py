@@ -101,22 +101,21 @@ def split_micros(parts: Sequence[Decimal | None]) -> list[int | None]:
     Rounding each part on its own can drift from the rounded total by a micro per part; the
     largest-remainder method hands the rounding difference to the parts that lost most to it.
     """
-    total, _ = sum_costs(parts)
-    target = micros_from_usd(total)
-    if target is None:
+    priced = [p for p in parts if p is not None]
+    if parts and not priced:
         return [None for _ in parts]
-    floors: list[int | None] = []
-    remainders: list[tuple[Decimal, int]] = []
     with localcontext(MONEY_CONTEXT):
-        for i, part in enumerate(parts):
-            if part is None:
-                floors.append(None)
-                continue
-            exact = part * MICROS_PER_USD
-            floor = int(exact.to_integral_value(rounding=ROUND_FLOOR))
-            floors.append(floor)
-            remainders.append((exact - floor, i))
-    shortfall = target - sum(f for f in floors if f is not None)
+        target = int((sum(priced, Decimal(0)) * MICROS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+        exact = [None if p is None else p * MICROS_PER_USD for p in parts]
+        floors: list[int | None] = [
+            None if e is None else int(e.to_integral_value(rounding=ROUND_FLOOR)) for e in exact
+        ]
+        shortfall = target - sum(f for f in floors if f is not None)
+        if not shortfall:
+            return floors  # the parts' floors already add up (whole micros): nothing to hand out
+        remainders = [
+            (e - f, i) for i, (e, f) in enumerate(zip(exact, floors, strict=True)) if e is not None and f is not None
+        ]
     remainders.sort(key=lambda r: (-r[0], r[1]))
     out = list(floors)
     step = 1 if shortfall >= 0 else -1

@@ -253,3 +253,44 @@ async def test_turns_handed_over_after_close_still_reach_the_outbox(engine: Asyn
     assert (report.entries, report.inserted) == (1, 1)
     assert await stored_turn_ids(engine) == {"in-time": 1, "late": 1}
     assert files_in(tmp_path) == []
+
+
+async def test_a_live_batch_with_stored_turns_writes_the_new_ones_and_skips_the_rest(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a live batch is COPYed straight into the tables; a turn_id stored already makes
+    # that fail as a whole, and the batch must then go the conflict-skipping way: nothing refused,
+    # nothing doubled, the new turns written.
+    import turnledger.store.entries as entries_module
+
+    direct: list[str] = []
+    copy_direct = entries_module._copy_direct
+
+    async def spy(
+        driver: object, usage_records: list[tuple[object, ...]], call_records: list[tuple[object, ...]]
+    ) -> int:
+        try:
+            written = await copy_direct(driver, usage_records, call_records)
+        except Exception as exc:
+            direct.append(type(exc).__name__)
+            raise
+        direct.append("ok")
+        return written
+
+    monkeypatch.setattr(entries_module, "_copy_direct", spy)
+    async with BatchWriter(engine, outbox_dir=tmp_path, batch_size=50, flush_interval=0.2) as writer:
+        await writer.persist(closed_turn("old-1"))
+        await writer.flush(timeout=30)
+        futures = [writer.submit(closed_turn(t)) for t in ("new-1", "old-1", "new-2", "new-2")]
+        await asyncio.gather(*futures)
+        await writer.flush(timeout=30)
+        assert writer.stats["written"] == 3
+        assert writer.stats["rejected"] == 0
+        assert writer.stats["failed_batches"] == 0
+    assert await stored_turn_ids(engine) == {"old-1": 1, "new-1": 1, "new-2": 1}
+    assert await stored_call_count(engine) == 9
+    assert await orphan_calls(engine) == 0
+    if engine.dialect.name == "postgresql":
+        assert direct == ["ok", "UniqueViolationError"]
+    else:
+        assert direct == []

@@ -48,15 +48,23 @@ async def main(url: str, outbox: str, handed_path: str, acked_path: str, marker:
                 time.sleep(0.5)
 
     copy_entries = entries_module._copy_entries
+    copy_direct = entries_module._copy_direct
 
-    async def _stall_copy(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
-        # The COPY path: the statement that moves the staged rows sleeps in the server before it returns.
+    async def _stall_copy(conn: AsyncConnection, entries: Sequence[Entry], *, fresh: bool = False) -> int:
+        # The COPY paths: the statement that moves the staged rows sleeps in the server before it returns,
+        # and so does the transaction of a direct COPY, rows copied but not committed.
         nonlocal batches
         batches += 1
         if batches >= SLOW_AFTER:
             entries_module._MOVE_STAGED = f"SELECT ({entries_module._MOVE_STAGED}) FROM pg_sleep(0.5)"
+            entries_module._copy_direct = _stall_direct
             _touch(marker)
-        return await copy_entries(conn, entries)
+        return await copy_entries(conn, entries, fresh=fresh)
+
+    async def _stall_direct(driver: Any, usage_records: Any, call_records: Any) -> int:
+        written = await copy_direct(driver, usage_records, call_records)
+        await driver.execute("SELECT pg_sleep(0.5)")
+        return written
 
     entries_module._copy_entries = _stall_copy
 

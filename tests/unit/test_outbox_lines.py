@@ -10,11 +10,15 @@ from typing import Any
 import pytest
 
 from tests.integration.writer_support import closed_turn
-from turnledger.store.entries import CALL_COLUMNS, USAGE_COLUMNS, make_entry
+from turnledger.store.entries import CALL_COLUMNS, USAGE_COLUMNS, dumps_document, make_entry
 from turnledger.store.lines import encode_line, unpack_entry
 from turnledger.store.outbox import CorruptLine, decode_line, encode_entry, frame_line
 from turnledger.store.record import turn_rows
 from turnledger.store.replay import ReplayReport, load_segment
+
+
+class _Name(str):
+    pass
 
 
 def _entry(turn_id: str = "t1") -> dict[str, Any]:
@@ -55,7 +59,9 @@ def test_version_1_lines_still_read() -> None:
         pytest.param(lambda e: e["calls"][0].__setitem__("extra", 1), id="extra column"),
         pytest.param(lambda e: e["calls"][0].pop("model"), id="missing column"),
         pytest.param(lambda e: e["usage"].__setitem__("tags", '[{"$dec":"1"}]'), id="tag-like key in a document"),
-        pytest.param(lambda e: e["usage"].__setitem__("turn_id", "\x00turnledger:document\x00"), id="placeholder text"),
+        # What the fast JSON encoder would write differently from the standard one, or not at all.
+        pytest.param(lambda e: e["usage"].__setitem__("prompt_tokens", 2**70), id="int beyond 64 bits"),
+        pytest.param(lambda e: e["calls"][0].__setitem__("model", _Name("gpt-4o")), id="str subclass"),
     ],
 )
 def test_what_does_not_pack_exactly_is_written_as_version_1(change: Any) -> None:
@@ -63,6 +69,14 @@ def test_what_does_not_pack_exactly_is_written_as_version_1(change: Any) -> None
     change(entry)
     line = encode_line(entry)
     assert json.loads(line)["entry"]["v"] == 1
+    assert _read(line) == entry
+
+
+def test_odd_strings_pack_and_read_back_exactly() -> None:
+    entry = _entry('t-\x00-ünï-\u2028-"quoted"-\\')
+    entry["usage"]["tags"] = dumps_document(["\x00", "ü", "\ud7ff"])
+    line = encode_line(entry)
+    assert json.loads(line)["entry"]["v"] == 2
     assert _read(line) == entry
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import JSON
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -74,12 +75,21 @@ def entry_rows(entry: Entry) -> TurnRows:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` builds on every call, built once."""
 
+ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+"""orjson refusing (TypeError) what the standard encoder would treat otherwise: dataclasses, datetimes
+and subclasses of str/int/dict/list are left to the standard encoder, so the text is the same."""
+
 
 def dumps_document(value: Any) -> str:
-    """A JSON document column's value as the JSON text an entry carries."""
+    """A JSON document column's value as the JSON text an entry carries (compact, UTF-8 unescaped)."""
     if type(value) is list and not value:
         return "[]"  # most calls' flags
-    return _ENCODER.encode(value)
+    try:
+        # A tenth of the standard encoder's time on a turn's call_details (bench/write_bench.py).
+        return orjson.dumps(value, option=ORJSON_STRICT).decode()
+    except TypeError:
+        # What orjson does not take (an int beyond 64 bits, a str subclass...): the standard encoder decides.
+        return _ENCODER.encode(value)
 
 
 _dumps = dumps_document
@@ -96,15 +106,20 @@ def is_entry(value: Mapping[str, Any]) -> bool:
     )
 
 
-async def write_entries(conn: AsyncConnection, entries: Sequence[Entry], *, pg_copy: bool = True) -> int:
+async def write_entries(
+    conn: AsyncConnection, entries: Sequence[Entry], *, pg_copy: bool = True, fresh: bool = False
+) -> int:
     """Insert the entries' turns in the caller's transaction; returns how many were not yet stored.
 
     On PostgreSQL with ``pg_copy`` the rows are COPYed into session-temporary staging tables and moved
     with one ``INSERT ... SELECT ... ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py measures
     it against multi-row INSERTs); elsewhere, :func:`~turnledger.store.record.insert_turn_rows`.
+    ``fresh`` says the turns are most likely not stored yet (a live batch, not a replay): on PostgreSQL
+    they are first COPYed straight into the tables, ids reserved from the sequence, and only if some
+    ``turn_id`` turns out to be stored already does the write fall back to the staging tables.
     """
     if pg_copy and conn.dialect.name == "postgresql":
-        return await _copy_entries(conn, entries)
+        return await _copy_entries(conn, entries, fresh=fresh)
     written = await insert_turn_rows(conn, [entry_rows(e) for e in entries])
     return len(written)
 
@@ -161,10 +176,49 @@ def _values(
         return tuple([row.get(c) for c in columns])
 
 
-async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry]) -> int:
+_RESERVE_IDS = "SELECT nextval(pg_get_serial_sequence('token_usage', 'id')) FROM generate_series(1, $1)"
+_DIRECT_USAGE_COLUMNS = ["id", *_USAGE_COLUMNS]
+_DIRECT_CALL_COLUMNS = ["usage_id", *_CALL_COLUMNS]
+
+
+async def _copy_direct(driver: Any, usage_records: list[tuple[Any, ...]], call_records: list[tuple[Any, ...]]) -> int:
+    """COPY the turns and their calls straight into the tables, in the driver's current transaction.
+
+    Half the database's work of the staging path (one insert per row instead of two, no join), and
+    no conflict check: a ``turn_id`` stored already raises ``UniqueViolationError``.
+    """
+    ids = [row[0] for row in await driver.fetch(_RESERVE_IDS, len(usage_records))]
+    usage_id = dict(zip((r[0] for r in usage_records), ids, strict=True))
+    await driver.copy_records_to_table(
+        "token_usage",
+        records=[(i, *r) for i, r in zip(ids, usage_records, strict=True)],
+        columns=_DIRECT_USAGE_COLUMNS,
+    )
+    if call_records:
+        await driver.copy_records_to_table(
+            "token_usage_calls",
+            records=[(usage_id[c[0]], *c[1:]) for c in call_records],
+            columns=_DIRECT_CALL_COLUMNS,
+        )
+    return len(usage_records)
+
+
+async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry], *, fresh: bool = False) -> int:
     usage_records, call_records = _copy_records(entries)
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
+    if fresh and usage_records:
+        try:
+            # A savepoint if the caller's transaction already began on this connection, else a transaction.
+            async with driver.transaction():
+                return await _copy_direct(driver, usage_records, call_records)
+        except asyncpg.UniqueViolationError:
+            pass  # some turn is stored already (a retried batch): the staging path below skips it
+        except asyncpg.PostgresError as exc:
+            raise storage_error(exc) from exc
+        except BaseException:
+            await conn.invalidate()
+            raise
     # The staging tables live as long as the connection; creating them is skipped (a round trip per
     # table) once a top-level transaction that created them has committed on this connection.
     top_level = not driver.is_in_transaction()
@@ -199,9 +253,9 @@ WriteFn = Callable[[Sequence[Entry]], Coroutine[Any, Any, int]]
 """Writes a batch of entries in one transaction; returns how many turns were new."""
 
 
-def transaction_writer(engine: AsyncEngine, *, pg_copy: bool = True) -> WriteFn:
+def transaction_writer(engine: AsyncEngine, *, pg_copy: bool = True, fresh: bool = False) -> WriteFn:
     async def write(entries: Sequence[Entry]) -> int:
         async with engine.begin() as conn:
-            return await write_entries(conn, entries, pg_copy=pg_copy)
+            return await write_entries(conn, entries, pg_copy=pg_copy, fresh=fresh)
 
     return write

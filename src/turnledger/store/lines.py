@@ -18,20 +18,19 @@ written as a version-1 line instead; both versions are read back into the same i
 
 from __future__ import annotations
 
-import json
 import operator
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from itertools import chain
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import JSON, Table
 
 from turnledger.store.base import UTCDateTime
-from turnledger.store.entries import CALL_COLUMNS, USAGE_COLUMNS, Entry, dumps_document
+from turnledger.store.entries import CALL_COLUMNS, ORJSON_STRICT, USAGE_COLUMNS, Entry, dumps_document
 from turnledger.store.models import ExactDecimal
 from turnledger.store.outbox import FORMAT_VERSION, encode_entry, frame_line
 from turnledger.store.record import CALLS_TABLE, USAGE_TABLE
@@ -81,19 +80,13 @@ class _Layout:
 
 _USAGE = _Layout.of(USAGE_TABLE, USAGE_COLUMNS)
 _CALLS = _Layout.of(CALLS_TABLE, CALL_COLUMNS)
-_HOLE = "\x00turnledger:document\x00"
-"""Where a JSON document goes in a packed row until its text is spliced in (NULs: no stored string has them)."""
-_HOLE_JSON = json.dumps(_HOLE)
-
-_PLAIN_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-"""No ``default``: a value JSON cannot take raises, and the line falls back to version 1."""
 
 
 class _Unpackable(Exception):
     pass
 
 
-def _pack(row: Mapping[str, Any], layout: _Layout, docs: list[str], times: dict[int, str]) -> list[Any]:
+def _pack(row: Mapping[str, Any], layout: _Layout, times: dict[int, str]) -> list[Any]:
     # Same length and every column present: the same keys, nothing left out of the line.
     if len(row) != len(layout.columns):
         raise _Unpackable
@@ -110,8 +103,8 @@ def _pack(row: Mapping[str, Any], layout: _Layout, docs: list[str], times: dict[
             # exactly. Any "$" at all is looked for: one character is a far faster search than '"$'.
             if type(value) is not str or "$" in value:
                 raise _Unpackable
-            docs.append(value)
-            values[i] = _HOLE
+            # JSON text already: written into the line as JSON, not escaped again as a string.
+            values[i] = orjson.Fragment(value)
         elif type(value) is not kind:
             raise _Unpackable
         elif kind is Decimal:
@@ -127,24 +120,20 @@ def _pack(row: Mapping[str, Any], layout: _Layout, docs: list[str], times: dict[
 
 def encode_line(entry: Entry) -> bytes:
     """The entry as an outbox line, newline included: version 2 when it packs exactly, else version 1."""
-    docs: list[str] = []
     times: dict[int, str] = {}  # by id(): the entry holds every datetime alive meanwhile
     try:
         packed = {
             "v": PACKED_VERSION,
             "turn_id": entry["turn_id"],
             "cols": _FINGERPRINT,
-            "usage": _pack(entry["usage"], _USAGE, docs, times),
-            "calls": [_pack(call, _CALLS, docs, times) for call in entry["calls"]],
+            "usage": _pack(entry["usage"], _USAGE, times),
+            "calls": [_pack(call, _CALLS, times) for call in entry["calls"]],
         }
-        parts = _PLAIN_ENCODER.encode(packed).split(_HOLE_JSON)
+        # Strict: a value the standard encoder would have written otherwise makes it a version-1 line.
+        body = orjson.dumps(packed, option=ORJSON_STRICT)
     except (_Unpackable, TypeError, ValueError):
         return encode_entry(entry)
-    if len(parts) != len(docs) + 1:
-        return encode_entry(entry)  # the placeholder's text occurred elsewhere too
-    # The documents are JSON text already: spliced in as JSON, not escaped again as strings.
-    body = "".join(chain.from_iterable(zip(parts, docs, strict=False))) + parts[-1]
-    return frame_line(body.encode())
+    return frame_line(body)
 
 
 def _unpack(values: Any, layout: _Layout) -> dict[str, Any]:

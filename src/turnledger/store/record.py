@@ -109,7 +109,34 @@ def call_row(
     the call rows of a turn add up to its ``cost_micros``; alone, a call rounds its own cost.
     Strings are made storable (:func:`_fit_row`); a changed row gets the ``sanitized`` flag.
     """
-    row: dict[str, Any] = {
+    row = _call_row_as_is(
+        record,
+        seq=seq,
+        usage_type=usage_type,
+        user_id=user_id,
+        thread_id=thread_id,
+        tenant_id=tenant_id,
+        created_at=created_at,
+        cost_micros=cost_micros,
+    )
+    if _fit_row(row, _CALL_LIMITS):
+        row["flags"].append(SANITIZED_FLAG)
+    return row
+
+
+def _call_row_as_is(
+    record: TokenCallRecord,
+    *,
+    seq: int,
+    usage_type: str,
+    user_id: str | None,
+    thread_id: str | None,
+    tenant_id: str | None,
+    created_at: datetime,
+    cost_micros: int | None,
+) -> dict[str, Any]:
+    """:func:`call_row` with the strings as they are (for a turn whose strings all fit)."""
+    return {
         "seq": seq,
         "call_id": record.call_id,
         "model": record.model,
@@ -145,9 +172,6 @@ def call_row(
         "tenant_id": tenant_id,
         "created_at": created_at,
     }
-    if _fit_row(row, _CALL_LIMITS):
-        row["flags"].append(SANITIZED_FLAG)
-    return row
 
 
 def turn_rows(
@@ -170,8 +194,13 @@ def turn_rows(
     user_id, thread_id, tenant_id = _opt_str(turn.user_id), _opt_str(turn.thread_id), _opt_str(turn.tenant_id)
     # Rounded once for the turn, then shared out: the call rows' micros add up to the turn's.
     micros = split_micros([r.cost_usd for r in records])
+    # Nearly every turn's strings fit every column as they are: one check for the whole turn instead
+    # of one per row (the per-row check, and fitting, for the rest).
+    message = _opt_str(message_id if message_id is not None else turn.message_id)
+    as_is = _strings_fit(records, (turn.turn_id, usage_type, user_id, thread_id, message, tenant_id))
+    make_call_row = _call_row_as_is if as_is else call_row
     calls: list[dict[str, Any]] = [
-        call_row(
+        make_call_row(
             record,
             seq=seq,
             usage_type=usage_type,
@@ -190,7 +219,7 @@ def turn_rows(
         "usage_type": usage_type,
         "user_id": user_id,
         "thread_id": thread_id,
-        "message_id": _opt_str(message_id if message_id is not None else turn.message_id),
+        "message_id": message,
         "tenant_id": tenant_id,
         "tags": [str(tag) for tag in turn.tags],
         "calls": len(records),
@@ -210,7 +239,7 @@ def turn_rows(
         "created_at": when,
         "recorded_at": _aware(recorded_at or datetime.now(UTC)),
     }
-    fitted = _fit_row(usage, _USAGE_LIMITS)
+    fitted = False if as_is else _fit_row(usage, _USAGE_LIMITS)
     if fitted or any(SANITIZED_FLAG in c["flags"] for c in calls) or any("\x00" in t for t in usage["tags"]):
         _sanitize_documents(usage, calls)
         logger.warning(
@@ -459,6 +488,27 @@ def _fit(value: str, length: int) -> str:
         digest = hashlib.sha256(value.encode()).hexdigest()[:16]
         value = f"{value[: length - len(digest) - 1]}~{digest}"
     return value
+
+
+_RECORD_STRINGS = operator.attrgetter(
+    "call_id", "model", "provider", "error_type", "provider_request_id", "model_ref", "model_id", "display_name"
+)
+_ENUM_VALUED = frozenset({"call_kind", "status", "cost_source"})
+"""Columns holding the value of one of turnledger's own enums: short, known, never fitted."""
+_SHORTEST_LIMIT = min(length for name, length in _USAGE_LIMITS + _CALL_LIMITS if name not in _ENUM_VALUED)
+"""Any other bounded string column holds at least this many characters."""
+
+
+def _strings_fit(records: Sequence[TokenCallRecord], turn_strings: tuple[object, ...]) -> bool:
+    """Whether every string the turn's rows get from the turn and its records is short enough for any
+    column and free of NUL characters (False when unsure: the caller then checks row by row)."""
+    strings: list[Any] = [s for s in turn_strings if s]
+    for values in map(_RECORD_STRINGS, records):
+        strings.extend(filter(None, values))
+    try:
+        return max(map(len, strings), default=0) <= _SHORTEST_LIMIT and "\x00" not in "".join(strings)
+    except TypeError:
+        return False  # not all strings: the row-by-row check decides
 
 
 def _may_need_fit(row: dict[str, Any], groups: tuple[tuple[Callable[[Any], Any], int], ...]) -> bool:

@@ -101,6 +101,8 @@ class BatchWriter:
         self.engine = engine
         self.pg_copy = pg_copy
         self._write = transaction_writer(engine, pg_copy=pg_copy)
+        # Live turns are new to the database but for a retried batch: the write assumes so, and checks.
+        self._write_fresh = transaction_writer(engine, pg_copy=pg_copy, fresh=True)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
@@ -390,7 +392,7 @@ class BatchWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_writer.wait(), remaining)
 
-    async def _bounded_write(self, entries: Sequence[Entry]) -> int:
+    async def _bounded_write(self, entries: Sequence[Entry], *, fresh: bool = False) -> int:
         """One transaction, given up after ``write_timeout``.
 
         A hung connection may not even let a rollback through, so the write runs as its own task and
@@ -398,7 +400,7 @@ class BatchWriter:
         abandoned transaction commit after all, replaying them is a no-op.
         """
 
-        task = asyncio.create_task(self._write(entries))
+        task = asyncio.create_task((self._write_fresh if fresh else self._write)(entries))
         try:
             done, _ = await asyncio.wait({task}, timeout=self.write_timeout)
         except asyncio.CancelledError:
@@ -408,6 +410,9 @@ class BatchWriter:
             return task.result()
         self._abandon(task)
         raise TimeoutError(f"database write took longer than {self.write_timeout}s")
+
+    async def _write_live(self, entries: Sequence[Entry]) -> int:
+        return await self._bounded_write(entries, fresh=True)
 
     def _abandon(self, task: asyncio.Task[Any]) -> None:
         task.cancel()
@@ -427,7 +432,7 @@ class BatchWriter:
             self._reject(reject_path, refused, exc)
 
         try:
-            written = await write_isolating(self._bounded_write, [q.entry for q in batch], reject)
+            written = await write_isolating(self._write_live, [q.entry for q in batch], reject)
         except BaseException:
             self._spill(batch)
             raise
