@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +48,9 @@ in about a millisecond; only a call that will never report (a broken-off stream)
 
 DEFAULT_LOGGING_TIMEOUT_S = 30.0
 """How long a closing scope waits for LiteLLM to log a call whose response has already arrived."""
+
+EventKey = tuple[str, str, Hashable]
+"""What tells one LiteLLM end event from another: call id, status, end time."""
 
 _current_turn: ContextVar[TurnTokenAccumulator | None] = ContextVar("turnledger_current_turn", default=None)
 
@@ -181,7 +184,8 @@ class TurnTokenAccumulator:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending: dict[str, PendingCall] = {}
-        self._seen_events: set[tuple[str, str, str]] = set()
+        self._seen_events: set[EventKey] = set()
+        self._sync_waiters = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._subscribers: tuple[Subscriber, ...] = ()
         self._metadata: dict[str, ModelMetadata] = {}
@@ -218,7 +222,8 @@ class TurnTokenAccumulator:
         return meta
 
     def metadata_for(self, model: str | None) -> ModelMetadata | None:
-        if not model:
+        # Most turns register none: asked on every event, that answer needs no lock.
+        if not model or not self._metadata:
             return None
         with self._lock:
             return (
@@ -259,7 +264,7 @@ class TurnTokenAccumulator:
                 self._pending[pending.call_id] = pending
         call_bindings.bind(pending.call_id, self)
 
-    def add(self, record: TokenCallRecord, *, event_key: tuple[str, str, str] | None = None) -> bool:
+    def add(self, record: TokenCallRecord, *, event_key: EventKey | None = None) -> bool:
         """Add a finished call. Returns False if it was a duplicate of an event already added.
 
         After the turn closed, the record is kept in ``late_calls``, flagged ``late``, and still handed
@@ -277,15 +282,19 @@ class TurnTokenAccumulator:
                 self.calls.append(record)
             self._pending.pop(record.call_id, None)
             waiters = self._wake_if_idle_locked()
-            subscribers = self._subscribers
-        _wake(waiters)
-        dispatch(record, self, subscribers + global_subscribers(), self._loop)
+            subscribers = self._subscribers + global_subscribers()
+        if waiters:
+            _wake(waiters)
+        if subscribers:
+            dispatch(record, self, subscribers, self._loop)
         return True
 
     def _wake_if_idle_locked(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
         if self._pending:
             return []
-        self._idle.notify_all()
+        if self._sync_waiters:
+            # Condition.notify_all is Python code run on every event otherwise, mostly for nobody.
+            self._idle.notify_all()
         waiters, self._waiters = self._waiters, []
         return waiters
 
@@ -345,7 +354,12 @@ class TurnTokenAccumulator:
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:
                     return
-                self._idle.wait(remaining)
+                self._sync_waiters += 1
+                try:
+                    self._idle.wait(remaining)
+                finally:
+                    # wait() holds the lock again when it returns, even on an exception.
+                    self._sync_waiters -= 1
 
     def _finalize(self) -> None:
         with self._lock:

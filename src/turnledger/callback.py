@@ -30,6 +30,8 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from turnledger._logging import warn_once
 from turnledger.accumulator import (
+    EventKey,
+    ModelMetadata,
     PendingCall,
     TurnTokenAccumulator,
     call_bindings,
@@ -37,9 +39,16 @@ from turnledger.accumulator import (
 )
 from turnledger.price_table import PriceTable
 from turnledger.pricing import estimate_missing_usage, price_call
-from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.records import (
+    CallKind,
+    CallStatus,
+    CostSource,
+    RecordFlag,
+    TokenCallRecord,
+    record_from_fields,
+)
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
-from turnledger.usage import normalize_usage
+from turnledger.usage import normalize_usage, private_field
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
@@ -81,8 +90,11 @@ def call_kind_of(call_type: object) -> CallKind:
 
 def _utc(value: object) -> datetime | None:
     if isinstance(value, datetime):
-        # LiteLLM stamps naive local times (datetime.now()); astimezone reads a naive value as local.
-        return value.astimezone(UTC)
+        if value.tzinfo is None:
+            # LiteLLM stamps naive local times (datetime.now()). timestamp() reads one as local time, as
+            # astimezone does, at a third of its cost: astimezone builds a named local zone each time.
+            return datetime.fromtimestamp(value.timestamp(), UTC)
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, UTC)
     return None
@@ -96,7 +108,7 @@ def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _provider_request_id(response_obj: Any) -> str | None:
-    hidden = getattr(response_obj, "_hidden_params", None)
+    hidden = private_field(response_obj, "_hidden_params")
     if not isinstance(hidden, Mapping):
         return None
     headers = hidden.get("additional_headers")
@@ -120,10 +132,10 @@ class _SeenEvents:
 
     def __init__(self, max_entries: int = 10_000) -> None:
         self._lock = threading.Lock()
-        self._keys: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._keys: OrderedDict[EventKey, None] = OrderedDict()
         self.max_entries = max_entries
 
-    def first_sighting(self, key: tuple[str, str, str]) -> bool:
+    def first_sighting(self, key: EventKey) -> bool:
         with self._lock:
             if key in self._keys:
                 return False
@@ -223,7 +235,7 @@ class TokenTrackingCallback(CustomLogger):
             if turn is None:
                 turn = get_current_accumulator()
             try:
-                record = self.build_record(kw, response_obj, start_time, end_time, status, turn)
+                record, end = self._build(kw, response_obj, start_time, end_time, status, turn)
             except Exception:
                 self._count("errors")
                 warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
@@ -233,8 +245,9 @@ class TokenTrackingCallback(CustomLogger):
                     status=status,
                     flags=(RecordFlag.MALFORMED_EVENT,),
                 )
-            end = _utc(end_time)
-            event_key = (record.call_id, str(status), end.isoformat() if end else "")
+                end = _utc(end_time)
+            # The end time itself, not its text: every instance reads the same LiteLLM value alike.
+            event_key: EventKey = (record.call_id, status, end)
             if turn is None:
                 self._count("unscoped")
                 # Every installed instance sees the event: global subscribers must hear of it once.
@@ -264,67 +277,100 @@ class TokenTrackingCallback(CustomLogger):
         turn: TurnTokenAccumulator | None,
     ) -> TokenCallRecord:
         """Read one LiteLLM end event into a record; missing pieces are flagged, not fatal."""
+        return self._build(kwargs, response_obj, start_time, end_time, status, turn)[0]
+
+    def _build(
+        self,
+        kwargs: Mapping[str, Any],
+        response_obj: Any,
+        start_time: Any,
+        end_time: Any,
+        status: CallStatus,
+        turn: TurnTokenAccumulator | None,
+    ) -> tuple[TokenCallRecord, datetime | None]:
+        """:meth:`build_record`, and the event's end time in UTC (the event key needs it too)."""
+        get = kwargs.get
         flags: list[RecordFlag] = []
-        call_id = kwargs.get("litellm_call_id")
+        call_id = get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
             flags.append(RecordFlag.MALFORMED_EVENT)
             call_id = _stand_in_call_id(kwargs)
-        model = kwargs.get("model")
+        model = get("model")
         if not isinstance(model, str) or not model:
             model = getattr(response_obj, "model", None)
             if not isinstance(model, str) or not model:
                 flags.append(RecordFlag.MALFORMED_EVENT)
                 model = "unknown"
-        provider = kwargs.get("custom_llm_provider")
+        provider = get("custom_llm_provider")
+        if not isinstance(provider, str):
+            provider = None
         started = _utc(start_time)
         ended = _utc(end_time)
-        stream = bool(kwargs.get("stream"))
-        ttft = _ms_between(started, _utc(kwargs.get("completion_start_time"))) if stream else None
+        stream = bool(get("stream"))
+        ttft = _ms_between(started, _utc(get("completion_start_time"))) if stream else None
+        success = status is CallStatus.SUCCESS
 
         # A failure usually carries no response; one that does (billed, then refused) is priced by its usage.
         counts = normalize_usage(response_obj)
-        flags.extend(counts.flags)
-        if status is CallStatus.SUCCESS and not counts.present:
+        if counts.flags:
+            flags.extend(counts.flags)
+        if success and not counts.present:
             flags.append(RecordFlag.USAGE_MISSING)
-        call_kind = call_kind_of(kwargs.get("call_type"))
-        pricing_kw: dict[str, Any] = {
-            "model": model,
-            "provider": provider if isinstance(provider, str) else None,
-            "call_kind": call_kind,
-            "price_table": self._price_table,
-        }
+        call_kind = call_kind_of(get("call_type"))
+        price_table = self._price_table
+        # Only a call that used no tokens can have its usage missing: skip the call otherwise.
         estimated = (
-            estimate_missing_usage(kwargs, response_obj, counts, **pricing_kw) if status is CallStatus.SUCCESS else None
+            estimate_missing_usage(
+                kwargs,
+                response_obj,
+                counts,
+                model=model,
+                provider=provider,
+                call_kind=call_kind,
+                price_table=price_table,
+            )
+            if success and not counts.used_tokens
+            else None
         )
 
         error_type: str | None = None
         cost: Decimal | None
+        cost_flags: list[RecordFlag] = []
         if status is CallStatus.FAILURE:
-            exc = kwargs.get("exception")
+            exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
             if counts.prompt_tokens == 0 and counts.completion_tokens == 0:
                 cost, source = Decimal(0), CostSource.NOT_BILLED
             else:
-                cost, source, cost_flags = price_call(kwargs, response_obj, counts, **pricing_kw)
-                flags.extend(cost_flags)
+                cost, source, cost_flags = price_call(
+                    kwargs,
+                    response_obj,
+                    counts,
+                    model=model,
+                    provider=provider,
+                    call_kind=call_kind,
+                    price_table=price_table,
+                )
         elif estimated is not None:
             counts, cost, source, cost_flags = estimated
-            flags.extend(cost_flags)
         else:
-            cost, source, cost_flags = price_call(kwargs, response_obj, counts, **pricing_kw)
+            cost, source, cost_flags = price_call(
+                kwargs,
+                response_obj,
+                counts,
+                model=model,
+                provider=provider,
+                call_kind=call_kind,
+                price_table=price_table,
+            )
+        if cost_flags:
             flags.extend(cost_flags)
 
-        meta = turn.metadata_for(model) if turn is not None else None
-        if meta is None and turn is not None:
-            litellm_params = kwargs.get("litellm_params")
-            if isinstance(litellm_params, Mapping):
-                original = litellm_params.get("model")
-                meta = turn.metadata_for(original if isinstance(original, str) else None)
-
-        return TokenCallRecord(
+        meta = _metadata(turn, model, get("litellm_params")) if turn is not None else None
+        record = record_from_fields(
             call_id=call_id,
             model=model,
-            provider=provider if isinstance(provider, str) else None,
+            provider=provider,
             call_kind=call_kind,
             status=status,
             prompt_tokens=counts.prompt_tokens,
@@ -348,8 +394,18 @@ class TokenTrackingCallback(CustomLogger):
             stream=stream,
             usage_estimated=RecordFlag.USAGE_ESTIMATED in flags,
             error_type=error_type,
-            flags=tuple(dict.fromkeys(flags)),
+            flags=tuple(dict.fromkeys(flags)) if flags else (),
         )
+        return record, ended
+
+
+def _metadata(turn: TurnTokenAccumulator, model: str, litellm_params: object) -> ModelMetadata | None:
+    """The turn's metadata for the model LiteLLM reports, else for the model the caller asked for."""
+    meta = turn.metadata_for(model)
+    if meta is None and isinstance(litellm_params, Mapping):
+        original = litellm_params.get("model")
+        meta = turn.metadata_for(original if isinstance(original, str) else None)
+    return meta
 
 
 token_tracker = TokenTrackingCallback(name="turnledger-default")

@@ -111,6 +111,19 @@ def fields_of(obj: Any) -> Mapping[str, Any]:
     return fields if isinstance(fields, dict) else _NO_FIELDS
 
 
+def private_field(obj: Any, name: str) -> Any:
+    """``obj.<name>`` for an underscored attribute, ``None`` when absent.
+
+    A pydantic model keeps its private attributes (LiteLLM's ``_hidden_params``) apart, and reading
+    one as an attribute goes through pydantic's ``__getattr__`` (1.7 us, measured; 0.1 us this way).
+    """
+    if isinstance(obj, BaseModel):
+        private = obj.__pydantic_private__
+        if private and name in private:
+            return private[name]
+    return getattr(obj, name, None)
+
+
 def _first(obj: Any, *names: str) -> Any:
     """The first of ``names`` that ``obj`` carries with a value other than ``None``."""
     for name in names:
@@ -157,10 +170,22 @@ def usage_block(response_obj: Any) -> Any:
     """The usage block of a LiteLLM response object or dict (or a bare usage block), or ``None``."""
     if response_obj is None:
         return None
-    fields = fields_of(response_obj)
-    usage = fields.get("usage")
-    if usage is None:
-        usage = fields.get("usageMetadata")
+    if isinstance(response_obj, BaseModel):
+        # Read in place: fields_of would merge the model's fields and extras into a new dict.
+        fields: Mapping[str, Any] = response_obj.__dict__
+        extra = response_obj.__pydantic_extra__
+        usage = fields.get("usage")
+        if usage is None and extra:
+            usage = extra.get("usage")
+        if usage is None:
+            usage = fields.get("usageMetadata")
+            if usage is None and extra:
+                usage = extra.get("usageMetadata")
+    else:
+        fields = fields_of(response_obj)
+        usage = fields.get("usage")
+        if usage is None:
+            usage = fields.get("usageMetadata")
     if usage is None and not isinstance(response_obj, Mapping | BaseModel):
         usage = getattr(response_obj, "usage", None)  # a plain object with a ``usage`` property
     if usage is not None:
