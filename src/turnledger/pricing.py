@@ -104,9 +104,10 @@ def price_call(
     # (litellm.main._stamp_streaming_usage_cost), so there only a provider known to send inline costs
     # is believed; LiteLLM's figure is then read, as what it is, from response_cost below.
     inline = counts.inline_cost if (not kwargs.get("stream") or prov in INLINE_COST_PROVIDERS) else None
-    cost = accept(inline, from_litellm=False)
-    if cost is not None:
-        return cost, CostSource.PROVIDER, flags
+    if inline is not None:
+        cost = accept(inline, from_litellm=False)
+        if cost is not None:
+            return cost, CostSource.PROVIDER, flags
     cost = accept(kwargs.get("response_cost"), from_litellm=True)
     if cost is not None:
         return cost, CostSource.RESPONSE_COST, flags
