@@ -57,14 +57,22 @@ def _from_float(value: float) -> Decimal | None:
     """
     if value != value or value in (float("inf"), float("-inf")):
         return None
-    exact = Decimal(repr(value))
-    if exact == 0:
+    if value == 0:
         return Decimal(0)
-    adjusted = exact.adjusted()
-    step = _STEPS.get(adjusted)
-    if step is None:
-        step = _STEPS[adjusted] = Decimal((0, (1,), adjusted - FLOAT_SIGNIFICANT_DIGITS + 1))
+    text = repr(value)
     try:
+        if len(text) <= FLOAT_SIGNIFICANT_DIGITS + 1:
+            # A repr this short (it always has a '.' or an 'e') has at most 15 digits: nothing to round.
+            # Its only trailing zero is the '.0' of an integral value (it reads as an integer exactly
+            # when the float is one), which must not stay as an exponent (1E+2).
+            if value.is_integer():
+                return Decimal(text).quantize(_ONE, context=_FLOAT_CONTEXT)
+            return Decimal(text)
+        exact = Decimal(text)
+        adjusted = exact.adjusted()
+        step = _STEPS.get(adjusted)
+        if step is None:
+            step = _STEPS[adjusted] = Decimal((0, (1,), adjusted - FLOAT_SIGNIFICANT_DIGITS + 1))
         rounded = exact.quantize(step, ROUND_HALF_EVEN, _FLOAT_CONTEXT)
         # Trailing zeros dropped, without switching an integral value to exponent form (1E+2).
         if rounded == rounded.to_integral_value(context=_FLOAT_CONTEXT):

@@ -106,6 +106,9 @@ def test_float_costs_read_digit_for_digit_like_the_rule() -> None:
     values += [rnd.uniform(0, 1) * 10 ** rnd.randint(-12, 4) for _ in range(3000)]
     values += [rnd.randint(1, 10**6) * rnd.choice((0.15, 0.6, 2.5, 0.075, 1.1)) / 1e6 for _ in range(3000)]
     values += [struct.unpack("d", rnd.randbytes(8))[0] for _ in range(3000)]
+    # Short reprs (at most 15 digits, the usual LiteLLM cost), integral ones among them.
+    values += [float(f"{rnd.randint(1, 10 ** rnd.randint(1, 15))}e{rnd.randint(-20, 22)}") for _ in range(3000)]
+    values += [100.0, 1e16, 1e22, 1e300, -0.0, 0.5, 123456789012345.0, 1234567890123456.0]
     values = [v for v in values if math.isfinite(v)]
     for value in values:
         got, want = to_decimal(value), _reference_from_float(value)
