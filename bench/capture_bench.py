@@ -18,8 +18,8 @@
    LiteLLM's share and turnledger's. Each round gives one paired ratio; the judged figure is their
    median. Many short rounds (default 120 of 15 calls per arm) rather than few long ones: a pair's
    blocks run milliseconds apart, so the machine's drift (a neighbour's load, CPU frequency) hits
-   both alike, and the median has more pairs to settle on. The ratio of the arms' medians is printed
-   beside it as a cross-check.
+   both alike, and the median has more pairs to settle on. Printed beside it: a 95% bootstrap
+   interval of that median (how much a rerun could move it) and the ratio of the arms' medians.
    Then the hooks' stages timed where LiteLLM calls them (in situ: caches cold after LiteLLM's own work).
 2. The callback's own time per event, calling its hooks directly with arguments recorded from a real
    ``acompletion``: the pre-call hook (binds the call to its turn) and the success hook (usage,
@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import gc
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -175,6 +176,13 @@ def _ratios(ratios: list[float]) -> str:
     return f"min {min(ratios):+.2%}  median {statistics.median(ratios):+.2%}  max {max(ratios):+.2%}"
 
 
+def _median_interval(values: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median: how far the judged figure could move on a rerun."""
+    rnd = random.Random(0)
+    medians = sorted(statistics.median(rnd.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def _of_medians(per_call: dict[str, list[float]], arm: str, base: str) -> str:
     return f"{statistics.median(per_call[arm]) / statistics.median(per_call[base]) - 1:+.2%}"
 
@@ -228,9 +236,10 @@ async def litellm_overhead(repeats: int, turns: int) -> None:
         of_medians = _of_medians(per_call, "callback", "without")
         if clock == "process CPU":
             verdict = "PASS" if statistics.median(ratios) < 0.01 else "OVER"
+            low, high = _median_interval(ratios)
             print(
                 f"  JUDGED (callback - without) / without, CPU: {_ratios(ratios)}   target < 1% -> {verdict}"
-                f"   (ratio of the medians: {of_medians})"
+                f"   (95% interval of the median {low:+.2%} .. {high:+.2%}; ratio of the medians: {of_medians})"
             )
         else:
             print(f"  (callback - without) / without, wall: {_ratios(ratios)}   (ratio of the medians: {of_medians})")
