@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -294,3 +295,63 @@ async def test_a_live_batch_with_stored_turns_writes_the_new_ones_and_skips_the_
         assert direct == ["ok", "UniqueViolationError"]
     else:
         assert direct == []
+
+
+class _StuckDisk:
+    """The outbox's appends wait until ``release()``, as they do when their thread cannot get the GIL."""
+
+    def __init__(self, writer: BatchWriter) -> None:
+        self._go = threading.Event()
+        self.appended = 0
+        self._append = writer.journal.append
+        writer.journal.append = self.append  # type: ignore[method-assign]
+
+    def append(self, lines: list[bytes]) -> int:
+        if not self._go.wait(timeout=60):
+            raise TimeoutError("the test never released the outbox")
+        self.appended += len(lines)
+        return self._append(lines)
+
+    def release(self) -> None:
+        self._go.set()
+
+
+async def test_the_database_need_not_wait_for_the_outbox(engine: AsyncEngine, tmp_path: Path) -> None:
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        disk = _StuckDisk(writer)
+        # Durable in the database before any outbox append has ended: persist() returns.
+        await asyncio.wait_for(asyncio.gather(*(writer.persist(closed_turn(f"fast{i}")) for i in range(12))), 10)
+        assert disk.appended == 0
+        assert await stored_turn_ids(engine) == {f"fast{i}": 1 for i in range(12)}
+        disk.release()
+        await writer.flush(timeout=30)
+        assert disk.appended == 12
+        assert writer.stats["written"] == 12
+    # Their outbox lines were never needed: the segment is gone, nothing is stored twice.
+    assert files_in(tmp_path) == []
+    assert await stored_call_count(engine) == 36
+
+
+async def test_a_batch_that_fails_before_its_outbox_append_ends_is_replayed_from_it(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:9/nowhere")
+    try:
+        writer = BatchWriter(dead, outbox_dir=tmp_path, flush_interval=0.01, retry_initial=0.01, retry_max=0.05)
+        async with writer:
+            disk = _StuckDisk(writer)
+            futures = [writer.submit(closed_turn(f"late{i}")) for i in range(8)]
+            for _ in range(500):
+                if writer.stats["failed_batches"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert writer.stats["failed_batches"] >= 1
+            assert not any(f.done() for f in futures)  # neither the database nor the outbox has them yet
+            disk.release()
+            await asyncio.wait_for(asyncio.gather(*futures), 30)
+        assert writer.stats["written"] == 0
+    finally:
+        await dead.dispose()
+    report = await replay_outbox(engine, tmp_path)
+    assert (report.entries, report.inserted) == (8, 8)
+    assert await stored_turn_ids(engine) == {f"late{i}": 1 for i in range(8)}

@@ -2,17 +2,18 @@
 
 The path of a turn::
 
-    persist(turn) ─► rows ─► journal (outbox segment, fsync'd, group commit) ─► queue ─► batch INSERT
-                                   │                                              │ failed / queue full
-                                   └────────── replay (when the database is back) ◄┘
+    persist(turn) ─► rows ─┬─► journal (outbox segment, fsync'd, group commit) ──────┐
+                           └─► queue ─► batch COPY/INSERT ─► database               ├─► durable: the first of the two
+                                            │ failed / queue full                    │
+                                            └──── replay (when the database is back) ◄┘
 
-A turn is handed over when its rows are durable in this writer's outbox: from then on it is in the
-database or in the outbox (possibly both), whatever dies. The queue in memory is only the fast path;
-a batch that fails, or a turn that does not fit in the bounded queue, is simply left to the outbox
-files, which the writer replays once a write succeeds again (and which ``turnledger replay`` or the next
-writer replays if this process dies). Every write skips a ``turn_id`` already stored, and inserts a turn's
-calls only with the turn, in one transaction (:mod:`turnledger.store.entries`): writing a turn twice
-stores it once.
+A turn is handed over (``persist`` returns) once its rows are durable: in this writer's outbox or in
+the database, whichever comes first; from then on it is in the database or in the outbox (possibly
+both), whatever dies. The queue in memory is only the fast path: a batch that fails, or a turn that
+does not fit in the bounded queue, is left to the outbox files, which the writer replays once a write
+succeeds again (and which ``turnledger replay`` or the next writer replays if this process dies).
+Every write skips a ``turn_id`` already stored, and inserts a turn's calls only with the turn, in one
+transaction (:mod:`turnledger.store.entries`): writing a turn twice stores it once.
 """
 
 from __future__ import annotations
@@ -48,18 +49,24 @@ RowBuilder = Callable[..., TurnRows]
 """``(turn, *, usage_type, ...) -> TurnRows``; the default is :func:`turnledger.store.record.turn_rows`."""
 
 
-@dataclass(slots=True)
-class _Queued:
-    entry: Entry
-    segment: int
-    """The outbox segment holding the entry (-1: none, the outbox could not be written)."""
+_NOT_JOURNALED = -1
+"""A turn's segment when the outbox could not take it: memory is its only copy until the database has it."""
 
 
-@dataclass(slots=True)
-class _Handoff:
+@dataclass(slots=True, eq=False)
+class _Turn:
+    """A handed-over turn on its two ways to durability: the journal and the database, whichever is first."""
+
     entry: Entry
     line: bytes
     done: asyncio.Future[None]
+    """Resolved once the turn is durable: its outbox append or its database write, whichever ends first."""
+    segment: int | None = None
+    """The outbox segment holding it; None while its append is in flight; ``_NOT_JOURNALED``."""
+    stored: bool = False
+    """Written to the database (or set aside as refused): its outbox line is no longer needed."""
+    spilled: bool = False
+    """Left to the outbox (queue full, or its batch failed): its segment must be replayed once known."""
 
 
 class BatchWriter:
@@ -119,11 +126,11 @@ class BatchWriter:
         ``rejected`` (refused by the database for their data, set aside in ``*.rejected``), ``lost`` (in
         neither the outbox nor the database: both failed; each is logged as an error with its turn_id)."""
         self._row_builder: RowBuilder = row_builder or turn_rows
-        self._handoffs: list[_Handoff] = []
+        self._handoffs: list[_Turn] = []
         self._appending = False
         self._append_done = asyncio.Event()
-        self._queue: deque[_Queued] = deque()
-        self._unjournaled: deque[_Queued] = deque()
+        self._queue: deque[_Turn] = deque()
+        self._unjournaled: deque[_Turn] = deque()
         """Turns the outbox could not take and the database has not taken yet: memory is their only copy."""
         self._segment_pending: Counter[int] = Counter()
         self._dirty: set[int] = set()
@@ -215,8 +222,19 @@ class BatchWriter:
             self._spill_late(line)
             done.set_result(None)
             return done
-        self._handoffs.append(_Handoff(entry, line, done))
+        turn = _Turn(entry, line, done)
+        self._handoffs.append(turn)
         self._wake_journal.set()
+        # Queued for the database at once, not after its outbox append: the append runs in a thread, and
+        # a busy event loop can keep that thread from the GIL for as long as it stays busy (CPython 3.11:
+        # the loop's frequent short releases reset the waiting thread's switch timer), which would stall
+        # every write behind it. Durable is whichever of the two ends first.
+        if self._healthy and len(self._queue) < self.max_queue:
+            self._queue.append(turn)
+            self._wake_writer.set()
+        else:
+            turn.spilled = True
+            self.stats["spilled"] += 1
         return done
 
     def _spill_late(self, line: bytes) -> None:
@@ -286,15 +304,19 @@ class BatchWriter:
             self._appending = True
             self._append_done.clear()
             try:
-                segment = await asyncio.to_thread(self.journal.append, [h.line for h in batch])
+                segment = await asyncio.to_thread(self.journal.append, [t.line for t in batch])
             except Exception as exc:
-                # No durable copy: still try the database, and tell whoever waits that the turn is not safe.
+                # No durable copy: the database may still take them, but whoever waits is told they are not safe.
                 warn_once("writer:journal", "turnledger could not write its outbox in %s", self.journal.directory)
                 logger.debug("outbox append failed", exc_info=True)
-                for h in batch:
-                    self._keep_unjournaled(_Queued(h.entry, -1))
-                    if not h.done.done():
-                        h.done.set_exception(exc)
+                for t in batch:
+                    t.segment = _NOT_JOURNALED
+                    if t.stored:
+                        continue
+                    if t.spilled:
+                        self._keep_unjournaled(t)  # not queued either: memory is its only copy
+                    if not t.done.done():
+                        t.done.set_exception(exc)
                 self._wake_writer.set()
                 continue
             finally:
@@ -302,15 +324,16 @@ class BatchWriter:
                 self._append_done.set()
             if before and segment != before:
                 self._maybe_discard(before)
-            for h in batch:
-                if self._healthy and len(self._queue) < self.max_queue:
-                    self._queue.append(_Queued(h.entry, segment))
-                    self._segment_pending[segment] += 1
-                else:
+            for t in batch:
+                t.segment = segment
+                if t.stored:
+                    continue  # the database was first
+                if t.spilled:
                     self._dirty.add(segment)
-                    self.stats["spilled"] += 1
-                if not h.done.done():
-                    h.done.set_result(None)
+                else:
+                    self._segment_pending[segment] += 1  # queued: written later, or spilled then
+                if not t.done.done():
+                    t.done.set_result(None)
             self._wake_writer.set()
 
     def _maybe_discard(self, segment: int) -> None:
@@ -432,34 +455,41 @@ class BatchWriter:
             self._reject(reject_path, refused, exc)
 
         try:
-            written = await write_isolating(self._write_live, [q.entry for q in batch], reject)
+            written = await write_isolating(self._write_live, [t.entry for t in batch], reject)
         except BaseException:
             self._spill(batch)
             raise
         self.stats["batches"] += 1
         self.stats["written"] += written
-        for q in batch:
-            self._entry_done(q.segment)
+        for t in batch:
+            t.stored = True
+            if t.segment is not None:
+                self._entry_done(t.segment)
+            if not t.done.done():
+                t.done.set_result(None)
 
     def _reject(self, path: Path, refused: Sequence[Entry], exc: BaseException) -> None:
         # A poison turn would fail every batch it is in, forever: it is set aside, the rest goes on.
         set_aside(path, refused, exc)
         self.stats["rejected"] += len(refused)
 
-    def _spill(self, items: Iterable[_Queued]) -> None:
-        for q in items:
-            if q.segment > 0:
-                self._dirty.add(q.segment)
-                self.stats["spilled"] += 1
-            else:
+    def _spill(self, items: Iterable[_Turn]) -> None:
+        for t in items:
+            if t.segment == _NOT_JOURNALED:
                 # Not in the outbox: replay cannot bring it back, so memory keeps it for the next attempt.
-                self._keep_unjournaled(q)
+                self._keep_unjournaled(t)
+                continue
+            self.stats["spilled"] += 1
+            if t.segment is None:
+                t.spilled = True  # its append, when it ends, marks the segment for replay
+            else:
+                self._dirty.add(t.segment)
 
-    def _keep_unjournaled(self, q: _Queued) -> None:
+    def _keep_unjournaled(self, t: _Turn) -> None:
         if len(self._queue) + len(self._unjournaled) >= self.max_queue:
-            self._lose([q.entry], "the outbox cannot be written and the writer holds max_queue turns already")
+            self._lose([t.entry], "the outbox cannot be written and the writer holds max_queue turns already")
             return
-        self._unjournaled.append(q)
+        self._unjournaled.append(t)
         self._wake_writer.set()
 
     def _lose(self, entries: Iterable[Entry], why: str) -> None:
@@ -470,14 +500,14 @@ class BatchWriter:
 
     async def _rescue_unjournaled(self) -> None:
         """On close: a last attempt to put the turns only memory holds into the outbox; log those lost."""
-        items = [q for q in self._unjournaled if q.segment <= 0]
+        items = [t for t in self._unjournaled if t.segment == _NOT_JOURNALED]
         self._unjournaled.clear()
         if not items:
             return
         try:
-            segment = await asyncio.to_thread(self.journal.append, [encode_line(q.entry) for q in items])
+            segment = await asyncio.to_thread(self.journal.append, [t.line for t in items])
         except Exception as exc:
-            self._lose((q.entry for q in items), f"writer closed; outbox append failed: {type(exc).__name__}")
+            self._lose((t.entry for t in items), f"writer closed; outbox append failed: {type(exc).__name__}")
             return
         self._dirty.add(segment)
         self.stats["spilled"] += len(items)
