@@ -68,3 +68,34 @@ def test_the_fast_json_safe_matches_the_generic_conversion() -> None:
     assert rows.usage["call_details"] == [
         {**rec.to_dict(), "cost_micros": row["cost_micros"]} for rec, row in zip(records, rows.calls, strict=True)
     ]
+
+
+def test_the_model_breakdown_keeps_an_unpriced_model_unpriced() -> None:
+    turn = TurnTokenAccumulator(turn_id="t")
+    for rec in [*_records(), TokenCallRecord(call_id="d", model="local-llm", prompt_tokens=3)]:
+        turn.add(rec)
+    turn._finalize()
+    breakdown = turn_rows(turn, usage_type="chat").usage["model_breakdown"]
+    assert breakdown == record._json_safe(turn.per_message_summary())
+    assert (breakdown["local-llm"]["cost_usd"], breakdown["local-llm"]["cost_micros"]) == (None, None)
+    assert breakdown["local-llm"]["unpriced_calls"] == 1
+
+
+def test_the_one_pass_call_rows_are_call_row_and_call_detail() -> None:
+    records = _records()
+    when = datetime(2026, 11, 25, tzinfo=UTC)
+    shares = [None, 3, 0]
+    rows, details = record._calls_as_is(records, shares, "chat", "u", "th", None, when)
+    expected = [
+        record.call_row(
+            rec, seq=seq, usage_type="chat", user_id="u", thread_id="th", tenant_id=None, created_at=when, cost_micros=m
+        )
+        for seq, (rec, m) in enumerate(zip(records, shares, strict=True))
+    ]
+    assert rows == expected
+    assert [list(r) for r in rows] == [list(r) for r in expected]  # same column order too
+    assert details == [record._call_detail_generic(rec, m) for rec, m in zip(records, shares, strict=True)]
+    assert [list(d) for d in details] == [
+        list(record._call_detail_generic(r, m)) for r, m in zip(records, shares, strict=True)
+    ]
+    assert all(type(v) is str for row in rows for v in (row["status"], row["call_kind"], *row["flags"]))

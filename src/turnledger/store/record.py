@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator, record_totals
 from turnledger.money import micros_from_usd, split_micros, to_decimal
-from turnledger.records import MICROS_PER_USD, CallStatus, RecordFlag, TokenCallRecord
+from turnledger.records import MICROS_PER_USD, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
 
@@ -198,20 +198,23 @@ def turn_rows(
     # of one per row (the per-row check, and fitting, for the rest).
     message = _opt_str(message_id if message_id is not None else turn.message_id)
     as_is = _strings_fit(records, (turn.turn_id, usage_type, user_id, thread_id, message, tenant_id))
-    make_call_row = _call_row_as_is if as_is else call_row
-    calls: list[dict[str, Any]] = [
-        make_call_row(
-            record,
-            seq=seq,
-            usage_type=usage_type,
-            user_id=user_id,
-            thread_id=thread_id,
-            tenant_id=tenant_id,
-            created_at=when,
-            cost_micros=share,
-        )
-        for seq, (record, share) in enumerate(zip(records, micros, strict=True))
-    ]
+    if as_is:
+        calls, details = _calls_as_is(records, micros, usage_type, user_id, thread_id, tenant_id, when)
+    else:
+        calls = [
+            call_row(
+                record,
+                seq=seq,
+                usage_type=usage_type,
+                user_id=user_id,
+                thread_id=thread_id,
+                tenant_id=tenant_id,
+                created_at=when,
+                cost_micros=share,
+            )
+            for seq, (record, share) in enumerate(zip(records, micros, strict=True))
+        ]
+        details = [_call_detail(record, share) for record, share in zip(records, micros, strict=True)]
     totals = record_totals(records)
     statuses = [r.status for r in records]
     usage = {
@@ -234,8 +237,8 @@ def turn_rows(
         "unpriced_calls": totals["unpriced_calls"],
         "failed_calls": statuses.count(CallStatus.FAILURE),
         "abandoned_calls": statuses.count(CallStatus.ABANDONED),
-        "model_breakdown": _json_safe(turn.per_message_summary()) if records else {},
-        "call_details": [_call_detail(record, share) for record, share in zip(records, micros, strict=True)],
+        "model_breakdown": _model_breakdown(turn) if records else {},
+        "call_details": details,
         "created_at": when,
         "recorded_at": _aware(recorded_at or datetime.now(UTC)),
     }
@@ -557,6 +560,120 @@ def _sanitize_documents(usage: dict[str, Any], calls: Sequence[dict[str, Any]]) 
         for name, _length in _CALL_LIMITS:
             if name in detail and name in call:
                 detail[name] = call[name]
+
+
+_ENUM_VALUE: dict[str, str] = {m: m.value for e in (CallKind, CallStatus, CostSource, RecordFlag) for m in e}
+"""An enum member's value by a dict lookup (C) rather than the ``.value`` property (Python)."""
+
+
+def _calls_as_is(
+    records: Sequence[TokenCallRecord],
+    micros: Sequence[int | None],
+    usage_type: str,
+    user_id: str | None,
+    thread_id: str | None,
+    tenant_id: str | None,
+    created_at: datetime,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The call rows and the ``call_details`` document of a turn whose strings all fit, in one pass:
+    each is :func:`call_row` and :func:`_call_detail` of the record (tests/unit/test_row_documents.py)."""
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    value = _ENUM_VALUE
+    for seq, (r, share) in enumerate(zip(records, micros, strict=True)):
+        row: dict[str, Any] = {
+            "seq": seq,
+            "call_id": r.call_id,
+            "model": r.model,
+            "provider": r.provider,
+            "call_kind": value[r.call_kind],
+            "status": value[r.status],
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "total_tokens": r.total_tokens,
+            "cached_tokens": r.cached_tokens,
+            "cache_creation_tokens": r.cache_creation_tokens,
+            "cache_creation_1h_tokens": r.cache_creation_1h_tokens,
+            "reasoning_tokens": r.reasoning_tokens,
+            "image_input_tokens": r.image_input_tokens,
+            "image_output_tokens": r.image_output_tokens,
+            "cost_usd": r.cost_usd,
+            "cost_micros": r.cost_micros if share is None else share,
+            "cost_source": value[r.cost_source],
+            "started_at": r.started_at,
+            "latency_ms": r.latency_ms,
+            "ttft_ms": r.ttft_ms,
+            "stream": r.stream,
+            "usage_estimated": r.usage_estimated,
+            "error_type": r.error_type,
+            "provider_request_id": r.provider_request_id,
+            "model_ref": r.model_ref,
+            "model_id": r.model_id,
+            "display_name": r.display_name,
+            "flags": [value[f] for f in r.flags] if r.flags else [],
+            "usage_type": usage_type,
+            "user_id": user_id,
+            "thread_id": thread_id,
+            "tenant_id": tenant_id,
+            "created_at": created_at,
+        }
+        rows.append(row)
+        # The document: the same values, in TokenCallRecord.to_dict's order, money and time as text.
+        detail = {name: row[name] for name in _DETAIL_FROM_ROW}
+        cost, started = row["cost_usd"], row["started_at"]
+        detail["cost_usd"] = f"{cost:f}" if isinstance(cost, Decimal) else cost
+        detail["started_at"] = started.isoformat() if isinstance(started, datetime) else started
+        detail["flags"] = list(row["flags"])
+        detail["cost_micros"] = share
+        details.append(detail)
+    return rows, details
+
+
+_DETAIL_ORDER = (
+    "call_id",
+    "model",
+    "provider",
+    "call_kind",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "cache_creation_1h_tokens",
+    "reasoning_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "cost_usd",
+    "cost_source",
+    "started_at",
+    "latency_ms",
+    "ttft_ms",
+    "provider_request_id",
+    "model_ref",
+    "model_id",
+    "display_name",
+    "stream",
+    "usage_estimated",
+    "error_type",
+    "flags",
+    "cost_micros",
+)
+_DETAIL_FROM_ROW = _DETAIL_ORDER[:-1]
+"""A call_details entry's keys, in order (``cost_micros`` last, set apart: the row may hold the call's own)."""
+
+
+def _model_breakdown(turn: TurnTokenAccumulator) -> dict[str, Any]:
+    """``_json_safe(turn.per_message_summary())``: only ``cost_usd`` needs converting (a Decimal) when
+    the models are strings, as they are; anything else goes the generic way."""
+    summary = turn.per_message_summary()
+    if any(type(model) is not str for model in summary):
+        return cast(dict[str, Any], _json_safe(summary))
+    for totals in summary.values():
+        cost = totals["cost_usd"]
+        if cost is not None:
+            totals["cost_usd"] = f"{cost:f}"
+    return summary
 
 
 def _call_detail_fast(r: TokenCallRecord, share: int | None) -> dict[str, Any]:
