@@ -6,9 +6,11 @@ their JSON text: serialized once, that text is both what the outbox line carries
 This is the entry in memory; on disk it is packed (:mod:`turnledger.store.lines`).
 
 :func:`write_entries` stores turns with their calls in one transaction, skipping any ``turn_id`` already
-stored: on PostgreSQL by COPY into session-temporary staging tables and one ``INSERT ... SELECT ...
-ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py: 2-3x the multi-row INSERT), elsewhere through
-:func:`turnledger.store.record.insert_turn_rows` (multi-row ``INSERT ... ON CONFLICT DO NOTHING``).
+stored. On PostgreSQL: a live batch (``fresh``) is COPYed straight into the tables with ids reserved
+from the sequence, and only if a ``turn_id`` turns out to be stored already does it take the other way,
+the one replays take: COPY into session-temporary staging tables and one ``INSERT ... SELECT ...
+ON CONFLICT (turn_id) DO NOTHING`` (bench/write_bench.py measures both against multi-row INSERTs).
+Elsewhere, :func:`turnledger.store.record.insert_turn_rows` (multi-row ``INSERT ... ON CONFLICT DO NOTHING``).
 """
 
 from __future__ import annotations
