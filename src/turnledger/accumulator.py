@@ -343,9 +343,13 @@ class TurnTokenAccumulator:
                     return
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
-            with contextlib.suppress(TimeoutError):
-                # On a timeout, loop once more: the deadline may have moved (a response arrived).
-                await asyncio.wait_for(fut, remaining)
+            # On a timeout, loop once more: the deadline may have moved (a response arrived). A timer
+            # resolving the future is what wait_for does, without its extra future and callbacks.
+            timer = loop.call_later(remaining, _resolve, fut)
+            try:
+                await fut
+            finally:
+                timer.cancel()
 
     def _settle_sync(self, timeout: float | None) -> None:
         started = time.monotonic()
@@ -519,7 +523,15 @@ def record_totals(records: Sequence[TokenCallRecord]) -> dict[str, Any]:
 
 
 def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     for loop, fut in waiters:
+        if loop is running:
+            # On the waiter's own loop (an async call's event): no self-pipe write and wake-up needed.
+            _resolve(fut)
+            continue
         # A closed loop raises RuntimeError: nobody is waiting there any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_resolve, fut)

@@ -149,6 +149,32 @@ async def test_exit_waits_for_a_pending_call_and_wakes_when_it_lands() -> None:
     assert not turn.late_calls
 
 
+async def test_exit_wakes_when_the_event_lands_on_its_own_loop() -> None:
+    # An async call's event is logged on the loop the scope waits on. The deadline is an hour: only
+    # the event itself can end the wait before the test's own hang guard.
+    async def scope() -> TurnTokenAccumulator:
+        async with turnledger.scoped_turn(settle_timeout=3600) as turn:
+            turn.begin_call(pending("c1"))
+            asyncio.get_running_loop().call_later(0.05, turn.add, record("c1"))
+        return turn
+
+    turn = await asyncio.wait_for(scope(), 60)
+    assert [r.status for r in turn.calls] == [CallStatus.SUCCESS]
+
+
+async def test_a_cancelled_exit_still_closes_the_turn() -> None:
+    turn = TurnTokenAccumulator(settle_timeout=5)
+    turn._activate()
+    turn.begin_call(pending("cancelled-exit"))
+    closing = asyncio.ensure_future(turn.aclose())
+    await asyncio.sleep(0.02)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert turn.closed
+    assert [r.status for r in turn.calls] == [CallStatus.ABANDONED]
+
+
 async def test_a_call_still_pending_at_the_deadline_is_abandoned_not_dropped() -> None:
     async with turnledger.scoped_turn(settle_timeout=0.05) as turn:
         turn.begin_call(pending("never-ends", model="m-x"))
