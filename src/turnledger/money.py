@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from turnledger.records import MICROS_PER_USD, MONEY_CONTEXT, micros_from_usd
 
@@ -82,22 +82,29 @@ def _from_float(value: float) -> Decimal | None:
         return None  # beyond any money figure (1e300): not a usable number
 
 
+_SUM_CONTEXT = MONEY_CONTEXT.copy()
+"""MONEY_CONTEXT's settings passed to each operation of the sums below rather than entered with
+``localcontext`` (a context copied per call; turn_rows sums and splits several times per turn). A copy
+of its own, so the status flags these operations set never land on the shared MONEY_CONTEXT."""
+_ZERO = Decimal(0)
+
+
 def sum_costs(costs: Iterable[Decimal | None]) -> tuple[Decimal | None, int]:
     """The exact sum of the priced costs and the count of unpriced ones.
 
     The sum is ``None`` when there were costs and every one was unpriced (unknown is not zero);
     an empty input sums to ``Decimal(0)``.
     """
-    total = Decimal(0)
+    total = _ZERO
     priced = 0
     unpriced = 0
-    with localcontext(MONEY_CONTEXT):
-        for cost in costs:
-            if cost is None:
-                unpriced += 1
-            else:
-                total += cost
-                priced += 1
+    add = _SUM_CONTEXT.add
+    for cost in costs:
+        if cost is None:
+            unpriced += 1
+        else:
+            total = add(total, cost)
+            priced += 1
     if unpriced and not priced:
         return None, unpriced
     return total, unpriced
@@ -112,18 +119,21 @@ def split_micros(parts: Sequence[Decimal | None]) -> list[int | None]:
     priced = [p for p in parts if p is not None]
     if parts and not priced:
         return [None for _ in parts]
-    with localcontext(MONEY_CONTEXT):
-        target = int((sum(priced, Decimal(0)) * MICROS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
-        exact = [None if p is None else p * MICROS_PER_USD for p in parts]
-        floors: list[int | None] = [
-            None if e is None else int(e.to_integral_value(rounding=ROUND_FLOOR)) for e in exact
-        ]
-        shortfall = target - sum(f for f in floors if f is not None)
-        if not shortfall:
-            return floors  # the parts' floors already add up (whole micros): nothing to hand out
-        remainders = [
-            (e - f, i) for i, (e, f) in enumerate(zip(exact, floors, strict=True)) if e is not None and f is not None
-        ]
+    ctx = _SUM_CONTEXT
+    total = _ZERO
+    for part in priced:
+        total = ctx.add(total, part)
+    target = int(ctx.multiply(total, MICROS_PER_USD).to_integral_value(ROUND_HALF_EVEN, ctx))
+    exact = [None if p is None else ctx.multiply(p, MICROS_PER_USD) for p in parts]
+    floors: list[int | None] = [None if e is None else int(e.to_integral_value(ROUND_FLOOR, ctx)) for e in exact]
+    shortfall = target - sum(f for f in floors if f is not None)
+    if not shortfall:
+        return floors  # the parts' floors already add up (whole micros): nothing to hand out
+    remainders = [
+        (ctx.subtract(e, f), i)
+        for i, (e, f) in enumerate(zip(exact, floors, strict=True))
+        if e is not None and f is not None
+    ]
     remainders.sort(key=lambda r: (-r[0], r[1]))
     out = list(floors)
     step = 1 if shortfall >= 0 else -1
