@@ -6,6 +6,7 @@ Rows are built by pure functions (:func:`turn_rows`, :func:`call_row`) and inser
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import operator
@@ -109,16 +110,7 @@ def call_row(
     the call rows of a turn add up to its ``cost_micros``; alone, a call rounds its own cost.
     Strings are made storable (:func:`_fit_row`); a changed row gets the ``sanitized`` flag.
     """
-    row = _call_row_as_is(
-        record,
-        seq=seq,
-        usage_type=usage_type,
-        user_id=user_id,
-        thread_id=thread_id,
-        tenant_id=tenant_id,
-        created_at=created_at,
-        cost_micros=cost_micros,
-    )
+    row = _call_row_as_is(record, seq, cost_micros, usage_type, user_id, thread_id, tenant_id, created_at)
     if _fit_row(row, _CALL_LIMITS):
         row["flags"].append(SANITIZED_FLAG)
     return row
@@ -126,23 +118,23 @@ def call_row(
 
 def _call_row_as_is(
     record: TokenCallRecord,
-    *,
     seq: int,
+    cost_micros: int | None,
     usage_type: str,
     user_id: str | None,
     thread_id: str | None,
     tenant_id: str | None,
     created_at: datetime,
-    cost_micros: int | None,
 ) -> dict[str, Any]:
     """:func:`call_row` with the strings as they are (for a turn whose strings all fit)."""
+    value = _ENUM_VALUE
     return {
         "seq": seq,
         "call_id": record.call_id,
         "model": record.model,
         "provider": record.provider,
-        "call_kind": record.call_kind.value,
-        "status": record.status.value,
+        "call_kind": value[record.call_kind],
+        "status": value[record.status],
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "total_tokens": record.total_tokens,
@@ -154,7 +146,7 @@ def _call_row_as_is(
         "image_output_tokens": record.image_output_tokens,
         "cost_usd": record.cost_usd,
         "cost_micros": record.cost_micros if cost_micros is None else cost_micros,
-        "cost_source": record.cost_source.value,
+        "cost_source": value[record.cost_source],
         "started_at": record.started_at,
         "latency_ms": record.latency_ms,
         "ttft_ms": record.ttft_ms,
@@ -165,7 +157,7 @@ def _call_row_as_is(
         "model_ref": record.model_ref,
         "model_id": record.model_id,
         "display_name": record.display_name,
-        "flags": [flag.value for flag in record.flags],
+        "flags": [value[flag] for flag in record.flags] if record.flags else [],
         "usage_type": usage_type,
         "user_id": user_id,
         "thread_id": thread_id,
@@ -579,44 +571,8 @@ def _calls_as_is(
     each is :func:`call_row` and :func:`_call_detail` of the record (tests/unit/test_row_documents.py)."""
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
-    value = _ENUM_VALUE
     for seq, (r, share) in enumerate(zip(records, micros, strict=True)):
-        row: dict[str, Any] = {
-            "seq": seq,
-            "call_id": r.call_id,
-            "model": r.model,
-            "provider": r.provider,
-            "call_kind": value[r.call_kind],
-            "status": value[r.status],
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "total_tokens": r.total_tokens,
-            "cached_tokens": r.cached_tokens,
-            "cache_creation_tokens": r.cache_creation_tokens,
-            "cache_creation_1h_tokens": r.cache_creation_1h_tokens,
-            "reasoning_tokens": r.reasoning_tokens,
-            "image_input_tokens": r.image_input_tokens,
-            "image_output_tokens": r.image_output_tokens,
-            "cost_usd": r.cost_usd,
-            "cost_micros": r.cost_micros if share is None else share,
-            "cost_source": value[r.cost_source],
-            "started_at": r.started_at,
-            "latency_ms": r.latency_ms,
-            "ttft_ms": r.ttft_ms,
-            "stream": r.stream,
-            "usage_estimated": r.usage_estimated,
-            "error_type": r.error_type,
-            "provider_request_id": r.provider_request_id,
-            "model_ref": r.model_ref,
-            "model_id": r.model_id,
-            "display_name": r.display_name,
-            "flags": [value[f] for f in r.flags] if r.flags else [],
-            "usage_type": usage_type,
-            "user_id": user_id,
-            "thread_id": thread_id,
-            "tenant_id": tenant_id,
-            "created_at": created_at,
-        }
+        row = _call_row_as_is(r, seq, share, usage_type, user_id, thread_id, tenant_id, created_at)
         rows.append(row)
         # The document: the same values, in TokenCallRecord.to_dict's order, money and time as text.
         detail = {name: row[name] for name in _DETAIL_FROM_ROW}
@@ -629,38 +585,9 @@ def _calls_as_is(
     return rows, details
 
 
-_DETAIL_ORDER = (
-    "call_id",
-    "model",
-    "provider",
-    "call_kind",
-    "status",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "cache_creation_1h_tokens",
-    "reasoning_tokens",
-    "image_input_tokens",
-    "image_output_tokens",
-    "cost_usd",
-    "cost_source",
-    "started_at",
-    "latency_ms",
-    "ttft_ms",
-    "provider_request_id",
-    "model_ref",
-    "model_id",
-    "display_name",
-    "stream",
-    "usage_estimated",
-    "error_type",
-    "flags",
-    "cost_micros",
-)
-_DETAIL_FROM_ROW = _DETAIL_ORDER[:-1]
-"""A call_details entry's keys, in order (``cost_micros`` last, set apart: the row may hold the call's own)."""
+_DETAIL_FROM_ROW = tuple(f.name for f in dataclasses.fields(TokenCallRecord))
+"""A call_details entry's keys, in ``TokenCallRecord.to_dict``'s order, but for ``cost_micros`` (last, set
+apart: the row may hold the call's own); every one of them is a column of the call row too."""
 
 
 def _model_breakdown(turn: TurnTokenAccumulator) -> dict[str, Any]:
