@@ -339,20 +339,10 @@ class TokenTrackingCallback(CustomLogger):
         if status is CallStatus.FAILURE:
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
-            if counts.prompt_tokens == 0 and counts.completion_tokens == 0:
-                cost, source = Decimal(0), CostSource.NOT_BILLED
-            else:
-                cost, source, cost_flags = price_call(
-                    kwargs,
-                    response_obj,
-                    counts,
-                    model=model,
-                    provider=provider,
-                    call_kind=call_kind,
-                    price_table=price_table,
-                )
-        elif estimated is not None:
+        if estimated is not None:  # a success only
             counts, cost, source, cost_flags = estimated
+        elif status is CallStatus.FAILURE and counts.prompt_tokens == 0 and counts.completion_tokens == 0:
+            cost, source = Decimal(0), CostSource.NOT_BILLED
         else:
             cost, source, cost_flags = price_call(
                 kwargs,
