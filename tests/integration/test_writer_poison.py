@@ -119,3 +119,44 @@ async def test_turn_rows_makes_hostile_strings_storable(
     assert all("sanitized" in d["flags"] for d in usage["call_details"])
     assert _rejected_turn_ids(tmp_path) == []
     assert any("'hostile'" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("pg_copy", [True, False], ids=["copy", "insert"])
+async def test_a_value_the_driver_cannot_send_is_set_aside_like_a_refused_one(
+    engine: AsyncEngine, tmp_path: Path, pg_copy: bool
+) -> None:
+    # An integer beyond 64 bits fails in the driver, before the server sees it: still the rows' fault,
+    # so one turn is set aside and the batch (and every later one) is written.
+    poison = turn_rows(closed_turn("too-big"), usage_type="chat")
+    poison.usage["prompt_tokens"] = 2**63
+    async with BatchWriter(
+        engine, outbox_dir=tmp_path, batch_size=50, flush_interval=0.05, retry_max=0.2, pg_copy=pg_copy
+    ) as writer:
+        futures = [writer.submit_rows(r) for r in [*_good("x", 5), poison, *_good("y", 5)]]
+        for fut in futures:
+            await fut
+        await writer.flush(timeout=20)
+        assert writer.stats["rejected"] == 1
+        assert writer.stats["failed_batches"] == 0
+    assert await stored_turn_ids(engine) == {f"{p}{i}": 1 for p in "xy" for i in range(5)}
+    assert _rejected_turn_ids(tmp_path) == ["too-big"]
+
+
+async def test_lone_surrogates_are_replaced_not_lost(engine: AsyncEngine, tmp_path: Path) -> None:
+    # A lone surrogate has no UTF-8: neither the outbox line nor the database could take it, and the
+    # hand-off used to fail with the turn in neither.
+    turn = TurnTokenAccumulator(turn_id="sur\ud800", user_id="u\udcff", tags=("t\ud800",))
+    turn.add(TokenCallRecord(call_id="c0", model="gpt-\ud83d4o", cost_usd=None))
+    turn.add(TokenCallRecord(call_id="c1", model="gpt-4o-mini"))
+    turn._finalize()
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        await writer.persist(turn)
+        await writer.flush(timeout=20)
+        assert (writer.stats["written"], writer.stats["rejected"]) == (1, 0)
+    async with engine.connect() as conn:
+        usage = (await conn.execute(select(USAGE_TABLE).where(USAGE_TABLE.c.turn_id == "sur?"))).mappings().one()
+        calls = (await conn.execute(select(CALLS_TABLE).where(CALLS_TABLE.c.usage_id == usage["id"]))).mappings().all()
+    assert (usage["user_id"], usage["tags"]) == ("u?", ["t?"])
+    assert sorted(usage["model_breakdown"]) == ["gpt-4o-mini", "gpt-?4o"]
+    assert sorted(c["model"] for c in calls) == ["gpt-4o-mini", "gpt-?4o"]
+    assert all("sanitized" in c["flags"] for c in calls)

@@ -25,6 +25,7 @@ import orjson
 from sqlalchemy import JSON
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from turnledger.errors import StorageError
 from turnledger.store.engine import storage_error
 from turnledger.store.outbox import FORMAT_VERSION
 from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, insert_turn_rows
@@ -122,8 +123,23 @@ async def write_entries(
     """
     if pg_copy and conn.dialect.name == "postgresql":
         return await _copy_entries(conn, entries, fresh=fresh)
-    written = await insert_turn_rows(conn, [entry_rows(e) for e in entries])
+    try:
+        written = await insert_turn_rows(conn, [entry_rows(e) for e in entries])
+    except _CLIENT_SIDE_DATA_ERRORS as exc:
+        raise UnencodableRows(f"a value the driver cannot send: {type(exc).__name__}") from exc
     return len(written)
+
+
+class UnencodableRows(StorageError):
+    """The driver could not encode a value of the rows (an integer beyond 64 bits...): like the database
+    refusing them, this is about the rows, so :mod:`turnledger.store.rejects` isolates and sets aside the
+    turn instead of failing every batch it is in."""
+
+    sqlstate = "22000"  # data_exception: what is_data_error looks for
+
+
+_CLIENT_SIDE_DATA_ERRORS = (OverflowError, ValueError, TypeError, UnicodeError)
+"""What a driver raises, before anything reaches the server, for a value it cannot encode."""
 
 
 def _quoted(names: Iterable[str], prefix: str = "") -> str:
@@ -218,6 +234,9 @@ async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry], *, fres
             pass  # some turn is stored already (a retried batch): the staging path below skips it
         except asyncpg.PostgresError as exc:
             raise storage_error(exc) from exc
+        except _CLIENT_SIDE_DATA_ERRORS as exc:
+            await conn.invalidate()  # a COPY broken off mid-stream: the connection is not to be trusted
+            raise UnencodableRows(f"a value the driver cannot send: {type(exc).__name__}") from exc
         except BaseException:
             await conn.invalidate()
             raise
@@ -239,6 +258,9 @@ async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry], *, fres
             inserted: int = await driver.fetchval(_MOVE_STAGED)
     except asyncpg.PostgresError as exc:
         raise storage_error(exc) from exc
+    except _CLIENT_SIDE_DATA_ERRORS as exc:
+        await conn.invalidate()
+        raise UnencodableRows(f"a value the driver cannot send: {type(exc).__name__}") from exc
     except BaseException:
         # Not an answer from the server (a dropped link, a cancelled wait): the connection cannot be trusted.
         await conn.invalidate()

@@ -235,10 +235,10 @@ def turn_rows(
         "recorded_at": _aware(recorded_at or datetime.now(UTC)),
     }
     fitted = False if as_is else _fit_row(usage, _USAGE_LIMITS)
-    if fitted or any(SANITIZED_FLAG in c["flags"] for c in calls) or any("\x00" in t for t in usage["tags"]):
+    if fitted or any(SANITIZED_FLAG in c["flags"] for c in calls) or any(map(_unstorable, usage["tags"])):
         _sanitize_documents(usage, calls)
         logger.warning(
-            "turnledger turn %r: NUL characters removed or strings shortened to fit their columns", turn.turn_id
+            "turnledger turn %r: NUL characters or lone surrogates removed, or strings shortened to fit their columns", turn.turn_id
         )
     return TurnRows(turn_id=usage["turn_id"], usage=usage, calls=calls)
 
@@ -471,14 +471,33 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _unstorable(text: str) -> bool:
+    """Whether ``text`` holds a NUL (PostgreSQL refuses it in text and JSONB) or a lone surrogate
+    (no UTF-8 for it: neither the database nor the outbox can take it)."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _storable(value: str) -> str:
+    """``value`` without NULs, its lone surrogates replaced by ``?``."""
+    return value.replace("\x00", "").encode("utf-8", "replace").decode()
+
+
 def _fit(value: str, length: int) -> str:
-    """``value`` without NUL characters (PostgreSQL refuses them in text and JSONB), at most ``length`` long.
+    """``value`` made storable (:func:`_storable`), at most ``length`` long.
 
     A shortened value ends in a hash of the whole one: distinct ids stay distinct, and the same id
     always shortens the same way, so a retried turn is still recognized by its ``turn_id``.
     """
-    if "\x00" in value:
-        value = value.replace("\x00", "")
+    if _unstorable(value):
+        value = _storable(value)
     if len(value) > length:
         digest = hashlib.sha256(value.encode()).hexdigest()[:16]
         value = f"{value[: length - len(digest) - 1]}~{digest}"
@@ -501,7 +520,7 @@ def _strings_fit(records: Sequence[TokenCallRecord], turn_strings: tuple[object,
     for values in map(_RECORD_STRINGS, records):
         strings.extend(filter(None, values))
     try:
-        return max(map(len, strings), default=0) <= _SHORTEST_LIMIT and "\x00" not in "".join(strings)
+        return max(map(len, strings), default=0) <= _SHORTEST_LIMIT and not _unstorable("".join(strings))
     except TypeError:
         return False  # not all strings: the row-by-row check decides
 
@@ -511,7 +530,7 @@ def _may_need_fit(row: dict[str, Any], groups: tuple[tuple[Callable[[Any], Any],
     try:
         for getter, length in groups:
             present = tuple(filter(None, getter(row)))
-            if present and (max(map(len, present)) > length or "\x00" in "".join(present)):
+            if present and (max(map(len, present)) > length or _unstorable("".join(present))):
                 return True
     except (KeyError, TypeError):
         return True
@@ -526,19 +545,19 @@ def _fit_row(row: dict[str, Any], limits: tuple[tuple[str, int], ...]) -> bool:
     changed = False
     for name, length in limits:
         value = row.get(name)
-        if isinstance(value, str) and (len(value) > length or "\x00" in value):
+        if isinstance(value, str) and (len(value) > length or _unstorable(value)):
             row[name] = _fit(value, length)
             changed = True
     return changed
 
 
-def _strip_nul(value: Any) -> Any:
+def _make_storable(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return _storable(value)
     if isinstance(value, Mapping):
-        return {_strip_nul(k): _strip_nul(v) for k, v in value.items()}
+        return {_make_storable(k): _make_storable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_strip_nul(v) for v in value]
+        return [_make_storable(v) for v in value]
     return value
 
 
@@ -546,7 +565,7 @@ def _sanitize_documents(usage: dict[str, Any], calls: Sequence[dict[str, Any]]) 
     # Rare path (a turn already found to carry a bad string): the JSON documents repeat the calls'
     # strings, so they lose their NULs too, and carry the flags and ids their call rows now have.
     for name in ("tags", "model_breakdown", "call_details"):
-        usage[name] = _strip_nul(usage[name])
+        usage[name] = _make_storable(usage[name])
     for detail, call in zip(usage["call_details"], calls, strict=True):
         detail["flags"] = list(call["flags"])
         for name, _length in _CALL_LIMITS:
