@@ -355,3 +355,37 @@ async def test_a_batch_that_fails_before_its_outbox_append_ends_is_replayed_from
     report = await replay_outbox(engine, tmp_path)
     assert (report.entries, report.inserted) == (8, 8)
     assert await stored_turn_ids(engine) == {f"late{i}": 1 for i in range(8)}
+
+
+async def test_a_turn_refused_by_both_then_rescued_at_close_is_counted_spilled_once(tmp_path: Path) -> None:
+    dead = make_engine("postgresql+asyncpg://postgres@127.0.0.1:9/nowhere")
+    try:
+        writer = await BatchWriter(
+            dead, outbox_dir=tmp_path, flush_interval=0.01, retry_initial=0.01, retry_max=0.05
+        ).start()
+        go = threading.Event()
+        append = writer.journal.append
+        calls: list[int] = []
+
+        def first_fails(lines: list[bytes]) -> int:
+            calls.append(len(lines))
+            if len(calls) == 1:
+                go.wait(30)
+                raise OSError(28, "No space left on device")
+            return append(lines)
+
+        writer.journal.append = first_fails  # type: ignore[method-assign]
+        fut = writer.submit(closed_turn("one"))
+        for _ in range(500):
+            if writer.stats["failed_batches"]:
+                break
+            await asyncio.sleep(0.01)
+        go.set()  # its batch failed before its append ended; now the append fails too
+        with pytest.raises(OSError, match="No space left"):
+            await fut
+        await writer.close(timeout=0.2)
+    finally:
+        await dead.dispose()
+    # close() put it in the outbox after all: one spill, nothing lost.
+    assert (writer.stats["spilled"], writer.stats.get("lost", 0)) == (1, 0)
+    assert sum(line_count(p) for p in pending_segments(tmp_path)) == 1

@@ -314,7 +314,9 @@ class BatchWriter:
                     if t.stored:
                         continue
                     if t.spilled:
-                        self._keep_unjournaled(t)  # not queued either: memory is its only copy
+                        # Not queued either, and not in the outbox after all: memory is its only copy.
+                        self.stats["spilled"] -= 1
+                        self._keep_unjournaled(t)
                     if not t.done.done():
                         t.done.set_exception(exc)
                 self._wake_writer.set()
@@ -364,8 +366,8 @@ class BatchWriter:
                 self._queue.extendleft(reversed(self._unjournaled))
                 self._unjournaled.clear()
             if not self._queue and not self._has_replay_work():
-                if self._closing and not self._handoffs:
-                    return
+                if self._closing and not self._handoffs and not self._appending:
+                    return  # an append in flight may still hand back turns the outbox refused
                 if not self._handoffs and not self._appending:
                     self._wake_idle()
                 self._wake_writer.clear()
