@@ -197,6 +197,7 @@ def _values(
 _RESERVE_IDS = "SELECT nextval(pg_get_serial_sequence('token_usage', 'id')) FROM generate_series(1, $1)"
 _DIRECT_USAGE_COLUMNS = ["id", *_USAGE_COLUMNS]
 _DIRECT_CALL_COLUMNS = ["usage_id", *_CALL_COLUMNS]
+_TURN_ID_AT = _USAGE_COLUMNS.index("turn_id")
 
 
 async def _copy_direct(driver: Any, usage_records: list[tuple[Any, ...]], call_records: list[tuple[Any, ...]]) -> int:
@@ -206,7 +207,7 @@ async def _copy_direct(driver: Any, usage_records: list[tuple[Any, ...]], call_r
     no conflict check: a ``turn_id`` stored already raises ``UniqueViolationError``.
     """
     ids = [row[0] for row in await driver.fetch(_RESERVE_IDS, len(usage_records))]
-    usage_id = dict(zip((r[0] for r in usage_records), ids, strict=True))
+    usage_id = dict(zip((r[_TURN_ID_AT] for r in usage_records), ids, strict=True))
     await driver.copy_records_to_table(
         "token_usage",
         records=[(i, *r) for i, r in zip(ids, usage_records, strict=True)],

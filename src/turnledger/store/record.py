@@ -238,7 +238,8 @@ def turn_rows(
     if fitted or any(SANITIZED_FLAG in c["flags"] for c in calls) or any(map(_unstorable, usage["tags"])):
         _sanitize_documents(usage, calls)
         logger.warning(
-            "turnledger turn %r: NUL characters or lone surrogates removed, or strings shortened to fit their columns", turn.turn_id
+            "turnledger turn %r: NULs or lone surrogates removed, or strings shortened to fit their columns",
+            turn.turn_id,
         )
     return TurnRows(turn_id=usage["turn_id"], usage=usage, calls=calls)
 
