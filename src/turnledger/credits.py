@@ -1001,10 +1001,7 @@ def _reservation_of(entry: Entry) -> Reservation:
 
 
 def _reservation_replay(entry: Entry, kind: EntryKind, account: str) -> Reservation:
-    if entry.kind is not EntryKind.RESERVE or entry.account != account:
-        raise CreditError(
-            f"idempotency key {entry.key!r} was already used for a {entry.kind} on account {entry.account!r}"
-        )
+    _check_replay(entry, EntryKind.RESERVE, account)
     return _reservation_of(_replayed(entry))
 
 
