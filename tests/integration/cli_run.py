@@ -42,15 +42,17 @@ def run_many(
         return list(pool.map(lambda args: run_cli(*args, env=env), commands))
 
 
-def invoke(*args: str) -> Result:
-    """The same command in-process, through typer's runner, at 80 columns."""
+def invoke(*args: str, columns: int = 80) -> Result:
+    """The same command in-process, through typer's runner, at ``columns`` columns (80 unless told)."""
     from turnledger.cli import app
 
-    return CliRunner().invoke(app, list(args), env={"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"})
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "dumb"})
 
 
 def one_line_error(result: subprocess.CompletedProcess[str] | Result) -> str:
-    """The command's stderr, asserted to be a single ``error:`` line and no traceback."""
+    """The command's stderr, asserted to be a single ``error:`` line and no traceback (or uncaught exception)."""
+    if isinstance(result, Result):
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

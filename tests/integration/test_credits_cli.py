@@ -13,26 +13,17 @@ from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import text
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from tests.integration.cli_run import run_cli
+from tests.integration import cli_run
+from tests.integration.cli_run import one_line_error, run_cli
 from turnledger import CreditLedger
-from turnledger.cli import app
 from turnledger.store.engine import make_engine
-
-runner = CliRunner()
 
 
 def invoke(*args: str) -> Result:
-    return runner.invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-def one_line_error(result: Result) -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    """In-process, 200 columns wide so no output line wraps."""
+    return cli_run.invoke(*args, columns=200)
 
 
 def _ledger_setup(url: str) -> None:

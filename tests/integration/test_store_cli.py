@@ -10,27 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from turnledger.cli import app
 from turnledger.store import migrate
 
+from . import cli_run
+from .cli_run import one_line_error
 from .conftest import BACKENDS, PG_ADMIN_DSN, create_pg_database, drop_pg_database
 from .store_data import record_report_turns
 
-runner = CliRunner()
-
 
 def invoke(*args: str) -> Result:
-    return runner.invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-def one_line_error(result: Result) -> str:
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+    """In-process, 200 columns wide so no output line wraps."""
+    return cli_run.invoke(*args, columns=200)
 
 
 @pytest.fixture(params=BACKENDS)
