@@ -784,8 +784,7 @@ def turn_charge(turn: TurnTokenAccumulator, estimate: Decimal, policy: UnpricedP
     when any call is unpriced (the estimate stands in for what nobody could price); ``error``
     charges the priced calls and lets the caller decide the rest.
     """
-    if policy not in ("free", "estimate", "error"):
-        raise ValueError(f"unpriced must be 'free', 'estimate' or 'error', not {policy!r}")
+    _check_policy(policy)
     priced, unpriced = sum_costs(record.cost_usd for record in turn.calls)
     priced_cost = priced if priced is not None else Decimal(0)
     if unpriced and policy == "estimate":
@@ -831,8 +830,7 @@ class credit_scope:
         ttl: timedelta | None = None,
         **labels: Any,
     ) -> None:
-        if unpriced not in ("free", "estimate", "error"):
-            raise ValueError(f"unpriced must be 'free', 'estimate' or 'error', not {unpriced!r}")
+        _check_policy(unpriced)
         self.ledger = ledger
         self.account = account
         self.estimate = _amount(estimate, "estimate", minimum="zero")
@@ -910,6 +908,11 @@ def _check_key(key: str | None, *, derived: bool = False) -> None:
     limit = DERIVED_KEY_MAX_LENGTH if derived else KEY_MAX_LENGTH
     if not isinstance(key, str) or not key or len(key) > limit:
         raise ValueError(f"an idempotency key must be a non-empty string of at most {limit} characters")
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in ("free", "estimate", "error"):
+        raise ValueError(f"unpriced must be 'free', 'estimate' or 'error', not {policy!r}")
 
 
 def _check_account(account: str) -> None:
