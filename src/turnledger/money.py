@@ -38,10 +38,11 @@ FLOAT_SIGNIFICANT_DIGITS = 15
 """A double holds 15 significant decimal digits faithfully (DBL_DIG); digits past that are binary noise."""
 
 
-_FLOAT_CONTEXT = MONEY_CONTEXT.copy()
+_CONTEXT = MONEY_CONTEXT.copy()
 """MONEY_CONTEXT's settings, passed to each operation rather than entered with ``localcontext`` (which
-copies a context per call): the callback reads a float cost on every event. A copy of its own, so the
-status flags these operations set never land on the shared MONEY_CONTEXT."""
+copies a context per call): the callback reads a float cost on every event, turn_rows sums several
+times per turn. A copy of its own, so the status flags these operations set never land on the shared
+MONEY_CONTEXT."""
 
 _ONE = Decimal(1)
 _STEPS: dict[int, Decimal] = {}
@@ -66,26 +67,22 @@ def _from_float(value: float) -> Decimal | None:
             # Its only trailing zero is the '.0' of an integral value (it reads as an integer exactly
             # when the float is one), which must not stay as an exponent (1E+2).
             if value.is_integer():
-                return Decimal(text).quantize(_ONE, context=_FLOAT_CONTEXT)
+                return Decimal(text).quantize(_ONE, context=_CONTEXT)
             return Decimal(text)
         exact = Decimal(text)
         adjusted = exact.adjusted()
         step = _STEPS.get(adjusted)
         if step is None:
             step = _STEPS[adjusted] = Decimal((0, (1,), adjusted - FLOAT_SIGNIFICANT_DIGITS + 1))
-        rounded = exact.quantize(step, ROUND_HALF_EVEN, _FLOAT_CONTEXT)
+        rounded = exact.quantize(step, ROUND_HALF_EVEN, _CONTEXT)
         # Trailing zeros dropped, without switching an integral value to exponent form (1E+2).
-        if rounded == rounded.to_integral_value(context=_FLOAT_CONTEXT):
-            return rounded.quantize(_ONE, context=_FLOAT_CONTEXT)
-        return rounded.normalize(_FLOAT_CONTEXT)
+        if rounded == rounded.to_integral_value(context=_CONTEXT):
+            return rounded.quantize(_ONE, context=_CONTEXT)
+        return rounded.normalize(_CONTEXT)
     except InvalidOperation:
         return None  # beyond any money figure (1e300): not a usable number
 
 
-_SUM_CONTEXT = MONEY_CONTEXT.copy()
-"""MONEY_CONTEXT's settings passed to each operation of the sums below rather than entered with
-``localcontext`` (a context copied per call; turn_rows sums and splits several times per turn). A copy
-of its own, so the status flags these operations set never land on the shared MONEY_CONTEXT."""
 _ZERO = Decimal(0)
 
 
@@ -98,7 +95,7 @@ def sum_costs(costs: Iterable[Decimal | None]) -> tuple[Decimal | None, int]:
     total = _ZERO
     priced = 0
     unpriced = 0
-    add = _SUM_CONTEXT.add
+    add = _CONTEXT.add
     for cost in costs:
         if cost is None:
             unpriced += 1
@@ -116,14 +113,10 @@ def split_micros(parts: Sequence[Decimal | None]) -> list[int | None]:
     Rounding each part on its own can drift from the rounded total by a micro per part; the
     largest-remainder method hands the rounding difference to the parts that lost most to it.
     """
-    priced = [p for p in parts if p is not None]
-    if parts and not priced:
+    target = micros_from_usd(sum_costs(parts)[0])
+    if target is None:
         return [None for _ in parts]
-    ctx = _SUM_CONTEXT
-    total = _ZERO
-    for part in priced:
-        total = ctx.add(total, part)
-    target = int(ctx.multiply(total, MICROS_PER_USD).to_integral_value(ROUND_HALF_EVEN, ctx))
+    ctx = _CONTEXT
     exact = [None if p is None else ctx.multiply(p, MICROS_PER_USD) for p in parts]
     floors: list[int | None] = [None if e is None else int(e.to_integral_value(ROUND_FLOOR, ctx)) for e in exact]
     shortfall = target - sum(f for f in floors if f is not None)

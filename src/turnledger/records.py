@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -90,12 +90,18 @@ class RecordFlag(StrEnum):
     so the estimated cost is a lower bound."""
 
 
+_MICROS_CONTEXT = MONEY_CONTEXT.copy()
+"""MONEY_CONTEXT's settings passed to each operation rather than entered with ``localcontext`` (a
+context copied per call). A copy of its own, so the status flags these operations set never land on
+the shared MONEY_CONTEXT."""
+
+
 def micros_from_usd(cost_usd: Decimal | None) -> int | None:
     """Integer micro-USD, rounded half-even once, for callers that want an integer."""
     if cost_usd is None:
         return None
-    with localcontext(MONEY_CONTEXT):
-        return int((cost_usd * MICROS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+    ctx = _MICROS_CONTEXT
+    return int(ctx.multiply(cost_usd, MICROS_PER_USD).to_integral_value(ROUND_HALF_EVEN, ctx))
 
 
 @dataclass(frozen=True, slots=True)
