@@ -46,10 +46,12 @@ def _records() -> list[TokenCallRecord]:
 
 
 def test_call_details_are_to_dict_with_the_share() -> None:
-    assert record._call_detail is record._call_detail_fast
-    for rec in _records():
-        assert record._call_detail_fast(rec, 17) == {**rec.to_dict(), "cost_micros": 17}
-        assert record._call_detail_fast(rec, None) == {**rec.to_dict(), "cost_micros": None}
+    records = _records()
+    when = datetime(2026, 11, 25, tzinfo=UTC)
+    for share in (17, None):
+        _rows, details = record._calls_as_is(records, [share] * len(records), "chat", None, None, None, when)
+        for rec, detail in zip(records, details, strict=True):
+            assert detail == {**rec.to_dict(), "cost_micros": share}
 
 
 def test_the_fast_json_safe_matches_the_generic_conversion() -> None:
@@ -94,8 +96,8 @@ def test_the_one_pass_call_rows_are_call_row_and_call_detail() -> None:
     ]
     assert rows == expected
     assert [list(r) for r in rows] == [list(r) for r in expected]  # same column order too
-    assert details == [record._call_detail_generic(rec, m) for rec, m in zip(records, shares, strict=True)]
+    assert details == [{**rec.to_dict(), "cost_micros": m} for rec, m in zip(records, shares, strict=True)]
     assert [list(d) for d in details] == [
-        list(record._call_detail_generic(r, m)) for r, m in zip(records, shares, strict=True)
+        list({**r.to_dict(), "cost_micros": m}) for r, m in zip(records, shares, strict=True)
     ]
     assert all(type(v) is str for row in rows for v in (row["status"], row["call_kind"], *row["flags"]))

@@ -190,23 +190,12 @@ def turn_rows(
     # of one per row (the per-row check, and fitting, for the rest).
     message = _opt_str(message_id if message_id is not None else turn.message_id)
     as_is = _strings_fit(records, (turn.turn_id, usage_type, user_id, thread_id, message, tenant_id))
-    if as_is:
-        calls, details = _calls_as_is(records, micros, usage_type, user_id, thread_id, tenant_id, when)
-    else:
-        calls = [
-            call_row(
-                record,
-                seq=seq,
-                usage_type=usage_type,
-                user_id=user_id,
-                thread_id=thread_id,
-                tenant_id=tenant_id,
-                created_at=when,
-                cost_micros=share,
-            )
-            for seq, (record, share) in enumerate(zip(records, micros, strict=True))
-        ]
-        details = [_call_detail(record, share) for record, share in zip(records, micros, strict=True)]
+    calls, details = _calls_as_is(records, micros, usage_type, user_id, thread_id, tenant_id, when)
+    if not as_is:
+        # The details keep the strings as they were: _sanitize_documents below mends them to match.
+        for row in calls:
+            if _fit_row(row, _CALL_LIMITS):
+                row["flags"].append(SANITIZED_FLAG)
     totals = record_totals(records)
     statuses = [r.status for r in records]
     usage = {
@@ -587,8 +576,8 @@ def _calls_as_is(
     tenant_id: str | None,
     created_at: datetime,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The call rows and the ``call_details`` document of a turn whose strings all fit, in one pass:
-    each is :func:`call_row` and :func:`_call_detail` of the record (tests/unit/test_row_documents.py)."""
+    """The call rows, strings as they are (not fitted), and the ``call_details`` document of a turn, in
+    one pass: each detail is ``{**record.to_dict(), "cost_micros": share}`` (tests/unit/test_row_documents.py)."""
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     for seq, (r, share) in enumerate(zip(records, micros, strict=True)):
@@ -621,56 +610,6 @@ def _model_breakdown(turn: TurnTokenAccumulator) -> dict[str, Any]:
         if cost is not None:
             totals["cost_usd"] = f"{cost:f}"
     return summary
-
-
-def _call_detail_fast(r: TokenCallRecord, share: int | None) -> dict[str, Any]:
-    """``{**r.to_dict(), "cost_micros": share}``, spelled out: to_dict's generic loop was most of turn_rows' time."""
-    cost, started = r.cost_usd, r.started_at
-    return {
-        "call_id": r.call_id,
-        "model": r.model,
-        "provider": r.provider,
-        "call_kind": r.call_kind.value,
-        "status": r.status.value,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "total_tokens": r.total_tokens,
-        "cached_tokens": r.cached_tokens,
-        "cache_creation_tokens": r.cache_creation_tokens,
-        "cache_creation_1h_tokens": r.cache_creation_1h_tokens,
-        "reasoning_tokens": r.reasoning_tokens,
-        "image_input_tokens": r.image_input_tokens,
-        "image_output_tokens": r.image_output_tokens,
-        "cost_usd": f"{cost:f}" if isinstance(cost, Decimal) else cost,
-        "cost_source": r.cost_source.value,
-        "started_at": started.isoformat() if isinstance(started, datetime) else started,
-        "latency_ms": r.latency_ms,
-        "ttft_ms": r.ttft_ms,
-        "provider_request_id": r.provider_request_id,
-        "model_ref": r.model_ref,
-        "model_id": r.model_id,
-        "display_name": r.display_name,
-        "stream": r.stream,
-        "usage_estimated": r.usage_estimated,
-        "error_type": r.error_type,
-        "flags": [str(flag) for flag in r.flags],
-        "cost_micros": share,
-    }
-
-
-def _call_detail_generic(r: TokenCallRecord, share: int | None) -> dict[str, Any]:
-    return {**r.to_dict(), "cost_micros": share}
-
-
-def _pick_call_detail() -> Callable[[TokenCallRecord, int | None], dict[str, Any]]:
-    # Should TokenCallRecord gain or lose a field, the spelled-out version is no longer its to_dict:
-    # fall back to the generic one rather than store a different document.
-    probe = TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.1"), started_at=datetime.now(UTC))
-    same = _call_detail_fast(probe, 1) == _call_detail_generic(probe, 1)
-    return _call_detail_fast if same else _call_detail_generic
-
-
-_call_detail = _pick_call_detail()
 
 
 def _scrub(value: Any) -> Any:
