@@ -100,3 +100,12 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     eng = make_engine(database_url)
     yield eng
     await eng.dispose()
+
+
+@pytest.fixture
+async def pg_engine(postgresql_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """PostgreSQL only (for tests that need the real server, e.g. behind a proxy), every table empty."""
+    await _empty_tables(postgresql_database_url)
+    eng = make_engine(postgresql_database_url)
+    yield eng
+    await eng.dispose()

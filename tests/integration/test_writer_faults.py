@@ -12,11 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,16 +33,6 @@ pytestmark = pytest.mark.asyncio
 
 FAULT_SECONDS = float(os.environ.get("TURNLEDGER_FAULT_SECONDS", "3"))
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def pg_engine(postgresql_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(postgresql_database_url)
-    async with engine.begin() as conn:
-        await conn.execute(text("DELETE FROM token_usage_calls"))
-        await conn.execute(text("DELETE FROM token_usage"))
-    yield engine
-    await engine.dispose()
 
 
 def _through(url: str, port: int) -> str:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,16 +21,6 @@ from turnledger.store.replay import replay_outbox
 from turnledger.store.writer import BatchWriter
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def pg_engine(postgresql_database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(postgresql_database_url)
-    async with engine.begin() as conn:
-        await conn.execute(text("DELETE FROM token_usage_calls"))
-        await conn.execute(text("DELETE FROM token_usage"))
-    yield engine
-    await engine.dispose()
 
 
 class _Disk:
