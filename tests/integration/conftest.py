@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -109,3 +112,37 @@ async def pg_engine(postgresql_database_url: str) -> AsyncIterator[AsyncEngine]:
     eng = make_engine(postgresql_database_url)
     yield eng
     await eng.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with nothing in it, not even Alembic's version table, once per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    name, url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+async def table_names(url: str) -> set[str]:
+    """Every table in the database at ``url``, Alembic's version table included."""
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+def schema_diffs(connection: Connection, tables: Collection[str]) -> list[Any]:
+    """Where the migrated ``tables`` (and their indexes, constraints) differ from the models."""
+
+    def among_tables(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        table = obj if type_ == "table" else getattr(obj, "table", None)
+        return getattr(table, "name", name) in tables
+
+    context = MigrationContext.configure(connection, opts={"include_object": among_tables, "compare_type": True})
+    return list(compare_metadata(context, Base.metadata))

@@ -5,29 +5,24 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import delete, func, insert, inspect, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import turnledger
 from turnledger import CallStatus, record_token_usage, record_turn, session_factory
 from turnledger.store import migrate
-from turnledger.store.base import Base
 from turnledger.store.engine import make_engine, resolve_url
 from turnledger.store.models import TokenUsage, TokenUsageCall
 from turnledger.store.record import insert_turn_rows, turn_rows
 
-from .conftest import BACKENDS, create_pg_database, drop_pg_database
+from .conftest import schema_diffs, table_names
 from .store_data import DAY1, DAY2, call, closed_turn
 
 OUR_TABLES = {"token_usage", "token_usage_calls"}
@@ -37,43 +32,17 @@ if importlib.util.find_spec("turnledger.credits_models") is not None:
     importlib.import_module("turnledger.credits_models")
 
 
-@pytest.fixture(params=BACKENDS)
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with nothing in it, not even Alembic's version table."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-        return
-    name, url = create_pg_database()
-    try:
-        yield url
-    finally:
-        drop_pg_database(name)
-
-
-def _tables(connection: Connection) -> set[str]:
-    return set(inspect(connection).get_table_names())
-
-
-async def _table_names(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(_tables)
-    finally:
-        await engine.dispose()
-
-
 async def test_migrate_from_empty_down_to_base_and_up_again(empty_database_url: str) -> None:
     url = empty_database_url
     assert await migrate.current_revision_async(url) is None
     await migrate.upgrade_async(url)
     head = migrate.head_revision()
     assert await migrate.current_revision_async(url) == head
-    assert await _table_names(url) >= OUR_TABLES
+    assert await table_names(url) >= OUR_TABLES
 
     await migrate.downgrade_async(url, "base")
     assert await migrate.current_revision_async(url) is None
-    assert await _table_names(url) <= {"alembic_version"}
+    assert await table_names(url) <= {"alembic_version"}
 
     await migrate.upgrade_async(url)
     assert await migrate.current_revision_async(url) == head
@@ -92,21 +61,12 @@ async def test_downgrade_to_0001_keeps_our_tables(empty_database_url: str) -> No
     await migrate.upgrade_async(empty_database_url)
     await migrate.downgrade_async(empty_database_url, "0001")
     assert await migrate.current_revision_async(empty_database_url) == "0001"
-    assert await _table_names(empty_database_url) == OUR_TABLES | {"alembic_version"}
-
-
-def _diffs(connection: Connection) -> list[Any]:
-    def ours(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-        table = obj if type_ == "table" else getattr(obj, "table", None)
-        return getattr(table, "name", name) in OUR_TABLES
-
-    context = MigrationContext.configure(connection, opts={"include_object": ours, "compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
+    assert await table_names(empty_database_url) == OUR_TABLES | {"alembic_version"}
 
 
 async def test_migrated_schema_matches_the_models(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
-        assert await conn.run_sync(_diffs) == []
+        assert await conn.run_sync(schema_diffs, OUR_TABLES) == []
 
 
 async def test_record_turn_writes_the_turn_and_every_call_exactly(engine: AsyncEngine) -> None:
