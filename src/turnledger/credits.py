@@ -42,7 +42,7 @@ from decimal import Decimal, localcontext
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -393,17 +393,14 @@ class CreditLedger:
     async def balance(self, account: str) -> AccountBalance:
         """The account's balance, held credits and overdraft limit (expired holds released first)."""
         async with self._read() as conn:
-            acct = await self._read_account(conn, account)
+            acct = await self._read_account(conn, account, self._now())
             if acct is None:
                 raise CreditError(f"no credit account {account!r}")
-            expired = await _execute(
-                conn, select(func.count()).select_from(_H).where(_H.account_id == account, _H.expires_at <= self._now())
-            )
-            if not expired.scalar_one():
+            if not acct.has_expired_holds:
                 return _balance_of(acct)
         await self.expire_holds(account)
         async with self._read() as conn:
-            acct = await self._read_account(conn, account)
+            acct = await self._read_account(conn, account, self._now())
             assert acct is not None
             return _balance_of(acct)
 
@@ -609,23 +606,11 @@ class CreditLedger:
             await _execute(
                 conn, dialect_insert(_A).values(**values).on_conflict_do_nothing(index_elements=["account_id"])
             )
-        # Whether any hold has expired comes with the lock, in the same round trip: every statement
-        # under the lock makes every other writer of this account wait a little longer.
-        expired = select(_H.reservation_id).where(_H.account_id == account, _H.expires_at <= now).exists()
-        stmt = (
-            select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit, expired.label("has_expired_holds"))
-            .where(_A.account_id == account)
-            .with_for_update(of=_A)
-        )
-        row = (await _execute(conn, stmt)).first()
-        if row is None:
-            return None
-        return _Account(row.account_id, row.balance, row.held, row.overdraft_limit, bool(row.has_expired_holds))
+        row = (await _execute(conn, _account_select(account, now).with_for_update(of=_A))).first()
+        return _account_of(row)
 
-    async def _read_account(self, conn: AsyncConnection, account: str) -> _Account | None:
-        stmt = select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit).where(_A.account_id == account)
-        row = (await _execute(conn, stmt)).first()
-        return _Account(row.account_id, row.balance, row.held, row.overdraft_limit) if row is not None else None
+    async def _read_account(self, conn: AsyncConnection, account: str, now: datetime) -> _Account | None:
+        return _account_of((await _execute(conn, _account_select(account, now))).first())
 
     async def _find_key(self, conn: AsyncConnection, key: str) -> Entry | None:
         row = (await _execute(conn, _entry_select().where(_J.idempotency_key == key))).mappings().first()
@@ -926,6 +911,21 @@ def _require_available(acct: _Account, amount: Decimal, what: str) -> None:
         raise InsufficientCredits(
             f"account {acct.account_id!r}: available {canonical_amount(available)} cannot cover the {what} of {amount}"
         )
+
+
+def _account_select(account: str, now: datetime) -> Any:
+    # Whether any hold has expired comes with the account's row, in the same round trip: under the
+    # lock, every statement makes every other writer of this account wait a little longer.
+    expired = select(_H.reservation_id).where(_H.account_id == account, _H.expires_at <= now).exists()
+    return select(_A.account_id, _A.balance, _A.held, _A.overdraft_limit, expired.label("has_expired_holds")).where(
+        _A.account_id == account
+    )
+
+
+def _account_of(row: Any) -> _Account | None:
+    if row is None:
+        return None
+    return _Account(row.account_id, row.balance, row.held, row.overdraft_limit, bool(row.has_expired_holds))
 
 
 def _entry_select() -> Any:
