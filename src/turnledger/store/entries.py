@@ -38,13 +38,11 @@ USAGE_COLUMNS = [c.name for c in USAGE_TABLE.columns if c.name != "id"]
 """The keys of an entry's ``usage`` row, in column order."""
 CALL_COLUMNS = [c.name for c in CALLS_TABLE.columns if c.name != "usage_id"]
 """The keys of each of an entry's ``calls`` rows, in column order."""
-_USAGE_COLUMNS = USAGE_COLUMNS
-_CALL_COLUMNS = CALL_COLUMNS
 _JSON_COLUMNS = frozenset(
     c.name for table in (USAGE_TABLE, CALLS_TABLE) for c in table.columns if c.type._type_affinity is JSON
 )
-_USAGE_JSON_NAMES = [c for c in _USAGE_COLUMNS if c in _JSON_COLUMNS]
-_CALL_JSON_NAMES = [c for c in _CALL_COLUMNS if c in _JSON_COLUMNS]
+_USAGE_JSON_NAMES = [c for c in USAGE_COLUMNS if c in _JSON_COLUMNS]
+_CALL_JSON_NAMES = [c for c in CALL_COLUMNS if c in _JSON_COLUMNS]
 
 
 def _with_json(row: Mapping[str, Any], names: list[str], convert: Callable[[Any], Any]) -> dict[str, Any]:
@@ -61,8 +59,8 @@ def make_entry(rows: TurnRows) -> dict[str, Any]:
     return {
         "v": FORMAT_VERSION,
         "turn_id": rows.turn_id,
-        "usage": _with_json(rows.usage, _USAGE_JSON_NAMES, _dumps),
-        "calls": [_with_json(call, _CALL_JSON_NAMES, _dumps) for call in rows.calls],
+        "usage": _with_json(rows.usage, _USAGE_JSON_NAMES, dumps_document),
+        "calls": [_with_json(call, _CALL_JSON_NAMES, dumps_document) for call in rows.calls],
     }
 
 
@@ -93,9 +91,6 @@ def dumps_document(value: Any) -> str:
     except TypeError:
         # What orjson does not take (an int beyond 64 bits, a str subclass...): the standard encoder decides.
         return _ENCODER.encode(value)
-
-
-_dumps = dumps_document
 
 
 def is_entry(value: Mapping[str, Any]) -> bool:
@@ -150,17 +145,17 @@ _STAGE_USAGE = "turnledger_stage_usage"
 _STAGE_CALLS = "turnledger_stage_calls"
 _CREATE_STAGES = [
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_USAGE} ON COMMIT DELETE ROWS AS "
-    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM token_usage WITH NO DATA",
+    f"SELECT {_quoted(USAGE_COLUMNS)} FROM token_usage WITH NO DATA",
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_CALLS} ON COMMIT DELETE ROWS AS "
-    f'SELECT u."turn_id", {_quoted(_CALL_COLUMNS, "c.")} FROM token_usage_calls c '
+    f'SELECT u."turn_id", {_quoted(CALL_COLUMNS, "c.")} FROM token_usage_calls c '
     f'JOIN token_usage u ON u."id" = c."usage_id" WITH NO DATA',
 ]
 _MOVE_STAGED = (
-    f"WITH new AS (INSERT INTO token_usage ({_quoted(_USAGE_COLUMNS)}) "
-    f"SELECT {_quoted(_USAGE_COLUMNS)} FROM {_STAGE_USAGE} "
+    f"WITH new AS (INSERT INTO token_usage ({_quoted(USAGE_COLUMNS)}) "
+    f"SELECT {_quoted(USAGE_COLUMNS)} FROM {_STAGE_USAGE} "
     f'ON CONFLICT ("turn_id") DO NOTHING RETURNING "id", "turn_id"), '
-    f'moved AS (INSERT INTO token_usage_calls ("usage_id", {_quoted(_CALL_COLUMNS)}) '
-    f'SELECT new."id", {_quoted(_CALL_COLUMNS, "s.")} FROM {_STAGE_CALLS} s JOIN new ON new."turn_id" = s."turn_id") '
+    f'moved AS (INSERT INTO token_usage_calls ("usage_id", {_quoted(CALL_COLUMNS)}) '
+    f'SELECT new."id", {_quoted(CALL_COLUMNS, "s.")} FROM {_STAGE_CALLS} s JOIN new ON new."turn_id" = s."turn_id") '
     "SELECT count(*) FROM new"
 )
 
@@ -173,15 +168,15 @@ def _copy_records(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list
     unique: dict[str, Entry] = {}
     for entry in entries:
         unique.setdefault(entry["turn_id"], entry)
-    usage_records = [_values(e["usage"], _USAGE_GETTER, _USAGE_COLUMNS) for e in unique.values()]
+    usage_records = [_values(e["usage"], _USAGE_GETTER, USAGE_COLUMNS) for e in unique.values()]
     call_records = [
-        (turn_id, *_values(call, _CALL_GETTER, _CALL_COLUMNS)) for turn_id, e in unique.items() for call in e["calls"]
+        (turn_id, *_values(call, _CALL_GETTER, CALL_COLUMNS)) for turn_id, e in unique.items() for call in e["calls"]
     ]
     return usage_records, call_records
 
 
-_USAGE_GETTER = operator.itemgetter(*_USAGE_COLUMNS)
-_CALL_GETTER = operator.itemgetter(*_CALL_COLUMNS)
+_USAGE_GETTER = operator.itemgetter(*USAGE_COLUMNS)
+_CALL_GETTER = operator.itemgetter(*CALL_COLUMNS)
 
 
 def _values(
@@ -195,9 +190,9 @@ def _values(
 
 
 _RESERVE_IDS = "SELECT nextval(pg_get_serial_sequence('token_usage', 'id')) FROM generate_series(1, $1)"
-_DIRECT_USAGE_COLUMNS = ["id", *_USAGE_COLUMNS]
-_DIRECT_CALL_COLUMNS = ["usage_id", *_CALL_COLUMNS]
-_TURN_ID_AT = _USAGE_COLUMNS.index("turn_id")
+_DIRECT_USAGE_COLUMNS = ["id", *USAGE_COLUMNS]
+_DIRECT_CALL_COLUMNS = ["usage_id", *CALL_COLUMNS]
+_TURN_ID_AT = USAGE_COLUMNS.index("turn_id")
 
 
 async def _copy_direct(driver: Any, usage_records: list[tuple[Any, ...]], call_records: list[tuple[Any, ...]]) -> int:
@@ -251,10 +246,10 @@ async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry], *, fres
         async with driver.transaction():
             if not staged:
                 await driver.execute(";".join(_CREATE_STAGES))
-            await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=_USAGE_COLUMNS)
+            await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=USAGE_COLUMNS)
             if call_records:
                 await driver.copy_records_to_table(
-                    _STAGE_CALLS, records=call_records, columns=["turn_id", *_CALL_COLUMNS]
+                    _STAGE_CALLS, records=call_records, columns=["turn_id", *CALL_COLUMNS]
                 )
             inserted: int = await driver.fetchval(_MOVE_STAGED)
     except asyncpg.PostgresError as exc:
