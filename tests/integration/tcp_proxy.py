@@ -17,6 +17,8 @@ import socket
 import struct
 from typing import Literal
 
+from sqlalchemy.engine import make_url
+
 Mode = Literal["pass", "cut", "hang"]
 
 
@@ -37,6 +39,10 @@ class TcpProxy:
         self._server = await asyncio.start_server(self._on_client, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def url_through(self, url: str) -> str:
+        """``url`` (a database at the proxy's target) rewritten to reach it through this proxy."""
+        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
 
     @property
     def open_connections(self) -> int:

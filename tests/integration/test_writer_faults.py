@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.tcp_proxy import TcpProxy
@@ -35,10 +34,6 @@ FAULT_SECONDS = float(os.environ.get("TURNLEDGER_FAULT_SECONDS", "3"))
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _through(url: str, port: int) -> str:
-    return make_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-
-
 @pytest.mark.parametrize("fault", ["cut", "hang"])
 async def test_every_turn_lands_once_across_a_broken_link(
     fault: str, pg_engine: AsyncEngine, postgresql_database_url: str, tmp_path: Path
@@ -46,7 +41,7 @@ async def test_every_turn_lands_once_across_a_broken_link(
     async with TcpProxy("127.0.0.1", 5432) as proxy:
         # Short driver timeouts: a hung link must fail a connect or a statement in seconds, not minutes.
         proxied = make_engine(
-            _through(postgresql_database_url, proxy.port),
+            proxy.url_through(postgresql_database_url),
             pool_pre_ping=True,
             connect_args={"timeout": 1.0, "command_timeout": 2.0},
         )

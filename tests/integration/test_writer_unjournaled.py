@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.tcp_proxy import TcpProxy
@@ -54,11 +53,8 @@ def _writer(engine: AsyncEngine, outbox: Path) -> BatchWriter:
     return BatchWriter(engine, outbox_dir=outbox, flush_interval=0.01, retry_initial=0.02, retry_max=0.1)
 
 
-def _proxied(url: str, port: int) -> AsyncEngine:
-    return make_engine(
-        make_url(url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False),
-        connect_args={"timeout": 1.0},
-    )
+def _proxied(url: str, proxy: TcpProxy) -> AsyncEngine:
+    return make_engine(proxy.url_through(url), connect_args={"timeout": 1.0})
 
 
 async def test_turns_without_an_outbox_copy_are_retried_until_the_database_is_back(
@@ -66,7 +62,7 @@ async def test_turns_without_an_outbox_copy_are_retried_until_the_database_is_ba
 ) -> None:
     turn_ids = [f"mem{i}" for i in range(5)]
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        engine = _proxied(postgresql_database_url, proxy.port)
+        engine = _proxied(postgresql_database_url, proxy)
         try:
             async with _writer(engine, tmp_path) as writer:
                 _Disk(writer)
@@ -87,7 +83,7 @@ async def test_at_close_they_go_to_the_outbox_if_it_is_writable_again(
 ) -> None:
     turn_ids = [f"late{i}" for i in range(4)]
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        engine = _proxied(postgresql_database_url, proxy.port)
+        engine = _proxied(postgresql_database_url, proxy)
         try:
             writer = await _writer(engine, tmp_path).start()
             disk = _Disk(writer)
@@ -109,7 +105,7 @@ async def test_a_turn_really_lost_is_logged_by_turn_id(
     caplog.set_level(logging.ERROR, logger="turnledger.writer")
     turn_ids = [f"gone{i}" for i in range(3)]
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        engine = _proxied(postgresql_database_url, proxy.port)
+        engine = _proxied(postgresql_database_url, proxy)
         try:
             writer = await _writer(engine, tmp_path).start()
             _Disk(writer)
