@@ -6,15 +6,14 @@ import logging
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.writer_support import closed_turn, stored_call_count, stored_turn_ids
+from tests.integration.writer_support import closed_turn, stored_call_count, stored_turn, stored_turn_ids
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.records import TokenCallRecord
 from turnledger.store.entries import make_entry
 from turnledger.store.outbox import OutboxJournal, decode_line, encode_entry
-from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, turn_rows
+from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
 from turnledger.store.writer import BatchWriter
 
@@ -103,9 +102,7 @@ async def test_turn_rows_makes_hostile_strings_storable(
         await writer.flush(timeout=20)
         assert writer.stats["rejected"] == 0
     assert await stored_turn_ids(engine) == {"before": 1, "hostile": 1, "after": 1}
-    async with engine.connect() as conn:
-        usage = (await conn.execute(select(USAGE_TABLE).where(USAGE_TABLE.c.turn_id == "hostile"))).mappings().one()
-        calls = (await conn.execute(select(CALLS_TABLE).where(CALLS_TABLE.c.usage_id == usage["id"]))).mappings().all()
+    usage, calls = await stored_turn(engine, "hostile")
     assert len(usage["user_id"]) == 255
     assert usage["user_id"].startswith("u" * 200)
     # Shortened with a hash of the whole value: the same id always shortens the same way.
@@ -153,9 +150,7 @@ async def test_lone_surrogates_are_replaced_not_lost(engine: AsyncEngine, tmp_pa
         await writer.persist(turn)
         await writer.flush(timeout=20)
         assert (writer.stats["written"], writer.stats["rejected"]) == (1, 0)
-    async with engine.connect() as conn:
-        usage = (await conn.execute(select(USAGE_TABLE).where(USAGE_TABLE.c.turn_id == "sur?"))).mappings().one()
-        calls = (await conn.execute(select(CALLS_TABLE).where(CALLS_TABLE.c.usage_id == usage["id"]))).mappings().all()
+    usage, calls = await stored_turn(engine, "sur?")
     assert (usage["user_id"], usage["tags"]) == ("u?", ["t?"])
     assert sorted(usage["model_breakdown"]) == ["gpt-4o-mini", "gpt-?4o"]
     assert sorted(c["model"] for c in calls) == ["gpt-4o-mini", "gpt-?4o"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import RowMapping, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger.accumulator import TurnTokenAccumulator
@@ -79,19 +80,17 @@ def line_count(path: Path) -> int:
 _VARYING = {"id", "usage_id", "turn_id", "recorded_at", "call_id"}
 
 
-async def stored_rows(engine: AsyncEngine, turn_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A stored turn's row and call rows, minus what differs between two recordings of equal turns."""
+async def stored_turn(engine: AsyncEngine, turn_id: str) -> tuple[RowMapping, Sequence[RowMapping]]:
+    """A stored turn's ``token_usage`` row and its call rows in call order, as read back."""
     async with engine.connect() as conn:
         usage = (await conn.execute(select(USAGE_TABLE).where(USAGE_TABLE.c.turn_id == turn_id))).mappings().one()
-        calls = (
-            (
-                await conn.execute(
-                    select(CALLS_TABLE).where(CALLS_TABLE.c.usage_id == usage["id"]).order_by(CALLS_TABLE.c.seq)
-                )
-            )
-            .mappings()
-            .all()
-        )
+        by_usage = select(CALLS_TABLE).where(CALLS_TABLE.c.usage_id == usage["id"]).order_by(CALLS_TABLE.c.seq)
+        return usage, (await conn.execute(by_usage)).mappings().all()
+
+
+async def stored_rows(engine: AsyncEngine, turn_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A stored turn's row and call rows, minus what differs between two recordings of equal turns."""
+    usage, calls = await stored_turn(engine, turn_id)
     details = [{k: v for k, v in d.items() if k != "call_id"} for d in usage["call_details"]]
     clean_usage = {k: v for k, v in usage.items() if k not in _VARYING} | {"call_details": details}
     return clean_usage, [{k: v for k, v in c.items() if k not in _VARYING} for c in calls]
