@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -121,7 +122,7 @@ async def write_entries(
     try:
         written = await insert_turn_rows(conn, [entry_rows(e) for e in entries])
     except _CLIENT_SIDE_DATA_ERRORS as exc:
-        raise UnencodableRows(f"a value the driver cannot send: {type(exc).__name__}") from exc
+        raise _unencodable(exc) from exc
     return len(written)
 
 
@@ -222,51 +223,52 @@ async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry], *, fres
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     if fresh and usage_records:
-        try:
-            # A savepoint if the caller's transaction already began on this connection, else a transaction.
-            async with driver.transaction():
-                return await _copy_direct(driver, usage_records, call_records)
-        except asyncpg.UniqueViolationError:
-            pass  # some turn is stored already (a retried batch): the staging path below skips it
-        except asyncpg.PostgresError as exc:
-            raise storage_error(exc) from exc
-        except _CLIENT_SIDE_DATA_ERRORS as exc:
-            await conn.invalidate()  # a COPY broken off mid-stream: the connection is not to be trusted
-            raise UnencodableRows(f"a value the driver cannot send: {type(exc).__name__}") from exc
-        except BaseException:
-            await conn.invalidate()
-            raise
+        async with _driver_errors(conn):
+            try:
+                # A savepoint if the caller's transaction already began on this connection, else a transaction.
+                async with driver.transaction():
+                    return await _copy_direct(driver, usage_records, call_records)
+            except asyncpg.UniqueViolationError:
+                pass  # some turn is stored already (a retried batch): the staging path below skips it
     # The staging tables live as long as the connection; creating them is skipped (a round trip per
     # table) once a top-level transaction that created them has committed on this connection.
     top_level = not driver.is_in_transaction()
     staged = top_level and conn.info.get(_STAGED_KEY, False)
     conn.info.pop(_STAGED_KEY, None)
-    try:
-        # A savepoint if the caller's transaction already began on this connection, else a transaction.
-        async with driver.transaction():
-            if not staged:
-                await driver.execute(";".join(_CREATE_STAGES))
-            await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=USAGE_COLUMNS)
-            if call_records:
-                await driver.copy_records_to_table(
-                    _STAGE_CALLS, records=call_records, columns=["turn_id", *CALL_COLUMNS]
-                )
-            inserted: int = await driver.fetchval(_MOVE_STAGED)
-    except asyncpg.PostgresError as exc:
-        raise storage_error(exc) from exc
-    except _CLIENT_SIDE_DATA_ERRORS as exc:
-        await conn.invalidate()
-        raise UnencodableRows(f"a value the driver cannot send: {type(exc).__name__}") from exc
-    except BaseException:
-        # Not an answer from the server (a dropped link, a cancelled wait): the connection cannot be trusted.
-        await conn.invalidate()
-        raise
+    # A savepoint if the caller's transaction already began on this connection, else a transaction.
+    async with _driver_errors(conn), driver.transaction():
+        if not staged:
+            await driver.execute(";".join(_CREATE_STAGES))
+        await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=USAGE_COLUMNS)
+        if call_records:
+            await driver.copy_records_to_table(_STAGE_CALLS, records=call_records, columns=["turn_id", *CALL_COLUMNS])
+        inserted: int = await driver.fetchval(_MOVE_STAGED)
     if top_level:
         conn.info[_STAGED_KEY] = True
     return inserted
 
 
 _STAGED_KEY = "turnledger_staging_tables"
+
+
+@asynccontextmanager
+async def _driver_errors(conn: AsyncConnection) -> AsyncIterator[None]:
+    """asyncpg's errors as turnledger's, for both COPY paths."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        raise storage_error(exc) from exc
+    except _CLIENT_SIDE_DATA_ERRORS as exc:
+        await conn.invalidate()  # a COPY broken off mid-stream: the connection is not to be trusted
+        raise _unencodable(exc) from exc
+    except BaseException:
+        # Not an answer from the server (a dropped link, a cancelled wait): the connection cannot be trusted.
+        await conn.invalidate()
+        raise
+
+
+def _unencodable(exc: BaseException) -> UnencodableRows:
+    return UnencodableRows(f"a value the driver cannot send: {type(exc).__name__}")
 
 
 WriteFn = Callable[[Sequence[Entry]], Coroutine[Any, Any, int]]
