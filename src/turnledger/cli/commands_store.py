@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from contextlib import nullcontext
 from typing import Annotated, Any
 
@@ -91,12 +88,10 @@ def report_command(
     # One query, so no measurable progress: a spinner on a terminal, nothing when piped.
     with err_console.status("reading usage", spinner="dots") if is_terminal() else nullcontext():
         rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), url)
-    if fmt is OutputFormat.JSON:
-        typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
-    elif fmt is OutputFormat.CSV:
-        typer.echo(_csv(rows), nl=False)
-    else:
+    if fmt is OutputFormat.TABLE:
         _table(grouping, rows)
+    else:
+        emit([row.to_dict() for row in rows], fmt, columns=[(name, name) for name in ReportRow.__dataclass_fields__])
 
 
 async def _report(url: URL, grouping: ReportBy, **filters: Any) -> list[ReportRow]:
@@ -119,17 +114,6 @@ def _table(grouping: ReportBy, rows: list[ReportRow]) -> None:
     )
     if not rows:
         console.print("no usage recorded in this range")
-
-
-def _csv(rows: list[ReportRow]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    header = list(ReportRow.__dataclass_fields__)
-    writer.writerow(header)
-    for row in rows:
-        data = row.to_dict()
-        writer.writerow(["" if data[name] is None else data[name] for name in header])
-    return out.getvalue()
 
 
 def _resolve(database_url: str | None) -> URL:
