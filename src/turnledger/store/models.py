@@ -26,6 +26,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
+from turnledger.accumulator import TOKEN_FIELDS
 from turnledger.store.base import Base, JSONDocument, UTCDateTime
 
 ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -63,32 +64,10 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-REPORT_FIGURES = (
-    "calls",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_calls",
-    "failed_calls",
-    "abandoned_calls",
-)
-"""The turn-row columns a breakdown sums."""
+REPORT_FIGURES = ("calls", *TOKEN_FIELDS, "cost_usd", "unpriced_calls", "failed_calls", "abandoned_calls")
+"""The turn-row columns a breakdown sums (the token kinds: those a turn's totals add up)."""
 
-CALL_REPORT_FIGURES = (
-    "model",
-    "status",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-)
+CALL_REPORT_FIGURES = ("model", "status", *TOKEN_FIELDS, "cost_usd")
 """The call-row columns a per-model breakdown reads."""
 
 

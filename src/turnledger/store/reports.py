@@ -36,10 +36,6 @@ class ReportBy(StrEnum):
     DAY = "day"
 
 
-TOKEN_KINDS = TOKEN_FIELDS
-"""The token counts every breakdown sums: the same kinds a turn's totals add up."""
-
-
 @dataclass(frozen=True, slots=True)
 class ReportRow:
     """One group of a breakdown."""
@@ -139,7 +135,7 @@ def build_query(grouping: ReportBy, filters: ReportFilters, *, exact_in_sql: boo
     if per_call:
         counters: list[ColumnElement[Any]] = [
             func.count().label("calls"),
-            *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_KINDS],
+            *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_FIELDS],
             func.sum(case((t.cost_usd.is_(None), 1), else_=0)).label("unpriced_calls"),
             func.sum(case((t.status == "failure", 1), else_=0)).label("failed_calls"),
             func.sum(case((t.status == "abandoned", 1), else_=0)).label("abandoned_calls"),
@@ -147,7 +143,7 @@ def build_query(grouping: ReportBy, filters: ReportFilters, *, exact_in_sql: boo
     else:
         counters = [
             func.sum(t.calls).label("calls"),
-            *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_KINDS],
+            *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_FIELDS],
             func.sum(t.unpriced_calls).label("unpriced_calls"),
             func.sum(t.failed_calls).label("failed_calls"),
             func.sum(t.abandoned_calls).label("abandoned_calls"),
@@ -194,7 +190,7 @@ def _conditions(t: Any, filters: ReportFilters) -> list[ColumnElement[bool]]:
     return out
 
 
-_COUNTERS = ("calls", *TOKEN_KINDS, "unpriced_calls", "failed_calls", "abandoned_calls")
+_COUNTERS = ("calls", *TOKEN_FIELDS, "unpriced_calls", "failed_calls", "abandoned_calls")
 
 
 def _merge(raw: Sequence[Any]) -> list[ReportRow]:
