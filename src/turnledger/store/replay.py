@@ -71,7 +71,7 @@ def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
         logger.warning("turnledger outbox %s line %s skipped: %s", line.path, line.lineno, line.reason)
     if bad:
         # Set aside rather than deleted: a damaged line may still be read by a person.
-        with open(path.with_name(path.name + ".rejected"), "ab") as fh:
+        with open(rejected_path(path), "ab") as fh:
             for line in bad:
                 fh.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
     report.bad_lines.extend(bad)
