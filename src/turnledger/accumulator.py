@@ -52,6 +52,12 @@ DEFAULT_LOGGING_TIMEOUT_S = 30.0
 EventKey = tuple[str, str, Hashable]
 """What tells one LiteLLM end event from another: call id, status, end time."""
 
+MAX_DEFERRED_RECORDS = 8
+"""Events a turn keeps unread at most. Each holds LiteLLM's call details and response, some 50
+objects the garbage collector tracks, that LiteLLM would otherwise free at once; 8 keep that well
+below the collector's default young-generation threshold (700), so deferring starts no collections
+of its own (measured with gc callbacks: 32 triggered one per 15-call turn)."""
+
 _current_turn: ContextVar[TurnTokenAccumulator | None] = ContextVar("turnledger_current_turn", default=None)
 
 
@@ -97,6 +103,38 @@ class PendingCall:
         details = self.call_details
         return not self.stream and details is not None and "original_response" in details
 
+    def pending_call(self) -> PendingCall:
+        return self
+
+
+class StartedCall(Protocol):
+    """A call the pre-call hook bound to a turn. The hook keeps references only (LiteLLM calls it with
+    the caches cold, where every object built costs several times its warm price); the full
+    :class:`PendingCall` is read from them only for a call that never reports."""
+
+    @property
+    def call_id(self) -> str: ...
+
+    @property
+    def responded(self) -> bool: ...
+
+    def pending_call(self) -> PendingCall:
+        """The call as :class:`PendingCall`; never raises (what cannot be read is left unknown)."""
+        ...
+
+
+class DeferredRecord(Protocol):
+    """An end event kept as LiteLLM delivered it, read into its record when the turn is next read.
+
+    Reading an event costs about three times as much where LiteLLM delivers it (caches cold after
+    its own work) as in a run of several events read back to back (measured by bench/capture_bench.py),
+    so a turn nobody is watching reads its events in batches: at most :data:`MAX_DEFERRED_RECORDS`
+    at a time, when :attr:`TurnTokenAccumulator.calls` or a total is read, and when the turn closes.
+    ``build`` never raises: an event that cannot be read becomes a flagged record.
+    """
+
+    def build(self, turn: TurnTokenAccumulator) -> TokenCallRecord: ...
+
 
 AbandonedRecordFactory = Callable[[PendingCall, "ModelMetadata | None"], TokenCallRecord]
 
@@ -119,8 +157,9 @@ class _CallBindings:
 
     def bind(self, call_id: str, turn: TurnTokenAccumulator) -> None:
         with self._lock:
-            self._map[call_id] = weakref.ref(turn)
-            self._map.move_to_end(call_id)
+            if call_id in self._map:
+                self._map.move_to_end(call_id)
+            self._map[call_id] = turn._weak_self
             # Evict the oldest bindings of *closed* turns only: an open turn must keep every binding,
             # however long it stays open, or its context-less events would land nowhere.
             skipped = 0
@@ -176,14 +215,18 @@ class TurnTokenAccumulator:
         self.logging_timeout = logging_timeout
         self.created_at = datetime.now(UTC)
         self.closed_at: datetime | None = None
-        self.calls: list[TokenCallRecord] = []
-        """Records in the order their events arrived."""
+        self._records: list[TokenCallRecord] = []
+        self._deferred: list[DeferredRecord] = []
+        # Held while deferred events are read and while a record is added behind them, so the records
+        # keep the order their events arrived in; never held while subscribers run.
+        self._build_lock = threading.Lock()
+        self._weak_self = weakref.ref(self)
         self.late_calls: list[TokenCallRecord] = []
         """Records whose event came after the turn closed; not part of the totals."""
         self._abandoned_factory = abandoned_record_factory or _default_abandoned_record
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._pending: dict[str, PendingCall] = {}
+        self._pending: dict[str, StartedCall] = {}
         self._seen_events: set[EventKey] = set()
         self._sync_waiters = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -254,7 +297,14 @@ class TurnTokenAccumulator:
         with self._lock:
             return len(self._pending)
 
-    def begin_call(self, pending: PendingCall) -> None:
+    @property
+    def calls(self) -> list[TokenCallRecord]:
+        """Records in the order their events arrived."""
+        if self._deferred:
+            self._read_deferred()
+        return self._records
+
+    def begin_call(self, pending: StartedCall) -> None:
         """Bind a starting call to this turn so its end event finds it wherever it is logged from."""
         with self._lock:
             if self._closed:
@@ -270,24 +320,62 @@ class TurnTokenAccumulator:
         After the turn closed, the record is kept in ``late_calls``, flagged ``late``, and still handed
         to subscribers; it no longer changes the totals.
         """
-        with self._lock:
-            if event_key is not None:
-                if event_key in self._seen_events:
-                    return False
-                self._seen_events.add(event_key)
-            if self._closed:
-                record = record.with_flags(RecordFlag.LATE)
-                self.late_calls.append(record)
-            else:
-                self.calls.append(record)
-            self._pending.pop(record.call_id, None)
-            waiters = self._wake_if_idle_locked()
-            subscribers = self._subscribers + global_subscribers()
+        with self._build_lock:
+            # Behind the events still unread, which arrived before this one.
+            self._read_deferred_locked()
+            with self._lock:
+                if event_key is not None:
+                    if event_key in self._seen_events:
+                        return False
+                    self._seen_events.add(event_key)
+                if self._closed:
+                    record = record.with_flags(RecordFlag.LATE)
+                    self.late_calls.append(record)
+                else:
+                    self._records.append(record)
+                self._pending.pop(record.call_id, None)
+                waiters = self._wake_if_idle_locked()
+                subscribers = self._subscribers + global_subscribers()
         if waiters:
             _wake(waiters)
         if subscribers:
             dispatch(record, self, subscribers, self._loop)
         return True
+
+    def add_deferred(self, event: DeferredRecord, *, call_id: str, event_key: EventKey) -> bool | None:
+        """Keep an end event to be read later (see :class:`DeferredRecord`). Returns False for a
+        duplicate event, and None when the turn cannot defer it: it is closed (the record is late) or
+        someone subscribed (they hear of each record as it lands); then :meth:`add` the record now."""
+        with self._lock:
+            if self._closed or self._subscribers or global_subscribers():
+                return None
+            if event_key in self._seen_events:
+                return False
+            self._seen_events.add(event_key)
+            self._deferred.append(event)
+            full = len(self._deferred) >= MAX_DEFERRED_RECORDS
+            self._pending.pop(call_id, None)
+            waiters = self._wake_if_idle_locked()
+        if waiters:
+            _wake(waiters)
+        if full:
+            self._read_deferred()
+        return True
+
+    def _read_deferred(self) -> None:
+        with self._build_lock:
+            self._read_deferred_locked()
+
+    def _read_deferred_locked(self) -> None:
+        """Read the deferred events into records; the caller holds ``_build_lock`` (not ``_lock``:
+        reading an event looks up the turn's model metadata)."""
+        if not self._deferred:
+            return
+        with self._lock:
+            events, self._deferred = self._deferred, []
+        records = [event.build(self) for event in events]
+        with self._lock:
+            self._records.extend(records)
 
     def _wake_if_idle_locked(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
         if self._pending:
@@ -371,9 +459,11 @@ class TurnTokenAccumulator:
                 return
             self._closed = True
             self.closed_at = datetime.now(UTC)
-            abandoned = list(self._pending.values())
+            started = list(self._pending.values())
             self._pending.clear()
-        for pending in abandoned:
+        # Closed: no event is deferred any more, and these are the last records of the turn.
+        self._read_deferred()
+        for pending in (call.pending_call() for call in started):
             try:
                 record = self._abandoned_factory(pending, self.metadata_for(pending.model))
             except Exception:
@@ -388,14 +478,15 @@ class TurnTokenAccumulator:
                     flags=(RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR),
                 )
             with self._lock:
-                self.calls.append(record)
+                self._records.append(record)
                 subscribers = self._subscribers
             dispatch(record, self, subscribers + global_subscribers(), self._loop)
 
     # -- totals ----------------------------------------------------------------------------------
     def _snapshot(self) -> list[TokenCallRecord]:
+        self._read_deferred()
         with self._lock:
-            return list(self.calls)
+            return list(self._records)
 
     @property
     def total_prompt_tokens(self) -> int:
@@ -469,8 +560,9 @@ class TurnTokenAccumulator:
         return iter(self._snapshot())
 
     def __len__(self) -> int:
+        self._read_deferred()
         with self._lock:
-            return len(self.calls)
+            return len(self._records)
 
     def __repr__(self) -> str:
         return (

@@ -9,6 +9,16 @@ Measured on litellm 1.106 (tests/integration/test_capture.py pins each):
 - Each event is delivered once per registered logger: the async path never also calls the sync
   hooks, and vice versa.
 
+The hooks keep references and do little else: LiteLLM calls them with the caches cold from its own
+work, where reading an event cost about three times what it costs in a run of events (measured in
+bench/capture_bench.py). The pre-call hook keeps LiteLLM's arguments, read into a ``PendingCall`` only
+for a call that never reports; the success hook keeps the event, and its turn reads it into a record
+in a batch (see :class:`~turnledger.accumulator.DeferredRecord`), so the response LiteLLM returned is
+read up to 8 events later or at scope exit: an application that changes a response object in place
+(its ``usage``, its ``_hidden_params``) inside a turn changes what is billed, as it already could in
+the millisecond before LiteLLM logs it. Read at once: a failure, an event after its turn closed, one
+outside any turn, and one a subscriber must hear of as it lands.
+
 The callback never raises into LiteLLM: every hook is wrapped, problems are logged once per cause and
 counted, and a record is kept with whatever could be read.
 """
@@ -190,24 +200,7 @@ class TokenTrackingCallback(CustomLogger):
             if not isinstance(call_id, str) or not call_id:
                 warn_once("pre_call:no_call_id", "LiteLLM pre-call event without litellm_call_id")
                 return
-            litellm_params = kwargs.get("litellm_params")
-            provider = kwargs.get("custom_llm_provider")
-            if provider is None and isinstance(litellm_params, Mapping):
-                provider = litellm_params.get("custom_llm_provider")
-            turn.begin_call(
-                PendingCall(
-                    call_id=call_id,
-                    model=str(kwargs.get("model") or model or "unknown"),
-                    provider=provider if isinstance(provider, str) else None,
-                    call_kind=call_kind_of(kwargs.get("call_type")),
-                    stream=bool(kwargs.get("stream")),
-                    started_at=_utc(kwargs.get("start_time")) or datetime.now(UTC),
-                    started_monotonic=time.monotonic(),
-                    request={"messages": messages, "input": kwargs.get("input")},
-                    price_table=self._price_table,
-                    call_details=kwargs,
-                )
-            )
+            turn.begin_call(_StartedCall(call_id, model, messages, kwargs, self._price_table))
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
@@ -229,25 +222,23 @@ class TokenTrackingCallback(CustomLogger):
         try:
             kw: Mapping[str, Any] = kwargs if isinstance(kwargs, Mapping) else {}
             call_id = kw.get("litellm_call_id")
-            turn: TurnTokenAccumulator | None = None
-            if isinstance(call_id, str) and call_id:
-                turn = call_bindings.lookup(call_id)
+            if not isinstance(call_id, str) or not call_id:
+                call_id = None
+            turn = call_bindings.lookup(call_id) if call_id is not None else None
             if turn is None:
                 turn = get_current_accumulator()
-            try:
-                record, end = self._build(kw, response_obj, start_time, end_time, status, turn)
-            except Exception:
-                self._count("errors")
-                warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
-                record = TokenCallRecord(
-                    call_id=call_id if isinstance(call_id, str) and call_id else _stand_in_call_id(kwargs),
-                    model=str(kw.get("model") or "unknown"),
-                    status=status,
-                    flags=(RecordFlag.MALFORMED_EVENT,),
-                )
-                end = _utc(end_time)
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
-            event_key: EventKey = (record.call_id, status, end)
+            end_key = end_time if isinstance(end_time, datetime | int | float) else None
+            # Only a success is deferred: LiteLLM may retry a failed call with the same call details
+            # (model_call_details), which would change what a deferred failure event reads.
+            if status is CallStatus.SUCCESS and turn is not None and call_id is not None and not self._on_record:
+                event = _EndEvent(self, kw, response_obj, start_time, end_time, status)
+                kept = turn.add_deferred(event, call_id=call_id, event_key=(call_id, status, end_key))
+                if kept is not None:
+                    self._count("captured" if kept else "duplicate")
+                    return
+            record = self._record_or_flagged(kw, response_obj, start_time, end_time, status, turn)
+            event_key: EventKey = (record.call_id, status, end_key)
             if turn is None:
                 self._count("unscoped")
                 # Every installed instance sees the event: global subscribers must hear of it once.
@@ -267,6 +258,29 @@ class TokenTrackingCallback(CustomLogger):
             self._count("errors")
             warn_once("event:dispatch", "turnledger failed to deliver a call record", exc_info=True)
 
+    def _record_or_flagged(
+        self,
+        kwargs: Mapping[str, Any],
+        response_obj: Any,
+        start_time: Any,
+        end_time: Any,
+        status: CallStatus,
+        turn: TurnTokenAccumulator | None,
+    ) -> TokenCallRecord:
+        """The event's record, or, when it cannot be read, a record of what could be, flagged."""
+        try:
+            return self._build(kwargs, response_obj, start_time, end_time, status, turn)
+        except Exception:
+            self._count("errors")
+            warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
+            call_id = kwargs.get("litellm_call_id")
+            return TokenCallRecord(
+                call_id=call_id if isinstance(call_id, str) and call_id else _stand_in_call_id(kwargs),
+                model=str(kwargs.get("model") or "unknown"),
+                status=status,
+                flags=(RecordFlag.MALFORMED_EVENT,),
+            )
+
     def build_record(
         self,
         kwargs: Mapping[str, Any],
@@ -277,7 +291,7 @@ class TokenTrackingCallback(CustomLogger):
         turn: TurnTokenAccumulator | None,
     ) -> TokenCallRecord:
         """Read one LiteLLM end event into a record; missing pieces are flagged, not fatal."""
-        return self._build(kwargs, response_obj, start_time, end_time, status, turn)[0]
+        return self._build(kwargs, response_obj, start_time, end_time, status, turn)
 
     def _build(
         self,
@@ -287,8 +301,7 @@ class TokenTrackingCallback(CustomLogger):
         end_time: Any,
         status: CallStatus,
         turn: TurnTokenAccumulator | None,
-    ) -> tuple[TokenCallRecord, datetime | None]:
-        """:meth:`build_record`, and the event's end time in UTC (the event key needs it too)."""
+    ) -> TokenCallRecord:
         get = kwargs.get
         flags: list[RecordFlag] = []
         call_id = get("litellm_call_id")
@@ -357,7 +370,7 @@ class TokenTrackingCallback(CustomLogger):
             flags.extend(cost_flags)
 
         meta = _metadata(turn, model, get("litellm_params")) if turn is not None else None
-        record = record_from_fields(
+        return record_from_fields(
             call_id=call_id,
             model=model,
             provider=provider,
@@ -386,7 +399,76 @@ class TokenTrackingCallback(CustomLogger):
             error_type=error_type,
             flags=tuple(dict.fromkeys(flags)) if flags else (),
         )
-        return record, ended
+
+
+class _StartedCall:
+    """What the pre-call hook keeps of a call (see :class:`~turnledger.accumulator.StartedCall`)."""
+
+    __slots__ = ("_kwargs", "_messages", "_model", "_price_table", "_started_monotonic", "call_id")
+
+    def __init__(
+        self, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any], price_table: PriceTable | None
+    ) -> None:
+        self.call_id = call_id
+        self._model = model
+        self._messages = messages
+        # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
+        self._kwargs = kwargs
+        self._price_table = price_table
+        self._started_monotonic = time.monotonic()
+
+    @property
+    def responded(self) -> bool:
+        kwargs = self._kwargs
+        return not kwargs.get("stream") and "original_response" in kwargs
+
+    def pending_call(self) -> PendingCall:
+        kwargs = self._kwargs
+        get = kwargs.get
+        litellm_params = get("litellm_params")
+        provider = get("custom_llm_provider")
+        if provider is None and isinstance(litellm_params, Mapping):
+            provider = litellm_params.get("custom_llm_provider")
+        return PendingCall(
+            call_id=self.call_id,
+            model=str(get("model") or self._model or "unknown"),
+            provider=provider if isinstance(provider, str) else None,
+            call_kind=call_kind_of(get("call_type")),
+            stream=bool(get("stream")),
+            started_at=_utc(get("start_time")) or datetime.now(UTC),
+            started_monotonic=self._started_monotonic,
+            request={"messages": self._messages, "input": get("input")},
+            price_table=self._price_table,
+            call_details=kwargs,
+        )
+
+
+class _EndEvent:
+    """An end event as LiteLLM delivered it, read into its record later (a
+    :class:`~turnledger.accumulator.DeferredRecord`)."""
+
+    __slots__ = ("_callback", "_end_time", "_kwargs", "_response_obj", "_start_time", "_status")
+
+    def __init__(
+        self,
+        callback: TokenTrackingCallback,
+        kwargs: Mapping[str, Any],
+        response_obj: Any,
+        start_time: Any,
+        end_time: Any,
+        status: CallStatus,
+    ) -> None:
+        self._callback = callback
+        self._kwargs = kwargs
+        self._response_obj = response_obj
+        self._start_time = start_time
+        self._end_time = end_time
+        self._status = status
+
+    def build(self, turn: TurnTokenAccumulator) -> TokenCallRecord:
+        return self._callback._record_or_flagged(
+            self._kwargs, self._response_obj, self._start_time, self._end_time, self._status, turn
+        )
 
 
 def _metadata(turn: TurnTokenAccumulator, model: str, litellm_params: object) -> ModelMetadata | None:
