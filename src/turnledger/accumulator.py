@@ -218,8 +218,9 @@ class TurnTokenAccumulator:
         self._records: list[TokenCallRecord] = []
         self._deferred: list[DeferredRecord] = []
         # Held while deferred events are read and while a record is added behind them, so the records
-        # keep the order their events arrived in; never held while subscribers run.
-        self._build_lock = threading.Lock()
+        # keep the order their events arrived in; never held while subscribers run. Re-entrant: reading
+        # an event may log, and a logging handler may read this turn's totals on the same thread.
+        self._build_lock = threading.RLock()
         self._weak_self = weakref.ref(self)
         self.late_calls: list[TokenCallRecord] = []
         """Records whose event came after the turn closed; not part of the totals."""
@@ -259,6 +260,8 @@ class TurnTokenAccumulator:
         LiteLLM reports the bare name (``gpt-4o-mini``), so the bare name is indexed too.
         """
         meta = ModelMetadata(model_ref=model_ref, model_id=model_id, display_name=display_name)
+        # Calls that ended before this were made without it, whenever their events are read.
+        self._read_deferred()
         with self._lock:
             self._metadata[model_ref] = meta
             self._bare_metadata[_bare_model_name(model_ref)] = meta
@@ -300,8 +303,8 @@ class TurnTokenAccumulator:
     @property
     def calls(self) -> list[TokenCallRecord]:
         """Records in the order their events arrived."""
-        if self._deferred:
-            self._read_deferred()
+        # Not only when events wait: another thread may be reading a batch it already took.
+        self._read_deferred()
         return self._records
 
     def begin_call(self, pending: StartedCall) -> None:
@@ -373,9 +376,17 @@ class TurnTokenAccumulator:
             return
         with self._lock:
             events, self._deferred = self._deferred, []
-        records = [event.build(self) for event in events]
-        with self._lock:
-            self._records.extend(records)
+        records: list[TokenCallRecord] = []
+        try:
+            for event in events:
+                records.append(event.build(self))
+        finally:
+            # build() turns every Exception into a flagged record; anything else (KeyboardInterrupt, a
+            # gevent Timeout) must not take the batch with it: the unread events go back, first in line.
+            with self._lock:
+                self._records.extend(records)
+                if len(records) < len(events):
+                    self._deferred[:0] = events[len(records) :]
 
     def _wake_if_idle_locked(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
         if self._pending:

@@ -16,8 +16,10 @@ for a call that never reports; the success hook keeps the event, and its turn re
 in a batch (see :class:`~turnledger.accumulator.DeferredRecord`), so the response LiteLLM returned is
 read up to 8 events later or at scope exit: an application that changes a response object in place
 (its ``usage``, its ``_hidden_params``) inside a turn changes what is billed, as it already could in
-the millisecond before LiteLLM logs it. Read at once: a failure, an event after its turn closed, one
-outside any turn, and one a subscriber must hear of as it lands.
+the millisecond before LiteLLM logs it. Read at once: a success LiteLLM did not price (see
+``_deferrable``), a failure, an event after its turn closed, one outside any turn, and one a
+subscriber must hear of as it lands. An event read later is counted ``captured`` when it arrives,
+and ``errors`` (with its flagged record) when it is read, by the instance whose copy the turn kept.
 
 The callback never raises into LiteLLM: every hook is wrapped, problems are logged once per cause and
 counted, and a record is kept with whatever could be read.
@@ -229,9 +231,7 @@ class TokenTrackingCallback(CustomLogger):
                 turn = get_current_accumulator()
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
             end_key = end_time if isinstance(end_time, datetime | int | float) else None
-            # Only a success is deferred: LiteLLM may retry a failed call with the same call details
-            # (model_call_details), which would change what a deferred failure event reads.
-            if status is CallStatus.SUCCESS and turn is not None and call_id is not None and not self._on_record:
+            if turn is not None and call_id is not None and not self._on_record and _deferrable(kw, status):
                 event = _EndEvent(self, kw, response_obj, start_time, end_time, status)
                 kept = turn.add_deferred(event, call_id=call_id, event_key=(call_id, status, end_key))
                 if kept is not None:
@@ -399,6 +399,19 @@ class TokenTrackingCallback(CustomLogger):
             error_type=error_type,
             flags=tuple(dict.fromkeys(flags)) if flags else (),
         )
+
+
+def _deferrable(kwargs: Mapping[str, Any], status: CallStatus) -> bool:
+    """Whether reading the event later reads what it says now.
+
+    Only a success LiteLLM has priced: its price is in the event. Any other is priced from the global
+    price map (``litellm.model_cost``), which ``register_model`` or a call passing its own prices
+    can change before a batch is read; and LiteLLM may retry a failed call with the same call details.
+    """
+    if status is not CallStatus.SUCCESS:
+        return False
+    cost = kwargs.get("response_cost")
+    return type(cost) is float and cost > 0.0
 
 
 class _StartedCall:

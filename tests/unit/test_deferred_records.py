@@ -5,7 +5,9 @@ flagged when read."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
+import time
 import weakref
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -74,11 +76,13 @@ def test_reading_a_total_reads_the_deferred_events_first() -> None:
     cb = turnledger.TokenTrackingCallback(name="totals")
     with turnledger.scoped_turn() as turn:
         deliver(cb, "c1", prompt=7)
-        assert turn.total_prompt_tokens == 7
-        assert len(turn) == 1
+        assert [r.prompt_tokens for r in turn.calls] == [7]
+        deliver(cb, "c0", prompt=3)
+        assert turn.total_prompt_tokens == 10
+        assert len(turn) == 2
         deliver(cb, "c2", prompt=11)
-        assert turn.total_cost_usd == Decimal("0.000030")
-        assert [r.prompt_tokens for r in turn] == [7, 11]
+        assert turn.total_cost_usd == Decimal("0.000045")
+        assert [r.prompt_tokens for r in turn] == [7, 3, 11]
 
 
 def test_an_event_that_cannot_be_read_is_flagged_when_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,3 +198,141 @@ def test_a_started_call_that_never_reports_is_read_from_what_litellm_passed() ->
     assert (record.call_kind, record.status, record.started_at) == (CallKind.EMBEDDING, CallStatus.ABANDONED, started)
     assert RecordFlag.NO_CALLBACK in record.flags
     assert record.prompt_tokens > 0, "estimated from the embedding input LiteLLM passed"
+
+
+def test_a_log_handler_that_reads_the_turn_while_a_batch_is_read_does_not_deadlock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading an event that cannot be read logs a warning; a handler adding the turn's cost to
+    each log line reads the turn on the same thread, inside the batch read."""
+    cb = turnledger.TokenTrackingCallback(name="reentrant")
+    seen_costs: list[object] = []
+
+    class TurnCost(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            current = turnledger.get_current_accumulator()
+            seen_costs.append(current.total_cost_usd if current is not None else "no turn")
+            return True
+
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("usage parser bug")
+
+    monkeypatch.setattr("turnledger.callback.normalize_usage", explode)
+    log_filter = TurnCost()
+    logging.getLogger("turnledger").addFilter(log_filter)
+    outcome: list[list[TokenCallRecord]] = []
+
+    def run_turn() -> None:
+        with turnledger.scoped_turn() as turn:
+            deliver(cb, "unreadable")
+            turn.total_cost_usd  # noqa: B018  reads the batch
+        outcome.append(turn.calls)
+
+    try:
+        worker = threading.Thread(target=run_turn, daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the thread deadlocked on its own turn"
+    finally:
+        logging.getLogger("turnledger").removeFilter(log_filter)
+    [records] = outcome
+    assert [r.call_id for r in records] == ["unreadable"] and RecordFlag.MALFORMED_EVENT in records[0].flags
+    assert seen_costs, "the handler ran inside the batch read"
+
+
+def test_an_interrupt_while_a_batch_is_read_loses_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    from turnledger.usage import normalize_usage as real
+
+    cb = turnledger.TokenTrackingCallback(name="interrupted")
+    reads = 0
+
+    def interrupt_the_third(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("turnledger.callback.normalize_usage", interrupt_the_third)
+    with turnledger.scoped_turn() as turn:
+        for i in range(5):
+            deliver(cb, f"c{i}")
+        with pytest.raises(KeyboardInterrupt):
+            turn.total_tokens  # noqa: B018  reads the batch
+    assert [r.call_id for r in turn.calls] == [f"c{i}" for i in range(5)]
+    assert turn.total_tokens == 5 * 15
+
+
+def test_an_event_litellm_did_not_price_is_priced_by_the_map_as_it_was_then() -> None:
+    cb = turnledger.TokenTrackingCallback(name="unpriced")
+    model = "turnledger-test-unmapped-model"
+    with turnledger.scoped_turn() as turn:
+        kwargs, response = event("c1")
+        kwargs.update(model=model, response_cost=None)
+        cb.log_success_event(kwargs, response, _T0, _T0 + timedelta(seconds=1))
+        # Written into LiteLLM's global map later in the turn (register_model, another call's prices):
+        litellm.model_cost[model] = {
+            "input_cost_per_token": 1.0,
+            "output_cost_per_token": 1.0,
+            "litellm_provider": "openai",
+            "mode": "chat",
+        }
+    try:
+        [record] = turn.calls
+        assert record.cost_usd is None, "unpriced when the call ended"
+    finally:
+        litellm.model_cost.pop(model, None)
+
+
+def test_metadata_registered_after_a_call_ended_is_not_given_to_that_call() -> None:
+    cb = turnledger.TokenTrackingCallback(name="metadata")
+    with turnledger.scoped_turn() as turn:
+        deliver(cb, "before")
+        turn.register_model_metadata("openai/gpt-4o-mini", model_id="m-2")
+        deliver(cb, "after")
+    assert [(r.call_id, r.model_id) for r in turn.calls] == [("before", None), ("after", "m-2")]
+
+
+def test_a_call_that_started_and_ended_is_one_success_record() -> None:
+    cb = turnledger.TokenTrackingCallback(name="lifecycle")
+    with turnledger.scoped_turn(settle_timeout=0) as turn:
+        kwargs, response = event("c1")
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hi"}], kwargs)
+        cb.log_success_event(kwargs, response, _T0, _T0 + timedelta(seconds=1))
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hi"}], event("never-ends")[0])
+    assert [(r.call_id, r.status) for r in turn.calls] == [
+        ("c1", CallStatus.SUCCESS),
+        ("never-ends", CallStatus.ABANDONED),
+    ]
+
+
+def test_subscribers_hear_of_every_record_as_it_lands() -> None:
+    own: list[str] = []
+    everyone: list[str] = []
+    cb = turnledger.TokenTrackingCallback(name="subscribed", on_record=lambda record, _turn: own.append(record.call_id))
+    plain = turnledger.TokenTrackingCallback(name="plain")
+    unsubscribe = turnledger.subscribe(lambda record, _turn: everyone.append(record.call_id))
+    try:
+        with turnledger.scoped_turn():
+            deliver(cb, "c1")
+            deliver(plain, "c2")
+            assert (own, everyone) == (["c1"], ["c1", "c2"]), "heard at once, not when the turn is read"
+    finally:
+        unsubscribe()
+
+
+def test_the_exit_waits_for_a_call_whose_response_arrived() -> None:
+    cb = turnledger.TokenTrackingCallback(name="responded")
+    kwargs, response = event("slow-to-log")
+    # LiteLLM writes the provider's answer into its call details before it returns the response.
+    kwargs["original_response"] = "{}"
+
+    def log_later() -> None:
+        time.sleep(0.3)
+        cb.log_success_event(kwargs, response, _T0, _T0 + timedelta(seconds=1))
+
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=30) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", None, kwargs)
+        threading.Thread(target=log_later).start()
+    [record] = turn.calls
+    assert (record.call_id, record.status) == ("slow-to-log", CallStatus.SUCCESS)
