@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -134,6 +135,37 @@ async def test_replay_skips_corrupt_and_torn_lines_and_is_idempotent(engine: Asy
     assert rejected == ["dead-writer.000001.jsonl.rejected"]
     assert line_count(tmp_path / rejected[0]) == 3
     assert pending_segments(tmp_path) == []
+
+
+async def test_replay_syncs_the_lines_it_sets_aside_before_it_deletes_the_segment(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = OutboxJournal(tmp_path, writer_id="dead-writer")
+    journal.open()
+    journal.append([encode_entry(make_entry(turn_rows(closed_turn("s0"), usage_type="chat"))), b"not json\n"])
+    journal.close()
+    segment = tmp_path / "dead-writer.000001.jsonl"
+    # What reached the disk, in order: a synced file or directory (by its path), a deleted segment.
+    steps: list[tuple[str, str]] = []
+    real_fsync, real_unlink = os.fsync, Path.unlink
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        steps.append(("unlink", str(self)))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    report = await replay_outbox(engine, tmp_path)
+    assert (report.inserted, len(report.bad_lines)) == (1, 1)
+    deleted = steps.index(("unlink", str(segment)))
+    synced = steps[:deleted]
+    assert ("fsync", str(tmp_path / "dead-writer.000001.jsonl.rejected")) in synced, steps
+    assert ("fsync", str(tmp_path)) in synced, "the new file's name is durable too"
+    assert line_count(tmp_path / "dead-writer.000001.jsonl.rejected") == 1
 
 
 async def test_replay_leaves_a_live_writers_segments_alone(engine: AsyncEngine, tmp_path: Path) -> None:

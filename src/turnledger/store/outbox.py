@@ -152,7 +152,7 @@ def new_writer_id() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # A new file's directory entry is durable only once the directory itself is synced.
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -230,7 +230,7 @@ class OutboxJournal:
         self._fh = open(self.segment_path(self._seq), "ab")  # noqa: SIM115  appended to until rotated
         self._size = 0
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def discard(self, seq: int) -> None:
         """Delete a closed segment whose every entry is known to be in the database."""

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from turnledger.errors import TurnledgerError
 from turnledger.store.entries import Entry, WriteFn
-from turnledger.store.outbox import encode_entry
+from turnledger.store.outbox import encode_entry, fsync_dir
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -70,12 +70,21 @@ def rejected_path(path: Path) -> Path:
     return path.with_name(path.name + ".rejected")
 
 
-def set_aside(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
-    """Append refused entries to ``path`` (durably: the caller then forgets them) and name each turn."""
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` and sync it, and the file's name when this created the file: the
+    caller forgets, or deletes, the only other copy next."""
+    created = not path.exists()
     with open(path, "ab") as fh:
-        fh.write(b"".join(encode_entry(e) for e in entries))
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    if created:
+        fsync_dir(path.parent)
+
+
+def set_aside(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
+    """Append refused entries to ``path`` (durably: the caller then forgets them) and name each turn."""
+    append_durably(path, b"".join(encode_entry(e) for e in entries))
     for entry in entries:
         logger.warning(
             "turnledger: the database refused turn %r (%s); its rows are set aside in %s",

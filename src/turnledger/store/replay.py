@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from turnledger.store.entries import Entry, WriteFn, is_entry, transaction_writer
 from turnledger.store.lines import unpack_entry
 from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, encode_entry, read_segment
-from turnledger.store.rejects import rejected_path, set_aside, write_isolating
+from turnledger.store.rejects import append_durably, rejected_path, set_aside, write_isolating
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -70,10 +70,10 @@ def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
     for line in bad:
         logger.warning("turnledger outbox %s line %s skipped: %s", line.path, line.lineno, line.reason)
     if bad:
-        # Set aside rather than deleted: a damaged line may still be read by a person.
-        with open(rejected_path(path), "ab") as fh:
-            for line in bad:
-                fh.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
+        # Set aside rather than deleted: a damaged line may still be read by a person. Durably, since
+        # the segment, its only other copy, is deleted once its entries are written.
+        raw = (line.raw if line.raw.endswith(b"\n") else line.raw + b"\n" for line in bad)
+        append_durably(rejected_path(path), b"".join(raw))
     report.bad_lines.extend(bad)
     return entries
 
