@@ -266,10 +266,11 @@ async def litellm_overhead(repeats: int, turns: int) -> None:
             ("scope per turn", "callback", "a scope per 3-call turn, its exit waiting for LiteLLM's worker"),
         ):
             deltas, ratios = _paired(per_call, arm, base)
+            low, high = _median_interval(ratios)
             print(f"  {arm} - {base} per call (paired): {fmt(deltas, 'us', 1e6)}  [{note}]")
             print(
-                f"      as a share of {base}: {_ratios(ratios)}   (ratio of the medians: "
-                f"{_of_medians(per_call, arm, base)})"
+                f"      as a share of {base}: {_ratios(ratios)}   (95% interval of the median {low:+.2%} .. "
+                f"{high:+.2%}; ratio of the medians: {_of_medians(per_call, arm, base)})"
             )
         _, ratios = _paired(per_call, "callback", "without")
         of_medians = _of_medians(per_call, "callback", "without")
