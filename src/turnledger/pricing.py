@@ -137,7 +137,7 @@ def price_call(
         # An Azure deployment (or a proxy alias) answers with the model that served it.
         served = _str(getattr(response_obj, "model", None))
         if served and served != name:
-            served_cost = price_table.cost(served, counts, provider=prov, images_out=images_out)
+            served_cost = _table_cost(price_table, served, prov, counts, images_out, flags)
             if served_cost is not None:
                 return served_cost, CostSource.PRICE_TABLE, flags
     return cost, source, flags
@@ -169,13 +169,24 @@ def price_counts(
         elif cost is not None and (cost > 0 or not counts.used_tokens or _litellm_lists_free(model, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
-        found = price_table.match(model, provider)
-        cost = found.price.cost(counts, images_out=images_out) if found is not None else None
-        if found is not None and cost is not None:
-            if found.via_alias is None and found.key not in (model, f"{provider}/{model}"):
-                _add(flags, RecordFlag.PRICE_PREFIX_MATCH)
+        cost = _table_cost(price_table, model, provider, counts, images_out, flags)
+        if cost is not None:
             return cost, CostSource.PRICE_TABLE, flags
     return None, CostSource.NONE, flags
+
+
+def _table_cost(
+    table: PriceTable, model: str, provider: str | None, counts: TokenCounts, images_out: int, flags: list[RecordFlag]
+) -> Decimal | None:
+    """The price table's cost of the call, flagged ``price_prefix_match`` when only a prefix of the name
+    matched (the README promises the flag wherever the table prices)."""
+    found = table.match(model, provider)
+    if found is None:
+        return None
+    cost = found.price.cost(counts, images_out=images_out)
+    if cost is not None and found.via_alias is None and found.key not in (model, f"{provider}/{model}"):
+        _add(flags, RecordFlag.PRICE_PREFIX_MATCH)
+    return cost
 
 
 def estimate_missing_usage(

@@ -399,9 +399,20 @@ def test_a_plain_object_with_a_usage_property_is_read() -> None:
 
 def test_price_table_falls_back_to_the_model_that_served_the_call() -> None:
     # An Azure deployment name nobody priced, answering as a model the table knows.
-    obj = response("acme-7b-2025-06", prompt_tokens=100, completion_tokens=10, total_tokens=110)
-    cost, source, _ = price(kw("eastus-prod-deployment", "azure"), obj, price_table=TABLE)
-    assert (cost, source) == (100 * D("0.000001") + 10 * D("0.000002"), CostSource.PRICE_TABLE)
+    expected = 100 * D("0.000001") + 10 * D("0.000002")
+    exact = response("acme-7b", prompt_tokens=100, completion_tokens=10, total_tokens=110)
+    assert price(kw("eastus-prod-deployment", "azure"), exact, price_table=TABLE) == (
+        expected,
+        CostSource.PRICE_TABLE,
+        [],
+    )
+    # Found through a prefix of the served name: flagged, as any price the table finds that way.
+    dated = response("acme-7b-2025-06", prompt_tokens=100, completion_tokens=10, total_tokens=110)
+    assert price(kw("eastus-prod-deployment", "azure"), dated, price_table=TABLE) == (
+        expected,
+        CostSource.PRICE_TABLE,
+        [RecordFlag.PRICE_PREFIX_MATCH],
+    )
 
 
 def test_litellms_own_not_mapped_answer_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
