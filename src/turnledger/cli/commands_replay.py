@@ -38,7 +38,8 @@ OutboxOption = Annotated[
 )
 def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Write the turns left in an outbox (by writers that stopped or could not reach the database)."""
-    from turnledger.store.outbox import outbox_dir, segment_writer
+    from turnledger.config import outbox_dir
+    from turnledger.store.outbox import segment_writer
     from turnledger.store.replay import pending_segments
 
     target = outbox_dir(outbox)

@@ -36,21 +36,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+from turnledger.config import outbox_dir
+
 logger = logging.getLogger("turnledger.outbox")
 
-OUTBOX_DIR_ENV = "TURNLEDGER_OUTBOX_DIR"
-DEFAULT_OUTBOX_DIR = "./turnledger-outbox"
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 FORMAT_VERSION = 1
 
 _LINE_PREFIX = b'{"crc":"'
 _ENTRY_MARK = b'","entry":'
 _SEGMENT_RE = re.compile(r"^(?P<writer>.+)\.(?P<seq>\d{6})\.jsonl$")
-
-
-def outbox_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The outbox directory: the explicit one, else ``$TURNLEDGER_OUTBOX_DIR``, else ``./turnledger-outbox``."""
-    return Path(explicit or os.environ.get(OUTBOX_DIR_ENV) or DEFAULT_OUTBOX_DIR)
 
 
 # -- the line format ------------------------------------------------------------------------------

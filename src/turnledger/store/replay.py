@@ -132,7 +132,8 @@ async def replay_outbox(
     Safe to run twice, and next to live writers: a live writer's segments are skipped (it replays
     its own), two replays never take the same writer's segments, and rows already stored are skipped.
     """
-    from turnledger.store.outbox import outbox_dir, segment_writer
+    from turnledger.config import outbox_dir
+    from turnledger.store.outbox import segment_writer
 
     root = outbox_dir(directory)
     write = write or transaction_writer(engine)
