@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import operator
 import threading
 import time
@@ -472,26 +473,39 @@ class TurnTokenAccumulator:
             self.closed_at = datetime.now(UTC)
             started = list(self._pending.values())
             self._pending.clear()
-        # Closed: no event is deferred any more, and these are the last records of the turn.
-        self._read_deferred()
-        for pending in (call.pending_call() for call in started):
-            try:
-                record = self._abandoned_factory(pending, self.metadata_for(pending.model))
-            except Exception:
-                record = TokenCallRecord(
-                    call_id=pending.call_id,
+        try:
+            # Closed: no event is deferred any more, and these are the last records of the turn.
+            self._read_deferred()
+        finally:
+            # Even if that read was interrupted: the calls that never reported are in no other list.
+            for call in started:
+                self._add_abandoned(call)
+
+    def _add_abandoned(self, call: StartedCall) -> None:
+        try:
+            pending = call.pending_call()
+            record = self._abandoned_factory(pending, self.metadata_for(pending.model))
+        except Exception:
+            record = TokenCallRecord(
+                call_id=call.call_id,
+                model="unknown",
+                status=CallStatus.ABANDONED,
+                flags=(RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR),
+            )
+            with contextlib.suppress(Exception):
+                pending = call.pending_call()
+                record = dataclasses.replace(
+                    record,
                     model=pending.model,
                     provider=pending.provider,
                     call_kind=pending.call_kind,
-                    status=CallStatus.ABANDONED,
                     stream=pending.stream,
                     started_at=pending.started_at,
-                    flags=(RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR),
                 )
-            with self._lock:
-                self._records.append(record)
-                subscribers = self._subscribers
-            dispatch(record, self, subscribers + global_subscribers(), self._loop)
+        with self._lock:
+            self._records.append(record)
+            subscribers = self._subscribers
+        dispatch(record, self, subscribers + global_subscribers(), self._loop)
 
     # -- totals ----------------------------------------------------------------------------------
     def _snapshot(self) -> list[TokenCallRecord]:

@@ -28,6 +28,7 @@ counted, and a record is kept with whatever could be read.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 import uuid
@@ -231,7 +232,12 @@ class TokenTrackingCallback(CustomLogger):
                 turn = get_current_accumulator()
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
             end_key = end_time if isinstance(end_time, datetime | int | float) else None
-            if turn is not None and call_id is not None and not self._on_record and _deferrable(kw, status):
+            if (
+                turn is not None
+                and call_id is not None
+                and not self._on_record
+                and _deferrable(kw, response_obj, status)
+            ):
                 event = _EndEvent(self, kw, response_obj, start_time, end_time, status)
                 kept = turn.add_deferred(event, call_id=call_id, event_key=(call_id, status, end_key))
                 if kept is not None:
@@ -401,17 +407,23 @@ class TokenTrackingCallback(CustomLogger):
         )
 
 
-def _deferrable(kwargs: Mapping[str, Any], status: CallStatus) -> bool:
+def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus) -> bool:
     """Whether reading the event later reads what it says now.
 
-    Only a success LiteLLM has priced: its price is in the event. Any other is priced from the global
-    price map (``litellm.model_cost``), which ``register_model`` or a call passing its own prices
-    can change before a batch is read; and LiteLLM may retry a failed call with the same call details.
+    Only a success that used tokens and that LiteLLM has priced: its price is in the event. Any other
+    is priced from the global price map (``litellm.model_cost``), which ``register_model`` or a call
+    passing its own prices can change before a batch is read; and LiteLLM may retry a failed call
+    with the same call details.
     """
     if status is not CallStatus.SUCCESS:
         return False
     cost = kwargs.get("response_cost")
-    return type(cost) is float and cost > 0.0
+    if type(cost) is not float or not 0.0 < cost < math.inf:
+        return False
+    # Tokens used: a success without them has its usage estimated, from the caller's live messages
+    # and the price map. A usage block that is not an object (a dict) is simply read at once.
+    tokens = getattr(getattr(response_obj, "usage", None), "total_tokens", None)
+    return type(tokens) is int and tokens > 0
 
 
 class _StartedCall:

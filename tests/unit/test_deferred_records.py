@@ -17,7 +17,7 @@ import litellm
 import pytest
 
 import turnledger
-from turnledger import CallStatus, RecordFlag, TokenCallRecord, TurnTokenAccumulator
+from turnledger import CallStatus, CostSource, RecordFlag, TokenCallRecord, TurnTokenAccumulator
 from turnledger.accumulator import MAX_DEFERRED_RECORDS, call_bindings
 from turnledger.records import CallKind
 
@@ -250,6 +250,9 @@ def test_an_interrupt_while_a_batch_is_read_loses_no_event(monkeypatch: pytest.M
         nonlocal reads
         reads += 1
         if reads == 3:
+            # An event that arrives while the batch is read (a log handler's call, another thread's)
+            # is behind every event of the batch.
+            deliver(cb, "during")
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -259,16 +262,43 @@ def test_an_interrupt_while_a_batch_is_read_loses_no_event(monkeypatch: pytest.M
             deliver(cb, f"c{i}")
         with pytest.raises(KeyboardInterrupt):
             turn.total_tokens  # noqa: B018  reads the batch
-    assert [r.call_id for r in turn.calls] == [f"c{i}" for i in range(5)]
-    assert turn.total_tokens == 5 * 15
+    assert [r.call_id for r in turn.calls] == [*(f"c{i}" for i in range(5)), "during"]
+    assert turn.total_tokens == 6 * 15
 
 
-def test_an_event_litellm_did_not_price_is_priced_by_the_map_as_it_was_then() -> None:
+def test_an_interrupt_while_the_exit_reads_the_batch_keeps_the_calls_that_never_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cb = turnledger.TokenTrackingCallback(name="exit-interrupted")
+
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), turnledger.scoped_turn(settle_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", None, event("never-ends")[0])
+        deliver(cb, "ended")
+        monkeypatch.setattr("turnledger.callback.normalize_usage", interrupt)
+    assert turn.closed
+    monkeypatch.undo()
+    assert sorted((r.call_id, r.status) for r in turn.calls) == [
+        ("ended", CallStatus.SUCCESS),
+        ("never-ends", CallStatus.ABANDONED),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("response_cost", "tokens"),
+    [(None, 15), (0.0, 15), (float("inf"), 15)],
+    ids=["unpriced", "zero", "infinite"],
+)
+def test_an_event_not_priced_by_litellm_is_priced_by_the_map_as_it_was_then(
+    response_cost: float | None, tokens: int
+) -> None:
     cb = turnledger.TokenTrackingCallback(name="unpriced")
     model = "turnledger-test-unmapped-model"
     with turnledger.scoped_turn() as turn:
-        kwargs, response = event("c1")
-        kwargs.update(model=model, response_cost=None)
+        kwargs, response = event("c1", prompt=tokens, completion=0)
+        kwargs.update(model=model, response_cost=response_cost)
         cb.log_success_event(kwargs, response, _T0, _T0 + timedelta(seconds=1))
         # Written into LiteLLM's global map later in the turn (register_model, another call's prices):
         litellm.model_cost[model] = {
@@ -279,9 +309,39 @@ def test_an_event_litellm_did_not_price_is_priced_by_the_map_as_it_was_then() ->
         }
     try:
         [record] = turn.calls
-        assert record.cost_usd is None, "unpriced when the call ended"
+        assert record.cost_source not in (CostSource.COST_PER_TOKEN, CostSource.ESTIMATED), (
+            "priced by a map entry written after the call ended"
+        )
     finally:
         litellm.model_cost.pop(model, None)
+
+
+def test_a_success_without_tokens_is_estimated_from_the_messages_as_they_were() -> None:
+    """Its usage is estimated from the caller's messages, a list the caller goes on appending to."""
+
+    def prompt_tokens_estimated(read_at_once: bool) -> int:
+        cb = turnledger.TokenTrackingCallback(name=f"estimate-{read_at_once}")
+        messages = [{"role": "user", "content": "hello"}]
+        kwargs, _ = event("no-usage")
+        kwargs.update(messages=messages, response_cost=0.0005)
+        response = litellm.ModelResponse(
+            model="gpt-4o-mini",
+            choices=[{"message": {"role": "assistant", "content": "hi there"}}],
+            usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        )
+        unsubscribe = turnledger.subscribe(lambda record, turn: None) if read_at_once else None
+        try:
+            with turnledger.scoped_turn() as turn:
+                cb.log_success_event(kwargs, response, _T0, _T0 + timedelta(seconds=1))
+                messages.append({"role": "assistant", "content": "hi there " * 200})
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+        [record] = turn.calls
+        assert record.usage_estimated
+        return record.prompt_tokens
+
+    assert prompt_tokens_estimated(read_at_once=False) == prompt_tokens_estimated(read_at_once=True)
 
 
 def test_metadata_registered_after_a_call_ended_is_not_given_to_that_call() -> None:

@@ -71,15 +71,14 @@ def rejected_path(path: Path) -> Path:
 
 
 def append_durably(path: Path, data: bytes) -> None:
-    """Append ``data`` to ``path`` and sync it, and the file's name when this created the file: the
-    caller forgets, or deletes, the only other copy next."""
-    created = not path.exists()
+    """Append ``data`` to ``path`` and sync it and its directory: the caller forgets, or deletes, the
+    only other copy next. The directory every time: whoever created the file may have died before
+    syncing it."""
     with open(path, "ab") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    if created:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def set_aside(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
