@@ -441,13 +441,13 @@ _IN_SITU_STAGES = (
 
 async def in_situ_stages(turns: int) -> None:
     """The success hook's stages as LiteLLM really calls the hook: the callback module's helpers are
-    wrapped with timers for one block, then restored. ``_build`` is the success hook's reading of the
-    event (what ``build_record`` returns); the rest of the hook is the turn's lookup, ``add`` and counting."""
+    wrapped with timers for one block, then restored. ``build_record`` is the reading of an event into
+    its record; the rest of the success hook is the turn's lookup, keeping the event, and counting."""
     from turnledger import callback as cbm
 
-    spent: dict[str, float] = dict.fromkeys((*_IN_SITU_STAGES, "_build (all of the above)"), 0.0)
+    spent: dict[str, float] = dict.fromkeys((*_IN_SITU_STAGES, "build_record (all of the above)"), 0.0)
     originals = {name: getattr(cbm, name) for name in _IN_SITU_STAGES}
-    original_build = cbm.TokenTrackingCallback._build
+    original_build = cbm.TokenTrackingCallback.build_record
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -461,7 +461,7 @@ async def in_situ_stages(turns: int) -> None:
 
     for name, fn in originals.items():
         setattr(cbm, name, timed(name, fn))
-    cbm.TokenTrackingCallback._build = timed("_build (all of the above)", original_build)  # type: ignore[method-assign]
+    cbm.TokenTrackingCallback.build_record = timed("build_record (all of the above)", original_build)  # type: ignore[method-assign]
     _register("callback")
     try:
         await _block(5, "callback")
@@ -473,7 +473,7 @@ async def in_situ_stages(turns: int) -> None:
         _unregister()
         for name, fn in originals.items():
             setattr(cbm, name, fn)
-        cbm.TokenTrackingCallback._build = original_build  # type: ignore[method-assign]
+        cbm.TokenTrackingCallback.build_record = original_build  # type: ignore[method-assign]
     n = _timed.events
     print(f"The hooks in situ, {n} events, stages timed by wrapping them (adds ~1 us per wrapped call):")
     print(

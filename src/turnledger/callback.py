@@ -275,7 +275,7 @@ class TokenTrackingCallback(CustomLogger):
     ) -> TokenCallRecord:
         """The event's record, or, when it cannot be read, a record of what could be, flagged."""
         try:
-            return self._build(kwargs, response_obj, start_time, end_time, status, turn)
+            return self.build_record(kwargs, response_obj, start_time, end_time, status, turn)
         except Exception:
             self._count("errors")
             warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
@@ -297,17 +297,6 @@ class TokenTrackingCallback(CustomLogger):
         turn: TurnTokenAccumulator | None,
     ) -> TokenCallRecord:
         """Read one LiteLLM end event into a record; missing pieces are flagged, not fatal."""
-        return self._build(kwargs, response_obj, start_time, end_time, status, turn)
-
-    def _build(
-        self,
-        kwargs: Mapping[str, Any],
-        response_obj: Any,
-        start_time: Any,
-        end_time: Any,
-        status: CallStatus,
-        turn: TurnTokenAccumulator | None,
-    ) -> TokenCallRecord:
         get = kwargs.get
         flags: list[RecordFlag] = []
         call_id = get("litellm_call_id")
