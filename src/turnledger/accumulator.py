@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import operator
 import threading
 import time
@@ -482,26 +481,27 @@ class TurnTokenAccumulator:
                 self._add_abandoned(call)
 
     def _add_abandoned(self, call: StartedCall) -> None:
+        pending: PendingCall | None = None
         try:
             pending = call.pending_call()
             record = self._abandoned_factory(pending, self.metadata_for(pending.model))
         except Exception:
+            # What could be read of the call, if anything; never priced.
+            known: dict[str, Any] = {"model": "unknown"}
+            if pending is not None:
+                known = {
+                    "model": pending.model,
+                    "provider": pending.provider,
+                    "call_kind": pending.call_kind,
+                    "stream": pending.stream,
+                    "started_at": pending.started_at,
+                }
             record = TokenCallRecord(
                 call_id=call.call_id,
-                model="unknown",
                 status=CallStatus.ABANDONED,
                 flags=(RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR),
+                **known,
             )
-            with contextlib.suppress(Exception):
-                pending = call.pending_call()
-                record = dataclasses.replace(
-                    record,
-                    model=pending.model,
-                    provider=pending.provider,
-                    call_kind=pending.call_kind,
-                    stream=pending.stream,
-                    started_at=pending.started_at,
-                )
         with self._lock:
             self._records.append(record)
             subscribers = self._subscribers

@@ -396,3 +396,51 @@ def test_the_exit_waits_for_a_call_whose_response_arrived() -> None:
         threading.Thread(target=log_later).start()
     [record] = turn.calls
     assert (record.call_id, record.status) == ("slow-to-log", CallStatus.SUCCESS)
+
+
+def test_a_call_that_never_reported_and_cannot_be_priced_is_kept_with_what_could_be_read() -> None:
+    def failing_factory(pending: Any, meta: Any) -> TokenCallRecord:
+        raise RuntimeError("estimator bug")
+
+    class Unreadable:
+        call_id = "unreadable"
+        responded = False
+
+        def pending_call(self) -> Any:
+            raise RuntimeError("LiteLLM changed its call details")
+
+    started = datetime(2026, 11, 25, 9, 30, 0, tzinfo=UTC)
+    kwargs: dict[str, Any] = {
+        "litellm_call_id": "readable",
+        "model": "gpt-4o-mini",
+        "custom_llm_provider": "openai",
+        "call_type": "aembedding",
+        "stream": True,
+        "start_time": started,
+    }
+    turn = TurnTokenAccumulator(abandoned_record_factory=failing_factory, settle_timeout=0)
+    turn._activate()
+    turnledger.TokenTrackingCallback(name="abandoned").log_pre_api_call("gpt-4o-mini", None, kwargs)
+    turn.begin_call(Unreadable())
+    turn.close()
+    readable, unreadable = turn.calls
+    flags = (RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR)
+    assert (readable.call_id, readable.model, readable.provider, readable.call_kind) == (
+        "readable",
+        "gpt-4o-mini",
+        "openai",
+        CallKind.EMBEDDING,
+    )
+    assert (readable.stream, readable.started_at, readable.status, readable.flags) == (
+        True,
+        started,
+        CallStatus.ABANDONED,
+        flags,
+    )
+    assert (unreadable.call_id, unreadable.model, unreadable.status, unreadable.flags) == (
+        "unreadable",
+        "unknown",
+        CallStatus.ABANDONED,
+        flags,
+    )
+    assert readable.cost_usd is None and unreadable.cost_usd is None
