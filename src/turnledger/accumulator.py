@@ -100,11 +100,15 @@ class PendingCall:
 
         Streams never count: LiteLLM logs one only once the caller has read it to the end.
         """
-        details = self.call_details
-        return not self.stream and details is not None and "original_response" in details
+        return response_arrived(self.call_details, self.stream)
 
     def pending_call(self) -> PendingCall:
         return self
+
+
+def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bool:
+    """LiteLLM writes the provider's answer into its call details before it returns the response."""
+    return not stream and call_details is not None and "original_response" in call_details
 
 
 class StartedCall(Protocol):

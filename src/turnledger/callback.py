@@ -49,6 +49,7 @@ from turnledger.accumulator import (
     TurnTokenAccumulator,
     call_bindings,
     get_current_accumulator,
+    response_arrived,
 )
 from turnledger.price_table import PriceTable
 from turnledger.pricing import estimate_missing_usage, price_call
@@ -433,8 +434,7 @@ class _StartedCall:
 
     @property
     def responded(self) -> bool:
-        kwargs = self._kwargs
-        return not kwargs.get("stream") and "original_response" in kwargs
+        return response_arrived(self._kwargs, bool(self._kwargs.get("stream")))
 
     def pending_call(self) -> PendingCall:
         kwargs = self._kwargs
