@@ -2,7 +2,7 @@
 
 Runs the real entry point (``python -m turnledger``) in subprocesses, as a shell would:
 
-- ``version``: the floor every command pays (importing LiteLLM, then interpreter exit);
+- ``version``: the floor every command pays (the CLI and the store, without LiteLLM, then interpreter exit);
 - ``demo`` on a new SQLite file: wall time, and the demo's own work as it reports it
   ("demo took X s": migrate, five turns, a fortnight of history, writes, the read-back).
 

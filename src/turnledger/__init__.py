@@ -8,6 +8,7 @@ turn.total_cost_usd
 """
 
 import os as _os
+from typing import TYPE_CHECKING
 
 # LiteLLM fetches its price map over the network at import unless told otherwise; turnledger must
 # import (and price) offline, so the bundled map is the default. Set it to "False" to opt back in.
@@ -22,7 +23,6 @@ from turnledger.accumulator import (
     scoped_turn,
     start_turn,
 )
-from turnledger.callback import TokenTrackingCallback, install, is_installed, token_tracker, uninstall
 from turnledger.credits import CreditLedger, Reservation, TurnCharge, TurnKeyReused, UnpricedCallsError, credit_scope
 from turnledger.errors import (
     ConfigurationError,
@@ -42,6 +42,24 @@ from turnledger.store.replay import ReplayReport, replay_outbox
 from turnledger.store.reports import ReportBy, ReportRow, usage_report
 from turnledger.store.writer import BatchWriter
 from turnledger.subscribers import JsonlLedger, subscribe
+
+if TYPE_CHECKING:
+    from turnledger.callback import TokenTrackingCallback, install, is_installed, token_tracker, uninstall
+
+_FROM_CALLBACK = frozenset({"TokenTrackingCallback", "install", "is_installed", "token_tracker", "uninstall"})
+
+
+def __getattr__(name: str) -> object:
+    # The callback module imports LiteLLM (about 2 s): loaded on first use, so the CLI's reports,
+    # migrations and replays, and any process that only reads or writes the ledger, start without it.
+    if name in _FROM_CALLBACK:
+        from turnledger import callback
+
+        value = getattr(callback, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'turnledger' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+
+import pytest
 
 import turnledger
 
@@ -99,3 +103,30 @@ def test_every_exception_has_one_root() -> None:
     ]
     assert errors
     assert all(issubclass(e, turnledger.TurnledgerError) for e in errors)
+
+
+def test_the_callback_names_are_the_callback_modules_own() -> None:
+    from turnledger import callback
+
+    for name in ("TokenTrackingCallback", "install", "is_installed", "token_tracker", "uninstall"):
+        assert getattr(turnledger, name) is getattr(callback, name), name
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no_such_name"):
+        turnledger.no_such_name  # noqa: B018
+
+
+def test_the_package_and_the_cli_import_without_litellm() -> None:
+    """LiteLLM takes about 2 s to import: `turnledger report`, `migrate` and `replay` must not pay for it,
+    and a process that only reads or writes the ledger need not load it."""
+    probe = (
+        "import sys, turnledger, turnledger.cli, turnledger.store.writer; "
+        "print(sorted(m for m in sys.modules if m == 'litellm' or m.startswith('litellm.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout
+    # The callback names still load it, on first use.
+    probe = "import sys, turnledger; turnledger.install; print('litellm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import JustifyMethod
@@ -14,10 +14,12 @@ from rich.text import Text
 
 from turnledger.cli.app import DatabaseUrlOption, app, console
 from turnledger.cli.db import run_db, shown_url
-from turnledger.cli.demo_turns import DemoTurn, run_demo_turns, run_history_turns
 from turnledger.cli.output import OutputFormat, emit, usd
 from turnledger.money import sum_costs
 from turnledger.records import CallStatus, CostSource, TokenCallRecord
+
+if TYPE_CHECKING:
+    from turnledger.cli.demo_turns import DemoTurn
 
 _STATUS_STYLE = {CallStatus.SUCCESS: "green", CallStatus.FAILURE: "red", CallStatus.ABANDONED: "yellow"}
 
@@ -68,6 +70,7 @@ async def _demo(url: str | None, *, quiet: bool, history_days: int) -> None:
     import litellm
 
     from turnledger.callback import install, is_installed, uninstall
+    from turnledger.cli.demo_turns import run_demo_turns, run_history_turns
     from turnledger.fake_provider import FakeProvider
     from turnledger.store.engine import make_engine, session_factory
     from turnledger.store.migrate import upgrade_async
