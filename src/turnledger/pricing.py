@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from turnledger._logging import warn_once
 from turnledger.money import to_decimal
-from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.usage import TokenCounts, estimate_counts, get_field, response_text, usage_missing
 
 if TYPE_CHECKING:
@@ -338,8 +338,8 @@ def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_
     completion_dec = decimal_from_litellm(completion_cost)
     if prompt_dec is None or completion_dec is None:
         raise ValueError("cost_per_token returned a non-number")
-    # Each half is read (and de-noised) on its own, then summed exactly.
-    return prompt_dec + completion_dec
+    # Each half is read (and de-noised) on its own, then summed exactly, in MONEY_CONTEXT.
+    return MONEY_CONTEXT.add(prompt_dec, completion_dec)
 
 
 _NOT_MAPPED_HINTS = ("not mapped", "isn't mapped", "not found in cost map", "does not exist in passed")

@@ -6,7 +6,7 @@ import asyncio
 import importlib.util
 import logging
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +277,20 @@ def test_record_token_usage_never_raises_and_says_why(
         assert record_token_usage(Session(), **arguments) is None
     assert added == []
     assert why in caplog.text
+
+
+def test_record_token_usage_cost_micros_ignores_the_applications_decimal_context() -> None:
+    added: list[Any] = []
+
+    class Session:
+        def add(self, row: Any) -> None:
+            added.append(row)
+
+    with localcontext() as ctx:
+        ctx.prec = 4  # the application's own setting must not round a stored cost
+        row = record_token_usage(Session(), usage_type="chat", user_id="u-1", cost_micros=123456789)
+    assert row is not None and added == [row]
+    assert (row.cost_usd, row.cost_micros) == (Decimal("123.456789"), 123456789)
 
 
 def test_record_token_usage_survives_a_broken_session(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -110,6 +110,15 @@ async def test_per_model(session: AsyncSession) -> None:
 
 async def test_per_user(session: AsyncSession) -> None:
     assert await reports.by_user(session) == [ALICE, CAROL, BOB, DAVE]
+
+
+async def test_an_applications_decimal_context_does_not_round_a_report(session: AsyncSession) -> None:
+    with localcontext() as ctx:
+        ctx.prec = 3  # the application's own setting; 0.012941 has 5 significant digits
+        rows = await reports.by_user(session)
+        per_day = await reports.by_day(session)
+    assert rows == [ALICE, CAROL, BOB, DAVE]
+    assert sum(r.cost_usd for r in per_day if r.cost_usd is not None) == Decimal("0.0130655")
 
 
 async def test_per_thread(session: AsyncSession) -> None:

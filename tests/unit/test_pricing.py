@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 import litellm
@@ -103,6 +103,15 @@ def test_completion_cost_answers_for_a_real_response() -> None:
     cost, source, flags = price(kw("gpt-4o-mini"), obj)
     assert source is CostSource.COMPLETION_COST and flags == []
     assert cost == 400 * GPT_4O_MINI_IN + 600 * GPT_4O_MINI_CACHED + 100 * GPT_4O_MINI_OUT
+
+
+def test_cost_per_token_ignores_the_applications_decimal_context() -> None:
+    obj = {"usage": {"prompt_tokens": 518517, "completion_tokens": 1}}
+    with localcontext() as ctx:
+        ctx.prec = 4  # the application's own setting must not round the sum of the two halves
+        cost, source, _ = price(kw("gpt-4o-mini"), obj)
+    assert source is CostSource.COST_PER_TOKEN
+    assert cost == 518517 * GPT_4O_MINI_IN + GPT_4O_MINI_OUT == D("0.07777815")
 
 
 def test_cost_per_token_gets_cache_and_1h_writes() -> None:

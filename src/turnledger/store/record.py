@@ -26,7 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator, record_totals
 from turnledger.money import micros_from_usd, split_micros, to_decimal
-from turnledger.records import MICROS_PER_USD, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.records import (
+    MICROS_PER_USD,
+    MONEY_CONTEXT,
+    CallKind,
+    CallStatus,
+    CostSource,
+    RecordFlag,
+    TokenCallRecord,
+)
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
 
@@ -393,7 +401,7 @@ def _cost_from(cost_usd: object, cost_micros: object) -> Decimal | object | None
     elif cost_micros is not None:
         if not _is_int(cost_micros):
             return _INVALID
-        cost = Decimal(int(str(cost_micros))) / MICROS_PER_USD
+        cost = MONEY_CONTEXT.divide(Decimal(int(str(cost_micros))), MICROS_PER_USD)
     else:
         return None
     if cost is None or cost < 0:

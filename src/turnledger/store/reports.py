@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from turnledger.accumulator import TOKEN_FIELDS
+from turnledger.records import MONEY_CONTEXT
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
 from turnledger.store.record import Database, dialect_name
@@ -204,8 +205,9 @@ def _merge(raw: Sequence[Any]) -> list[ReportRow]:
             acc[name] += int(mapping[name] or 0)
         cost = mapping["cost"]
         if cost is not None:
-            part = Decimal(cost) * int(mapping["rows"]) if "rows" in mapping else Decimal(cost)
-            acc["cost_usd"] = part if acc["cost_usd"] is None else acc["cost_usd"] + part
+            # In MONEY_CONTEXT, not the application's: a caller's getcontext().prec = 4 must not round a report.
+            part = MONEY_CONTEXT.multiply(Decimal(cost), int(mapping["rows"])) if "rows" in mapping else Decimal(cost)
+            acc["cost_usd"] = part if acc["cost_usd"] is None else MONEY_CONTEXT.add(acc["cost_usd"], part)
     return [ReportRow(key=key, **values) for key, values in groups.items()]
 
 
