@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.writer_support import closed_turn, stored_turn_ids
+from tests.integration.writer_support import closed_turn, poison_rows, stored_turn_ids
 from turnledger.store.entries import Entry, WriteFn, make_entry
 from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import turn_rows
@@ -105,3 +105,24 @@ async def test_replaying_its_own_outbox_counts_the_chunks_written_before_a_failu
     assert stats["failed_batches"] == 1
     assert stats["written"] == len(stored)
     assert pending_segments(tmp_path) == []
+
+
+async def test_a_batch_split_around_a_poison_turn_counts_the_half_written_before_a_failure(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = BatchWriter(
+        engine, outbox_dir=tmp_path, batch_size=4, flush_interval=0.05, retry_initial=0.01, retry_max=0.05
+    )
+    # The batch is refused for the poison turn and halved: its first half is written, the link drops
+    # on the second half. The retry (a replay of the outbox) finds the first half stored.
+    writer._write_fresh = _DroppedLink(writer._write_fresh, {3})
+    rows = [turn_rows(closed_turn(f"p{i}"), usage_type="chat") for i in (0, 1)]
+    rows += [poison_rows(engine), turn_rows(closed_turn("p3"), usage_type="chat")]
+    async with writer:
+        await asyncio.gather(*(writer.submit_rows(r) for r in rows))
+        await writer.flush(timeout=30)
+        stats = dict(writer.stats)
+    stored = await stored_turn_ids(engine)
+    assert set(stored) == {"p0", "p1", "p3"}
+    assert (stats["failed_batches"], stats["rejected"]) == (1, 1)
+    assert stats["written"] == len(stored)

@@ -100,9 +100,12 @@ async def replay_segment(
         set_aside(rejected_path(path), refused, exc)
         report.rejected += len(refused)
 
+    def inserted(count: int) -> None:
+        report.inserted += count
+
     for start in range(0, len(entries), batch_size):
         chunk = entries[start : start + batch_size]
-        report.inserted += await write_isolating(write, chunk, reject)
+        await write_isolating(write, chunk, reject, inserted)
         report.entries += len(chunk)
         if progress is not None:
             progress(len(chunk))

@@ -456,13 +456,15 @@ class BatchWriter:
         def reject(refused: Sequence[Entry], exc: BaseException) -> None:
             self._reject(reject_path, refused, exc)
 
+        def inserted(count: int) -> None:
+            self.stats["written"] += count
+
         try:
-            written = await write_isolating(self._write_live, [t.entry for t in batch], reject)
+            await write_isolating(self._write_live, [t.entry for t in batch], reject, inserted)
         except BaseException:
             self._spill(batch)
             raise
         self.stats["batches"] += 1
-        self.stats["written"] += written
         for t in batch:
             t.stored = True
             if t.segment is not None:
