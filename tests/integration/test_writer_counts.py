@@ -126,3 +126,23 @@ async def test_a_batch_split_around_a_poison_turn_counts_the_half_written_before
     assert set(stored) == {"p0", "p1", "p3"}
     assert (stats["failed_batches"], stats["rejected"]) == (1, 1)
     assert stats["written"] == len(stored)
+
+
+async def test_a_commit_whose_answer_is_lost_is_stored_once_and_not_counted_as_written(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = BatchWriter(
+        engine, outbox_dir=tmp_path, batch_size=5, flush_interval=0.05, retry_initial=0.01, retry_max=0.05
+    )
+    # The batch commits, then the link drops before its answer is read: to the writer, a failed write.
+    writer._write_fresh = _DroppedLink(writer._write_fresh, {1}, after_commit=True)
+    async with writer:
+        await asyncio.gather(*(writer.submit(closed_turn(f"d{i}")) for i in range(5)))
+        await writer.flush(timeout=30)
+        stats = dict(writer.stats)
+    assert await stored_turn_ids(engine) == {f"d{i}": 1 for i in range(5)}
+    # The retry (a replay of the outbox) finds the turns stored and cannot tell who stored them: this
+    # writer's lost commit, or anyone else's. written counts only what the database acknowledged.
+    assert (stats["handed_over"], stats["failed_batches"], stats["replayed"]) == (5, 1, 5)
+    assert (stats["written"], stats["rejected"], stats.get("lost", 0)) == (0, 0, 0)
+    assert pending_segments(tmp_path) == []

@@ -121,10 +121,19 @@ class BatchWriter:
         self.replay_others = replay_others
         self.journal = OutboxJournal(outbox_dir, fsync=fsync)
         self.stats: Counter[str] = Counter()
-        """``handed_over``, ``written`` (turns new to the database), ``batches``, ``failed_batches``,
-        ``spilled`` (left to the outbox: queue full, batch failed, or shutdown), ``replayed``, ``bad_lines``,
-        ``rejected`` (refused by the database for their data, set aside in ``*.rejected``), ``lost`` (in
-        neither the outbox nor the database: both failed; each is logged as an error with its turn_id)."""
+        """``handed_over``, ``written``, ``batches``, ``failed_batches``, ``spilled`` (left to the outbox:
+        queue full, batch failed, or shutdown), ``replayed`` (outbox entries replayed, whether new, found
+        stored or refused), ``bad_lines``, ``rejected`` (refused by the database for their data, set aside
+        in ``*.rejected``), ``lost`` (in neither the outbox nor the database: both failed; each is logged
+        as an error with its turn_id).
+
+        ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
+        its commit (even if a later write of the same batch fails). A turn found already stored is not
+        counted: one handed over twice, or one stored by a commit whose acknowledgement never came (the
+        link dropped during COMMIT, the write outlived ``write_timeout``). Such a write counts as failed
+        and its turns are retried from the outbox; the retry finds them stored and cannot tell by whom.
+        So ``written`` never exceeds the turns this writer stored, and falls short of them only after a
+        write failed or was cut short by ``close()``."""
         self._row_builder: RowBuilder = row_builder or turn_rows
         self._handoffs: list[_Turn] = []
         self._appending = False
