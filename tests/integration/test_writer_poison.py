@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.writer_support import closed_turn, stored_call_count, stored_turn, stored_turn_ids
+from tests.integration.writer_support import (
+    closed_turn,
+    poison_rows,
+    stored_call_count,
+    stored_turn,
+    stored_turn_ids,
+)
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.records import TokenCallRecord
 from turnledger.store.entries import make_entry
@@ -24,18 +30,6 @@ def _good(prefix: str, count: int) -> list[TurnRows]:
     return [turn_rows(closed_turn(f"{prefix}{i}"), usage_type="chat") for i in range(count)]
 
 
-def _poison(engine: AsyncEngine) -> TurnRows:
-    """Rows the database refuses, made past turn_rows' own checks (as an older version might have spilled)."""
-    rows = turn_rows(closed_turn("poison"), usage_type="chat")
-    if engine.dialect.name == "postgresql":
-        rows.usage["user_id"] = "u" * 300
-        rows.calls[1]["model"] = "gpt\x00-4o"
-    else:
-        # SQLite bounds no string and takes NUL: two calls with one seq break the primary key instead.
-        rows.calls[1]["seq"] = 0
-    return rows
-
-
 def _rejected_turn_ids(directory: Path) -> list[str]:
     return [
         str(decode_line(line)["turn_id"])
@@ -49,7 +43,7 @@ async def test_a_poison_turn_is_set_aside_and_the_batch_around_it_written(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="turnledger.outbox")
     async with BatchWriter(engine, outbox_dir=tmp_path, batch_size=50, flush_interval=0.05, retry_max=0.2) as writer:
-        futures = [writer.submit_rows(r) for r in [*_good("a", 10), _poison(engine), *_good("b", 10)]]
+        futures = [writer.submit_rows(r) for r in [*_good("a", 10), poison_rows(engine), *_good("b", 10)]]
         for fut in futures:
             await fut
         await writer.flush(timeout=20)
@@ -70,7 +64,7 @@ async def test_a_poison_turn_is_set_aside_and_the_batch_around_it_written(
 async def test_replay_sets_a_poison_entry_aside_and_writes_the_rest(engine: AsyncEngine, tmp_path: Path) -> None:
     journal = OutboxJournal(tmp_path, writer_id="dead-writer")
     journal.open()
-    journal.append([encode_entry(make_entry(r)) for r in [*_good("r", 5), _poison(engine), *_good("s", 5)]])
+    journal.append([encode_entry(make_entry(r)) for r in [*_good("r", 5), poison_rows(engine), *_good("s", 5)]])
     journal.rotate()
     journal._lock_fh.close()  # type: ignore[union-attr]  # the writer died: its lock went with it
     report = await replay_outbox(engine, tmp_path, batch_size=4)

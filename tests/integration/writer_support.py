@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.records import CostSource, TokenCallRecord
-from turnledger.store.record import CALLS_TABLE, USAGE_TABLE
+from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, turn_rows
 
 
 def closed_turn(turn_id: str, *, calls: int = 3, user_id: str = "u-1") -> TurnTokenAccumulator:
@@ -37,6 +37,18 @@ def closed_turn(turn_id: str, *, calls: int = 3, user_id: str = "u-1") -> TurnTo
         )
     turn._finalize()
     return turn
+
+
+def poison_rows(engine: AsyncEngine) -> TurnRows:
+    """Rows the database refuses, made past turn_rows' own checks (as an older version might have spilled)."""
+    rows = turn_rows(closed_turn("poison"), usage_type="chat")
+    if engine.dialect.name == "postgresql":
+        rows.usage["user_id"] = "u" * 300
+        rows.calls[1]["model"] = "gpt\x00-4o"
+    else:
+        # SQLite bounds no string and takes NUL: two calls with one seq break the primary key instead.
+        rows.calls[1]["seq"] = 0
+    return rows
 
 
 async def stored_turn_ids(engine: AsyncEngine) -> Counter[str]:

@@ -45,24 +45,30 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
-async def write_isolating(write: WriteFn, entries: Sequence[Entry], reject: RejectFn) -> int:
+async def write_isolating(
+    write: WriteFn, entries: Sequence[Entry], reject: RejectFn, inserted: Callable[[int], None]
+) -> None:
     """``write(entries)``; on a data error, halve until the refused entries are alone and ``reject`` them.
 
-    Returns how many turns were new. A non-data error propagates (what was written before it stays
-    written; writing it again is a no-op by ``turn_id``).
+    ``inserted`` gets the number of new turns of each write as it commits, not a total at the end:
+    should a later half fail, the halves written before it stay stored and the retry finds them
+    stored (inserted=0), so they are counted then or never. A non-data error propagates (what was
+    written before it stays written; writing it again is a no-op by ``turn_id``).
     """
     try:
-        return await write(entries)
+        new = await write(entries)
     except Exception as exc:
         if not is_data_error(exc):
             raise
         if len(entries) == 1:
             reject(entries, exc)
-            return 0
+            return
+    else:
+        inserted(new)
+        return
     middle = len(entries) // 2
-    return await write_isolating(write, entries[:middle], reject) + await write_isolating(
-        write, entries[middle:], reject
-    )
+    await write_isolating(write, entries[:middle], reject, inserted)
+    await write_isolating(write, entries[middle:], reject, inserted)
 
 
 def rejected_path(path: Path) -> Path:

@@ -79,23 +79,33 @@ def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
 
 
 async def replay_segment(
-    write: WriteFn, path: Path, *, batch_size: int = 500, progress: ProgressFn | None = None
+    write: WriteFn,
+    path: Path,
+    *,
+    batch_size: int = 500,
+    progress: ProgressFn | None = None,
+    report: ReplayReport | None = None,
 ) -> ReplayReport:
     """Write every entry of one segment file, then delete it. Raises if the database cannot be written.
 
     Entries the database refuses for their data are set aside in ``<segment>.rejected`` (and counted in
-    ``report.rejected``); the rest of their batch is written.
+    ``report.rejected``); the rest of their batch is written. A ``report`` passed in is added to as the
+    replay goes, and returned: should a write fail, it still holds what was done before the failure.
     """
-    report = ReplayReport(files=1)
+    report = ReplayReport() if report is None else report
+    report.files += 1
     entries = await asyncio.to_thread(load_segment, path, report)
 
     def reject(refused: Sequence[Entry], exc: BaseException) -> None:
         set_aside(rejected_path(path), refused, exc)
         report.rejected += len(refused)
 
+    def inserted(count: int) -> None:
+        report.inserted += count
+
     for start in range(0, len(entries), batch_size):
         chunk = entries[start : start + batch_size]
-        report.inserted += await write_isolating(write, chunk, reject)
+        await write_isolating(write, chunk, reject, inserted)
         report.entries += len(chunk)
         if progress is not None:
             progress(len(chunk))
@@ -126,18 +136,20 @@ async def replay_outbox(
     exclude_writer: str | None = None,
     progress: ProgressFn | None = None,
     write: WriteFn | None = None,
+    report: ReplayReport | None = None,
 ) -> ReplayReport:
     """Replay the segments that writers which are gone left in ``directory`` (or only ``files``, all in one directory).
 
     Safe to run twice, and next to live writers: a live writer's segments are skipped (it replays
     its own), two replays never take the same writer's segments, and rows already stored are skipped.
+    A ``report`` passed in is added to as segments are replayed (see :func:`replay_segment`).
     """
     from turnledger.config import outbox_dir
     from turnledger.store.outbox import segment_writer
 
     root = outbox_dir(directory)
     write = write or transaction_writer(engine)
-    report = ReplayReport()
+    report = ReplayReport() if report is None else report
     wanted: set[str] | None = None
     if files is not None:
         wanted = {Path(f).name for f in files}
@@ -155,7 +167,7 @@ async def replay_outbox(
             for path in claim.segments:
                 if wanted is not None and path.name not in wanted:
                     continue
-                report.merge(await replay_segment(write, path, batch_size=batch_size, progress=progress))
+                await replay_segment(write, path, batch_size=batch_size, progress=progress, report=report)
         finally:
             left = [p for p in claim.segments if p.exists()]
             claim.release(remove_lock=not left)

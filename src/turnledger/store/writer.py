@@ -38,7 +38,7 @@ from turnledger.store.lines import encode_line
 from turnledger.store.outbox import OutboxJournal, segment_seq
 from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.rejects import rejected_path, set_aside, write_isolating
-from turnledger.store.replay import ReplayReport, load_segment, replay_outbox
+from turnledger.store.replay import ReplayReport, replay_outbox, replay_segment
 
 if TYPE_CHECKING:
     from turnledger.accumulator import TurnTokenAccumulator
@@ -121,10 +121,19 @@ class BatchWriter:
         self.replay_others = replay_others
         self.journal = OutboxJournal(outbox_dir, fsync=fsync)
         self.stats: Counter[str] = Counter()
-        """``handed_over``, ``written`` (turns new to the database), ``batches``, ``failed_batches``,
-        ``spilled`` (left to the outbox: queue full, batch failed, or shutdown), ``replayed``, ``bad_lines``,
-        ``rejected`` (refused by the database for their data, set aside in ``*.rejected``), ``lost`` (in
-        neither the outbox nor the database: both failed; each is logged as an error with its turn_id)."""
+        """``handed_over``, ``written``, ``batches``, ``failed_batches``, ``spilled`` (left to the outbox:
+        queue full, batch failed, or shutdown), ``replayed`` (outbox entries replayed, whether new, found
+        stored or refused), ``bad_lines``, ``rejected`` (refused by the database for their data, set aside
+        in ``*.rejected``), ``lost`` (in neither the outbox nor the database: both failed; each is logged
+        as an error with its turn_id).
+
+        ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
+        its commit (even if a later write of the same batch fails). A turn found already stored is not
+        counted: one handed over twice, or one stored by a commit whose acknowledgement never came (the
+        link dropped during COMMIT, the write outlived ``write_timeout``). Such a write counts as failed
+        and its turns are retried from the outbox; the retry finds them stored and cannot tell by whom.
+        So ``written`` never exceeds the turns this writer stored, and falls short of them only after a
+        write failed or was cut short by ``close()``."""
         self._row_builder: RowBuilder = row_builder or turn_rows
         self._handoffs: list[_Turn] = []
         self._appending = False
@@ -456,13 +465,15 @@ class BatchWriter:
         def reject(refused: Sequence[Entry], exc: BaseException) -> None:
             self._reject(reject_path, refused, exc)
 
+        def inserted(count: int) -> None:
+            self.stats["written"] += count
+
         try:
-            written = await write_isolating(self._write_live, [t.entry for t in batch], reject)
+            await write_isolating(self._write_live, [t.entry for t in batch], reject, inserted)
         except BaseException:
             self._spill(batch)
             raise
         self.stats["batches"] += 1
-        self.stats["written"] += written
         for t in batch:
             t.stored = True
             if t.segment is not None:
@@ -530,36 +541,35 @@ class BatchWriter:
         return bool(self._dirty) or (self._others_due and self._healthy and not self._closing)
 
     async def _replay_step(self) -> None:
-        if self._dirty:
-            segment = min(self._dirty)
-            await self._close_segment(segment)
-            path = self.journal.segment_path(segment)
-            report = ReplayReport(files=1)
-            entries = await asyncio.to_thread(load_segment, path, report) if path.exists() else []
-            self.stats["bad_lines"] += len(report.bad_lines)
-            self.stats["rejected"] += report.rejected
-            reject_path = rejected_path(path)
-            for start in range(0, len(entries), self.batch_size):
-                chunk = entries[start : start + self.batch_size]
-                self.stats["written"] += await write_isolating(
-                    self._bounded_write, chunk, lambda refused, exc: self._reject(reject_path, refused, exc)
+        report = ReplayReport()
+        try:
+            if self._dirty:
+                await self._replay_own(min(self._dirty), report)
+            elif self._others_due:
+                await replay_outbox(
+                    self.engine,
+                    self.journal.directory,
+                    batch_size=self.batch_size,
+                    exclude_writer=self.writer_id,
+                    write=self._bounded_write,
+                    report=report,
                 )
-                self.stats["replayed"] += len(chunk)
-            self._dirty.discard(segment)
-            self._segment_pending.pop(segment, None)
-            # Entries of it still queued in memory will be written again: a no-op, by turn_id.
-            self._maybe_discard(segment)
-            return
-        if self._others_due:
-            report = await replay_outbox(
-                self.engine,
-                self.journal.directory,
-                batch_size=self.batch_size,
-                exclude_writer=self.writer_id,
-                write=self._bounded_write,
-            )
-            self._others_due = False
+                self._others_due = False
+        finally:
+            # Counted even if a write failed: what was written before it stays written, and the retry
+            # finds it stored (inserted=0), so it would never be counted otherwise.
             self.stats["replayed"] += report.entries
             self.stats["written"] += report.inserted
             self.stats["bad_lines"] += len(report.bad_lines)
             self.stats["rejected"] += report.rejected
+
+    async def _replay_own(self, segment: int, report: ReplayReport) -> None:
+        await self._close_segment(segment)
+        path = self.journal.segment_path(segment)
+        # Gone if it was replayed before and a turn of it, still queued then, has been spilled since.
+        if path.exists():
+            await replay_segment(self._bounded_write, path, batch_size=self.batch_size, report=report)
+        self._dirty.discard(segment)
+        self._segment_pending.pop(segment, None)
+        # Entries of it still queued in memory will be written again: a no-op, by turn_id.
+        self._maybe_discard(segment)
