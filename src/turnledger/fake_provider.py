@@ -32,6 +32,8 @@ class Script:
     """The assistant text; streamed word by word."""
     usage: Mapping[str, Any] | None = None
     """The usage block sent as-is (may be malformed on purpose); ``None`` means a computed default."""
+    send_usage: bool = True
+    """False: a chat or embedding response carries no usage block at all (some compatible servers)."""
     status: int = 200
     """An HTTP status other than 200 answers with an error body instead."""
     delay_s: float = 0.0
@@ -130,6 +132,8 @@ class FakeProvider:
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/images/generations", self._images)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_post("/audio/transcriptions", self._transcriptions)
         # Azure OpenAI speaks the OpenAI chat format under a deployment path.
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
@@ -194,6 +198,8 @@ class FakeProvider:
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage,
         }
+        if not script.send_usage:
+            del payload["usage"]
         payload.update(script.extra_response)
         return web.json_response(payload, headers={"x-request-id": rid})
 
@@ -270,6 +276,8 @@ class FakeProvider:
             "model": body.get("model"),
             "usage": usage,
         }
+        if not script.send_usage:
+            del payload["usage"]
         payload.update(script.extra_response)
         return web.json_response(payload, headers={"x-request-id": rid})
 
@@ -286,6 +294,23 @@ class FakeProvider:
         }
         if script.usage is not None:
             payload["usage"] = dict(script.usage)
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- OpenAI audio transcriptions ---------------------------------------------------------
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        # Multipart form, not JSON: the audio file beside the model's name.
+        form = await request.post()
+        body = {k: v for k, v in form.items() if isinstance(v, str)}
+        with self._lock:
+            self.requests.append(ReceivedRequest(request.path, body, dict(request.headers)))
+        script = self.scripts.get(str(body.get("model", "")), Script())
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        # response_format=json (LiteLLM's default) carries the text only; verbose_json adds the
+        # duration, which a script can send through extra_response.
+        payload: dict[str, Any] = {"text": script.content}
         payload.update(script.extra_response)
         return web.json_response(payload, headers={"x-request-id": rid})
 

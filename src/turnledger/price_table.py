@@ -196,7 +196,8 @@ class PriceTable(Mapping[str, ModelPrice]):
             return None
         names = [model]
         if provider and not model.startswith(provider + "/"):
-            names.append(f"{provider}/{model}")
+            # The provider's own entry first: a table that tells providers apart means it.
+            names.insert(0, f"{provider}/{model}")
         for name in names:
             found = self._exact(name)
             if found is not None:

@@ -18,8 +18,10 @@ Stages, tried in order; the first that can price answers and is recorded as ``co
 The usual call stops at stage 2 and reads no LiteLLM cost function at all, which keeps the callback
 within a few microseconds. What a stage says is not taken blindly: a negative cost is discarded and
 flagged (LiteLLM prices a negative completion count negatively, measured on 1.106), and ``0`` from a
-LiteLLM stage for a call that used tokens counts only if LiteLLM's map really lists the model at zero
-rates; otherwise it is "unknown", not "free", and the chain goes on.
+LiteLLM stage for a call that used tokens, or that is billed beyond tokens (an image, a transcription,
+speech, a rerank), counts only if LiteLLM's map really lists the model at zero rates; otherwise it is
+"unknown", not "free", and the chain goes on. A usage block with a count that could not be believed
+(``malformed_usage``) is priced from the counts as read, not by LiteLLM's figure for the raw block.
 
 LiteLLM's costs are floats summed in binary (``0.00021280000000000002`` for a DeepSeek call worth
 exactly ``0.0002128``). A float carries 15 significant decimal digits faithfully, so each LiteLLM
@@ -92,7 +94,7 @@ def price_call(
         if cost < 0:
             _add(flags, RecordFlag.NEGATIVE_COST)
             return None
-        if cost == 0 and from_litellm and (counts.used_tokens or is_image) and not _litellm_lists_free(name, prov):
+        if cost == 0 and from_litellm and not _zero_is_a_price(counts, call_kind, name, prov):
             return None
         return cost
 
@@ -108,16 +110,26 @@ def price_call(
         cost = accept(inline, from_litellm=False)
         if cost is not None:
             return cost, CostSource.PROVIDER, flags
-    cost = accept(kwargs.get("response_cost"), from_litellm=True)
+        if decimal_from_litellm(inline) is None:
+            _add(flags, RecordFlag.MALFORMED_USAGE)  # NaN, "n/a", True: a cost sent but unreadable
+    # LiteLLM's own figures price the usage block as the provider sent it; when a count of it could
+    # not be believed, they would bill tokens the record does not show. The counts as read are priced.
+    from_litellm = RecordFlag.MALFORMED_USAGE not in counts.flags
+    cost = accept(kwargs.get("response_cost"), from_litellm=True) if from_litellm else None
     if cost is not None:
         return cost, CostSource.RESPONSE_COST, flags
-    hidden = get_field(response_obj, "_hidden_params")
+    hidden = get_field(response_obj, "_hidden_params") if from_litellm else None
     cost = accept(get_field(hidden, "response_cost"), from_litellm=True)
     if cost is not None:
         return cost, CostSource.HIDDEN_PARAMS, flags
     # LiteLLM computes response_cost with completion_cost itself: when the event carries the key,
     # re-running it on the same response answers the same None, at ~450 us an event.
-    if "response_cost" not in kwargs and response_obj is not None and not isinstance(response_obj, Mapping):
+    if (
+        from_litellm
+        and "response_cost" not in kwargs
+        and response_obj is not None
+        and not isinstance(response_obj, Mapping)
+    ):
         value = _run_stage("completion_cost", name, prov, flags, _completion_cost, kwargs, response_obj, name, prov)
         cost = accept(value, from_litellm=True)
         if cost is not None:
@@ -166,7 +178,7 @@ def price_counts(
         cost = decimal_from_litellm(value)
         if cost is not None and cost < 0:
             _add(flags, RecordFlag.NEGATIVE_COST)
-        elif cost is not None and (cost > 0 or not counts.used_tokens or _litellm_lists_free(model, provider)):
+        elif cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
         cost = _table_cost(price_table, model, provider, counts, images_out, flags)
@@ -184,7 +196,13 @@ def _table_cost(
     if found is None:
         return None
     cost = found.price.cost(counts, images_out=images_out)
-    if cost is not None and found.via_alias is None and found.key not in (model, f"{provider}/{model}"):
+    names = (model, f"{provider}/{model}")
+    if found.via_alias is None:
+        exact = found.key in names
+    else:
+        # Both hops by their whole name: the model to the alias, and the alias to its target's key.
+        exact = found.via_alias in names and found.key == table.aliases.get(found.via_alias)
+    if cost is not None and not exact:
         _add(flags, RecordFlag.PRICE_PREFIX_MATCH)
     return cost
 
@@ -199,16 +217,23 @@ def estimate_missing_usage(
     call_kind: CallKind = CallKind.CHAT,
     price_table: PriceTable | None = None,
 ) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
-    """For a call that returned content but reported 0 tokens: estimated counts and their price.
+    """For a call that reported 0 tokens yet returned content, or, billed by tokens, was sent input
+    (an embedding server that sends no usage: LiteLLM fills in zeros): estimated counts and their price.
 
-    ``None`` when usage is not missing (the normal case; costs one attribute read) or the estimate failed.
+    ``None`` when usage is not missing (the normal case; costs one attribute read), for an answer from
+    LiteLLM's own cache (nothing was billed), or when the estimate failed. An estimate that finds no
+    tokens either prices nothing: the cost is unknown, not 0.
     """
-    if counts.used_tokens or not usage_missing(counts, response_obj):
+    if counts.used_tokens or kwargs.get("cache_hit") is True:
+        return None
+    if not usage_missing(counts, response_obj) and not (
+        call_kind in _BILLED_BY_TOKENS and _sent_input(kwargs.get("messages"), kwargs.get("input"))
+    ):
         return None
     try:
         estimate = estimate_counts(
             model,
-            messages=kwargs.get("messages"),
+            messages=_chat_messages(call_kind, kwargs.get("messages")),
             input_texts=kwargs.get("input"),
             completion_text=response_text(response_obj),
         )
@@ -220,11 +245,31 @@ def estimate_missing_usage(
             type(exc).__name__,
         )
         return None
+    if not estimate.used_tokens:
+        return estimate, None, CostSource.NONE, [*estimate.flags, RecordFlag.USAGE_MISSING]
     cost, source, flags = price_counts(
         estimate, model=model, provider=provider, call_kind=call_kind, price_table=price_table
     )
     flags = [*estimate.flags, *(f for f in flags if f not in estimate.flags)]
     return estimate, cost, CostSource.ESTIMATED if cost is not None else source, flags
+
+
+_BILLED_BY_TOKENS = frozenset({CallKind.CHAT, CallKind.TEXT_COMPLETION, CallKind.EMBEDDING, CallKind.RESPONSES})
+
+
+def _chat_messages(call_kind: CallKind, messages: object) -> object:
+    """The messages to estimate from: none for an embedding. LiteLLM wraps its input in chat messages
+    (measured on 1.106), which would count each text with a message's framing, and token ids not at
+    all; its ``input`` is estimated instead."""
+    return None if call_kind is CallKind.EMBEDDING else messages
+
+
+def _sent_input(messages: object, input_: object) -> bool:
+    """Whether the request carried something a provider bills input tokens for."""
+    for value in (messages, input_):
+        if isinstance(value, str | Sequence) and not isinstance(value, bytes) and len(value) > 0:
+            return True
+    return False
 
 
 def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord:
@@ -241,7 +286,11 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     source = CostSource.NONE
     request = pending.request if isinstance(pending.request, Mapping) else {}
     try:
-        counts = estimate_counts(pending.model, messages=request.get("messages"), input_texts=request.get("input"))
+        counts = estimate_counts(
+            pending.model,
+            messages=_chat_messages(pending.call_kind, request.get("messages")),
+            input_texts=request.get("input"),
+        )
     except Exception as exc:
         flags.append(RecordFlag.PRICING_ERROR)
         warn_once(
@@ -387,8 +436,28 @@ def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordF
 # -- helpers -------------------------------------------------------------------------------------------
 
 
-def _litellm_lists_free(model: str, provider: str | None) -> bool:
-    """Whether LiteLLM's price map lists ``model`` with zero input and output rates (a free model)."""
+_BILLED_BEYOND_TOKENS = frozenset({CallKind.IMAGE_GENERATION, CallKind.TRANSCRIPTION, CallKind.SPEECH, CallKind.RERANK})
+"""Call kinds billed by what token counts do not show (images, audio seconds, characters, queries):
+their 0 tokens say nothing about their price."""
+
+
+def _zero_is_a_price(counts: TokenCounts, call_kind: CallKind, model: str, provider: str | None) -> bool:
+    """Whether a LiteLLM stage's ``0`` means free, not "could not price".
+
+    A call billed by tokens that used none costs nothing. LiteLLM also answers 0 when it priced
+    nothing: tokens at a rate it lacks, an image it could not size, a transcription whose duration it
+    could not read (without ``soundfile`` installed, measured on 1.106: whisper-1 at 0 seconds). Then
+    only a model its map lists at zero rates is free.
+    """
+    beyond_tokens = call_kind in _BILLED_BEYOND_TOKENS
+    if not beyond_tokens and not counts.used_tokens:
+        return True
+    return _litellm_lists_free(model, provider, by_tokens=not beyond_tokens)
+
+
+def _litellm_lists_free(model: str, provider: str | None, *, by_tokens: bool = True) -> bool:
+    """Whether LiteLLM's price map lists ``model`` as free: zero input and output token rates, or, for a
+    call not billed by tokens, every rate it lists (per second, per character, per image...) zero."""
     if not model:
         return False
     import litellm
@@ -399,8 +468,12 @@ def _litellm_lists_free(model: str, provider: str | None) -> bool:
         entry = cost_map.get(model)
     if not isinstance(entry, Mapping):
         return False
-    rates = [entry.get("input_cost_per_token"), entry.get("output_cost_per_token")]
-    return entry.get("input_cost_per_token") is not None and all(r in (None, 0) for r in rates)
+    if by_tokens:
+        rates = [entry.get("input_cost_per_token"), entry.get("output_cost_per_token")]
+        return entry.get("input_cost_per_token") is not None and all(r in (None, 0) for r in rates)
+    listed = [v for k, v in entry.items() if "cost_per" in k and v is not None]
+    # A rate that is not a plain number (a tiered table) is not read as zero.
+    return bool(listed) and all(type(v) in (int, float) and v == 0 for v in listed)
 
 
 def _litellm_said_unmapped(kwargs: Mapping[str, Any]) -> bool:

@@ -133,33 +133,42 @@ def _first(obj: Any, *names: str) -> Any:
     return None
 
 
+MAX_TOKEN_COUNT = 10**12
+"""The largest count believed for one call. A trillion tokens in one call is no real usage; a larger
+count (a provider's garbage, an unsigned -1) would be billed as such and, past 2**63, could not be
+stored at all: the turn it is in would be refused by the database, its good calls with it."""
+
+
 def read_count(counts: TokenCounts, value: Any) -> int:
-    """A usage count as a non-negative int; anything else is flagged and read as far as possible."""
+    """A usage count as a non-negative int; anything else is flagged and read as far as possible.
+
+    A count that cannot be believed (negative, not a number, above :data:`MAX_TOKEN_COUNT`) is read as 0.
+    """
     if value is None:
         return 0
     if isinstance(value, bool):
         counts.flag(RecordFlag.MALFORMED_USAGE)
         return 0
     if isinstance(value, int):
-        if value < 0:
+        if not 0 <= value <= MAX_TOKEN_COUNT:
             counts.flag(RecordFlag.MALFORMED_USAGE)
             return 0
         return value
     if isinstance(value, float):
-        if value != value or value < 0 or value == float("inf"):
-            counts.flag(RecordFlag.MALFORMED_USAGE)
+        number = value
+    else:
+        # A string (or anything else) is malformed even when it can be read as a number.
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        try:
+            number = float(str(value).strip())
+        except ValueError:
             return 0
-        if value != int(value):
-            counts.flag(RecordFlag.MALFORMED_USAGE)
-        return int(value)
-    # A string (or anything else) is malformed even when it can be read as a number.
-    counts.flag(RecordFlag.MALFORMED_USAGE)
-    try:
-        number = float(str(value).strip())
-    except ValueError:
+    # NaN fails the comparison; inf and absurd counts exceed the bound.
+    if not 0 <= number <= MAX_TOKEN_COUNT:
+        counts.flag(RecordFlag.MALFORMED_USAGE)
         return 0
-    if number != number or number < 0 or number == float("inf"):
-        return 0
+    if number != int(number):
+        counts.flag(RecordFlag.MALFORMED_USAGE)
     return int(number)
 
 
@@ -366,6 +375,10 @@ def usage_missing(counts: TokenCounts, response_obj: Any) -> bool:
     return not counts.used_tokens and bool(response_text(response_obj))
 
 
+def _is_token_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def estimate_counts(
     model: str, messages: Any = None, input_texts: Any = None, completion_text: str = ""
 ) -> TokenCounts:
@@ -385,8 +398,14 @@ def estimate_counts(
     elif isinstance(input_texts, str) and input_texts:
         counts.prompt_tokens = int(litellm.token_counter(model=model, text=input_texts))
     elif isinstance(input_texts, Sequence) and not isinstance(input_texts, bytes):
-        texts = [t for t in input_texts if isinstance(t, str) and t]
-        counts.prompt_tokens = sum(int(litellm.token_counter(model=model, text=t)) for t in texts)
+        # Embedding input: texts, or token ids already (one list of ints, or a list of such lists).
+        if input_texts and all(_is_token_id(t) for t in input_texts):
+            counts.prompt_tokens = len(input_texts)
+        for item in input_texts:
+            if isinstance(item, str) and item:
+                counts.prompt_tokens += int(litellm.token_counter(model=model, text=item))
+            elif isinstance(item, Sequence) and not isinstance(item, str | bytes) and all(map(_is_token_id, item)):
+                counts.prompt_tokens += len(item)
     if completion_text:
         counts.completion_tokens = int(litellm.token_counter(model=model, text=completion_text))
     counts.total_tokens = counts.prompt_tokens + counts.completion_tokens

@@ -364,6 +364,78 @@ async def test_malformed_usage_is_kept_flagged_and_the_call_succeeds(
     assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (12, 3, 15)
 
 
+async def test_an_absurd_usage_count_is_read_as_zero_flagged_and_the_turn_still_stores(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], tmp_path: Any
+) -> None:
+    """An unsigned -1 (2**64 - 1) where a count belongs: LiteLLM bills it (trillions of dollars) and no
+    database column can hold it, which would refuse the whole turn, its good calls with it."""
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 12, "completion_tokens": 2**64 - 1})
+    fake_provider.script("gpt-4o", usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6})
+    async with turnledger.scoped_turn(user_id="u-1") as turn:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        await litellm.acompletion(model="openai/gpt-4o", messages=MESSAGES, **provider_kwargs)
+    absurd, good = turn.calls
+    assert RecordFlag.MALFORMED_USAGE in absurd.flags
+    assert (absurd.prompt_tokens, absurd.completion_tokens) == (12, 0)
+    # Priced as read: the cost of the tokens the record shows, not LiteLLM's bill for 2**64 - 1.
+    assert (absurd.cost_usd, absurd.cost_source) == (expected_gpt4o_mini(12, 0), CostSource.COST_PER_TOKEN)
+    engine = turnledger.make_engine(f"sqlite+aiosqlite:///{tmp_path}/absurd.db")
+    try:
+        from turnledger.store.migrate import upgrade_async
+
+        await upgrade_async(str(engine.url))
+        async with turnledger.session_factory(engine)() as session:
+            assert await turnledger.record_turn(session, turn, usage_type="chat") is not None
+            await session.commit()
+    finally:
+        await engine.dispose()
+    assert good.status is CallStatus.SUCCESS
+
+
+async def test_an_embedding_server_that_sends_no_usage_is_estimated_not_free(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM fills in a zero usage block and prices it at $0: that is a missing usage, not a free call.
+    fake_provider.script("text-embedding-3-large", send_usage=False)
+    texts = ["refund policy for damaged goods", "shipping times to Norway"]
+    async with turnledger.scoped_turn() as turn:
+        await litellm.aembedding(model="openai/text-embedding-3-large", input=texts, **provider_kwargs)
+        await litellm.aembedding(model="openai/text-embedding-3-large", input=[[15339, 1917, 0]], **provider_kwargs)
+    from_text, from_ids = turn.calls
+    expected = sum(litellm.token_counter(model="text-embedding-3-large", text=t) for t in texts)
+    assert (from_text.prompt_tokens, from_ids.prompt_tokens) == (expected, 3)
+    for record in (from_text, from_ids):
+        assert record.usage_estimated and RecordFlag.USAGE_ESTIMATED in record.flags
+        # text-embedding-3-large: $0.13 / 1M tokens.
+        assert (record.cost_usd, record.cost_source) == (
+            record.prompt_tokens * Decimal("0.00000013"),
+            CostSource.ESTIMATED,
+        )
+    assert turn.unpriced_calls == 0
+
+
+async def test_a_transcription_litellm_could_not_measure_is_unpriced_not_free(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    """whisper-1 is billed per second. Without the audio's duration (no ``soundfile`` to measure it, and
+    a plain json answer) LiteLLM prices it at 0 seconds, $0: turnledger must say unpriced."""
+    audio = ("clip.mp3", b"\xff\xfb" + b"\x00" * 4000)
+    async with turnledger.scoped_turn() as turn:
+        await litellm.atranscription(model="openai/whisper-1", file=audio, **provider_kwargs)
+    fake_provider.script("whisper-1", extra_response={"duration": 7.5, "language": "english"})
+    async with turnledger.scoped_turn() as measured:
+        await litellm.atranscription(
+            model="openai/whisper-1", file=audio, response_format="verbose_json", **provider_kwargs
+        )
+    [record] = turn.calls
+    assert record.call_kind is CallKind.TRANSCRIPTION and record.status is CallStatus.SUCCESS
+    assert (record.cost_usd, record.cost_source) == (None, CostSource.NONE)
+    assert (turn.total_cost_usd, turn.unpriced_calls) == (None, 1)
+    # With the duration in the answer, LiteLLM prices it: 7.5 s at $0.0001 / s.
+    [priced] = measured.calls
+    assert (priced.cost_usd, priced.cost_source) == (Decimal("0.00075"), CostSource.RESPONSE_COST)
+
+
 async def test_a_failing_capture_never_breaks_the_call_and_logs_once(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:

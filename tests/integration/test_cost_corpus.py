@@ -324,12 +324,13 @@ CORPUS = [
         "malformed-usage-block",
         "gpt-4o-mini",
         chat("openai/gpt-4o-mini"),
-        # LiteLLM coerces "12" to 12 and prices -5 output tokens at a negative cost (measured).
+        # LiteLLM coerces "12" to 12 and prices -5 output tokens at a negative cost (measured). Its
+        # figure is not read at all: the counts as read (12 in, 0 out) are priced.
         usage={"prompt_tokens": "12", "completion_tokens": -5, "total_tokens": 7},
         cost=12 * GPT_4O_MINI["in"],
         source=CostSource.COST_PER_TOKEN,
         tokens={"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12},
-        flags=frozenset({RecordFlag.MALFORMED_USAGE, RecordFlag.NEGATIVE_COST}),
+        flags=frozenset({RecordFlag.MALFORMED_USAGE}),
     ),
 ]
 

@@ -366,3 +366,17 @@ def test_the_default_database_is_sqlite_turnledger_db(monkeypatch: pytest.Monkey
     assert str(resolve_url()) == "postgresql+asyncpg://u@db.example/billing"
     with pytest.raises(turnledger.ConfigurationError, match="mysql"):
         resolve_url("mysql://u@h/db")
+
+
+async def test_a_count_no_column_can_hold_is_a_storage_error_the_writer_sets_aside(engine: AsyncEngine) -> None:
+    """A record built by hand can carry any int; SQLite's driver refuses one past 64 bits with a bare
+    OverflowError before any SQL runs. Both backends must raise StorageError, classed as a data error
+    (a BatchWriter sets the turn aside rather than retrying it forever)."""
+    from turnledger.store.rejects import is_data_error
+
+    turn = closed_turn("turn-huge", [call("c-1", "gpt-4o-mini", 2**64, 1, "0.001")])
+    async with session_factory(engine)() as session:
+        with pytest.raises(turnledger.StorageError) as raised:
+            await record_turn(session, turn, usage_type="chat")
+        await session.rollback()
+    assert is_data_error(raised.value)

@@ -56,8 +56,9 @@ def test_the_colon_boundary_needs_the_whole_prefix() -> None:
 
 def test_provider_prefixed_keys() -> None:
     t = table("gpt-4o", "azure/gpt-4o")
-    # The bare name is tried first, then provider/name.
-    assert t.match("gpt-4o", "azure").key == "gpt-4o"  # type: ignore[union-attr]
+    # The provider's own entry is tried first, then the bare name.
+    assert t.match("gpt-4o", "azure").key == "azure/gpt-4o"  # type: ignore[union-attr]
+    assert t.match("gpt-4o", "openai").key == "gpt-4o"  # type: ignore[union-attr]
     t2 = table("azure/gpt-4o")
     assert t2.match("gpt-4o", "azure").key == "azure/gpt-4o"  # type: ignore[union-attr]
     assert t2.match("gpt-4o-2024-08-06", "azure").key == "azure/gpt-4o"  # type: ignore[union-attr]

@@ -146,10 +146,30 @@ def test_price_table_prices_what_litellm_cannot() -> None:
 
 
 def test_negative_cost_is_discarded_and_the_chain_goes_on() -> None:
-    obj = {"usage": {"prompt_tokens": 12, "completion_tokens": -5, "total_tokens": 7}}
+    obj = {"usage": {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}}
     cost, source, flags = price(kw("gpt-4o-mini", response_cost=-0.0000012), obj)
     assert (cost, source) == (12 * GPT_4O_MINI_IN, CostSource.COST_PER_TOKEN)
     assert flags == [RecordFlag.NEGATIVE_COST]
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 12, "completion_tokens": -5, "total_tokens": 7},  # LiteLLM prices -5 negatively
+        {"prompt_tokens": 12, "completion_tokens": 10**19, "total_tokens": 10**19 + 12},  # an unsigned -1
+        {"prompt_tokens": 12, "completion_tokens": "many"},
+    ],
+    ids=["negative", "absurd", "text"],
+)
+def test_a_count_that_cannot_be_believed_is_priced_as_read_not_by_litellms_figure(usage: dict[str, Any]) -> None:
+    """LiteLLM's response_cost prices the block as sent; the record shows the counts as read. The
+    cost must be the cost of the tokens the record shows."""
+    obj = {"usage": usage}
+    counts = normalize_usage(obj)
+    assert RecordFlag.MALFORMED_USAGE in counts.flags
+    assert (counts.prompt_tokens, counts.completion_tokens) == (12, 0)
+    cost, source, _ = price(kw("gpt-4o-mini", response_cost=1_500_000_000_000.0), obj)
+    assert (cost, source) == (12 * GPT_4O_MINI_IN, CostSource.COST_PER_TOKEN)
 
 
 def test_zero_from_litellm_for_an_unknown_model_is_not_a_price() -> None:
@@ -288,12 +308,14 @@ def test_estimated_usage_of_an_unknown_model_stays_unpriced() -> None:
 # -- abandoned calls ----------------------------------------------------------------------------------
 
 
-def pending(model: str, request: dict[str, Any], table: PriceTable | None = None) -> PendingCall:
+def pending(
+    model: str, request: dict[str, Any], table: PriceTable | None = None, call_kind: CallKind = CallKind.CHAT
+) -> PendingCall:
     return PendingCall(
         call_id="call-1",
         model=model,
         provider="openai",
-        call_kind=CallKind.CHAT,
+        call_kind=call_kind,
         stream=True,
         started_at=datetime(2026, 1, 1, tzinfo=UTC),
         started_monotonic=0.0,
@@ -318,6 +340,19 @@ def test_abandoned_call_uses_the_callbacks_price_table() -> None:
     assert price_abandoned_call(pending("acme-7b", {"messages": messages}), None).cost_usd is None
     record = price_abandoned_call(pending("acme-7b", {"messages": messages}, TABLE), None)
     assert (record.cost_usd, record.cost_source) == (9 * D("0.000001"), CostSource.ESTIMATED)
+
+
+def test_an_abandoned_embedding_is_estimated_from_its_input() -> None:
+    # LiteLLM hands the pre-call hook the input wrapped in chat messages: counted as such, each text
+    # would carry a message's framing, and token ids could not be counted at all.
+    texts = ["refund policy for damaged goods", "shipping times to Norway"]
+    wrapped = [{"role": "user", "content": t} for t in texts]
+    request = {"messages": wrapped, "input": texts}
+    record = price_abandoned_call(pending("text-embedding-3-small", request, call_kind=CallKind.EMBEDDING), None)
+    assert record.prompt_tokens == sum(litellm.token_counter(model="text-embedding-3-small", text=t) for t in texts)
+    ids = {"messages": [{"role": "user", "content": [15339, 1917]}], "input": [[15339, 1917]]}
+    record = price_abandoned_call(pending("text-embedding-3-small", ids, call_kind=CallKind.EMBEDDING), None)
+    assert (record.prompt_tokens, record.cost_source) == (2, CostSource.ESTIMATED)
 
 
 def test_abandoned_call_without_a_request_is_unpriced() -> None:
@@ -452,6 +487,70 @@ def test_a_litellm_cache_hit_costs_exactly_nothing() -> None:
     assert (cost, source) == (1000 * GPT_4O_MINI_IN + 500 * GPT_4O_MINI_OUT, CostSource.COST_PER_TOKEN)
 
 
+def test_a_cache_hit_without_usage_is_not_estimated() -> None:
+    obj = response("gpt-4o-mini", prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    kwargs = kw("gpt-4o-mini", response_cost=0.0, cache_hit=True, messages=[{"role": "user", "content": "hi"}])
+    assert estimate_missing_usage(kwargs, obj, normalize_usage(obj), model="gpt-4o-mini") is None
+
+
+def test_a_chat_that_was_sent_messages_but_reports_no_tokens_and_no_text_is_estimated() -> None:
+    obj = ModelResponse(model="gpt-4o-mini", choices=[{"message": {"role": "assistant", "content": ""}}])
+    messages = [{"role": "user", "content": "say hello"}]
+    result = estimate_missing_usage(
+        kw("gpt-4o-mini", response_cost=0.0, messages=messages), obj, normalize_usage(obj), model="gpt-4o-mini"
+    )
+    assert result is not None
+    estimate, cost, source, flags = result
+    assert (estimate.prompt_tokens, cost, source) == (9, 9 * GPT_4O_MINI_IN, CostSource.ESTIMATED)
+    assert flags == [RecordFlag.USAGE_ESTIMATED]
+
+
+def test_an_estimate_that_finds_no_tokens_prices_nothing() -> None:
+    # Sent input, got no usage, and nothing the tokenizer can count: unknown, not free.
+    obj = {"usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    kwargs = kw("text-embedding-3-small", call_type="aembedding", response_cost=0.0, input=[b"raw"])
+    result = estimate_missing_usage(
+        kwargs, obj, normalize_usage(obj), model="text-embedding-3-small", call_kind=CallKind.EMBEDDING
+    )
+    assert result is not None
+    _, cost, source, flags = result
+    assert (cost, source) == (None, CostSource.NONE)
+    assert RecordFlag.USAGE_MISSING in flags
+
+
+@pytest.mark.parametrize("sent", [float("nan"), "n/a", True, float("inf")])
+def test_an_inline_cost_that_cannot_be_read_is_flagged(sent: object) -> None:
+    obj = response("openai/gpt-4o-mini", prompt_tokens=10, completion_tokens=1, total_tokens=11, cost=sent)
+    cost, source, flags = price(kw("openai/gpt-4o-mini", "openrouter", response_cost=0.0000021), obj)
+    assert (cost, source) == (D("0.0000021"), CostSource.RESPONSE_COST)
+    assert flags == [RecordFlag.MALFORMED_USAGE]
+
+
+@pytest.mark.parametrize(
+    ("call_kind", "model", "entry"),
+    [
+        (CallKind.TRANSCRIPTION, "acme-whisper", {"input_cost_per_second": 0.0001, "output_cost_per_second": 0.0}),
+        (CallKind.SPEECH, "acme-tts", {"input_cost_per_character": 0.000015}),
+        (CallKind.RERANK, "acme-rerank", {"input_cost_per_query": 0.002, "input_cost_per_token": 0.0}),
+        (
+            CallKind.IMAGE_GENERATION,
+            "acme-image",
+            {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "output_cost_per_image": 0.04},
+        ),
+    ],
+)
+def test_zero_from_litellm_for_a_call_billed_beyond_tokens_is_a_price_only_if_every_rate_is_zero(
+    call_kind: CallKind, model: str, entry: dict[str, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteLLM answers 0 when it could not measure what such a call is billed by (seconds, characters,
+    queries, images): unknown, not free, unless its map lists every rate of the model at zero."""
+    monkeypatch.setitem(litellm.model_cost, model, entry)
+    obj: dict[str, Any] = {}
+    assert price(kw(model, response_cost=0.0), obj, call_kind=call_kind) == (None, CostSource.NONE, [])
+    monkeypatch.setitem(litellm.model_cost, model, dict.fromkeys(entry, 0.0))
+    assert price(kw(model, response_cost=0.0), obj, call_kind=call_kind) == (D(0), CostSource.RESPONSE_COST, [])
+
+
 def test_a_price_table_prefix_match_is_flagged() -> None:
     obj = response("acme-7b-instruct", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
     cost, source, flags = price(kw("acme-7b-instruct", "openai"), obj, price_table=TABLE)
@@ -459,6 +558,50 @@ def test_a_price_table_prefix_match_is_flagged() -> None:
     assert flags == [RecordFlag.PRICE_PREFIX_MATCH]
     exact = response("acme-7b", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
     assert price(kw("acme-7b", "openai"), exact, price_table=TABLE)[2] == []
+
+
+@pytest.mark.parametrize(
+    ("model", "flagged"),
+    [
+        ("my-deployment", False),  # alias -> its target's own entry
+        ("my-dated-deployment", True),  # alias -> a target priced only through a prefix of its name
+        ("my-deployment-eu", True),  # a prefix of the model is the alias
+    ],
+)
+def test_a_price_table_prefix_match_through_an_alias_is_flagged(model: str, flagged: bool) -> None:
+    table = PriceTable.from_dict(
+        {
+            "models": {"acme-7b": {"input_cost_per_token": "0.000001", "output_cost_per_token": "0.000002"}},
+            "aliases": {"my-deployment": "acme-7b", "my-dated-deployment": "acme-7b-20260101"},
+        }
+    )
+    obj = response(model, prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
+    cost, source, flags = price(kw(model, "openai"), obj, price_table=table)
+    assert (cost, source) == (1000 * D("0.000001") + 10 * D("0.000002"), CostSource.PRICE_TABLE)
+    assert flags == ([RecordFlag.PRICE_PREFIX_MATCH] if flagged else [])
+
+
+def test_a_price_table_entry_for_the_provider_beats_the_bare_name() -> None:
+    table = PriceTable.from_dict(
+        {
+            "models": {
+                "acme-llama-large": {"input_cost_per_token": "0.000001", "output_cost_per_token": "0.000001"},
+                "together_ai/acme-llama-large": {
+                    "input_cost_per_token": "0.0000009",
+                    "output_cost_per_token": "0.0000009",
+                },
+            }
+        }
+    )
+    obj = response("acme-llama-large", prompt_tokens=1000, completion_tokens=1000, total_tokens=2000)
+    assert price(kw("acme-llama-large", "together_ai"), obj, price_table=table)[:2] == (
+        D("0.0018"),
+        CostSource.PRICE_TABLE,
+    )
+    assert price(kw("acme-llama-large", "openai"), obj, price_table=table)[:2] == (
+        D("0.002"),
+        CostSource.PRICE_TABLE,
+    )
 
 
 def test_litellms_own_cost_stamped_on_a_stream_is_not_a_provider_price() -> None:

@@ -348,6 +348,9 @@ def test_estimate_counts_uses_litellm_token_counter() -> None:
     assert embedded.prompt_tokens == 2 and embedded.completion_tokens == 0
     assert estimate_counts("text-embedding-3-small", input_texts="hello world").prompt_tokens == 2
     assert estimate_counts("gpt-4o-mini").total_tokens == 0
+    # Token ids sent as they are: one array, or one per input.
+    assert estimate_counts("text-embedding-3-small", input_texts=[15339, 1917]).prompt_tokens == 2
+    assert estimate_counts("text-embedding-3-small", input_texts=[[15339, 1917], [15339]]).prompt_tokens == 3
 
 
 def test_estimating_an_image_message_never_fetches_the_image() -> None:

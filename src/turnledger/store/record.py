@@ -278,7 +278,8 @@ async def insert_turn_rows(db: Database, batch: Sequence[TurnRows]) -> dict[str,
         ]
         if call_rows:
             await db.execute(insert(CALLS_TABLE), call_rows)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OverflowError) as exc:
+        # OverflowError: sqlite3 refuses an int past 64 bits itself, before any SQL runs.
         raise storage_error(exc) from exc
     return written
 

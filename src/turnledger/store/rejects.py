@@ -36,7 +36,8 @@ def is_data_error(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DataError | IntegrityError):
+        # OverflowError: a value too large for its column, refused by sqlite3 before the database sees it.
+        if isinstance(current, DataError | IntegrityError | OverflowError):
             return True
         sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
         if isinstance(sqlstate, str) and sqlstate[:2] in _DATA_SQLSTATE_CLASSES:
