@@ -8,10 +8,12 @@ copy of the caller's context (sync streams); it finds its turn through that bind
 A turn is complete when its scope exits: LiteLLM logs a successful async call about a millisecond
 *after* the await returns, so the scope waits for the calls still pending. Two deadlines apply:
 
-- a call whose response has arrived (a non-stream call LiteLLM has returned) will certainly be logged,
-  only late when the machine is busy (measured: over 2 s for 600 calls in flight on 2 loaded cores), so
-  the scope waits up to ``logging_timeout`` for it;
-- anything else (a stream, a call still in flight) may never be logged, so it gets ``settle_timeout``.
+- a call whose response has arrived (a non-stream call LiteLLM has returned, a stream read to its end
+  that LiteLLM has begun to log) will certainly be logged, only late when the machine is busy
+  (measured: over 2 s for 600 calls in flight on 2 loaded cores) or a logger ahead of turnledger is
+  slow, so the scope waits up to ``logging_timeout`` for it;
+- anything else (a stream still being read or broken off, a call still in flight) may never be
+  logged, so it gets ``settle_timeout``.
 
 A call still pending then is recorded as ``abandoned``: LiteLLM fires no event for a stream the caller
 broke off or a task cancelled mid-call, yet the provider bills it.
@@ -98,7 +100,8 @@ class PendingCall:
     def responded(self) -> bool:
         """The provider's response arrived and LiteLLM returned it: an end event is on its way.
 
-        Streams never count: LiteLLM logs one only once the caller has read it to the end.
+        A stream counts only once LiteLLM has assembled it for logging: it logs one only once the
+        caller has read it to the end.
         """
         return response_arrived(self.call_details, self.stream)
 
@@ -107,8 +110,18 @@ class PendingCall:
 
 
 def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bool:
-    """LiteLLM writes the provider's answer into its call details before it returns the response."""
-    return not stream and call_details is not None and "original_response" in call_details
+    """Whether an end event is certainly coming, read from LiteLLM's call details (measured on 1.106).
+
+    LiteLLM writes the provider's answer there before it returns a response. A stream gets it with
+    its first chunk, so it tells nothing; a stream read to its end gets the assembled response when
+    LiteLLM's logging of it begins, before any logger runs (a slow one ahead of turnledger delays the
+    event by its own time), and a stream broken off never gets it.
+    """
+    if call_details is None:
+        return False
+    if stream:
+        return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
+    return "original_response" in call_details
 
 
 class StartedCall(Protocol):

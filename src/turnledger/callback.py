@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -141,15 +141,15 @@ def _stand_in_call_id(kwargs: object) -> str:
     return f"unknown-{id(kwargs):x}"
 
 
-class _SeenEvents:
-    """A bounded, thread-safe memory of event keys, for events that belong to no turn."""
+class _SeenKeys:
+    """A bounded, thread-safe memory of keys (the oldest forgotten first)."""
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int) -> None:
         self._lock = threading.Lock()
-        self._keys: OrderedDict[EventKey, None] = OrderedDict()
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
         self.max_entries = max_entries
 
-    def first_sighting(self, key: EventKey) -> bool:
+    def first_sighting(self, key: Hashable) -> bool:
         with self._lock:
             if key in self._keys:
                 return False
@@ -158,8 +158,16 @@ class _SeenEvents:
                 self._keys.popitem(last=False)
             return True
 
+    def __contains__(self, key: object) -> bool:
+        # No lock: a dict lookup is atomic in CPython, and a key being added meanwhile is not yet seen either way.
+        return key in self._keys
 
-_unscoped_events = _SeenEvents()
+
+_unscoped_events = _SeenKeys(10_000)
+"""Event keys of events that belong to no turn: global subscribers hear of each once."""
+_started_outside_turns = _SeenKeys(100_000)
+"""Ids of calls that started with no turn open. Their end event may come in a turn's context (a
+stream opened outside any turn and read inside one): it still belongs to no turn."""
 
 
 class TokenTrackingCallback(CustomLogger):
@@ -198,11 +206,14 @@ class TokenTrackingCallback(CustomLogger):
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
         try:
             turn = get_current_accumulator()
-            if turn is None or turn.closed or not isinstance(kwargs, Mapping):
+            if (turn is not None and turn.closed) or not isinstance(kwargs, Mapping):
                 return
             call_id = kwargs.get("litellm_call_id")
             if not isinstance(call_id, str) or not call_id:
                 warn_once("pre_call:no_call_id", "LiteLLM pre-call event without litellm_call_id")
+                return
+            if turn is None:
+                _started_outside_turns.first_sighting(call_id)
                 return
             turn.begin_call(_StartedCall(call_id, model, messages, kwargs, self._price_table))
         except Exception:
@@ -229,7 +240,8 @@ class TokenTrackingCallback(CustomLogger):
             if not isinstance(call_id, str) or not call_id:
                 call_id = None
             turn = call_bindings.lookup(call_id) if call_id is not None else None
-            if turn is None:
+            if turn is None and call_id not in _started_outside_turns:
+                # No pre-call hook bound it (a LiteLLM cache hit fires none): the context's turn.
                 turn = get_current_accumulator()
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
             end_key = end_time if isinstance(end_time, datetime | int | float) else None

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import litellm
 import pytest
 from litellm.exceptions import InternalServerError
+from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import Router
 
 import turnledger
@@ -237,6 +240,79 @@ async def test_broken_off_stream_becomes_abandoned(
     assert RecordFlag.NO_CALLBACK in record.flags
     assert record.model == "slow-stream" and record.stream is True
     assert turn.abandoned_calls == 1
+
+
+class _SlowLogger(CustomLogger):
+    """A logger LiteLLM runs before turnledger's (an exporter, say) that takes its time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        await asyncio.sleep(self.seconds)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        time.sleep(self.seconds)
+
+
+@pytest.fixture
+def slow_logger_first(tracker: turnledger.TokenTrackingCallback) -> Iterator[_SlowLogger]:
+    slow = _SlowLogger(0.8)
+    turnledger.uninstall(tracker)
+    litellm.callbacks.insert(0, slow)
+    turnledger.install(tracker)
+    yield slow
+    for name in ("callbacks", "success_callback", "_async_success_callback", "input_callback", "failure_callback"):
+        current = getattr(litellm, name, None)
+        if isinstance(current, list):
+            current[:] = [c for c in current if c is not slow]
+
+
+@pytest.mark.usefixtures("slow_logger_first")
+async def test_a_stream_read_to_its_end_is_waited_for_though_a_logger_ahead_is_slow(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    """Its event comes after the slow logger's 0.8 s, past settle_timeout: it is not abandoned, because
+    LiteLLM has begun to log it (a stream broken off never gets that far, see above)."""
+    stream_kwargs = {"stream": True, "stream_options": {"include_usage": True}, **provider_kwargs}
+    async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+        stream = await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **stream_kwargs)
+        async for _chunk in stream:
+            pass
+
+    def sync_turn() -> TurnTokenAccumulator:
+        with turnledger.scoped_turn(settle_timeout=0.3) as sync:
+            for _chunk in litellm.completion(model="openai/gpt-4o-mini", messages=MESSAGES, **stream_kwargs):
+                pass
+        return sync
+
+    sync = await asyncio.to_thread(sync_turn)
+    for t in (turn, sync):
+        [record] = t.calls
+        assert record.status is CallStatus.SUCCESS and record.cost_source is CostSource.RESPONSE_COST
+        assert t.late_calls == [] and t.abandoned_calls == 0
+
+
+async def test_a_stream_opened_outside_any_turn_stays_outside_though_read_inside_one(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], tracker: turnledger.TokenTrackingCallback
+) -> None:
+    stream = await litellm.acompletion(
+        model="openai/gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        **provider_kwargs,
+    )
+    async with turnledger.scoped_turn() as turn:
+        async for _chunk in stream:
+            pass
+        for _ in range(500):  # its event comes about 1 ms after the stream ends
+            if tracker.stats["unscoped"] or tracker.stats["captured"]:
+                break
+            await asyncio.sleep(0.01)
+    assert turn.calls == [] and turn.late_calls == []
+    assert (tracker.stats["unscoped"], tracker.stats["captured"]) == (1, 0)
 
 
 async def test_cancelled_call_becomes_abandoned(fake_provider: FakeProvider, provider_kwargs: dict[str, Any]) -> None:
