@@ -114,7 +114,9 @@ def price_call(
             _add(flags, RecordFlag.MALFORMED_USAGE)  # NaN, "n/a", True: a cost sent but unreadable
     # LiteLLM's own figures price the usage block as the provider sent it; when a count of it could
     # not be believed, they would bill tokens the record does not show. The counts as read are priced.
-    from_litellm = RecordFlag.MALFORMED_USAGE not in counts.flags
+    # Parts that only disagree with their total (Perplexity's reasoning beside its completion) keep
+    # LiteLLM's figure: it also bills what tokens do not show (citations, searches).
+    from_litellm = not counts.count_discarded
     cost = accept(kwargs.get("response_cost"), from_litellm=True) if from_litellm else None
     if cost is not None:
         return cost, CostSource.RESPONSE_COST, flags

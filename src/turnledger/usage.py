@@ -58,6 +58,9 @@ class TokenCounts:
     """A cost the provider sent inline in the usage block (OpenRouter's ``usage.cost``), as sent."""
     estimated: bool = False
     """Whether the counts were estimated locally (the provider reported none)."""
+    count_discarded: bool = False
+    """Whether a count in the block could not be believed and was read as 0 (see :func:`read_count`).
+    Parts that merely disagree with their total are flagged ``malformed_usage`` too, but not this."""
     flags: list[RecordFlag] = field(default_factory=list)
 
     @property
@@ -147,12 +150,10 @@ def read_count(counts: TokenCounts, value: Any) -> int:
     if value is None:
         return 0
     if isinstance(value, bool):
-        counts.flag(RecordFlag.MALFORMED_USAGE)
-        return 0
+        return _discarded(counts)
     if isinstance(value, int):
         if not 0 <= value <= MAX_TOKEN_COUNT:
-            counts.flag(RecordFlag.MALFORMED_USAGE)
-            return 0
+            return _discarded(counts)
         return value
     if isinstance(value, float):
         number = value
@@ -162,14 +163,19 @@ def read_count(counts: TokenCounts, value: Any) -> int:
         try:
             number = float(str(value).strip())
         except ValueError:
-            return 0
+            return _discarded(counts)
     # NaN fails the comparison; inf and absurd counts exceed the bound.
     if not 0 <= number <= MAX_TOKEN_COUNT:
-        counts.flag(RecordFlag.MALFORMED_USAGE)
-        return 0
+        return _discarded(counts)
     if number != int(number):
         counts.flag(RecordFlag.MALFORMED_USAGE)
     return int(number)
+
+
+def _discarded(counts: TokenCounts) -> int:
+    counts.flag(RecordFlag.MALFORMED_USAGE)
+    counts.count_discarded = True
+    return 0
 
 
 _USAGE_KEYS = ("prompt_tokens", "input_tokens", "inputTokens", "promptTokenCount")

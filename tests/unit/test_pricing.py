@@ -172,6 +172,29 @@ def test_a_count_that_cannot_be_believed_is_priced_as_read_not_by_litellms_figur
     assert (cost, source) == (12 * GPT_4O_MINI_IN, CostSource.COST_PER_TOKEN)
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        # Perplexity's reasoning sits beside its completion, not inside it.
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "total_tokens": 15,
+            "completion_tokens_details": {"reasoning_tokens": 20},
+        },
+        {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 0},
+    ],
+    ids=["reasoning-beside-completion", "total-zero"],
+)
+def test_parts_that_disagree_with_their_total_keep_litellms_figure(usage: dict[str, Any]) -> None:
+    """Flagged, but every count was read: LiteLLM's figure stands (it bills citations, searches too)."""
+    obj = {"usage": usage}
+    counts = normalize_usage(obj)
+    assert RecordFlag.MALFORMED_USAGE in counts.flags and not counts.count_discarded
+    cost, source, _ = price(kw("gpt-4o-mini", response_cost=0.0123), obj)
+    assert (cost, source) == (D("0.0123"), CostSource.RESPONSE_COST)
+
+
 def test_zero_from_litellm_for_an_unknown_model_is_not_a_price() -> None:
     obj = {"usage": {"prompt_tokens": 500, "completion_tokens": 20}}
     assert price(kw("acme-unknown", response_cost=0.0), obj) == (None, CostSource.NONE, [])
