@@ -136,10 +136,12 @@ def _first(obj: Any, *names: str) -> Any:
     return None
 
 
-MAX_TOKEN_COUNT = 10**12
-"""The largest count believed for one call. A trillion tokens in one call is no real usage; a larger
-count (a provider's garbage, an unsigned -1) would be billed as such and, past 2**63, could not be
-stored at all: the turn it is in would be refused by the database, its good calls with it."""
+MAX_TOKEN_COUNT = 10**9
+"""The largest count believed for one call. The largest context windows hold about 10 million tokens and
+a batch of 2,048 embedding inputs about 17 million: a billion is 60 times anything real. Garbage
+counts are mostly integer wrap-arounds (an unsigned 32-bit -1 is 4.3 billion, a signed 32-bit maximum
+2.1 billion): believed, they would be billed as such (LiteLLM prices them at tens of thousands of
+dollars), and past 2**63 could not be stored at all, which would refuse the turn's good calls with it."""
 
 
 def read_count(counts: TokenCounts, value: Any) -> int:

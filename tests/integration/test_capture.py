@@ -440,12 +440,23 @@ async def test_malformed_usage_is_kept_flagged_and_the_call_succeeds(
     assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (12, 3, 15)
 
 
+@pytest.mark.parametrize(
+    ("absurd_count", "with_total"),
+    [
+        (2**64 - 1, False),  # an unsigned 64-bit -1: no database column can hold it
+        (2**32 - 1, True),  # an unsigned 32-bit -1, its total made to agree: LiteLLM bills $2,577 for it
+        (2**31 - 1, False),  # a signed 32-bit maximum
+    ],
+)
 async def test_an_absurd_usage_count_is_read_as_zero_flagged_and_the_turn_still_stores(
-    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], tmp_path: Any
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], tmp_path: Any, absurd_count: int, with_total: bool
 ) -> None:
-    """An unsigned -1 (2**64 - 1) where a count belongs: LiteLLM bills it (trillions of dollars) and no
-    database column can hold it, which would refuse the whole turn, its good calls with it."""
-    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 12, "completion_tokens": 2**64 - 1})
+    """An integer wrap-around where a count belongs: LiteLLM bills it (thousands of dollars and more) and
+    past 2**63 no database column can hold it, which would refuse the whole turn, its good calls with it."""
+    usage = {"prompt_tokens": 12, "completion_tokens": absurd_count}
+    if with_total:
+        usage["total_tokens"] = 12 + absurd_count
+    fake_provider.script("gpt-4o-mini", usage=usage)
     fake_provider.script("gpt-4o", usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6})
     async with turnledger.scoped_turn(user_id="u-1") as turn:
         await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
