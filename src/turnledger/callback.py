@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -163,11 +163,89 @@ class _SeenKeys:
         return key in self._keys
 
 
+class _CallsStartedOutsideTurns:
+    """Ids of calls that started with no turn open, kept while they are in flight and a grace period after.
+
+    Their end event may come in a turn's context (a stream opened outside any turn and read inside
+    one): it still belongs to no turn. Every installed instance gets that same end event, one after
+    another, so the first to see it cannot forget the id: the id is forgotten ``grace_s`` after the
+    first end event. LiteLLM's own retries (``num_retries``) reuse the call id and run the pre-call
+    hook again, on the async path after the failed attempt's end event, on the sync path sometimes
+    before it (measured on 1.106): a new start puts an ended id back in flight. (A sync call's end
+    event comes in a copy of its caller's context, or a sync stream's in none: never in a turn that
+    was not open when it started, however long after that failure it comes.) A call that never
+    ends (a stream broken off, a task cancelled) fires no end event: it is forgotten ``max_age_s``
+    after it started. ``max_entries`` is the last resort, the oldest ended ids forgotten first.
+
+    Each map is kept in time order, so pruning pops from its front: O(1) amortised. Readers take no
+    lock; writers add an id to its new map before removing it from its old one, and readers look in
+    the maps in an order that sees it in at least one of them.
+    """
+
+    def __init__(
+        self,
+        *,
+        grace_s: float = 60.0,
+        max_age_s: float = 3600.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: OrderedDict[str, float] = OrderedDict()  # id -> when it (last) started
+        self._ended: OrderedDict[str, float] = OrderedDict()  # id -> when its first end event came
+        self.grace_s = grace_s
+        self.max_age_s = max_age_s
+        self.max_entries = max_entries
+        self.clock = clock
+
+    def started(self, call_id: str) -> None:
+        """The pre-call hook saw ``call_id`` with no turn open (once per installed instance)."""
+        if call_id in self._in_flight:
+            return
+        with self._lock:
+            now = self.clock()
+            if call_id not in self._in_flight:
+                self._in_flight[call_id] = now
+                self._ended.pop(call_id, None)  # a retry: in flight again
+            self._prune(now)
+
+    def ended(self, call_id: str | None) -> bool:
+        """Whether ``call_id`` started outside any turn; the first end event of an id in flight starts
+        its grace period."""
+        if call_id is None:
+            return False
+        if call_id in self._ended:  # the instances after the first, or a retry's repeated end
+            return True
+        if call_id not in self._in_flight:
+            # It may have moved between the two lookups, either way.
+            return call_id in self._ended or call_id in self._in_flight
+        with self._lock:
+            if call_id in self._in_flight:
+                now = self.clock()
+                self._ended[call_id] = now
+                del self._in_flight[call_id]
+                self._prune(now)
+        return True
+
+    def _prune(self, now: float) -> None:
+        # Called with the lock held.
+        ended, in_flight = self._ended, self._in_flight
+        forget_ended_before = now - self.grace_s
+        while ended and next(iter(ended.values())) <= forget_ended_before:
+            ended.popitem(last=False)
+        forget_started_before = now - self.max_age_s
+        while in_flight and next(iter(in_flight.values())) <= forget_started_before:
+            in_flight.popitem(last=False)
+        while len(ended) + len(in_flight) > self.max_entries:
+            (ended or in_flight).popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._in_flight) + len(self._ended)
+
+
 _unscoped_events = _SeenKeys(10_000)
 """Event keys of events that belong to no turn: global subscribers hear of each once."""
-_started_outside_turns = _SeenKeys(100_000)
-"""Ids of calls that started with no turn open. Their end event may come in a turn's context (a
-stream opened outside any turn and read inside one): it still belongs to no turn."""
+_started_outside_turns = _CallsStartedOutsideTurns()
 
 
 class TokenTrackingCallback(CustomLogger):
@@ -213,7 +291,7 @@ class TokenTrackingCallback(CustomLogger):
                 warn_once("pre_call:no_call_id", "LiteLLM pre-call event without litellm_call_id")
                 return
             if turn is None:
-                _started_outside_turns.first_sighting(call_id)
+                _started_outside_turns.started(call_id)
                 return
             turn.begin_call(_StartedCall(call_id, model, messages, kwargs, self._price_table))
         except Exception:
@@ -240,7 +318,7 @@ class TokenTrackingCallback(CustomLogger):
             if not isinstance(call_id, str) or not call_id:
                 call_id = None
             turn = call_bindings.lookup(call_id) if call_id is not None else None
-            if turn is None and call_id not in _started_outside_turns:
+            if turn is None and not _started_outside_turns.ended(call_id):
                 # No pre-call hook bound it (a LiteLLM cache hit fires none): the context's turn.
                 turn = get_current_accumulator()
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
