@@ -7,6 +7,7 @@ the test names: deterministic, where a proxy cut would land wherever the timing 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.writer_support import closed_turn, poison_rows, stored_turn_ids
-from turnledger.store.entries import Entry, WriteFn, make_entry
-from turnledger.store.outbox import OutboxJournal, encode_entry
+from turnledger.store.entries import Entry, WriteFn, make_entry, transaction_writer
+from turnledger.store.outbox import CorruptLine, OutboxJournal, decode_line, encode_entry
 from turnledger.store.record import turn_rows
-from turnledger.store.replay import pending_segments
+from turnledger.store.replay import pending_segments, replay_outbox
 from turnledger.store.writer import BatchWriter
 
 pytestmark = pytest.mark.asyncio
@@ -145,4 +146,147 @@ async def test_a_commit_whose_answer_is_lost_is_stored_once_and_not_counted_as_w
     # writer's lost commit, or anyone else's. written counts only what the database acknowledged.
     assert (stats["handed_over"], stats["failed_batches"], stats["replayed"]) == (5, 1, 5)
     assert (stats["written"], stats["rejected"], stats.get("lost", 0)) == (0, 0, 0)
+    assert pending_segments(tmp_path) == []
+
+
+_DAMAGED = b'{"damaged line\n'
+
+
+def _set_aside(directory: Path) -> dict[str, list[str]]:
+    """Each ``*.rejected`` file by name: the turn_id of each line, or ``"<bad line>"`` if it is not an entry."""
+
+    def what(line: bytes) -> str:
+        try:
+            return str(decode_line(line)["turn_id"])
+        except CorruptLine:
+            return "<bad line>"
+
+    return {p.name: [what(line) for line in p.read_bytes().splitlines()] for p in sorted(directory.glob("*.rejected"))}
+
+
+def _dead_writer_with_poison(directory: Path, engine: AsyncEngine) -> None:
+    """A dead writer's segment: a poison turn, a good one, a damaged line, two more good ones."""
+    journal = OutboxJournal(directory, writer_id="dead-a")
+    journal.open()
+    good = [encode_entry(make_entry(turn_rows(closed_turn(t), usage_type="chat"))) for t in ("a1", "a2", "a3")]
+    journal.append([encode_entry(make_entry(poison_rows(engine))), good[0], _DAMAGED, *good[1:]])
+    journal.rotate()
+    assert journal._lock_fh is not None
+    journal._lock_fh.close()
+
+
+async def test_a_poison_turn_refused_before_the_link_drops_is_set_aside_and_counted_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = BatchWriter(
+        engine, outbox_dir=tmp_path, batch_size=4, flush_interval=0.05, retry_initial=0.01, retry_max=0.05
+    )
+    # Writes: [p0, p1, poison, p3] refused for its data, [p0, p1] written, [poison, p3] refused,
+    # [poison] refused alone (set aside), then the link drops on [p3]: only p3 is left to the outbox.
+    writer._write_fresh = _DroppedLink(writer._write_fresh, {5})
+    rows = [turn_rows(closed_turn(f"p{i}"), usage_type="chat") for i in (0, 1)]
+    rows += [poison_rows(engine), turn_rows(closed_turn("p3"), usage_type="chat")]
+    async with writer:
+        await asyncio.gather(*(writer.submit_rows(r) for r in rows))
+        await writer.flush(timeout=30)
+        stats = dict(writer.stats)
+    assert await stored_turn_ids(engine) == {"p0": 1, "p1": 1, "p3": 1}
+    assert (stats["handed_over"], stats["written"], stats["failed_batches"]) == (4, 3, 1)
+    assert (stats["spilled"], stats["rejected"]) == (1, 1)
+    # The segment's replay finds p0 and p1 stored, skips the poison turn (in <writer>.rejected already)
+    # and writes p3.
+    assert stats["replayed"] == 3
+    assert _set_aside(tmp_path) == {f"{writer.writer_id}.rejected": ["poison"]}
+    assert pending_segments(tmp_path) == []
+
+
+async def test_a_writer_that_dies_after_refusing_a_turn_live_leaves_it_set_aside_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    writer = BatchWriter(
+        engine,
+        outbox_dir=tmp_path,
+        batch_size=4,
+        flush_interval=0.05,
+        retry_initial=0.01,
+        retry_max=0.05,
+        shutdown_timeout=1,
+    )
+    # As above, but the database stays unreachable for replays: the writer stops with p3 in its outbox.
+    writer._write_fresh = _DroppedLink(writer._write_fresh, {5})
+    writer._write = _DroppedLink(writer._write, range(1, 1_000_000))
+    rows = [turn_rows(closed_turn(f"p{i}"), usage_type="chat") for i in (0, 1)]
+    rows += [poison_rows(engine), turn_rows(closed_turn("p3"), usage_type="chat")]
+    async with writer:
+        await asyncio.gather(*(writer.submit_rows(r) for r in rows))
+        await _until_failed(writer)
+    assert writer.stats["rejected"] == 1
+    assert len(pending_segments(tmp_path)) == 1
+    # The next process replays the segment: the poison turn in it is in <writer>.rejected already.
+    report = await replay_outbox(engine, tmp_path)
+    assert _set_aside(tmp_path) == {f"{writer.writer_id}.rejected": ["poison"]}
+    assert (report.entries, report.inserted, report.already_present, report.rejected) == (3, 1, 2, 0)
+    assert report.set_aside_before == 1
+    assert await stored_turn_ids(engine) == {"p0": 1, "p1": 1, "p3": 1}
+    assert pending_segments(tmp_path) == []
+
+
+async def test_a_replay_retried_after_the_link_drops_counts_and_sets_aside_each_line_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    _dead_writer_with_poison(tmp_path, engine)
+    writer = BatchWriter(
+        engine, outbox_dir=tmp_path, batch_size=2, flush_interval=0.01, retry_initial=0.01, retry_max=0.05
+    )
+    # Replayed in chunks of 2: [poison, a1] refused, [poison] set aside, [a1] written, then the link
+    # drops on [a2, a3]. A live turn's write (once the writer tries again) brings the retry.
+    writer._write = _DroppedLink(writer._write, {4})
+    async with writer:
+        await _until_failed(writer)
+        await writer.persist(closed_turn("live"))
+        await writer.flush(timeout=30)
+        stats = dict(writer.stats)
+    assert await stored_turn_ids(engine) == {"a1": 1, "a2": 1, "a3": 1, "live": 1}
+    assert (stats["written"], stats["failed_batches"]) == (4, 1)
+    assert (stats["bad_lines"], stats["rejected"]) == (1, 1)
+    # The retry goes on after a1: the 4 entries of the segment and the live turn (spilled while unhealthy).
+    assert stats["replayed"] == 5
+    assert _set_aside(tmp_path) == {"dead-a.000001.jsonl.rejected": ["<bad line>", "poison"]}
+    assert (tmp_path / "dead-a.000001.jsonl.rejected").read_bytes().startswith(_DAMAGED)
+    assert pending_segments(tmp_path) == []
+
+
+async def test_a_replay_run_again_after_the_link_dropped_sets_nothing_aside_twice(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dead_writer_with_poison(tmp_path, engine)
+    rejected = tmp_path / "dead-a.000001.jsonl.rejected"
+    # As `turnledger replay` would: the first run stops when the link drops on [a2, a3].
+    dropped = _DroppedLink(transaction_writer(engine), {4})
+    with pytest.raises(ConnectionResetError):
+        await replay_outbox(engine, tmp_path, batch_size=2, write=dropped)
+    assert _set_aside(tmp_path) == {rejected.name: ["<bad line>", "poison"]}
+
+    # The next run: what the first one set aside is skipped, not set aside or counted again, and the
+    # file it relies on is synced before the segment, the lines' other copy, is deleted.
+    steps: list[tuple[str, str]] = []
+    real_fsync, real_unlink = os.fsync, Path.unlink
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        steps.append(("unlink", str(self)))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    report = await replay_outbox(engine, tmp_path, batch_size=2)
+    assert (report.entries, report.inserted, report.rejected, report.bad_lines) == (3, 2, 0, [])
+    assert report.set_aside_before == 2
+    deleted = steps.index(("unlink", str(tmp_path / "dead-a.000001.jsonl")))
+    assert ("fsync", str(rejected)) in steps[:deleted], steps
+    assert await stored_turn_ids(engine) == {"a1": 1, "a2": 1, "a3": 1}
+    assert _set_aside(tmp_path) == {rejected.name: ["<bad line>", "poison"]}
     assert pending_segments(tmp_path) == []

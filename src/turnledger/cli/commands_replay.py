@@ -100,6 +100,12 @@ def _print(report: ReplayReport) -> None:
             f"{report.rejected} turns refused by the database for their data: set aside in *.rejected files",
             highlight=False,
         )
+    if report.set_aside_before:
+        console.print(
+            f"{report.set_aside_before} lines skipped: set aside in *.rejected files already, by an earlier"
+            " replay or by their writer",
+            highlight=False,
+        )
     for path in report.skipped_files:
         console.print(f"skipped {path}: its writer is still running and replays it itself", highlight=False)
     for line in report.bad_lines:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.exc import DataError, IntegrityError
 
 from turnledger.errors import TurnledgerError
-from turnledger.store.entries import Entry, WriteFn
-from turnledger.store.outbox import encode_entry, fsync_dir
+from turnledger.store.entries import Entry, WriteFn, is_entry
+from turnledger.store.lines import unpack_entry
+from turnledger.store.outbox import CorruptLine, decode_line, encode_entry, fsync_dir, segment_writer
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -47,7 +50,11 @@ def is_data_error(exc: BaseException) -> bool:
 
 
 async def write_isolating(
-    write: WriteFn, entries: Sequence[Entry], reject: RejectFn, inserted: Callable[[int], None]
+    write: WriteFn,
+    entries: Sequence[Entry],
+    reject: RejectFn,
+    inserted: Callable[[int], None],
+    settled: Callable[[int], None] | None = None,
 ) -> None:
     """``write(entries)``; on a data error, halve until the refused entries are alone and ``reject`` them.
 
@@ -55,6 +62,10 @@ async def write_isolating(
     should a later half fail, the halves written before it stay stored and the retry finds them
     stored (inserted=0), so they are counted then or never. A non-data error propagates (what was
     written before it stays written; writing it again is a no-op by ``turn_id``).
+
+    ``settled`` gets the number of entries of each write that committed, or of each refused entry once
+    ``reject`` returned. Halves are written in order, so the entries settled always are the first
+    ones: after a failure, ``entries[:total settled]`` are done with, and only the rest is left to retry.
     """
     try:
         new = await write(entries)
@@ -63,13 +74,17 @@ async def write_isolating(
             raise
         if len(entries) == 1:
             reject(entries, exc)
+            if settled is not None:
+                settled(1)
             return
     else:
         inserted(new)
+        if settled is not None:
+            settled(len(entries))
         return
     middle = len(entries) // 2
-    await write_isolating(write, entries[:middle], reject, inserted)
-    await write_isolating(write, entries[middle:], reject, inserted)
+    await write_isolating(write, entries[:middle], reject, inserted, settled)
+    await write_isolating(write, entries[middle:], reject, inserted, settled)
 
 
 def rejected_path(path: Path) -> Path:
@@ -99,3 +114,76 @@ def set_aside(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
             exc if isinstance(exc, TurnledgerError) else type(exc).__name__,
             path,
         )
+
+
+def _as_line(raw: bytes) -> bytes:
+    # A torn last line is set aside with the newline it lacked.
+    return raw if raw.endswith(b"\n") else raw + b"\n"
+
+
+@dataclass(slots=True)
+class SetAsideBefore:
+    """What earlier passes set aside from one segment: read from its ``.rejected`` files before a replay.
+
+    A replay cut short (the link dropped) runs again over the whole segment, in this process or in the
+    next one; a writer's segment may hold turns the writer already refused live (in ``<writer>.rejected``).
+    Without this, each pass would set the same bad lines and refused turns aside, and count them, again.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    """The ``.rejected`` files read: synced again (:meth:`sync`) before a segment relying on them is deleted."""
+    lines: Counter[bytes] = field(default_factory=Counter)
+    """The lines of ``<segment>.rejected``, bad lines included, as many times as they are there."""
+    entries: dict[str, list[Entry]] = field(default_factory=dict)
+    """Refused entries of ``<segment>.rejected`` and ``<writer>.rejected``, by turn_id."""
+    relied_on: bool = False
+
+    @classmethod
+    def read(cls, segment: Path) -> SetAsideBefore:
+        found = cls()
+        own = rejected_path(segment)
+        writer = segment_writer(segment)
+        candidates = [own] + ([rejected_path(segment.with_name(writer))] if writer is not None else [])
+        for path in candidates:
+            try:
+                fh = open(path, "rb")  # noqa: SIM115  closed below; a missing file is the usual case
+            except FileNotFoundError:
+                continue
+            found.files.append(path)
+            with fh:
+                for raw in fh:
+                    if path == own:
+                        found.lines[_as_line(raw)] += 1
+                    found._add_entry(raw)
+        return found
+
+    def _add_entry(self, raw: bytes) -> None:
+        try:
+            entry = unpack_entry(decode_line(raw))
+        except CorruptLine:
+            return
+        if entry is not None and is_entry(entry):
+            self.entries.setdefault(entry["turn_id"], []).append(entry)
+
+    def take_line(self, raw: bytes) -> bool:
+        """Whether this bad line is set aside already (each line there answers for one line of the segment)."""
+        line = _as_line(raw)
+        if self.lines[line] <= 0:
+            return False
+        self.lines[line] -= 1
+        self.relied_on = True
+        return True
+
+    def has_entry(self, entry: Entry) -> bool:
+        """Whether this very entry (not only its turn_id) is set aside already."""
+        # Compared whole: another entry with the same turn_id is written (or refused) in its own right.
+        if not any(entry == known for known in self.entries.get(entry["turn_id"], ())):
+            return False
+        self.relied_on = True
+        return True
+
+    def sync(self) -> None:
+        """Make the files relied on durable: whoever wrote them may have died before its fsync ended."""
+        if self.relied_on:
+            for path in self.files:
+                append_durably(path, b"")

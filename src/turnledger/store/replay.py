@@ -3,6 +3,9 @@
 Safe to run twice and next to live writers: rows already stored are skipped by ``turn_id``, a live
 writer's segments are left to it (its flock says it is alive), and two replays never take the same
 writer's segments. A corrupt or torn line is reported, set aside in ``<segment>.rejected`` and skipped.
+Each bad line and each refused entry is set aside, and counted, once: a replay run again over a
+segment (it was cut short, here or in a process that died) skips what the segment's ``.rejected``
+files hold already, and a writer that retries a replay in the same process goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from turnledger.store.entries import Entry, WriteFn, is_entry, transaction_writer
 from turnledger.store.lines import unpack_entry
 from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, encode_entry, read_segment
-from turnledger.store.rejects import append_durably, rejected_path, set_aside, write_isolating
+from turnledger.store.rejects import SetAsideBefore, append_durably, rejected_path, set_aside, write_isolating
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -37,6 +40,9 @@ class ReplayReport:
     bad_lines: list[BadLine] = field(default_factory=list)
     skipped_files: list[Path] = field(default_factory=list)
     """Segments of a writer that is still alive: it replays its own."""
+    set_aside_before: int = 0
+    """Bad lines and refused entries skipped because an earlier pass set them aside already (they are
+    in the ``*.rejected`` files): not in ``entries``, ``rejected`` or ``bad_lines``."""
 
     @property
     def already_present(self) -> int:
@@ -49,14 +55,21 @@ class ReplayReport:
         self.rejected += other.rejected
         self.bad_lines.extend(other.bad_lines)
         self.skipped_files.extend(other.skipped_files)
+        self.set_aside_before += other.set_aside_before
 
 
 ProgressFn = Callable[[int], None]
 """Called with the number of entries just written (for a progress bar)."""
 
+ResumeState = dict[Path, int]
+"""Per segment, how many of its entries a replay that then failed got through (written or set aside):
+a retry in the same process starts after them, so it neither writes nor counts them again."""
 
-def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
-    """The entries of one segment; bad lines are logged, counted in ``report`` and set aside."""
+
+def load_segment(path: Path, report: ReplayReport, before: SetAsideBefore | None = None) -> list[Entry]:
+    """The entries of one segment; bad lines are logged, counted in ``report`` and set aside, but for
+    those ``before`` (by default, what ``<segment>.rejected`` holds) says an earlier pass set aside."""
+    before = SetAsideBefore.read(path) if before is None else before
     entries: list[Entry] = []
     bad: list[BadLine] = []
     for item in read_segment(path):
@@ -67,6 +80,10 @@ def load_segment(path: Path, report: ReplayReport) -> list[Entry]:
         else:
             # Kept as a line of its content: what a person needs to recover the turn by hand.
             bad.append(BadLine(path, -1, "not a turn entry of a known format version", encode_entry(item)))
+    # A line set aside by an earlier pass over this segment is neither set aside nor counted again.
+    new_bad = [line for line in bad if not before.take_line(line.raw)]
+    report.set_aside_before += len(bad) - len(new_bad)
+    bad = new_bad
     for line in bad:
         logger.warning("turnledger outbox %s line %s skipped: %s", line.path, line.lineno, line.reason)
     if bad:
@@ -85,16 +102,23 @@ async def replay_segment(
     batch_size: int = 500,
     progress: ProgressFn | None = None,
     report: ReplayReport | None = None,
+    resume: ResumeState | None = None,
 ) -> ReplayReport:
     """Write every entry of one segment file, then delete it. Raises if the database cannot be written.
 
     Entries the database refuses for their data are set aside in ``<segment>.rejected`` (and counted in
-    ``report.rejected``); the rest of their batch is written. A ``report`` passed in is added to as the
-    replay goes, and returned: should a write fail, it still holds what was done before the failure.
+    ``report.rejected``); the rest of their batch is written. Entries and bad lines an earlier pass set
+    aside already are skipped (``report.set_aside_before``). A ``report`` passed in is added to as the
+    replay goes, and returned: should a write fail, it still holds what was done before the failure,
+    and ``resume`` (kept by the caller across retries) where the next attempt is to start.
     """
     report = ReplayReport() if report is None else report
     report.files += 1
-    entries = await asyncio.to_thread(load_segment, path, report)
+    entries, known = await asyncio.to_thread(_load, path, report)
+    start = resume.get(path, 0) if resume is not None else 0
+    todo = [i for i in range(start, len(entries)) if not known[i]]
+    report.set_aside_before += sum(known[start:])
+    done = 0
 
     def reject(refused: Sequence[Entry], exc: BaseException) -> None:
         set_aside(rejected_path(path), refused, exc)
@@ -103,14 +127,32 @@ async def replay_segment(
     def inserted(count: int) -> None:
         report.inserted += count
 
-    for start in range(0, len(entries), batch_size):
-        chunk = entries[start : start + batch_size]
-        await write_isolating(write, chunk, reject, inserted)
-        report.entries += len(chunk)
+    def settled(count: int) -> None:
+        nonlocal done
+        done += count
+        report.entries += count
+        if resume is not None:
+            resume[path] = todo[done - 1] + 1
         if progress is not None:
-            progress(len(chunk))
+            progress(count)
+
+    for first in range(0, len(todo), batch_size):
+        chunk = [entries[i] for i in todo[first : first + batch_size]]
+        await write_isolating(write, chunk, reject, inserted, settled)
     await asyncio.to_thread(path.unlink, missing_ok=True)
+    if resume is not None:
+        resume.pop(path, None)
     return report
+
+
+def _load(path: Path, report: ReplayReport) -> tuple[list[Entry], list[bool]]:
+    """The segment's entries, and for each whether an earlier pass set it aside already."""
+    before = SetAsideBefore.read(path)
+    entries = load_segment(path, report, before)
+    known = [before.has_entry(entry) for entry in entries]
+    # Before the segment, their other copy, can be deleted.
+    before.sync()
+    return entries, known
 
 
 def count_entries(paths: Iterable[Path]) -> int:
@@ -137,12 +179,14 @@ async def replay_outbox(
     progress: ProgressFn | None = None,
     write: WriteFn | None = None,
     report: ReplayReport | None = None,
+    resume: ResumeState | None = None,
 ) -> ReplayReport:
     """Replay the segments that writers which are gone left in ``directory`` (or only ``files``, all in one directory).
 
     Safe to run twice, and next to live writers: a live writer's segments are skipped (it replays
     its own), two replays never take the same writer's segments, and rows already stored are skipped.
-    A ``report`` passed in is added to as segments are replayed (see :func:`replay_segment`).
+    A ``report`` passed in is added to as segments are replayed, and ``resume`` kept across retries
+    (see :func:`replay_segment`).
     """
     from turnledger.config import outbox_dir
     from turnledger.store.outbox import segment_writer
@@ -167,7 +211,9 @@ async def replay_outbox(
             for path in claim.segments:
                 if wanted is not None and path.name not in wanted:
                     continue
-                await replay_segment(write, path, batch_size=batch_size, progress=progress, report=report)
+                await replay_segment(
+                    write, path, batch_size=batch_size, progress=progress, report=report, resume=resume
+                )
         finally:
             left = [p for p in claim.segments if p.exists()]
             claim.release(remove_lock=not left)

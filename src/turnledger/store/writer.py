@@ -38,7 +38,7 @@ from turnledger.store.lines import encode_line
 from turnledger.store.outbox import OutboxJournal, segment_seq
 from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.rejects import rejected_path, set_aside, write_isolating
-from turnledger.store.replay import ReplayReport, replay_outbox, replay_segment
+from turnledger.store.replay import ReplayReport, ResumeState, replay_outbox, replay_segment
 
 if TYPE_CHECKING:
     from turnledger.accumulator import TurnTokenAccumulator
@@ -121,11 +121,14 @@ class BatchWriter:
         self.replay_others = replay_others
         self.journal = OutboxJournal(outbox_dir, fsync=fsync)
         self.stats: Counter[str] = Counter()
-        """``handed_over``, ``written``, ``batches``, ``failed_batches``, ``spilled`` (left to the outbox:
-        queue full, batch failed, or shutdown), ``replayed`` (outbox entries replayed, whether new, found
-        stored or refused), ``bad_lines``, ``rejected`` (refused by the database for their data, set aside
-        in ``*.rejected``), ``lost`` (in neither the outbox nor the database: both failed; each is logged
-        as an error with its turn_id).
+        """``handed_over``, ``written``, ``batches``, ``failed_batches``, ``spilled`` (left to the outbox
+        for replay: queue full, shutdown, or its batch failed before the turn was written or set aside;
+        the turns of a failed batch written or refused before the failure are not), ``replayed`` (outbox
+        entries replayed, whether new, found stored or refused; a replay retried after a failure goes on
+        where it stopped, so none is counted twice), ``bad_lines``, ``rejected`` (refused by the database
+        for their data, set aside in ``*.rejected``; a turn or a bad line an earlier pass set aside is
+        skipped, so each is set aside and counted once), ``lost`` (in neither the outbox nor the
+        database: both failed; each is logged as an error with its turn_id).
 
         ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
         its commit (even if a later write of the same batch fails). A turn found already stored is not
@@ -142,6 +145,8 @@ class BatchWriter:
         self._unjournaled: deque[_Turn] = deque()
         """Turns the outbox could not take and the database has not taken yet: memory is their only copy."""
         self._segment_pending: Counter[int] = Counter()
+        self._replay_resume: ResumeState = {}
+        """Where a replay of a segment that failed part way is to go on: see :func:`replay_segment`."""
         self._dirty: set[int] = set()
         self._others_due = replay_others
         self._wake_journal = asyncio.Event()
@@ -468,13 +473,25 @@ class BatchWriter:
         def inserted(count: int) -> None:
             self.stats["written"] += count
 
+        settled = 0
+
+        def settle(count: int) -> None:
+            nonlocal settled
+            settled += count
+
         try:
-            await write_isolating(self._write_live, [t.entry for t in batch], reject, inserted)
+            await write_isolating(self._write_live, [t.entry for t in batch], reject, inserted, settle)
         except BaseException:
-            self._spill(batch)
+            # Only what is neither committed nor set aside is left to the outbox: the rest is done with,
+            # and spilling it would count it as waiting there and have its segment replayed for nothing.
+            self._spill(batch[settled:])
+            self._stored(batch[:settled])
             raise
         self.stats["batches"] += 1
-        for t in batch:
+        self._stored(batch)
+
+    def _stored(self, items: Iterable[_Turn]) -> None:
+        for t in items:
             t.stored = True
             if t.segment is not None:
                 self._entry_done(t.segment)
@@ -553,11 +570,12 @@ class BatchWriter:
                     exclude_writer=self.writer_id,
                     write=self._bounded_write,
                     report=report,
+                    resume=self._replay_resume,
                 )
                 self._others_due = False
         finally:
-            # Counted even if a write failed: what was written before it stays written, and the retry
-            # finds it stored (inserted=0), so it would never be counted otherwise.
+            # Counted even if a write failed: what was written or set aside before it stays so, and
+            # the retry goes on after it (``_replay_resume``), so it is counted now or never.
             self.stats["replayed"] += report.entries
             self.stats["written"] += report.inserted
             self.stats["bad_lines"] += len(report.bad_lines)
@@ -568,7 +586,10 @@ class BatchWriter:
         path = self.journal.segment_path(segment)
         # Gone if it was replayed before and a turn of it, still queued then, has been spilled since.
         if path.exists():
-            await replay_segment(self._bounded_write, path, batch_size=self.batch_size, report=report)
+            await replay_segment(
+                self._bounded_write, path, batch_size=self.batch_size, report=report, resume=self._replay_resume
+            )
+        self._replay_resume.pop(path, None)
         self._dirty.discard(segment)
         self._segment_pending.pop(segment, None)
         # Entries of it still queued in memory will be written again: a no-op, by turn_id.
