@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
+from turnledger import make_engine, record_token_usage, session_factory
 from turnledger.store import migrate
 
 from . import cli_run
 from .cli_run import one_line_error
 from .conftest import BACKENDS, PG_ADMIN_DSN, create_pg_database, drop_pg_database
-from .store_data import record_report_turns
+from .store_data import DAY1, record_report_turns
 
 
 def invoke(*args: str) -> Result:
@@ -77,6 +78,36 @@ def test_migrate_then_report_every_format(fresh_url: str) -> None:
     ]
     recent = invoke("report", "--since", "7d", "--format", "json", "--database-url", fresh_url)
     assert recent.exit_code == 0 and json.loads(recent.stdout) == []
+
+
+async def _record_by_hand(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            record_token_usage(
+                session, usage_type="batch", user_id="alice", prompt_tokens=1000, cost_usd="0.50", created_at=DAY1
+            )
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+def test_spend_recorded_by_hand_is_in_the_model_report_and_chart_as_no_model(fresh_url: str) -> None:
+    assert invoke("migrate", "--database-url", fresh_url).exit_code == 0
+    asyncio.run(record_report_turns(fresh_url))
+    asyncio.run(_record_by_hand(fresh_url))
+
+    as_json = invoke("report", "--by", "model", "--format", "json", "--database-url", fresh_url)
+    first = json.loads(as_json.stdout)[0]
+    assert (first["key"], first["calls"], first["cost_usd"]) == (None, 1, "0.50")
+    table = invoke("report", "--by", "model", "--database-url", fresh_url)
+    assert table.exit_code == 0, table.output
+    assert "(no model)" in table.stdout and "(none)" not in table.stdout
+    chart = invoke(
+        "chart", "--by", "model", "--since", "2026-11-01", "--until", "2026-11-05", "--database-url", fresh_url
+    )
+    assert chart.exit_code == 0, chart.output
+    assert "(no model)" in chart.stdout and "total $0.5130655" in chart.stdout
 
 
 def test_report_before_migrate_exits_3_and_says_migrate(tmp_path: Path) -> None:

@@ -7,11 +7,21 @@ from datetime import timedelta
 from decimal import Decimal, localcontext
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from turnledger import ReportBy, ReportRow, SchemaMissingError, record_turn, session_factory, usage_report
+from turnledger import (
+    ReportBy,
+    ReportRow,
+    SchemaMissingError,
+    record_token_usage,
+    record_turn,
+    session_factory,
+    usage_report,
+)
 from turnledger.store import reports
 from turnledger.store.engine import make_engine
+from turnledger.store.models import TokenUsage
 
 from .conftest import PG_ADMIN_DSN
 from .store_data import DAY1, DAY2, DAY3, report_turns
@@ -214,6 +224,69 @@ async def test_attribution_is_data_not_sql(session: AsyncSession) -> None:
     # Filters are bound parameters: a hostile value matches nothing and breaks nothing.
     assert await reports.by_model(session, user_id="alice' OR '1'='1") == []
     assert len(await reports.by_model(session)) == 3
+
+
+FIGURES = ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_creation_tokens",
+           "reasoning_tokens", "unpriced_calls", "failed_calls", "abandoned_calls")  # fmt: skip
+
+
+def summed(rows: list[ReportRow]) -> dict[str, object]:
+    out: dict[str, object] = {name: sum(getattr(r, name) for r in rows) for name in FIGURES}
+    out["cost_usd"] = sum((r.cost_usd for r in rows if r.cost_usd is not None), Decimal(0))
+    return out
+
+
+async def test_every_breakdown_adds_up_to_the_turn_rows_with_record_token_usage_spend(session: AsyncSession) -> None:
+    # Spend recorded by hand has a turn row and no call rows: per model it is "(no model)" (key None),
+    # never left out, so every breakdown bills the same total.
+    record_token_usage(
+        session, usage_type="batch", user_id="alice", prompt_tokens=1000, completion_tokens=100,
+        cost_usd=Decimal("0.50"), created_at=DAY1,
+    )  # fmt: skip
+    # Unpriced (no cost given): its 3 calls count as unpriced everywhere.
+    record_token_usage(
+        session, usage_type="batch", user_id="erin", tenant_id="acme", prompt_tokens=7, calls=3,
+        cached_tokens=2, reasoning_tokens=1, created_at=DAY3,
+    )  # fmt: skip
+    await session.commit()
+    turns = (await session.scalars(select(TokenUsage))).all()
+    expected: dict[str, object] = {name: sum(getattr(t, name) for t in turns) for name in FIGURES}
+    expected["cost_usd"] = sum((t.cost_usd for t in turns if t.cost_usd is not None), Decimal(0))
+    assert expected["calls"] == 13 and expected["cost_usd"] == Decimal("0.5130655")
+    for grouping in ReportBy:
+        assert summed(await usage_report(session, grouping)) == expected, grouping
+        assert summed(await usage_report(session, grouping, since=DAY2)) == summed(
+            await usage_report(session, ReportBy.DAY, since=DAY2)
+        ), grouping
+    no_model = ReportRow(
+        key=None,
+        calls=4,
+        prompt_tokens=1007,
+        completion_tokens=100,
+        total_tokens=1107,
+        cached_tokens=2,
+        reasoning_tokens=1,
+        cost_usd=Decimal("0.50"),
+        unpriced_calls=3,
+    )
+    assert (await usage_report(session, ReportBy.MODEL))[0] == no_model
+    assert await reports.by_model(session, user_id="erin") == [
+        ReportRow(key=None, calls=3, prompt_tokens=7, total_tokens=7, cached_tokens=2, reasoning_tokens=1,
+                  cost_usd=None, unpriced_calls=3)
+    ]  # fmt: skip
+    assert await reports.by_model(session, user_id="erin", since=DAY3 + timedelta(microseconds=1)) == []
+
+
+async def test_an_empty_turn_adds_no_no_model_group(session: AsyncSession) -> None:
+    record_token_usage(session, usage_type="batch", user_id="alice", calls=0, cost_usd=0)
+    await session.commit()
+    assert [r.key for r in await reports.by_model(session)] == ["gpt-4o", "gpt-4o-mini", "local-llm"]
+
+
+def test_an_unset_key_is_named_for_its_breakdown() -> None:
+    assert reports.key_label(ReportBy.MODEL, None) == "(no model)"
+    assert reports.key_label(ReportBy.USER, None) == "(none)"
+    assert reports.key_label(ReportBy.MODEL, "gpt-4o") == "gpt-4o"
 
 
 async def test_an_unknown_grouping_is_refused(session: AsyncSession) -> None:

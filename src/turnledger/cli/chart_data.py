@@ -14,12 +14,11 @@ from decimal import Decimal
 from typing import Any
 
 from turnledger.store.record import Database
-from turnledger.store.reports import ReportBy, ReportRow, usage_report
+from turnledger.store.reports import ReportBy, ReportRow, key_label, usage_report
 
 CHART_GROUPINGS = (ReportBy.MODEL, ReportBy.USER, ReportBy.THREAD, ReportBy.TENANT)
 
 OTHER = "(other)"
-UNSET = "(none)"
 
 
 @dataclass(slots=True)
@@ -110,7 +109,7 @@ async def daily_spend(
             db, by, since=midnight(day), until=midnight(day + timedelta(days=1)), **filters
         )
         for row in rows:
-            name = row.key if row.key is not None else UNSET
+            name = key_label(by, row.key)
             series = merged.setdefault(name, Series(name))
             series.calls += row.calls
             if row.cost_usd is not None:

@@ -23,7 +23,7 @@ from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
 from turnledger.errors import ConfigurationError
 from turnledger.store import migrate as migrations
 from turnledger.store.engine import make_engine, resolve_url, session_factory
-from turnledger.store.reports import ReportBy, ReportRow, usage_report
+from turnledger.store.reports import ReportBy, ReportRow, key_label, usage_report
 
 ALWAYS_SHOWN = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
 TABLE_COLUMNS = (
@@ -63,7 +63,9 @@ def migrate_command(
         "  turnledger report --by model --since 7d\n\n"
         "  turnledger report --by user --since 2026-11-01 --until 2026-12-01 --format csv > november.csv\n\n"
         "  turnledger report --by day --user u-42 --format json\n\n"
-        "Unpriced calls (no known price) are counted apart: a group with only unpriced calls has no cost, not $0."
+        "Unpriced calls (no known price) are counted apart: a group with only unpriced calls has no cost, not $0. "
+        "By model, spend recorded with record_token_usage (which names no model) is the group (no model): "
+        "every breakdown adds up to the same total."
     ),
 )
 def report_command(
@@ -107,7 +109,7 @@ def _table(grouping: ReportBy, rows: list[ReportRow]) -> None:
     # At 80 columns every figure must stay whole: token kinds no row used are left out.
     used = [(n, header) for n, header in TABLE_COLUMNS if n in ALWAYS_SHOWN or any(getattr(r, n) for r in rows)]
     emit(
-        [{**r.to_dict(), "key": r.key if r.key is not None else "(none)", "cost_usd": r.cost_usd} for r in rows],
+        [{**r.to_dict(), "key": key_label(grouping, r.key), "cost_usd": r.cost_usd} for r in rows],
         OutputFormat.TABLE,
         columns=[("key", grouping.value), *used, ("cost_usd", "cost (USD)"), ("unpriced_calls", "unpriced calls")],
         title=f"usage by {grouping.value}",

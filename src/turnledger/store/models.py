@@ -111,8 +111,9 @@ class TokenUsage(Base):
     __table_args__ = (
         # Per-day breakdowns of everyone over a time range (bench: 30 days of 1M turns). A turn row is
         # wide (its JSON documents), so on PostgreSQL the index also carries every figure a breakdown
-        # sums: the report is an index-only scan and never reads the table (bench/report_bench.py).
-        Index("ix_token_usage_created_at", "created_at", postgresql_include=list(REPORT_FIGURES)),
+        # sums: the report is an index-only scan and never reads the table (bench/report_bench.py). The
+        # id too: the per-model report's anti-join finds the turns without call rows by it (reports.py).
+        Index("ix_token_usage_created_at", "created_at", postgresql_include=["id", *REPORT_FIGURES]),
         # One user's / tenant's / thread's history over a time range: equality prefix, then range.
         Index("ix_token_usage_user_id_created_at", "user_id", "created_at"),
         Index("ix_token_usage_tenant_id_created_at", "tenant_id", "created_at"),

@@ -2,7 +2,11 @@
 
 Per-model figures are summed over call rows (``token_usage_calls``); the others over turn rows
 (``token_usage``), which already hold each turn's exact totals, so a per-day report reads a third
-as many rows. Costs are exact: PostgreSQL sums ``NUMERIC``; SQLite stores decimal text, so its
+as many rows. A turn row with no call rows (written by ``record_token_usage``, which names no
+model) is counted per model under the key ``None``, shown as ``(no model)``: every breakdown of the
+same range adds up to the same calls, tokens, cost and unpriced calls.
+
+Costs are exact: PostgreSQL sums ``NUMERIC``; SQLite stores decimal text, so its
 query groups by cost as well and the (few) distinct costs are summed in Python with ``Decimal``.
 
 A group whose calls are all unpriced has ``cost_usd = None`` (unknown), never 0; a mixed group
@@ -18,7 +22,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Date, Select, case, cast, func, select
+from sqlalchemy import CompoundSelect, Date, Select, case, cast, func, literal, null, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -42,7 +46,8 @@ class ReportRow:
     """One group of a breakdown."""
 
     key: str | None
-    """The model, user, thread or tenant id, or the UTC day as ``YYYY-MM-DD``; ``None`` when unset."""
+    """The model, user, thread or tenant id, or the UTC day as ``YYYY-MM-DD``; ``None`` when unset
+    (per model: spend recorded with :func:`~turnledger.record_token_usage`, which names no model)."""
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -100,7 +105,11 @@ async def usage_report(
         raw = result.all()
     except SQLAlchemyError as exc:
         raise storage_error(exc) from exc
-    return _sorted(grouping, _merge(raw))
+    rows = _merge(raw)
+    if grouping is ReportBy.MODEL:
+        # Empty turns (no call) have no call rows either: an all-zero "(no model)" group would be noise.
+        rows = [r for r in rows if r.key is not None or r.cost_usd or any(getattr(r, n) for n in _COUNTERS)]
+    return _sorted(grouping, rows)
 
 
 async def by_model(db: Database, **filters: Any) -> list[ReportRow]:
@@ -123,25 +132,45 @@ async def by_day(db: Database, **filters: Any) -> list[ReportRow]:
     return await usage_report(db, ReportBy.DAY, **filters)
 
 
-def build_query(grouping: ReportBy, filters: ReportFilters, *, exact_in_sql: bool) -> Select[Any]:
+def build_query(grouping: ReportBy, filters: ReportFilters, *, exact_in_sql: bool) -> Select[Any] | CompoundSelect[Any]:
     """The parametrized breakdown query (public so the benchmark can ``EXPLAIN`` exactly this).
 
     Result columns: key, cost part, calls, the token kinds, unpriced, failed, abandoned. With
     ``exact_in_sql`` the cost part is ``SUM(cost_usd)``; without, rows are also grouped by the
     cost itself and the cost part is that cost times its row count (see the module docstring).
+
+    Per model: the call rows, plus (under a NULL model) the turn rows that have no call rows, those
+    written by :func:`~turnledger.record_token_usage`, so the breakdown adds up to the others.
     """
-    per_call = grouping is ReportBy.MODEL
-    t: Any = TokenUsageCall if per_call else TokenUsage
-    key = _key(grouping, t, exact_in_sql=exact_in_sql).label("key")
-    if per_call:
-        counters: list[ColumnElement[Any]] = [
-            func.count().label("calls"),
-            *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_FIELDS],
-            func.sum(case((t.cost_usd.is_(None), 1), else_=0)).label("unpriced_calls"),
-            func.sum(case((t.status == "failure", 1), else_=0)).label("failed_calls"),
-            func.sum(case((t.status == "abandoned", 1), else_=0)).label("abandoned_calls"),
-        ]
-    else:
+    if grouping is not ReportBy.MODEL:
+        return _grouped(TokenUsage, _key(grouping, TokenUsage, exact_in_sql=exact_in_sql), filters, exact_in_sql)
+    calls = TokenUsageCall
+    counters: list[ColumnElement[Any]] = [
+        func.count().label("calls"),
+        *[func.sum(getattr(calls, kind)).label(kind) for kind in TOKEN_FIELDS],
+        func.sum(case((calls.cost_usd.is_(None), 1), else_=0)).label("unpriced_calls"),
+        func.sum(case((calls.status == "failure", 1), else_=0)).label("failed_calls"),
+        func.sum(case((calls.status == "abandoned", 1), else_=0)).label("abandoned_calls"),
+    ]
+    per_call = _grouped(calls, calls.model, filters, exact_in_sql, counters)
+    # NOT EXISTS on the call rows' primary key (usage_id, seq): one index probe per turn row in range.
+    has_calls = select(literal(1)).where(calls.usage_id == TokenUsage.id).exists()
+    unattributed = _grouped(TokenUsage, None, filters, exact_in_sql).where(~has_calls)
+    return union_all(per_call, unattributed)
+
+
+def _grouped(
+    t: Any,
+    key_column: Any,
+    filters: ReportFilters,
+    exact_in_sql: bool,
+    counters: list[ColumnElement[Any]] | None = None,
+) -> Select[Any]:
+    """``key_column``'s groups of table ``t`` (``None``: one group keyed NULL, and no row when no row
+    matches); the counters default to summing turn-row figures."""
+    key = (null() if key_column is None else key_column).label("key")
+    keys = [] if key_column is None else [key]
+    if counters is None:
         counters = [
             func.sum(t.calls).label("calls"),
             *[func.sum(getattr(t, kind)).label(kind) for kind in TOKEN_FIELDS],
@@ -150,9 +179,12 @@ def build_query(grouping: ReportBy, filters: ReportFilters, *, exact_in_sql: boo
             func.sum(t.abandoned_calls).label("abandoned_calls"),
         ]
     if exact_in_sql:
-        stmt = select(key, func.sum(t.cost_usd).label("cost"), *counters).group_by(key)
+        stmt = select(key, func.sum(t.cost_usd).label("cost"), *counters).group_by(*keys)
+        if not keys:
+            # PostgreSQL refuses GROUP BY NULL, and an aggregate without GROUP BY answers one row even for none.
+            stmt = stmt.having(func.count() > 0)
     else:
-        stmt = select(key, t.cost_usd.label("cost"), func.count().label("rows"), *counters).group_by(key, t.cost_usd)
+        stmt = select(key, t.cost_usd.label("cost"), func.count().label("rows"), *counters).group_by(*keys, t.cost_usd)
     for condition in _conditions(t, filters):
         stmt = stmt.where(condition)
     return stmt
@@ -211,6 +243,14 @@ def _merge(raw: Sequence[Any]) -> list[ReportRow]:
     return [ReportRow(key=key, **values) for key, values in groups.items()]
 
 
+def key_label(grouping: ReportBy, key: str | None) -> str:
+    """A group's name as shown: its key, or what an unset key means in this breakdown."""
+    if key is not None:
+        return key
+    # Per model, the unset key is spend recorded by record_token_usage, which names no model.
+    return "(no model)" if grouping is ReportBy.MODEL else "(none)"
+
+
 def _sorted(grouping: ReportBy, rows: list[ReportRow]) -> list[ReportRow]:
     if grouping is ReportBy.DAY:
         return sorted(rows, key=lambda r: r.key or "")
@@ -228,5 +268,6 @@ __all__ = [
     "by_tenant",
     "by_thread",
     "by_user",
+    "key_label",
     "usage_report",
 ]
