@@ -53,6 +53,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
     """Run ``fn(ledger)`` on a fresh engine and map every failure to a one-line error and an exit code."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from turnledger.cli.db import refuse_missing_sqlite_directory, settled
     from turnledger.credits import CreditLedger
     from turnledger.errors import ConfigurationError, CreditError, SchemaMissingError, StorageError
     from turnledger.store.engine import make_engine
@@ -61,6 +62,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
         engine = make_engine(database_url)
     except ConfigurationError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    refuse_missing_sqlite_directory(database_url)
 
     async def go() -> T:
         try:
@@ -69,7 +71,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
             await engine.dispose()
 
     try:
-        return asyncio.run(go())
+        return asyncio.run(settled(go()))
     except SchemaMissingError as exc:
         fail(str(exc), EXIT_SCHEMA_MISSING)
     except (ValueError, TypeError) as exc:

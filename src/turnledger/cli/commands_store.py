@@ -18,7 +18,7 @@ from turnledger.cli.app import (
     is_terminal,
     parse_when,
 )
-from turnledger.cli.db import refuse_missing_sqlite_file, run_db, shown_url
+from turnledger.cli.db import refuse_missing_sqlite_directory, refuse_missing_sqlite_file, run_db, shown_url
 from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
 from turnledger.errors import ConfigurationError
 from turnledger.store import migrate as migrations
@@ -51,6 +51,7 @@ def migrate_command(
 ) -> None:
     """Create turnledger's tables, or upgrade them to this version's schema."""
     url = _resolve(database_url)
+    refuse_missing_sqlite_directory(url)
     run_db(migrations.upgrade_async(url, revision), url)
     current = run_db(migrations.current_revision_async(url), url)
     console.print(f"{shown_url(url)} is at revision {current}", highlight=False)
