@@ -20,6 +20,7 @@ from turnledger.cli.app import (
     console,
     fail,
     parse_when,
+    require_order,
 )
 
 if TYPE_CHECKING:
@@ -177,6 +178,7 @@ def history(
     """Show an account's journal, oldest first."""
     start = parse_when(since, option="--since")
     end = parse_when(until, option="--until")
+    require_order(start, end)
     entries = _run(lambda ledger: ledger.history(account, since=start, until=end, limit=limit), database_url)
     if as_json:
         _print_json([_entry_json(e) for e in entries])

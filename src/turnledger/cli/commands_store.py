@@ -17,6 +17,7 @@ from turnledger.cli.app import (
     fail,
     is_terminal,
     parse_when,
+    require_order,
 )
 from turnledger.cli.db import refuse_missing_sqlite_directory, refuse_missing_sqlite_file, run_db, shown_url
 from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
@@ -86,6 +87,7 @@ def report_command(
     fmt = as_format(output_format)
     start = parse_when(since, option="--since")
     end = parse_when(until, option="--until")
+    require_order(start, end)
     url = _resolve(database_url)
     refuse_missing_sqlite_file(url)
     # One query, so no measurable progress: a spinner on a terminal, nothing when piped.
