@@ -44,21 +44,30 @@ from turnledger.store.writer import BatchWriter
 from turnledger.subscribers import JsonlLedger, subscribe
 
 if TYPE_CHECKING:
+    # What type checkers see; at run time __getattr__ below loads them on first use.
     from turnledger.callback import TokenTrackingCallback, install, is_installed, token_tracker, uninstall
 
 _FROM_CALLBACK = frozenset({"TokenTrackingCallback", "install", "is_installed", "token_tracker", "uninstall"})
 
+if not TYPE_CHECKING:
+    # Hidden from type checkers: a module __getattr__ would make every misspelled attribute
+    # (``turnledger.instal``) type-check as ``object`` instead of an error.
 
-def __getattr__(name: str) -> object:
-    # The callback module imports LiteLLM (about 2 s): loaded on first use, so the CLI's reports,
-    # migrations and replays, and any process that only reads or writes the ledger, start without it.
-    if name in _FROM_CALLBACK:
-        from turnledger import callback
+    def __getattr__(name: str) -> object:
+        # The callback module imports LiteLLM (about 2 s): loaded on first use, so the CLI's reports,
+        # migrations and replays, and any process that only reads or writes the ledger, start without it.
+        if name in _FROM_CALLBACK:
+            from turnledger import callback
 
-        value = getattr(callback, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'turnledger' has no attribute {name!r}")
+            value = getattr(callback, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module 'turnledger' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # dir() and completion list the lazy names before their first use too.
+    return sorted(set(globals()) | _FROM_CALLBACK)
 
 
 __version__ = "0.1.0"

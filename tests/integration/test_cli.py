@@ -103,6 +103,8 @@ def test_entry_point_errors_are_one_line_with_exit_codes_1_2_3(tmp_path: Path, n
     [
         (["chart", "--since", "last tuesday"], "--since: cannot read 'last tuesday'"),
         (["chart", "--since", "2d", "--until", "3d"], "must be after --since"),
+        (["report", "--since", "2026-11-20", "--until", "2026-11-13"], "--until (2026-11-13 00:00) must be after"),
+        (["credits", "history", "acct-1", "--since", "1h", "--until", "2h"], "must be after --since"),
         (["chart", "--output", "spend.gif"], "must end in .png, .svg, .html"),
         (["chart", "--output", "nowhere/spend.png"], "--output: no directory 'nowhere'"),
         (["chart", "--size", "0x600"], "--size: '0x600' is not WIDTHxHEIGHT"),

@@ -6,13 +6,16 @@ import asyncio
 import csv
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import Result
 
 from turnledger import make_engine, record_token_usage, session_factory
+from turnledger.cli.db import run_db
 from turnledger.store import migrate
 
 from . import cli_run
@@ -145,3 +148,40 @@ def test_unreachable_database_exits_1_with_one_line() -> None:
         result = invoke(command, "--database-url", url)
         assert result.exit_code == 1, result.output
         assert "127.0.0.1:1" in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "message"),
+    [
+        (["migrate"], 2, "no directory"),
+        (["demo"], 2, "no directory"),
+        (["credits", "balance", "acct-1"], 2, "no directory"),
+        (["replay", "--outbox", "."], 3, "no database at"),
+        (["report"], 3, "no database at"),
+    ],
+)
+def test_a_sqlite_file_in_a_missing_directory_is_one_line_before_any_connection(
+    command: list[str], code: int, message: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no" / "such" / "x.db"
+    result = invoke(*command, "--database-url", f"sqlite:///{missing}")
+    assert result.exit_code == code, result.output
+    assert message in one_line_error(result)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_sqlite_database_that_cannot_open_leaves_no_thread_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiosqlite's worker thread for a connection that failed to open reports back after the failure:
+    # it must find the loop still open, or it dies printing "Event loop is closed" twice.
+    dying: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: dying.append(args.exc_value))
+    url = f"sqlite:///{tmp_path}"  # a directory: SQLite cannot open it
+    for _ in range(20):  # the race is lost about half the time without the wait
+        before = set(threading.enumerate())
+        with pytest.raises(typer.Exit):
+            run_db(migrate.current_revision_async(url), url)
+        for thread in set(threading.enumerate()) - before:
+            thread.join(5)
+    assert dying == []

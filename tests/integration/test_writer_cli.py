@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.cli_run import one_line_error, run_cli
+from tests.integration.cli_run import invoke, one_line_error, run_cli
 from tests.integration.writer_support import closed_turn, files_in, stored_call_count, stored_turn_ids
 from turnledger.store.engine import make_engine
 from turnledger.store.entries import make_entry
@@ -58,3 +58,14 @@ def test_replay_command_refuses_a_path_that_is_not_an_outbox(tmp_path: Path) -> 
     result = run_cli("replay", "--outbox", str(stray), "--database-url", f"sqlite+aiosqlite:///{tmp_path}/x.db")
     assert result.returncode == 2
     assert "is not an outbox segment" in one_line_error(result)
+
+
+def test_replay_to_a_sqlite_file_that_is_not_there_refuses_and_creates_nothing(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    _dead_writer_outbox(outbox, 2)
+    missing = tmp_path / "typo.db"
+    result = invoke("replay", "--outbox", str(outbox), "--database-url", f"sqlite:///{missing}")
+    assert result.exit_code == 3, result.output
+    assert f"no database at {missing}: run `turnledger migrate`" in one_line_error(result)
+    assert not missing.exists()
+    assert "gone.000001.jsonl" in files_in(outbox)  # left for a replay to the right database

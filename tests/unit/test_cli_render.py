@@ -1,16 +1,20 @@
-"""The CLI's pure pieces: money as people read it, the chart's bar arithmetic, ranges and sizes."""
+"""The CLI's pure pieces: money as people read it, report tables that never cut a figure, the chart's bar arithmetic."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
+from rich.console import Console
 
+from turnledger.cli import output
 from turnledger.cli.chart_data import DailySpend, Series, day_range
 from turnledger.cli.chart_render import _segments, parse_size, short_usd, terminal_lines
+from turnledger.cli.commands_store import _table
 from turnledger.cli.output import per_million, usd
-from turnledger.store.reports import ReportBy
+from turnledger.store.reports import ReportBy, ReportRow
 
 
 @pytest.mark.parametrize(
@@ -77,3 +81,61 @@ def test_series_beyond_the_glyphs_fold_exactly_into_other() -> None:
     lines = [line.plain for line in terminal_lines(spend, width=80)]
     assert all(len(line) <= 80 for line in lines)
     assert lines[1] == "total $5.5"
+
+
+FINE_TUNE = "ft:gpt-4o-mini-2024-07-18:acme-corp:support-bot:9abcDEF1"  # 56 characters, no space
+LONG_USER = "user-3f2c9a1e-7b4d-4e2a-9c1f-8a6b5d4e3c2b@tenant-acme-corporation.example"
+
+
+def _report_rows(names: list[str], *, every_kind: bool) -> list[ReportRow]:
+    extra = {"cached_tokens": 55_555_555, "cache_creation_tokens": 4_444_444, "reasoning_tokens": 3_333_333}
+    return [
+        ReportRow(
+            key=name,
+            calls=1_234_567 + i,
+            prompt_tokens=987_654_321 + i,
+            completion_tokens=123_456_789 + i,
+            total_tokens=1_111_111_110 + 2 * i,
+            cost_usd=Decimal("1234.567890123456") + i,
+            unpriced_calls=12 + i,
+            **(extra if every_kind else {}),
+        )
+        for i, name in enumerate(names)
+    ]
+
+
+def _printed_table(
+    monkeypatch: pytest.MonkeyPatch, rows: list[ReportRow], by: ReportBy, *, width: int, terminal: bool
+) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=terminal, color_system=None, legacy_windows=False)
+    monkeypatch.setattr(output, "console", console)
+    _table(by, rows)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "piped"])
+@pytest.mark.parametrize("width", [80, 40])
+@pytest.mark.parametrize(("by", "name"), [(ReportBy.MODEL, FINE_TUNE), (ReportBy.USER, LONG_USER)])
+def test_report_table_never_cuts_a_figure_at_any_width(
+    monkeypatch: pytest.MonkeyPatch, by: ReportBy, name: str, width: int, terminal: bool
+) -> None:
+    rows = _report_rows([name, "gpt-4o"], every_kind=True)
+    text = _printed_table(monkeypatch, rows, by, width=width, terminal=terminal)
+    for row in rows:
+        figures = [row.calls, row.prompt_tokens, row.completion_tokens, row.total_tokens, row.cached_tokens]
+        figures += [row.cache_creation_tokens, row.reasoning_tokens]
+        for figure in [*(f"{n:,}" for n in figures), usd(row.cost_usd), f" {row.unpriced_calls}"]:
+            assert figure in text, (figure, text)
+    for header in ("cost", "(USD)", "unpriced", "completion", "reasoning"):
+        assert header in text, (header, text)
+    if not terminal:  # piped: at its natural width, one line per row, for grep and files
+        assert any(line.startswith(name) for line in text.splitlines()), text
+
+
+def test_report_table_folds_a_long_name_to_fit_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = ReportRow(FINE_TUNE, 31, 25_635, 4_239, 29_874, cost_usd=Decimal("0.00638865"), unpriced_calls=1)
+    text = _printed_table(monkeypatch, [row], ReportBy.MODEL, width=80, terminal=True)
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert all(figure in text for figure in ("25,635", "4,239", "29,874", "$0.00638865", "unpriced")), text
+    assert FINE_TUNE not in text and FINE_TUNE[:12] in text  # folded, not dropped

@@ -82,6 +82,12 @@ def parse_when(value: str | None, *, now: datetime | None = None, option: str = 
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def require_order(start: datetime | None, end: datetime | None) -> None:
+    """Exit 2 for an empty or inverted ``--since``/``--until`` range: its answer could only read as "no usage"."""
+    if start is not None and end is not None and end <= start:
+        fail(f"--until ({end:%Y-%m-%d %H:%M}) must be after --since ({start:%Y-%m-%d %H:%M})", EXIT_BAD_INPUT)
+
+
 def is_terminal() -> bool:
     """Progress bars only when a person is watching."""
     return sys.stderr.isatty()

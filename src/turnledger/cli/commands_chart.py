@@ -19,6 +19,7 @@ from turnledger.cli.app import (
     fail,
     is_terminal,
     parse_when,
+    require_order,
 )
 from turnledger.cli.db import refuse_missing_sqlite_file, run_db
 from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
@@ -69,8 +70,7 @@ def chart(
     now = datetime.now(UTC)
     start = parse_when(since, now=now, option="--since") or now - timedelta(days=30)
     end = parse_when(until, now=now, option="--until") or now
-    if end <= start:
-        fail(f"--until ({end:%Y-%m-%d %H:%M}) must be after --since ({start:%Y-%m-%d %H:%M})", EXIT_BAD_INPUT)
+    require_order(start, end)
     pixels = parse_size(size)
     if pixels is None:
         fail(f"--size: {size!r} is not WIDTHxHEIGHT in pixels, e.g. 1200x600", EXIT_BAD_INPUT)

@@ -20,6 +20,7 @@ from turnledger.cli.app import (
     console,
     fail,
     parse_when,
+    require_order,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
     """Run ``fn(ledger)`` on a fresh engine and map every failure to a one-line error and an exit code."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from turnledger.cli.db import refuse_missing_sqlite_directory, settled
     from turnledger.credits import CreditLedger
     from turnledger.errors import ConfigurationError, CreditError, SchemaMissingError, StorageError
     from turnledger.store.engine import make_engine
@@ -61,6 +63,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
         engine = make_engine(database_url)
     except ConfigurationError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    refuse_missing_sqlite_directory(database_url)
 
     async def go() -> T:
         try:
@@ -69,7 +72,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
             await engine.dispose()
 
     try:
-        return asyncio.run(go())
+        return asyncio.run(settled(go()))
     except SchemaMissingError as exc:
         fail(str(exc), EXIT_SCHEMA_MISSING)
     except (ValueError, TypeError) as exc:
@@ -175,6 +178,7 @@ def history(
     """Show an account's journal, oldest first."""
     start = parse_when(since, option="--since")
     end = parse_when(until, option="--until")
+    require_order(start, end)
     entries = _run(lambda ledger: ledger.history(account, since=start, until=end, limit=limit), database_url)
     if as_json:
         _print_json([_entry_json(e) for e in entries])

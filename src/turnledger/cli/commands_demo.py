@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from turnledger.cli.app import DatabaseUrlOption, app, console
-from turnledger.cli.db import run_db, shown_url
+from turnledger.cli.db import refuse_missing_sqlite_directory, run_db, shown_url
 from turnledger.cli.output import OutputFormat, emit, usd
 from turnledger.money import sum_costs
 from turnledger.records import CallStatus, CostSource, TokenCallRecord
@@ -61,6 +61,7 @@ def demo(
     provider on 127.0.0.1. The turns: a chat with tool use, a streamed answer, an embedding batch,
     a model nobody has a price for, and a stream the caller breaks off.
     """
+    refuse_missing_sqlite_directory(database_url)
     run_db(_demo(database_url, quiet=quiet, history_days=history_days), database_url)
 
 

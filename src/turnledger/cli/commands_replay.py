@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from turnledger.cli.app import EXIT_BAD_INPUT, DatabaseUrlOption, app, console, err_console, fail, is_terminal
-from turnledger.cli.db import run_db
+from turnledger.cli.db import refuse_missing_sqlite_file, run_db
 
 if TYPE_CHECKING:
     from turnledger.store.replay import ProgressFn, ReplayReport
@@ -52,6 +52,8 @@ def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) 
         files, directory = None, target
     else:
         fail(f"--outbox: {target} does not exist", EXIT_BAD_INPUT)
+    # Before looking for work: a mistyped URL is reported today, not on the day something is waiting.
+    refuse_missing_sqlite_file(database_url)
     candidates = files if files is not None else pending_segments(directory)
     if not candidates:
         console.print(f"nothing to replay in {directory}", highlight=False)

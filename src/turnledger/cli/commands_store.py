@@ -17,8 +17,9 @@ from turnledger.cli.app import (
     fail,
     is_terminal,
     parse_when,
+    require_order,
 )
-from turnledger.cli.db import refuse_missing_sqlite_file, run_db, shown_url
+from turnledger.cli.db import refuse_missing_sqlite_directory, refuse_missing_sqlite_file, run_db, shown_url
 from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
 from turnledger.errors import ConfigurationError
 from turnledger.store import migrate as migrations
@@ -51,6 +52,7 @@ def migrate_command(
 ) -> None:
     """Create turnledger's tables, or upgrade them to this version's schema."""
     url = _resolve(database_url)
+    refuse_missing_sqlite_directory(url)
     run_db(migrations.upgrade_async(url, revision), url)
     current = run_db(migrations.current_revision_async(url), url)
     console.print(f"{shown_url(url)} is at revision {current}", highlight=False)
@@ -85,6 +87,7 @@ def report_command(
     fmt = as_format(output_format)
     start = parse_when(since, option="--since")
     end = parse_when(until, option="--until")
+    require_order(start, end)
     url = _resolve(database_url)
     refuse_missing_sqlite_file(url)
     # One query, so no measurable progress: a spinner on a terminal, nothing when piped.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,13 +45,32 @@ def shown_url(url: str | URL | None) -> str:
 
 def refuse_missing_sqlite_file(url: str | URL | None) -> None:
     """Exit 3 for a SQLite file that does not exist, rather than create an empty one to read from."""
+    database = _sqlite_file(url)
+    if database is not None and not Path(database).exists():
+        fail(f"no database at {database}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
+
+
+def refuse_missing_sqlite_directory(url: str | URL | None) -> None:
+    """Exit 2 for a SQLite file in a directory that does not exist, for a command that would create the file.
+
+    SQLite creates the file, never its directory; and a failed open ends in aiosqlite's worker thread
+    printing a traceback of its own.
+    """
+    database = _sqlite_file(url)
+    if database is not None and not (directory := Path(database).parent).is_dir():
+        fail(f"no directory {str(directory)!r} for the SQLite database {database!r}", EXIT_BAD_INPUT)
+
+
+def _sqlite_file(url: str | URL | None) -> str | None:
+    """The file a SQLite URL names; ``None`` for another database, an in-memory one, or a URL run_db reports."""
     try:
         parsed = url if isinstance(url, URL) else make_url(database_url(url))
     except ArgumentError:
-        return  # run_db reports the URL itself
+        return None
     database = parsed.database
-    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:" and not Path(database).exists():
-        fail(f"no database at {database}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return database
 
 
 def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | None:
@@ -89,12 +110,36 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
 def run_db(coro: Coroutine[Any, Any, T], url: str | URL | None) -> T:
     """``asyncio.run(coro)``, turning a user-fixable database error into a one-line message and exit code."""
     try:
-        return asyncio.run(coro)
+        return asyncio.run(settled(coro))
     except Exception as exc:
         described = describe(exc, url)
         if described is None:
             raise
         fail(*described)
+
+
+async def settled(coro: Coroutine[Any, Any, T]) -> T:
+    """``await coro``; when it fails, first let a SQLite connection that could not open finish stopping.
+
+    aiosqlite (0.22) stops such a connection without waiting for its worker thread. If the loop is
+    closed by the time the thread reports back, the thread dies with a 20-line "Event loop is closed"
+    traceback printed after the command's one-line error.
+    """
+    before = set(threading.enumerate())
+    try:
+        return await coro
+    except Exception:  # a Ctrl-C is not kept waiting
+        stopping = [t for t in threading.enumerate() if t not in before and t.name.endswith(_AIOSQLITE_WORKER)]
+        deadline = time.monotonic() + SQLITE_STOP_WAIT_S
+        for thread in stopping:  # joined off the loop, which must keep running to take their reports
+            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+        raise
+
+
+SQLITE_STOP_WAIT_S = 1.0
+"""The longest a failed command waits for those threads (they need microseconds)."""
+
+_AIOSQLITE_WORKER = "(_connection_worker_thread)"  # how Python names a thread after its target
 
 
 def _first_line(text: str) -> str:
@@ -103,4 +148,12 @@ def _first_line(text: str) -> str:
     return re.sub(r"\s*\(Background on this error.*$", "", line).strip()
 
 
-__all__ = ["MIGRATE_HINT", "describe", "refuse_missing_sqlite_file", "run_db", "shown_url"]
+__all__ = [
+    "MIGRATE_HINT",
+    "describe",
+    "refuse_missing_sqlite_directory",
+    "refuse_missing_sqlite_file",
+    "run_db",
+    "settled",
+    "shown_url",
+]

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -101,26 +103,60 @@ def emit(
         title_justify="left",
         header_style="bold",
         box=box.SIMPLE_HEAD,
+        show_edge=False,
         pad_edge=False,
         collapse_padding=True,
     )
     render = cell or default_cell
     cells = [[render(key, row.get(key)) for key, _ in columns] for row in rows]
+    give = 0  # how much narrower the text columns may fold, at most
     for i, (key, header) in enumerate(columns):
         numeric = key.endswith(("tokens", "calls", "cost", "cost_usd", "_per_token")) or key == "calls"
-        # Figures and the row's name never wrap or truncate (an elided cost is a wrong cost); other
-        # text wraps between words, never inside one.
-        words = [w for text in [header, *(c[i] for c in cells)] for w in Text.from_markup(text).plain.split()]
-        table.add_column(
-            # A figure's header breaks between words so the column is only as wide as its figures.
-            header.replace(" ", "\n") if numeric and "\n" not in header else header,
-            justify="right" if numeric else "left",
-            no_wrap=numeric or i == 0,
-            min_width=max((len(w) for w in words), default=1),
-        )
+        texts = [Text.from_markup(text).plain for text in [header, *(c[i] for c in cells)]]
+        if numeric:
+            # A figure never wraps or shrinks (an elided cost is a wrong cost); its header breaks
+            # between words so the column is only as wide as its figures.
+            table.add_column(
+                header.replace(" ", "\n") if "\n" not in header else header,
+                justify="right",
+                no_wrap=True,
+                min_width=max((len(w) for t in texts for w in t.split()), default=1),
+            )
+        else:
+            # Text, the row's name too, wraps between words and folds a word longer than its column.
+            table.add_column(header, overflow="fold")
+            widest = max((len(line) for t in texts for line in t.splitlines()), default=0)
+            give += max(0, widest - TEXT_MIN_WIDTH)
     for row_cells in cells:
         table.add_row(*row_cells)
-    console.print(table)
+    console.print(_AtWidth(table, _table_width(table, give)), crop=False)
+
+
+TEXT_MIN_WIDTH = 12
+"""A text column (a model name, a user id) folds down to this many characters, no fewer."""
+
+_UNBOUNDED = 10_000
+
+
+def _table_width(table: Table, give: int) -> int:
+    natural = Measurement.get(console, console.options.update_width(_UNBOUNDED), table).maximum
+    if not console.is_terminal:
+        # Piped or redirected: nothing to fit, and a file or grep needs every row on one line.
+        return natural
+    # The terminal's width if the text columns can fold into it; wider still rather than cut a
+    # figure (the terminal then wraps the long lines, every digit intact).
+    return max(min(console.width, natural), natural - give)
+
+
+class _AtWidth:
+    """Renders ``renderable`` at exactly ``width`` columns, even wider than the console."""
+
+    def __init__(self, renderable: Table, width: int) -> None:
+        self.renderable = renderable
+        self.width = width
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from console.render(self.renderable, options.update_width(self.width))
 
 
 def default_cell(key: str, value: Any) -> str:
