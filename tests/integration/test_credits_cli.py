@@ -150,10 +150,18 @@ def test_errors_are_one_line_with_the_documented_exit_codes(database_url: str, t
     assert bad_since.exit_code == 2
     assert "--since" in one_line_error(bad_since)
 
+    (tmp_path / "empty.db").touch()
     empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-    missing = invoke("credits", "balance", "acct-1", "--database-url", empty)
-    assert missing.exit_code == 3
-    assert one_line_error(missing) == "error: the credit tables do not exist: run `turnledger migrate`"
+    no_tables = invoke("credits", "balance", "acct-1", "--database-url", empty)
+    assert no_tables.exit_code == 3
+    assert one_line_error(no_tables) == "error: the credit tables do not exist: run `turnledger migrate`"
+
+    # A mistyped path is refused, and no empty database is left behind for later commands to trip on.
+    absent = tmp_path / "typo.db"
+    no_file = invoke("credits", "balance", "acct-1", "--database-url", f"sqlite+aiosqlite:///{absent}")
+    assert no_file.exit_code == 3
+    assert one_line_error(no_file).startswith(f"error: no database at {absent}")
+    assert not absent.exists()
 
     bad_url = invoke("credits", "verify", "--database-url", "mysql://db/x")
     assert bad_url.exit_code == 2

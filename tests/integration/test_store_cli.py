@@ -155,7 +155,7 @@ def test_unreachable_database_exits_1_with_one_line() -> None:
     [
         (["migrate"], 2, "no directory"),
         (["demo"], 2, "no directory"),
-        (["credits", "balance", "acct-1"], 2, "no directory"),
+        (["credits", "balance", "acct-1"], 3, "no database at"),
         (["replay", "--outbox", "."], 3, "no database at"),
         (["report"], 3, "no database at"),
     ],

@@ -54,7 +54,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
     """Run ``fn(ledger)`` on a fresh engine and map every failure to a one-line error and an exit code."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from turnledger.cli.db import refuse_missing_sqlite_directory, settled
+    from turnledger.cli.db import refuse_missing_sqlite_file, settled
     from turnledger.credits import CreditLedger
     from turnledger.errors import ConfigurationError, CreditError, SchemaMissingError, StorageError
     from turnledger.store.engine import make_engine
@@ -63,7 +63,8 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
         engine = make_engine(database_url)
     except ConfigurationError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
-    refuse_missing_sqlite_directory(database_url)
+    # No credits command creates the tables (migrate does): a mistyped SQLite path must not leave an empty file.
+    refuse_missing_sqlite_file(database_url)
 
     async def go() -> T:
         try:
