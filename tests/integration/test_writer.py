@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.integration.writer_support import (
     files_in,
     line_count,
     orphan_calls,
+    record_syncs_and_deletes,
     stored_call_count,
     stored_cost,
     stored_rows,
@@ -146,19 +146,7 @@ async def test_replay_syncs_the_lines_it_sets_aside_before_it_deletes_the_segmen
     journal.close()
     segment = tmp_path / "dead-writer.000001.jsonl"
     # What reached the disk, in order: a synced file or directory (by its path), a deleted segment.
-    steps: list[tuple[str, str]] = []
-    real_fsync, real_unlink = os.fsync, Path.unlink
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-
-    def unlink(self: Path, missing_ok: bool = False) -> None:
-        steps.append(("unlink", str(self)))
-        real_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(Path, "unlink", unlink)
+    steps = record_syncs_and_deletes(monkeypatch)
     report = await replay_outbox(engine, tmp_path)
     assert (report.inserted, len(report.bad_lines)) == (1, 1)
     deleted = steps.index(("unlink", str(segment)))

@@ -7,14 +7,13 @@ the test names: deterministic, where a proxy cut would land wherever the timing 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.writer_support import closed_turn, poison_rows, stored_turn_ids
+from tests.integration.writer_support import closed_turn, poison_rows, record_syncs_and_deletes, stored_turn_ids
 from turnledger.store.entries import Entry, WriteFn, make_entry, transaction_writer
 from turnledger.store.outbox import CorruptLine, OutboxJournal, decode_line, encode_entry
 from turnledger.store.record import turn_rows
@@ -269,19 +268,7 @@ async def test_a_replay_run_again_after_the_link_dropped_sets_nothing_aside_twic
 
     # The next run: what the first one set aside is skipped, not set aside or counted again, and the
     # file it relies on is synced before the segment, the lines' other copy, is deleted.
-    steps: list[tuple[str, str]] = []
-    real_fsync, real_unlink = os.fsync, Path.unlink
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-
-    def unlink(self: Path, missing_ok: bool = False) -> None:
-        steps.append(("unlink", str(self)))
-        real_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(Path, "unlink", unlink)
+    steps = record_syncs_and_deletes(monkeypatch)
     report = await replay_outbox(engine, tmp_path, batch_size=2)
     assert (report.entries, report.inserted, report.rejected, report.bad_lines) == (3, 2, 0, [])
     assert report.set_aside_before == 2

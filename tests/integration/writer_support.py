@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import RowMapping, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -106,3 +108,22 @@ async def stored_rows(engine: AsyncEngine, turn_id: str) -> tuple[dict[str, Any]
     details = [{k: v for k, v in d.items() if k != "call_id"} for d in usage["call_details"]]
     clean_usage = {k: v for k, v in usage.items() if k not in _VARYING} | {"call_details": details}
     return clean_usage, [{k: v for k, v in c.items() if k not in _VARYING} for c in calls]
+
+
+def record_syncs_and_deletes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What reaches the disk from now on, in order: ``("fsync", path)`` for a synced file or directory,
+    ``("unlink", path)`` for a deleted file (a durability test checks one comes before the other)."""
+    steps: list[tuple[str, str]] = []
+    real_fsync, real_unlink = os.fsync, Path.unlink
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        steps.append(("unlink", str(self)))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    return steps
