@@ -7,6 +7,8 @@ the test names: deterministic, where a proxy cut would land wherever the timing 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -196,6 +198,35 @@ async def test_a_poison_turn_refused_before_the_link_drops_is_set_aside_and_coun
     # and writes p3.
     assert stats["replayed"] == 3
     assert _set_aside(tmp_path) == {f"{writer.writer_id}.rejected": ["poison"]}
+    assert pending_segments(tmp_path) == []
+
+
+async def test_a_poison_turn_whose_set_aside_failed_to_sync_is_set_aside_again_by_the_replay(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed fsync may leave the bytes in the page cache, marked clean, gone after a reboot: they are
+    cut off, so the segment's replay does not take them for set aside and delete the only other copy."""
+    real_fsync = os.fsync
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def fsync(fd: int) -> None:
+        if failures and os.readlink(f"/proc/self/fd/{fd}").endswith(".rejected"):
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    writer = BatchWriter(
+        engine, outbox_dir=tmp_path, batch_size=4, flush_interval=0.05, retry_initial=0.01, retry_max=0.05
+    )
+    rows = [turn_rows(closed_turn("g1"), usage_type="chat"), poison_rows(engine)]
+    async with writer:
+        await asyncio.gather(*(writer.submit_rows(r) for r in rows))
+        await writer.flush(timeout=30)
+        stats = dict(writer.stats)
+    assert failures == []
+    assert await stored_turn_ids(engine) == {"g1": 1}
+    assert stats["rejected"] == 1
+    assert [turn for lines in _set_aside(tmp_path).values() for turn in lines] == ["poison"]
     assert pending_segments(tmp_path) == []
 
 

@@ -206,12 +206,30 @@ class OutboxJournal:
             self._start_segment()
         assert self._fh is not None
         data = b"".join(lines)
-        self._fh.write(data)
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(data)
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+        except BaseException:
+            self._abandon_failed_append()
+            raise
         self._size += len(data)
         return self._seq
+
+    def _abandon_failed_append(self) -> None:
+        """After a failed append, cut its bytes off the segment and start the next append in a new one.
+
+        A torn tail left in place would glue the next (acknowledged) entry onto it: one undecodable line,
+        both lost. The failed entries are the caller's to keep (it was told they are not durable).
+        """
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            fh.close()  # may flush what the failed write left buffered: cut off below with the rest
+        with contextlib.suppress(OSError):
+            os.truncate(self.segment_path(self._seq), self._size)
 
     def rotate(self) -> None:
         """Close the current segment; the next append starts a new one."""

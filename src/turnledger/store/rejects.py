@@ -11,6 +11,7 @@ tables) is about the database, not the rows: it propagates and the batch is retr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -96,10 +97,20 @@ def append_durably(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` and sync it and its directory: the caller forgets, or deletes, the
     only other copy next. The directory every time: whoever created the file may have died before
     syncing it."""
-    with open(path, "ab") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    # Unbuffered: no bytes of a failed append may linger in a buffer and be written on close.
+    with open(path, "ab", buffering=0) as fh:
+        start = os.fstat(fh.fileno()).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[fh.write(view) or 0 :]
+            os.fsync(fh.fileno())
+        except BaseException:
+            # Bytes whose write or fsync failed may sit in the page cache (marked clean by a failed
+            # fsync) and be gone after a reboot: cut them off, so no later replay reads them as set aside.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), start)
+            raise
     fsync_dir(path.parent)
 
 

@@ -333,6 +333,8 @@ class BatchWriter:
                         self._keep_unjournaled(t)
                     if not t.done.done():
                         t.done.set_exception(exc)
+                if before and self.journal.active_seq != before:
+                    self._maybe_discard(before)  # the failed append closed it (see OutboxJournal.append)
                 self._wake_writer.set()
                 continue
             finally:

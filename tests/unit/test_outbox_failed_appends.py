@@ -1,0 +1,112 @@
+"""An append to the outbox or to a ``.rejected`` file that fails leaves none of its bytes behind.
+
+A torn tail left in a segment glued the next, acknowledged, entry onto it (one undecodable line: both
+lost); bytes whose fsync failed, left in a ``.rejected`` file, were later trusted as set aside while the
+segment holding their only durable copy was deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.writer_support import closed_turn
+from turnledger.store.entries import make_entry
+from turnledger.store.lines import encode_line, unpack_entry
+from turnledger.store.outbox import BadLine, OutboxJournal, read_segment
+from turnledger.store.record import turn_rows
+from turnledger.store.rejects import append_durably
+
+
+def _line(turn_id: str) -> bytes:
+    return encode_line(make_entry(turn_rows(closed_turn(turn_id), usage_type="chat")))
+
+
+class _HalfThenNoSpace:
+    """A segment file whose next write gets half its bytes out, then fails as a full disk does."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.armed = True
+
+    def write(self, data: bytes) -> int:
+        if self.armed:
+            self.armed = False
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return int(self.fh.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fh, name)
+
+
+def _turn_ids(directory: Path) -> tuple[list[str], list[BadLine]]:
+    ids: list[str] = []
+    bad: list[BadLine] = []
+    for path in sorted(directory.glob("w.*.jsonl")):
+        for item in read_segment(path):
+            if isinstance(item, BadLine):
+                bad.append(item)
+            else:
+                entry = unpack_entry(item)
+                assert entry is not None
+                ids.append(entry["turn_id"])
+    return ids, bad
+
+
+def test_a_torn_append_is_cut_off_and_the_next_acknowledged_entry_reads_back(tmp_path: Path) -> None:
+    journal = OutboxJournal(tmp_path, writer_id="w")
+    journal.open()
+    journal.append([_line("first")])
+    journal._fh = _HalfThenNoSpace(journal._fh)  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space"):
+        journal.append([_line("torn")])  # the writer keeps this turn in memory: it was told so
+    journal.append([_line("acknowledged")])
+    journal.close()
+    ids, bad = _turn_ids(tmp_path)
+    assert (ids, bad) == (["first", "acknowledged"], [])
+
+
+def test_an_append_whose_fsync_fails_leaves_no_bytes_in_its_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = OutboxJournal(tmp_path, writer_id="w")
+    journal.open()
+    seq = journal.append([_line("first")])
+    size = journal.segment_path(seq).stat().st_size
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        journal.append([_line("unsynced")])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert journal.segment_path(seq).stat().st_size == size
+    assert journal.active_seq == 0  # the next append starts a new segment
+    journal.append([_line("next")])
+    journal.close()
+    assert _turn_ids(tmp_path) == (["first", "next"], [])
+
+
+def test_a_set_aside_whose_fsync_fails_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.rejected"
+    append_durably(path, b"earlier\n")
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        append_durably(path, b"refused turn\n")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == b"earlier\n"
