@@ -110,3 +110,29 @@ def test_a_set_aside_whose_fsync_fails_leaves_the_file_as_it_was(
         append_durably(path, b"refused turn\n")
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert path.read_bytes() == b"earlier\n"
+
+
+def test_a_set_aside_after_a_torn_tail_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "w.rejected"
+    path.write_bytes(b"earlier\ntorn, no newline")  # a crash mid-append, or a failed one not cut off
+    append_durably(path, b"refused turn\n")
+    assert path.read_bytes().splitlines() == [b"earlier", b"torn, no newline", b"refused turn"]
+
+
+def test_a_failed_set_aside_that_cannot_be_cut_off_is_moved_out_of_the_replays_sight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.rejected"
+    append_durably(path, b"earlier\n")
+
+    def failing(*args: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    monkeypatch.setattr(os, "ftruncate", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        append_durably(path, b"refused turn\n")
+    # A replay would take what <writer>.rejected holds for safely set aside: this file is no longer it.
+    assert not path.exists()
+    [kept] = tmp_path.glob("w.rejected.unsynced-*")
+    assert kept.read_bytes() == b"earlier\nrefused turn\n"

@@ -11,9 +11,9 @@ tables) is about the database, not the rows: it propagates and the batch is retr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,10 +97,15 @@ def append_durably(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` and sync it and its directory: the caller forgets, or deletes, the
     only other copy next. The directory every time: whoever created the file may have died before
     syncing it."""
-    # Unbuffered: no bytes of a failed append may linger in a buffer and be written on close.
-    with open(path, "ab", buffering=0) as fh:
+    # Unbuffered: no bytes of a failed append may linger in a buffer and be written on close. Read too:
+    # the last byte tells whether an earlier append was torn.
+    with open(path, "a+b", buffering=0) as fh:
         start = os.fstat(fh.fileno()).st_size
         try:
+            if data and start and os.pread(fh.fileno(), 1, start - 1) != b"\n":
+                # A torn tail (a crash mid-append, or a failed one that could not be cut off) stays a bad
+                # line of its own rather than swallow these entries.
+                data = b"\n" + data
             view = memoryview(data)
             while view:
                 view = view[fh.write(view) or 0 :]
@@ -108,10 +113,24 @@ def append_durably(path: Path, data: bytes) -> None:
         except BaseException:
             # Bytes whose write or fsync failed may sit in the page cache (marked clean by a failed
             # fsync) and be gone after a reboot: cut them off, so no later replay reads them as set aside.
-            with contextlib.suppress(OSError):
+            try:
                 os.ftruncate(fh.fileno(), start)
+            except OSError:
+                _move_aside(path)
             raise
     fsync_dir(path.parent)
+
+
+def _move_aside(path: Path) -> None:
+    """A set-aside file holding bytes that could not be synced nor cut off: out of the replays' sight
+    (they would take its entries for safely set aside), kept for a person, never deleted."""
+    target = path.with_name(f"{path.name}.unsynced-{time.time_ns()}")
+    try:
+        os.replace(path, target)
+    except OSError:
+        logger.error("turnledger: %s holds entries that may not be on disk, and could not be moved aside", path)
+        return
+    logger.error("turnledger: %s holds entries that may not be on disk; moved aside to %s", path, target.name)
 
 
 def set_aside(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
