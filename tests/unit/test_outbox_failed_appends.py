@@ -136,3 +136,31 @@ def test_a_failed_set_aside_that_cannot_be_cut_off_is_moved_out_of_the_replays_s
     assert not path.exists()
     [kept] = tmp_path.glob("w.rejected.unsynced-*")
     assert kept.read_bytes() == b"earlier\nrefused turn\n"
+
+
+def test_no_entry_goes_into_a_segment_whose_directory_entry_was_not_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turnledger.store import outbox
+
+    journal = OutboxJournal(tmp_path, writer_id="w")
+    journal.open()
+    real_fsync_dir = outbox.fsync_dir
+    synced: list[int] = []
+
+    def fsync_dir(directory: Path) -> None:
+        if not synced:
+            synced.append(0)
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync_dir(directory)
+        synced.append(1)
+
+    monkeypatch.setattr(outbox, "fsync_dir", fsync_dir)
+    with pytest.raises(OSError, match="Input/output"):
+        journal.append([_line("unsynced directory")])  # the writer keeps it in memory: it was told so
+    assert (journal.active_seq, list(tmp_path.glob("w.*.jsonl"))) == (0, [])
+    seq = journal.append([_line("next")])
+    assert synced == [0, 1]  # the segment "next" went into had its directory entry synced first
+    journal.close()
+    assert _turn_ids(tmp_path) == (["next"], [])
+    assert seq == 2

@@ -240,10 +240,20 @@ class OutboxJournal:
     def _start_segment(self) -> None:
         self.rotate()
         self._seq += 1
-        self._fh = open(self.segment_path(self._seq), "ab")  # noqa: SIM115  appended to until rotated
-        self._size = 0
+        path = self.segment_path(self._seq)
+        fh = open(path, "ab")  # noqa: SIM115  appended to until rotated
         if self.fsync:
-            fsync_dir(self.directory)
+            try:
+                fsync_dir(self.directory)
+            except BaseException:
+                # Until its directory is synced the file may vanish in a crash with every entry in it:
+                # no entry goes in. The next append starts another segment, and syncs again.
+                fh.close()
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
+        self._fh = fh
+        self._size = 0
 
     def discard(self, seq: int) -> None:
         """Delete a closed segment whose every entry is known to be in the database."""
