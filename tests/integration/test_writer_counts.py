@@ -109,21 +109,29 @@ async def test_replaying_its_own_outbox_counts_the_chunks_written_before_a_failu
     assert pending_segments(tmp_path) == []
 
 
-async def test_a_batch_split_around_a_poison_turn_counts_the_half_written_before_a_failure(
-    engine: AsyncEngine, tmp_path: Path
-) -> None:
+async def _poison_batch_with_a_dropped_link(
+    engine: AsyncEngine, tmp_path: Path, *, drop_on_write: int
+) -> tuple[BatchWriter, dict[str, int]]:
+    """One batch [p0, p1, poison, p3] through a writer whose ``drop_on_write``-th write loses the link."""
     writer = BatchWriter(
         engine, outbox_dir=tmp_path, batch_size=4, flush_interval=0.05, retry_initial=0.01, retry_max=0.05
     )
-    # The batch is refused for the poison turn and halved: its first half is written, the link drops
-    # on the second half. The retry (a replay of the outbox) finds the first half stored.
-    writer._write_fresh = _DroppedLink(writer._write_fresh, {3})
+    writer._write_fresh = _DroppedLink(writer._write_fresh, {drop_on_write})
     rows = [turn_rows(closed_turn(f"p{i}"), usage_type="chat") for i in (0, 1)]
     rows += [poison_rows(engine), turn_rows(closed_turn("p3"), usage_type="chat")]
     async with writer:
         await asyncio.gather(*(writer.submit_rows(r) for r in rows))
         await writer.flush(timeout=30)
         stats = dict(writer.stats)
+    return writer, stats
+
+
+async def test_a_batch_split_around_a_poison_turn_counts_the_half_written_before_a_failure(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # The batch is refused for the poison turn and halved: its first half is written, the link drops
+    # on the second half. The retry (a replay of the outbox) finds the first half stored.
+    _, stats = await _poison_batch_with_a_dropped_link(engine, tmp_path, drop_on_write=3)
     stored = await stored_turn_ids(engine)
     assert set(stored) == {"p0", "p1", "p3"}
     assert (stats["failed_batches"], stats["rejected"]) == (1, 1)
@@ -179,18 +187,9 @@ def _dead_writer_with_poison(directory: Path, engine: AsyncEngine) -> None:
 async def test_a_poison_turn_refused_before_the_link_drops_is_set_aside_and_counted_once(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    writer = BatchWriter(
-        engine, outbox_dir=tmp_path, batch_size=4, flush_interval=0.05, retry_initial=0.01, retry_max=0.05
-    )
     # Writes: [p0, p1, poison, p3] refused for its data, [p0, p1] written, [poison, p3] refused,
     # [poison] refused alone (set aside), then the link drops on [p3]: only p3 is left to the outbox.
-    writer._write_fresh = _DroppedLink(writer._write_fresh, {5})
-    rows = [turn_rows(closed_turn(f"p{i}"), usage_type="chat") for i in (0, 1)]
-    rows += [poison_rows(engine), turn_rows(closed_turn("p3"), usage_type="chat")]
-    async with writer:
-        await asyncio.gather(*(writer.submit_rows(r) for r in rows))
-        await writer.flush(timeout=30)
-        stats = dict(writer.stats)
+    writer, stats = await _poison_batch_with_a_dropped_link(engine, tmp_path, drop_on_write=5)
     assert await stored_turn_ids(engine) == {"p0": 1, "p1": 1, "p3": 1}
     assert (stats["handed_over"], stats["written"], stats["failed_batches"]) == (4, 3, 1)
     assert (stats["spilled"], stats["rejected"]) == (1, 1)
