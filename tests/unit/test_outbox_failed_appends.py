@@ -164,3 +164,33 @@ def test_no_entry_goes_into_a_segment_whose_directory_entry_was_not_synced(
     journal.close()
     assert _turn_ids(tmp_path) == (["next"], [])
     assert seq == 2
+
+
+def test_a_set_aside_to_a_file_that_takes_no_bytes_fails_instead_of_spinning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turnledger.store import rejects
+
+    class _TakesNothing:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def write(self, data: bytes) -> int:
+            return 0
+
+        def __enter__(self) -> _TakesNothing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fh, name)
+
+    path = tmp_path / "w.rejected"
+    append_durably(path, b"earlier\n")
+    real_open = open
+    monkeypatch.setattr(rejects, "open", lambda *a, **k: _TakesNothing(real_open(*a, **k)), raising=False)
+    with pytest.raises(OSError, match="no byte written"):
+        append_durably(path, b"refused turn\n")
+    assert path.read_bytes() == b"earlier\n"

@@ -11,6 +11,7 @@ tables) is about the database, not the rows: it propagates and the batch is retr
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -108,7 +109,10 @@ def append_durably(path: Path, data: bytes) -> None:
                 data = b"\n" + data
             view = memoryview(data)
             while view:
-                view = view[fh.write(view) or 0 :]
+                written = fh.write(view)
+                if not written:  # a regular file takes a byte or raises: never spin on one that does not
+                    raise OSError(errno.EIO, f"no byte written to {path}")
+                view = view[written:]
             os.fsync(fh.fileno())
         except BaseException:
             # Bytes whose write or fsync failed may sit in the page cache (marked clean by a failed
