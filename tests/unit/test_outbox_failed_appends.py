@@ -194,3 +194,24 @@ def test_a_set_aside_to_a_file_that_takes_no_bytes_fails_instead_of_spinning(
     with pytest.raises(OSError, match="no byte written"):
         append_durably(path, b"refused turn\n")
     assert path.read_bytes() == b"earlier\n"
+
+
+def test_a_segment_that_was_there_already_is_never_removed_for_a_failed_directory_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turnledger.store import outbox
+
+    earlier = OutboxJournal(tmp_path, writer_id="w")
+    earlier.open()
+    earlier.append([_line("acknowledged")])
+    earlier.close()
+
+    def failing(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    reopened = OutboxJournal(tmp_path, writer_id="w")  # a caller reusing its writer id
+    reopened.open()
+    monkeypatch.setattr(outbox, "fsync_dir", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        reopened.append([_line("next")])
+    assert _turn_ids(tmp_path) == (["acknowledged"], [])

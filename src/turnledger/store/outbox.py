@@ -241,16 +241,19 @@ class OutboxJournal:
         self.rotate()
         self._seq += 1
         path = self.segment_path(self._seq)
+        created = not path.exists()
         fh = open(path, "ab")  # noqa: SIM115  appended to until rotated
         if self.fsync:
             try:
                 fsync_dir(self.directory)
             except BaseException:
                 # Until its directory is synced the file may vanish in a crash with every entry in it:
-                # no entry goes in. The next append starts another segment, and syncs again.
+                # no entry goes in. The next append starts another segment, and syncs again. A file that
+                # was there already (a journal reopened under its old id) holds entries: it stays.
                 fh.close()
-                with contextlib.suppress(OSError):
-                    path.unlink()
+                if created:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
                 raise
         self._fh = fh
         self._size = 0

@@ -126,15 +126,20 @@ def append_durably(path: Path, data: bytes) -> None:
 
 
 def _move_aside(path: Path) -> None:
-    """A set-aside file holding bytes that could not be synced nor cut off: out of the replays' sight
-    (they would take its entries for safely set aside), kept for a person, never deleted."""
+    """A set-aside file whose last append could be neither synced nor cut off: out of the replays' sight
+    (they would take that append for safely set aside), kept for a person, never deleted. Its earlier
+    entries were synced; replays no longer see them either, so they may set those aside again."""
     target = path.with_name(f"{path.name}.unsynced-{time.time_ns()}")
     try:
         os.replace(path, target)
     except OSError:
-        logger.error("turnledger: %s holds entries that may not be on disk, and could not be moved aside", path)
+        logger.error("turnledger: the last entries appended to %s may not be on disk; it could not be moved", path)
         return
-    logger.error("turnledger: %s holds entries that may not be on disk; moved aside to %s", path, target.name)
+    logger.error(
+        "turnledger: the last entries appended to %s may not be on disk; the file is moved aside to %s (keep it)",
+        path,
+        target.name,
+    )
 
 
 def set_aside(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
