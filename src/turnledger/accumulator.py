@@ -354,7 +354,7 @@ class TurnTokenAccumulator:
                 else:
                     self._records.append(record)
                 self._pending.pop(record.call_id, None)
-                waiters = self._wake_if_idle_locked()
+                waiters = self._wake_waiters_locked()
                 subscribers = self._subscribers + global_subscribers()
         if waiters:
             _wake(waiters)
@@ -375,7 +375,7 @@ class TurnTokenAccumulator:
             self._deferred.append(event)
             full = len(self._deferred) >= MAX_DEFERRED_RECORDS
             self._pending.pop(call_id, None)
-            waiters = self._wake_if_idle_locked()
+            waiters = self._wake_waiters_locked()
         if waiters:
             _wake(waiters)
         if full:
@@ -405,12 +405,15 @@ class TurnTokenAccumulator:
                 if len(records) < len(events):
                     self._deferred[:0] = events[len(records) :]
 
-    def _wake_if_idle_locked(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
-        if self._pending:
-            return []
+    def _wake_waiters_locked(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """Wake whoever waits for the pending calls (only a closing scope does): a call just ended, so
+        the wait is over if none is left, and its deadline may be shorter if one is (the last call that
+        had its response is in: the rest get ``settle_timeout``, not ``logging_timeout``)."""
         if self._sync_waiters:
             # Condition.notify_all is Python code run on every event otherwise, mostly for nobody.
             self._idle.notify_all()
+        if not self._waiters:
+            return []
         waiters, self._waiters = self._waiters, []
         return waiters
 

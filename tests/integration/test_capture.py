@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -240,6 +241,26 @@ async def test_broken_off_stream_becomes_abandoned(
     assert RecordFlag.NO_CALLBACK in record.flags
     assert record.model == "slow-stream" and record.stream is True
     assert turn.abandoned_calls == 1
+
+
+async def test_a_call_cut_short_waits_settle_timeout_even_when_a_finished_call_is_still_being_logged(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    """At exit the last call has its response and its event is on its way: the deadline is then
+    logging_timeout. Once that event is in, the call cut short is left with settle_timeout."""
+    fake_provider.script("slow", delay_s=5)
+    fake_provider.script("gpt-4o-mini")
+    # Warm: on a cold process the first request may not even start within the 0.2 s it is given.
+    await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+    async with turnledger.scoped_turn(settle_timeout=0.3, logging_timeout=10.0) as turn:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(litellm.acompletion(model="openai/slow", messages=MESSAGES, **provider_kwargs), 0.2)
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        exit_started = time.monotonic()
+    waited = time.monotonic() - exit_started
+    assert sorted(r.status.value for r in turn.calls) == ["abandoned", "success"]
+    # The bound is the 10 s logging_timeout it must not wait for; 0.3 s is what it should.
+    assert waited < 5, waited
 
 
 class _SlowLogger(CustomLogger):
