@@ -106,7 +106,9 @@ def micros_from_usd(cost_usd: Decimal | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class TokenCallRecord:
-    """The accounting of one LiteLLM call (one attempt: a retried call yields one record per attempt)."""
+    """The accounting of one LiteLLM call: one record per LiteLLM event. A Router retry or fallback is
+    a call of its own (one record per attempt); retries inside one call (the provider client's own,
+    or ``num_retries`` on ``acompletion``) are that call's single record."""
 
     call_id: str
     """LiteLLM's ``litellm_call_id``; shared by the attempts of one retried call."""
