@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from decimal import Decimal, localcontext
 
@@ -230,7 +230,8 @@ FIGURES = ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "cache
            "reasoning_tokens", "unpriced_calls", "failed_calls", "abandoned_calls")  # fmt: skip
 
 
-def summed(rows: list[ReportRow]) -> dict[str, object]:
+def summed(rows: Sequence[ReportRow | TokenUsage]) -> dict[str, object]:
+    """The figures summed over report rows or turn rows (both carry them under the same names)."""
     out: dict[str, object] = {name: sum(getattr(r, name) for r in rows) for name in FIGURES}
     out["cost_usd"] = sum((r.cost_usd for r in rows if r.cost_usd is not None), Decimal(0))
     return out
@@ -249,9 +250,7 @@ async def test_every_breakdown_adds_up_to_the_turn_rows_with_record_token_usage_
         cached_tokens=2, reasoning_tokens=1, created_at=DAY3,
     )  # fmt: skip
     await session.commit()
-    turns = (await session.scalars(select(TokenUsage))).all()
-    expected: dict[str, object] = {name: sum(getattr(t, name) for t in turns) for name in FIGURES}
-    expected["cost_usd"] = sum((t.cost_usd for t in turns if t.cost_usd is not None), Decimal(0))
+    expected = summed((await session.scalars(select(TokenUsage))).all())
     assert expected["calls"] == 13 and expected["cost_usd"] == Decimal("0.5130655")
     for grouping in ReportBy:
         assert summed(await usage_report(session, grouping)) == expected, grouping

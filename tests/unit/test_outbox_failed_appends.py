@@ -15,11 +15,17 @@ from typing import Any
 import pytest
 
 from tests.integration.writer_support import closed_turn
+from turnledger.store import outbox, rejects
 from turnledger.store.entries import make_entry
 from turnledger.store.lines import encode_line, unpack_entry
 from turnledger.store.outbox import BadLine, OutboxJournal, read_segment
 from turnledger.store.record import turn_rows
 from turnledger.store.rejects import append_durably
+
+
+def _io_error(*args: Any) -> None:
+    """Stands in for an I/O call (fsync, ftruncate, a directory sync) that fails as a bad disk does."""
+    raise OSError(errno.EIO, "Input/output error")
 
 
 def _line(turn_id: str) -> bytes:
@@ -79,15 +85,10 @@ def test_an_append_whose_fsync_fails_leaves_no_bytes_in_its_segment(
     journal.open()
     seq = journal.append([_line("first")])
     size = journal.segment_path(seq).stat().st_size
-    real_fsync = os.fsync
-
-    def failing_fsync(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", _io_error)
     with pytest.raises(OSError, match="Input/output"):
         journal.append([_line("unsynced")])
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.undo()
     assert journal.segment_path(seq).stat().st_size == size
     assert journal.active_seq == 0  # the next append starts a new segment
     journal.append([_line("next")])
@@ -100,15 +101,10 @@ def test_a_set_aside_whose_fsync_fails_leaves_the_file_as_it_was(
 ) -> None:
     path = tmp_path / "w.rejected"
     append_durably(path, b"earlier\n")
-    real_fsync = os.fsync
-
-    def failing_fsync(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", _io_error)
     with pytest.raises(OSError, match="Input/output"):
         append_durably(path, b"refused turn\n")
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.undo()
     assert path.read_bytes() == b"earlier\n"
 
 
@@ -125,11 +121,8 @@ def test_a_failed_set_aside_that_cannot_be_cut_off_is_moved_out_of_the_replays_s
     path = tmp_path / "w.rejected"
     append_durably(path, b"earlier\n")
 
-    def failing(*args: Any) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", failing)
-    monkeypatch.setattr(os, "ftruncate", failing)
+    monkeypatch.setattr(os, "fsync", _io_error)
+    monkeypatch.setattr(os, "ftruncate", _io_error)
     with pytest.raises(OSError, match="Input/output"):
         append_durably(path, b"refused turn\n")
     # A replay would take what <writer>.rejected holds for safely set aside: this file is no longer it.
@@ -141,8 +134,6 @@ def test_a_failed_set_aside_that_cannot_be_cut_off_is_moved_out_of_the_replays_s
 def test_no_entry_goes_into_a_segment_whose_directory_entry_was_not_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from turnledger.store import outbox
-
     journal = OutboxJournal(tmp_path, writer_id="w")
     journal.open()
     real_fsync_dir = outbox.fsync_dir
@@ -151,7 +142,7 @@ def test_no_entry_goes_into_a_segment_whose_directory_entry_was_not_synced(
     def fsync_dir(directory: Path) -> None:
         if not synced:
             synced.append(0)
-            raise OSError(errno.EIO, "Input/output error")
+            _io_error()
         real_fsync_dir(directory)
         synced.append(1)
 
@@ -169,8 +160,6 @@ def test_no_entry_goes_into_a_segment_whose_directory_entry_was_not_synced(
 def test_a_set_aside_to_a_file_that_takes_no_bytes_fails_instead_of_spinning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from turnledger.store import rejects
-
     class _TakesNothing:
         def __init__(self, fh: Any) -> None:
             self.fh = fh
@@ -199,19 +188,14 @@ def test_a_set_aside_to_a_file_that_takes_no_bytes_fails_instead_of_spinning(
 def test_a_segment_that_was_there_already_is_never_removed_for_a_failed_directory_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from turnledger.store import outbox
-
     earlier = OutboxJournal(tmp_path, writer_id="w")
     earlier.open()
     earlier.append([_line("acknowledged")])
     earlier.close()
 
-    def failing(directory: Path) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
     reopened = OutboxJournal(tmp_path, writer_id="w")  # a caller reusing its writer id
     reopened.open()
-    monkeypatch.setattr(outbox, "fsync_dir", failing)
+    monkeypatch.setattr(outbox, "fsync_dir", _io_error)
     with pytest.raises(OSError, match="Input/output"):
         reopened.append([_line("next")])
     assert _turn_ids(tmp_path) == (["acknowledged"], [])
