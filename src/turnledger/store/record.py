@@ -523,6 +523,20 @@ def _fit(value: str, length: int) -> str:
     return value
 
 
+def as_stored(column: str, value: str | None) -> str | None:
+    """``value`` as the writers store it in ``token_usage.<column>`` (made storable, shortened to fit):
+    what a filter on that column must compare with."""
+    return None if value is None else _fit(value, _USAGE_LIMIT_OF[column])
+
+
+_USAGE_LIMIT_OF = dict(_USAGE_LIMITS)
+
+
+def is_storable(value: str) -> bool:
+    """Whether both databases take ``value`` as it is (no NUL, no lone surrogate), whatever its length."""
+    return not _unstorable(value)
+
+
 _RECORD_STRINGS = operator.attrgetter(
     "call_id", "model", "provider", "error_type", "provider_request_id", "model_ref", "model_id", "display_name"
 )
