@@ -51,6 +51,10 @@ class ModelPrice:
     """Image input tokens. Falls back to ``input_cost_per_token``."""
     output_cost_per_image_token: Decimal | None = None
     """Image output tokens. Falls back to ``output_cost_per_token``."""
+    input_cost_per_audio_token: Decimal | None = None
+    """Audio input tokens. Falls back to ``input_cost_per_token``."""
+    output_cost_per_audio_token: Decimal | None = None
+    """Audio output tokens. Falls back to ``output_cost_per_token``."""
     input_cost_per_image: Decimal | None = None
     """Per image sent (image edits)."""
     output_cost_per_image: Decimal | None = None
@@ -72,25 +76,31 @@ class ModelPrice:
     def cost(self, counts: TokenCounts, *, images_in: int = 0, images_out: int = 0) -> Decimal | None:
         """The exact cost of ``counts``, or ``None`` when a count that was used has no rate.
 
-        Each token is priced once: fresh input, cache reads, 5-minute and 1-hour cache writes, text
-        and image input; text output, reasoning and image output.
+        Each token is priced once: fresh input, cache reads, 5-minute and 1-hour cache writes, text,
+        image and audio input; text output, reasoning, image and audio output.
         """
         total = Decimal(0)
         image_in = min(counts.image_input_tokens, counts.fresh_prompt_tokens)
+        audio_in = min(counts.audio_input_tokens, counts.fresh_prompt_tokens - image_in)
         image_out = min(counts.image_output_tokens, max(0, counts.completion_tokens - counts.reasoning_tokens))
+        audio_out = min(
+            counts.audio_output_tokens, max(0, counts.completion_tokens - counts.reasoning_tokens - image_out)
+        )
         cache_write = _or(self.cache_creation_input_token_cost, self.input_cost_per_token)
         parts: tuple[tuple[int, Decimal | None], ...] = (
-            (counts.fresh_prompt_tokens - image_in, self.input_cost_per_token),
+            (counts.fresh_prompt_tokens - image_in - audio_in, self.input_cost_per_token),
             (image_in, _or(self.input_cost_per_image_token, self.input_cost_per_token)),
+            (audio_in, _or(self.input_cost_per_audio_token, self.input_cost_per_token)),
             (counts.cached_tokens, _or(self.cache_read_input_token_cost, self.input_cost_per_token)),
             (counts.cache_creation_5m_tokens, cache_write),
             (counts.cache_creation_1h_tokens, _or(self.cache_creation_input_token_cost_above_1hr, cache_write)),
             (
-                counts.completion_tokens - counts.reasoning_tokens - image_out,
+                counts.completion_tokens - counts.reasoning_tokens - image_out - audio_out,
                 self.output_cost_per_token,
             ),
             (counts.reasoning_tokens, _or(self.output_cost_per_reasoning_token, self.output_cost_per_token)),
             (image_out, _or(self.output_cost_per_image_token, self.output_cost_per_token)),
+            (audio_out, _or(self.output_cost_per_audio_token, self.output_cost_per_token)),
             (images_in, self.input_cost_per_image),
             (images_out, self.output_cost_per_image),
         )

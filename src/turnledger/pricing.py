@@ -371,6 +371,8 @@ def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_
         prompt_tokens=counts.prompt_tokens,
         completion_tokens=counts.completion_tokens,
         total_tokens=counts.total_tokens,
+        # Audio and image tokens have rates of their own (gpt-4o-audio-preview's audio input costs 16
+        # times its text input): left out, LiteLLM would price them as text.
         prompt_tokens_details={
             "cached_tokens": counts.cached_tokens,
             "cache_creation_tokens": counts.cache_creation_tokens,
@@ -378,8 +380,14 @@ def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_
                 "ephemeral_5m_input_tokens": counts.cache_creation_5m_tokens,
                 "ephemeral_1h_input_tokens": counts.cache_creation_1h_tokens,
             },
+            "audio_tokens": counts.audio_input_tokens,
+            "image_tokens": counts.image_input_tokens,
         },
-        completion_tokens_details={"reasoning_tokens": counts.reasoning_tokens},
+        completion_tokens_details={
+            "reasoning_tokens": counts.reasoning_tokens,
+            "audio_tokens": counts.audio_output_tokens,
+            "image_tokens": counts.image_output_tokens,
+        },
     )
     call_type = "embedding" if call_kind is CallKind.EMBEDDING else "completion"
     prompt_cost, completion_cost = litellm.cost_per_token(

@@ -52,6 +52,10 @@ class TokenCounts:
     """The image part of ``prompt_tokens``."""
     image_output_tokens: int = 0
     """The image part of ``completion_tokens``."""
+    audio_input_tokens: int = 0
+    """The audio part of ``prompt_tokens`` (billed at many times the text rate)."""
+    audio_output_tokens: int = 0
+    """The audio part of ``completion_tokens``."""
     present: bool = False
     """Whether the response carried a usage block at all."""
     inline_cost: Any = None
@@ -299,8 +303,10 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
     if completion_details:
         counts.reasoning_tokens = read_count(counts, completion_details.get("reasoning_tokens"))
         counts.image_output_tokens = read_count(counts, completion_details.get("image_tokens"))
+        counts.audio_output_tokens = read_count(counts, completion_details.get("audio_tokens"))
     if prompt_details:
         counts.image_input_tokens = read_count(counts, prompt_details.get("image_tokens"))
+        counts.audio_input_tokens = read_count(counts, prompt_details.get("audio_tokens"))
 
 
 def _read_bedrock(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
@@ -334,9 +340,13 @@ def _check_invariants(counts: TokenCounts, total: Any) -> None:
     if counts.image_input_tokens > counts.prompt_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
         counts.image_input_tokens = counts.prompt_tokens
-    if counts.reasoning_tokens + counts.image_output_tokens > counts.completion_tokens:
+    if counts.image_input_tokens + counts.audio_input_tokens > counts.prompt_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
-        counts.completion_tokens = counts.reasoning_tokens + counts.image_output_tokens
+        counts.audio_input_tokens = counts.prompt_tokens - counts.image_input_tokens
+    output_parts = counts.reasoning_tokens + counts.image_output_tokens + counts.audio_output_tokens
+    if output_parts > counts.completion_tokens:
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.completion_tokens = output_parts
     expected_total = counts.prompt_tokens + counts.completion_tokens
     if counts.total_tokens == 0 and total is None:
         counts.total_tokens = expected_total

@@ -38,6 +38,14 @@ GPT_4O = {"in": D("0.0000025"), "cached": D("0.00000125"), "out": D("0.00001")}
 BEDROCK_SONNET_35 = {"in": D("0.000003"), "read": D("0.0000003"), "write": D("0.00000375"), "out": D("0.000015")}
 GPT_4O_MINI = {"in": D("0.00000015"), "out": D("0.0000006")}
 EMBED_3_SMALL = {"in": D("0.00000002")}
+GPT_AUDIO_MINI = {"in": D("0.0000006"), "audio_in": D("0.00001"), "out": D("0.0000024"), "audio_out": D("0.00002")}
+AUDIO_USAGE = {
+    "prompt_tokens": 1000,
+    "completion_tokens": 500,
+    "total_tokens": 1500,
+    "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200, "cached_tokens": 0},
+    "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100, "reasoning_tokens": 0},
+}
 
 # The application's own prices (LiteLLM's model_cost schema), for what LiteLLM cannot price.
 USER_PRICES = {
@@ -45,6 +53,13 @@ USER_PRICES = {
         "acme-ft-base": {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"},
         "acme-free": {"input_cost_per_token": 0, "output_cost_per_token": 0},
         "dall-e-3": {"output_cost_per_image": "0.04"},
+        # gpt-audio's entry, copied from LiteLLM's map for a voice deployment LiteLLM does not know.
+        "acme-voice": {
+            "input_cost_per_token": 2.5e-06,
+            "output_cost_per_token": 1e-05,
+            "input_cost_per_audio_token": 3.2e-05,
+            "output_cost_per_audio_token": 6.4e-05,
+        },
     },
     "aliases": {"acme-ft-deployment": "acme-ft-base"},
 }
@@ -319,6 +334,30 @@ CORPUS = [
         usage={"prompt_tokens": 500, "completion_tokens": 20, "total_tokens": 520},
         cost=D(0),
         source=CostSource.PRICE_TABLE,
+    ),
+    Case(
+        "audio-deployment-priced-by-the-table-at-audio-rates",
+        "acme-voice",
+        chat("openai/acme-voice"),
+        usage=AUDIO_USAGE,
+        cost=200 * D("0.0000025") + 800 * D("0.000032") + 100 * D("0.00001") + 400 * D("0.000064"),
+        source=CostSource.PRICE_TABLE,
+        tokens={"prompt_tokens": 1000, "completion_tokens": 500},
+    ),
+    Case(
+        "audio-with-a-count-that-cannot-be-believed-priced-by-rates-at-audio-rates",
+        "gpt-audio-mini",
+        chat("openai/gpt-audio-mini"),
+        usage={**AUDIO_USAGE, "total_tokens": -1},
+        cost=(
+            200 * GPT_AUDIO_MINI["in"]
+            + 800 * GPT_AUDIO_MINI["audio_in"]
+            + 100 * GPT_AUDIO_MINI["out"]
+            + 400 * GPT_AUDIO_MINI["audio_out"]
+        ),
+        source=CostSource.COST_PER_TOKEN,
+        tokens={"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
+        flags=frozenset({RecordFlag.MALFORMED_USAGE}),
     ),
     Case(
         "malformed-usage-block",

@@ -135,6 +135,30 @@ def test_every_token_kind_is_priced_once_at_its_rate() -> None:
     assert price.cost(counts) == expected == D("0.021525")
 
 
+def test_audio_tokens_are_priced_at_their_own_rates() -> None:
+    # gpt-audio's entry as LiteLLM's map has it: a table copied from the map must bill audio as audio.
+    gpt_audio = {
+        "input_cost_per_token": 2.5e-06,
+        "output_cost_per_token": 1e-05,
+        "input_cost_per_audio_token": 3.2e-05,
+        "output_cost_per_audio_token": 6.4e-05,
+    }
+    counts = TokenCounts(
+        prompt_tokens=1300,  # 200 fresh text + 800 fresh audio + 300 read
+        cached_tokens=300,
+        audio_input_tokens=800,
+        completion_tokens=500,  # 100 text + 400 audio
+        audio_output_tokens=400,
+    )
+    expected = (
+        200 * D("0.0000025") + 800 * D("0.000032") + 300 * D("0.0000025") + 100 * D("0.00001") + 400 * D("0.000064")
+    )
+    assert ModelPrice.from_mapping("gpt-audio", gpt_audio).cost(counts) == expected == D("0.05345")
+    # Without audio rates, audio tokens cost what text tokens cost.
+    text_only = ModelPrice.from_mapping("m", {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"})
+    assert text_only.cost(counts) == 1300 * D("0.000002") + 500 * D("0.000008")
+
+
 def test_missing_rates_fall_back_to_the_base_rates() -> None:
     price = ModelPrice.from_mapping("m", {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"})
     counts = TokenCounts(

@@ -29,12 +29,14 @@ def counts_of(c: TokenCounts) -> dict[str, int]:
         "reasoning": c.reasoning_tokens,
         "image_in": c.image_input_tokens,
         "image_out": c.image_output_tokens,
+        "audio_in": c.audio_input_tokens,
+        "audio_out": c.audio_output_tokens,
     }
 
 
 def expect(**values: int) -> dict[str, int]:
     base = dict.fromkeys(("prompt", "completion", "total", "cached", "write", "write_1h", "reasoning"), 0)
-    base.update(image_in=0, image_out=0)
+    base.update(image_in=0, image_out=0, audio_in=0, audio_out=0)
     base.update(values)
     return base
 
@@ -140,6 +142,17 @@ PAYLOADS: list[tuple[str, Any, dict[str, int]]] = [
             "completion_tokens_details": {"reasoning_tokens": 0},
         },
         expect(prompt=194, completion=2, total=196),
+    ),
+    (
+        "openai-audio-in-and-out",
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 500,
+            "total_tokens": 1500,
+            "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200, "cached_tokens": 0},
+            "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100, "reasoning_tokens": 0},
+        },
+        expect(prompt=1000, completion=500, total=1500, audio_in=800, audio_out=400),
     ),
     (
         "gpt-image-1-usage",
@@ -290,6 +303,22 @@ def test_parts_exceeding_the_whole_raise_the_whole_and_are_flagged() -> None:
         }
     )
     assert (counts.cache_creation_tokens, counts.cache_creation_1h_tokens) == (40, 40)
+    assert counts.flags == [RecordFlag.MALFORMED_USAGE]
+
+
+def test_audio_parts_exceeding_the_whole_are_flagged_and_counted_once() -> None:
+    counts = normalize_usage(
+        {
+            "usage": {
+                "prompt_tokens": 100,
+                "completion_tokens": 10,
+                "prompt_tokens_details": {"image_tokens": 60, "audio_tokens": 70},
+                "completion_tokens_details": {"reasoning_tokens": 5, "audio_tokens": 20},
+            }
+        }
+    )
+    assert (counts.prompt_tokens, counts.image_input_tokens, counts.audio_input_tokens) == (100, 60, 40)
+    assert (counts.completion_tokens, counts.reasoning_tokens, counts.audio_output_tokens) == (25, 5, 20)
     assert counts.flags == [RecordFlag.MALFORMED_USAGE]
 
 
