@@ -52,7 +52,7 @@ from turnledger.accumulator import (
     response_arrived,
 )
 from turnledger.price_table import PriceTable
-from turnledger.pricing import estimate_missing_usage, price_call
+from turnledger.pricing import estimate_missing_usage, price_call, request_tools
 from turnledger.records import (
     CallKind,
     CallStatus,
@@ -541,7 +541,7 @@ class _StartedCall:
             stream=bool(get("stream")),
             started_at=_utc(get("start_time")) or datetime.now(UTC),
             started_monotonic=self._started_monotonic,
-            request={"messages": self._messages, "input": get("input")},
+            request={"messages": self._messages, "input": get("input"), "tools": request_tools(kwargs)},
             price_table=self._price_table,
             call_details=kwargs,
         )

@@ -393,15 +393,28 @@ def usage_missing(counts: TokenCounts, response_obj: Any) -> bool:
     return not counts.used_tokens and bool(response_text(response_obj))
 
 
+def _count_messages(token_counter: Any, model: str, messages: list[Any], tools: Any) -> int:
+    if isinstance(tools, Sequence) and not isinstance(tools, str | bytes) and tools:
+        try:
+            return int(
+                token_counter(model=model, messages=messages, tools=list(tools), use_default_image_token_count=True)
+            )
+        except Exception:
+            pass  # a tool definition the tokenizer cannot read: the messages are still worth counting
+    return int(token_counter(model=model, messages=messages, use_default_image_token_count=True))
+
+
 def _is_token_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def estimate_counts(
-    model: str, messages: Any = None, input_texts: Any = None, completion_text: str = ""
+    model: str, messages: Any = None, input_texts: Any = None, completion_text: str = "", tools: Any = None
 ) -> TokenCounts:
     """Counts estimated with ``litellm.token_counter`` from the request and the returned text.
 
+    ``tools``: the chat request's tool definitions, which the provider bills as input. Tools the
+    tokenizer cannot read leave the estimate to the messages alone.
     Raises whatever the tokenizer raises; callers decide what an estimate failure means.
     """
     import litellm
@@ -410,9 +423,7 @@ def estimate_counts(
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     if isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and messages:
         # use_default_image_token_count: never fetch an image URL to measure it (no network here).
-        counts.prompt_tokens = int(
-            litellm.token_counter(model=model, messages=list(messages), use_default_image_token_count=True)
-        )
+        counts.prompt_tokens = _count_messages(litellm.token_counter, model, list(messages), tools)
     elif isinstance(input_texts, str) and input_texts:
         counts.prompt_tokens = int(litellm.token_counter(model=model, text=input_texts))
     elif isinstance(input_texts, Sequence) and not isinstance(input_texts, bytes):

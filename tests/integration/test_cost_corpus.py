@@ -447,6 +447,56 @@ async def test_abandoned_stream_prompt_is_estimated(fake_provider: FakeProvider)
     assert record.cost_usd == 9 * GPT_4O_MINI["in"]
 
 
+ORDER_TOOL: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "submit_order",
+            "description": "Submit the order form with every field the customer gave",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    f"field_{i}": {"type": "string", "description": f"The {i}th field of the order form"}
+                    for i in range(30)
+                },
+            },
+        },
+    }
+]
+
+
+@pytest.mark.parametrize("abandon", [False, True], ids=["no-usage-sent", "broken-off"])
+async def test_an_estimated_prompt_counts_the_tool_definitions_it_sent(
+    fake_provider: FakeProvider, abandon: bool
+) -> None:
+    """The provider bills the tool definitions as input: about 500 tokens here, beside 9 for the question."""
+    cb = turnledger.install(turnledger.TokenTrackingCallback())
+    fake_provider.script("gpt-4o-mini", content=" ".join(["word"] * 20), chunk_delay_s=0.02 if abandon else 0.0)
+    try:
+        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+            stream = await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=MESSAGES,
+                tools=ORDER_TOOL,
+                _skip_mcp_handler=True,
+                api_base=fake_provider.base_url,
+                api_key=KEY,
+                stream=True,
+            )
+            async for _chunk in stream:
+                if abandon:
+                    break
+    finally:
+        turnledger.uninstall(cb)
+    [record] = turn.calls
+    assert record.status is (CallStatus.ABANDONED if abandon else CallStatus.SUCCESS)
+    assert record.cost_source is CostSource.ESTIMATED and record.usage_estimated is True
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES, tools=ORDER_TOOL)
+    assert prompt > 500 > litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES)
+    assert record.prompt_tokens == prompt
+    assert record.cost_usd == prompt * GPT_4O_MINI["in"] + record.completion_tokens * GPT_4O_MINI["out"]
+
+
 async def test_corpus_leaves_litellm_model_cost_untouched(fake_provider: FakeProvider) -> None:
     before = {k: dict(v) for k, v in litellm.model_cost.items() if isinstance(v, dict)}
     cb = turnledger.install(turnledger.TokenTrackingCallback(price_table=PriceTable.from_dict(USER_PRICES)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import litellm
 import pytest
 from litellm.types.utils import EmbeddingResponse, ImageResponse, ModelResponse, Usage
 
@@ -380,6 +381,25 @@ def test_estimate_counts_uses_litellm_token_counter() -> None:
     # Token ids sent as they are: one array, or one per input.
     assert estimate_counts("text-embedding-3-small", input_texts=[15339, 1917]).prompt_tokens == 2
     assert estimate_counts("text-embedding-3-small", input_texts=[[15339, 1917], [15339]]).prompt_tokens == 3
+
+
+def test_an_estimate_counts_tool_definitions_and_survives_unreadable_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = [{"role": "user", "content": "say hello"}]
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    with_tools = estimate_counts("gpt-4o-mini", messages=messages, tools=[tool])
+    assert with_tools.prompt_tokens == litellm.token_counter(model="gpt-4o-mini", messages=messages, tools=[tool])
+    assert with_tools.prompt_tokens > estimate_counts("gpt-4o-mini", messages=messages).prompt_tokens == 9
+
+    real_counter = litellm.token_counter
+
+    def refuses_tools(**kwargs: Any) -> int:
+        if kwargs.get("tools"):
+            raise ValueError("unreadable tool")
+        return int(real_counter(**kwargs))
+
+    monkeypatch.setattr(litellm, "token_counter", refuses_tools)
+    # A tool the tokenizer cannot read: the messages are still counted.
+    assert estimate_counts("gpt-4o-mini", messages=messages, tools=[tool]).prompt_tokens == 9
 
 
 def test_estimating_an_image_message_never_fetches_the_image() -> None:
