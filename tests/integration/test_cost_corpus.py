@@ -360,6 +360,18 @@ CORPUS = [
         flags=frozenset({RecordFlag.MALFORMED_USAGE}),
     ),
     Case(
+        "priority-tier-with-a-count-that-cannot-be-believed-priced-at-priority-rates",
+        "gpt-5",
+        chat("openai/gpt-5", service_tier="priority"),
+        usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": -1},
+        extra_response={"service_tier": "priority"},
+        # gpt-5 priority: 2.5/M in, 20/M out (standard: 1.25/M and 10/M).
+        cost=1000 * D("0.0000025") + 100 * D("0.00002"),
+        source=CostSource.COST_PER_TOKEN,
+        tokens={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
+        flags=frozenset({RecordFlag.MALFORMED_USAGE}),
+    ),
+    Case(
         "malformed-usage-block",
         "gpt-4o-mini",
         chat("openai/gpt-4o-mini"),
@@ -495,6 +507,34 @@ async def test_an_estimated_prompt_counts_the_tool_definitions_it_sent(
     assert prompt > 500 > litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES)
     assert record.prompt_tokens == prompt
     assert record.cost_usd == prompt * GPT_4O_MINI["in"] + record.completion_tokens * GPT_4O_MINI["out"]
+
+
+@pytest.mark.parametrize("abandon", [False, True], ids=["no-usage-sent", "broken-off"])
+async def test_an_estimated_stream_is_priced_at_the_service_tier_it_asked_for(
+    fake_provider: FakeProvider, abandon: bool
+) -> None:
+    cb = turnledger.install(turnledger.TokenTrackingCallback())
+    fake_provider.script("o3", chunk_delay_s=0.02 if abandon else 0.0)
+    try:
+        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+            stream = await litellm.acompletion(
+                model="openai/o3",
+                messages=MESSAGES,
+                service_tier="flex",
+                api_base=fake_provider.base_url,
+                api_key=KEY,
+                stream=True,
+            )
+            async for _chunk in stream:
+                if abandon:
+                    break
+    finally:
+        turnledger.uninstall(cb)
+    [record] = turn.calls
+    assert record.cost_source is CostSource.ESTIMATED
+    assert (record.prompt_tokens, record.completion_tokens) == ((9, 0) if abandon else (9, 6))
+    # o3 flex: half its standard 2/M in and 8/M out.
+    assert record.cost_usd == 9 * D("0.000001") + record.completion_tokens * D("0.000004")
 
 
 async def test_corpus_leaves_litellm_model_cost_untouched(fake_provider: FakeProvider) -> None:

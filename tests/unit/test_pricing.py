@@ -166,6 +166,35 @@ def test_cost_per_token_prices_audio_and_image_tokens_at_their_rates(
     assert (cost, source, flags) == (expected, CostSource.COST_PER_TOKEN, [])
 
 
+# gpt-5's rates by service tier (LiteLLM 1.106's map): input, cache read, output.
+GPT_5_TIERS = {
+    None: (D("0.00000125"), D("0.000000125"), D("0.00001")),
+    "flex": (D("0.000000625"), D("0.0000000625"), D("0.000005")),
+    "priority": (D("0.0000025"), D("0.00000025"), D("0.00002")),
+}
+
+
+@pytest.mark.parametrize(
+    ("served", "requested", "tier"),
+    [
+        ("priority", None, "priority"),
+        ("flex", "priority", "flex"),  # the tier that served the call is the one billed
+        (None, "flex", "flex"),
+        ("default", "flex", None),
+        (None, "auto", None),
+        (None, None, None),
+    ],
+)
+def test_cost_per_token_prices_the_service_tier_that_was_billed(
+    served: str | None, requested: str | None, tier: str | None
+) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 400}}
+    obj: dict[str, Any] = {"usage": usage} if served is None else {"usage": usage, "service_tier": served}
+    kwargs = kw("gpt-5", optional_params={} if requested is None else {"service_tier": requested})
+    fresh, read, out = GPT_5_TIERS[tier]
+    assert price(kwargs, obj) == (600 * fresh + 400 * read + 100 * out, CostSource.COST_PER_TOKEN, [])
+
+
 def test_price_table_prices_what_litellm_cannot() -> None:
     obj = response("acme-7b-chat", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
     kwargs = kw("acme/acme-7b-chat", "openai")
