@@ -53,6 +53,13 @@ USER_PRICES = {
         "acme-ft-base": {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"},
         "acme-free": {"input_cost_per_token": 0, "output_cost_per_token": 0},
         "dall-e-3": {"output_cost_per_image": "0.04"},
+        # gemini-2.5-pro's entry, copied from LiteLLM's map for a deployment LiteLLM does not know.
+        "acme-long": {
+            "input_cost_per_token": 1.25e-06,
+            "input_cost_per_token_above_200k_tokens": 2.5e-06,
+            "output_cost_per_token": 1e-05,
+            "output_cost_per_token_above_200k_tokens": 1.5e-05,
+        },
         # gpt-audio's entry, copied from LiteLLM's map for a voice deployment LiteLLM does not know.
         "acme-voice": {
             "input_cost_per_token": 2.5e-06,
@@ -333,6 +340,14 @@ CORPUS = [
         chat("openai/acme-free"),
         usage={"prompt_tokens": 500, "completion_tokens": 20, "total_tokens": 520},
         cost=D(0),
+        source=CostSource.PRICE_TABLE,
+    ),
+    Case(
+        "long-prompt-priced-by-the-table-at-its-long-context-tier",
+        "acme-long",
+        chat("openai/acme-long"),
+        usage={"prompt_tokens": 250_000, "completion_tokens": 1000, "total_tokens": 251_000},
+        cost=250_000 * D("0.0000025") + 1000 * D("0.000015"),
         source=CostSource.PRICE_TABLE,
     ),
     Case(
