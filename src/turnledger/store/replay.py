@@ -24,7 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from turnledger.store.entries import Entry, WriteFn, is_entry, transaction_writer
 from turnledger.store.lines import unpack_entry
 from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, encode_entry, read_segment
-from turnledger.store.rejects import SetAsideBefore, append_durably, rejected_path, set_aside, write_isolating
+from turnledger.store.rejects import (
+    DirectoryNotSynced,
+    SetAsideBefore,
+    append_durably,
+    rejected_path,
+    set_aside,
+    write_isolating,
+)
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -133,7 +140,11 @@ def load_segment(
         # Set aside rather than deleted: a damaged line may still be read by a person. Durably, since
         # the segment, its only other copy, is deleted once its entries are written.
         raw = (line.raw if line.raw.endswith(b"\n") else line.raw + b"\n" for line in bad)
-        append_durably(rejected_path(path), b"".join(raw))
+        try:
+            append_durably(rejected_path(path), b"".join(raw))
+        except DirectoryNotSynced:
+            report.bad_lines.extend(bad)  # set aside: the retry skips them, so counted now or never
+            raise
     report.bad_lines.extend(bad)
     return entries
 
@@ -164,7 +175,11 @@ async def replay_segment(
     done = 0
 
     def reject(refused: Sequence[Entry], exc: BaseException) -> None:
-        set_aside(rejected_path(path), refused, exc)
+        try:
+            set_aside(rejected_path(path), refused, exc)
+        except DirectoryNotSynced:
+            report.rejected += len(refused)  # set aside: the retry skips them, so counted now or never
+            raise
         report.rejected += len(refused)
 
     def inserted(count: int) -> None:
