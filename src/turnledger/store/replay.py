@@ -205,6 +205,7 @@ async def replay_segment(
 
 def _load(path: Path, report: ReplayReport, stop: threading.Event) -> tuple[list[Entry], list[bool]]:
     """The segment's entries, and for each whether an earlier pass set it aside already."""
+    _check(stop)  # cancelled before the thread even started
     before = SetAsideBefore.read(path)
     entries = load_segment(path, report, before, stop=stop)
     known = [before.has_entry(entry) for entry in entries]

@@ -187,7 +187,11 @@ class BatchWriter:
         await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
-        """Stop taking turns, write what is queued within ``timeout``, leave the rest in the outbox."""
+        """Stop taking turns, write what is queued within ``timeout``, leave the rest in the outbox.
+
+        A replay cut short by the timeout stops its thread, and is waited for (a line read, an append
+        under way), before the outbox lock is released: once this returns, the writer is done with it.
+        """
         if self._closing or not self._tasks:
             return
         self._closing = True
