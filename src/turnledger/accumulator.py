@@ -37,6 +37,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from turnledger._logging import warn_once
 from turnledger.money import micros_from_usd, split_micros, sum_costs
 from turnledger.records import CallKind, CallStatus, RecordFlag, TokenCallRecord
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
@@ -108,6 +109,9 @@ class PendingCall:
     def pending_call(self) -> PendingCall:
         return self
 
+    def abandoned(self) -> None:
+        """Nobody to tell: a bare pending call has no callback instance behind it."""
+
 
 def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bool:
     """Whether an end event is certainly coming, read from LiteLLM's call details (measured on 1.106).
@@ -137,6 +141,11 @@ class StartedCall(Protocol):
 
     def pending_call(self) -> PendingCall:
         """The call as :class:`PendingCall`; never raises (what cannot be read is left unknown)."""
+        ...
+
+    def abandoned(self) -> None:
+        """Told once, after the turn closed with the call still pending and kept its ``abandoned``
+        record (the callback instance that bound the call counts it)."""
         ...
 
 
@@ -525,6 +534,11 @@ class TurnTokenAccumulator:
         with self._lock:
             self._records.append(record)
             subscribers = self._subscribers
+        try:
+            call.abandoned()
+        except Exception:
+            # Only a count depends on it: the record is kept, and the other calls still get theirs.
+            warn_once("turn:abandoned", "turnledger could not count an abandoned call", exc_info=True)
         dispatch(record, self, subscribers + global_subscribers(), self._loop)
 
     # -- totals ----------------------------------------------------------------------------------
