@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from turnledger._logging import warn_once
+from turnledger.call_details import response_arrived
 from turnledger.money import micros_from_usd, split_micros, sum_costs
 from turnledger.records import CallKind, CallStatus, RecordFlag, TokenCallRecord
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
@@ -111,21 +112,6 @@ class PendingCall:
 
     def abandoned(self) -> None:
         """Nobody to tell: a bare pending call has no callback instance behind it."""
-
-
-def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bool:
-    """Whether an end event is certainly coming, read from LiteLLM's call details (measured on 1.106).
-
-    LiteLLM writes the provider's answer there before it returns a response. A stream gets it with
-    its first chunk, so it tells nothing; a stream read to its end gets the assembled response when
-    LiteLLM's logging of it begins, before any logger runs (a slow one ahead of turnledger delays the
-    event by its own time), and a stream broken off never gets it.
-    """
-    if call_details is None:
-        return False
-    if stream:
-        return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
-    return "original_response" in call_details
 
 
 class StartedCall(Protocol):

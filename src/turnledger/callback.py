@@ -49,8 +49,8 @@ from turnledger.accumulator import (
     TurnTokenAccumulator,
     call_bindings,
     get_current_accumulator,
-    response_arrived,
 )
+from turnledger.call_details import response_arrived
 from turnledger.price_table import PriceTable
 from turnledger.pricing import estimate_missing_usage, price_call
 from turnledger.records import (
