@@ -37,6 +37,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from turnledger._logging import warn_once
+from turnledger.call_details import response_arrived
 from turnledger.money import micros_from_usd, split_micros, sum_costs
 from turnledger.records import CallKind, CallStatus, RecordFlag, TokenCallRecord
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
@@ -108,20 +110,8 @@ class PendingCall:
     def pending_call(self) -> PendingCall:
         return self
 
-
-def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bool:
-    """Whether an end event is certainly coming, read from LiteLLM's call details (measured on 1.106).
-
-    LiteLLM writes the provider's answer there before it returns a response. A stream gets it with
-    its first chunk, so it tells nothing; a stream read to its end gets the assembled response when
-    LiteLLM's logging of it begins, before any logger runs (a slow one ahead of turnledger delays the
-    event by its own time), and a stream broken off never gets it.
-    """
-    if call_details is None:
-        return False
-    if stream:
-        return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
-    return "original_response" in call_details
+    def abandoned(self) -> None:
+        """Nobody to tell: a bare pending call has no callback instance behind it."""
 
 
 class StartedCall(Protocol):
@@ -137,6 +127,11 @@ class StartedCall(Protocol):
 
     def pending_call(self) -> PendingCall:
         """The call as :class:`PendingCall`; never raises (what cannot be read is left unknown)."""
+        ...
+
+    def abandoned(self) -> None:
+        """Told once, after the turn closed with the call still pending and kept its ``abandoned``
+        record (the callback instance that bound the call counts it)."""
         ...
 
 
@@ -525,6 +520,11 @@ class TurnTokenAccumulator:
         with self._lock:
             self._records.append(record)
             subscribers = self._subscribers
+        try:
+            call.abandoned()
+        except Exception:
+            # Only a count depends on it: the record is kept, and the other calls still get theirs.
+            warn_once("turn:abandoned", "turnledger could not count an abandoned call", exc_info=True)
         dispatch(record, self, subscribers + global_subscribers(), self._loop)
 
     # -- totals ----------------------------------------------------------------------------------
