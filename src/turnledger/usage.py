@@ -392,29 +392,37 @@ def estimate_counts(
 ) -> TokenCounts:
     """Counts estimated with ``litellm.token_counter`` from the request and the returned text.
 
-    Raises whatever the tokenizer raises; callers decide what an estimate failure means.
+    Raises whatever the tokenizer raises; callers decide what an estimate failure means. Never
+    waits for a tokenizer to be downloaded (see :mod:`turnledger.estimate_tokenizer`).
     """
     import litellm
 
+    from turnledger.estimate_tokenizer import tokenizer_for
+
+    tokenizer = tokenizer_for(model)
     counts = TokenCounts(present=False, estimated=True)
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     if isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and messages:
         # use_default_image_token_count: never fetch an image URL to measure it (no network here).
         counts.prompt_tokens = int(
-            litellm.token_counter(model=model, messages=list(messages), use_default_image_token_count=True)
+            litellm.token_counter(
+                model=model, custom_tokenizer=tokenizer, messages=list(messages), use_default_image_token_count=True
+            )
         )
     elif isinstance(input_texts, str) and input_texts:
-        counts.prompt_tokens = int(litellm.token_counter(model=model, text=input_texts))
+        counts.prompt_tokens = int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=input_texts))
     elif isinstance(input_texts, Sequence) and not isinstance(input_texts, bytes):
         # Embedding input: texts, or token ids already (one list of ints, or a list of such lists).
         if input_texts and all(_is_token_id(t) for t in input_texts):
             counts.prompt_tokens = len(input_texts)
         for item in input_texts:
             if isinstance(item, str) and item:
-                counts.prompt_tokens += int(litellm.token_counter(model=model, text=item))
+                counts.prompt_tokens += int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=item))
             elif isinstance(item, Sequence) and not isinstance(item, str | bytes) and all(map(_is_token_id, item)):
                 counts.prompt_tokens += len(item)
     if completion_text:
-        counts.completion_tokens = int(litellm.token_counter(model=model, text=completion_text))
+        counts.completion_tokens = int(
+            litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=completion_text)
+        )
     counts.total_tokens = counts.prompt_tokens + counts.completion_tokens
     return counts
