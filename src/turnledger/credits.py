@@ -843,9 +843,19 @@ class credit_scope:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self.reservation is not None
-        await self._scope.__aexit__(exc_type, exc, tb)
+        # A cancellation that arrives while the turn closes or settles (anyio, so Starlette and
+        # FastAPI, cancels every await after the first) must not skip the settle: the calls were
+        # made, and an unsettled hold just expires, so the turn would go unpaid without a word.
+        # The turn closes anyway (what is still pending becomes abandoned); the settle is finished
+        # and the cancellation raised after it.
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            await self._scope.__aexit__(exc_type, exc, tb)
+        except asyncio.CancelledError as interrupted:
+            cancelled = interrupted
         charged, priced_cost, unpriced = turn_charge(self.turn, self.estimate, self.unpriced)
-        entry = await self.ledger.settle(self.reservation, charged)
+        entry, late_cancel = await _finish_despite_cancellation(self.ledger.settle(self.reservation, charged))
+        cancelled = cancelled or late_cancel
         self.charge = TurnCharge(
             reservation=self.reservation,
             entry=entry,
@@ -863,11 +873,27 @@ class credit_scope:
                 unpriced,
                 self.unpriced,
             )
-            if self.unpriced == "error" and exc is None:
-                raise UnpricedCallsError(
-                    f"turn {self.turn.turn_id} made {unpriced} unpriced call(s); settled {charged} for the priced ones",
-                    self.charge,
-                )
+        if cancelled is not None:
+            raise cancelled
+        if unpriced and self.unpriced == "error" and exc is None:
+            raise UnpricedCallsError(
+                f"turn {self.turn.turn_id} made {unpriced} unpriced call(s); settled {charged} for the priced ones",
+                self.charge,
+            )
+
+
+async def _finish_despite_cancellation(work: Awaitable[T]) -> tuple[T, asyncio.CancelledError | None]:
+    """``work``'s result, awaited to the end however often this task is cancelled meanwhile, and the
+    first cancellation it absorbed (for the caller to raise once the work is done)."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError as interrupted:
+            if task.cancelled():
+                raise  # the work itself was cancelled (the loop is shutting down): nothing to wait for
+            cancelled = cancelled or interrupted
 
 
 # -- helpers -------------------------------------------------------------------------------------
