@@ -52,6 +52,7 @@ from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator, scoped_turn
 from turnledger.credits_models import (
     ACCOUNT_MAX_LENGTH,
+    AMOUNT_SCALE,
     DERIVED_KEY_MAX_LENGTH,
     EXACT_CONTEXT,
     KEY_MAX_LENGTH,
@@ -903,13 +904,19 @@ def _amount(value: object, name: str, *, minimum: Literal["zero", "positive", "n
     parsed = to_decimal(value)
     if parsed is None:
         raise ValueError(f"{name} must be a finite amount, not {value!r}")
+    if parsed.is_zero():
+        parsed = parsed.copy_abs()  # -0 is 0: no "-0" on a bill
     if minimum == "zero" and parsed < 0:
         raise ValueError(f"{name} must not be negative, not {parsed}")
     if minimum == "positive" and parsed <= 0:
         raise ValueError(f"{name} must be positive, not {parsed}")
     if minimum == "nonzero" and parsed == 0:
         raise ValueError(f"{name} must not be zero")
-    quantize_amount(parsed)  # refuses what the column cannot hold, before anything is written
+    # Refuses what the column cannot hold, before anything is written; and what the stored scale
+    # rounds to 0, which would write a grant or debit of nothing under a key that then replays it.
+    stored = quantize_amount(parsed)
+    if minimum != "zero" and stored == 0:
+        raise ValueError(f"{name} {parsed} rounds to 0 at {AMOUNT_SCALE} decimal places")
     return parsed
 
 

@@ -74,7 +74,8 @@ def quantize_amount(value: Decimal) -> Decimal:
         raise ValueError(too_large) from None
     if exact != 0 and exact.adjusted() >= MAX_INTEGER_DIGITS:
         raise ValueError(too_large)
-    return exact
+    # A cost of 4e-19 settled is -(4e-19), which rounds to -0: stored and shown as "-0" otherwise.
+    return exact.copy_abs() if exact.is_zero() else exact
 
 
 def canonical_amount(value: Decimal) -> Decimal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -11,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger import CreditError, CreditLedger, InsufficientCredits
-from turnledger.credits import EntryKind
+from turnledger.credits import Entry, EntryKind
 
 pytestmark = pytest.mark.asyncio
 
@@ -294,3 +295,24 @@ async def test_a_settle_key_cannot_close_another_reservation(ledger: CreditLedge
     with pytest.raises(CreditError, match="another reservation"):
         await ledger.settle(second, Decimal("0.1"), key="shared")
     assert (await ledger.balance("acct")).held == Decimal("0.2")
+
+
+async def test_an_amount_that_rounds_to_nothing_is_refused_and_no_entry_shows_minus_zero(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    tiny = Decimal("0.0000000000000000004")  # 4e-19: 0 at the stored 18 places
+    operations: list[Callable[[str, Decimal, str], Awaitable[Entry]]] = [
+        ledger.grant,
+        ledger.debit,
+        ledger.refund,
+        ledger.adjust,
+    ]
+    for operation in operations:
+        for amount in (tiny, -tiny) if operation == ledger.adjust else (tiny,):
+            with pytest.raises(ValueError, match="rounds to 0"):
+                await operation("acct", amount, "tiny")
+    assert [e.key for e in await ledger.history("acct")] == ["g"]
+    res = await ledger.reserve("acct", Decimal("-0"), "r")
+    settled = await ledger.settle(res, tiny)  # a cost may be 0: charged 0, written as 0, not -0
+    assert [str(v) for v in (res.amount, settled.amount, settled.hold_amount)] == ["0", "0", "0"]
+    assert [str(e.amount) for e in await ledger.history("acct")] == ["1", "0", "0"]
+    assert (await ledger.verify()).ok

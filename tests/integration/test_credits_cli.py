@@ -166,3 +166,13 @@ def test_errors_are_one_line_with_the_documented_exit_codes(database_url: str, t
     bad_url = invoke("credits", "verify", "--database-url", "mysql://db/x")
     assert bad_url.exit_code == 2
     assert "PostgreSQL or SQLite" in one_line_error(bad_url)
+
+
+def test_a_grant_that_rounds_to_nothing_is_bad_input(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+    tiny = invoke("credits", "grant", "acct-1", "0.0000000000000000001", "--key", "tiny", *db)
+    assert tiny.exit_code == 2
+    assert one_line_error(tiny) == "error: amount 1E-19 rounds to 0 at 18 decimal places"
+    history = invoke("credits", "history", "acct-1", "--json", *db)
+    assert "tiny" not in [row["key"] for row in json.loads(history.stdout)]
