@@ -56,6 +56,7 @@ from turnledger.credits_models import (
     DERIVED_KEY_MAX_LENGTH,
     EXACT_CONTEXT,
     KEY_MAX_LENGTH,
+    MAX_INTEGER_DIGITS,
     CreditAccount,
     CreditHold,
     CreditJournalEntry,
@@ -685,6 +686,16 @@ class CreditLedger:
         with localcontext(_EXACT):
             balance_after = acct.balance + amount
             held_after = acct.held + hold_amount
+        for figure, value in (("balance", balance_after), ("held credits", held_after)):
+            try:
+                quantize_amount(value)
+            except ValueError:
+                # Refused here, in the ledger's words; the column's own check would fail the insert
+                # with a driver-level StatementError that names no account.
+                raise ValueError(
+                    f"account {acct.account_id!r}: this {kind} would take its {figure} to {canonical_amount(value)}, "
+                    f"beyond what the ledger holds ({MAX_INTEGER_DIGITS} integer digits)"
+                ) from None
         values: dict[str, Any] = {
             "idempotency_key": key,
             "account_id": acct.account_id,

@@ -316,3 +316,23 @@ async def test_an_amount_that_rounds_to_nothing_is_refused_and_no_entry_shows_mi
     assert [str(v) for v in (res.amount, settled.amount, settled.hold_amount)] == ["0", "0", "0"]
     assert [str(e.amount) for e in await ledger.history("acct")] == ["1", "0", "0"]
     assert (await ledger.verify()).ok
+
+
+async def test_an_entry_that_would_overflow_the_balance_is_refused_in_the_ledgers_words(ledger: CreditLedger) -> None:
+    most = Decimal("99999999999999999999")  # 20 integer digits: the most one amount or balance holds
+    await ledger.grant("rich", most, "g-most")
+    with pytest.raises(ValueError, match="account 'rich': this grant would take its balance to 100000000000000000000,"):
+        await ledger.grant("rich", Decimal("1"), "g-more")
+
+    await ledger.grant("debtor", Decimal("1"), "g-1")
+    res = await ledger.reserve("debtor", Decimal("1"), "r")
+    await ledger.adjust("debtor", -most, "adj")
+    with pytest.raises(ValueError, match="this settle would take its balance to -100000000000000000001,"):
+        await ledger.settle(res, Decimal("3"))
+    # Refused as a whole: the hold is still open, for a settle that the ledger can hold.
+    assert (await ledger.balance("debtor")).held == Decimal("1")
+    settled = await ledger.settle(res, Decimal("0.5"))
+    assert settled.balance_after == Decimal("-99999999999999999998.5")
+    assert [e.key for e in await ledger.history("debtor")] == ["g-1", "r", "adj", "r/settle"]
+    assert [e.key for e in await ledger.history("rich")] == ["g-most"]
+    assert (await ledger.verify()).ok

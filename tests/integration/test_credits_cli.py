@@ -176,3 +176,11 @@ def test_a_grant_that_rounds_to_nothing_is_bad_input(database_url: str) -> None:
     assert one_line_error(tiny) == "error: amount 1E-19 rounds to 0 at 18 decimal places"
     history = invoke("credits", "history", "acct-1", "--json", *db)
     assert "tiny" not in [row["key"] for row in json.loads(history.stdout)]
+
+
+def test_a_grant_the_balance_cannot_hold_is_bad_input_not_a_database_failure(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+    huge = invoke("credits", "grant", "acct-1", "99999999999999999999", *db)
+    assert huge.exit_code == 2
+    assert one_line_error(huge).startswith("error: account 'acct-1': this grant would take its balance to ")
