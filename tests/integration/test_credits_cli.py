@@ -184,3 +184,13 @@ def test_a_grant_the_balance_cannot_hold_is_bad_input_not_a_database_failure(dat
     huge = invoke("credits", "grant", "acct-1", "99999999999999999999", *db)
     assert huge.exit_code == 2
     assert one_line_error(huge).startswith("error: account 'acct-1': this grant would take its balance to ")
+
+
+def test_an_empty_key_is_refused_not_replaced_by_a_random_one(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+    empty = invoke("credits", "grant", "acct-1", "1", "--key", "", *db)
+    assert empty.exit_code == 2
+    assert one_line_error(empty) == "error: an idempotency key must be a non-empty string of at most 200 characters"
+    history = invoke("credits", "history", "acct-1", "--json", *db)
+    assert [row["kind"] for row in json.loads(history.stdout)][-1] != "grant"
