@@ -56,6 +56,7 @@ from turnledger.credits_models import (
     DERIVED_KEY_MAX_LENGTH,
     EXACT_CONTEXT,
     KEY_MAX_LENGTH,
+    LABEL_MAX_LENGTH,
     MAX_INTEGER_DIGITS,
     CreditAccount,
     CreditHold,
@@ -219,6 +220,7 @@ class CreditLedger:
     ) -> Entry:
         """Add credits to ``account``, creating it if needed."""
         _check_key(key)
+        _check_labels(turn_id=turn_id, note=note)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -231,6 +233,7 @@ class CreditLedger:
     ) -> Entry:
         """Spend credits without a reservation; :class:`InsufficientCredits` if ``available`` is short."""
         _check_key(key)
+        _check_labels(turn_id=turn_id, note=note)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -244,6 +247,7 @@ class CreditLedger:
     ) -> Entry:
         """Give credits back to an existing account."""
         _check_key(key)
+        _check_labels(turn_id=turn_id, note=note)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -254,6 +258,7 @@ class CreditLedger:
     async def adjust(self, account: str, amount: Amount, key: str, *, note: str | None = None) -> Entry:
         """An operator's correction, either sign; not checked against the available balance."""
         _check_key(key)
+        _check_labels(note=note)
         value = _amount(amount, "amount", minimum="nonzero")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -275,6 +280,7 @@ class CreditLedger:
         A refusal writes nothing, so the same key may succeed later, after a grant.
         """
         _check_key(key)
+        _check_labels(turn_id=turn_id)
         value = _amount(estimate, "estimate", minimum="zero")
         lifetime = self.hold_ttl if ttl is None else ttl
         if lifetime <= timedelta(0):
@@ -312,6 +318,7 @@ class CreditLedger:
         reservation, under any key, returns the first settle entry and changes nothing.
         """
         cost = _amount(actual_cost, "actual_cost", minimum="zero")
+        _check_labels(note=note)
         if key is not None:
             _check_key(key)
         settle_key = key or reservation.settle_key
@@ -707,7 +714,7 @@ class CreditLedger:
             "turn_id": turn_id,
             "reservation_id": reservation_id,
             "expires_at": expires_at,
-            "note": note[:200] if note else None,
+            "note": note or None,
             "created_at": now,
         }
         result = await _execute(conn, insert(_J).values(**values))
@@ -937,6 +944,14 @@ def _check_key(key: str | None, *, derived: bool = False) -> None:
     limit = DERIVED_KEY_MAX_LENGTH if derived else KEY_MAX_LENGTH
     if not isinstance(key, str) or not key or len(key) > limit:
         raise ValueError(f"an idempotency key must be a non-empty string of at most {limit} characters")
+
+
+def _check_labels(**labels: str | None) -> None:
+    # Refused rather than cut (nothing is lost silently) or left to the column, which PostgreSQL
+    # enforces and SQLite does not.
+    for name, value in labels.items():
+        if value is not None and (not isinstance(value, str) or len(value) > LABEL_MAX_LENGTH):
+            raise ValueError(f"{name} must be a string of at most {LABEL_MAX_LENGTH} characters")
 
 
 def _check_policy(policy: str) -> None:

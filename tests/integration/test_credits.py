@@ -336,3 +336,17 @@ async def test_an_entry_that_would_overflow_the_balance_is_refused_in_the_ledger
     assert [e.key for e in await ledger.history("debtor")] == ["g-1", "r", "adj", "r/settle"]
     assert [e.key for e in await ledger.history("rich")] == ["g-most"]
     assert (await ledger.verify()).ok
+
+
+async def test_a_note_or_turn_id_longer_than_an_entry_keeps_is_refused_not_cut(ledger: CreditLedger) -> None:
+    longest = "n" * 200
+    kept = await ledger.grant("acct", Decimal("1"), "g", turn_id="t" * 200, note=longest)
+    assert (await ledger.history("acct"))[0].note == kept.note == longest
+    with pytest.raises(ValueError, match="note must be a string of at most 200 characters"):
+        await ledger.grant("acct", Decimal("1"), "g-2", note=longest + "!")
+    with pytest.raises(ValueError, match="turn_id must be a string of at most 200 characters"):
+        await ledger.reserve("acct", Decimal("0.1"), "r", turn_id="t" * 201)
+    res = await ledger.reserve("acct", Decimal("0.1"), "r")
+    with pytest.raises(ValueError, match="note must be"):
+        await ledger.settle(res, Decimal("0.1"), note=longest + "!")
+    assert [e.key for e in await ledger.history("acct")] == ["g", "r"]
