@@ -332,7 +332,10 @@ class CreditLedger:
                 for prior in await self._closing_entries(conn, reservation.id):
                     if prior.kind is EntryKind.SETTLE:
                         return _replayed(prior)
-                entry_note = note or "hold had already been released; actual cost debited anyway"
+                late = "hold had already been released; actual cost debited anyway"
+                entry_note = late if not note else f"{note}; {late}"
+                if len(entry_note) > LABEL_MAX_LENGTH:
+                    entry_note = note
             return await self._append(
                 conn,
                 acct,
@@ -873,7 +876,11 @@ class credit_scope:
         except asyncio.CancelledError as interrupted:
             cancelled = interrupted
         charged, priced_cost, unpriced = turn_charge(self.turn, self.estimate, self.unpriced)
-        entry, late_cancel = await _finish_despite_cancellation(self.ledger.settle(self.reservation, charged))
+        # The journal is what a bill is argued from: a charge that is not the priced calls' sum
+        # says so there, not only in a log line written once per process.
+        note = f"{unpriced} unpriced call(s), settled under unpriced={self.unpriced!r}" if unpriced else None
+        settle = self.ledger.settle(self.reservation, charged, note=note)
+        entry, late_cancel = await _finish_despite_cancellation(settle)
         cancelled = cancelled or late_cancel
         self.charge = TurnCharge(
             reservation=self.reservation,

@@ -350,3 +350,14 @@ async def test_a_note_or_turn_id_longer_than_an_entry_keeps_is_refused_not_cut(l
     with pytest.raises(ValueError, match="note must be"):
         await ledger.settle(res, Decimal("0.1"), note=longest + "!")
     assert [e.key for e in await ledger.history("acct")] == ["g", "r"]
+
+
+async def test_a_late_settle_keeps_the_callers_note_and_says_the_hold_was_gone(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.5"), "r")
+    await ledger.release(res)
+    late = await ledger.settle(res, Decimal("0.1"), note="1 unpriced call(s)")
+    assert late.note == "1 unpriced call(s); hold had already been released; actual cost debited anyway"
+    res2 = await ledger.reserve("acct", Decimal("0.5"), "r2")
+    await ledger.release(res2)
+    assert (await ledger.settle(res2, Decimal("0.1"), note="n" * 200)).note == "n" * 200

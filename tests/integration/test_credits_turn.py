@@ -180,6 +180,9 @@ async def test_unpriced_calls_follow_the_policy_and_are_reported(
         Decimal("0.000036"),
         1,
     )
+    # The journal says why the charge is not the priced calls' sum.
+    assert scope.charge.entry.note == f"1 unpriced call(s), settled under unpriced={policy!r}"
+    assert (await ledger.history("u-1"))[-1].note == scope.charge.entry.note
     balance = await ledger.balance("u-1")
     assert (balance.balance, balance.held) == (Decimal(1) - charged, Decimal(0))
 
