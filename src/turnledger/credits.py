@@ -48,7 +48,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from turnledger._logging import warn_once
+from turnledger._logging import logger, problem_counts, warn_once
 from turnledger.accumulator import TurnTokenAccumulator, scoped_turn
 from turnledger.credits_models import (
     ACCOUNT_MAX_LENGTH,
@@ -880,7 +880,11 @@ class credit_scope:
         # says so there, not only in a log line written once per process.
         note = f"{unpriced} unpriced call(s), settled under unpriced={self.unpriced!r}" if unpriced else None
         settle = self.ledger.settle(self.reservation, charged, note=note)
-        entry, late_cancel = await _finish_despite_cancellation(settle)
+        try:
+            entry, late_cancel = await _finish_despite_cancellation(settle)
+        except Exception:
+            _settle_failed(self.turn, self.reservation, charged)
+            raise
         cancelled = cancelled or late_cancel
         self.charge = TurnCharge(
             reservation=self.reservation,
@@ -906,6 +910,24 @@ class credit_scope:
                 f"turn {self.turn.turn_id} made {unpriced} unpriced call(s); settled {charged} for the priced ones",
                 self.charge,
             )
+
+
+def _settle_failed(turn: TurnTokenAccumulator, reservation: Reservation, charged: Decimal) -> None:
+    # Logged with everything needed to settle it by hand, each time: once its hold expires, nothing
+    # else remembers that this turn's calls were made and not paid for.
+    problem_counts["credit_scope:settle"] += 1
+    logger.error(
+        "turnledger could not settle turn %s: reservation %d on account %r owes %s; settle it with "
+        "ledger.settle(await ledger.get_reservation(%d), Decimal(%r)) (its hold lapses at %s)",
+        turn.turn_id,
+        reservation.id,
+        reservation.account,
+        charged,
+        reservation.id,
+        str(charged),
+        reservation.expires_at.isoformat(),
+        exc_info=True,
+    )
 
 
 async def _finish_despite_cancellation(work: Awaitable[T]) -> tuple[T, asyncio.CancelledError | None]:

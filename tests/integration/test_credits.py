@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,8 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from turnledger import CreditError, CreditLedger, InsufficientCredits
+from turnledger import CreditError, CreditLedger, InsufficientCredits, TokenCallRecord, credit_scope
+from turnledger._logging import problem_counts
 from turnledger.credits import Entry, EntryKind
+from turnledger.errors import StorageError
 
 pytestmark = pytest.mark.asyncio
 
@@ -361,3 +364,30 @@ async def test_a_late_settle_keeps_the_callers_note_and_says_the_hold_was_gone(l
     res2 = await ledger.reserve("acct", Decimal("0.5"), "r2")
     await ledger.release(res2)
     assert (await ledger.settle(res2, Decimal("0.1"), note="n" * 200)).note == "n" * 200
+
+
+async def test_a_turn_whose_settle_fails_is_logged_with_what_it_owes(
+    ledger: CreditLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+
+    async def settle_fails(*args: object, **kwargs: object) -> Entry:
+        raise StorageError("the credit ledger could not read or write the database: ConnectionResetError")
+
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.05"))
+    with pytest.raises(StorageError), caplog.at_level(logging.ERROR, logger="turnledger"):
+        async with scope as turn:
+            turn.add(TokenCallRecord(call_id="made", model="m", cost_usd=Decimal("0.003")))
+            ledger.settle = settle_fails  # type: ignore[method-assign]
+    assert scope.reservation is not None and scope.charge is None
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    message = record.getMessage()
+    assert f"could not settle turn {turn.turn_id}" in message
+    assert f"reservation {scope.reservation.id} on account 'acct' owes 0.003" in message
+    assert problem_counts["credit_scope:settle"] == 1
+    # What the log says is enough to charge the turn by hand, once.
+    del ledger.settle
+    reservation = await ledger.get_reservation(scope.reservation.id)
+    assert reservation is not None
+    await ledger.settle(reservation, Decimal("0.003"))
+    assert (await ledger.balance("acct")).balance == Decimal("0.997")
