@@ -76,6 +76,9 @@ Amount = Decimal | int | str
 
 UnpricedPolicy = Literal["free", "estimate", "error"]
 
+DERIVED_KEY_SUFFIXES = ("/settle", "/release", "/expired")
+"""What the ledger appends to a reservation's key for the entries that close it."""
+
 T = TypeVar("T")
 
 _EXACT = EXACT_CONTEXT
@@ -319,7 +322,7 @@ class CreditLedger:
         """
         cost = _amount(actual_cost, "actual_cost", minimum="zero")
         _check_labels(note=note)
-        if key is not None:
+        if key is not None and key != reservation.settle_key:
             _check_key(key)
         settle_key = key or reservation.settle_key
 
@@ -355,7 +358,7 @@ class CreditLedger:
     async def release(self, reservation: Reservation, key: str | None = None) -> Entry:
         """Free a reservation's hold without charging. If it was already settled or released (or
         expired), returns that closing entry and changes nothing."""
-        if key is not None:
+        if key is not None and key != reservation.release_key:
             _check_key(key)
         release_key = key or reservation.release_key
 
@@ -973,6 +976,13 @@ def _check_key(key: str | None, *, derived: bool = False) -> None:
     limit = DERIVED_KEY_MAX_LENGTH if derived else KEY_MAX_LENGTH
     if not isinstance(key, str) or not key or len(key) > limit:
         raise ValueError(f"an idempotency key must be a non-empty string of at most {limit} characters")
+    # A caller's key shaped like a derived one would take it first: reservation ``a``'s default
+    # settle key is then used, and the turn can never be settled (nor its hold released) with it.
+    if not derived and key.endswith(DERIVED_KEY_SUFFIXES):
+        raise ValueError(
+            f"an idempotency key must not end in {', '.join(DERIVED_KEY_SUFFIXES)}: "
+            "the ledger derives those from reservation keys"
+        )
 
 
 def _check_labels(**labels: str | None) -> None:

@@ -391,3 +391,20 @@ async def test_a_turn_whose_settle_fails_is_logged_with_what_it_owes(
     assert reservation is not None
     await ledger.settle(reservation, Decimal("0.003"))
     assert (await ledger.balance("acct")).balance == Decimal("0.997")
+
+
+async def test_a_key_shaped_like_a_derived_one_is_refused_so_every_reservation_can_close(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    for key in ("req-7/settle", "req-7/release", "req-7/expired"):
+        with pytest.raises(ValueError, match="must not end in /settle, /release, /expired"):
+            await ledger.reserve("acct", Decimal("0.1"), key)
+    with pytest.raises(ValueError, match="must not end in"):
+        await ledger.grant("acct", Decimal("1"), "top-up/settle")
+    res = await ledger.reserve("acct", Decimal("0.1"), "req-7")
+    with pytest.raises(ValueError, match="must not end in"):
+        await ledger.settle(res, Decimal("0.05"), key="other/settle")
+    # Its own derived keys, passed explicitly, are what they would have been anyway.
+    settled = await ledger.settle(res, Decimal("0.05"), key=res.settle_key)
+    assert settled.key == "req-7/settle"
+    assert await ledger.release(res, key=res.release_key) == settled
+    assert (await ledger.balance("acct")).balance == Decimal("0.95")
