@@ -185,7 +185,9 @@ class CreditLedger:
     """Prepaid credit accounts on an :class:`AsyncEngine` (PostgreSQL or SQLite).
 
     Every method is its own transaction. Amounts are exact ``Decimal`` (``int`` and ``str`` are
-    accepted); anything finer than 18 decimal places is rounded half-even once, when written.
+    accepted); anything finer than 18 decimal places is rounded half-even once, when written, and an
+    amount that must be positive may not round to 0. Keys ending in ``/settle``, ``/release`` or
+    ``/expired`` are the ledger's own (derived from reservation keys) and refused from callers.
     """
 
     def __init__(
@@ -812,10 +814,13 @@ class credit_scope:
 
     Entry raises :class:`InsufficientCredits` before the block runs. On exit the turn closes as in
     :class:`scoped_turn` (calls that never reported become ``abandoned`` at their estimated cost)
-    and its cost is settled, also when the block raised or was cancelled: calls that were made are
-    paid for. Unpriced calls follow ``unpriced`` (see :func:`turn_charge`) and are counted in
-    :attr:`charge` either way; under ``"error"`` an :class:`UnpricedCallsError` is raised after the
-    priced part is settled (unless the block already raised).
+    and its cost is settled, also when the block raised or was cancelled, however often (anyio
+    cancels every await; the settle is finished first, the cancellation raised after it): calls that
+    were made are paid for. A settle that fails raises, and is logged with the amount owed and how to
+    settle it by hand. Unpriced calls follow ``unpriced`` (see :func:`turn_charge`), are counted in
+    :attr:`charge` either way and noted on the settle entry; under ``"error"`` an
+    :class:`UnpricedCallsError` is raised after the priced part is settled (unless the block
+    already raised).
 
     The reservation key defaults to ``turn:<turn_id>``. Pass a ``key`` that is stable across retries
     of one request and a retry neither reserves nor charges twice: its entry raises
