@@ -684,7 +684,11 @@ def _bare_model_name(model: str) -> str:
 
 
 class TurnSink(Protocol):
-    """Where a closed turn goes when its scope exits (``scoped_turn(..., persist=sink)``): a BatchWriter."""
+    """Where a closed turn goes when its scope exits (``scoped_turn(..., persist=sink)``): a BatchWriter.
+
+    ``persist_turn`` takes the turn before its first await: a scope whose exit is cancelled still
+    calls it, and the cancellation may come at that await.
+    """
 
     async def persist_turn(self, turn: TurnTokenAccumulator) -> None: ...
 
@@ -717,12 +721,16 @@ class scoped_turn:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.turn.aclose()
-        if self.persist is not None:
-            try:
-                await self.persist.persist_turn(self.turn)
-            except Exception:
-                _persist_failed(self.turn)
+        try:
+            await self.turn.aclose()
+        finally:
+            # Also when the wait for pending calls was cancelled (a request cancelled, a timeout): the
+            # turn is closed all the same, its calls are billable, and a turn not handed over is lost.
+            if self.persist is not None:
+                try:
+                    await self.persist.persist_turn(self.turn)
+                except Exception:
+                    _persist_failed(self.turn)
 
     def __enter__(self) -> TurnTokenAccumulator:
         _refuse_blocking_inside_event_loop("a plain `with scoped_turn(...)`", "`async with scoped_turn(...)`")
@@ -732,12 +740,14 @@ class scoped_turn:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.turn.close()
-        if self.persist is not None:
-            try:
-                self.persist.submit_threadsafe(self.turn)
-            except Exception:
-                _persist_failed(self.turn)
+        try:
+            self.turn.close()
+        finally:
+            if self.persist is not None:
+                try:
+                    self.persist.submit_threadsafe(self.turn)
+                except Exception:
+                    _persist_failed(self.turn)
 
 
 def _persist_failed(turn: TurnTokenAccumulator) -> None:
