@@ -49,8 +49,8 @@ from turnledger.accumulator import (
     TurnTokenAccumulator,
     call_bindings,
     get_current_accumulator,
-    response_arrived,
 )
+from turnledger.call_details import response_arrived
 from turnledger.price_table import PriceTable
 from turnledger.pricing import billed_service_tier, estimate_missing_usage, price_call, request_tools
 from turnledger.records import (
@@ -274,7 +274,12 @@ class TokenTrackingCallback(CustomLogger):
         self._on_record: tuple[Subscriber, ...] = (on_record,) if on_record is not None else ()
         self._stats_lock = threading.Lock()
         self.stats: Counter[str] = Counter()
-        """Events seen by outcome: ``captured``, ``unscoped``, ``late``, ``duplicate``, ``errors``."""
+        """What this instance saw, by outcome. Events: ``captured``, ``unscoped``, ``late``, ``duplicate``,
+        ``errors``. Calls: ``abandoned``, a call whose turn closed before LiteLLM reported its end (it
+        was recorded ``abandoned``), counted when its turn closes by the instance whose pre-call hook
+        bound it to the turn (the first to see it start): with several instances installed, each such
+        call is counted once, so their sum is the process's total. An end event that still comes
+        afterwards is counted as an event as well (``late``)."""
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -293,7 +298,7 @@ class TokenTrackingCallback(CustomLogger):
             if turn is None:
                 _started_outside_turns.started(call_id)
                 return
-            turn.begin_call(_StartedCall(call_id, model, messages, kwargs, self._price_table))
+            turn.begin_call(_StartedCall(self, call_id, model, messages, kwargs))
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
@@ -509,17 +514,17 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
 class _StartedCall:
     """What the pre-call hook keeps of a call (see :class:`~turnledger.accumulator.StartedCall`)."""
 
-    __slots__ = ("_kwargs", "_messages", "_model", "_price_table", "_started_monotonic", "call_id")
+    __slots__ = ("_callback", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
 
     def __init__(
-        self, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any], price_table: PriceTable | None
+        self, callback: TokenTrackingCallback, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any]
     ) -> None:
+        self._callback = callback
         self.call_id = call_id
         self._model = model
         self._messages = messages
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
         self._kwargs = kwargs
-        self._price_table = price_table
         self._started_monotonic = time.monotonic()
 
     @property
@@ -547,9 +552,12 @@ class _StartedCall:
                 "tools": request_tools(kwargs),
                 "service_tier": billed_service_tier(kwargs, None),
             },
-            price_table=self._price_table,
+            price_table=self._callback._price_table,
             call_details=kwargs,
         )
+
+    def abandoned(self) -> None:
+        self._callback._count("abandoned")
 
 
 class _EndEvent:

@@ -49,6 +49,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from turnledger._logging import warn_once
+from turnledger.call_details import provider_refused
 from turnledger.money import to_decimal
 from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.usage import TokenCounts, estimate_counts, get_field, response_text, usage_block, usage_missing
@@ -326,7 +327,28 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     ``litellm.token_counter``. What the caller received is not visible here (LiteLLM fires nothing
     for a stream broken off), so completion tokens are 0 and the record says so with
     ``completion_not_seen``: the cost is a lower bound. Status stays ``abandoned``.
+
+    A call the provider refused (an HTTP error answer in LiteLLM's call details, see
+    :func:`~turnledger.call_details.provider_refused`) was not billed: it is flagged
+    ``provider_error``, with no tokens and a cost of exactly 0 (``not_billed``), as a logged failure
+    without usage is. A customer is not charged for a request the provider turned down.
     """
+    if provider_refused(pending.call_details):
+        return TokenCallRecord(
+            call_id=pending.call_id,
+            model=pending.model,
+            provider=pending.provider,
+            call_kind=pending.call_kind,
+            status=CallStatus.ABANDONED,
+            cost_usd=Decimal(0),
+            cost_source=CostSource.NOT_BILLED,
+            stream=pending.stream,
+            started_at=pending.started_at,
+            model_ref=meta.model_ref if meta else None,
+            model_id=meta.model_id if meta else None,
+            display_name=meta.display_name if meta else None,
+            flags=(RecordFlag.NO_CALLBACK, RecordFlag.PROVIDER_ERROR),
+        )
     flags: list[RecordFlag] = [RecordFlag.NO_CALLBACK]
     counts = TokenCounts()
     cost: Decimal | None = None

@@ -25,7 +25,8 @@ class CallStatus(StrEnum):
     FAILURE = "failure"
     ABANDONED = "abandoned"
     """The call started but LiteLLM never reported an end (a stream broken off, a task cancelled)
-    before its turn closed. The provider may still bill it, so it is kept, never dropped."""
+    before its turn closed. The provider may still bill it, so it is kept, never dropped; one flagged
+    ``provider_error`` was refused by the provider and is not billed."""
 
 
 class CallKind(StrEnum):
@@ -56,7 +57,8 @@ class CostSource(StrEnum):
     CACHE_HIT = "cache_hit"
     """Answered from LiteLLM's own response cache: no provider call was made, cost is exactly 0."""
     NOT_BILLED = "not_billed"
-    """A failed call for which the provider reported no usage: nothing was billed, cost is exactly 0."""
+    """A failed call for which the provider reported no usage, or an abandoned one the provider answered
+    with an HTTP error (``provider_error``): nothing was billed, cost is exactly 0."""
     NONE = "none"
 
 
@@ -85,6 +87,10 @@ class RecordFlag(StrEnum):
     SANITIZED = "sanitized"
     """A stored string was changed to fit its column: NUL characters removed, or an over-long value
     shortened to its start plus a hash of the whole (logged with the turn id)."""
+    PROVIDER_ERROR = "provider_error"
+    """An abandoned call the provider had answered with an HTTP error (a 4xx or 5xx), as LiteLLM's call
+    details showed though LiteLLM logged no failure (a sync ``num_retries`` without ``tenacity``).
+    Providers bill no error answer: no tokens, cost exactly 0 (``not_billed``), nothing estimated."""
     COMPLETION_NOT_SEEN = "completion_not_seen"
     """The call's output could not be seen (an abandoned call): completion tokens are counted as 0,
     so the estimated cost is a lower bound."""

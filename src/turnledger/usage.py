@@ -21,6 +21,7 @@ parts that exceed their whole (cache > prompt, reasoning > completion) raise the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -393,15 +394,22 @@ def usage_missing(counts: TokenCounts, response_obj: Any) -> bool:
     return not counts.used_tokens and bool(response_text(response_obj))
 
 
-def _count_messages(token_counter: Any, model: str, messages: list[Any], tools: Any) -> int:
+def _count_messages(model: str, tokenizer: Any, messages: list[Any], tools: Any) -> int:
+    import litellm
+
+    count = functools.partial(
+        litellm.token_counter,
+        model=model,
+        custom_tokenizer=tokenizer,
+        messages=messages,
+        use_default_image_token_count=True,
+    )
     if isinstance(tools, Sequence) and not isinstance(tools, str | bytes) and tools:
         try:
-            return int(
-                token_counter(model=model, messages=messages, tools=list(tools), use_default_image_token_count=True)
-            )
+            return int(count(tools=list(tools)))
         except Exception:
             pass  # a tool definition the tokenizer cannot read: the messages are still worth counting
-    return int(token_counter(model=model, messages=messages, use_default_image_token_count=True))
+    return int(count())
 
 
 def _is_token_id(value: object) -> bool:
@@ -415,27 +423,33 @@ def estimate_counts(
 
     ``tools``: the chat request's tool definitions, which the provider bills as input. Tools the
     tokenizer cannot read leave the estimate to the messages alone.
-    Raises whatever the tokenizer raises; callers decide what an estimate failure means.
+    Raises whatever the tokenizer raises; callers decide what an estimate failure means. Never
+    waits for a tokenizer to be downloaded (see :mod:`turnledger.estimate_tokenizer`).
     """
     import litellm
 
+    from turnledger.estimate_tokenizer import tokenizer_for
+
+    tokenizer = tokenizer_for(model)
     counts = TokenCounts(present=False, estimated=True)
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     if isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and messages:
         # use_default_image_token_count: never fetch an image URL to measure it (no network here).
-        counts.prompt_tokens = _count_messages(litellm.token_counter, model, list(messages), tools)
+        counts.prompt_tokens = _count_messages(model, tokenizer, list(messages), tools)
     elif isinstance(input_texts, str) and input_texts:
-        counts.prompt_tokens = int(litellm.token_counter(model=model, text=input_texts))
+        counts.prompt_tokens = int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=input_texts))
     elif isinstance(input_texts, Sequence) and not isinstance(input_texts, bytes):
         # Embedding input: texts, or token ids already (one list of ints, or a list of such lists).
         if input_texts and all(_is_token_id(t) for t in input_texts):
             counts.prompt_tokens = len(input_texts)
         for item in input_texts:
             if isinstance(item, str) and item:
-                counts.prompt_tokens += int(litellm.token_counter(model=model, text=item))
+                counts.prompt_tokens += int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=item))
             elif isinstance(item, Sequence) and not isinstance(item, str | bytes) and all(map(_is_token_id, item)):
                 counts.prompt_tokens += len(item)
     if completion_text:
-        counts.completion_tokens = int(litellm.token_counter(model=model, text=completion_text))
+        counts.completion_tokens = int(
+            litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=completion_text)
+        )
     counts.total_tokens = counts.prompt_tokens + counts.completion_tokens
     return counts

@@ -180,5 +180,51 @@ async def test_unpriced_calls_follow_the_policy_and_are_reported(
         Decimal("0.000036"),
         1,
     )
+    # The journal says why the charge is not the priced calls' sum.
+    assert scope.charge.entry.note == f"1 unpriced call(s), settled under unpriced={policy!r}"
+    assert (await ledger.history("u-1"))[-1].note == scope.charge.entry.note
     balance = await ledger.balance("u-1")
     assert (balance.balance, balance.held) == (Decimal(1) - charged, Decimal(0))
+
+
+async def test_a_turn_cancelled_again_and_again_while_it_closes_is_still_settled(
+    ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # anyio (so Starlette and FastAPI) cancels a request's task at every await once its scope is
+    # cancelled, the wait for the call in flight and the settle included, not just once.
+    fake_provider.script("gpt-4o-mini", delay_s=5)
+    scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, settle_timeout=30)
+    started = asyncio.Event()
+
+    async def handler() -> None:
+        async with scope as turn:
+            call = asyncio.create_task(
+                litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=0, **provider_kwargs)
+            )
+            while turn.pending_calls == 0:
+                await asyncio.sleep(0.01)
+            started.set()
+            await call
+
+    task = asyncio.create_task(handler())
+    await started.wait()
+    loop = asyncio.get_running_loop()
+    cancels = 0
+
+    def cancel_until_done() -> None:
+        nonlocal cancels
+        if not task.done():
+            task.cancel()
+            cancels += 1
+            loop.call_soon(cancel_until_done)
+
+    cancel_until_done()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cancels > 2  # the body, the wait for the call in flight, the settle
+    assert scope.charge is not None
+    [record] = scope.turn.calls
+    assert record.status is CallStatus.ABANDONED and record.cost_usd is not None
+    assert scope.charge.charged == record.cost_usd == record.prompt_tokens * GPT4O_MINI_IN
+    balance = await ledger.balance("u-1")
+    assert (balance.balance, balance.held) == (Decimal(1) - record.cost_usd, Decimal(0))
