@@ -91,7 +91,7 @@ class PendingCall:
     started_at: datetime
     started_monotonic: float
     request: Mapping[str, Any] = field(default_factory=dict)
-    """What an estimate of an abandoned call may need (messages, input). Held in memory only."""
+    """What an estimate of an abandoned call may need (messages, input, tools, service tier). Held in memory only."""
     price_table: PriceTable | None = None
     """The price table of the callback that saw the call start, for pricing an abandoned call."""
     call_details: Mapping[str, Any] | None = None

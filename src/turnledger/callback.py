@@ -52,7 +52,7 @@ from turnledger.accumulator import (
 )
 from turnledger.call_details import response_arrived
 from turnledger.price_table import PriceTable
-from turnledger.pricing import estimate_missing_usage, price_call
+from turnledger.pricing import billed_service_tier, estimate_missing_usage, price_call, request_tools
 from turnledger.records import (
     CallKind,
     CallStatus,
@@ -546,7 +546,12 @@ class _StartedCall:
             stream=bool(get("stream")),
             started_at=_utc(get("start_time")) or datetime.now(UTC),
             started_monotonic=self._started_monotonic,
-            request={"messages": self._messages, "input": get("input")},
+            request={
+                "messages": self._messages,
+                "input": get("input"),
+                "tools": request_tools(kwargs),
+                "service_tier": billed_service_tier(kwargs, None),
+            },
             price_table=self._callback._price_table,
             call_details=kwargs,
         )

@@ -134,6 +134,67 @@ def test_cost_per_token_gets_cache_and_1h_writes() -> None:
     assert cost == D("0.00270")
 
 
+@pytest.mark.parametrize(
+    ("model", "provider", "usage", "expected"),
+    [
+        (
+            # gpt-audio: text in 2.5/M, audio in 32/M, text out 10/M, audio out 64/M.
+            "gpt-audio",
+            "openai",
+            {
+                "prompt_tokens": 1000,
+                "completion_tokens": 500,
+                "prompt_tokens_details": {"audio_tokens": 800},
+                "completion_tokens_details": {"audio_tokens": 400},
+            },
+            200 * D("0.0000025") + 800 * D("0.000032") + 100 * D("0.00001") + 400 * D("0.000064"),
+        ),
+        (
+            # gemini-2.5-flash-image: text in 0.3/M, text out 2.5/M, image out 30/M.
+            "gemini-2.5-flash-image",
+            "gemini",
+            {"prompt_tokens": 100, "completion_tokens": 1300, "completion_tokens_details": {"image_tokens": 1290}},
+            100 * D("0.0000003") + 10 * D("0.0000025") + 1290 * D("0.00003"),
+        ),
+    ],
+    ids=["audio-in-and-out", "image-out"],
+)
+def test_cost_per_token_prices_audio_and_image_tokens_at_their_rates(
+    model: str, provider: str, usage: dict[str, Any], expected: Decimal
+) -> None:
+    cost, source, flags = price(kw(model, provider), {"usage": usage})
+    assert (cost, source, flags) == (expected, CostSource.COST_PER_TOKEN, [])
+
+
+# gpt-5's rates by service tier (LiteLLM 1.106's map): input, cache read, output.
+GPT_5_TIERS = {
+    None: (D("0.00000125"), D("0.000000125"), D("0.00001")),
+    "flex": (D("0.000000625"), D("0.0000000625"), D("0.000005")),
+    "priority": (D("0.0000025"), D("0.00000025"), D("0.00002")),
+}
+
+
+@pytest.mark.parametrize(
+    ("served", "requested", "tier"),
+    [
+        ("priority", None, "priority"),
+        ("flex", "priority", "flex"),  # the tier that served the call is the one billed
+        (None, "flex", "flex"),
+        ("default", "flex", None),
+        (None, "auto", None),
+        (None, None, None),
+    ],
+)
+def test_cost_per_token_prices_the_service_tier_that_was_billed(
+    served: str | None, requested: str | None, tier: str | None
+) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 400}}
+    obj: dict[str, Any] = {"usage": usage} if served is None else {"usage": usage, "service_tier": served}
+    kwargs = kw("gpt-5", optional_params={} if requested is None else {"service_tier": requested})
+    fresh, read, out = GPT_5_TIERS[tier]
+    assert price(kwargs, obj) == (600 * fresh + 400 * read + 100 * out, CostSource.COST_PER_TOKEN, [])
+
+
 def test_price_table_prices_what_litellm_cannot() -> None:
     obj = response("acme-7b-chat", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
     kwargs = kw("acme/acme-7b-chat", "openai")
