@@ -52,7 +52,14 @@ from turnledger.accumulator import (
 )
 from turnledger.call_details import response_arrived
 from turnledger.price_table import PriceTable
-from turnledger.pricing import billed_service_tier, estimate_missing_usage, price_call, request_tools
+from turnledger.pricing import (
+    answer_timed_out,
+    billed_service_tier,
+    estimate_missing_usage,
+    estimate_unanswered_call,
+    price_call,
+    request_tools,
+)
 from turnledger.records import (
     CallKind,
     CallStatus,
@@ -414,7 +421,8 @@ class TokenTrackingCallback(CustomLogger):
         ttft = _ms_between(started, _utc(get("completion_start_time"))) if stream else None
         success = status is CallStatus.SUCCESS
 
-        # A failure usually carries no response; one that does (billed, then refused) is priced by its usage.
+        # A failure usually carries no response; one that does (billed, then refused) is priced by its usage,
+        # one that timed out waiting for its answer by its estimated input.
         counts = normalize_usage(response_obj)
         if counts.flags:
             flags.extend(counts.flags)
@@ -440,12 +448,19 @@ class TokenTrackingCallback(CustomLogger):
         error_type: str | None = None
         cost: Decimal | None
         cost_flags: list[RecordFlag] = []
+        unanswered = False
         if status is CallStatus.FAILURE:
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
-        if estimated is not None:  # a success only
+            unanswered = counts.prompt_tokens == 0 and counts.completion_tokens == 0
+            if unanswered and answer_timed_out(exc):
+                # The provider had the request and went on with it: billed as an abandoned call is.
+                estimated = estimate_unanswered_call(
+                    kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                )
+        if estimated is not None:
             counts, cost, source, cost_flags = estimated
-        elif status is CallStatus.FAILURE and counts.prompt_tokens == 0 and counts.completion_tokens == 0:
+        elif unanswered:
             cost, source = Decimal(0), CostSource.NOT_BILLED
         else:
             cost, source, cost_flags = price_call(

@@ -238,6 +238,67 @@ def estimate_missing_usage(
         call_kind in _BILLED_BY_TOKENS and _sent_input(kwargs.get("messages"), kwargs.get("input"))
     ):
         return None
+    return _estimate_and_price(
+        kwargs, response_obj, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+
+
+def estimate_unanswered_call(
+    kwargs: Mapping[str, Any],
+    *,
+    model: str,
+    provider: str | None = None,
+    call_kind: CallKind = CallKind.CHAT,
+    price_table: PriceTable | None = None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
+    """For a failed call that reported no usage but that the provider may bill all the same: its wait
+    for the answer timed out (see :func:`answer_timed_out`), so the provider had the whole request and
+    went on with it, as it does with a call cancelled in flight (an ``abandoned`` one). Its input is
+    estimated, as an abandoned call's is; its output was never seen, so the cost is a lower bound
+    (``completion_not_seen``). ``None`` when nothing billed by tokens was sent; unpriced when the
+    estimate failed.
+    """
+    if call_kind not in _BILLED_BY_TOKENS or not _sent_input(kwargs.get("messages"), kwargs.get("input")):
+        return None
+    estimated = _estimate_and_price(
+        kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+    if estimated is None:  # input was sent, and may be billed: unpriced, not free
+        return TokenCounts(), None, CostSource.NONE, [RecordFlag.PRICING_ERROR, RecordFlag.COMPLETION_NOT_SEEN]
+    counts, cost, source, flags = estimated
+    return counts, cost, source, [*flags, RecordFlag.COMPLETION_NOT_SEEN]
+
+
+def answer_timed_out(exc: object) -> bool:
+    """Whether a failure is a read timeout: the request was sent whole, and the wait for the answer ran
+    out. A connect, write or pool timeout, or any other error without an answer, reached no provider
+    that would bill it. Read from the exception's chain: LiteLLM wraps the HTTP client's own
+    ``httpx.ReadTimeout`` (measured on 1.106: ``Timeout`` <- ``APITimeoutError`` <- ``ReadTimeout``).
+    """
+    import httpx
+
+    seen = 0
+    while isinstance(exc, BaseException) and seen < _MAX_CHAIN:
+        if isinstance(exc, httpx.ReadTimeout):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+_MAX_CHAIN = 16
+"""Links of an exception chain looked at: LiteLLM's are about five deep; a cycle must not spin."""
+
+
+def _estimate_and_price(
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    *,
+    model: str,
+    provider: str | None,
+    call_kind: CallKind,
+    price_table: PriceTable | None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
     try:
         estimate = estimate_counts(
             model,

@@ -57,7 +57,8 @@ class CostSource(StrEnum):
     CACHE_HIT = "cache_hit"
     """Answered from LiteLLM's own response cache: no provider call was made, cost is exactly 0."""
     NOT_BILLED = "not_billed"
-    """A failed call for which the provider reported no usage, or an abandoned one the provider answered
+    """A failed call for which the provider reported no usage (but one that timed out waiting for its
+    answer: the provider had it, and its input is estimated), or an abandoned one the provider answered
     with an HTTP error (``provider_error``): nothing was billed, cost is exactly 0."""
     NONE = "none"
 

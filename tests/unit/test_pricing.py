@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
@@ -697,3 +698,26 @@ def test_litellms_own_cost_stamped_on_a_stream_is_not_a_provider_price() -> None
     # OpenRouter sends its cost inline, streamed or not: that one is the provider's.
     openrouter = kw("openai/gpt-4o", "openrouter", stream=True, response_cost=0.0019900000000000004)
     assert price(openrouter, obj) == (D("0.00199"), CostSource.PROVIDER, [])
+
+
+def _chained(*excs: BaseException) -> BaseException:
+    """The first exception, raised from the second, raised from the third..."""
+    for outer, inner in itertools.pairwise(excs):
+        outer.__cause__ = inner
+    return excs[0]
+
+
+def test_only_a_read_timeout_says_the_provider_had_the_request() -> None:
+    import httpx
+
+    from turnledger.pricing import answer_timed_out
+
+    assert answer_timed_out(_chained(RuntimeError("Timeout"), RuntimeError("APITimeoutError"), httpx.ReadTimeout("")))
+    assert not answer_timed_out(_chained(RuntimeError("Timeout"), httpx.ConnectTimeout("")))
+    assert not answer_timed_out(_chained(RuntimeError("Timeout"), httpx.PoolTimeout("")))
+    assert not answer_timed_out(httpx.WriteTimeout(""))
+    assert not answer_timed_out(None)
+    cycle = RuntimeError("a")
+    cycle.__cause__ = RuntimeError("b")
+    cycle.__cause__.__cause__ = cycle
+    assert not answer_timed_out(cycle)
