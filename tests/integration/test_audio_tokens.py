@@ -1,8 +1,10 @@
 """Audio tokens, billed at their own rates, are kept in the call record and in the call rows.
 
 On PostgreSQL and SQLite: a call through the fake provider and LiteLLM for real, stored by
-``record_turn`` and by a ``BatchWriter`` (COPY and INSERT); migration 0004 upgrades a database
-holding calls.
+``record_turn`` and by a ``BatchWriter`` (COPY and INSERT); outbox lines the version before
+migration 0004 wrote (``tests/fixtures/outbox_before_0004.jsonl``, written by commit 9f7030b's
+``encode_line`` and ``encode_entry``: ``tests/fixtures/make_outbox_before_0004.py``) replay;
+migration 0004 upgrades a database holding calls.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from turnledger import PriceTable
 from turnledger.fake_provider import FakeProvider
 from turnledger.store import migrate
 from turnledger.store.engine import make_engine
+from turnledger.store.entries import make_entry
+from turnledger.store.lines import encode_line
 from turnledger.store.record import CALLS_TABLE, TurnRows, insert_turn_rows, turn_rows
+from turnledger.store.replay import replay_outbox
 from turnledger.store.writer import BatchWriter
 
 from .conftest import schema_diffs
-from .writer_support import closed_turn, stored_turn
+from .writer_support import closed_turn, files_in, stored_turn
 
 KEY = "sk-fake-not-a-real-key"
+OLD_OUTBOX = Path(__file__).parent.parent / "fixtures" / "outbox_before_0004.jsonl"
 AUDIO_USAGE = {
     "prompt_tokens": 1000,
     "completion_tokens": 500,
@@ -107,6 +113,26 @@ async def test_an_audio_call_keeps_its_audio_tokens_in_the_record_and_the_rows(
         assert await _audio_columns(engine, turn_id) == [(1000, 500, 800, 400)]
 
 
+async def test_an_outbox_written_before_the_audio_columns_still_replays(engine: AsyncEngine, tmp_path: Path) -> None:
+    # The old writer's segment, beside a line of this version with audio counts (one batch holds both).
+    segment = tmp_path / "old-writer.000001.jsonl"
+    turn = closed_turn("new-audio", calls=1)
+    rows = turn_rows(turn, usage_type="voice")
+    rows.calls[0].update(audio_input_tokens=7, audio_output_tokens=3)
+    segment.write_bytes(OLD_OUTBOX.read_bytes() + encode_line(make_entry(rows)))
+
+    report = await replay_outbox(engine, tmp_path)
+
+    assert (report.inserted, len(report.bad_lines)) == (3, 0)
+    assert files_in(tmp_path) == []  # nothing set aside, the segment replayed and deleted
+    assert await _audio_columns(engine, "old-packed") == [(10, 20, 0, 0)]
+    assert await _audio_columns(engine, "old-v1") == [(10, 20, 0, 0)]
+    assert await _audio_columns(engine, "new-audio") == [(10, 20, 7, 3)]
+    old_usage, [old_call] = await stored_turn(engine, "old-packed")
+    assert old_usage["cost_usd"] == old_call["cost_usd"] == Decimal("0.0000135")
+    assert old_usage["tags"] == ["old"]
+
+
 AUDIO_COLUMNS = ("audio_input_tokens", "audio_output_tokens")
 CALLS_BEFORE_0004 = Table(
     "token_usage_calls", MetaData(), *(c._copy() for c in CALLS_TABLE.columns if c.name not in AUDIO_COLUMNS)
@@ -162,3 +188,9 @@ async def test_migration_0004_upgrades_a_database_holding_calls_and_downgrades(e
         assert await _audio_columns(engine, "during-deploy") == [(10, 20, 0, 0)]
     finally:
         await engine.dispose()
+
+
+def test_the_fixture_segment_is_what_the_old_version_wrote() -> None:
+    # Regenerating the fixture with this version would make the replay test prove nothing.
+    data = OLD_OUTBOX.read_bytes()
+    assert data.count(b"\n") == 2 and b"audio" not in data
