@@ -491,6 +491,8 @@ class TokenTrackingCallback(CustomLogger):
             reasoning_tokens=counts.reasoning_tokens,
             image_input_tokens=counts.image_input_tokens,
             image_output_tokens=counts.image_output_tokens,
+            audio_input_tokens=counts.audio_input_tokens,
+            audio_output_tokens=counts.audio_output_tokens,
             cost_usd=cost,
             cost_source=source,
             started_at=started,
