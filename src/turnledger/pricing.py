@@ -453,6 +453,11 @@ def _cost_per_token(
             },
             "audio_tokens": counts.audio_input_tokens,
             "image_tokens": counts.image_input_tokens,
+            # Which of those were cache reads: without it LiteLLM bills them as fresh audio too.
+            "cached_tokens_details": {
+                "audio_tokens": counts.cached_audio_tokens,
+                "image_tokens": counts.cached_image_tokens,
+            },
         },
         completion_tokens_details={
             "reasoning_tokens": counts.reasoning_tokens,
