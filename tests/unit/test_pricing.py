@@ -236,6 +236,27 @@ def test_cost_per_token_prices_the_service_tier_that_was_billed(
     assert price(kwargs, obj) == (600 * fresh + 400 * read + 100 * out, CostSource.COST_PER_TOKEN, [])
 
 
+@pytest.mark.parametrize(
+    ("traffic_type", "rates"),
+    [
+        # gemini-2.5-pro: input, output per token, standard and priority (LiteLLM 1.106's map).
+        ("ON_DEMAND_PRIORITY", (D("0.00000225"), D("0.000018"))),
+        ("ON_DEMAND", (D("0.00000125"), D("0.00001"))),
+    ],
+)
+def test_cost_per_token_prices_the_tier_gemini_says_in_its_traffic_type(
+    traffic_type: str, rates: tuple[Decimal, Decimal]
+) -> None:
+    # Gemini names the tier that served a call only in usageMetadata.trafficType, which LiteLLM keeps
+    # in its hidden params and bills by.
+    obj = response("gemini-2.5-pro", prompt_tokens=1000, completion_tokens=100, total_tokens=1100)
+    obj._hidden_params["provider_specific_fields"] = {"traffic_type": traffic_type}
+    cost, source, _flags = price(kw("gemini-2.5-pro", "gemini", response_cost=None), obj)
+    litellm_cost = litellm.completion_cost(completion_response=obj, custom_llm_provider="gemini")
+    assert (cost, source) == (1000 * rates[0] + 100 * rates[1], CostSource.COST_PER_TOKEN)
+    assert cost == to_decimal(litellm_cost)
+
+
 def test_price_table_prices_what_litellm_cannot() -> None:
     obj = response("acme-7b-chat", prompt_tokens=1000, completion_tokens=10, total_tokens=1010)
     kwargs = kw("acme/acme-7b-chat", "openai")
