@@ -898,8 +898,9 @@ class credit_scope:
         note = f"{unpriced} unpriced call(s), settled under unpriced={self.unpriced!r}" if unpriced else None
         settle = self.ledger.settle(self.reservation, charged, note=note)
         grace = CANCELLED_SETTLE_GRACE if self.cancel_grace is None else self.cancel_grace
-        # A scope left by a cancellation counts as cancelled already: asyncio cancels only once.
-        already = cancelled is not None or isinstance(exc, asyncio.CancelledError)
+        # A task whose cancellation the body already met is cancelled already (asyncio cancels once).
+        current = asyncio.current_task()
+        already = cancelled is not None or (current is not None and current.cancelling() > 0)
         settling, late_cancel = await _finish_despite_cancellation(settle, already, grace.total_seconds())
         cancelled = cancelled or late_cancel
         try:
