@@ -69,12 +69,12 @@ from turnledger.errors import CreditError, InsufficientCredits, SchemaMissingErr
 from turnledger.money import sum_costs, to_decimal
 
 DEFAULT_HOLD_TTL = timedelta(minutes=15)
+"""How long a reservation holds credits if nobody settles or releases it."""
 
 CANCELLED_SETTLE_GRACE = timedelta(seconds=10)
 """How long a cancelled :class:`credit_scope` still waits for its settle (ms when the database is well).
 Unbounded, a database that hangs (a lock held by a stuck session, a peer gone without a word) would
 make the request impossible to cancel, and its server impossible to stop."""
-"""How long a reservation holds credits if nobody settles or releases it."""
 
 Amount = Decimal | int | str
 """An amount in USD. Floats are refused: a float has already lost the exact figure."""
