@@ -71,6 +71,11 @@ from turnledger.money import sum_costs, to_decimal
 DEFAULT_HOLD_TTL = timedelta(minutes=15)
 """How long a reservation holds credits if nobody settles or releases it."""
 
+CANCELLED_SETTLE_GRACE = timedelta(seconds=10)
+"""How long a cancelled :class:`credit_scope` still waits for its settle (ms when the database is well).
+Unbounded, a database that hangs (a lock held by a stuck session, a peer gone without a word) would
+make the request impossible to cancel, and its server impossible to stop."""
+
 Amount = Decimal | int | str
 """An amount in USD. Floats are refused: a float has already lost the exact figure."""
 
@@ -816,11 +821,13 @@ class credit_scope:
     :class:`scoped_turn` (calls that never reported become ``abandoned`` at their estimated cost)
     and its cost is settled, also when the block raised or was cancelled, however often (anyio
     cancels every await; the settle is finished first, the cancellation raised after it): calls that
-    were made are paid for. A settle that fails raises, and is logged with the amount owed and how to
-    settle it by hand. Unpriced calls follow ``unpriced`` (see :func:`turn_charge`), are counted in
-    :attr:`charge` either way and noted on the settle entry; under ``"error"`` an
-    :class:`UnpricedCallsError` is raised after the priced part is settled (unless the block
-    already raised).
+    were made are paid for. Once cancelled, it waits for its settle at most ``cancel_grace`` (default
+    :data:`CANCELLED_SETTLE_GRACE`) more, so a hung database cannot make it uncancellable. A settle
+    that fails or runs out of that time is logged with the amount owed and how to settle it by hand,
+    then raises (the cancellation, if there was one). Unpriced calls follow ``unpriced`` (see
+    :func:`turn_charge`), are counted in :attr:`charge` either way and noted on the settle entry;
+    under ``"error"`` an :class:`UnpricedCallsError` is raised after the priced part is settled
+    (unless the block already raised).
 
     The reservation key defaults to ``turn:<turn_id>``. Pass a ``key`` that is stable across retries
     of one request and a retry neither reserves nor charges twice: its entry raises
@@ -843,6 +850,7 @@ class credit_scope:
         turn: TurnTokenAccumulator | None = None,
         unpriced: UnpricedPolicy = "estimate",
         ttl: timedelta | None = None,
+        cancel_grace: timedelta | None = None,
         **labels: Any,
     ) -> None:
         _check_policy(unpriced)
@@ -851,6 +859,7 @@ class credit_scope:
         self.estimate = _amount(estimate, "estimate", minimum="zero")
         self.unpriced: UnpricedPolicy = unpriced
         self.ttl = ttl
+        self.cancel_grace = cancel_grace
         self._scope = scoped_turn(turn=turn, **labels)
         self.turn = self._scope.turn
         self.key = key or f"turn:{self.turn.turn_id}"
@@ -888,12 +897,25 @@ class credit_scope:
         # says so there, not only in a log line written once per process.
         note = f"{unpriced} unpriced call(s), settled under unpriced={self.unpriced!r}" if unpriced else None
         settle = self.ledger.settle(self.reservation, charged, note=note)
-        try:
-            entry, late_cancel = await _finish_despite_cancellation(settle)
-        except Exception:
-            _settle_failed(self.turn, self.reservation, charged)
-            raise
+        grace = CANCELLED_SETTLE_GRACE if self.cancel_grace is None else self.cancel_grace
+        # A task whose cancellation the body already met is cancelled already (asyncio cancels once).
+        current = asyncio.current_task()
+        already = cancelled is not None or (current is not None and current.cancelling() > 0)
+        settling, late_cancel = await _finish_despite_cancellation(settle, already, grace.total_seconds())
         cancelled = cancelled or late_cancel
+        try:
+            if not settling.done():
+                raise TimeoutError(f"the settle did not answer within {grace} of the cancellation")
+            entry = settling.result()
+        except (Exception, asyncio.CancelledError) as failure:
+            _settle_failed(self.turn, self.reservation, charged, failure)
+            if cancelled is not None:
+                # The caller asked for a cancellation: an ordinary error in its place would be caught
+                # by an error handler that then carries on with a cancelled request.
+                raise cancelled from failure
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc from failure
+            raise
         self.charge = TurnCharge(
             reservation=self.reservation,
             entry=entry,
@@ -920,7 +942,9 @@ class credit_scope:
             )
 
 
-def _settle_failed(turn: TurnTokenAccumulator, reservation: Reservation, charged: Decimal) -> None:
+def _settle_failed(
+    turn: TurnTokenAccumulator, reservation: Reservation, charged: Decimal, failure: BaseException
+) -> None:
     # Logged with everything needed to settle it by hand, each time: once its hold expires, nothing
     # else remembers that this turn's calls were made and not paid for.
     problem_counts["credit_scope:settle"] += 1
@@ -934,22 +958,42 @@ def _settle_failed(turn: TurnTokenAccumulator, reservation: Reservation, charged
         reservation.id,
         str(charged),
         reservation.expires_at.isoformat(),
-        exc_info=True,
+        exc_info=failure,
     )
 
 
-async def _finish_despite_cancellation(work: Awaitable[T]) -> tuple[T, asyncio.CancelledError | None]:
-    """``work``'s result, awaited to the end however often this task is cancelled meanwhile, and the
-    first cancellation it absorbed (for the caller to raise once the work is done)."""
+async def _finish_despite_cancellation(
+    work: Awaitable[T], already_cancelled: bool, grace: float
+) -> tuple[asyncio.Future[T], asyncio.CancelledError | None]:
+    """``work``, awaited to the end however often this task is cancelled meanwhile, but once it is
+    cancelled (or ``already_cancelled``) for at most ``grace`` seconds more; then ``work`` is
+    cancelled and left to end on its own. Returns ``work``'s future (not done when given up on) and
+    the first cancellation absorbed here."""
+    loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
-    cancelled: asyncio.CancelledError | None = None
-    while True:
+    task.add_done_callback(_retrieve)
+    deadline = loop.time() + grace if already_cancelled else None
+    absorbed: asyncio.CancelledError | None = None
+    while not task.done():
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
         try:
-            return await asyncio.shield(task), cancelled
+            # asyncio.wait leaves ``work`` running when this task is cancelled.
+            await asyncio.wait((task,), timeout=timeout)
         except asyncio.CancelledError as interrupted:
-            if task.cancelled():
-                raise  # the work itself was cancelled (the loop is shutting down): nothing to wait for
-            cancelled = cancelled or interrupted
+            absorbed = absorbed or interrupted
+            if deadline is None:
+                deadline = loop.time() + grace
+            continue
+        if not task.done():
+            task.cancel()  # out of time: the caller logs what is owed
+            break
+    return task, absorbed
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # A settle given up on may still fail later, with nobody awaiting it: the caller logged it already.
+    if not task.cancelled():
+        task.exception()
 
 
 # -- helpers -------------------------------------------------------------------------------------

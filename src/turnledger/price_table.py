@@ -56,6 +56,8 @@ class ModelPrice:
     """Audio input tokens. Falls back to ``input_cost_per_token``."""
     output_cost_per_audio_token: Decimal | None = None
     """Audio output tokens. Falls back to ``output_cost_per_token``."""
+    cache_read_input_audio_token_cost: Decimal | None = None
+    """Audio input tokens read from the cache. Falls back to ``cache_read_input_token_cost``."""
     input_cost_per_image: Decimal | None = None
     """Per image sent (image edits)."""
     output_cost_per_image: Decimal | None = None
@@ -107,8 +109,13 @@ class ModelPrice:
             if tiered is not self:
                 return tiered.cost(counts, images_in=images_in, images_out=images_out)
         total = Decimal(0)
-        image_in = min(counts.image_input_tokens, counts.fresh_prompt_tokens)
-        audio_in = min(counts.audio_input_tokens, counts.fresh_prompt_tokens - image_in)
+        # Audio and image read from the cache are cache reads (as LiteLLM bills them), not fresh audio.
+        image_in = min(max(0, counts.image_input_tokens - counts.cached_image_tokens), counts.fresh_prompt_tokens)
+        audio_in = min(
+            max(0, counts.audio_input_tokens - counts.cached_audio_tokens), counts.fresh_prompt_tokens - image_in
+        )
+        cached_audio = min(counts.cached_audio_tokens, counts.cached_tokens)
+        cache_read = _or(self.cache_read_input_token_cost, self.input_cost_per_token)
         image_out = min(counts.image_output_tokens, max(0, counts.completion_tokens - counts.reasoning_tokens))
         audio_out = min(
             counts.audio_output_tokens, max(0, counts.completion_tokens - counts.reasoning_tokens - image_out)
@@ -118,7 +125,8 @@ class ModelPrice:
             (counts.fresh_prompt_tokens - image_in - audio_in, self.input_cost_per_token),
             (image_in, _or(self.input_cost_per_image_token, self.input_cost_per_token)),
             (audio_in, _or(self.input_cost_per_audio_token, self.input_cost_per_token)),
-            (counts.cached_tokens, _or(self.cache_read_input_token_cost, self.input_cost_per_token)),
+            (counts.cached_tokens - cached_audio, cache_read),
+            (cached_audio, _or(self.cache_read_input_audio_token_cost, cache_read)),
             (counts.cache_creation_5m_tokens, cache_write),
             (counts.cache_creation_1h_tokens, _or(self.cache_creation_input_token_cost_above_1hr, cache_write)),
             (

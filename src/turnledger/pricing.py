@@ -52,7 +52,15 @@ from turnledger._logging import warn_once
 from turnledger.call_details import provider_refused
 from turnledger.money import to_decimal
 from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
-from turnledger.usage import TokenCounts, estimate_counts, get_field, response_text, usage_block, usage_missing
+from turnledger.usage import (
+    TokenCounts,
+    estimate_counts,
+    get_field,
+    private_field,
+    response_text,
+    usage_block,
+    usage_missing,
+)
 
 if TYPE_CHECKING:
     from turnledger.accumulator import ModelMetadata, PendingCall
@@ -344,12 +352,22 @@ _PRICED_SERVICE_TIERS = frozenset({"flex", "balanced", "priority", "fast", "ultr
 _STANDARD_SERVICE_TIERS = frozenset({"default", "standard"})
 
 
+_GEMINI_TRAFFIC_TIERS = {"ON_DEMAND_PRIORITY": "priority", "FLEX": "flex", "BATCH": "flex", "ON_DEMAND_FLEX": "flex"}
+"""Gemini's ``usageMetadata.trafficType`` as the tier it bills, as LiteLLM 1.106 maps it (other types: standard)."""
+
+
 def billed_service_tier(call_details: Mapping[str, Any], response_obj: Any) -> str | None:
     """The service tier a call was billed at, as LiteLLM's ``completion_cost`` resolves it: the tier the
-    response says served the call, else the one the request asked for (``auto`` is no tier)."""
+    response says served the call (Gemini says it in its traffic type), else the one the request asked
+    for (``auto`` is no tier)."""
     served = get_field(response_obj, "service_tier")
     if not isinstance(served, str):
         served = get_field(usage_block(response_obj), "service_tier")
+    if not isinstance(served, str):
+        specific = get_field(private_field(response_obj, "_hidden_params"), "provider_specific_fields")
+        traffic = get_field(specific, "traffic_type")
+        if traffic:
+            served = _GEMINI_TRAFFIC_TIERS.get(str(traffic).upper(), "default")
     if isinstance(served, str):
         if served.lower() in _PRICED_SERVICE_TIERS:
             return served.lower()
@@ -514,6 +532,11 @@ def _cost_per_token(
             },
             "audio_tokens": counts.audio_input_tokens,
             "image_tokens": counts.image_input_tokens,
+            # Which of those were cache reads: without it LiteLLM bills them as fresh audio too.
+            "cached_tokens_details": {
+                "audio_tokens": counts.cached_audio_tokens,
+                "image_tokens": counts.cached_image_tokens,
+            },
         },
         completion_tokens_details={
             "reasoning_tokens": counts.reasoning_tokens,

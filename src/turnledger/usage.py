@@ -57,6 +57,11 @@ class TokenCounts:
     """The audio part of ``prompt_tokens`` (billed at many times the text rate)."""
     audio_output_tokens: int = 0
     """The audio part of ``completion_tokens``."""
+    cached_audio_tokens: int = 0
+    """The audio part of ``cached_tokens`` (OpenAI's ``cached_tokens_details``), which is also inside
+    ``audio_input_tokens``: those tokens are billed as cache reads, not as fresh audio."""
+    cached_image_tokens: int = 0
+    """The image part of ``cached_tokens``, likewise inside ``image_input_tokens``."""
     present: bool = False
     """Whether the response carried a usage block at all."""
     inline_cost: Any = None
@@ -308,6 +313,11 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
     if prompt_details:
         counts.image_input_tokens = read_count(counts, prompt_details.get("image_tokens"))
         counts.audio_input_tokens = read_count(counts, prompt_details.get("audio_tokens"))
+        cached_details = prompt_details.get("cached_tokens_details")
+        if cached_details is not None:
+            cached_parts = fields_of(cached_details)
+            counts.cached_audio_tokens = read_count(counts, cached_parts.get("audio_tokens"))
+            counts.cached_image_tokens = read_count(counts, cached_parts.get("image_tokens"))
 
 
 def _read_bedrock(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
@@ -344,6 +354,10 @@ def _check_invariants(counts: TokenCounts, total: Any) -> None:
     if counts.image_input_tokens + counts.audio_input_tokens > counts.prompt_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
         counts.audio_input_tokens = counts.prompt_tokens - counts.image_input_tokens
+    if counts.cached_audio_tokens + counts.cached_image_tokens > counts.cached_tokens:
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.cached_audio_tokens = min(counts.cached_audio_tokens, counts.cached_tokens)
+        counts.cached_image_tokens = counts.cached_tokens - counts.cached_audio_tokens
     output_parts = counts.reasoning_tokens + counts.image_output_tokens + counts.audio_output_tokens
     if output_parts > counts.completion_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)

@@ -15,6 +15,7 @@ from litellm.types.utils import ImageObject, ImageResponse, ModelResponse, Usage
 from turnledger import PriceTable
 from turnledger._logging import problem_counts
 from turnledger.accumulator import PendingCall, TurnTokenAccumulator
+from turnledger.money import to_decimal
 from turnledger.pricing import (
     decimal_from_litellm,
     estimate_missing_usage,
@@ -167,6 +168,46 @@ def test_cost_per_token_prices_audio_and_image_tokens_at_their_rates(
     assert (cost, source, flags) == (expected, CostSource.COST_PER_TOKEN, [])
 
 
+# gpt-realtime in LiteLLM 1.106's map: text in 4/M, audio in 32/M, cache reads (text and audio) 0.4/M,
+# text out 16/M. A Responses-API usage block: 500 of the 1000 input tokens read from the cache, 100 of
+# those audio, so 200 of the 300 audio tokens were fresh.
+REALTIME_CACHED_AUDIO: dict[str, Any] = {
+    "input_tokens": 1000,
+    "output_tokens": 100,
+    "total_tokens": 1100,
+    "input_tokens_details": {
+        "cached_tokens": 500,
+        "audio_tokens": 300,
+        "text_tokens": 700,
+        "cached_tokens_details": {"audio_tokens": 100, "text_tokens": 400},
+    },
+}
+REALTIME_CACHED_AUDIO_COST = 300 * D("0.000004") + 200 * D("0.000032") + 500 * D("0.0000004") + 100 * D("0.000016")
+
+
+def test_cost_per_token_bills_cached_audio_as_a_cache_read_not_as_fresh_audio() -> None:
+    cost, source, flags = price(kw("gpt-realtime"), {"usage": REALTIME_CACHED_AUDIO})
+    assert (cost, source, flags) == (REALTIME_CACHED_AUDIO_COST, CostSource.COST_PER_TOKEN, [])
+    # What LiteLLM charges for the same response, priced whole.
+    usage = Usage(
+        prompt_tokens=1000,
+        completion_tokens=100,
+        total_tokens=1100,
+        prompt_tokens_details=REALTIME_CACHED_AUDIO["input_tokens_details"],
+    )
+    whole = ModelResponse(
+        model="gpt-realtime", choices=[{"message": {"role": "assistant", "content": "ok"}}], usage=usage
+    )
+    litellm_cost = litellm.completion_cost(completion_response=whole, custom_llm_provider="openai")
+    assert cost == to_decimal(litellm_cost) == D("0.0094")
+
+
+def test_price_table_bills_cached_audio_as_a_cache_read_not_as_fresh_audio() -> None:
+    table = PriceTable({"my-realtime": {k: v for k, v in litellm.model_cost["gpt-realtime"].items() if "cost" in k}})
+    cost, source, _flags = price(kw("my-realtime"), {"usage": REALTIME_CACHED_AUDIO}, price_table=table)
+    assert (cost, source) == (REALTIME_CACHED_AUDIO_COST, CostSource.PRICE_TABLE)
+
+
 # gpt-5's rates by service tier (LiteLLM 1.106's map): input, cache read, output.
 GPT_5_TIERS = {
     None: (D("0.00000125"), D("0.000000125"), D("0.00001")),
@@ -194,6 +235,27 @@ def test_cost_per_token_prices_the_service_tier_that_was_billed(
     kwargs = kw("gpt-5", optional_params={} if requested is None else {"service_tier": requested})
     fresh, read, out = GPT_5_TIERS[tier]
     assert price(kwargs, obj) == (600 * fresh + 400 * read + 100 * out, CostSource.COST_PER_TOKEN, [])
+
+
+@pytest.mark.parametrize(
+    ("traffic_type", "rates"),
+    [
+        # gemini-2.5-pro: input, output per token, standard and priority (LiteLLM 1.106's map).
+        ("ON_DEMAND_PRIORITY", (D("0.00000225"), D("0.000018"))),
+        ("ON_DEMAND", (D("0.00000125"), D("0.00001"))),
+    ],
+)
+def test_cost_per_token_prices_the_tier_gemini_says_in_its_traffic_type(
+    traffic_type: str, rates: tuple[Decimal, Decimal]
+) -> None:
+    # Gemini names the tier that served a call only in usageMetadata.trafficType, which LiteLLM keeps
+    # in its hidden params and bills by.
+    obj = response("gemini-2.5-pro", prompt_tokens=1000, completion_tokens=100, total_tokens=1100)
+    obj._hidden_params["provider_specific_fields"] = {"traffic_type": traffic_type}
+    cost, source, _flags = price(kw("gemini-2.5-pro", "gemini", response_cost=None), obj)
+    litellm_cost = litellm.completion_cost(completion_response=obj, custom_llm_provider="gemini")
+    assert (cost, source) == (1000 * rates[0] + 100 * rates[1], CostSource.COST_PER_TOKEN)
+    assert cost == to_decimal(litellm_cost)
 
 
 def test_price_table_prices_what_litellm_cannot() -> None:

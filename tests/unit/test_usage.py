@@ -417,3 +417,23 @@ def test_estimating_an_image_message_never_fetches_the_image() -> None:
     text_only = estimate_counts("gpt-4o-mini", messages=[{"role": "user", "content": "what is this"}])
     # The text plus the token count LiteLLM assumes for an image it does not fetch (litellm 1.106).
     assert (text_only.prompt_tokens, counts.prompt_tokens) == (10, 260)
+
+
+def test_the_audio_and_image_parts_of_cache_reads_are_read() -> None:
+    usage: dict[str, Any] = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 10,
+        "prompt_tokens_details": {
+            "cached_tokens": 500,
+            "audio_tokens": 300,
+            "image_tokens": 200,
+            "cached_tokens_details": {"audio_tokens": 100, "image_tokens": 50, "text_tokens": 350},
+        },
+    }
+    counts = normalize_usage({"usage": usage})
+    assert (counts.cached_audio_tokens, counts.cached_image_tokens, counts.flags) == (100, 50, [])
+    # Parts of the cache reads beyond the cache reads are malformed: kept within them, and flagged.
+    usage["prompt_tokens_details"]["cached_tokens_details"] = {"audio_tokens": 400, "image_tokens": 300}
+    counts = normalize_usage({"usage": usage})
+    assert (counts.cached_audio_tokens, counts.cached_image_tokens) == (400, 100)
+    assert counts.flags == [RecordFlag.MALFORMED_USAGE]
