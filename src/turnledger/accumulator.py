@@ -37,6 +37,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from turnledger._logging import warn_once
+from turnledger.call_details import response_arrived
 from turnledger.money import micros_from_usd, split_micros, sum_costs
 from turnledger.records import CallKind, CallStatus, RecordFlag, TokenCallRecord
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
@@ -89,7 +91,7 @@ class PendingCall:
     started_at: datetime
     started_monotonic: float
     request: Mapping[str, Any] = field(default_factory=dict)
-    """What an estimate of an abandoned call may need (messages, input). Held in memory only."""
+    """What an estimate of an abandoned call may need (messages, input, tools, service tier). Held in memory only."""
     price_table: PriceTable | None = None
     """The price table of the callback that saw the call start, for pricing an abandoned call."""
     call_details: Mapping[str, Any] | None = None
@@ -108,20 +110,8 @@ class PendingCall:
     def pending_call(self) -> PendingCall:
         return self
 
-
-def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bool:
-    """Whether an end event is certainly coming, read from LiteLLM's call details (measured on 1.106).
-
-    LiteLLM writes the provider's answer there before it returns a response. A stream gets it with
-    its first chunk, so it tells nothing; a stream read to its end gets the assembled response when
-    LiteLLM's logging of it begins, before any logger runs (a slow one ahead of turnledger delays the
-    event by its own time), and a stream broken off never gets it.
-    """
-    if call_details is None:
-        return False
-    if stream:
-        return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
-    return "original_response" in call_details
+    def abandoned(self) -> None:
+        """Nobody to tell: a bare pending call has no callback instance behind it."""
 
 
 class StartedCall(Protocol):
@@ -137,6 +127,11 @@ class StartedCall(Protocol):
 
     def pending_call(self) -> PendingCall:
         """The call as :class:`PendingCall`; never raises (what cannot be read is left unknown)."""
+        ...
+
+    def abandoned(self) -> None:
+        """Told once, after the turn closed with the call still pending and kept its ``abandoned``
+        record (the callback instance that bound the call counts it)."""
         ...
 
 
@@ -525,6 +520,11 @@ class TurnTokenAccumulator:
         with self._lock:
             self._records.append(record)
             subscribers = self._subscribers
+        try:
+            call.abandoned()
+        except Exception:
+            # Only a count depends on it: the record is kept, and the other calls still get theirs.
+            warn_once("turn:abandoned", "turnledger could not count an abandoned call", exc_info=True)
         dispatch(record, self, subscribers + global_subscribers(), self._loop)
 
     # -- totals ----------------------------------------------------------------------------------
@@ -684,7 +684,11 @@ def _bare_model_name(model: str) -> str:
 
 
 class TurnSink(Protocol):
-    """Where a closed turn goes when its scope exits (``scoped_turn(..., persist=sink)``): a BatchWriter."""
+    """Where a closed turn goes when its scope exits (``scoped_turn(..., persist=sink)``): a BatchWriter.
+
+    ``persist_turn`` takes the turn before its first await: a scope whose exit is cancelled still
+    calls it, and the cancellation may come at that await.
+    """
 
     async def persist_turn(self, turn: TurnTokenAccumulator) -> None: ...
 
@@ -717,12 +721,16 @@ class scoped_turn:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.turn.aclose()
-        if self.persist is not None:
-            try:
-                await self.persist.persist_turn(self.turn)
-            except Exception:
-                _persist_failed(self.turn)
+        try:
+            await self.turn.aclose()
+        finally:
+            # Also when the wait for pending calls was cancelled (a request cancelled, a timeout): the
+            # turn is closed all the same, its calls are billable, and a turn not handed over is lost.
+            if self.persist is not None:
+                try:
+                    await self.persist.persist_turn(self.turn)
+                except Exception:
+                    _persist_failed(self.turn)
 
     def __enter__(self) -> TurnTokenAccumulator:
         _refuse_blocking_inside_event_loop("a plain `with scoped_turn(...)`", "`async with scoped_turn(...)`")
@@ -732,12 +740,14 @@ class scoped_turn:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.turn.close()
-        if self.persist is not None:
-            try:
-                self.persist.submit_threadsafe(self.turn)
-            except Exception:
-                _persist_failed(self.turn)
+        try:
+            self.turn.close()
+        finally:
+            if self.persist is not None:
+                try:
+                    self.persist.submit_threadsafe(self.turn)
+                except Exception:
+                    _persist_failed(self.turn)
 
 
 def _persist_failed(turn: TurnTokenAccumulator) -> None:

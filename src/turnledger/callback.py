@@ -49,10 +49,17 @@ from turnledger.accumulator import (
     TurnTokenAccumulator,
     call_bindings,
     get_current_accumulator,
-    response_arrived,
 )
+from turnledger.call_details import response_arrived
 from turnledger.price_table import PriceTable
-from turnledger.pricing import estimate_missing_usage, price_call
+from turnledger.pricing import (
+    answer_timed_out,
+    billed_service_tier,
+    estimate_missing_usage,
+    estimate_unanswered_call,
+    price_call,
+    request_tools,
+)
 from turnledger.records import (
     CallKind,
     CallStatus,
@@ -274,7 +281,12 @@ class TokenTrackingCallback(CustomLogger):
         self._on_record: tuple[Subscriber, ...] = (on_record,) if on_record is not None else ()
         self._stats_lock = threading.Lock()
         self.stats: Counter[str] = Counter()
-        """Events seen by outcome: ``captured``, ``unscoped``, ``late``, ``duplicate``, ``errors``."""
+        """What this instance saw, by outcome. Events: ``captured``, ``unscoped``, ``late``, ``duplicate``,
+        ``errors``. Calls: ``abandoned``, a call whose turn closed before LiteLLM reported its end (it
+        was recorded ``abandoned``), counted when its turn closes by the instance whose pre-call hook
+        bound it to the turn (the first to see it start): with several instances installed, each such
+        call is counted once, so their sum is the process's total. An end event that still comes
+        afterwards is counted as an event as well (``late``)."""
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -293,7 +305,7 @@ class TokenTrackingCallback(CustomLogger):
             if turn is None:
                 _started_outside_turns.started(call_id)
                 return
-            turn.begin_call(_StartedCall(call_id, model, messages, kwargs, self._price_table))
+            turn.begin_call(_StartedCall(self, call_id, model, messages, kwargs))
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
@@ -409,7 +421,8 @@ class TokenTrackingCallback(CustomLogger):
         ttft = _ms_between(started, _utc(get("completion_start_time"))) if stream else None
         success = status is CallStatus.SUCCESS
 
-        # A failure usually carries no response; one that does (billed, then refused) is priced by its usage.
+        # A failure usually carries no response; one that does (billed, then refused) is priced by its usage,
+        # one that timed out waiting for its answer by its estimated input.
         counts = normalize_usage(response_obj)
         if counts.flags:
             flags.extend(counts.flags)
@@ -435,12 +448,19 @@ class TokenTrackingCallback(CustomLogger):
         error_type: str | None = None
         cost: Decimal | None
         cost_flags: list[RecordFlag] = []
+        unanswered = False
         if status is CallStatus.FAILURE:
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
-        if estimated is not None:  # a success only
+            unanswered = counts.prompt_tokens == 0 and counts.completion_tokens == 0
+            if unanswered and answer_timed_out(exc):
+                # The provider had the request and went on with it: billed as an abandoned call is.
+                estimated = estimate_unanswered_call(
+                    kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                )
+        if estimated is not None:
             counts, cost, source, cost_flags = estimated
-        elif status is CallStatus.FAILURE and counts.prompt_tokens == 0 and counts.completion_tokens == 0:
+        elif unanswered:
             cost, source = Decimal(0), CostSource.NOT_BILLED
         else:
             cost, source, cost_flags = price_call(
@@ -471,6 +491,8 @@ class TokenTrackingCallback(CustomLogger):
             reasoning_tokens=counts.reasoning_tokens,
             image_input_tokens=counts.image_input_tokens,
             image_output_tokens=counts.image_output_tokens,
+            audio_input_tokens=counts.audio_input_tokens,
+            audio_output_tokens=counts.audio_output_tokens,
             cost_usd=cost,
             cost_source=source,
             started_at=started,
@@ -509,17 +531,17 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
 class _StartedCall:
     """What the pre-call hook keeps of a call (see :class:`~turnledger.accumulator.StartedCall`)."""
 
-    __slots__ = ("_kwargs", "_messages", "_model", "_price_table", "_started_monotonic", "call_id")
+    __slots__ = ("_callback", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
 
     def __init__(
-        self, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any], price_table: PriceTable | None
+        self, callback: TokenTrackingCallback, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any]
     ) -> None:
+        self._callback = callback
         self.call_id = call_id
         self._model = model
         self._messages = messages
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
         self._kwargs = kwargs
-        self._price_table = price_table
         self._started_monotonic = time.monotonic()
 
     @property
@@ -541,10 +563,18 @@ class _StartedCall:
             stream=bool(get("stream")),
             started_at=_utc(get("start_time")) or datetime.now(UTC),
             started_monotonic=self._started_monotonic,
-            request={"messages": self._messages, "input": get("input")},
-            price_table=self._price_table,
+            request={
+                "messages": self._messages,
+                "input": get("input"),
+                "tools": request_tools(kwargs),
+                "service_tier": billed_service_tier(kwargs, None),
+            },
+            price_table=self._callback._price_table,
             call_details=kwargs,
         )
+
+    def abandoned(self) -> None:
+        self._callback._count("abandoned")
 
 
 class _EndEvent:

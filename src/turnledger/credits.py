@@ -48,13 +48,16 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from turnledger._logging import warn_once
+from turnledger._logging import logger, problem_counts, warn_once
 from turnledger.accumulator import TurnTokenAccumulator, scoped_turn
 from turnledger.credits_models import (
     ACCOUNT_MAX_LENGTH,
+    AMOUNT_SCALE,
     DERIVED_KEY_MAX_LENGTH,
     EXACT_CONTEXT,
     KEY_MAX_LENGTH,
+    LABEL_MAX_LENGTH,
+    MAX_INTEGER_DIGITS,
     CreditAccount,
     CreditHold,
     CreditJournalEntry,
@@ -68,10 +71,18 @@ from turnledger.money import sum_costs, to_decimal
 DEFAULT_HOLD_TTL = timedelta(minutes=15)
 """How long a reservation holds credits if nobody settles or releases it."""
 
+CANCELLED_SETTLE_GRACE = timedelta(seconds=10)
+"""How long a cancelled :class:`credit_scope` still waits for its settle (ms when the database is well).
+Unbounded, a database that hangs (a lock held by a stuck session, a peer gone without a word) would
+make the request impossible to cancel, and its server impossible to stop."""
+
 Amount = Decimal | int | str
 """An amount in USD. Floats are refused: a float has already lost the exact figure."""
 
 UnpricedPolicy = Literal["free", "estimate", "error"]
+
+DERIVED_KEY_SUFFIXES = ("/settle", "/release", "/expired")
+"""What the ledger appends to a reservation's key for the entries that close it."""
 
 T = TypeVar("T")
 
@@ -179,7 +190,9 @@ class CreditLedger:
     """Prepaid credit accounts on an :class:`AsyncEngine` (PostgreSQL or SQLite).
 
     Every method is its own transaction. Amounts are exact ``Decimal`` (``int`` and ``str`` are
-    accepted); anything finer than 18 decimal places is rounded half-even once, when written.
+    accepted); anything finer than 18 decimal places is rounded half-even once, when written, and an
+    amount that must be positive may not round to 0. Keys ending in ``/settle``, ``/release`` or
+    ``/expired`` are the ledger's own (derived from reservation keys) and refused from callers.
     """
 
     def __init__(
@@ -217,6 +230,7 @@ class CreditLedger:
     ) -> Entry:
         """Add credits to ``account``, creating it if needed."""
         _check_key(key)
+        _check_labels(turn_id=turn_id, note=note)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -229,6 +243,7 @@ class CreditLedger:
     ) -> Entry:
         """Spend credits without a reservation; :class:`InsufficientCredits` if ``available`` is short."""
         _check_key(key)
+        _check_labels(turn_id=turn_id, note=note)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -242,6 +257,7 @@ class CreditLedger:
     ) -> Entry:
         """Give credits back to an existing account."""
         _check_key(key)
+        _check_labels(turn_id=turn_id, note=note)
         value = _amount(amount, "amount", minimum="positive")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -252,6 +268,7 @@ class CreditLedger:
     async def adjust(self, account: str, amount: Amount, key: str, *, note: str | None = None) -> Entry:
         """An operator's correction, either sign; not checked against the available balance."""
         _check_key(key)
+        _check_labels(note=note)
         value = _amount(amount, "amount", minimum="nonzero")
 
         async def op(conn: AsyncConnection, acct: _Account, now: datetime) -> Entry:
@@ -273,6 +290,7 @@ class CreditLedger:
         A refusal writes nothing, so the same key may succeed later, after a grant.
         """
         _check_key(key)
+        _check_labels(turn_id=turn_id)
         value = _amount(estimate, "estimate", minimum="zero")
         lifetime = self.hold_ttl if ttl is None else ttl
         if lifetime <= timedelta(0):
@@ -310,7 +328,8 @@ class CreditLedger:
         reservation, under any key, returns the first settle entry and changes nothing.
         """
         cost = _amount(actual_cost, "actual_cost", minimum="zero")
-        if key is not None:
+        _check_labels(note=note)
+        if key is not None and key != reservation.settle_key:
             _check_key(key)
         settle_key = key or reservation.settle_key
 
@@ -323,7 +342,10 @@ class CreditLedger:
                 for prior in await self._closing_entries(conn, reservation.id):
                     if prior.kind is EntryKind.SETTLE:
                         return _replayed(prior)
-                entry_note = note or "hold had already been released; actual cost debited anyway"
+                late = "hold had already been released; actual cost debited anyway"
+                entry_note = late if not note else f"{note}; {late}"
+                if len(entry_note) > LABEL_MAX_LENGTH:
+                    entry_note = note
             return await self._append(
                 conn,
                 acct,
@@ -343,7 +365,7 @@ class CreditLedger:
     async def release(self, reservation: Reservation, key: str | None = None) -> Entry:
         """Free a reservation's hold without charging. If it was already settled or released (or
         expired), returns that closing entry and changes nothing."""
-        if key is not None:
+        if key is not None and key != reservation.release_key:
             _check_key(key)
         release_key = key or reservation.release_key
 
@@ -684,6 +706,16 @@ class CreditLedger:
         with localcontext(_EXACT):
             balance_after = acct.balance + amount
             held_after = acct.held + hold_amount
+        for figure, value in (("balance", balance_after), ("held credits", held_after)):
+            try:
+                quantize_amount(value)
+            except ValueError:
+                # Refused here, in the ledger's words; the column's own check would fail the insert
+                # with a driver-level StatementError that names no account.
+                raise ValueError(
+                    f"account {acct.account_id!r}: this {kind} would take its {figure} to {canonical_amount(value)}, "
+                    f"beyond what the ledger holds ({MAX_INTEGER_DIGITS} integer digits)"
+                ) from None
         values: dict[str, Any] = {
             "idempotency_key": key,
             "account_id": acct.account_id,
@@ -695,7 +727,7 @@ class CreditLedger:
             "turn_id": turn_id,
             "reservation_id": reservation_id,
             "expires_at": expires_at,
-            "note": note[:200] if note else None,
+            "note": note or None,
             "created_at": now,
         }
         result = await _execute(conn, insert(_J).values(**values))
@@ -787,10 +819,15 @@ class credit_scope:
 
     Entry raises :class:`InsufficientCredits` before the block runs. On exit the turn closes as in
     :class:`scoped_turn` (calls that never reported become ``abandoned`` at their estimated cost)
-    and its cost is settled, also when the block raised or was cancelled: calls that were made are
-    paid for. Unpriced calls follow ``unpriced`` (see :func:`turn_charge`) and are counted in
-    :attr:`charge` either way; under ``"error"`` an :class:`UnpricedCallsError` is raised after the
-    priced part is settled (unless the block already raised).
+    and its cost is settled, also when the block raised or was cancelled, however often (anyio
+    cancels every await; the settle is finished first, the cancellation raised after it): calls that
+    were made are paid for. Once cancelled, it waits for its settle at most ``cancel_grace`` (default
+    :data:`CANCELLED_SETTLE_GRACE`) more, so a hung database cannot make it uncancellable. A settle
+    that fails or runs out of that time is logged with the amount owed and how to settle it by hand,
+    then raises (the cancellation, if there was one). Unpriced calls follow ``unpriced`` (see
+    :func:`turn_charge`), are counted in :attr:`charge` either way and noted on the settle entry;
+    under ``"error"`` an :class:`UnpricedCallsError` is raised after the priced part is settled
+    (unless the block already raised).
 
     The reservation key defaults to ``turn:<turn_id>``. Pass a ``key`` that is stable across retries
     of one request and a retry neither reserves nor charges twice: its entry raises
@@ -813,6 +850,7 @@ class credit_scope:
         turn: TurnTokenAccumulator | None = None,
         unpriced: UnpricedPolicy = "estimate",
         ttl: timedelta | None = None,
+        cancel_grace: timedelta | None = None,
         **labels: Any,
     ) -> None:
         _check_policy(unpriced)
@@ -821,6 +859,7 @@ class credit_scope:
         self.estimate = _amount(estimate, "estimate", minimum="zero")
         self.unpriced: UnpricedPolicy = unpriced
         self.ttl = ttl
+        self.cancel_grace = cancel_grace
         self._scope = scoped_turn(turn=turn, **labels)
         self.turn = self._scope.turn
         self.key = key or f"turn:{self.turn.turn_id}"
@@ -843,9 +882,40 @@ class credit_scope:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self.reservation is not None
-        await self._scope.__aexit__(exc_type, exc, tb)
+        # A cancellation that arrives while the turn closes or settles (anyio, so Starlette and
+        # FastAPI, cancels every await after the first) must not skip the settle: the calls were
+        # made, and an unsettled hold just expires, so the turn would go unpaid without a word.
+        # The turn closes anyway (what is still pending becomes abandoned); the settle is finished
+        # and the cancellation raised after it.
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            await self._scope.__aexit__(exc_type, exc, tb)
+        except asyncio.CancelledError as interrupted:
+            cancelled = interrupted
         charged, priced_cost, unpriced = turn_charge(self.turn, self.estimate, self.unpriced)
-        entry = await self.ledger.settle(self.reservation, charged)
+        # The journal is what a bill is argued from: a charge that is not the priced calls' sum
+        # says so there, not only in a log line written once per process.
+        note = f"{unpriced} unpriced call(s), settled under unpriced={self.unpriced!r}" if unpriced else None
+        settle = self.ledger.settle(self.reservation, charged, note=note)
+        grace = CANCELLED_SETTLE_GRACE if self.cancel_grace is None else self.cancel_grace
+        # A task whose cancellation the body already met is cancelled already (asyncio cancels once).
+        current = asyncio.current_task()
+        already = cancelled is not None or (current is not None and current.cancelling() > 0)
+        settling, late_cancel = await _finish_despite_cancellation(settle, already, grace.total_seconds())
+        cancelled = cancelled or late_cancel
+        try:
+            if not settling.done():
+                raise TimeoutError(f"the settle did not answer within {grace} of the cancellation")
+            entry = settling.result()
+        except (Exception, asyncio.CancelledError) as failure:
+            _settle_failed(self.turn, self.reservation, charged, failure)
+            if cancelled is not None:
+                # The caller asked for a cancellation: an ordinary error in its place would be caught
+                # by an error handler that then carries on with a cancelled request.
+                raise cancelled from failure
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc from failure
+            raise
         self.charge = TurnCharge(
             reservation=self.reservation,
             entry=entry,
@@ -863,11 +933,67 @@ class credit_scope:
                 unpriced,
                 self.unpriced,
             )
-            if self.unpriced == "error" and exc is None:
-                raise UnpricedCallsError(
-                    f"turn {self.turn.turn_id} made {unpriced} unpriced call(s); settled {charged} for the priced ones",
-                    self.charge,
-                )
+        if cancelled is not None:
+            raise cancelled
+        if unpriced and self.unpriced == "error" and exc is None:
+            raise UnpricedCallsError(
+                f"turn {self.turn.turn_id} made {unpriced} unpriced call(s); settled {charged} for the priced ones",
+                self.charge,
+            )
+
+
+def _settle_failed(
+    turn: TurnTokenAccumulator, reservation: Reservation, charged: Decimal, failure: BaseException
+) -> None:
+    # Logged with everything needed to settle it by hand, each time: once its hold expires, nothing
+    # else remembers that this turn's calls were made and not paid for.
+    problem_counts["credit_scope:settle"] += 1
+    logger.error(
+        "turnledger could not settle turn %s: reservation %d on account %r owes %s; settle it with "
+        "ledger.settle(await ledger.get_reservation(%d), Decimal(%r)) (its hold lapses at %s)",
+        turn.turn_id,
+        reservation.id,
+        reservation.account,
+        charged,
+        reservation.id,
+        str(charged),
+        reservation.expires_at.isoformat(),
+        exc_info=failure,
+    )
+
+
+async def _finish_despite_cancellation(
+    work: Awaitable[T], already_cancelled: bool, grace: float
+) -> tuple[asyncio.Future[T], asyncio.CancelledError | None]:
+    """``work``, awaited to the end however often this task is cancelled meanwhile, but once it is
+    cancelled (or ``already_cancelled``) for at most ``grace`` seconds more; then ``work`` is
+    cancelled and left to end on its own. Returns ``work``'s future (not done when given up on) and
+    the first cancellation absorbed here."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieve)
+    deadline = loop.time() + grace if already_cancelled else None
+    absorbed: asyncio.CancelledError | None = None
+    while not task.done():
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        try:
+            # asyncio.wait leaves ``work`` running when this task is cancelled.
+            await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError as interrupted:
+            absorbed = absorbed or interrupted
+            if deadline is None:
+                deadline = loop.time() + grace
+            continue
+        if not task.done():
+            task.cancel()  # out of time: the caller logs what is owed
+            break
+    return task, absorbed
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # A settle given up on may still fail later, with nobody awaiting it: the caller logged it already.
+    if not task.cancelled():
+        task.exception()
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -877,13 +1003,19 @@ def _amount(value: object, name: str, *, minimum: Literal["zero", "positive", "n
     parsed = to_decimal(value)
     if parsed is None:
         raise ValueError(f"{name} must be a finite amount, not {value!r}")
+    if parsed.is_zero():
+        parsed = parsed.copy_abs()  # -0 is 0: no "-0" on a bill
     if minimum == "zero" and parsed < 0:
         raise ValueError(f"{name} must not be negative, not {parsed}")
     if minimum == "positive" and parsed <= 0:
         raise ValueError(f"{name} must be positive, not {parsed}")
     if minimum == "nonzero" and parsed == 0:
         raise ValueError(f"{name} must not be zero")
-    quantize_amount(parsed)  # refuses what the column cannot hold, before anything is written
+    # Refuses what the column cannot hold, before anything is written; and what the stored scale
+    # rounds to 0, which would write a grant or debit of nothing under a key that then replays it.
+    stored = quantize_amount(parsed)
+    if minimum != "zero" and stored == 0:
+        raise ValueError(f"{name} {parsed} rounds to 0 at {AMOUNT_SCALE} decimal places")
     return parsed
 
 
@@ -893,6 +1025,21 @@ def _check_key(key: str | None, *, derived: bool = False) -> None:
     limit = DERIVED_KEY_MAX_LENGTH if derived else KEY_MAX_LENGTH
     if not isinstance(key, str) or not key or len(key) > limit:
         raise ValueError(f"an idempotency key must be a non-empty string of at most {limit} characters")
+    # A caller's key shaped like a derived one would take it first: reservation ``a``'s default
+    # settle key is then used, and the turn can never be settled (nor its hold released) with it.
+    if not derived and key.endswith(DERIVED_KEY_SUFFIXES):
+        raise ValueError(
+            f"an idempotency key must not end in {', '.join(DERIVED_KEY_SUFFIXES)}: "
+            "the ledger derives those from reservation keys"
+        )
+
+
+def _check_labels(**labels: str | None) -> None:
+    # Refused rather than cut (nothing is lost silently) or left to the column, which PostgreSQL
+    # enforces and SQLite does not.
+    for name, value in labels.items():
+        if value is not None and (not isinstance(value, str) or len(value) > LABEL_MAX_LENGTH):
+            raise ValueError(f"{name} must be a string of at most {LABEL_MAX_LENGTH} characters")
 
 
 def _check_policy(policy: str) -> None:

@@ -39,6 +39,9 @@ DERIVED_KEY_MAX_LENGTH = KEY_MAX_LENGTH + 40
 
 ACCOUNT_MAX_LENGTH = 200
 
+LABEL_MAX_LENGTH = 200
+"""The longest ``turn_id`` or ``note`` an entry keeps."""
+
 
 class EntryKind(StrEnum):
     """What a journal entry did. Its ``amount`` is its signed effect on the balance, its
@@ -74,7 +77,8 @@ def quantize_amount(value: Decimal) -> Decimal:
         raise ValueError(too_large) from None
     if exact != 0 and exact.adjusted() >= MAX_INTEGER_DIGITS:
         raise ValueError(too_large)
-    return exact
+    # A cost of 4e-19 settled is -(4e-19), which rounds to -0: stored and shown as "-0" otherwise.
+    return exact.copy_abs() if exact.is_zero() else exact
 
 
 def canonical_amount(value: Decimal) -> Decimal:
@@ -153,12 +157,12 @@ class CreditJournalEntry(Base):
     """Signed effect on the money held for open reservations."""
     balance_after: Mapped[Decimal] = mapped_column(ExactAmount(), nullable=False)
     held_after: Mapped[Decimal] = mapped_column(ExactAmount(), nullable=False)
-    turn_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    turn_id: Mapped[str | None] = mapped_column(String(LABEL_MAX_LENGTH), index=True)
     reservation_id: Mapped[int | None] = mapped_column(_EntryId, ForeignKey("credit_journal.id"), index=True)
     """For settle and release: the reserve entry they close."""
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     """For reserve: when the hold lapses if nobody settles or releases it."""
-    note: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(String(LABEL_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 

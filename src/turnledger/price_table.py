@@ -15,8 +15,9 @@ priced model, which is then looked up the same way.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal, localcontext
 from pathlib import Path
 from types import MappingProxyType
@@ -51,46 +52,90 @@ class ModelPrice:
     """Image input tokens. Falls back to ``input_cost_per_token``."""
     output_cost_per_image_token: Decimal | None = None
     """Image output tokens. Falls back to ``output_cost_per_token``."""
+    input_cost_per_audio_token: Decimal | None = None
+    """Audio input tokens. Falls back to ``input_cost_per_token``."""
+    output_cost_per_audio_token: Decimal | None = None
+    """Audio output tokens. Falls back to ``output_cost_per_token``."""
+    cache_read_input_audio_token_cost: Decimal | None = None
+    """Audio input tokens read from the cache. Falls back to ``cache_read_input_token_cost``."""
     input_cost_per_image: Decimal | None = None
     """Per image sent (image edits)."""
     output_cost_per_image: Decimal | None = None
     """Per image generated."""
+    above_tokens: tuple[tuple[int, tuple[tuple[str, Decimal], ...]], ...] = ()
+    """Long-context tiers, highest threshold first: ``(threshold, ((rate name, rate), ...))`` from keys
+    such as ``input_cost_per_token_above_200k_tokens``. A call whose prompt has more tokens than a
+    threshold is priced at that tier's rates (as LiteLLM does, every token of the call, not only those
+    past it); a rate the tier does not name keeps its base value."""
 
     @classmethod
     def from_mapping(cls, model: str, entry: Mapping[str, Any]) -> ModelPrice:
-        """Read the known rate keys of a ``model_cost`` entry; other keys are ignored."""
-        values: dict[str, Decimal] = {}
+        """Read the known rate keys of a ``model_cost`` entry, long-context tiers included; other keys
+        are ignored."""
+        values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name not in entry or entry[f.name] is None:
+            if f.name == "above_tokens" or f.name not in entry or entry[f.name] is None:
                 continue
-            rate = to_decimal(entry[f.name])
-            if rate is None or rate < 0:
-                raise ConfigurationError(f"price of {model!r}: {f.name} must be a non-negative number")
-            values[f.name] = rate
+            values[f.name] = _rate(model, f.name, entry[f.name])
+        tiers: dict[int, dict[str, Decimal]] = {}
+        for key, value in entry.items():
+            found = _TIER_KEY.fullmatch(key) if isinstance(key, str) else None
+            if found is None or value is None:
+                continue
+            threshold = int(found["count"]) * (1000 if found["k"] else 1)
+            tiers.setdefault(threshold, {})[found["rate"]] = _rate(model, key, value)
+        if tiers:
+            values["above_tokens"] = tuple(
+                (threshold, tuple(sorted(rates.items()))) for threshold, rates in sorted(tiers.items(), reverse=True)
+            )
         return cls(**values)
+
+    def for_prompt(self, prompt_tokens: int) -> ModelPrice:
+        """These rates as they apply to a call with ``prompt_tokens`` of input (its long-context tier)."""
+        for threshold, rates in self.above_tokens:
+            if prompt_tokens > threshold:
+                return replace(self, above_tokens=(), **dict(rates))
+        return self
 
     def cost(self, counts: TokenCounts, *, images_in: int = 0, images_out: int = 0) -> Decimal | None:
         """The exact cost of ``counts``, or ``None`` when a count that was used has no rate.
 
-        Each token is priced once: fresh input, cache reads, 5-minute and 1-hour cache writes, text
-        and image input; text output, reasoning and image output.
+        Each token is priced once: fresh input, cache reads, 5-minute and 1-hour cache writes, text,
+        image and audio input; text output, reasoning, image and audio output. A long prompt is priced
+        at its tier's rates (see :attr:`above_tokens`).
         """
+        if self.above_tokens:
+            tiered = self.for_prompt(counts.prompt_tokens)
+            if tiered is not self:
+                return tiered.cost(counts, images_in=images_in, images_out=images_out)
         total = Decimal(0)
-        image_in = min(counts.image_input_tokens, counts.fresh_prompt_tokens)
+        # Audio and image read from the cache are cache reads (as LiteLLM bills them), not fresh audio.
+        image_in = min(max(0, counts.image_input_tokens - counts.cached_image_tokens), counts.fresh_prompt_tokens)
+        audio_in = min(
+            max(0, counts.audio_input_tokens - counts.cached_audio_tokens), counts.fresh_prompt_tokens - image_in
+        )
+        cached_audio = min(counts.cached_audio_tokens, counts.cached_tokens)
+        cache_read = _or(self.cache_read_input_token_cost, self.input_cost_per_token)
         image_out = min(counts.image_output_tokens, max(0, counts.completion_tokens - counts.reasoning_tokens))
+        audio_out = min(
+            counts.audio_output_tokens, max(0, counts.completion_tokens - counts.reasoning_tokens - image_out)
+        )
         cache_write = _or(self.cache_creation_input_token_cost, self.input_cost_per_token)
         parts: tuple[tuple[int, Decimal | None], ...] = (
-            (counts.fresh_prompt_tokens - image_in, self.input_cost_per_token),
+            (counts.fresh_prompt_tokens - image_in - audio_in, self.input_cost_per_token),
             (image_in, _or(self.input_cost_per_image_token, self.input_cost_per_token)),
-            (counts.cached_tokens, _or(self.cache_read_input_token_cost, self.input_cost_per_token)),
+            (audio_in, _or(self.input_cost_per_audio_token, self.input_cost_per_token)),
+            (counts.cached_tokens - cached_audio, cache_read),
+            (cached_audio, _or(self.cache_read_input_audio_token_cost, cache_read)),
             (counts.cache_creation_5m_tokens, cache_write),
             (counts.cache_creation_1h_tokens, _or(self.cache_creation_input_token_cost_above_1hr, cache_write)),
             (
-                counts.completion_tokens - counts.reasoning_tokens - image_out,
+                counts.completion_tokens - counts.reasoning_tokens - image_out - audio_out,
                 self.output_cost_per_token,
             ),
             (counts.reasoning_tokens, _or(self.output_cost_per_reasoning_token, self.output_cost_per_token)),
             (image_out, _or(self.output_cost_per_image_token, self.output_cost_per_token)),
+            (audio_out, _or(self.output_cost_per_audio_token, self.output_cost_per_token)),
             (images_in, self.input_cost_per_image),
             (images_out, self.output_cost_per_image),
         )
@@ -102,6 +147,25 @@ class ModelPrice:
                     return None
                 total += rate * quantity
         return total
+
+
+_TIERED_RATES = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost_above_1hr",
+    "cache_creation_input_token_cost",
+)
+_TIER_KEY = re.compile(rf"(?P<rate>{'|'.join(map(re.escape, _TIERED_RATES))})_above_(?P<count>[0-9]+)(?P<k>k?)_tokens")
+"""A long-context rate, as LiteLLM's map names it; variants for a service tier or batches
+(``..._above_200k_tokens_priority``) do not match."""
+
+
+def _rate(model: str, name: str, value: object) -> Decimal:
+    rate = to_decimal(value)
+    if rate is None or rate < 0:
+        raise ConfigurationError(f"price of {model!r}: {name} must be a non-negative number")
+    return rate
 
 
 def _or(first: Decimal | None, second: Decimal | None) -> Decimal | None:

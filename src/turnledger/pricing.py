@@ -7,8 +7,9 @@ Stages, tried in order; the first that can price answers and is recorded as ``co
 3. ``hidden_params``: ``response_obj._hidden_params["response_cost"]``.
 4. ``completion_cost``: ``litellm.completion_cost(completion_response=...)``, for events LiteLLM did
    not price itself (no ``response_cost`` key; when the key is there, LiteLLM already ran this).
-5. ``cost_per_token``: ``litellm.cost_per_token`` with the normalized cache, 1-hour cache and
-   reasoning counts passed in (it prices every input token as fresh unless told). Skipped for image
+5. ``cost_per_token``: ``litellm.cost_per_token`` with the normalized cache, 1-hour cache, reasoning,
+   audio and image counts and the billed service tier passed in (it prices every input token as
+   fresh text at the standard tier unless told). Skipped for image
    generation, which token rates cannot price, and when LiteLLM's own pricing of the event already
    failed because it does not know the model; a model it cannot price is asked once per version of
    ``litellm.model_cost``, not on every call.
@@ -48,9 +49,18 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from turnledger._logging import warn_once
+from turnledger.call_details import provider_refused
 from turnledger.money import to_decimal
 from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
-from turnledger.usage import TokenCounts, estimate_counts, get_field, response_text, usage_missing
+from turnledger.usage import (
+    TokenCounts,
+    estimate_counts,
+    get_field,
+    private_field,
+    response_text,
+    usage_block,
+    usage_missing,
+)
 
 if TYPE_CHECKING:
     from turnledger.accumulator import ModelMetadata, PendingCall
@@ -145,6 +155,7 @@ def price_call(
         price_table=price_table,
         images_out=images_out,
         ask_litellm=not _litellm_said_unmapped(kwargs),
+        service_tier=billed_service_tier(kwargs, response_obj),
     )
     flags.extend(f for f in more if f not in flags)
     if cost is None and price_table is not None:
@@ -166,16 +177,19 @@ def price_counts(
     price_table: PriceTable | None = None,
     images_out: int = 0,
     ask_litellm: bool = True,
+    service_tier: str | None = None,
 ) -> PriceResult:
     """Price known counts by rates alone: ``cost_per_token``, then the caller's price table.
 
     ``ask_litellm=False`` skips ``cost_per_token`` (LiteLLM already said it has no price for the model).
+    ``service_tier``: the tier the call was billed at (see :func:`billed_service_tier`), whose rates
+    LiteLLM's map lists apart (OpenAI's flex at half the standard rate, priority at up to twice it).
     """
     flags: list[RecordFlag] = []
     is_image = call_kind is CallKind.IMAGE_GENERATION
     if ask_litellm and not is_image and model:
         value = _run_stage(
-            "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind
+            "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind, service_tier
         )
         cost = decimal_from_litellm(value)
         if cost is not None and cost < 0:
@@ -232,12 +246,74 @@ def estimate_missing_usage(
         call_kind in _BILLED_BY_TOKENS and _sent_input(kwargs.get("messages"), kwargs.get("input"))
     ):
         return None
+    return _estimate_and_price(
+        kwargs, response_obj, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+
+
+def estimate_unanswered_call(
+    kwargs: Mapping[str, Any],
+    *,
+    model: str,
+    provider: str | None = None,
+    call_kind: CallKind = CallKind.CHAT,
+    price_table: PriceTable | None = None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
+    """For a failed call that reported no usage but that the provider may bill all the same: its wait
+    for the answer timed out (see :func:`answer_timed_out`), so the provider had the whole request and
+    went on with it, as it does with a call cancelled in flight (an ``abandoned`` one). Its input is
+    estimated, as an abandoned call's is; its output was never seen, so the cost is a lower bound
+    (``completion_not_seen``). ``None`` when nothing billed by tokens was sent; unpriced when the
+    estimate failed.
+    """
+    if call_kind not in _BILLED_BY_TOKENS or not _sent_input(kwargs.get("messages"), kwargs.get("input")):
+        return None
+    estimated = _estimate_and_price(
+        kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+    if estimated is None:  # input was sent, and may be billed: unpriced, not free
+        return TokenCounts(), None, CostSource.NONE, [RecordFlag.PRICING_ERROR, RecordFlag.COMPLETION_NOT_SEEN]
+    counts, cost, source, flags = estimated
+    return counts, cost, source, [*flags, RecordFlag.COMPLETION_NOT_SEEN]
+
+
+def answer_timed_out(exc: object) -> bool:
+    """Whether a failure is a read timeout: the request was sent whole, and the wait for the answer ran
+    out. A connect, write or pool timeout, or any other error without an answer, reached no provider
+    that would bill it. Read from the exception's chain: LiteLLM wraps the HTTP client's own
+    ``httpx.ReadTimeout`` (measured on 1.106: ``Timeout`` <- ``APITimeoutError`` <- ``ReadTimeout``).
+    """
+    import httpx
+
+    seen = 0
+    while isinstance(exc, BaseException) and seen < _MAX_CHAIN:
+        if isinstance(exc, httpx.ReadTimeout):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+_MAX_CHAIN = 16
+"""Links of an exception chain looked at: LiteLLM's are about five deep; a cycle must not spin."""
+
+
+def _estimate_and_price(
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    *,
+    model: str,
+    provider: str | None,
+    call_kind: CallKind,
+    price_table: PriceTable | None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
     try:
         estimate = estimate_counts(
             model,
             messages=_chat_messages(call_kind, kwargs.get("messages")),
             input_texts=kwargs.get("input"),
             completion_text=response_text(response_obj),
+            tools=request_tools(kwargs),
         )
     except Exception as exc:
         warn_once(
@@ -250,7 +326,12 @@ def estimate_missing_usage(
     if not estimate.used_tokens:
         return estimate, None, CostSource.NONE, [*estimate.flags, RecordFlag.USAGE_MISSING]
     cost, source, flags = price_counts(
-        estimate, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+        estimate,
+        model=model,
+        provider=provider,
+        call_kind=call_kind,
+        price_table=price_table,
+        service_tier=billed_service_tier(kwargs, response_obj),
     )
     flags = [*estimate.flags, *(f for f in flags if f not in estimate.flags)]
     return estimate, cost, CostSource.ESTIMATED if cost is not None else source, flags
@@ -264,6 +345,50 @@ def _chat_messages(call_kind: CallKind, messages: object) -> object:
     (measured on 1.106), which would count each text with a message's framing, and token ids not at
     all; its ``input`` is estimated instead."""
     return None if call_kind is CallKind.EMBEDDING else messages
+
+
+_PRICED_SERVICE_TIERS = frozenset({"flex", "balanced", "priority", "fast", "ultrafast"})
+"""Tiers LiteLLM's map may price apart (``input_cost_per_token_flex``...), as LiteLLM 1.106 names them."""
+_STANDARD_SERVICE_TIERS = frozenset({"default", "standard"})
+
+
+_GEMINI_TRAFFIC_TIERS = {"ON_DEMAND_PRIORITY": "priority", "FLEX": "flex", "BATCH": "flex", "ON_DEMAND_FLEX": "flex"}
+"""Gemini's ``usageMetadata.trafficType`` as the tier it bills, as LiteLLM 1.106 maps it (other types: standard)."""
+
+
+def billed_service_tier(call_details: Mapping[str, Any], response_obj: Any) -> str | None:
+    """The service tier a call was billed at, as LiteLLM's ``completion_cost`` resolves it: the tier the
+    response says served the call (Gemini says it in its traffic type), else the one the request asked
+    for (``auto`` is no tier)."""
+    served = get_field(response_obj, "service_tier")
+    if not isinstance(served, str):
+        served = get_field(usage_block(response_obj), "service_tier")
+    if not isinstance(served, str):
+        specific = get_field(private_field(response_obj, "_hidden_params"), "provider_specific_fields")
+        traffic = get_field(specific, "traffic_type")
+        if traffic:
+            served = _GEMINI_TRAFFIC_TIERS.get(str(traffic).upper(), "default")
+    if isinstance(served, str):
+        if served.lower() in _PRICED_SERVICE_TIERS:
+            return served.lower()
+        if served.lower() in _STANDARD_SERVICE_TIERS:
+            return None
+    optional = call_details.get("optional_params")
+    requested = optional.get("service_tier") if isinstance(optional, Mapping) else None
+    if requested is None:
+        requested = call_details.get("service_tier")
+    return requested if isinstance(requested, str) and requested.lower() != "auto" else None
+
+
+def request_tools(call_details: Mapping[str, Any]) -> object:
+    """The tool definitions a chat request sent, from LiteLLM's call details, or ``None``.
+
+    A provider bills them as input (30 plain fields: about 670 tokens beside a 9-token question), so an
+    estimate without them would bill a small part of the prompt.
+    """
+    optional = call_details.get("optional_params")
+    tools = optional.get("tools") if isinstance(optional, Mapping) else None
+    return tools if tools is not None else call_details.get("tools")
 
 
 def _sent_input(messages: object, input_: object) -> bool:
@@ -281,7 +406,28 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     ``litellm.token_counter``. What the caller received is not visible here (LiteLLM fires nothing
     for a stream broken off), so completion tokens are 0 and the record says so with
     ``completion_not_seen``: the cost is a lower bound. Status stays ``abandoned``.
+
+    A call the provider refused (an HTTP error answer in LiteLLM's call details, see
+    :func:`~turnledger.call_details.provider_refused`) was not billed: it is flagged
+    ``provider_error``, with no tokens and a cost of exactly 0 (``not_billed``), as a logged failure
+    without usage is. A customer is not charged for a request the provider turned down.
     """
+    if provider_refused(pending.call_details):
+        return TokenCallRecord(
+            call_id=pending.call_id,
+            model=pending.model,
+            provider=pending.provider,
+            call_kind=pending.call_kind,
+            status=CallStatus.ABANDONED,
+            cost_usd=Decimal(0),
+            cost_source=CostSource.NOT_BILLED,
+            stream=pending.stream,
+            started_at=pending.started_at,
+            model_ref=meta.model_ref if meta else None,
+            model_id=meta.model_id if meta else None,
+            display_name=meta.display_name if meta else None,
+            flags=(RecordFlag.NO_CALLBACK, RecordFlag.PROVIDER_ERROR),
+        )
     flags: list[RecordFlag] = [RecordFlag.NO_CALLBACK]
     counts = TokenCounts()
     cost: Decimal | None = None
@@ -292,6 +438,7 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
             pending.model,
             messages=_chat_messages(pending.call_kind, request.get("messages")),
             input_texts=request.get("input"),
+            tools=request.get("tools"),
         )
     except Exception as exc:
         flags.append(RecordFlag.PRICING_ERROR)
@@ -311,6 +458,7 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
                 provider=pending.provider,
                 call_kind=pending.call_kind,
                 price_table=pending.price_table,
+                service_tier=billed_service_tier(request, None),
             )
             flags.extend(more)
             if cost is not None:
@@ -363,7 +511,9 @@ def _completion_cost(kwargs: Mapping[str, Any], response_obj: Any, model: str, p
     )
 
 
-def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_kind: CallKind) -> Decimal:
+def _cost_per_token(
+    counts: TokenCounts, model: str, provider: str | None, call_kind: CallKind, service_tier: str | None
+) -> Decimal:
     import litellm
     from litellm.types.utils import Usage
 
@@ -371,6 +521,8 @@ def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_
         prompt_tokens=counts.prompt_tokens,
         completion_tokens=counts.completion_tokens,
         total_tokens=counts.total_tokens,
+        # Audio and image tokens have rates of their own (gpt-4o-audio-preview's audio input costs 16
+        # times its text input): left out, LiteLLM would price them as text.
         prompt_tokens_details={
             "cached_tokens": counts.cached_tokens,
             "cache_creation_tokens": counts.cache_creation_tokens,
@@ -378,12 +530,23 @@ def _cost_per_token(counts: TokenCounts, model: str, provider: str | None, call_
                 "ephemeral_5m_input_tokens": counts.cache_creation_5m_tokens,
                 "ephemeral_1h_input_tokens": counts.cache_creation_1h_tokens,
             },
+            "audio_tokens": counts.audio_input_tokens,
+            "image_tokens": counts.image_input_tokens,
+            # Which of those were cache reads: without it LiteLLM bills them as fresh audio too.
+            "cached_tokens_details": {
+                "audio_tokens": counts.cached_audio_tokens,
+                "image_tokens": counts.cached_image_tokens,
+            },
         },
-        completion_tokens_details={"reasoning_tokens": counts.reasoning_tokens},
+        completion_tokens_details={
+            "reasoning_tokens": counts.reasoning_tokens,
+            "audio_tokens": counts.audio_output_tokens,
+            "image_tokens": counts.image_output_tokens,
+        },
     )
     call_type = "embedding" if call_kind is CallKind.EMBEDDING else "completion"
     prompt_cost, completion_cost = litellm.cost_per_token(
-        model=model, custom_llm_provider=provider, usage_object=usage, call_type=call_type
+        model=model, custom_llm_provider=provider, usage_object=usage, call_type=call_type, service_tier=service_tier
     )
     prompt_dec = decimal_from_litellm(prompt_cost)
     completion_dec = decimal_from_litellm(completion_cost)

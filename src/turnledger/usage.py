@@ -21,6 +21,7 @@ parts that exceed their whole (cache > prompt, reasoning > completion) raise the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -52,6 +53,15 @@ class TokenCounts:
     """The image part of ``prompt_tokens``."""
     image_output_tokens: int = 0
     """The image part of ``completion_tokens``."""
+    audio_input_tokens: int = 0
+    """The audio part of ``prompt_tokens`` (billed at many times the text rate)."""
+    audio_output_tokens: int = 0
+    """The audio part of ``completion_tokens``."""
+    cached_audio_tokens: int = 0
+    """The audio part of ``cached_tokens`` (OpenAI's ``cached_tokens_details``), which is also inside
+    ``audio_input_tokens``: those tokens are billed as cache reads, not as fresh audio."""
+    cached_image_tokens: int = 0
+    """The image part of ``cached_tokens``, likewise inside ``image_input_tokens``."""
     present: bool = False
     """Whether the response carried a usage block at all."""
     inline_cost: Any = None
@@ -299,8 +309,15 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
     if completion_details:
         counts.reasoning_tokens = read_count(counts, completion_details.get("reasoning_tokens"))
         counts.image_output_tokens = read_count(counts, completion_details.get("image_tokens"))
+        counts.audio_output_tokens = read_count(counts, completion_details.get("audio_tokens"))
     if prompt_details:
         counts.image_input_tokens = read_count(counts, prompt_details.get("image_tokens"))
+        counts.audio_input_tokens = read_count(counts, prompt_details.get("audio_tokens"))
+        cached_details = prompt_details.get("cached_tokens_details")
+        if cached_details is not None:
+            cached_parts = fields_of(cached_details)
+            counts.cached_audio_tokens = read_count(counts, cached_parts.get("audio_tokens"))
+            counts.cached_image_tokens = read_count(counts, cached_parts.get("image_tokens"))
 
 
 def _read_bedrock(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
@@ -334,9 +351,17 @@ def _check_invariants(counts: TokenCounts, total: Any) -> None:
     if counts.image_input_tokens > counts.prompt_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
         counts.image_input_tokens = counts.prompt_tokens
-    if counts.reasoning_tokens + counts.image_output_tokens > counts.completion_tokens:
+    if counts.image_input_tokens + counts.audio_input_tokens > counts.prompt_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
-        counts.completion_tokens = counts.reasoning_tokens + counts.image_output_tokens
+        counts.audio_input_tokens = counts.prompt_tokens - counts.image_input_tokens
+    if counts.cached_audio_tokens + counts.cached_image_tokens > counts.cached_tokens:
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.cached_audio_tokens = min(counts.cached_audio_tokens, counts.cached_tokens)
+        counts.cached_image_tokens = counts.cached_tokens - counts.cached_audio_tokens
+    output_parts = counts.reasoning_tokens + counts.image_output_tokens + counts.audio_output_tokens
+    if output_parts > counts.completion_tokens:
+        counts.flag(RecordFlag.MALFORMED_USAGE)
+        counts.completion_tokens = output_parts
     expected_total = counts.prompt_tokens + counts.completion_tokens
     if counts.total_tokens == 0 and total is None:
         counts.total_tokens = expected_total
@@ -383,38 +408,62 @@ def usage_missing(counts: TokenCounts, response_obj: Any) -> bool:
     return not counts.used_tokens and bool(response_text(response_obj))
 
 
+def _count_messages(model: str, tokenizer: Any, messages: list[Any], tools: Any) -> int:
+    import litellm
+
+    count = functools.partial(
+        litellm.token_counter,
+        model=model,
+        custom_tokenizer=tokenizer,
+        messages=messages,
+        use_default_image_token_count=True,
+    )
+    if isinstance(tools, Sequence) and not isinstance(tools, str | bytes) and tools:
+        try:
+            return int(count(tools=list(tools)))
+        except Exception:
+            pass  # a tool definition the tokenizer cannot read: the messages are still worth counting
+    return int(count())
+
+
 def _is_token_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def estimate_counts(
-    model: str, messages: Any = None, input_texts: Any = None, completion_text: str = ""
+    model: str, messages: Any = None, input_texts: Any = None, completion_text: str = "", tools: Any = None
 ) -> TokenCounts:
     """Counts estimated with ``litellm.token_counter`` from the request and the returned text.
 
-    Raises whatever the tokenizer raises; callers decide what an estimate failure means.
+    ``tools``: the chat request's tool definitions, which the provider bills as input. Tools the
+    tokenizer cannot read leave the estimate to the messages alone.
+    Raises whatever the tokenizer raises; callers decide what an estimate failure means. Never
+    waits for a tokenizer to be downloaded (see :mod:`turnledger.estimate_tokenizer`).
     """
     import litellm
 
+    from turnledger.estimate_tokenizer import tokenizer_for
+
+    tokenizer = tokenizer_for(model)
     counts = TokenCounts(present=False, estimated=True)
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     if isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and messages:
         # use_default_image_token_count: never fetch an image URL to measure it (no network here).
-        counts.prompt_tokens = int(
-            litellm.token_counter(model=model, messages=list(messages), use_default_image_token_count=True)
-        )
+        counts.prompt_tokens = _count_messages(model, tokenizer, list(messages), tools)
     elif isinstance(input_texts, str) and input_texts:
-        counts.prompt_tokens = int(litellm.token_counter(model=model, text=input_texts))
+        counts.prompt_tokens = int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=input_texts))
     elif isinstance(input_texts, Sequence) and not isinstance(input_texts, bytes):
         # Embedding input: texts, or token ids already (one list of ints, or a list of such lists).
         if input_texts and all(_is_token_id(t) for t in input_texts):
             counts.prompt_tokens = len(input_texts)
         for item in input_texts:
             if isinstance(item, str) and item:
-                counts.prompt_tokens += int(litellm.token_counter(model=model, text=item))
+                counts.prompt_tokens += int(litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=item))
             elif isinstance(item, Sequence) and not isinstance(item, str | bytes) and all(map(_is_token_id, item)):
                 counts.prompt_tokens += len(item)
     if completion_text:
-        counts.completion_tokens = int(litellm.token_counter(model=model, text=completion_text))
+        counts.completion_tokens = int(
+            litellm.token_counter(model=model, custom_tokenizer=tokenizer, text=completion_text)
+        )
     counts.total_tokens = counts.prompt_tokens + counts.completion_tokens
     return counts

@@ -13,7 +13,7 @@ from typing import Any
 
 import litellm
 import pytest
-from litellm.exceptions import InternalServerError
+from litellm.exceptions import InternalServerError, Timeout
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import Router
 
@@ -131,6 +131,51 @@ async def test_http_500_is_a_failure_record_and_the_error_reaches_the_caller(
     assert failure.cost_usd == Decimal(0)
     assert failure.cost_source is CostSource.NOT_BILLED
     assert turn.unpriced_calls == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_that_timed_out_waiting_for_its_answer_is_billed_its_estimated_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], stream: bool
+) -> None:
+    # The provider had the whole request and went on with it: as a call cancelled in flight, not as one
+    # it refused.
+    fake_provider.script("gpt-4o-mini", delay_s=2)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    async with turnledger.scoped_turn(settle_timeout=0.5) as turn:
+        with pytest.raises(Timeout):
+            response = await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=messages,
+                stream=stream,
+                timeout=0.3,
+                num_retries=0,
+                max_retries=0,
+                **provider_kwargs,
+            )
+            async for _ in response:
+                pass
+    [failure] = turn.calls
+    assert (failure.status, failure.error_type) == (CallStatus.FAILURE, "Timeout")
+    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, 0)
+    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, 0), CostSource.ESTIMATED)
+    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+
+
+async def test_a_call_that_never_reached_the_provider_is_not_billed(unused_tcp_port: int) -> None:
+    async with turnledger.scoped_turn() as turn:
+        with pytest.raises(InternalServerError):
+            await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=MESSAGES,
+                api_base=f"http://127.0.0.1:{unused_tcp_port}/v1",
+                api_key="sk-fake-not-a-real-key",
+                timeout=0.3,
+                num_retries=0,
+                max_retries=0,
+            )
+    [failure] = turn.calls
+    assert (failure.cost_usd, failure.cost_source, failure.prompt_tokens) == (Decimal(0), CostSource.NOT_BILLED, 0)
 
 
 def test_sync_completion_embedding_and_sync_stream(

@@ -38,6 +38,14 @@ GPT_4O = {"in": D("0.0000025"), "cached": D("0.00000125"), "out": D("0.00001")}
 BEDROCK_SONNET_35 = {"in": D("0.000003"), "read": D("0.0000003"), "write": D("0.00000375"), "out": D("0.000015")}
 GPT_4O_MINI = {"in": D("0.00000015"), "out": D("0.0000006")}
 EMBED_3_SMALL = {"in": D("0.00000002")}
+GPT_AUDIO_MINI = {"in": D("0.0000006"), "audio_in": D("0.00001"), "out": D("0.0000024"), "audio_out": D("0.00002")}
+AUDIO_USAGE = {
+    "prompt_tokens": 1000,
+    "completion_tokens": 500,
+    "total_tokens": 1500,
+    "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200, "cached_tokens": 0},
+    "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100, "reasoning_tokens": 0},
+}
 
 # The application's own prices (LiteLLM's model_cost schema), for what LiteLLM cannot price.
 USER_PRICES = {
@@ -45,6 +53,20 @@ USER_PRICES = {
         "acme-ft-base": {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"},
         "acme-free": {"input_cost_per_token": 0, "output_cost_per_token": 0},
         "dall-e-3": {"output_cost_per_image": "0.04"},
+        # gemini-2.5-pro's entry, copied from LiteLLM's map for a deployment LiteLLM does not know.
+        "acme-long": {
+            "input_cost_per_token": 1.25e-06,
+            "input_cost_per_token_above_200k_tokens": 2.5e-06,
+            "output_cost_per_token": 1e-05,
+            "output_cost_per_token_above_200k_tokens": 1.5e-05,
+        },
+        # gpt-audio's entry, copied from LiteLLM's map for a voice deployment LiteLLM does not know.
+        "acme-voice": {
+            "input_cost_per_token": 2.5e-06,
+            "output_cost_per_token": 1e-05,
+            "input_cost_per_audio_token": 3.2e-05,
+            "output_cost_per_audio_token": 6.4e-05,
+        },
     },
     "aliases": {"acme-ft-deployment": "acme-ft-base"},
 }
@@ -321,6 +343,50 @@ CORPUS = [
         source=CostSource.PRICE_TABLE,
     ),
     Case(
+        "long-prompt-priced-by-the-table-at-its-long-context-tier",
+        "acme-long",
+        chat("openai/acme-long"),
+        usage={"prompt_tokens": 250_000, "completion_tokens": 1000, "total_tokens": 251_000},
+        cost=250_000 * D("0.0000025") + 1000 * D("0.000015"),
+        source=CostSource.PRICE_TABLE,
+    ),
+    Case(
+        "audio-deployment-priced-by-the-table-at-audio-rates",
+        "acme-voice",
+        chat("openai/acme-voice"),
+        usage=AUDIO_USAGE,
+        cost=200 * D("0.0000025") + 800 * D("0.000032") + 100 * D("0.00001") + 400 * D("0.000064"),
+        source=CostSource.PRICE_TABLE,
+        tokens={"prompt_tokens": 1000, "completion_tokens": 500},
+    ),
+    Case(
+        "audio-with-a-count-that-cannot-be-believed-priced-by-rates-at-audio-rates",
+        "gpt-audio-mini",
+        chat("openai/gpt-audio-mini"),
+        usage={**AUDIO_USAGE, "total_tokens": -1},
+        cost=(
+            200 * GPT_AUDIO_MINI["in"]
+            + 800 * GPT_AUDIO_MINI["audio_in"]
+            + 100 * GPT_AUDIO_MINI["out"]
+            + 400 * GPT_AUDIO_MINI["audio_out"]
+        ),
+        source=CostSource.COST_PER_TOKEN,
+        tokens={"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
+        flags=frozenset({RecordFlag.MALFORMED_USAGE}),
+    ),
+    Case(
+        "priority-tier-with-a-count-that-cannot-be-believed-priced-at-priority-rates",
+        "gpt-5",
+        chat("openai/gpt-5", service_tier="priority"),
+        usage={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": -1},
+        extra_response={"service_tier": "priority"},
+        # gpt-5 priority: 2.5/M in, 20/M out (standard: 1.25/M and 10/M).
+        cost=1000 * D("0.0000025") + 100 * D("0.00002"),
+        source=CostSource.COST_PER_TOKEN,
+        tokens={"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
+        flags=frozenset({RecordFlag.MALFORMED_USAGE}),
+    ),
+    Case(
         "malformed-usage-block",
         "gpt-4o-mini",
         chat("openai/gpt-4o-mini"),
@@ -406,6 +472,84 @@ async def test_abandoned_stream_prompt_is_estimated(fake_provider: FakeProvider)
     assert {RecordFlag.NO_CALLBACK, RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(record.flags)
     assert (record.prompt_tokens, record.completion_tokens) == (9, 0)
     assert record.cost_usd == 9 * GPT_4O_MINI["in"]
+
+
+ORDER_TOOL: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "submit_order",
+            "description": "Submit the order form with every field the customer gave",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    f"field_{i}": {"type": "string", "description": f"The {i}th field of the order form"}
+                    for i in range(30)
+                },
+            },
+        },
+    }
+]
+
+
+@pytest.mark.parametrize("abandon", [False, True], ids=["no-usage-sent", "broken-off"])
+async def test_an_estimated_prompt_counts_the_tool_definitions_it_sent(
+    fake_provider: FakeProvider, abandon: bool
+) -> None:
+    """The provider bills the tool definitions as input: about 500 tokens here, beside 9 for the question."""
+    cb = turnledger.install(turnledger.TokenTrackingCallback())
+    fake_provider.script("gpt-4o-mini", content=" ".join(["word"] * 20), chunk_delay_s=0.02 if abandon else 0.0)
+    try:
+        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+            stream = await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=MESSAGES,
+                tools=ORDER_TOOL,
+                _skip_mcp_handler=True,
+                api_base=fake_provider.base_url,
+                api_key=KEY,
+                stream=True,
+            )
+            async for _chunk in stream:
+                if abandon:
+                    break
+    finally:
+        turnledger.uninstall(cb)
+    [record] = turn.calls
+    assert record.status is (CallStatus.ABANDONED if abandon else CallStatus.SUCCESS)
+    assert record.cost_source is CostSource.ESTIMATED and record.usage_estimated is True
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES, tools=ORDER_TOOL)
+    assert prompt > 500 > litellm.token_counter(model="gpt-4o-mini", messages=MESSAGES)
+    assert record.prompt_tokens == prompt
+    assert record.cost_usd == prompt * GPT_4O_MINI["in"] + record.completion_tokens * GPT_4O_MINI["out"]
+
+
+@pytest.mark.parametrize("abandon", [False, True], ids=["no-usage-sent", "broken-off"])
+async def test_an_estimated_stream_is_priced_at_the_service_tier_it_asked_for(
+    fake_provider: FakeProvider, abandon: bool
+) -> None:
+    cb = turnledger.install(turnledger.TokenTrackingCallback())
+    fake_provider.script("o3", chunk_delay_s=0.02 if abandon else 0.0)
+    try:
+        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+            stream = await litellm.acompletion(
+                model="openai/o3",
+                messages=MESSAGES,
+                service_tier="flex",
+                api_base=fake_provider.base_url,
+                api_key=KEY,
+                stream=True,
+            )
+            async for _chunk in stream:
+                if abandon:
+                    break
+    finally:
+        turnledger.uninstall(cb)
+    [record] = turn.calls
+    assert record.cost_source is CostSource.ESTIMATED
+    assert (record.prompt_tokens, record.completion_tokens) == ((9, 0) if abandon else (9, 6))
+    # o3 flex: half its standard 2/M in and 8/M out.
+    assert record.cost_usd == 9 * D("0.000001") + record.completion_tokens * D("0.000004")
 
 
 async def test_corpus_leaves_litellm_model_cost_untouched(fake_provider: FakeProvider) -> None:

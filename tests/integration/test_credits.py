@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,8 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from turnledger import CreditError, CreditLedger, InsufficientCredits
-from turnledger.credits import EntryKind
+from turnledger import CreditError, CreditLedger, InsufficientCredits, TokenCallRecord, credit_scope
+from turnledger._logging import problem_counts
+from turnledger.credits import Entry, EntryKind
+from turnledger.errors import StorageError
 
 pytestmark = pytest.mark.asyncio
 
@@ -294,3 +298,113 @@ async def test_a_settle_key_cannot_close_another_reservation(ledger: CreditLedge
     with pytest.raises(CreditError, match="another reservation"):
         await ledger.settle(second, Decimal("0.1"), key="shared")
     assert (await ledger.balance("acct")).held == Decimal("0.2")
+
+
+async def test_an_amount_that_rounds_to_nothing_is_refused_and_no_entry_shows_minus_zero(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    tiny = Decimal("0.0000000000000000004")  # 4e-19: 0 at the stored 18 places
+    operations: list[Callable[[str, Decimal, str], Awaitable[Entry]]] = [
+        ledger.grant,
+        ledger.debit,
+        ledger.refund,
+        ledger.adjust,
+    ]
+    for operation in operations:
+        for amount in (tiny, -tiny) if operation == ledger.adjust else (tiny,):
+            with pytest.raises(ValueError, match="rounds to 0"):
+                await operation("acct", amount, "tiny")
+    assert [e.key for e in await ledger.history("acct")] == ["g"]
+    res = await ledger.reserve("acct", Decimal("-0"), "r")
+    settled = await ledger.settle(res, tiny)  # a cost may be 0: charged 0, written as 0, not -0
+    assert [str(v) for v in (res.amount, settled.amount, settled.hold_amount)] == ["0", "0", "0"]
+    assert [str(e.amount) for e in await ledger.history("acct")] == ["1", "0", "0"]
+    assert (await ledger.verify()).ok
+
+
+async def test_an_entry_that_would_overflow_the_balance_is_refused_in_the_ledgers_words(ledger: CreditLedger) -> None:
+    most = Decimal("99999999999999999999")  # 20 integer digits: the most one amount or balance holds
+    await ledger.grant("rich", most, "g-most")
+    with pytest.raises(ValueError, match="account 'rich': this grant would take its balance to 100000000000000000000,"):
+        await ledger.grant("rich", Decimal("1"), "g-more")
+
+    await ledger.grant("debtor", Decimal("1"), "g-1")
+    res = await ledger.reserve("debtor", Decimal("1"), "r")
+    await ledger.adjust("debtor", -most, "adj")
+    with pytest.raises(ValueError, match="this settle would take its balance to -100000000000000000001,"):
+        await ledger.settle(res, Decimal("3"))
+    # Refused as a whole: the hold is still open, for a settle that the ledger can hold.
+    assert (await ledger.balance("debtor")).held == Decimal("1")
+    settled = await ledger.settle(res, Decimal("0.5"))
+    assert settled.balance_after == Decimal("-99999999999999999998.5")
+    assert [e.key for e in await ledger.history("debtor")] == ["g-1", "r", "adj", "r/settle"]
+    assert [e.key for e in await ledger.history("rich")] == ["g-most"]
+    assert (await ledger.verify()).ok
+
+
+async def test_a_note_or_turn_id_longer_than_an_entry_keeps_is_refused_not_cut(ledger: CreditLedger) -> None:
+    longest = "n" * 200
+    kept = await ledger.grant("acct", Decimal("1"), "g", turn_id="t" * 200, note=longest)
+    assert (await ledger.history("acct"))[0].note == kept.note == longest
+    with pytest.raises(ValueError, match="note must be a string of at most 200 characters"):
+        await ledger.grant("acct", Decimal("1"), "g-2", note=longest + "!")
+    with pytest.raises(ValueError, match="turn_id must be a string of at most 200 characters"):
+        await ledger.reserve("acct", Decimal("0.1"), "r", turn_id="t" * 201)
+    res = await ledger.reserve("acct", Decimal("0.1"), "r")
+    with pytest.raises(ValueError, match="note must be"):
+        await ledger.settle(res, Decimal("0.1"), note=longest + "!")
+    assert [e.key for e in await ledger.history("acct")] == ["g", "r"]
+
+
+async def test_a_late_settle_keeps_the_callers_note_and_says_the_hold_was_gone(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.5"), "r")
+    await ledger.release(res)
+    late = await ledger.settle(res, Decimal("0.1"), note="1 unpriced call(s)")
+    assert late.note == "1 unpriced call(s); hold had already been released; actual cost debited anyway"
+    res2 = await ledger.reserve("acct", Decimal("0.5"), "r2")
+    await ledger.release(res2)
+    assert (await ledger.settle(res2, Decimal("0.1"), note="n" * 200)).note == "n" * 200
+
+
+async def test_a_turn_whose_settle_fails_is_logged_with_what_it_owes(
+    ledger: CreditLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+
+    async def settle_fails(*args: object, **kwargs: object) -> Entry:
+        raise StorageError("the credit ledger could not read or write the database: ConnectionResetError")
+
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.05"))
+    with pytest.raises(StorageError), caplog.at_level(logging.ERROR, logger="turnledger"):
+        async with scope as turn:
+            turn.add(TokenCallRecord(call_id="made", model="m", cost_usd=Decimal("0.003")))
+            ledger.settle = settle_fails  # type: ignore[method-assign]
+    assert scope.reservation is not None and scope.charge is None
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    message = record.getMessage()
+    assert f"could not settle turn {turn.turn_id}" in message
+    assert f"reservation {scope.reservation.id} on account 'acct' owes 0.003" in message
+    assert problem_counts["credit_scope:settle"] == 1
+    # What the log says is enough to charge the turn by hand, once.
+    del ledger.settle
+    reservation = await ledger.get_reservation(scope.reservation.id)
+    assert reservation is not None
+    await ledger.settle(reservation, Decimal("0.003"))
+    assert (await ledger.balance("acct")).balance == Decimal("0.997")
+
+
+async def test_a_key_shaped_like_a_derived_one_is_refused_so_every_reservation_can_close(ledger: CreditLedger) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    for key in ("req-7/settle", "req-7/release", "req-7/expired"):
+        with pytest.raises(ValueError, match="must not end in /settle, /release, /expired"):
+            await ledger.reserve("acct", Decimal("0.1"), key)
+    with pytest.raises(ValueError, match="must not end in"):
+        await ledger.grant("acct", Decimal("1"), "top-up/settle")
+    res = await ledger.reserve("acct", Decimal("0.1"), "req-7")
+    with pytest.raises(ValueError, match="must not end in"):
+        await ledger.settle(res, Decimal("0.05"), key="other/settle")
+    # Its own derived keys, passed explicitly, are what they would have been anyway.
+    settled = await ledger.settle(res, Decimal("0.05"), key=res.settle_key)
+    assert settled.key == "req-7/settle"
+    assert await ledger.release(res, key=res.release_key) == settled
+    assert (await ledger.balance("acct")).balance == Decimal("0.95")

@@ -178,3 +178,31 @@ def test_an_account_id_that_looks_like_markup_prints_as_written(database_url: st
     assert balance.exit_code == 0 and balance.stdout.startswith("[/]: balance 2.5 ")
     history = invoke("credits", "history", "[/]", *db)
     assert history.exit_code == 0 and history.stdout.rstrip().endswith("([/x] \\x1b[31m)")
+
+
+def test_a_grant_that_rounds_to_nothing_is_bad_input(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+    tiny = invoke("credits", "grant", "acct-1", "0.0000000000000000001", "--key", "tiny", *db)
+    assert tiny.exit_code == 2
+    assert one_line_error(tiny) == "error: amount 1E-19 rounds to 0 at 18 decimal places"
+    history = invoke("credits", "history", "acct-1", "--json", *db)
+    assert "tiny" not in [row["key"] for row in json.loads(history.stdout)]
+
+
+def test_a_grant_the_balance_cannot_hold_is_bad_input_not_a_database_failure(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+    huge = invoke("credits", "grant", "acct-1", "99999999999999999999", *db)
+    assert huge.exit_code == 2
+    assert one_line_error(huge).startswith("error: account 'acct-1': this grant would take its balance to ")
+
+
+def test_an_empty_key_is_refused_not_replaced_by_a_random_one(database_url: str) -> None:
+    _ledger_setup(database_url)
+    db = ["--database-url", database_url]
+    empty = invoke("credits", "grant", "acct-1", "1", "--key", "", *db)
+    assert empty.exit_code == 2
+    assert one_line_error(empty) == "error: an idempotency key must be a non-empty string of at most 200 characters"
+    history = invoke("credits", "history", "acct-1", "--json", *db)
+    assert [row["kind"] for row in json.loads(history.stdout)][-1] != "grant"

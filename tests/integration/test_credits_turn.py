@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -10,8 +11,9 @@ import litellm
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from turnledger import CreditLedger, InsufficientCredits, TurnKeyReused, UnpricedCallsError, credit_scope
+from turnledger import CreditLedger, InsufficientCredits, TurnKeyReused, UnpricedCallsError, credit_scope, credits
 from turnledger.credits import EntryKind
+from turnledger.errors import StorageError
 from turnledger.fake_provider import FakeProvider
 from turnledger.records import CallStatus, CostSource
 
@@ -180,5 +182,121 @@ async def test_unpriced_calls_follow_the_policy_and_are_reported(
         Decimal("0.000036"),
         1,
     )
+    # The journal says why the charge is not the priced calls' sum.
+    assert scope.charge.entry.note == f"1 unpriced call(s), settled under unpriced={policy!r}"
+    assert (await ledger.history("u-1"))[-1].note == scope.charge.entry.note
     balance = await ledger.balance("u-1")
     assert (balance.balance, balance.held) == (Decimal(1) - charged, Decimal(0))
+
+
+async def test_a_turn_cancelled_again_and_again_while_it_closes_is_still_settled(
+    ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # anyio (so Starlette and FastAPI) cancels a request's task at every await once its scope is
+    # cancelled, the wait for the call in flight and the settle included, not just once.
+    fake_provider.script("gpt-4o-mini", delay_s=5)
+    scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, settle_timeout=30)
+    started = asyncio.Event()
+
+    async def handler() -> None:
+        async with scope as turn:
+            call = asyncio.create_task(
+                litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=0, **provider_kwargs)
+            )
+            while turn.pending_calls == 0:
+                await asyncio.sleep(0.01)
+            started.set()
+            await call
+
+    task = asyncio.create_task(handler())
+    await started.wait()
+    loop = asyncio.get_running_loop()
+    cancels = 0
+
+    def cancel_until_done() -> None:
+        nonlocal cancels
+        if not task.done():
+            task.cancel()
+            cancels += 1
+            loop.call_soon(cancel_until_done)
+
+    cancel_until_done()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cancels > 2  # the body, the wait for the call in flight, the settle
+    assert scope.charge is not None
+    [record] = scope.turn.calls
+    assert record.status is CallStatus.ABANDONED and record.cost_usd is not None
+    assert scope.charge.charged == record.cost_usd == record.prompt_tokens * GPT4O_MINI_IN
+    balance = await ledger.balance("u-1")
+    assert (balance.balance, balance.held) == (Decimal(1) - record.cost_usd, Decimal(0))
+
+
+class _StalledLedger(CreditLedger):
+    """A ledger whose settle does not answer until released (a database that hangs: a lock held by a
+    stuck session, a connection whose peer is gone)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.answer = asyncio.Event()
+        self.fail = False
+
+    async def settle(self, *args: Any, **kwargs: Any) -> Any:
+        await self.answer.wait()
+        if self.fail:
+            raise StorageError("the database went away")
+        return await super().settle(*args, **kwargs)
+
+
+async def _cancelled_while_settling(ledger: _StalledLedger, caplog: pytest.LogCaptureFixture) -> asyncio.Task[None]:
+    entered = asyncio.Event()
+
+    async def handler() -> None:
+        async with credit_scope(ledger, account="u-1", estimate=ESTIMATE, key="stalled"):
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(handler())
+    await entered.wait()
+    task.cancel()  # the client went away: the body is cancelled, the scope settles
+    while not any("could not settle" in r.getMessage() for r in caplog.records) and not task.done():
+        if ledger.fail:
+            ledger.answer.set()
+        await asyncio.sleep(0.01)
+        task.cancel()  # and again, at every await (anyio)
+    return task
+
+
+async def test_a_cancelled_turn_whose_settle_never_answers_still_ends(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once cancelled, a scope waits a bounded grace for its settle: without one, a request whose
+    # database hangs could never be cancelled at all (a server could not even shut down).
+    monkeypatch.setattr(credits, "CANCELLED_SETTLE_GRACE", timedelta(0), raising=False)
+    ledger = _StalledLedger(engine)
+    await ledger.grant("u-1", Decimal("1"), "initial")
+    try:
+        task = await asyncio.wait_for(_cancelled_while_settling(ledger, caplog), 5)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+    finally:
+        ledger.answer.set()  # let a hung settle go, so a failing run does not hang the loop's teardown
+    [logged] = [r for r in caplog.records if "could not settle" in r.getMessage()]
+    assert "'u-1' owes 0" in logged.getMessage()  # what is owed and where, to settle it by hand
+    balance = await ledger.balance("u-1")
+    assert balance.held == ESTIMATE  # nothing settled behind the log's back: the hold stays until it lapses
+
+
+async def test_a_settle_that_fails_after_a_cancellation_still_raises_the_cancellation(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The failure is logged with what is owed; the cancellation the caller asked for is not
+    # turned into an ordinary error that an error handler would catch and carry on from.
+    ledger = _StalledLedger(engine)
+    ledger.fail = True
+    await ledger.grant("u-1", Decimal("1"), "initial")
+    task = await asyncio.wait_for(_cancelled_while_settling(ledger, caplog), 5)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    [logged] = [r for r in caplog.records if "could not settle" in r.getMessage()]
+    assert logged.exc_info is not None and isinstance(logged.exc_info[1], StorageError)

@@ -303,3 +303,42 @@ async def test_a_sync_scope_inside_a_running_event_loop_is_refused() -> None:
         turn.close()
     await turn.aclose(timeout=0)
     assert turn.closed
+
+
+class _Sink:
+    """A turn sink that takes the turn at once, as a BatchWriter does, then waits as for durability."""
+
+    def __init__(self) -> None:
+        self.turns: list[TurnTokenAccumulator] = []
+
+    async def persist_turn(self, turn: TurnTokenAccumulator) -> None:
+        self.turns.append(turn)
+        await asyncio.sleep(0)
+
+    def submit_threadsafe(self, turn: TurnTokenAccumulator) -> None:
+        self.turns.append(turn)
+
+
+async def test_a_scope_cancelled_while_it_waits_for_a_call_still_hands_its_turn_over() -> None:
+    sink = _Sink()
+    inside = asyncio.Event()
+
+    async def request() -> None:
+        async with turnledger.scoped_turn(settle_timeout=30, persist=sink) as turn:
+            turn.add(record("billed"))
+            turn.begin_call(pending("in-flight"))
+            inside.set()
+        pytest.fail("the exit was cancelled: it must not get here")
+
+    task = asyncio.ensure_future(request())
+    await inside.wait()
+    await asyncio.sleep(0.02)  # the exit is now waiting for the call in flight
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [turn] = sink.turns
+    assert turn.closed
+    assert [(r.call_id, r.status) for r in turn.calls] == [
+        ("billed", CallStatus.SUCCESS),
+        ("in-flight", CallStatus.ABANDONED),
+    ]

@@ -409,6 +409,9 @@ def test_a_call_that_never_reported_and_cannot_be_priced_is_kept_with_what_could
         def pending_call(self) -> Any:
             raise RuntimeError("LiteLLM changed its call details")
 
+        def abandoned(self) -> None:
+            raise RuntimeError("nor can it be counted")
+
     started = datetime(2026, 11, 25, 9, 30, 0, tzinfo=UTC)
     kwargs: dict[str, Any] = {
         "litellm_call_id": "readable",
@@ -420,9 +423,11 @@ def test_a_call_that_never_reported_and_cannot_be_priced_is_kept_with_what_could
     }
     turn = TurnTokenAccumulator(abandoned_record_factory=failing_factory, settle_timeout=0)
     turn._activate()
-    turnledger.TokenTrackingCallback(name="abandoned").log_pre_api_call("gpt-4o-mini", None, kwargs)
+    cb = turnledger.TokenTrackingCallback(name="abandoned")
+    cb.log_pre_api_call("gpt-4o-mini", None, kwargs)
     turn.begin_call(Unreadable())
     turn.close()
+    assert cb.stats["abandoned"] == 1
     readable, unreadable = turn.calls
     flags = (RecordFlag.NO_CALLBACK, RecordFlag.PRICING_ERROR)
     assert (readable.call_id, readable.model, readable.provider, readable.call_kind) == (

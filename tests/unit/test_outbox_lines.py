@@ -111,3 +111,35 @@ def test_packed_lines_for_other_columns_or_malformed_are_set_aside(tmp_path: Pat
     kept = segment.with_name(segment.name + ".rejected").read_bytes().splitlines(keepends=True)
     assert [decode_line(line)["cols"] for line in kept[:3]] == ["00000000", *[json.loads(good[0])["entry"]["cols"]] * 2]
     assert kept[3] == good[2][:-40] + b"\n"
+
+
+OLD_OUTBOX = Path(__file__).parent.parent / "fixtures" / "outbox_before_0004.jsonl"
+"""A packed line and a version-1 line as the version before migration 0004 wrote them (no audio columns)."""
+
+
+def test_lines_written_before_the_audio_columns_read_with_no_audio_tokens(tmp_path: Path) -> None:
+    packed, plain = OLD_OUTBOX.read_bytes().splitlines(keepends=True)
+    assert json.loads(packed)["entry"]["cols"] != json.loads(encode_line(_entry()))["entry"]["cols"]
+    for line, turn_id in ((packed, "old-packed"), (plain, "old-v1")):
+        entry = _read(line)
+        assert entry["turn_id"] == turn_id and entry["usage"]["cost_usd"] == Decimal("0.0000135")
+        [call] = entry["calls"]
+        assert set(call) == set(CALL_COLUMNS) and set(entry["usage"]) == set(USAGE_COLUMNS)
+        assert (call["prompt_tokens"], call["audio_input_tokens"], call["audio_output_tokens"]) == (10, 0, 0)
+        # Read as an entry of this version is: it packs again, and reads back the same.
+        assert json.loads(encode_line(entry))["entry"]["v"] == 2
+        assert _read(encode_line(entry)) == entry
+    segment = tmp_path / "old.000001.jsonl"
+    segment.write_bytes(packed + plain)
+    report = ReplayReport()
+    assert [e["turn_id"] for e in load_segment(segment, report)] == ["old-packed", "old-v1"]
+    assert report.bad_lines == []
+
+
+def test_audio_tokens_pack_and_read_back() -> None:
+    entry = _entry()
+    entry["calls"][0].update(audio_input_tokens=800, audio_output_tokens=400)
+    line = encode_line(entry)
+    assert json.loads(line)["entry"]["v"] == 2
+    assert _read(line) == entry
+    assert _read(encode_entry(entry)) == entry

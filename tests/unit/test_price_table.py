@@ -135,6 +135,71 @@ def test_every_token_kind_is_priced_once_at_its_rate() -> None:
     assert price.cost(counts) == expected == D("0.021525")
 
 
+def test_audio_tokens_are_priced_at_their_own_rates() -> None:
+    # gpt-audio's entry as LiteLLM's map has it: a table copied from the map must bill audio as audio.
+    gpt_audio = {
+        "input_cost_per_token": 2.5e-06,
+        "output_cost_per_token": 1e-05,
+        "input_cost_per_audio_token": 3.2e-05,
+        "output_cost_per_audio_token": 6.4e-05,
+    }
+    counts = TokenCounts(
+        prompt_tokens=1300,  # 200 fresh text + 800 fresh audio + 300 read
+        cached_tokens=300,
+        audio_input_tokens=800,
+        completion_tokens=500,  # 100 text + 400 audio
+        audio_output_tokens=400,
+    )
+    expected = (
+        200 * D("0.0000025") + 800 * D("0.000032") + 300 * D("0.0000025") + 100 * D("0.00001") + 400 * D("0.000064")
+    )
+    assert ModelPrice.from_mapping("gpt-audio", gpt_audio).cost(counts) == expected == D("0.05345")
+    # Without audio rates, audio tokens cost what text tokens cost.
+    text_only = ModelPrice.from_mapping("m", {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"})
+    assert text_only.cost(counts) == 1300 * D("0.000002") + 500 * D("0.000008")
+
+
+def test_a_long_prompt_is_priced_at_its_long_context_tier() -> None:
+    # gemini-2.5-pro's entry as LiteLLM's map has it (its batch and priority variants left out).
+    entry = {
+        "input_cost_per_token": 1.25e-06,
+        "input_cost_per_token_above_200k_tokens": 2.5e-06,
+        "input_cost_per_token_above_200k_tokens_priority": 4.5e-06,
+        "cache_read_input_token_cost": 1.25e-07,
+        "cache_read_input_token_cost_above_200k_tokens": 2.5e-07,
+        "output_cost_per_token": 1e-05,
+        "output_cost_per_token_above_200k_tokens": 1.5e-05,
+    }
+    price = ModelPrice.from_mapping("gemini-2.5-pro", entry)
+    at_threshold = TokenCounts(prompt_tokens=200_000, cached_tokens=50_000, completion_tokens=1000)
+    assert price.cost(at_threshold) == 150_000 * D("0.00000125") + 50_000 * D("0.000000125") + 1000 * D("0.00001")
+    # One token more: every token of the call at the tier's rates.
+    above = TokenCounts(prompt_tokens=200_001, cached_tokens=50_000, completion_tokens=1000)
+    assert price.cost(above) == 150_001 * D("0.0000025") + 50_000 * D("0.00000025") + 1000 * D("0.000015")
+    assert price.cost(above) == D("0.4025025")
+
+
+def test_a_long_context_tier_keeps_the_rates_it_does_not_name_and_the_highest_crossed_tier_wins() -> None:
+    price = ModelPrice.from_mapping(
+        "m",
+        {
+            "input_cost_per_token": "0.000001",
+            "output_cost_per_token": "0.000002",
+            "input_cost_per_token_above_128k_tokens": "0.000003",
+            "input_cost_per_token_above_256000_tokens": "0.000005",
+            "cache_creation_input_token_cost_above_1hr": "0.000004",
+        },
+    )
+    counts = TokenCounts(prompt_tokens=130_000, cache_creation_tokens=10_000, cache_creation_1h_tokens=10_000)
+    # The 1-hour write keeps its own rate; the fresh input is at the 128k tier's.
+    assert price.cost(counts) == 120_000 * D("0.000003") + 10_000 * D("0.000004")
+    assert price.cost(TokenCounts(prompt_tokens=300_000, completion_tokens=1)) == 300_000 * D("0.000005") + D(
+        "0.000002"
+    )
+    with pytest.raises(ConfigurationError, match="input_cost_per_token_above_128k_tokens"):
+        ModelPrice.from_mapping("m", {"input_cost_per_token_above_128k_tokens": -1})
+
+
 def test_missing_rates_fall_back_to_the_base_rates() -> None:
     price = ModelPrice.from_mapping("m", {"input_cost_per_token": "0.000002", "output_cost_per_token": "0.000008"})
     counts = TokenCounts(

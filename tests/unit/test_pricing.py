@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
@@ -14,6 +15,7 @@ from litellm.types.utils import ImageObject, ImageResponse, ModelResponse, Usage
 from turnledger import PriceTable
 from turnledger._logging import problem_counts
 from turnledger.accumulator import PendingCall, TurnTokenAccumulator
+from turnledger.money import to_decimal
 from turnledger.pricing import (
     decimal_from_litellm,
     estimate_missing_usage,
@@ -132,6 +134,128 @@ def test_cost_per_token_gets_cache_and_1h_writes() -> None:
         == 100 * SONNET_45_IN + 1000 * SONNET_45_READ + 200 * SONNET_45_W5M + 100 * SONNET_45_W1H + 50 * SONNET_45_OUT
     )
     assert cost == D("0.00270")
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "usage", "expected"),
+    [
+        (
+            # gpt-audio: text in 2.5/M, audio in 32/M, text out 10/M, audio out 64/M.
+            "gpt-audio",
+            "openai",
+            {
+                "prompt_tokens": 1000,
+                "completion_tokens": 500,
+                "prompt_tokens_details": {"audio_tokens": 800},
+                "completion_tokens_details": {"audio_tokens": 400},
+            },
+            200 * D("0.0000025") + 800 * D("0.000032") + 100 * D("0.00001") + 400 * D("0.000064"),
+        ),
+        (
+            # gemini-2.5-flash-image: text in 0.3/M, text out 2.5/M, image out 30/M.
+            "gemini-2.5-flash-image",
+            "gemini",
+            {"prompt_tokens": 100, "completion_tokens": 1300, "completion_tokens_details": {"image_tokens": 1290}},
+            100 * D("0.0000003") + 10 * D("0.0000025") + 1290 * D("0.00003"),
+        ),
+    ],
+    ids=["audio-in-and-out", "image-out"],
+)
+def test_cost_per_token_prices_audio_and_image_tokens_at_their_rates(
+    model: str, provider: str, usage: dict[str, Any], expected: Decimal
+) -> None:
+    cost, source, flags = price(kw(model, provider), {"usage": usage})
+    assert (cost, source, flags) == (expected, CostSource.COST_PER_TOKEN, [])
+
+
+# gpt-realtime in LiteLLM 1.106's map: text in 4/M, audio in 32/M, cache reads (text and audio) 0.4/M,
+# text out 16/M. A Responses-API usage block: 500 of the 1000 input tokens read from the cache, 100 of
+# those audio, so 200 of the 300 audio tokens were fresh.
+REALTIME_CACHED_AUDIO: dict[str, Any] = {
+    "input_tokens": 1000,
+    "output_tokens": 100,
+    "total_tokens": 1100,
+    "input_tokens_details": {
+        "cached_tokens": 500,
+        "audio_tokens": 300,
+        "text_tokens": 700,
+        "cached_tokens_details": {"audio_tokens": 100, "text_tokens": 400},
+    },
+}
+REALTIME_CACHED_AUDIO_COST = 300 * D("0.000004") + 200 * D("0.000032") + 500 * D("0.0000004") + 100 * D("0.000016")
+
+
+def test_cost_per_token_bills_cached_audio_as_a_cache_read_not_as_fresh_audio() -> None:
+    cost, source, flags = price(kw("gpt-realtime"), {"usage": REALTIME_CACHED_AUDIO})
+    assert (cost, source, flags) == (REALTIME_CACHED_AUDIO_COST, CostSource.COST_PER_TOKEN, [])
+    # What LiteLLM charges for the same response, priced whole.
+    usage = Usage(
+        prompt_tokens=1000,
+        completion_tokens=100,
+        total_tokens=1100,
+        prompt_tokens_details=REALTIME_CACHED_AUDIO["input_tokens_details"],
+    )
+    whole = ModelResponse(
+        model="gpt-realtime", choices=[{"message": {"role": "assistant", "content": "ok"}}], usage=usage
+    )
+    litellm_cost = litellm.completion_cost(completion_response=whole, custom_llm_provider="openai")
+    assert cost == to_decimal(litellm_cost) == D("0.0094")
+
+
+def test_price_table_bills_cached_audio_as_a_cache_read_not_as_fresh_audio() -> None:
+    table = PriceTable({"my-realtime": {k: v for k, v in litellm.model_cost["gpt-realtime"].items() if "cost" in k}})
+    cost, source, _flags = price(kw("my-realtime"), {"usage": REALTIME_CACHED_AUDIO}, price_table=table)
+    assert (cost, source) == (REALTIME_CACHED_AUDIO_COST, CostSource.PRICE_TABLE)
+
+
+# gpt-5's rates by service tier (LiteLLM 1.106's map): input, cache read, output.
+GPT_5_TIERS = {
+    None: (D("0.00000125"), D("0.000000125"), D("0.00001")),
+    "flex": (D("0.000000625"), D("0.0000000625"), D("0.000005")),
+    "priority": (D("0.0000025"), D("0.00000025"), D("0.00002")),
+}
+
+
+@pytest.mark.parametrize(
+    ("served", "requested", "tier"),
+    [
+        ("priority", None, "priority"),
+        ("flex", "priority", "flex"),  # the tier that served the call is the one billed
+        (None, "flex", "flex"),
+        ("default", "flex", None),
+        (None, "auto", None),
+        (None, None, None),
+    ],
+)
+def test_cost_per_token_prices_the_service_tier_that_was_billed(
+    served: str | None, requested: str | None, tier: str | None
+) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 400}}
+    obj: dict[str, Any] = {"usage": usage} if served is None else {"usage": usage, "service_tier": served}
+    kwargs = kw("gpt-5", optional_params={} if requested is None else {"service_tier": requested})
+    fresh, read, out = GPT_5_TIERS[tier]
+    assert price(kwargs, obj) == (600 * fresh + 400 * read + 100 * out, CostSource.COST_PER_TOKEN, [])
+
+
+@pytest.mark.parametrize(
+    ("traffic_type", "rates"),
+    [
+        # gemini-2.5-pro: input, output per token, standard and priority (LiteLLM 1.106's map).
+        ("ON_DEMAND_PRIORITY", (D("0.00000225"), D("0.000018"))),
+        ("ON_DEMAND", (D("0.00000125"), D("0.00001"))),
+    ],
+)
+def test_cost_per_token_prices_the_tier_gemini_says_in_its_traffic_type(
+    traffic_type: str, rates: tuple[Decimal, Decimal]
+) -> None:
+    # Gemini names the tier that served a call only in usageMetadata.trafficType, which LiteLLM keeps
+    # in its hidden params and bills by.
+    obj = response("gemini-2.5-pro", prompt_tokens=1000, completion_tokens=100, total_tokens=1100)
+    obj._hidden_params["provider_specific_fields"] = {"traffic_type": traffic_type}
+    cost, source, _flags = price(kw("gemini-2.5-pro", "gemini", response_cost=None), obj)
+    litellm_cost = litellm.completion_cost(completion_response=obj, custom_llm_provider="gemini")
+    assert (cost, source) == (1000 * rates[0] + 100 * rates[1], CostSource.COST_PER_TOKEN)
+    assert cost == to_decimal(litellm_cost)
 
 
 def test_price_table_prices_what_litellm_cannot() -> None:
@@ -636,3 +760,26 @@ def test_litellms_own_cost_stamped_on_a_stream_is_not_a_provider_price() -> None
     # OpenRouter sends its cost inline, streamed or not: that one is the provider's.
     openrouter = kw("openai/gpt-4o", "openrouter", stream=True, response_cost=0.0019900000000000004)
     assert price(openrouter, obj) == (D("0.00199"), CostSource.PROVIDER, [])
+
+
+def _chained(*excs: BaseException) -> BaseException:
+    """The first exception, raised from the second, raised from the third..."""
+    for outer, inner in itertools.pairwise(excs):
+        outer.__cause__ = inner
+    return excs[0]
+
+
+def test_only_a_read_timeout_says_the_provider_had_the_request() -> None:
+    import httpx
+
+    from turnledger.pricing import answer_timed_out
+
+    assert answer_timed_out(_chained(RuntimeError("Timeout"), RuntimeError("APITimeoutError"), httpx.ReadTimeout("")))
+    assert not answer_timed_out(_chained(RuntimeError("Timeout"), httpx.ConnectTimeout("")))
+    assert not answer_timed_out(_chained(RuntimeError("Timeout"), httpx.PoolTimeout("")))
+    assert not answer_timed_out(httpx.WriteTimeout(""))
+    assert not answer_timed_out(None)
+    cycle = RuntimeError("a")
+    cycle.__cause__ = RuntimeError("b")
+    cycle.__cause__.__cause__ = cycle
+    assert not answer_timed_out(cycle)

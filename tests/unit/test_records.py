@@ -25,6 +25,8 @@ def _every_field_set() -> dict[str, object]:
         "reasoning_tokens": 5,
         "image_input_tokens": 6,
         "image_output_tokens": 7,
+        "audio_input_tokens": 8,
+        "audio_output_tokens": 9,
         "cost_usd": Decimal("0.0000135"),
         "cost_source": CostSource.RESPONSE_COST,
         "started_at": datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import litellm
 import pytest
 from litellm.types.utils import EmbeddingResponse, ImageResponse, ModelResponse, Usage
 
@@ -29,12 +30,14 @@ def counts_of(c: TokenCounts) -> dict[str, int]:
         "reasoning": c.reasoning_tokens,
         "image_in": c.image_input_tokens,
         "image_out": c.image_output_tokens,
+        "audio_in": c.audio_input_tokens,
+        "audio_out": c.audio_output_tokens,
     }
 
 
 def expect(**values: int) -> dict[str, int]:
     base = dict.fromkeys(("prompt", "completion", "total", "cached", "write", "write_1h", "reasoning"), 0)
-    base.update(image_in=0, image_out=0)
+    base.update(image_in=0, image_out=0, audio_in=0, audio_out=0)
     base.update(values)
     return base
 
@@ -140,6 +143,17 @@ PAYLOADS: list[tuple[str, Any, dict[str, int]]] = [
             "completion_tokens_details": {"reasoning_tokens": 0},
         },
         expect(prompt=194, completion=2, total=196),
+    ),
+    (
+        "openai-audio-in-and-out",
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 500,
+            "total_tokens": 1500,
+            "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200, "cached_tokens": 0},
+            "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100, "reasoning_tokens": 0},
+        },
+        expect(prompt=1000, completion=500, total=1500, audio_in=800, audio_out=400),
     ),
     (
         "gpt-image-1-usage",
@@ -293,6 +307,22 @@ def test_parts_exceeding_the_whole_raise_the_whole_and_are_flagged() -> None:
     assert counts.flags == [RecordFlag.MALFORMED_USAGE]
 
 
+def test_audio_parts_exceeding_the_whole_are_flagged_and_counted_once() -> None:
+    counts = normalize_usage(
+        {
+            "usage": {
+                "prompt_tokens": 100,
+                "completion_tokens": 10,
+                "prompt_tokens_details": {"image_tokens": 60, "audio_tokens": 70},
+                "completion_tokens_details": {"reasoning_tokens": 5, "audio_tokens": 20},
+            }
+        }
+    )
+    assert (counts.prompt_tokens, counts.image_input_tokens, counts.audio_input_tokens) == (100, 60, 40)
+    assert (counts.completion_tokens, counts.reasoning_tokens, counts.audio_output_tokens) == (25, 5, 20)
+    assert counts.flags == [RecordFlag.MALFORMED_USAGE]
+
+
 def test_cache_write_breakdown_without_a_total_is_summed() -> None:
     usage = Usage(
         prompt_tokens=400,
@@ -353,6 +383,25 @@ def test_estimate_counts_uses_litellm_token_counter() -> None:
     assert estimate_counts("text-embedding-3-small", input_texts=[[15339, 1917], [15339]]).prompt_tokens == 3
 
 
+def test_an_estimate_counts_tool_definitions_and_survives_unreadable_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = [{"role": "user", "content": "say hello"}]
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    with_tools = estimate_counts("gpt-4o-mini", messages=messages, tools=[tool])
+    assert with_tools.prompt_tokens == litellm.token_counter(model="gpt-4o-mini", messages=messages, tools=[tool])
+    assert with_tools.prompt_tokens > estimate_counts("gpt-4o-mini", messages=messages).prompt_tokens == 9
+
+    real_counter = litellm.token_counter
+
+    def refuses_tools(**kwargs: Any) -> int:
+        if kwargs.get("tools"):
+            raise ValueError("unreadable tool")
+        return int(real_counter(**kwargs))
+
+    monkeypatch.setattr(litellm, "token_counter", refuses_tools)
+    # A tool the tokenizer cannot read: the messages are still counted.
+    assert estimate_counts("gpt-4o-mini", messages=messages, tools=[tool]).prompt_tokens == 9
+
+
 def test_estimating_an_image_message_never_fetches_the_image() -> None:
     messages = [
         {
@@ -368,3 +417,23 @@ def test_estimating_an_image_message_never_fetches_the_image() -> None:
     text_only = estimate_counts("gpt-4o-mini", messages=[{"role": "user", "content": "what is this"}])
     # The text plus the token count LiteLLM assumes for an image it does not fetch (litellm 1.106).
     assert (text_only.prompt_tokens, counts.prompt_tokens) == (10, 260)
+
+
+def test_the_audio_and_image_parts_of_cache_reads_are_read() -> None:
+    usage: dict[str, Any] = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 10,
+        "prompt_tokens_details": {
+            "cached_tokens": 500,
+            "audio_tokens": 300,
+            "image_tokens": 200,
+            "cached_tokens_details": {"audio_tokens": 100, "image_tokens": 50, "text_tokens": 350},
+        },
+    }
+    counts = normalize_usage({"usage": usage})
+    assert (counts.cached_audio_tokens, counts.cached_image_tokens, counts.flags) == (100, 50, [])
+    # Parts of the cache reads beyond the cache reads are malformed: kept within them, and flagged.
+    usage["prompt_tokens_details"]["cached_tokens_details"] = {"audio_tokens": 400, "image_tokens": 300}
+    counts = normalize_usage({"usage": usage})
+    assert (counts.cached_audio_tokens, counts.cached_image_tokens) == (400, 100)
+    assert counts.flags == [RecordFlag.MALFORMED_USAGE]

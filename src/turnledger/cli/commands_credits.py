@@ -153,7 +153,9 @@ def grant(
 ) -> None:
     """Add credits to an account (created if new)."""
     value = _parse_amount(amount)
-    grant_key = key or f"cli-grant-{uuid.uuid4().hex}"
+    # Only a missing --key gets a fresh one: an empty one is refused, not silently replaced by a
+    # key that makes the grant unrepeatable.
+    grant_key = key if key is not None else f"cli-grant-{uuid.uuid4().hex}"
     entry = _run(lambda ledger: ledger.grant(account, value, grant_key, note=note), database_url)
     if as_json:
         _print_json(_entry_json(entry))

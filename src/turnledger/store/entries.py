@@ -186,7 +186,8 @@ def _values(
     try:
         return getter(row)
     except KeyError:
-        # An entry from an outbox written before a column existed: the column is NULL.
+        # A row written without some column (a version-1 line): NULL there. Lines of an earlier version
+        # get the columns added since when read (lines.unpack_entry), so NOT NULL ones are not left NULL.
         return tuple([row.get(c) for c in columns])
 
 

@@ -14,13 +14,17 @@ is refused (reported and set aside like any bad line), never stored into the wro
 Anything the packing cannot say exactly (a row with other keys, a value of an unexpected type) is
 written as a version-1 line instead; both versions are read back into the same in-memory entry
 (:func:`turnledger.store.entries.make_entry`'s), so everything after reading is unchanged.
+
+Lines an earlier version wrote, with fewer columns, still read: a packed line by the columns its
+``cols`` names (:mod:`turnledger.store.past_columns`), and either version's rows get the columns
+added since, with the value they stand for.
 """
 
 from __future__ import annotations
 
 import operator
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -33,12 +37,18 @@ from turnledger.store.base import UTCDateTime
 from turnledger.store.entries import CALL_COLUMNS, ORJSON_STRICT, USAGE_COLUMNS, Entry, dumps_document
 from turnledger.store.models import ExactDecimal
 from turnledger.store.outbox import FORMAT_VERSION, encode_entry, frame_line
+from turnledger.store.past_columns import ADDED_CALL_COLUMNS, PAST_COLUMNS
 from turnledger.store.record import CALLS_TABLE, USAGE_TABLE
 
 PACKED_VERSION = 2
 
-_COLUMN_NAMES = "|".join(USAGE_COLUMNS) + "||" + "|".join(CALL_COLUMNS)
-_FINGERPRINT = f"{zlib.crc32(_COLUMN_NAMES.encode()):08x}"
+
+def _fingerprint(usage_columns: Sequence[str], call_columns: Sequence[str]) -> str:
+    names = "|".join(usage_columns) + "||" + "|".join(call_columns)
+    return f"{zlib.crc32(names.encode()):08x}"
+
+
+_FINGERPRINT = _fingerprint(USAGE_COLUMNS, CALL_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,24 @@ class _Layout:
 
 _USAGE = _Layout.of(USAGE_TABLE, USAGE_COLUMNS)
 _CALLS = _Layout.of(CALLS_TABLE, CALL_COLUMNS)
+
+
+def _past_layouts() -> dict[str, tuple[_Layout, _Layout]]:
+    layouts: dict[str, tuple[_Layout, _Layout]] = {}
+    for usage_columns, call_columns in PAST_COLUMNS:
+        # Every column since added must have a value to stand for it, else the line could not be stored.
+        missing = (set(USAGE_COLUMNS) - set(usage_columns)) | (set(CALL_COLUMNS) - set(call_columns))
+        if not missing <= ADDED_CALL_COLUMNS.keys() or set(USAGE_COLUMNS) != set(usage_columns):
+            raise RuntimeError(f"no value for the columns added since an earlier outbox format: {sorted(missing)}")
+        layouts[_fingerprint(usage_columns, call_columns)] = (
+            _Layout.of(USAGE_TABLE, list(usage_columns)),
+            _Layout.of(CALLS_TABLE, list(call_columns)),
+        )
+    return layouts
+
+
+_PAST_LAYOUTS = _past_layouts()
+"""The layouts of packed lines an earlier version wrote, by their ``cols``."""
 
 
 class _Unpackable(Exception):
@@ -160,19 +188,38 @@ def _unpack(values: Any, layout: _Layout) -> dict[str, Any]:
 def unpack_entry(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """A decoded line's entry as :func:`~turnledger.store.entries.make_entry` builds it.
 
-    A version-1 entry is returned as it is; a version-2 one is unpacked; ``None`` if a version-2
-    entry is malformed or was packed for other columns.
+    A version-1 entry is returned as it is, but for the columns added since it was written; a
+    version-2 one is unpacked, by the columns it was packed with; ``None`` if a version-2 entry is
+    malformed or was packed for columns no version of turnledger wrote.
     """
     if item.get("v") != PACKED_VERSION:
+        _add_missing_columns(item.get("calls"))
         return item
-    if item.get("cols") != _FINGERPRINT or not isinstance(item.get("calls"), list):
+    cols = item.get("cols")
+    layouts = (_USAGE, _CALLS) if cols == _FINGERPRINT else _PAST_LAYOUTS.get(cols) if type(cols) is str else None
+    if layouts is None or not isinstance(item.get("calls"), list):
         return None
+    usage, calls = layouts
     try:
-        return {
+        entry = {
             "v": FORMAT_VERSION,
             "turn_id": item.get("turn_id"),
-            "usage": _unpack(item.get("usage"), _USAGE),
-            "calls": [_unpack(call, _CALLS) for call in item["calls"]],
+            "usage": _unpack(item.get("usage"), usage),
+            "calls": [_unpack(call, calls) for call in item["calls"]],
         }
     except (_Unpackable, TypeError, ValueError, InvalidOperation):
         return None
+    if calls is not _CALLS:
+        _add_missing_columns(entry["calls"])
+    return entry
+
+
+def _add_missing_columns(calls: Any) -> None:
+    """Give the call rows of an entry written before some columns existed those columns' values."""
+    if type(calls) is not list:
+        return  # not an entry: is_entry refuses it
+    for call in calls:
+        if type(call) is dict:
+            for name, value in ADDED_CALL_COLUMNS.items():
+                if name not in call:
+                    call[name] = value

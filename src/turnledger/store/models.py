@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
@@ -148,6 +149,9 @@ class TokenUsageCall(Base):
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     image_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     image_output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A server default as well: migration 0004 added these to tables that already held calls.
+    audio_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    audio_output_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     cost_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal())
     cost_micros: Mapped[int | None] = mapped_column(BigInteger)
     cost_source: Mapped[str] = mapped_column(String(32))

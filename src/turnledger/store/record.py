@@ -152,6 +152,8 @@ def _call_row_as_is(
         "reasoning_tokens": record.reasoning_tokens,
         "image_input_tokens": record.image_input_tokens,
         "image_output_tokens": record.image_output_tokens,
+        "audio_input_tokens": record.audio_input_tokens,
+        "audio_output_tokens": record.audio_output_tokens,
         "cost_usd": record.cost_usd,
         "cost_micros": record.cost_micros if cost_micros is None else cost_micros,
         "cost_source": value[record.cost_source],

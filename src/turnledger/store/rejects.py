@@ -94,10 +94,19 @@ def rejected_path(path: Path) -> Path:
     return path.with_name(path.name + ".rejected")
 
 
+class DirectoryNotSynced(OSError):
+    """An append whose data was synced, but not its file's directory.
+
+    The entries are in the file, where every later pass (in this process or the next) finds them and
+    skips them: they are set aside, and counted now or never. But a file created since the directory's
+    last sync may still vanish in a crash: their other copy is kept until a directory sync succeeds.
+    """
+
+
 def append_durably(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` and sync it and its directory: the caller forgets, or deletes, the
     only other copy next. The directory every time: whoever created the file may have died before
-    syncing it."""
+    syncing it. Raises :class:`DirectoryNotSynced` if only the directory's sync failed."""
     # Unbuffered: no bytes of a failed append may linger in a buffer and be written on close. Read too:
     # the last byte tells whether an earlier append was torn.
     with open(path, "a+b", buffering=0) as fh:
@@ -122,7 +131,10 @@ def append_durably(path: Path, data: bytes) -> None:
             except OSError:
                 _move_aside(path)
             raise
-    fsync_dir(path.parent)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise DirectoryNotSynced(exc.errno, f"{exc.strerror} (syncing the directory of {path.name})") from exc
 
 
 def _move_aside(path: Path) -> None:
@@ -143,8 +155,19 @@ def _move_aside(path: Path) -> None:
 
 
 def set_aside(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
-    """Append refused entries to ``path`` (durably: the caller then forgets them) and name each turn."""
-    append_durably(path, b"".join(encode_entry(e) for e in entries))
+    """Append refused entries to ``path`` (durably: the caller then forgets them) and name each turn.
+
+    :class:`DirectoryNotSynced`: they are set aside (and named), but their other copy is still needed.
+    """
+    try:
+        append_durably(path, b"".join(encode_entry(e) for e in entries))
+    except DirectoryNotSynced:
+        _name_refused(path, entries, exc)  # a retry finds them in the file and skips them: named now or never
+        raise
+    _name_refused(path, entries, exc)
+
+
+def _name_refused(path: Path, entries: Sequence[Entry], exc: BaseException) -> None:
     for entry in entries:
         logger.warning(
             "turnledger: the database refused turn %r (%s); its rows are set aside in %s",

@@ -13,16 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger.store.entries import Entry, WriteFn, is_entry, transaction_writer
 from turnledger.store.lines import unpack_entry
 from turnledger.store.outbox import BadLine, claim_writer, claimable_writers, encode_entry, read_segment
-from turnledger.store.rejects import SetAsideBefore, append_durably, rejected_path, set_aside, write_isolating
+from turnledger.store.rejects import (
+    DirectoryNotSynced,
+    SetAsideBefore,
+    append_durably,
+    rejected_path,
+    set_aside,
+    write_isolating,
+)
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -61,18 +70,58 @@ class ReplayReport:
 ProgressFn = Callable[[int], None]
 """Called with the number of entries just written (for a progress bar)."""
 
+_T = TypeVar("_T")
+
 ResumeState = dict[Path, int]
 """Per segment, how many of its entries a replay that then failed got through (written or set aside):
 a retry in the same process starts after them, so it neither writes nor counts them again."""
 
 
-def load_segment(path: Path, report: ReplayReport, before: SetAsideBefore | None = None) -> list[Entry]:
+class ReplayStopped(Exception):
+    """A replay thread asked to stop did so before it touched the outbox again."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise ReplayStopped
+
+
+async def _in_thread(work: Callable[[threading.Event], _T]) -> _T:
+    """``work(stop)`` in a thread, which a cancelled caller does not outlive.
+
+    Cancelling the task that awaits a thread does not stop the thread. The caller holds the segment's
+    lock (its writer's, or a replay's claim) and releases it as the cancellation unwinds; another
+    replay may take the segment then, and two threads would set the same lines aside (or one delete
+    the segment under the other). So a cancelled caller sets ``stop``, which ``work`` checks between
+    lines and before each write, and waits for the thread before it lets the cancellation go on: for
+    no more than what is under way then (reading the ``.rejected`` files, a line's decoding, an append).
+    """
+    stop = threading.Event()
+    thread = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        stop.set()
+        while not thread.done():
+            # A second cancellation must not cut this wait short either: the thread is stopping.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({thread})
+        if not thread.cancelled():
+            thread.exception()  # retrieved (ReplayStopped, most likely): the cancellation is what goes on
+        raise
+
+
+def load_segment(
+    path: Path, report: ReplayReport, before: SetAsideBefore | None = None, *, stop: threading.Event | None = None
+) -> list[Entry]:
     """The entries of one segment; bad lines are logged, counted in ``report`` and set aside, but for
-    those ``before`` (by default, what ``<segment>.rejected`` holds) says an earlier pass set aside."""
+    those ``before`` (by default, what ``<segment>.rejected`` holds) says an earlier pass set aside.
+    Raises :class:`ReplayStopped` once ``stop`` is set, before it sets anything aside."""
     before = SetAsideBefore.read(path) if before is None else before
     entries: list[Entry] = []
     bad: list[BadLine] = []
     for item in read_segment(path):
+        _check(stop)
         if isinstance(item, BadLine):
             bad.append(item)
         elif (entry := unpack_entry(item)) is not None and is_entry(entry):
@@ -86,11 +135,16 @@ def load_segment(path: Path, report: ReplayReport, before: SetAsideBefore | None
     bad = new_bad
     for line in bad:
         logger.warning("turnledger outbox %s line %s skipped: %s", line.path, line.lineno, line.reason)
+    _check(stop)
     if bad:
         # Set aside rather than deleted: a damaged line may still be read by a person. Durably, since
         # the segment, its only other copy, is deleted once its entries are written.
         raw = (line.raw if line.raw.endswith(b"\n") else line.raw + b"\n" for line in bad)
-        append_durably(rejected_path(path), b"".join(raw))
+        try:
+            append_durably(rejected_path(path), b"".join(raw))
+        except DirectoryNotSynced:
+            report.bad_lines.extend(bad)  # set aside: the retry skips them, so counted now or never
+            raise
     report.bad_lines.extend(bad)
     return entries
 
@@ -114,14 +168,18 @@ async def replay_segment(
     """
     report = ReplayReport() if report is None else report
     report.files += 1
-    entries, known = await asyncio.to_thread(_load, path, report)
+    entries, known = await _in_thread(lambda stop: _load(path, report, stop))
     start = resume.get(path, 0) if resume is not None else 0
     todo = [i for i in range(start, len(entries)) if not known[i]]
     report.set_aside_before += sum(known[start:])
     done = 0
 
     def reject(refused: Sequence[Entry], exc: BaseException) -> None:
-        set_aside(rejected_path(path), refused, exc)
+        try:
+            set_aside(rejected_path(path), refused, exc)
+        except DirectoryNotSynced:
+            report.rejected += len(refused)  # set aside: the retry skips them, so counted now or never
+            raise
         report.rejected += len(refused)
 
     def inserted(count: int) -> None:
@@ -139,17 +197,19 @@ async def replay_segment(
     for first in range(0, len(todo), batch_size):
         chunk = [entries[i] for i in todo[first : first + batch_size]]
         await write_isolating(write, chunk, reject, inserted, settled)
-    await asyncio.to_thread(path.unlink, missing_ok=True)
+    await _in_thread(lambda _: path.unlink(missing_ok=True))
     if resume is not None:
         resume.pop(path, None)
     return report
 
 
-def _load(path: Path, report: ReplayReport) -> tuple[list[Entry], list[bool]]:
+def _load(path: Path, report: ReplayReport, stop: threading.Event) -> tuple[list[Entry], list[bool]]:
     """The segment's entries, and for each whether an earlier pass set it aside already."""
+    _check(stop)  # cancelled before the thread even started
     before = SetAsideBefore.read(path)
-    entries = load_segment(path, report, before)
+    entries = load_segment(path, report, before, stop=stop)
     known = [before.has_entry(entry) for entry in entries]
+    _check(stop)
     # Before the segment, their other copy, can be deleted.
     before.sync()
     return entries, known

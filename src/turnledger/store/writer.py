@@ -35,9 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from turnledger._logging import warn_once
 from turnledger.store.entries import Entry, make_entry, transaction_writer
 from turnledger.store.lines import encode_line
-from turnledger.store.outbox import OutboxJournal, segment_seq
+from turnledger.store.outbox import OutboxJournal, fsync_dir, segment_seq
 from turnledger.store.record import TurnRows, turn_rows
-from turnledger.store.rejects import rejected_path, set_aside, write_isolating
+from turnledger.store.rejects import DirectoryNotSynced, rejected_path, set_aside, write_isolating
 from turnledger.store.replay import ReplayReport, ResumeState, replay_outbox, replay_segment
 
 if TYPE_CHECKING:
@@ -67,6 +67,9 @@ class _Turn:
     """Written to the database (or set aside as refused): its outbox line is no longer needed."""
     spilled: bool = False
     """Left to the outbox (queue full, or its batch failed): its segment must be replayed once known."""
+    set_aside: bool = False
+    """Refused, and in ``<writer>.rejected`` (synced), but that file's directory could not be synced: a
+    directory sync is all it still needs. Written again, it would be refused and set aside again."""
 
 
 class BatchWriter:
@@ -184,7 +187,11 @@ class BatchWriter:
         await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
-        """Stop taking turns, write what is queued within ``timeout``, leave the rest in the outbox."""
+        """Stop taking turns, write what is queued within ``timeout``, leave the rest in the outbox.
+
+        A replay cut short by the timeout stops its thread, and is waited for (a line read, an append
+        under way), before the outbox lock is released: once this returns, the writer is done with it.
+        """
         if self._closing or not self._tasks:
             return
         self._closing = True
@@ -468,9 +475,19 @@ class BatchWriter:
     async def _write_queued(self) -> None:
         batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
         reject_path = rejected_path(self.journal.directory / self.writer_id)
+        if any(t.set_aside for t in batch):
+            batch = self._sync_set_aside(batch, reject_path)
+            if not batch:
+                return
+        by_entry = {id(t.entry): t for t in batch}
 
         def reject(refused: Sequence[Entry], exc: BaseException) -> None:
-            self._reject(reject_path, refused, exc)
+            try:
+                self._reject(reject_path, refused, exc)
+            except DirectoryNotSynced:
+                for entry in refused:
+                    by_entry[id(entry)].set_aside = True
+                raise
 
         def inserted(count: int) -> None:
             self.stats["written"] += count
@@ -492,6 +509,16 @@ class BatchWriter:
         self.stats["batches"] += 1
         self._stored(batch)
 
+    def _sync_set_aside(self, batch: list[_Turn], reject_path: Path) -> list[_Turn]:
+        """Settle the turns set aside before whose directory sync failed, by syncing it; the rest to write."""
+        try:
+            fsync_dir(reject_path.parent)
+        except BaseException:
+            self._spill(batch)  # the set-aside ones stay in memory, still set aside, for the next attempt
+            raise
+        self._stored(t for t in batch if t.set_aside)
+        return [t for t in batch if not t.set_aside]
+
     def _stored(self, items: Iterable[_Turn]) -> None:
         for t in items:
             t.stored = True
@@ -502,7 +529,13 @@ class BatchWriter:
 
     def _reject(self, path: Path, refused: Sequence[Entry], exc: BaseException) -> None:
         # A poison turn would fail every batch it is in, forever: it is set aside, the rest goes on.
-        set_aside(path, refused, exc)
+        try:
+            set_aside(path, refused, exc)
+        except DirectoryNotSynced:
+            # In the file, where a retry finds and skips them: counted now or never. The failure keeps
+            # their other copy (outbox or memory) until the directory is synced.
+            self.stats["rejected"] += len(refused)
+            raise
         self.stats["rejected"] += len(refused)
 
     def _spill(self, items: Iterable[_Turn]) -> None:

@@ -1,0 +1,86 @@
+"""What LiteLLM's live ``model_call_details`` tell of a call that has not reported its end (measured on 1.106).
+
+LiteLLM writes the provider's answer into ``original_response`` before it returns a response, and
+the same key holds ``str(exception)`` when the provider answered with an error: LiteLLM's completion
+dispatch (``main.py``) writes it there before it raises. Normally the failure event follows before the
+exception reaches the caller; a sync ``completion(num_retries=...)`` without ``tenacity`` raises
+before it, and then the error is all turnledger ever sees of the call.
+
+No key tells the two apart for every provider: ``response_headers`` is written on success by the
+openai SDK handler but not by the Azure or Fireworks ones, ``additional_args`` differs from handler
+to handler, ``exception`` is written only by the failure logging that never ran, and an answer is
+not always text (OpenRouter's is a ``ModelResponse``). The error text itself is recognised, only in
+the two forms LiteLLM writes for an HTTP error answer (checked against the bundled fake provider):
+
+- through the openai SDK (OpenAI, any ``api_base`` in the OpenAI format, xAI...):
+  ``Error code: 500 - {'error': {...}}``, the SDK's own message for a 4xx or 5xx status;
+- through LiteLLM's own HTTP handler (DeepSeek, Together...): the provider's error body as sent, a
+  JSON object whose ``error`` is set and that has none of the fields of an answer.
+
+Anything else (an answer, a connection error or a timeout, where the provider may have billed work it
+finished, an error body in another shape) is not read as an error answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_SDK_STATUS_ERROR = re.compile(r"Error code: [45]\d\d(?: - |\Z)")
+"""The openai SDK's message for an HTTP error status (``openai._base_client._make_status_error_from_response``)."""
+
+_ERROR_KEY_WITHIN = 200
+"""Characters of a body in which its ``"error"`` key must appear: an error body leads with it, and an
+answer (which may be large, and is looked at on every wake-up of a closing scope) is never parsed."""
+
+_MAX_ERROR_BODY = 64 * 1024
+
+_ANSWER_FIELDS = frozenset(
+    {"choices", "content", "candidates", "output", "data", "message", "results", "embeddings", "usage"}
+)
+"""Top-level fields of an answer (OpenAI, Anthropic, Gemini, Responses, embeddings, Ollama...): a body
+with any of them is not read as an error, whatever else it carries. One with ``usage`` may be billed."""
+
+
+def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bool:
+    """Whether an end event is certainly coming, read from LiteLLM's call details.
+
+    LiteLLM writes the provider's answer there before it returns a response. A stream gets it with
+    its first chunk, so it tells nothing; a stream read to its end gets the assembled response when
+    LiteLLM's logging of it begins, before any logger runs (a slow one ahead of turnledger delays the
+    event by its own time), and a stream broken off never gets it. An error answer is no sign: its
+    failure event is logged before the exception reaches the caller, or never.
+    """
+    if call_details is None:
+        return False
+    if stream:
+        return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
+    return "original_response" in call_details and not provider_refused(call_details)
+
+
+def provider_refused(call_details: Mapping[str, Any] | None) -> bool:
+    """Whether LiteLLM's call details hold an HTTP error answer (4xx or 5xx) rather than an answer.
+
+    Providers bill no error answer. Only the two forms in the module docstring count; anything else,
+    including text that cannot be read, is not an error answer.
+    """
+    if call_details is None:
+        return False
+    text = call_details.get("original_response")
+    if not isinstance(text, str):
+        return False
+    if _SDK_STATUS_ERROR.match(text):
+        return True
+    body = text.lstrip()
+    if not body.startswith("{") or len(body) > _MAX_ERROR_BODY or '"error"' not in body[:_ERROR_KEY_WITHIN]:
+        return False
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(parsed, dict) or not _ANSWER_FIELDS.isdisjoint(parsed):
+        return False
+    error = parsed.get("error")
+    return isinstance(error, dict | str) and bool(error)

@@ -1,0 +1,158 @@
+"""Calls that never reported an end before their turn closed: how they are counted and recorded."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+
+import turnledger
+from turnledger import CallKind, CallStatus, CostSource, ModelMetadata, PendingCall, RecordFlag
+from turnledger.call_details import provider_refused
+from turnledger.pricing import price_abandoned_call
+
+
+def started(call_id: str) -> dict[str, Any]:
+    """LiteLLM's call details as the pre-call hook sees them (nothing arrived yet)."""
+    return {
+        "litellm_call_id": call_id,
+        "model": "gpt-4o-mini",
+        "custom_llm_provider": "openai",
+        "call_type": "completion",
+        "start_time": datetime(2026, 11, 25, 12, 0, 0),
+    }
+
+
+def test_each_abandoned_call_is_counted_once_on_the_instance_that_bound_it() -> None:
+    first = turnledger.TokenTrackingCallback(name="abandoned-first")
+    second = turnledger.TokenTrackingCallback(name="abandoned-second")
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        for call_id in ("never-ends-1", "never-ends-2"):
+            # Every installed instance sees each pre-call event, one after another.
+            for cb in (first, second):
+                cb.log_pre_api_call("gpt-4o-mini", None, started(call_id))
+        # Started by the second instance only (installed while the call was in flight, say).
+        second.log_pre_api_call("gpt-4o-mini", None, started("never-ends-3"))
+        reported = started("reported")
+        for cb in (first, second):
+            cb.log_pre_api_call("gpt-4o-mini", None, reported)
+        for cb in (first, second):
+            cb.log_failure_event(reported, None, reported["start_time"], reported["start_time"] + timedelta(seconds=1))
+    assert turn.abandoned_calls == 3
+    assert (first.stats["abandoned"], second.stats["abandoned"]) == (2, 1)
+    assert (first.stats["captured"], second.stats["duplicate"]) == (1, 1)
+
+
+def test_an_abandoned_call_whose_event_comes_late_is_counted_abandoned_and_late() -> None:
+    cb = turnledger.TokenTrackingCallback(name="abandoned-late")
+    details = started("late-one")
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", None, details)
+    end = datetime.now(UTC)
+    cb.log_failure_event(details, None, end, end)
+    assert [r.status for r in turn.calls] == [CallStatus.ABANDONED]
+    assert [r.status for r in turn.late_calls] == [CallStatus.FAILURE]
+    assert (cb.stats["abandoned"], cb.stats["late"]) == (1, 1)
+
+
+_ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "error"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "original_response",
+    [
+        # What LiteLLM writes for an error answer through the openai SDK (measured against the fake provider).
+        "Error code: 500 - {'error': {'message': 'fake provider failure', 'type': 'server_error', 'code': 500}}",
+        "Error code: 429 - {'error': {'message': 'Rate limit reached', 'type': 'requests'}}",
+        "Error code: 503",  # the SDK's message when the body could not be read
+        # The provider's error body as LiteLLM's own HTTP handler keeps it: OpenAI's shape, Anthropic's.
+        '{"error": {"message": "fake provider failure", "type": "server_error", "code": 500}}',
+        '  {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
+        '{"error": "upstream unavailable"}',
+    ],
+)
+def test_an_http_error_answer_is_recognised(original_response: str) -> None:
+    assert provider_refused({"original_response": original_response})
+
+
+@pytest.mark.parametrize(
+    "original_response",
+    [
+        _ANSWER,
+        json.dumps({**json.loads(_ANSWER), "error": None}),
+        # Whatever else it says, a body with an answer's fields (usage, say) may have been billed.
+        json.dumps({"error": {"message": "cut short"}, "choices": []}),
+        json.dumps({"error": "partial", "usage": {"prompt_tokens": 12}}),
+        json.dumps({"error": {}}),
+        # No HTTP answer: a provider may have billed work it finished before the connection broke.
+        "Connection error.",
+        "Request timed out.",
+        # An error in a shape not known to be one is not guessed at.
+        "Internal Server Error",
+        '{"object": "error", "message": "bad request", "code": 400}',
+        "first stream response received",
+        # An answer whose text mentions an error further in is never parsed, let alone read as one.
+        '{"id": "x", ' + " " * 300 + '"error": {"message": "no"}}',
+        "{not json",
+        "",
+    ],
+)
+def test_anything_else_is_not_read_as_an_error_answer(original_response: str) -> None:
+    assert not provider_refused({"original_response": original_response})
+
+
+def test_an_answer_that_is_not_text_or_no_answer_at_all_is_not_an_error_answer() -> None:
+    assert not provider_refused({"original_response": litellm.ModelResponse()})
+    assert not provider_refused({"original_response": None})
+    assert not provider_refused({})
+    assert not provider_refused(None)
+
+
+def abandoned_after(original_response: str, *, stream: bool = False) -> PendingCall:
+    return PendingCall(
+        call_id="c1",
+        model="gpt-4o-mini",
+        provider="openai",
+        call_kind=CallKind.CHAT,
+        stream=stream,
+        started_at=datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC),
+        started_monotonic=0.0,
+        request={"messages": [{"role": "user", "content": "say hello to the whole wide world"}]},
+        call_details={"original_response": original_response},
+    )
+
+
+def test_an_error_answer_is_no_sign_that_an_end_event_is_coming() -> None:
+    """The exit then waits settle_timeout, not logging_timeout: LiteLLM logs a failure before it raises, or never."""
+    assert abandoned_after(_ANSWER).responded
+    assert not abandoned_after("Error code: 500 - {'error': {}}").responded
+
+
+def test_an_abandoned_call_the_provider_answered_is_still_estimated_and_billed() -> None:
+    record = price_abandoned_call(abandoned_after(_ANSWER), None)
+    assert record.prompt_tokens > 0 and record.cost_usd is not None and record.cost_usd > 0
+    assert (record.cost_source, record.flags[0]) == (CostSource.ESTIMATED, RecordFlag.NO_CALLBACK)
+    assert RecordFlag.PROVIDER_ERROR not in record.flags
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_abandoned_call_the_provider_refused_is_not_billed(stream: bool) -> None:
+    meta = ModelMetadata(model_ref="openai/gpt-4o-mini", model_id="m-1", display_name="Mini")
+    record = price_abandoned_call(abandoned_after('{"error": {"message": "overloaded"}}', stream=stream), meta)
+    assert (record.status, record.flags) == (CallStatus.ABANDONED, (RecordFlag.NO_CALLBACK, RecordFlag.PROVIDER_ERROR))
+    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (0, 0, 0)
+    assert (record.cost_usd, record.cost_source, record.usage_estimated) == (Decimal(0), CostSource.NOT_BILLED, False)
+    assert (record.call_id, record.model, record.provider, record.stream) == ("c1", "gpt-4o-mini", "openai", stream)
+    assert (record.model_ref, record.model_id, record.display_name) == ("openai/gpt-4o-mini", "m-1", "Mini")
