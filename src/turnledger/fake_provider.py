@@ -10,12 +10,14 @@ alike and outlives any one test's loop. Behaviour is scripted per wire model nam
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -441,7 +443,20 @@ class FakeProvider:
         return web.json_response(payload, headers={"x-amzn-requestid": rid})
 
 
-if __name__ == "__main__":  # pragma: no cover - manual poking
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m turnledger.fake_provider``: serve until Ctrl-C, printing the base URL first."""
+    parser = argparse.ArgumentParser(
+        prog="python -m turnledger.fake_provider",
+        description="A fake OpenAI/Anthropic provider on 127.0.0.1 for trying turnledger with no key and no "
+        "network. Prints its base URL (set OPENAI_BASE_URL to it), then serves until Ctrl-C.",
+    )
+    parser.parse_args(argv)
     with FakeProvider() as fp:
-        print(fp.base_url)
-        threading.Event().wait()
+        # Flushed: redirected or piped, stdout is block-buffered and the URL would never appear.
+        print(fp.base_url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

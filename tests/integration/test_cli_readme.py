@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from turnledger.fake_provider import FakeProvider
 from .cli_run import invoke, run_cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+URL_DEADLINE_S = 60
 
 
 def readme_python(heading: str) -> str:
@@ -28,6 +31,34 @@ def readme_python(heading: str) -> str:
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match is not None, f"the README lost its example under {heading!r}"
     return match.group(1)
+
+
+def test_the_fake_provider_command_prints_its_url_even_to_a_pipe_and_answers(tmp_path: Path) -> None:
+    # The README's "run `python -m turnledger.fake_provider` ... with the URL it prints": piped or
+    # redirected (a supervisor, `> url.txt &`), stdout is block-buffered and the URL never came out.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "turnledger.fake_provider"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        # A deadline only so that a URL that never comes fails the test instead of hanging it.
+        readable, _, _ = select.select([server.stdout], [], [], URL_DEADLINE_S)
+        assert readable, "the fake provider printed no URL"
+        base_url = server.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", base_url), base_url
+        answer = litellm.completion(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], api_base=base_url, api_key="sk-fake"
+        )
+        assert answer.choices[0].message.content == "Hello from the fake provider."
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    helped = subprocess.run(
+        [sys.executable, "-m", "turnledger.fake_provider", "--help"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert helped.returncode == 0 and "usage:" in helped.stdout  # not a server that never returns
 
 
 def test_the_readme_example_records_a_turn_the_report_then_shows(fake_provider: FakeProvider, tmp_path: Path) -> None:

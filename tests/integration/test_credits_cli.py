@@ -168,6 +168,18 @@ def test_errors_are_one_line_with_the_documented_exit_codes(database_url: str, t
     assert "PostgreSQL or SQLite" in one_line_error(bad_url)
 
 
+def test_an_account_id_that_looks_like_markup_prints_as_written(database_url: str) -> None:
+    # "[/]" made rich raise MarkupError after the grant had committed: exit 1 and a traceback for a
+    # grant that was made, which an operator would then make again.
+    db = ["--database-url", database_url]
+    granted = invoke("credits", "grant", "[/]", "2.5", "--key", "k-markup", "--note", "[/x] \x1b[31m", *db)
+    assert (granted.exit_code, granted.stdout.strip()) == (0, "[/]: granted 2.5, balance 2.5 (key k-markup)")
+    balance = invoke("credits", "balance", "[/]", *db)
+    assert balance.exit_code == 0 and balance.stdout.startswith("[/]: balance 2.5 ")
+    history = invoke("credits", "history", "[/]", *db)
+    assert history.exit_code == 0 and history.stdout.rstrip().endswith("([/x] \\x1b[31m)")
+
+
 def test_a_grant_that_rounds_to_nothing_is_bad_input(database_url: str) -> None:
     _ledger_setup(database_url)
     db = ["--database-url", database_url]

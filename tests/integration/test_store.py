@@ -318,6 +318,40 @@ async def test_record_token_usage_drops_secret_keys_from_caller_documents(engine
     assert row.call_details == [{"call_id": "x"}]
 
 
+async def test_record_token_usage_fits_long_and_nul_strings_as_record_turn_does(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PostgreSQL refuses a 300-character user id in VARCHAR(255), and a NUL anywhere: the caller's whole
+    # commit would fail. The row is kept, its strings stored as record_turn stores the same strings.
+    long_user, nul_tenant = "ü" * 300, "acme\x00corp"
+    turn = closed_turn("fit-turn", [call("c-1", "m", 1, 1, "0.1")], user_id=long_user, tenant_id=nul_tenant)
+    expected = turn_rows(turn, usage_type="chat").usage
+    caplog.clear()
+    sessions = session_factory(engine)
+    with caplog.at_level(logging.WARNING, logger="turnledger"):
+        async with sessions() as session:
+            row = record_token_usage(
+                session,
+                usage_type="chat",
+                user_id=long_user,
+                thread_id="t\x00" + "x" * 400,
+                tenant_id=nul_tenant,
+                tags=["a\x00b"],
+                cost_usd="0.25",
+                model_breakdown={"m\x00": {"note": "x\x00y"}},
+            )
+            await session.commit()
+    assert row is not None
+    async with sessions() as session:
+        stored = (await session.execute(select(TokenUsage))).scalars().one()
+    assert stored.user_id is not None and stored.user_id == expected["user_id"] and len(stored.user_id) == 255
+    assert stored.tenant_id == expected["tenant_id"] == "acmecorp"
+    assert stored.thread_id is not None and len(stored.thread_id) == 255 and "\x00" not in stored.thread_id
+    assert stored.tags == ["ab"] and stored.model_breakdown == {"m": {"note": "xy"}}
+    assert stored.cost_usd == Decimal("0.25")
+    assert "shortened" in caplog.text
+
+
 def test_utc_timestamps_round_trip_from_another_zone() -> None:
     # Pure check of the row builder: a turn opened in another zone is stored in UTC.
     from datetime import timedelta, timezone

@@ -185,3 +185,15 @@ def test_a_sqlite_database_that_cannot_open_leaves_no_thread_traceback(
         for thread in set(threading.enumerate()) - before:
             thread.join(5)
     assert dying == []
+
+
+def test_migrate_says_where_and_which_revision_on_one_line_whatever_the_url_length(tmp_path: Path) -> None:
+    # Wrapped at 80 columns, "URL is at\nrevision 0003" defeated `turnledger migrate | grep revision`.
+    deep = tmp_path / ("d" * 70)
+    deep.mkdir()
+    url = f"sqlite:///{deep / 'turnledger.db'}"
+    result = cli_run.invoke("migrate", "--database-url", url, columns=80)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"sqlite+aiosqlite:///{deep / 'turnledger.db'} is at revision {migrate.head_revision()}"
+    ]

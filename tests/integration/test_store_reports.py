@@ -24,7 +24,7 @@ from turnledger.store.engine import make_engine
 from turnledger.store.models import TokenUsage
 
 from .conftest import PG_ADMIN_DSN
-from .store_data import DAY1, DAY2, DAY3, report_turns
+from .store_data import DAY1, DAY2, DAY3, call, closed_turn, report_turns
 
 ALICE = ReportRow(
     key="alice",
@@ -224,6 +224,31 @@ async def test_attribution_is_data_not_sql(session: AsyncSession) -> None:
     # Filters are bound parameters: a hostile value matches nothing and breaks nothing.
     assert await reports.by_model(session, user_id="alice' OR '1'='1") == []
     assert len(await reports.by_model(session)) == 3
+
+
+async def test_filters_find_ids_that_were_stored_shortened_or_without_nuls(engine: AsyncEngine) -> None:
+    # The writers store a 300-character id shortened to its column (and a NUL removed): filtering by
+    # the id the application passed must still find that user's spend, not report none.
+    long_user, nul_thread, nul_tenant = "ü" * 300, "t\x00-1", "acme\x00"
+    turn = closed_turn("long-ids", [call("c-1", "gpt-4o", 1, 1, "0.5")], user_id=long_user, thread_id=nul_thread,
+                       tenant_id=nul_tenant)  # fmt: skip
+    async with session_factory(engine)() as s:
+        await record_turn(s, turn, usage_type="chat\x00", created_at=DAY1)
+        record_token_usage(s, usage_type="chat", user_id=long_user, cost_usd="0.25", created_at=DAY1)
+        expected = Decimal("0.75")
+        if engine.dialect.name == "sqlite":
+            # A row record_token_usage wrote before it fitted strings: SQLite kept the id whole.
+            legacy = record_token_usage(s, usage_type="chat", user_id="u", cost_usd="0.125", created_at=DAY1)
+            assert legacy is not None
+            legacy.user_id = long_user
+            expected += Decimal("0.125")
+        await s.commit()
+        for grouping in ReportBy:
+            rows = await usage_report(s, grouping, user_id=long_user)
+            assert sum((r.cost_usd or Decimal(0) for r in rows), Decimal(0)) == expected, grouping
+        only_turn = {"user_id": long_user, "thread_id": nul_thread, "tenant_id": nul_tenant, "usage_type": "chat\x00"}
+        assert [(r.key, r.cost_usd) for r in await reports.by_model(s, **only_turn)] == [("gpt-4o", Decimal("0.5"))]
+        assert [r.cost_usd for r in await reports.by_day(s, **only_turn)] == [Decimal("0.5")]
 
 
 FIGURES = ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cache_creation_tokens",

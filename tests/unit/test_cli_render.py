@@ -139,3 +139,31 @@ def test_report_table_folds_a_long_name_to_fit_a_terminal(monkeypatch: pytest.Mo
     assert all(len(line) <= 80 for line in text.splitlines()), text
     assert all(figure in text for figure in ("25,635", "4,239", "29,874", "$0.00638865", "unpriced")), text
     assert FINE_TUNE not in text and FINE_TUNE[:12] in text  # folded, not dropped
+
+
+MARKUP_USER = "[/]"
+STYLED_USER = "[bold]bob[/bold]"
+ESCAPE_USER = "\x1b[31mred"
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "piped"])
+def test_report_table_prints_ids_as_written_never_as_markup_or_terminal_codes(
+    monkeypatch: pytest.MonkeyPatch, terminal: bool
+) -> None:
+    # An id is the application's data: "[/]" raised rich's MarkupError (a traceback), "[bold]bob[/bold]"
+    # printed as "bob", and an escape sequence reached the operator's terminal.
+    rows = _report_rows([MARKUP_USER, STYLED_USER, ESCAPE_USER], every_kind=False)
+    text = _printed_table(monkeypatch, rows, ReportBy.USER, width=200, terminal=terminal)
+    assert MARKUP_USER in text and STYLED_USER in text
+    assert "\x1b" not in text and "\\x1b[31mred" in text
+
+
+def test_chart_legend_shows_control_characters_escaped() -> None:
+    day = date(2026, 11, 25)
+    series = [
+        Series(name=ESCAPE_USER, cost_by_day={day: Decimal("0.1")}),
+        Series(name="a\nb", cost_by_day={day: Decimal("0.2")}),
+    ]
+    spend = DailySpend(by=ReportBy.USER, days=[day], series=series)
+    text = "\n".join(line.plain for line in terminal_lines(spend, width=80))
+    assert "\x1b" not in text and "\\x1b[31mred" in text and "a\\x0ab" in text

@@ -18,7 +18,7 @@ from typing import Any
 from rich.text import Text
 
 from turnledger.cli.chart_data import DailySpend, Series
-from turnledger.cli.output import usd
+from turnledger.cli.output import shown, usd
 
 GLYPHS = ("█", "▓", "▒", "░", "#", "=", "+", ":")
 """One per series: distinct even without colour (piped output, NO_COLOR)."""
@@ -101,11 +101,12 @@ def terminal_lines(spend: DailySpend, *, width: int = 80) -> list[Text]:
 
 
 def legend_lines(series: Sequence[Series], total: Decimal) -> list[Text]:
-    name_width = max((len(s.name) for s in series), default=0)
+    names = [shown(s.name) for s in series]
+    name_width = max(map(len, names), default=0)
     out = []
     for i, s in enumerate(series):
         line = Text(GLYPHS[i], style=COLORS[i])
-        line.append(f" {s.name.ljust(name_width)}  ")
+        line.append(f" {names[i].ljust(name_width)}  ")
         if s.total is None:
             line.append(f"unpriced: {calls(s.unpriced_calls)}, cost unknown", style="yellow")
         else:

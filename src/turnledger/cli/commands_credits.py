@@ -22,6 +22,7 @@ from turnledger.cli.app import (
     parse_when,
     require_order,
 )
+from turnledger.cli.output import shown
 
 if TYPE_CHECKING:
     # Imported when a command runs, not when the CLI starts: `turnledger --help` stays fast.
@@ -41,8 +42,9 @@ AccountArg = Annotated[str, typer.Argument(help="The account id.")]
 
 
 def _say(text: str) -> None:
-    # No wrapping and no highlighting: a line per entry, digits as they are, for people and grep.
-    console.print(text, highlight=False, soft_wrap=True)
+    # No wrapping and no highlighting: a line per entry, digits as they are, for people and grep. No
+    # markup either: an account id or a note is data ("[/]" would raise after a grant committed).
+    console.print(shown(text), markup=False, highlight=False, soft_wrap=True)
 
 
 def _money(value: Decimal) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, fail
-from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit, per_million, usd
+from turnledger.cli.output import FormatOption, OutputFormat, as_cell, as_format, emit, per_million, usd
 from turnledger.errors import ConfigurationError
 from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.usage import TokenCounts
@@ -160,9 +160,9 @@ def prices(
 
 def _cell(key: str, value: Any) -> str:
     if key == "from":
-        return "[yellow]no price[/]" if value is None else str(value)
+        return "[yellow]no price[/]" if value is None else as_cell(value)
     if key == "sample_cost_usd":
         return "[yellow]unpriced[/]" if value is None else usd(value)
     if key.endswith(("_per_token", "_token_cost")):
         return per_million(value)
-    return "-" if value is None else str(value)
+    return "-" if value is None else as_cell(value)

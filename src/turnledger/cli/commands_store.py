@@ -55,7 +55,8 @@ def migrate_command(
     refuse_missing_sqlite_directory(url)
     run_db(migrations.upgrade_async(url, revision), url)
     current = run_db(migrations.current_revision_async(url), url)
-    console.print(f"{shown_url(url)} is at revision {current}", highlight=False)
+    # One line however long the URL (no wrap at 80 columns), and a URL is not markup.
+    console.print(f"{shown_url(url)} is at revision {current}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -57,6 +59,20 @@ def usd(value: Decimal | None, *, min_places: int = 0) -> str:
         frac = frac.ljust(min_places, "0")
     text = f"{whole}.{frac}" if frac else whole
     return f"-${text[1:]}" if text.startswith("-") else f"${text}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """Data (an id, a note) as it may reach a terminal: control characters, which could move the cursor
+    or recolour it, written as visible ``\\xNN`` escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def as_cell(value: Any) -> str:
+    """A data value as a table cell: printed as written, never read as rich markup (``[/]`` in an id)."""
+    return escape(shown(str(plain(value))))
 
 
 def per_million(rate: Decimal | None) -> str:
@@ -166,17 +182,19 @@ def default_cell(key: str, value: Any) -> str:
         return "-"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return str(plain(value))
+    return as_cell(value)
 
 
 __all__ = [
     "UNPRICED",
     "FormatOption",
     "OutputFormat",
+    "as_cell",
     "as_format",
     "default_cell",
     "emit",
     "per_million",
     "plain",
+    "shown",
     "usd",
 ]

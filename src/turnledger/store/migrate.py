@@ -1,6 +1,11 @@
 """Schema migrations from code: the same Alembic revisions ``turnledger migrate`` and the tests run.
 
 The sync functions are for scripts and the CLI; inside a running event loop use the ``*_async`` ones.
+
+An upgrade or downgrade holds a lock on the database for its whole transaction (PostgreSQL: an advisory
+lock; SQLite: ``BEGIN IMMEDIATE``), so processes migrating at once (every replica at start-up) run one
+after the other: the first migrates, the others find the schema current. On SQLite this also makes a
+migration all or nothing: its DDL would otherwise commit statement by statement.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import pool
+from sqlalchemy import event, pool, text
 from sqlalchemy.engine import URL, Connection
 
 from turnledger.store.engine import make_engine, resolve_url
@@ -23,6 +28,12 @@ SCRIPT_LOCATION = "turnledger:migrations"
 """Resolved through the installed package, so it works from a wheel as well as a checkout."""
 
 T = TypeVar("T")
+
+MIGRATION_LOCK_ID = 0x746C_6D69_6772_6174
+"""The PostgreSQL advisory lock key migrations hold (a fixed 63-bit number, "tlmigrat")."""
+
+SQLITE_LOCK_WAIT_MS = 600_000
+"""How long a SQLite migration waits for another process's migration (or a long write) to finish."""
 
 
 def alembic_config(url: str | URL | None = None) -> Config:
@@ -40,11 +51,11 @@ def head_revision() -> str | None:
 
 
 async def upgrade_async(url: str | URL | None = None, revision: str = "head") -> None:
-    await _with_connection(url, lambda conn: _command(conn, url, "upgrade", revision))
+    await _with_connection(url, lambda conn: _command(conn, url, "upgrade", revision), exclusive=True)
 
 
 async def downgrade_async(url: str | URL | None, revision: str) -> None:
-    await _with_connection(url, lambda conn: _command(conn, url, "downgrade", revision))
+    await _with_connection(url, lambda conn: _command(conn, url, "downgrade", revision), exclusive=True)
 
 
 async def current_revision_async(url: str | URL | None = None) -> str | None:
@@ -78,13 +89,37 @@ def _command(connection: Connection, url: str | URL | None, action: str, revisio
         command.downgrade(cfg, revision)
 
 
-async def _with_connection(url: str | URL | None, fn: Any) -> Any:
+async def _with_connection(url: str | URL | None, fn: Any, *, exclusive: bool = False) -> Any:
+    """``fn(connection)`` in one transaction; ``exclusive``: holding the migration lock for all of it."""
     engine = make_engine(url, poolclass=pool.NullPool)
+    if exclusive and engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_explicit_transactions)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
     try:
         async with engine.begin() as connection:
+            if exclusive and connection.dialect.name == "postgresql":
+                # Taken before Alembic reads the version table: a second process reads it after the
+                # first committed, and has nothing left to do.
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
             return await connection.run_sync(fn)
     finally:
         await engine.dispose()
+
+
+def _sqlite_explicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+    # The driver begins a transaction only before DML, so DDL would commit statement by statement and
+    # nothing would keep a second migrating process out; the "begin" listener below begins instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_LOCK_WAIT_MS}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock now, before the version table is read, not at the first write.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

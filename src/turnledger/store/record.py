@@ -333,6 +333,8 @@ def record_token_usage(
     Never raises: on bad input it logs why and returns ``None``. ``cost_usd`` (or, failing that,
     ``cost_micros``) left out means unpriced: the row's cost is NULL and its calls count as unpriced.
     A duplicate ``turn_id`` is refused by the database at flush/commit, in the caller's transaction.
+    A string too long for its column or holding a NUL is stored as :func:`record_turn` stores it
+    (shortened, ending in a hash of the whole; NULs removed), with a warning.
     """
     try:
         counts = {
@@ -361,14 +363,32 @@ def record_token_usage(
             return None
         priced_cost = cost if isinstance(cost, Decimal) else None
         now = datetime.now(UTC)
+        strings: dict[str, Any] = {
+            "turn_id": _opt_str(turn_id) or _new_id(),
+            "usage_type": usage_type,
+            "user_id": _opt_str(user_id),
+            "thread_id": _opt_str(thread_id),
+            "message_id": _opt_str(message_id),
+            "tenant_id": _opt_str(tenant_id),
+        }
+        # As record_turn stores them: PostgreSQL would refuse an over-long string or a NUL at the
+        # caller's commit, failing the caller's own work with it.
+        fitted = _fit_row(strings, _USAGE_LIMITS)
+        tag_texts = [str(tag) for tag in tags]
+        breakdown = _scrub(_json_safe(model_breakdown)) if model_breakdown is not None else None
+        details = [_scrub(_json_safe(d)) for d in call_details] if call_details is not None else None
+        documents = (tag_texts, breakdown, details)
+        storable = _make_storable(list(documents))
+        if fitted or storable != list(documents):
+            tag_texts, breakdown, details = storable
+            logger.warning(
+                "turnledger record_token_usage %r: NULs or lone surrogates removed, or strings shortened to fit "
+                "their columns",
+                strings["turn_id"],
+            )
         row = TokenUsage(
-            turn_id=_opt_str(turn_id) or _new_id(),
-            usage_type=usage_type,
-            user_id=_opt_str(user_id),
-            thread_id=_opt_str(thread_id),
-            message_id=_opt_str(message_id),
-            tenant_id=_opt_str(tenant_id),
-            tags=[str(tag) for tag in tags],
+            **strings,
+            tags=tag_texts,
             calls=calls,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -381,8 +401,8 @@ def record_token_usage(
             unpriced_calls=calls if priced_cost is None else 0,
             failed_calls=0,
             abandoned_calls=0,
-            model_breakdown=_scrub(_json_safe(model_breakdown)) if model_breakdown is not None else None,
-            call_details=[_scrub(_json_safe(d)) for d in call_details] if call_details is not None else None,
+            model_breakdown=breakdown,
+            call_details=details,
             created_at=(created_at or now).astimezone(UTC),
             recorded_at=now,
         )
@@ -503,6 +523,20 @@ def _fit(value: str, length: int) -> str:
         digest = hashlib.sha256(value.encode()).hexdigest()[:16]
         value = f"{value[: length - len(digest) - 1]}~{digest}"
     return value
+
+
+def as_stored(column: str, value: str | None) -> str | None:
+    """``value`` as the writers store it in ``token_usage.<column>`` (made storable, shortened to fit):
+    what a filter on that column must compare with."""
+    return None if value is None else _fit(value, _USAGE_LIMIT_OF[column])
+
+
+_USAGE_LIMIT_OF = dict(_USAGE_LIMITS)
+
+
+def is_storable(value: str) -> bool:
+    """Whether both databases take ``value`` as it is (no NUL, no lone surrogate), whatever its length."""
+    return not _unstorable(value)
 
 
 _RECORD_STRINGS = operator.attrgetter(

@@ -30,7 +30,7 @@ from turnledger.accumulator import TOKEN_FIELDS
 from turnledger.records import MONEY_CONTEXT
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
-from turnledger.store.record import Database, dialect_name
+from turnledger.store.record import Database, as_stored, dialect_name, is_storable
 
 
 class ReportBy(StrEnum):
@@ -212,15 +212,23 @@ def _conditions(t: Any, filters: ReportFilters) -> list[ColumnElement[bool]]:
         out.append(t.created_at >= filters.since)
     if filters.until is not None:
         out.append(t.created_at < filters.until)
-    if filters.user_id is not None:
-        out.append(t.user_id == filters.user_id)
-    if filters.thread_id is not None:
-        out.append(t.thread_id == filters.thread_id)
-    if filters.tenant_id is not None:
-        out.append(t.tenant_id == filters.tenant_id)
-    if filters.usage_type is not None:
-        out.append(t.usage_type == filters.usage_type)
+    for name in ("user_id", "thread_id", "tenant_id", "usage_type"):
+        value = getattr(filters, name)
+        if value is not None:
+            out.append(_is(getattr(t, name), name, value))
     return out
+
+
+def _is(column: Any, name: str, value: str) -> ColumnElement[bool]:
+    """``column`` holds ``value`` as the writers store it: an id too long for its column is stored
+    shortened, a NUL removed; so the filter compares with that form too."""
+    stored = as_stored(name, value)
+    if stored == value:
+        return column == value  # type: ignore[no-any-return]
+    if is_storable(value):
+        # Both: SQLite kept an over-long id whole when record_token_usage wrote it, before it fitted strings.
+        return column.in_([stored, value])  # type: ignore[no-any-return]
+    return column == stored  # type: ignore[no-any-return]
 
 
 _COUNTERS = ("calls", *TOKEN_FIELDS, "unpriced_calls", "failed_calls", "abandoned_calls")
