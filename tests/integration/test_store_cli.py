@@ -197,3 +197,14 @@ def test_migrate_says_where_and_which_revision_on_one_line_whatever_the_url_leng
     assert result.stdout.splitlines() == [
         f"sqlite+aiosqlite:///{deep / 'turnledger.db'} is at revision {migrate.head_revision()}"
     ]
+
+
+def test_migrate_to_a_revision_the_database_is_past_says_nothing_was_done(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'turnledger.db'}"
+    assert cli_run.invoke("migrate", "--database-url", url).exit_code == 0
+
+    result = cli_run.invoke("migrate", "--database-url", url, "--revision", "0001")
+
+    assert result.exit_code == 2
+    assert f"at revision {migrate.head_revision()}, past 0001: migrate only upgrades" in one_line_error(result)
+    assert migrate.current_revision(url) == migrate.head_revision()

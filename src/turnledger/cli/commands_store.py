@@ -53,6 +53,15 @@ def migrate_command(
     """Create turnledger's tables, or upgrade them to this version's schema."""
     url = _resolve(database_url)
     refuse_missing_sqlite_directory(url)
+    if revision != "head":
+        current = run_db(migrations.current_revision_async(url), url)
+        if migrations.is_past(current, revision):
+            fail(
+                f"{shown_url(url)} is at revision {current}, past {revision}: migrate only upgrades, "
+                "nothing was done (turnledger.store.migrate.downgrade goes back, and drops what the later "
+                "revisions added)",
+                EXIT_BAD_INPUT,
+            )
     run_db(migrations.upgrade_async(url, revision), url)
     current = run_db(migrations.current_revision_async(url), url)
     # One line however long the URL (no wrap at 80 columns), and a URL is not markup.

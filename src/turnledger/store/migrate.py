@@ -50,6 +50,13 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
+def is_past(current: str | None, target: str) -> bool:
+    """Whether a database at ``current`` is already past revision ``target``: an upgrade to it does
+    nothing (Alembic does not say so), and going back is a downgrade."""
+    order = [script.revision for script in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()]
+    return current in order and target in order and order.index(current) < order.index(target)
+
+
 async def upgrade_async(url: str | URL | None = None, revision: str = "head") -> None:
     await _with_connection(url, lambda conn: _command(conn, url, "upgrade", revision), exclusive=True)
 
