@@ -49,7 +49,10 @@ def chart(
     since: Annotated[
         str, typer.Option("--since", help="Start: 30d, 24h, 2026-11-01... (UTC day it falls on).")
     ] = "30d",
-    until: Annotated[str | None, typer.Option("--until", help="Exclusive end, same forms (default: now).")] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help="Exclusive end, same forms (default: now); a day it cuts is charted whole (UTC)."),
+    ] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user id.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant id.")] = None,
     output: Annotated[
