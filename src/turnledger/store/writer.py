@@ -125,7 +125,8 @@ class BatchWriter:
         self.journal = OutboxJournal(outbox_dir, fsync=fsync)
         self.stats: Counter[str] = Counter()
         """``handed_over``, ``written``, ``batches``, ``failed_batches``, ``spilled`` (left to the outbox
-        for replay: queue full, shutdown, or its batch failed before the turn was written or set aside;
+        for replay: queue full, shutdown, its segment replayed while it was queued, or its batch failed
+        before the turn was written or set aside;
         the turns of a failed batch written or refused before the failure are not), ``replayed`` (outbox
         entries replayed, whether new, found stored or refused; a replay retried after a failure goes on
         where it stopped, so none is counted twice), ``bad_lines``, ``rejected`` (refused by the database
@@ -618,6 +619,7 @@ class BatchWriter:
 
     async def _replay_own(self, segment: int, report: ReplayReport) -> None:
         await self._close_segment(segment)
+        self._leave_to_replay(segment)
         path = self.journal.segment_path(segment)
         # Gone if it was replayed before and a turn of it, still queued then, has been spilled since.
         if path.exists():
@@ -627,5 +629,18 @@ class BatchWriter:
         self._replay_resume.pop(path, None)
         self._dirty.discard(segment)
         self._segment_pending.pop(segment, None)
-        # Entries of it still queued in memory will be written again: a no-op, by turn_id.
         self._maybe_discard(segment)
+
+    def _leave_to_replay(self, segment: int) -> None:
+        """Take the turns of a segment about to be replayed out of the queue: the replay writes them.
+
+        Written live as well, a stored turn would be a no-op, but a refused one would be set aside (and
+        counted) twice: the replay puts it in ``<segment>.rejected``, which the live write does not read.
+        """
+        queued = [t for t in self._queue if t.segment == segment]
+        if not queued:
+            return
+        kept = [t for t in self._queue if t.segment != segment]
+        self._queue.clear()
+        self._queue.extend(kept)
+        self._spill(queued)
