@@ -85,9 +85,9 @@ class BatchWriter:
     of them was handed over. ``max_queue`` bounds the turns held in memory; beyond it they wait in the
     outbox. A write that fails or takes longer than ``write_timeout`` is left to the outbox and retried
     from it after a backoff (``retry_initial`` doubling up to ``retry_max``, jittered). ``close()``
-    drains for up to ``shutdown_timeout`` seconds; whatever is left stays in the outbox for the next
-    writer on the same directory or ``turnledger replay``. A turn handed over before ``start()`` or
-    after ``close()`` is written straight to an outbox segment of its own.
+    drains for up to ``shutdown_timeout`` seconds (plus an outbox fsync under way); whatever is left
+    stays in the outbox for the next writer on the same directory or ``turnledger replay``. A turn
+    handed over before ``start()`` or after ``close()`` is written straight to an outbox segment of its own.
     """
 
     def __init__(
@@ -192,6 +192,8 @@ class BatchWriter:
 
         A replay cut short by the timeout stops its thread, and is waited for (a line read, an append
         under way), before the outbox lock is released: once this returns, the writer is done with it.
+        So is an outbox append of turns handed over. Neither can be cut short: on a disk whose fsync
+        stalls, ``close()`` returns that much later than ``timeout``.
         """
         if self._closing or not self._tasks:
             return
