@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,25 @@ def test_replay_to_a_sqlite_file_that_is_not_there_refuses_and_creates_nothing(t
     assert f"no database at {missing}: run `turnledger migrate`" in one_line_error(result)
     assert not missing.exists()
     assert "gone.000001.jsonl" in files_in(outbox)  # left for a replay to the right database
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_replay_whose_outbox_directory_cannot_be_synced_blames_the_outbox_not_the_database(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = tmp_path / "outbox"
+    _dead_writer_outbox(outbox, 2)  # its bad line is set aside, and <segment>.rejected's directory synced
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = invoke("replay", "--outbox", str(outbox), "--database-url", database_url)
+    assert result.exit_code == 1, result.output
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: cannot sync the outbox directory: "), error
+    assert "run the replay again" in error
+    assert "gone.000001.jsonl" in files_in(outbox)  # kept: the rerun sets nothing aside again

@@ -144,3 +144,69 @@ async def test_a_replay_cancelled_while_loading_a_segment_keeps_its_claim_until_
     assert await stored_turn_ids(engine) == {f"d{i}": 1 for i in range(3)}
     assert _set_aside(tmp_path) == [_DAMAGED]
     assert pending_segments(tmp_path) == []
+
+
+class _UnstoppableLoad:
+    """The replay's loading of a segment caught in an append it cannot leave (a slow fsync): it does not
+    see the stop request, and goes on only when ``proceed`` is set. Then it appends a damaged line to the
+    segment and loads it, setting that line aside in ``<segment>.rejected``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = threading.Event()
+        self.proceed = threading.Event()
+        self.finished = threading.Event()
+        self._load = replay._load
+        monkeypatch.setattr(replay, "_load", self)
+
+    def __call__(self, path: Path, report: replay.ReplayReport, stop: threading.Event) -> Any:
+        if self.entered.is_set():
+            return self._load(path, report, stop)  # the next replay's
+        self.entered.set()
+        assert self.proceed.wait(_HANG_LIMIT)
+        try:
+            with open(path, "ab") as fh:
+                fh.write(_DAMAGED)
+            return self._load(path, report, threading.Event())  # past its stop checks
+        finally:
+            self.finished.set()
+
+
+async def test_a_replay_whose_every_task_is_cancelled_keeps_its_claim_until_the_thread_has_stopped(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What asyncio.run does on its way out (a second ^C of `turnledger replay`, or a writer never closed):
+    # every task is cancelled, the replay's and whatever task runs its thread, at once.
+    held = _UnstoppableLoad(monkeypatch)
+    journal = OutboxJournal(tmp_path, writer_id="dead-a")
+    journal.open()
+    journal.append([encode_entry(make_entry(turn_rows(closed_turn(f"e{i}"), usage_type="chat"))) for i in range(3)])
+    journal.rotate()
+    journal._lock_fh.close()  # type: ignore[union-attr]  # the writer died: its lock went with it
+    release = Claim.release
+    reader_running_at_release: list[bool] = []
+
+    def release_claim(claim: Claim, *, remove_lock: bool) -> None:
+        release(claim, remove_lock=remove_lock)
+        reader_running_at_release.append(held.entered.is_set() and not held.finished.is_set())
+        held.proceed.set()
+
+    monkeypatch.setattr(Claim, "release", release_claim)
+    task = asyncio.create_task(replay_outbox(engine, tmp_path))
+    assert await asyncio.to_thread(held.entered.wait, _HANG_LIMIT)
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            other.cancel()
+    # Loop iterations, not time: a replay that does not wait for its thread lets its claim go in a few.
+    for _ in range(50):
+        await asyncio.sleep(0)
+    held.proceed.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reader_running_at_release == [False]
+
+    # The damaged line the thread set aside before it stopped is skipped by the next replay, not set aside again.
+    report = await replay_outbox(engine, tmp_path)
+    assert (report.entries, report.inserted, report.set_aside_before) == (3, 3, 1)
+    assert await stored_turn_ids(engine) == {f"e{i}": 1 for i in range(3)}
+    assert _set_aside(tmp_path) == [_DAMAGED]
+    assert pending_segments(tmp_path) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from tests.integration.writer_support import (
 )
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.records import TokenCallRecord
-from turnledger.store.entries import make_entry
+from turnledger.store.entries import Entry, make_entry
 from turnledger.store.outbox import OutboxJournal, decode_line, encode_entry
 from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
@@ -149,3 +150,34 @@ async def test_lone_surrogates_are_replaced_not_lost(engine: AsyncEngine, tmp_pa
     assert sorted(usage["model_breakdown"]) == ["gpt-4o-mini", "gpt-?4o"]
     assert sorted(c["model"] for c in calls) == ["gpt-4o-mini", "gpt-?4o"]
     assert all("sanitized" in c["flags"] for c in calls)
+
+
+async def test_a_poison_turn_both_queued_and_in_a_segment_being_replayed_is_set_aside_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # The queue holds two turns; a third waits in the outbox only, so its segment is replayed while the
+    # poison turn is still queued: the replay must not set it aside, and then the live write again.
+    writer = BatchWriter(
+        engine, outbox_dir=tmp_path, batch_size=1, max_queue=2, flush_interval=0.01, replay_others=False
+    )
+    write_fresh = writer._write_fresh
+
+    async def first_write_once_the_segment_is_to_be_replayed(entries: Sequence[Entry]) -> int:
+        # Live turns and replay alternate: the replay's turn comes right after this write.
+        while not writer._dirty:
+            await writer._append_done.wait()
+            writer._append_done.clear()
+        return await write_fresh(entries)
+
+    writer._write_fresh = first_write_once_the_segment_is_to_be_replayed
+    async with writer:
+        futures = [writer.submit_rows(r) for r in [*_good("q", 1), poison_rows(engine), *_good("s", 1)]]
+        for fut in futures:
+            await fut
+        writer._write_fresh = write_fresh
+        await writer.flush(timeout=20)
+        stats = dict(writer.stats)
+    assert await stored_turn_ids(engine) == {"q0": 1, "s0": 1}
+    assert _rejected_turn_ids(tmp_path) == ["poison"]
+    assert stats["rejected"] == 1
+    assert pending_segments(tmp_path) == []

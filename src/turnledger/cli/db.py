@@ -75,6 +75,8 @@ def _sqlite_file(url: str | URL | None) -> str | None:
 
 def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | None:
     """A one-line message and exit code for an error a user can fix; ``None`` for a bug."""
+    from turnledger.store.rejects import DirectoryNotSynced  # only on an error: the outbox side is not always loaded
+
     where = shown_url(url)
     if isinstance(exc, SchemaMissingError):
         return f"turnledger's tables are missing in {where}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING
@@ -101,6 +103,9 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
             f"database URL {where}: the driver takes no {bad.group(1)!r} option (asyncpg spells TLS ?ssl=require)",
             EXIT_BAD_INPUT,
         )
+    if isinstance(exc, DirectoryNotSynced):
+        # An OSError too, but the outbox's disk, not the database: what was set aside keeps its other copy.
+        return f"cannot sync the outbox directory: {exc}; nothing is lost: run the replay again", EXIT_FAILED
     # asyncpg raises the socket's own errors (refused, unknown host) unwrapped.
     if isinstance(exc, OSError | TimeoutError):
         return f"cannot reach the database at {where}: {_first_line(str(exc)) or type(exc).__name__}", EXIT_FAILED

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -97,7 +98,9 @@ async def _in_thread(work: Callable[[threading.Event], _T]) -> _T:
     no more than what is under way then (reading the ``.rejected`` files, a line's decoding, an append).
     """
     stop = threading.Event()
-    thread = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    # The executor's own future, not a task running asyncio.to_thread: asyncio.run on its way out (a
+    # second ^C) cancels every task, which would mark such a task done while its thread still runs.
+    thread = asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, work, stop)
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:

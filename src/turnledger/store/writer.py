@@ -85,9 +85,9 @@ class BatchWriter:
     of them was handed over. ``max_queue`` bounds the turns held in memory; beyond it they wait in the
     outbox. A write that fails or takes longer than ``write_timeout`` is left to the outbox and retried
     from it after a backoff (``retry_initial`` doubling up to ``retry_max``, jittered). ``close()``
-    drains for up to ``shutdown_timeout`` seconds; whatever is left stays in the outbox for the next
-    writer on the same directory or ``turnledger replay``. A turn handed over before ``start()`` or
-    after ``close()`` is written straight to an outbox segment of its own.
+    drains for up to ``shutdown_timeout`` seconds (plus an outbox fsync under way); whatever is left
+    stays in the outbox for the next writer on the same directory or ``turnledger replay``. A turn
+    handed over before ``start()`` or after ``close()`` is written straight to an outbox segment of its own.
     """
 
     def __init__(
@@ -125,7 +125,8 @@ class BatchWriter:
         self.journal = OutboxJournal(outbox_dir, fsync=fsync)
         self.stats: Counter[str] = Counter()
         """``handed_over``, ``written``, ``batches``, ``failed_batches``, ``spilled`` (left to the outbox
-        for replay: queue full, shutdown, or its batch failed before the turn was written or set aside;
+        for replay: queue full, shutdown, its segment replayed while it was queued, or its batch failed
+        before the turn was written or set aside;
         the turns of a failed batch written or refused before the failure are not), ``replayed`` (outbox
         entries replayed, whether new, found stored or refused; a replay retried after a failure goes on
         where it stopped, so none is counted twice), ``bad_lines``, ``rejected`` (refused by the database
@@ -191,6 +192,8 @@ class BatchWriter:
 
         A replay cut short by the timeout stops its thread, and is waited for (a line read, an append
         under way), before the outbox lock is released: once this returns, the writer is done with it.
+        So is an outbox append of turns handed over. Neither can be cut short: on a disk whose fsync
+        stalls, ``close()`` returns that much later than ``timeout``.
         """
         if self._closing or not self._tasks:
             return
@@ -618,6 +621,7 @@ class BatchWriter:
 
     async def _replay_own(self, segment: int, report: ReplayReport) -> None:
         await self._close_segment(segment)
+        self._leave_to_replay(segment)
         path = self.journal.segment_path(segment)
         # Gone if it was replayed before and a turn of it, still queued then, has been spilled since.
         if path.exists():
@@ -627,5 +631,18 @@ class BatchWriter:
         self._replay_resume.pop(path, None)
         self._dirty.discard(segment)
         self._segment_pending.pop(segment, None)
-        # Entries of it still queued in memory will be written again: a no-op, by turn_id.
         self._maybe_discard(segment)
+
+    def _leave_to_replay(self, segment: int) -> None:
+        """Take the turns of a segment about to be replayed out of the queue: the replay writes them.
+
+        Written live as well, a stored turn would be a no-op, but a refused one would be set aside (and
+        counted) twice: the replay puts it in ``<segment>.rejected``, which the live write does not read.
+        """
+        queued = [t for t in self._queue if t.segment == segment]
+        if not queued:
+            return
+        kept = [t for t in self._queue if t.segment != segment]
+        self._queue.clear()
+        self._queue.extend(kept)
+        self._spill(queued)
