@@ -65,16 +65,34 @@ class ModelPrice:
     above_tokens: tuple[tuple[int, tuple[tuple[str, Decimal], ...]], ...] = ()
     """Long-context tiers, highest threshold first: ``(threshold, ((rate name, rate), ...))`` from keys
     such as ``input_cost_per_token_above_200k_tokens``. A call whose prompt has more tokens than a
-    threshold is priced at that tier's rates (as LiteLLM does, every token of the call, not only those
-    past it); a rate the tier does not name keeps its base value."""
+    threshold (xAI: at least as many) is priced at that tier's rates (as LiteLLM does, every token of
+    the call, not only those past it); a rate the tier does not name keeps its value below it (the
+    lower crossed tier's, else the base one), as LiteLLM keeps it."""
+    service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
+    """The rates of each service tier the entry prices (``input_cost_per_token_flex``,
+    ``output_cost_per_token_above_200k_tokens_priority``...), by LiteLLM's key suffix (``flex``,
+    ``balanced``, ``priority``, ``ultrafast``), each already resolved as LiteLLM resolves it: a rate
+    the tier does not name is the standard one. See :meth:`for_service_tier`."""
 
     @classmethod
     def from_mapping(cls, model: str, entry: Mapping[str, Any]) -> ModelPrice:
-        """Read the known rate keys of a ``model_cost`` entry, long-context tiers included; other keys
-        are ignored."""
+        """Read the known rate keys of a ``model_cost`` entry, long-context and service tiers included;
+        other keys (batch rates among them) are ignored."""
+        price = cls._from_rates(model, entry)
+        tiers: list[tuple[str, ModelPrice]] = []
+        for suffix in _SERVICE_TIER_SUFFIXES:
+            keys = _service_tier_keys(entry, suffix)
+            if keys:
+                for key in keys:  # checked under their own name, not the standard one they stand in for
+                    _rate(model, key, entry[key])
+                tiers.append((suffix, cls._from_rates(model, _service_tier_entry(entry, suffix))))
+        return replace(price, service_tiers=tuple(tiers)) if tiers else price
+
+    @classmethod
+    def _from_rates(cls, model: str, entry: Mapping[str, Any]) -> ModelPrice:
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "above_tokens" or f.name not in entry or entry[f.name] is None:
+            if f.name in _NOT_RATES or f.name not in entry or entry[f.name] is None:
                 continue
             values[f.name] = _rate(model, f.name, entry[f.name])
         tiers: dict[int, dict[str, Decimal]] = {}
@@ -90,24 +108,58 @@ class ModelPrice:
             )
         return cls(**values)
 
-    def for_prompt(self, prompt_tokens: int) -> ModelPrice:
-        """These rates as they apply to a call with ``prompt_tokens`` of input (its long-context tier)."""
-        for threshold, rates in self.above_tokens:
-            if prompt_tokens > threshold:
-                return replace(self, above_tokens=(), **dict(rates))
-        return self
+    def for_prompt(self, prompt_tokens: int, *, inclusive: bool = False) -> ModelPrice:
+        """These rates as they apply to a call with ``prompt_tokens`` of input (its long-context tier).
 
-    def cost(self, counts: TokenCounts, *, images_in: int = 0, images_out: int = 0) -> Decimal | None:
+        ``inclusive``: the tier starts at its threshold itself (xAI's, as LiteLLM bills it), not past it.
+        """
+        rates: dict[str, Any] = {}
+        # Lowest threshold first, each crossed tier over the one below: LiteLLM's order.
+        for threshold, tier in reversed(self.above_tokens):
+            if prompt_tokens < threshold or (prompt_tokens == threshold and not inclusive):
+                break
+            rates.update(tier)
+        return replace(self, above_tokens=(), **rates) if rates else self
+
+    def for_service_tier(self, service_tier: str | None) -> ModelPrice | None:
+        """These rates at the service tier a call was billed at (see
+        :func:`~turnledger.pricing.billed_service_tier`); ``None`` when the tier is not the standard one
+        and this entry names no rate for it (its cost is then unknown: the caller bills the standard
+        rates and flags the record ``service_tier_unpriced``). ``fast`` is priced at the ``priority``
+        rates, as LiteLLM prices it."""
+        if service_tier is None or service_tier.lower() in STANDARD_SERVICE_TIERS:
+            return self
+        suffix = _SERVICE_TIER_SUFFIX_OF.get(service_tier.lower())
+        for name, price in self.service_tiers:
+            if name == suffix:
+                return price
+        return None
+
+    def cost(
+        self,
+        counts: TokenCounts,
+        *,
+        images_in: int = 0,
+        images_out: int = 0,
+        service_tier: str | None = None,
+        provider: str | None = None,
+    ) -> Decimal | None:
         """The exact cost of ``counts``, or ``None`` when a count that was used has no rate.
 
         Each token is priced once: fresh input, cache reads, 5-minute and 1-hour cache writes, text,
-        image and audio input; text output, reasoning, image and audio output. A long prompt is priced
-        at its tier's rates (see :attr:`above_tokens`).
+        image and audio input; text output, reasoning, image and audio output. The rates are those of
+        the billed ``service_tier`` (the standard ones when the entry names none for it, see
+        :meth:`for_service_tier`), and a long prompt is priced at its tier's rates (see
+        :attr:`above_tokens`; ``provider`` says where the tier starts).
         """
-        if self.above_tokens:
-            tiered = self.for_prompt(counts.prompt_tokens)
-            if tiered is not self:
-                return tiered.cost(counts, images_in=images_in, images_out=images_out)
+        price = self
+        if service_tier is not None and self.service_tiers:
+            price = self.for_service_tier(service_tier) or self
+        if price.above_tokens:
+            price = price.for_prompt(counts.prompt_tokens, inclusive=provider in INCLUSIVE_THRESHOLD_PROVIDERS)
+        return price._cost(counts, images_in, images_out)
+
+    def _cost(self, counts: TokenCounts, images_in: int, images_out: int) -> Decimal | None:
         total = Decimal(0)
         # Audio and image read from the cache are cache reads (as LiteLLM bills them), not fresh audio.
         image_in = min(max(0, counts.image_input_tokens - counts.cached_image_tokens), counts.fresh_prompt_tokens)
@@ -159,6 +211,72 @@ _TIERED_RATES = (
 _TIER_KEY = re.compile(rf"(?P<rate>{'|'.join(map(re.escape, _TIERED_RATES))})_above_(?P<count>[0-9]+)(?P<k>k?)_tokens")
 """A long-context rate, as LiteLLM's map names it; variants for a service tier or batches
 (``..._above_200k_tokens_priority``) do not match."""
+
+_NOT_RATES = frozenset({"above_tokens", "service_tiers"})
+
+INCLUSIVE_THRESHOLD_PROVIDERS = frozenset({"xai"})
+"""Providers whose long-context tier starts at its threshold itself, as LiteLLM 1.106 bills them
+(``_INCLUSIVE_THRESHOLD_PROVIDERS``); every other provider's starts one token past it."""
+
+STANDARD_SERVICE_TIERS = frozenset({"auto", "default", "standard"})
+"""Tier names billed at the standard rates without a flag."""
+
+_SERVICE_TIER_SUFFIX_OF = MappingProxyType(
+    {"flex": "flex", "balanced": "balanced", "priority": "priority", "fast": "priority", "ultrafast": "ultrafast"}
+)
+"""A billed tier -> the suffix of its rates' keys, as LiteLLM 1.106 maps them (``fast`` is billed at
+``priority`` rates); a tier not here has no rates in LiteLLM's schema."""
+_SERVICE_TIER_SUFFIXES = tuple(dict.fromkeys(_SERVICE_TIER_SUFFIX_OF.values()))
+
+_SERVICE_TIER_RATES = (
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "input_cost_per_image_token",
+    "input_cost_per_audio_token",
+    "cache_read_input_audio_token_cost",
+)
+"""Rates LiteLLM reads at the billed tier's key (``input_cost_per_token_flex``), each falling back to its
+standard key. The 1-hour cache write, audio and image output are read at their standard key only;
+reasoning has a rule of its own (:func:`_service_tier_entry`)."""
+_REASONING = "output_cost_per_reasoning_token"
+
+
+def _service_tier_keys(entry: Mapping[str, Any], suffix: str) -> list[str]:
+    """The keys of ``entry`` that LiteLLM reads for the tier whose keys end with ``_suffix``."""
+    end = f"_{suffix}"
+    keys = []
+    for key, value in entry.items():
+        if value is None or not isinstance(key, str) or not key.endswith(end):
+            continue
+        base = key[: -len(end)]
+        if base in _SERVICE_TIER_RATES or base == _REASONING or _TIER_KEY.fullmatch(base):
+            keys.append(key)
+    return keys
+
+
+def _service_tier_entry(entry: Mapping[str, Any], suffix: str) -> dict[str, Any]:
+    """``entry`` as LiteLLM 1.106 prices it at the tier whose keys end with ``_suffix``
+    (``_get_token_base_cost``, ``_resolve_reasoning_token_cost``): each tier rate in place of its
+    standard one, which stays where the tier names none, long-context tiers included
+    (``input_cost_per_token_above_200k_tokens_priority`` over ``input_cost_per_token_above_200k_tokens``)."""
+    tiered = dict(entry)
+    end = f"_{suffix}"
+    for rate in _SERVICE_TIER_RATES:
+        value = entry.get(f"{rate}{end}")
+        if value is not None:
+            tiered[rate] = value
+    for key, value in entry.items():
+        if value is not None and isinstance(key, str) and key.endswith(end) and _TIER_KEY.fullmatch(key[: -len(end)]):
+            tiered[key[: -len(end)]] = value
+    # Reasoning: the tier's own reasoning rate, else the tier's output rate when it names one (not the
+    # standard reasoning rate), else the standard reasoning rate.
+    if entry.get(f"{_REASONING}{end}") is not None:
+        tiered[_REASONING] = entry[f"{_REASONING}{end}"]
+    elif entry.get(f"output_cost_per_token{end}") is not None:
+        tiered.pop(_REASONING, None)
+    return tiered
 
 
 def _rate(model: str, name: str, value: object) -> Decimal:
@@ -284,12 +402,22 @@ class PriceTable(Mapping[str, ModelPrice]):
         provider: str | None = None,
         images_in: int = 0,
         images_out: int = 0,
+        service_tier: str | None = None,
     ) -> Decimal | None:
-        """The exact cost of one call, or ``None`` when the model or a needed rate is not in the table."""
+        """The exact cost of one call, or ``None`` when the model or a needed rate is not in the table.
+
+        ``service_tier``: the tier the call was billed at (see :meth:`ModelPrice.for_service_tier`).
+        """
         price = self.lookup(model, provider)
         if price is None:
             return None
-        return price.cost(counts, images_in=images_in, images_out=images_out)
+        return price.cost(
+            counts,
+            images_in=images_in,
+            images_out=images_out,
+            service_tier=service_tier,
+            provider=billing_provider(model, provider),
+        )
 
     def _exact(self, name: str) -> PriceMatch | None:
         price = self._prices.get(name)
@@ -333,6 +461,12 @@ class PriceTable(Mapping[str, ModelPrice]):
 
     def __repr__(self) -> str:
         return f"PriceTable(models={len(self._prices)}, aliases={len(self._aliases)})"
+
+
+def billing_provider(model: str, provider: str | None) -> str | None:
+    """The provider a call is billed as: the one given, else the one its model name starts with
+    (``xai/grok-4``), as LiteLLM's ``cost_per_token`` reads it."""
+    return provider or (model.split("/", 1)[0] if "/" in model else None)
 
 
 def _boundary_prefixes(name: str) -> Iterator[str]:

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from turnledger._logging import warn_once
 from turnledger.call_details import provider_refused
 from turnledger.money import to_decimal
+from turnledger.price_table import billing_provider
 from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.usage import (
     TokenCounts,
@@ -147,6 +148,7 @@ def price_call(
         if cost is not None:
             return cost, CostSource.COMPLETION_COST, flags
     images_out = _images_generated(kwargs, response_obj) if is_image else 0
+    tier = billed_service_tier(kwargs, response_obj)
     cost, source, more = price_counts(
         counts,
         model=name,
@@ -155,14 +157,14 @@ def price_call(
         price_table=price_table,
         images_out=images_out,
         ask_litellm=not _litellm_said_unmapped(kwargs),
-        service_tier=billed_service_tier(kwargs, response_obj),
+        service_tier=tier,
     )
     flags.extend(f for f in more if f not in flags)
     if cost is None and price_table is not None:
         # An Azure deployment (or a proxy alias) answers with the model that served it.
         served = _str(getattr(response_obj, "model", None))
         if served and served != name:
-            served_cost = _table_cost(price_table, served, prov, counts, images_out, flags)
+            served_cost = _table_cost(price_table, served, prov, counts, images_out, flags, tier)
             if served_cost is not None:
                 return served_cost, CostSource.PRICE_TABLE, flags
     return cost, source, flags
@@ -183,7 +185,8 @@ def price_counts(
 
     ``ask_litellm=False`` skips ``cost_per_token`` (LiteLLM already said it has no price for the model).
     ``service_tier``: the tier the call was billed at (see :func:`billed_service_tier`), whose rates
-    LiteLLM's map lists apart (OpenAI's flex at half the standard rate, priority at up to twice it).
+    LiteLLM's map lists apart (OpenAI's flex at half the standard rate, priority at up to twice it),
+    and so may the price table (flagged ``service_tier_unpriced`` when its entry does not).
     """
     flags: list[RecordFlag] = []
     is_image = call_kind is CallKind.IMAGE_GENERATION
@@ -197,21 +200,32 @@ def price_counts(
         elif cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
-        cost = _table_cost(price_table, model, provider, counts, images_out, flags)
+        cost = _table_cost(price_table, model, provider, counts, images_out, flags, service_tier)
         if cost is not None:
             return cost, CostSource.PRICE_TABLE, flags
     return None, CostSource.NONE, flags
 
 
 def _table_cost(
-    table: PriceTable, model: str, provider: str | None, counts: TokenCounts, images_out: int, flags: list[RecordFlag]
+    table: PriceTable,
+    model: str,
+    provider: str | None,
+    counts: TokenCounts,
+    images_out: int,
+    flags: list[RecordFlag],
+    service_tier: str | None,
 ) -> Decimal | None:
-    """The price table's cost of the call, flagged ``price_prefix_match`` when only a prefix of the name
-    matched (the README promises the flag wherever the table prices)."""
+    """The price table's cost of the call at its billed service tier, flagged ``price_prefix_match``
+    when only a prefix of the name matched (the README promises the flag wherever the table prices), and
+    ``service_tier_unpriced`` when the entry has no rates for that tier (billed at the standard ones)."""
     found = table.match(model, provider)
     if found is None:
         return None
-    cost = found.price.cost(counts, images_out=images_out)
+    cost = found.price.cost(
+        counts, images_out=images_out, service_tier=service_tier, provider=billing_provider(model, provider)
+    )
+    if cost is not None and found.price.for_service_tier(service_tier) is None:
+        _add(flags, RecordFlag.SERVICE_TIER_UNPRICED)
     names = (model, f"{provider}/{model}")
     if found.via_alias is None:
         exact = found.key in names

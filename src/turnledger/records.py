@@ -95,6 +95,11 @@ class RecordFlag(StrEnum):
     COMPLETION_NOT_SEEN = "completion_not_seen"
     """The call's output could not be seen (an abandoned call): completion tokens are counted as 0,
     so the estimated cost is a lower bound."""
+    SERVICE_TIER_UNPRICED = "service_tier_unpriced"
+    """Priced by the user's price table, whose entry has no rates for the service tier the call was
+    billed at (``flex``, ``priority``...: ``input_cost_per_token_priority`` and the like): it was billed
+    at the standard rates, which that tier does not charge (OpenAI's flex costs half, priority up to
+    twice as much). Add the tier's rates to the entry."""
 
 
 _MICROS_CONTEXT = MONEY_CONTEXT.copy()

@@ -6,12 +6,15 @@ import copy
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import litellm
 import pytest
+from litellm.litellm_core_utils.llm_cost_calc.utils import generic_cost_per_token
+from litellm.types.utils import ModelInfo, Usage
 
 from turnledger import ConfigurationError, ModelPrice, PriceTable
+from turnledger.money import to_decimal
 from turnledger.usage import TokenCounts
 
 D = Decimal
@@ -340,3 +343,165 @@ def test_loading_and_using_a_table_leaves_litellm_model_cost_unchanged(tmp_path:
     assert t.cost("gpt-4o-mini", TokenCounts(prompt_tokens=1)) == D(1)
     assert litellm.model_cost == before
     assert "acme-7b" not in litellm.model_cost and "acme-deploy" not in litellm.model_cost
+
+
+# -- service tiers and long-context tiers, against LiteLLM's own figures ------------------------------
+
+
+def exact_sum(prompt: float, completion: float) -> Decimal:
+    """LiteLLM's two halves, each read as turnledger reads LiteLLM's floats, summed exactly."""
+    prompt_cost, completion_cost = to_decimal(prompt), to_decimal(completion)
+    assert prompt_cost is not None and completion_cost is not None
+    return prompt_cost + completion_cost
+
+
+def litellm_cost(model: str, provider: str, counts: TokenCounts, tier: str | None = None) -> Decimal:
+    """LiteLLM's ``cost_per_token`` for the same counts (its own map entry for ``model``)."""
+    usage = Usage(
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        total_tokens=counts.prompt_tokens + counts.completion_tokens,
+        prompt_tokens_details={"cached_tokens": counts.cached_tokens},
+        completion_tokens_details={"reasoning_tokens": counts.reasoning_tokens},
+    )
+    prompt, completion = litellm.cost_per_token(
+        model=model, custom_llm_provider=provider, usage_object=usage, service_tier=tier
+    )
+    return exact_sum(prompt, completion)
+
+
+def generic_cost(entry: dict[str, Any], provider: str, counts: TokenCounts, tier: str | None = None) -> Decimal:
+    """LiteLLM's ``generic_cost_per_token`` (what ``cost_per_token`` runs for most providers) on ``entry``."""
+    usage = Usage(
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        total_tokens=counts.prompt_tokens + counts.completion_tokens,
+        prompt_tokens_details={"cached_tokens": counts.cached_tokens},
+        completion_tokens_details={"reasoning_tokens": counts.reasoning_tokens},
+    )
+    prompt, completion = generic_cost_per_token(
+        model="m",
+        usage=usage,
+        custom_llm_provider=provider,
+        service_tier=tier,
+        model_info=cast(ModelInfo, {"key": "m", **entry}),
+    )
+    return exact_sum(prompt, completion)
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "tier", "counts", "expected"),
+    [
+        # gpt-5: flex at half the standard rates, priority (and "fast", billed as priority) at twice.
+        ("gpt-5", "openai", "flex", TokenCounts(prompt_tokens=1000, completion_tokens=1000), D("0.005625")),
+        ("gpt-5", "openai", "priority", TokenCounts(prompt_tokens=1000, completion_tokens=1000), D("0.0225")),
+        ("gpt-5", "openai", "fast", TokenCounts(prompt_tokens=1000, completion_tokens=1000), D("0.0225")),
+        ("gpt-5", "openai", "default", TokenCounts(prompt_tokens=1000, completion_tokens=1000), D("0.01125")),
+        ("gpt-5", "openai", "Flex", TokenCounts(prompt_tokens=1000, completion_tokens=1000), D("0.005625")),
+        # Cache reads and reasoning at the tier's rates too.
+        (
+            "gpt-5",
+            "openai",
+            "flex",
+            TokenCounts(prompt_tokens=1000, cached_tokens=400, completion_tokens=100, reasoning_tokens=60),
+            600 * D("0.000000625") + 400 * D("0.0000000625") + 100 * D("0.000005"),
+        ),
+        # gemini-2.5-pro above 200k: the priority tier's long-context rates...
+        (
+            "gemini-2.5-pro",
+            "gemini",
+            "priority",
+            TokenCounts(prompt_tokens=250_000, completion_tokens=1000),
+            D("1.152"),
+        ),
+        (
+            "gemini-2.5-pro",
+            "gemini",
+            "priority",
+            TokenCounts(prompt_tokens=250_000, cached_tokens=50_000, completion_tokens=1000),
+            200_000 * D("0.0000045") + 50_000 * D("0.00000045") + 1000 * D("0.000027"),
+        ),
+        # ...flex has none above 200k: the standard long-context rates, as LiteLLM bills it; below, flex's.
+        ("gemini-2.5-pro", "gemini", "flex", TokenCounts(prompt_tokens=250_000, completion_tokens=1000), D("0.64")),
+        ("gemini-2.5-pro", "gemini", "flex", TokenCounts(prompt_tokens=100_000, completion_tokens=1000), D("0.0675")),
+    ],
+)
+def test_a_service_tier_is_priced_at_its_rates_as_litellm_prices_it(
+    model: str, provider: str, tier: str, counts: TokenCounts, expected: Decimal
+) -> None:
+    price = ModelPrice.from_mapping(model, litellm.model_cost[model])
+    assert price.cost(counts, service_tier=tier, provider=provider) == expected
+    assert litellm_cost(model, provider, counts, tier) == expected
+    by_table = PriceTable({f"acme-{model}": litellm.model_cost[model]})
+    assert by_table.cost(f"acme-{model}", counts, provider=provider, service_tier=tier) == expected
+
+
+@pytest.mark.parametrize(
+    ("tier_rates", "expected"),
+    [
+        # Only the tier's input is named: output and reasoning keep their standard rates.
+        ({"input_cost_per_token_flex": 5e-07}, 1000 * D("0.0000005") + 40 * D("0.000002") + 60 * D("0.000003")),
+        # The tier names an output rate: reasoning is billed at it, not at the standard reasoning rate.
+        (
+            {"input_cost_per_token_flex": 5e-07, "output_cost_per_token_flex": 1e-06},
+            1000 * D("0.0000005") + 100 * D("0.000001"),
+        ),
+        (
+            {"output_cost_per_token_flex": 1e-06, "output_cost_per_reasoning_token_flex": 1.5e-06},
+            1000 * D("0.000001") + 40 * D("0.000001") + 60 * D("0.0000015"),
+        ),
+    ],
+)
+def test_a_rate_the_service_tier_does_not_name_is_the_standard_one(
+    tier_rates: dict[str, float], expected: Decimal
+) -> None:
+    entry: dict[str, Any] = {
+        "input_cost_per_token": 1e-06,
+        "output_cost_per_token": 2e-06,
+        "output_cost_per_reasoning_token": 3e-06,
+        **tier_rates,
+    }
+    counts = TokenCounts(prompt_tokens=1000, completion_tokens=100, reasoning_tokens=60)
+    assert ModelPrice.from_mapping("m", entry).cost(counts, service_tier="flex") == expected
+    assert generic_cost(entry, "openai", counts, "flex") == expected
+
+
+def test_a_service_tier_the_entry_has_no_rates_for_is_unpriced_and_billed_at_the_standard_rates() -> None:
+    price = ModelPrice.from_mapping("m", {**RATES, "input_cost_per_token_flex": "0.0000005"})
+    assert price.for_service_tier("flex") is not None
+    assert price.for_service_tier("priority") is None
+    assert price.for_service_tier("scale") is None  # a tier LiteLLM's schema has no rates for
+    for standard in (None, "default", "standard", "auto", "DEFAULT"):
+        assert price.for_service_tier(standard) is price
+    counts = TokenCounts(prompt_tokens=1000, completion_tokens=10)
+    assert price.cost(counts, service_tier="priority") == 1000 * D("0.000001") + 10 * D("0.000002")
+    with pytest.raises(ConfigurationError, match="input_cost_per_token_priority"):
+        ModelPrice.from_mapping("m", {**RATES, "input_cost_per_token_priority": -1})
+
+
+def test_xai_bills_its_long_context_tier_from_the_threshold_itself() -> None:
+    entry = litellm.model_cost["xai/grok-4.3"]
+    at_threshold = TokenCounts(prompt_tokens=200_000, completion_tokens=1000)
+    expected = 200_000 * D("0.0000025") + 1000 * D("0.000005")
+    assert ModelPrice.from_mapping("grok-4.3", entry).cost(at_threshold, provider="xai") == expected
+    assert litellm_cost("grok-4.3", "xai", at_threshold) == expected == D("0.505")
+    assert PriceTable({"xai/grok-4.3": entry}).cost("xai/grok-4.3", at_threshold) == expected
+    # Any other provider's tier starts one token past it.
+    below = 200_000 * D("0.00000125") + 1000 * D("0.0000025")
+    assert ModelPrice.from_mapping("grok-4.3", entry).cost(at_threshold, provider="openai") == below
+    assert generic_cost(entry, "openai", at_threshold) == below
+
+
+def test_a_higher_long_context_tier_keeps_the_lower_tiers_rates_it_does_not_name() -> None:
+    entry: dict[str, Any] = {
+        "input_cost_per_token": 1e-06,
+        "output_cost_per_token": 2e-06,
+        "input_cost_per_token_above_128k_tokens": 3e-06,
+        "output_cost_per_token_above_128k_tokens": 6e-06,
+        "input_cost_per_token_above_256k_tokens": 5e-06,
+    }
+    counts = TokenCounts(prompt_tokens=300_000, completion_tokens=1000)
+    # Output at the 128k tier's rate, which the 256k tier does not name (not back at the base rate).
+    expected = 300_000 * D("0.000005") + 1000 * D("0.000006")
+    assert ModelPrice.from_mapping("m", entry).cost(counts) == expected
+    assert generic_cost(entry, "openai", counts) == expected == D("1.506")

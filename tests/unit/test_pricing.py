@@ -783,3 +783,50 @@ def test_only_a_read_timeout_says_the_provider_had_the_request() -> None:
     cycle.__cause__ = RuntimeError("b")
     cycle.__cause__.__cause__ = cycle
     assert not answer_timed_out(cycle)
+
+
+# gpt-5's entry, copied from LiteLLM's map for a deployment LiteLLM does not know.
+TIERED_TABLE = PriceTable(
+    {
+        "acme-gpt-5": litellm.model_cost["gpt-5"],
+        "acme-7b": {"input_cost_per_token": "0.000001", "output_cost_per_token": "0.000002"},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "served", "requested", "cost", "flags"),
+    [
+        ("acme-gpt-5", "flex", None, 1000 * D("0.000000625") + 100 * D("0.000005"), []),
+        ("acme-gpt-5", None, "priority", 1000 * D("0.0000025") + 100 * D("0.00002"), []),
+        ("acme-gpt-5", "default", "flex", 1000 * D("0.00000125") + 100 * D("0.00001"), []),
+        # An entry without the billed tier's rates: the standard ones, and the record says so.
+        ("acme-7b", "priority", None, 1000 * D("0.000001") + 100 * D("0.000002"), [RecordFlag.SERVICE_TIER_UNPRICED]),
+        ("acme-7b", None, "flex", 1000 * D("0.000001") + 100 * D("0.000002"), [RecordFlag.SERVICE_TIER_UNPRICED]),
+        ("acme-7b", "default", None, 1000 * D("0.000001") + 100 * D("0.000002"), []),
+    ],
+)
+def test_the_price_table_bills_the_service_tier_that_was_billed(
+    model: str, served: str | None, requested: str | None, cost: Decimal, flags: list[RecordFlag]
+) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
+    obj = response(model, **usage)
+    if served is not None:
+        obj.service_tier = served  # type: ignore[attr-defined]
+    kwargs = kw(model, optional_params={} if requested is None else {"service_tier": requested})
+    assert price(kwargs, obj, price_table=TIERED_TABLE) == (cost, CostSource.PRICE_TABLE, flags)
+    # The same through the model the response says served the call (an Azure deployment's name).
+    kwargs["model"] = "my-deployment"
+    assert price(kwargs, obj, price_table=TIERED_TABLE) == (cost, CostSource.PRICE_TABLE, flags)
+
+
+def test_the_price_table_bills_what_litellm_bills_at_the_tier_gpt_5_served() -> None:
+    obj = response("gpt-5", prompt_tokens=1000, completion_tokens=1000, total_tokens=2000)
+    obj.service_tier = "flex"  # type: ignore[attr-defined]
+    litellm_cost = to_decimal(
+        litellm.completion_cost(completion_response=obj, model="gpt-5", custom_llm_provider="openai")
+    )
+    renamed = response("acme-gpt-5", prompt_tokens=1000, completion_tokens=1000, total_tokens=2000)
+    renamed.service_tier = "flex"  # type: ignore[attr-defined]
+    assert price(kw("acme-gpt-5"), renamed, price_table=TIERED_TABLE) == (litellm_cost, CostSource.PRICE_TABLE, [])
+    assert litellm_cost == D("0.005625")
