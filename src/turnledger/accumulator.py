@@ -416,10 +416,21 @@ class TurnTokenAccumulator:
     async def aclose(self, timeout: float | None = None) -> None:
         """Wait (bounded) for pending calls, then close: what is still pending becomes ``abandoned``.
 
-        ``timeout`` overrides both deadlines (``settle_timeout`` and ``logging_timeout``).
+        ``timeout`` overrides both deadlines (``settle_timeout`` and ``logging_timeout``). Cancelled
+        while it waits, it still waits for the calls whose answer has arrived, then re-raises.
         """
         try:
-            await self._settle_async(timeout)
+            try:
+                await self._settle_async(timeout)
+            except asyncio.CancelledError:
+                # Cancelled (a request cancelled just after its last call returned): a call whose
+                # answer has arrived is being logged, within milliseconds. Closed now, it would be
+                # estimated as abandoned and its reported usage would come as a late event no table
+                # holds. So wait for those calls only, as long as an uncancelled exit would; a second
+                # cancellation (anyio repeats it at every await) ends that wait.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._settle_async(timeout, answered_only=True)
+                raise
         finally:
             self._finalize()
             self._deactivate()
@@ -445,12 +456,12 @@ class TurnTokenAccumulator:
             return started + max(self.logging_timeout, self.settle_timeout)
         return started + self.settle_timeout
 
-    async def _settle_async(self, timeout: float | None) -> None:
+    async def _settle_async(self, timeout: float | None, *, answered_only: bool = False) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         while True:
             with self._lock:
-                if not self._pending:
+                if not self._pending or (answered_only and not any(p.responded for p in self._pending.values())):
                     return
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:

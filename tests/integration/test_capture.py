@@ -360,6 +360,40 @@ async def test_a_stream_read_to_its_end_is_waited_for_though_a_logger_ahead_is_s
         assert t.late_calls == [] and t.abandoned_calls == 0
 
 
+@pytest.mark.usefixtures("slow_logger_first")
+async def test_a_scope_cancelled_while_its_answered_call_is_being_logged_keeps_the_reported_usage(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    """A request cancelled just after its last call returned (its client gone, a timeout around the
+    handler): the answer is in and LiteLLM is logging it, so the exit still waits for that event rather
+    than estimating the call as abandoned and leaving the provider's figures to a late event that no
+    table holds (found by /tmp/review-soak/soak.py, seed 2)."""
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150})
+    answered = asyncio.Event()
+    turns: list[TurnTokenAccumulator] = []
+
+    async def request() -> None:
+        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+            turns.append(turn)
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+            answered.set()
+
+    task = asyncio.ensure_future(request())
+    await answered.wait()
+    await asyncio.sleep(0.05)  # the exit now waits for the event the slow logger holds up for 0.8 s
+    [turn] = turns
+    assert turn.pending_calls == 1 and not turn.closed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert turn.closed
+    [record] = turn.calls
+    assert record.status is CallStatus.SUCCESS
+    assert (record.prompt_tokens, record.completion_tokens) == (120, 30)
+    assert record.cost_usd == expected_gpt4o_mini(120, 30)
+    assert turn.late_calls == []
+
+
 async def test_a_stream_opened_outside_any_turn_stays_outside_though_read_inside_one(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any], tracker: turnledger.TokenTrackingCallback
 ) -> None:
