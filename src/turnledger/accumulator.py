@@ -417,7 +417,8 @@ class TurnTokenAccumulator:
         """Wait (bounded) for pending calls, then close: what is still pending becomes ``abandoned``.
 
         ``timeout`` overrides both deadlines (``settle_timeout`` and ``logging_timeout``). Cancelled
-        while it waits, it still waits for the calls whose answer has arrived, then re-raises.
+        while it waits, it still waits for the calls whose answer has arrived (at most
+        ``settle_timeout`` more), then re-raises.
         """
         try:
             try:
@@ -426,10 +427,14 @@ class TurnTokenAccumulator:
                 # Cancelled (a request cancelled just after its last call returned): a call whose
                 # answer has arrived is being logged, within milliseconds. Closed now, it would be
                 # estimated as abandoned and its reported usage would come as a late event no table
-                # holds. So wait for those calls only, as long as an uncancelled exit would; a second
-                # cancellation (anyio repeats it at every await) ends that wait.
+                # holds. So wait for those calls only, and no longer than ``settle_timeout``: a
+                # cancelled request (a server shutting down) must not wait out ``logging_timeout`` for
+                # a stuck logger. A second cancellation (anyio repeats it at every await) ends it too.
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._settle_async(timeout, answered_only=True)
+                    await self._settle_async(
+                        self.settle_timeout if timeout is None else min(timeout, self.settle_timeout),
+                        answered_only=True,
+                    )
                 raise
         finally:
             self._finalize()

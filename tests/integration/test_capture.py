@@ -373,7 +373,8 @@ async def test_a_scope_cancelled_while_its_answered_call_is_being_logged_keeps_t
     turns: list[TurnTokenAccumulator] = []
 
     async def request() -> None:
-        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+        # A cancelled exit waits for it at most settle_timeout more: longer than the slow logger here.
+        async with turnledger.scoped_turn(settle_timeout=3) as turn:
             turns.append(turn)
             await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
             answered.set()

@@ -342,3 +342,19 @@ async def test_a_scope_cancelled_while_it_waits_for_a_call_still_hands_its_turn_
         ("billed", CallStatus.SUCCESS),
         ("in-flight", CallStatus.ABANDONED),
     ]
+
+
+async def test_a_cancelled_exit_waits_for_an_answered_call_no_longer_than_the_settle_deadline() -> None:
+    # A request cancelled (a server shutting down) while LiteLLM's logging is stuck must not wait out
+    # logging_timeout: the answered call is abandoned after settle_timeout.
+    turn = TurnTokenAccumulator(settle_timeout=0.05, logging_timeout=600)
+    turn._activate()
+    stuck = pending("stuck-log")
+    stuck.call_details = {"original_response": "{...}"}
+    turn.begin_call(stuck)
+    closing = asyncio.ensure_future(turn.aclose())
+    await asyncio.sleep(0.01)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(closing, 60)
+    assert [(r.call_id, r.status) for r in turn.calls] == [("stuck-log", CallStatus.ABANDONED)]
