@@ -55,6 +55,7 @@ from turnledger.price_table import PriceTable
 from turnledger.pricing import (
     answer_timed_out,
     billed_service_tier,
+    delivered_before_failure,
     estimate_missing_usage,
     estimate_unanswered_call,
     price_call,
@@ -422,7 +423,8 @@ class TokenTrackingCallback(CustomLogger):
         success = status is CallStatus.SUCCESS
 
         # A failure usually carries no response; one that does (billed, then refused) is priced by its usage,
-        # one that timed out waiting for its answer by its estimated input.
+        # one broken off after part of its answer by what was delivered, one that timed out waiting for its
+        # answer by its estimated input.
         counts = normalize_usage(response_obj)
         if counts.flags:
             flags.extend(counts.flags)
@@ -453,7 +455,12 @@ class TokenTrackingCallback(CustomLogger):
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
             unanswered = counts.prompt_tokens == 0 and counts.completion_tokens == 0
-            if unanswered and answer_timed_out(exc):
+            if unanswered:
+                # Part of the answer was delivered before the failure (a stream broken off): billed.
+                estimated = delivered_before_failure(
+                    kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                )
+            if unanswered and estimated is None and answer_timed_out(exc):
                 # The provider had the request and went on with it: billed as an abandoned call is.
                 estimated = estimate_unanswered_call(
                     kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table

@@ -16,6 +16,7 @@ process. Either way the record is flagged ``usage_estimated``: an estimate is ne
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -32,6 +33,20 @@ _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
 """Tokenizer kind -> LiteLLM's tokenizer for it, once a background load has succeeded."""
 _started: set[str] = set()
+"""Tokenizer kinds whose background load this process has started (loaded, failed or under way)."""
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread survives a fork (gunicorn --preload, a prefork pool): a load under way
+    # in the parent is gone here, and would otherwise never be tried again in this process. The lock
+    # may have been held by a thread that no longer exists.
+    global _lock
+    _lock = threading.Lock()
+    _started.intersection_update(_loaded)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def tokenizer_for(model: str) -> Any | None:

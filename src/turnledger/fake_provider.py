@@ -42,6 +42,9 @@ class Script:
     """Delay before the response headers are sent."""
     chunk_delay_s: float = 0.0
     """Delay between streamed chunks."""
+    break_after_chunks: int | None = None
+    """Close the connection after this many content chunks of an OpenAI stream (a stream broken off
+    mid-flight: the provider generated and sent those chunks, and bills them)."""
     include_usage_chunk: bool | None = None
     """Force (True) or suppress (False) the final usage chunk of an OpenAI stream; None follows the request."""
     extra_response: Mapping[str, Any] = field(default_factory=dict)
@@ -238,6 +241,10 @@ class FakeProvider:
                 if i == 0:
                     delta["role"] = "assistant"
                 await resp.write(f"data: {json.dumps(chunk(delta, None))}\n\n".encode())
+                if script.break_after_chunks is not None and i + 1 >= script.break_after_chunks:
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
             await resp.write(f"data: {json.dumps(chunk({}, 'stop'))}\n\n".encode())

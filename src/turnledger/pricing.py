@@ -57,6 +57,7 @@ from turnledger.usage import (
     TokenCounts,
     estimate_counts,
     get_field,
+    normalize_usage,
     private_field,
     response_text,
     usage_block,
@@ -289,6 +290,42 @@ def estimate_unanswered_call(
         return TokenCounts(), None, CostSource.NONE, [RecordFlag.PRICING_ERROR, RecordFlag.COMPLETION_NOT_SEEN]
     counts, cost, source, flags = estimated
     return counts, cost, source, [*flags, RecordFlag.COMPLETION_NOT_SEEN]
+
+
+def delivered_before_failure(
+    kwargs: Mapping[str, Any],
+    *,
+    model: str,
+    provider: str | None = None,
+    call_kind: CallKind = CallKind.CHAT,
+    price_table: PriceTable | None = None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
+    """For a failed call that delivered part of its answer first (a stream broken off or timed out
+    mid-flight): the usage of what was delivered, which the provider billed. LiteLLM counts the chunks
+    seen and hands that usage to the failure event as ``kwargs["combined_usage_object"]`` (measured on
+    1.106.12). It counts them itself unless the chunks carried usage, so ``usage_estimated``; the
+    provider may have generated more than it delivered, so ``completion_not_seen`` (a lower bound).
+    ``None`` when the event carries no such usage, or one without tokens.
+    """
+    partial = kwargs.get("combined_usage_object")
+    if partial is None:
+        return None
+    counts = normalize_usage({"usage": partial})
+    if not counts.used_tokens:
+        return None
+    counts.estimated = True
+    counts.flag(RecordFlag.USAGE_ESTIMATED)
+    counts.flag(RecordFlag.COMPLETION_NOT_SEEN)
+    cost, source, flags = price_counts(
+        counts,
+        model=model,
+        provider=provider,
+        call_kind=call_kind,
+        price_table=price_table,
+        service_tier=billed_service_tier(kwargs, None),
+    )
+    flags = [*counts.flags, *(f for f in flags if f not in counts.flags)]
+    return counts, cost, CostSource.ESTIMATED if cost is not None else source, flags
 
 
 def answer_timed_out(exc: object) -> bool:

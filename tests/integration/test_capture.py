@@ -13,7 +13,7 @@ from typing import Any
 
 import litellm
 import pytest
-from litellm.exceptions import InternalServerError, Timeout
+from litellm.exceptions import InternalServerError, MidStreamFallbackError, Timeout
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import Router
 
@@ -159,6 +159,60 @@ async def test_a_call_that_timed_out_waiting_for_its_answer_is_billed_its_estima
     assert (failure.status, failure.error_type) == (CallStatus.FAILURE, "Timeout")
     assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, 0)
     assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, 0), CostSource.ESTIMATED)
+    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+
+
+async def test_a_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The provider generated and sent those chunks, and bills them: LiteLLM counts what was delivered
+    # and hands it to the failure event. Recorded free, the call looked as if it never happened.
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", break_after_chunks=2)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    async with turnledger.scoped_turn(settle_timeout=5) as turn:
+        with pytest.raises(MidStreamFallbackError):
+            response = await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=messages,
+                stream=True,
+                num_retries=0,
+                max_retries=0,
+                **provider_kwargs,
+            )
+            async for _ in response:
+                pass
+    [failure] = turn.calls
+    completion = litellm.token_counter(model="gpt-4o-mini", text="alpha beta", count_response_tokens=True)
+    assert failure.status is CallStatus.FAILURE
+    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
+    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
+    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+
+
+async def test_a_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", chunk_delay_s=2)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    async with turnledger.scoped_turn(settle_timeout=5) as turn:
+        with pytest.raises(MidStreamFallbackError):
+            response = await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=messages,
+                stream=True,
+                timeout=0.3,
+                num_retries=0,
+                max_retries=0,
+                **provider_kwargs,
+            )
+            async for _ in response:
+                pass
+    [failure] = turn.calls
+    completion = litellm.token_counter(model="gpt-4o-mini", text="alpha", count_response_tokens=True)
+    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
+    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
     assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
 
 

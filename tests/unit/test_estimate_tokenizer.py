@@ -3,6 +3,7 @@ from the Hugging Face Hub on first use, retrying for about 23 s when there is no
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -96,3 +97,32 @@ def test_the_models_own_tokenizer_counts_once_loaded(monkeypatch: pytest.MonkeyP
 def test_a_model_that_needs_no_download_is_left_to_litellm() -> None:
     assert estimate_tokenizer.tokenizer_for("gpt-4o-mini") is None
     assert estimate_tokenizer.tokenizer_for("claude-3-5-sonnet-20240620") is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_process_forked_while_a_load_is_under_way_loads_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the forking thread survives a fork: the parent's loader is gone in the child (gunicorn
+    # --preload, a prefork pool), which must not then count with tiktoken for the rest of its life.
+    release = threading.Event()
+    hub = _Hub(_CharTokenizer())
+
+    def slow_hub(kind: str, backend: object) -> Any:
+        release.wait(10)
+        return hub(kind, backend)
+
+    monkeypatch.setattr(litellm.utils, "_load_huggingface_tokenizer", slow_hub)
+    estimate_counts(LLAMA, messages=MESSAGES, completion_text=COMPLETION)  # the parent's load starts, and waits
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return into pytest
+        code = 3
+        try:
+            release.set()
+            estimate_counts(LLAMA, messages=MESSAGES, completion_text=COMPLETION)
+            _join_loaders()
+            counts = estimate_counts(LLAMA, messages=MESSAGES, completion_text=COMPLETION)
+            code = 0 if counts.completion_tokens == len(COMPLETION) else 1
+        finally:
+            os._exit(code)
+    release.set()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
