@@ -72,6 +72,12 @@ class _Turn:
     directory sync is all it still needs. Written again, it would be refused and set aside again."""
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task has been asked to stop (not merely seen a task it awaited cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class BatchWriter:
     """Writes finished turns to the database in batches, in the background. An async context manager::
 
@@ -194,21 +200,49 @@ class BatchWriter:
         under way), before the outbox lock is released: once this returns, the writer is done with it.
         So is an outbox append of turns handed over. Neither can be cut short: on a disk whose fsync
         stalls, ``close()`` returns that much later than ``timeout``.
+
+        Cancelled, it cuts the drain short as if ``timeout`` had run out, but still waits for what is
+        under way as above (however often it is cancelled meanwhile) and releases the outbox lock; then
+        it raises the cancellation. Every turn handed over is by then durable or told it is not.
         """
         if self._closing or not self._tasks:
             return
         self._closing = True
+        hurry: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shutdown = asyncio.create_task(self._shut_down(timeout, hurry), name="turnledger-close")
+        cancelled: asyncio.CancelledError | None = None
+        while not shutdown.done():
+            try:
+                # Not awaited directly: that would pass the caller's cancellation on to the shutdown.
+                await asyncio.wait({shutdown})
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+                if not hurry.done():
+                    hurry.set_result(None)
+        try:
+            shutdown.result()
+        finally:
+            if cancelled is not None:
+                raise cancelled
+
+    async def _shut_down(self, timeout: float | None, hurry: asyncio.Future[None]) -> None:
         deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
         self._wake_journal.set()
         self._wake_writer.set()
         journal_task, write_task = self._tasks
         # The journal finishes first: handed-over turns reach the outbox whatever the database does.
         await journal_task
-        done, _ = await asyncio.wait({write_task}, timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
+        await asyncio.wait(
+            {write_task, hurry}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+        )
+        if not write_task.done():
             write_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await write_task
+            except asyncio.CancelledError:
+                # It ends so once cancelled above; only a cancellation of this task itself goes on.
+                if _being_cancelled():
+                    raise
         if self._queue:
             logger.warning(
                 "turnledger writer closed with %d turns unwritten; they wait in the outbox %s",
