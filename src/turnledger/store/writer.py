@@ -137,7 +137,8 @@ class BatchWriter:
         entries replayed, whether new, found stored or refused; a replay retried after a failure goes on
         where it stopped, so none is counted twice), ``bad_lines``, ``rejected`` (refused by the database
         for their data, set aside in ``*.rejected``; a turn or a bad line an earlier pass set aside is
-        skipped, so each is set aside and counted once), ``lost`` (in neither the outbox nor the
+        skipped, so each is set aside and counted once; one whose file's directory the writer could not
+        sync by ``close()`` is logged as a warning, not lost), ``lost`` (in neither the outbox nor the
         database: both failed; each is logged as an error with its turn_id).
 
         ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
@@ -589,6 +590,9 @@ class BatchWriter:
 
     def _keep_unjournaled(self, t: _Turn) -> None:
         if len(self._queue) + len(self._unjournaled) >= self.max_queue:
+            if t.set_aside:
+                self._left_unsynced([t])
+                return
             self._lose([t.entry], "the outbox cannot be written and the writer holds max_queue turns already")
             return
         self._unjournaled.append(t)
@@ -600,16 +604,34 @@ class BatchWriter:
             # Every one, not once per cause: this is the list of turns someone has to recover by hand.
             logger.error("turnledger LOST turn %r: in neither the database nor the outbox (%s)", entry["turn_id"], why)
 
+    def _left_unsynced(self, items: Iterable[_Turn]) -> None:
+        # Set aside (and counted as rejected) already: only the directory sync of its file is missing.
+        path = rejected_path(self.journal.directory / self.writer_id)
+        for t in items:
+            logger.warning(
+                "turnledger turn %r is set aside in %s, but that directory is not synced: a crash may lose it",
+                t.entry["turn_id"],
+                path,
+            )
+
     async def _rescue_unjournaled(self) -> None:
         """On close: a last attempt to put the turns only memory holds into the outbox; log those lost."""
         items = [t for t in self._unjournaled if t.segment == _NOT_JOURNALED]
         self._unjournaled.clear()
+        if any(t.set_aside for t in items):
+            # A set-aside turn needs only its directory synced; failing that, its outbox copy is kept.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(fsync_dir, self.journal.directory)
+                self._stored(t for t in items if t.set_aside)
+                items = [t for t in items if not t.set_aside]
         if not items:
             return
         try:
             segment = await asyncio.to_thread(self.journal.append, [t.line for t in items])
         except Exception as exc:
-            self._lose((t.entry for t in items), f"writer closed; outbox append failed: {type(exc).__name__}")
+            self._left_unsynced(t for t in items if t.set_aside)
+            why = f"writer closed; outbox append failed: {type(exc).__name__}"
+            self._lose((t.entry for t in items if not t.set_aside), why)
             return
         self._dirty.add(segment)
         self.stats["spilled"] += len(items)
