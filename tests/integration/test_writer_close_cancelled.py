@@ -205,3 +205,29 @@ async def test_close_cancelled_during_an_outbox_append_leaves_no_turn_waiting_an
     assert (report.entries, report.inserted) == (1, 1)
     assert await stored_turn_ids(engine) == {"k1": 1}
     assert pending_segments(tmp_path) == []
+
+
+async def test_a_second_close_returns_only_once_the_first_has_shut_down(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As `async with writer` exiting while another task closes the writer: either close() returning
+    # means the writer is done with the outbox.
+    held = _HeldLoad(monkeypatch, unstoppable=True)
+    _dead_writer(tmp_path, ["d1"])
+    writer = BatchWriter(engine, outbox_dir=tmp_path)
+    watch = _LockWatch(writer, held.entered, held.finished)
+    await writer.start()
+    assert await asyncio.to_thread(held.entered.wait, _HANG_LIMIT)
+    first = asyncio.create_task(writer.close(timeout=0))
+    await _until(lambda: writer._closing)
+    second = asyncio.create_task(writer.close())
+    thread_finished_when_second_returned: list[bool] = []
+    second.add_done_callback(lambda _: thread_finished_when_second_returned.append(held.finished.is_set()))
+    # Loop iterations, not time: a second close() that does not wait returns in one.
+    for _ in range(50):
+        await asyncio.sleep(0)
+    held.proceed.set()
+    await asyncio.gather(first, second)
+    assert thread_finished_when_second_returned == [True]
+    assert watch.thread_running_at_release == [False]
+    assert _lock_released(tmp_path, writer.writer_id)

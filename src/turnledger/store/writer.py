@@ -163,6 +163,9 @@ class BatchWriter:
         self._wake_journal = asyncio.Event()
         self._wake_writer = asyncio.Event()
         self._closing = False
+        self._shutdown: asyncio.Task[None] | None = None
+        self._hurry: asyncio.Future[None] | None = None
+        """Resolved when a close() is cancelled: the shutdown's drain is cut short."""
         self._healthy = True
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned: set[asyncio.Task[Any]] = set()
@@ -205,12 +208,17 @@ class BatchWriter:
         Cancelled, it cuts the drain short as if ``timeout`` had run out, but still waits for what is
         under way as above (however often it is cancelled meanwhile) and releases the outbox lock; then
         it raises the cancellation. Every turn handed over is by then durable or told it is not.
+        A second ``close()`` waits for the first one's shutdown (whose failure only the first raises).
         """
-        if self._closing or not self._tasks:
+        if not self._tasks:
             return
-        self._closing = True
-        hurry: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        shutdown = asyncio.create_task(self._shut_down(timeout, hurry), name="turnledger-close")
+        first = self._shutdown is None
+        if self._shutdown is None:
+            self._closing = True
+            self._hurry = asyncio.get_running_loop().create_future()
+            self._shutdown = asyncio.create_task(self._shut_down(timeout, self._hurry), name="turnledger-close")
+        shutdown, hurry = self._shutdown, self._hurry
+        assert hurry is not None
         cancelled: asyncio.CancelledError | None = None
         while not shutdown.done():
             try:
@@ -221,7 +229,8 @@ class BatchWriter:
                 if not hurry.done():
                     hurry.set_result(None)
         try:
-            shutdown.result()
+            if first:
+                shutdown.result()
         finally:
             if cancelled is not None:
                 raise cancelled
