@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import stat
 from pathlib import Path
@@ -20,10 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.writer_support import closed_turn, poison_rows, stored_turn_ids
 from turnledger.store.entries import make_entry
+from turnledger.store.lines import encode_line
 from turnledger.store.outbox import CorruptLine, OutboxJournal, decode_line, encode_entry
 from turnledger.store.record import turn_rows
 from turnledger.store.replay import pending_segments
-from turnledger.store.writer import BatchWriter
+from turnledger.store.writer import _NOT_JOURNALED, BatchWriter, _Turn
 
 pytestmark = pytest.mark.asyncio
 
@@ -113,6 +115,48 @@ async def test_a_turn_only_memory_holds_is_set_aside_once_however_often_the_dire
     assert _set_aside(tmp_path) == ["poison"]
     assert (stats["rejected"], stats.get("lost", 0)) == (1, 0)
     assert pending_segments(tmp_path) == []
+
+
+async def test_a_set_aside_turn_only_memory_holds_is_not_counted_lost_when_the_outbox_fails_at_close(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Refused, and in <writer>.rejected (its data synced), but the directory never syncs: memory keeps
+    # it until a directory sync succeeds. None does before close(), whose last attempt to put it in the
+    # outbox fails too. It is set aside, its directory not synced: not lost.
+    _DirectorySync(monkeypatch, broken=True)
+    writer = await _writer(engine, tmp_path).start()
+    with pytest.raises(OSError, match="Input/output error"):
+        await writer.submit_rows(poison_rows(engine))  # the outbox could not take it
+    await _until(writer, "failed_batches", 2)
+    with caplog.at_level(logging.WARNING, logger="turnledger.writer"):
+        await writer.close()
+    assert _set_aside(tmp_path) == ["poison"]
+    assert (writer.stats["rejected"], writer.stats.get("lost", 0)) == (1, 0)
+    assert "LOST" not in caplog.text
+    [warning] = [
+        r.getMessage() for r in caplog.records if r.name == "turnledger.writer" and "'poison'" in r.getMessage()
+    ]
+    assert "set aside" in warning
+    assert "not synced" in warning
+
+
+async def test_a_set_aside_turn_memory_has_no_room_for_is_not_counted_lost(
+    engine: AsyncEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A failed batch hands a set-aside turn back to memory, which holds max_queue turns already: it is
+    # set aside all the same, its directory not synced. (Built by hand: the writer gets there only when
+    # turns queue up between the failed directory sync and the hand-back.)
+    writer = BatchWriter(engine, outbox_dir=tmp_path, max_queue=0)
+    entry = make_entry(poison_rows(engine))
+    turn = _Turn(entry, encode_line(entry), asyncio.get_running_loop().create_future(), segment=_NOT_JOURNALED)
+    turn.set_aside = True
+    with caplog.at_level(logging.WARNING, logger="turnledger.writer"):
+        writer._spill([turn])
+    assert writer.stats.get("lost", 0) == 0
+    assert "LOST" not in caplog.text
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "turnledger.writer"]
+    assert "'poison' is set aside" in warning
+    assert "not synced" in warning
 
 
 def _dead_writer(directory: Path, lines: list[bytes]) -> None:

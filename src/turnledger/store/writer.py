@@ -72,6 +72,12 @@ class _Turn:
     directory sync is all it still needs. Written again, it would be refused and set aside again."""
 
 
+def _being_cancelled() -> bool:
+    """Whether the running task has been asked to stop (not merely seen a task it awaited cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class BatchWriter:
     """Writes finished turns to the database in batches, in the background. An async context manager::
 
@@ -131,7 +137,8 @@ class BatchWriter:
         entries replayed, whether new, found stored or refused; a replay retried after a failure goes on
         where it stopped, so none is counted twice), ``bad_lines``, ``rejected`` (refused by the database
         for their data, set aside in ``*.rejected``; a turn or a bad line an earlier pass set aside is
-        skipped, so each is set aside and counted once), ``lost`` (in neither the outbox nor the
+        skipped, so each is set aside and counted once; one whose file's directory the writer could not
+        sync by ``close()`` is logged as a warning, not lost), ``lost`` (in neither the outbox nor the
         database: both failed; each is logged as an error with its turn_id).
 
         ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
@@ -156,6 +163,9 @@ class BatchWriter:
         self._wake_journal = asyncio.Event()
         self._wake_writer = asyncio.Event()
         self._closing = False
+        self._shutdown: asyncio.Task[None] | None = None
+        self._hurry: asyncio.Future[None] | None = None
+        """Resolved when a close() is cancelled: the shutdown's drain is cut short."""
         self._healthy = True
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned: set[asyncio.Task[Any]] = set()
@@ -194,21 +204,55 @@ class BatchWriter:
         under way), before the outbox lock is released: once this returns, the writer is done with it.
         So is an outbox append of turns handed over. Neither can be cut short: on a disk whose fsync
         stalls, ``close()`` returns that much later than ``timeout``.
+
+        Cancelled, it cuts the drain short as if ``timeout`` had run out, but still waits for what is
+        under way as above (however often it is cancelled meanwhile) and releases the outbox lock; then
+        it raises the cancellation. Every turn handed over is by then durable or told it is not.
+        A second ``close()`` waits for the first one's shutdown (whose failure only the first raises).
         """
-        if self._closing or not self._tasks:
+        if not self._tasks:
             return
-        self._closing = True
+        first = self._shutdown is None
+        if self._shutdown is None:
+            self._closing = True
+            self._hurry = asyncio.get_running_loop().create_future()
+            self._shutdown = asyncio.create_task(self._shut_down(timeout, self._hurry), name="turnledger-close")
+        shutdown, hurry = self._shutdown, self._hurry
+        assert hurry is not None
+        cancelled: asyncio.CancelledError | None = None
+        while not shutdown.done():
+            try:
+                # Not awaited directly: that would pass the caller's cancellation on to the shutdown.
+                await asyncio.wait({shutdown})
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+                if not hurry.done():
+                    hurry.set_result(None)
+        try:
+            if first:
+                shutdown.result()
+        finally:
+            if cancelled is not None:
+                raise cancelled
+
+    async def _shut_down(self, timeout: float | None, hurry: asyncio.Future[None]) -> None:
         deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
         self._wake_journal.set()
         self._wake_writer.set()
         journal_task, write_task = self._tasks
         # The journal finishes first: handed-over turns reach the outbox whatever the database does.
         await journal_task
-        done, _ = await asyncio.wait({write_task}, timeout=max(0.0, deadline - time.monotonic()))
-        if not done:
+        await asyncio.wait(
+            {write_task, hurry}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+        )
+        if not write_task.done():
             write_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await write_task
+            except asyncio.CancelledError:
+                # It ends so once cancelled above; only a cancellation of this task itself goes on.
+                if _being_cancelled():
+                    raise
         if self._queue:
             logger.warning(
                 "turnledger writer closed with %d turns unwritten; they wait in the outbox %s",
@@ -555,6 +599,9 @@ class BatchWriter:
 
     def _keep_unjournaled(self, t: _Turn) -> None:
         if len(self._queue) + len(self._unjournaled) >= self.max_queue:
+            if t.set_aside:
+                self._left_unsynced([t])
+                return
             self._lose([t.entry], "the outbox cannot be written and the writer holds max_queue turns already")
             return
         self._unjournaled.append(t)
@@ -566,16 +613,34 @@ class BatchWriter:
             # Every one, not once per cause: this is the list of turns someone has to recover by hand.
             logger.error("turnledger LOST turn %r: in neither the database nor the outbox (%s)", entry["turn_id"], why)
 
+    def _left_unsynced(self, items: Iterable[_Turn]) -> None:
+        # Set aside (and counted as rejected) already: only the directory sync of its file is missing.
+        path = rejected_path(self.journal.directory / self.writer_id)
+        for t in items:
+            logger.warning(
+                "turnledger turn %r is set aside in %s, but that directory is not synced: a crash may lose it",
+                t.entry["turn_id"],
+                path,
+            )
+
     async def _rescue_unjournaled(self) -> None:
         """On close: a last attempt to put the turns only memory holds into the outbox; log those lost."""
         items = [t for t in self._unjournaled if t.segment == _NOT_JOURNALED]
         self._unjournaled.clear()
+        if any(t.set_aside for t in items):
+            # A set-aside turn needs only its directory synced; failing that, its outbox copy is kept.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(fsync_dir, self.journal.directory)
+                self._stored(t for t in items if t.set_aside)
+                items = [t for t in items if not t.set_aside]
         if not items:
             return
         try:
             segment = await asyncio.to_thread(self.journal.append, [t.line for t in items])
         except Exception as exc:
-            self._lose((t.entry for t in items), f"writer closed; outbox append failed: {type(exc).__name__}")
+            self._left_unsynced(t for t in items if t.set_aside)
+            why = f"writer closed; outbox append failed: {type(exc).__name__}"
+            self._lose((t.entry for t in items if not t.set_aside), why)
             return
         self._dirty.add(segment)
         self.stats["spilled"] += len(items)
