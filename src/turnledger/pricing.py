@@ -369,16 +369,24 @@ def _stream_delivered_before_failure(
     stream yields its first chunk, and keeps the chunks it yielded on the stream object it logs as
     ``original_response`` (``CustomStreamWrapper.chunks``, 1.106.12). When that list cannot be read
     (another LiteLLM, a provider whose handler logs something else), the stamp alone says the provider
-    was answering: its input is billed, a lower bound."""
+    was answering: its input is billed, a lower bound.
+
+    The input is counted from the messages the stream object holds when it holds them: with message
+    logging off (``litellm.turn_off_message_logging``), LiteLLM replaces the event's messages in place
+    with a placeholder before the failure callbacks run."""
     if not kwargs.get("stream"):
         return None
-    chunks = _stream_chunks(kwargs.get("original_response"))
+    stream = kwargs.get("original_response")
+    chunks = _stream_chunks(stream)
     if chunks is None:
         if not isinstance(kwargs.get("completion_start_time"), datetime):
             return None
         chunks = []
     elif not chunks:
         return None
+    sent = _stream_messages(stream)
+    if sent is not None:
+        kwargs = {**kwargs, "messages": sent}
     delivered = "".join(response_text(chunk) for chunk in chunks)
     # The last chunk may say which service tier served the call.
     last = chunks[-1] if chunks else None
@@ -395,6 +403,17 @@ def _stream_chunks(stream: object) -> list[Any] | None:
         chunks = getattr(stream, "chunks", None)
         # A snapshot: the stream's own thread appended to it, and has stopped (it failed).
         return list(chunks) if isinstance(chunks, list) else None
+    except Exception:
+        return None
+
+
+def _stream_messages(stream: object) -> list[Any] | None:
+    """The chat messages a LiteLLM stream object was sent (``CustomStreamWrapper.messages``), or ``None``."""
+    if stream is None or isinstance(stream, str | bytes | Mapping):
+        return None
+    try:
+        messages = getattr(stream, "messages", None)
+        return list(messages) if isinstance(messages, list) and messages else None
     except Exception:
         return None
 

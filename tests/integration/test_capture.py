@@ -244,6 +244,30 @@ def test_a_sync_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
     assert failure.usage_estimated is True
 
 
+def test_a_sync_stream_broken_off_under_message_redaction_is_billed_the_input_it_was_sent(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM replaces the failure event's messages in place with a placeholder when message logging
+    # is off: counted from the event, a 500-word prompt was billed as 13 tokens.
+    monkeypatch.setattr(litellm, "turn_off_message_logging", True)
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", break_after_chunks=2)
+    messages = [{"role": "user", "content": "word " * 500}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=messages,
+            stream=True,
+            num_retries=0,
+            max_retries=0,
+            **provider_kwargs,
+        ):
+            pass
+    [failure] = turn.calls
+    assert failure.prompt_tokens == prompt > 500
+    assert failure.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text="alpha beta")
+
+
 def test_a_sync_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
