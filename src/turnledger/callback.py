@@ -456,7 +456,8 @@ class TokenTrackingCallback(CustomLogger):
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
             unanswered = counts.prompt_tokens == 0 and counts.completion_tokens == 0
             if unanswered:
-                # Part of the answer was delivered before the failure (a stream broken off): billed.
+                # Part of the answer was delivered before the failure (a stream broken off, sync or
+                # async): billed.
                 estimated = delivered_before_failure(
                     kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                 )

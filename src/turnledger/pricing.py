@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -281,10 +282,33 @@ def estimate_unanswered_call(
     (``completion_not_seen``). ``None`` when nothing billed by tokens was sent; unpriced when the
     estimate failed.
     """
+    return _estimate_billed_failure(
+        kwargs, None, "", model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+
+
+def _estimate_billed_failure(
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    delivered_text: str,
+    *,
+    model: str,
+    provider: str | None,
+    call_kind: CallKind,
+    price_table: PriceTable | None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
+    """A failed call the provider had whole: its input estimated, and the output it delivered before
+    the failure (``delivered_text``, possibly none); what it generated beyond that was never seen."""
     if call_kind not in _BILLED_BY_TOKENS or not _sent_input(kwargs.get("messages"), kwargs.get("input")):
         return None
     estimated = _estimate_and_price(
-        kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+        kwargs,
+        response_obj,
+        model=model,
+        provider=provider,
+        call_kind=call_kind,
+        price_table=price_table,
+        completion_text=delivered_text,
     )
     if estimated is None:  # input was sent, and may be billed: unpriced, not free
         return TokenCounts(), None, CostSource.NONE, [RecordFlag.PRICING_ERROR, RecordFlag.COMPLETION_NOT_SEEN]
@@ -305,14 +329,18 @@ def delivered_before_failure(
     seen and hands that usage to the failure event as ``kwargs["combined_usage_object"]`` (measured on
     1.106.12). It counts them itself unless the chunks carried usage, so ``usage_estimated``; the
     provider may have generated more than it delivered, so ``completion_not_seen`` (a lower bound).
-    ``None`` when the event carries no such usage, or one without tokens.
+
+    LiteLLM's sync stream path hands its failure event no such usage (1.106.12, ``__next__``): then the
+    chunks are read from the stream itself, the event's ``original_response``, and counted with the
+    input as an abandoned call's is (see :func:`_stream_delivered_before_failure`).
+    ``None`` when nothing was delivered, or it cannot be told that anything was.
     """
     partial = kwargs.get("combined_usage_object")
-    if partial is None:
-        return None
-    counts = normalize_usage({"usage": partial})
+    counts = normalize_usage({"usage": partial}) if partial is not None else TokenCounts()
     if not counts.used_tokens:
-        return None
+        return _stream_delivered_before_failure(
+            kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+        )
     counts.estimated = True
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     counts.flag(RecordFlag.COMPLETION_NOT_SEEN)
@@ -326,6 +354,68 @@ def delivered_before_failure(
     )
     flags = [*counts.flags, *(f for f in flags if f not in counts.flags)]
     return counts, cost, CostSource.ESTIMATED if cost is not None else source, flags
+
+
+def _stream_delivered_before_failure(
+    kwargs: Mapping[str, Any],
+    *,
+    model: str,
+    provider: str | None,
+    call_kind: CallKind,
+    price_table: PriceTable | None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
+    """A failed stream that had delivered chunks, counted from the event alone: its input estimated,
+    plus the chunks' text when the stream can be read. LiteLLM stamps ``completion_start_time`` when a
+    stream yields its first chunk, and keeps the chunks it yielded on the stream object it logs as
+    ``original_response`` (``CustomStreamWrapper.chunks``, 1.106.12). When that list cannot be read
+    (another LiteLLM, a provider whose handler logs something else), the stamp alone says the provider
+    was answering: its input is billed, a lower bound.
+
+    The input is counted from the messages the stream object holds when it holds them: with message
+    logging off (``litellm.turn_off_message_logging``), LiteLLM replaces the event's messages in place
+    with a placeholder before the failure callbacks run."""
+    if not kwargs.get("stream"):
+        return None
+    stream = kwargs.get("original_response")
+    chunks = _stream_chunks(stream)
+    if chunks is None:
+        if not isinstance(kwargs.get("completion_start_time"), datetime):
+            return None
+        chunks = []
+    elif not chunks:
+        return None
+    sent = _stream_messages(stream)
+    if sent is not None:
+        kwargs = {**kwargs, "messages": sent}
+    delivered = "".join(response_text(chunk) for chunk in chunks)
+    # The last chunk may say which service tier served the call.
+    last = chunks[-1] if chunks else None
+    return _estimate_billed_failure(
+        kwargs, last, delivered, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+
+
+def _stream_chunks(stream: object) -> list[Any] | None:
+    """The chunks a LiteLLM stream object has yielded so far, or ``None`` when it is not one."""
+    if stream is None or isinstance(stream, str | bytes | Mapping):
+        return None
+    try:
+        chunks = getattr(stream, "chunks", None)
+        # A snapshot: the stream's own thread appended to it, and has stopped (it failed).
+        return list(chunks) if isinstance(chunks, list) else None
+    except Exception:
+        return None
+
+
+def _stream_messages(stream: object) -> list[Any] | None:
+    """The chat messages a LiteLLM stream object was sent (``CustomStreamWrapper.messages``), or ``None``."""
+    if stream is None or isinstance(stream, str | bytes | Mapping):
+        return None
+    try:
+        messages = getattr(stream, "messages", None)
+        return list(messages) if isinstance(messages, list) and messages else None
+    except Exception:
+        return None
 
 
 def answer_timed_out(exc: object) -> bool:
@@ -357,13 +447,15 @@ def _estimate_and_price(
     provider: str | None,
     call_kind: CallKind,
     price_table: PriceTable | None,
+    completion_text: str | None = None,
 ) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
+    """``completion_text``: the output to count, when it is not ``response_obj``'s."""
     try:
         estimate = estimate_counts(
             model,
             messages=_chat_messages(call_kind, kwargs.get("messages")),
             input_texts=kwargs.get("input"),
-            completion_text=response_text(response_obj),
+            completion_text=response_text(response_obj) if completion_text is None else completion_text,
             tools=request_tools(kwargs),
         )
     except Exception as exc:

@@ -216,6 +216,104 @@ async def test_a_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_to
     assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
 
 
+def test_a_sync_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM's sync stream path hands its failure event no usage of what it delivered (the async one
+    # does, combined_usage_object): the chunks are read from the stream itself (the event's
+    # original_response), the input estimated as an abandoned call's.
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", break_after_chunks=2)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=messages,
+            stream=True,
+            num_retries=0,
+            max_retries=0,
+            **provider_kwargs,
+        ):
+            pass
+    [failure] = turn.calls
+    completion = litellm.token_counter(model="gpt-4o-mini", text="alpha beta", count_response_tokens=True)
+    assert failure.status is CallStatus.FAILURE and failure.stream is True
+    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
+    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
+    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+    assert failure.usage_estimated is True
+
+
+def test_a_sync_stream_broken_off_under_message_redaction_is_billed_the_input_it_was_sent(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM replaces the failure event's messages in place with a placeholder when message logging
+    # is off: counted from the event, a 500-word prompt was billed as 13 tokens.
+    monkeypatch.setattr(litellm, "turn_off_message_logging", True)
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", break_after_chunks=2)
+    messages = [{"role": "user", "content": "word " * 500}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=messages,
+            stream=True,
+            num_retries=0,
+            max_retries=0,
+            **provider_kwargs,
+        ):
+            pass
+    [failure] = turn.calls
+    assert failure.prompt_tokens == prompt > 500
+    assert failure.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text="alpha beta")
+
+
+def test_a_sync_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", chunk_delay_s=2)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=messages,
+            stream=True,
+            timeout=0.3,
+            num_retries=0,
+            max_retries=0,
+            **provider_kwargs,
+        ):
+            pass
+    [failure] = turn.calls
+    completion = litellm.token_counter(model="gpt-4o-mini", text="alpha", count_response_tokens=True)
+    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
+    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
+    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+
+
+def test_a_sync_stream_the_caller_stops_reading_becomes_abandoned(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM fires no event for it (DESIGN): the scope's exit is what records it, billed its input.
+    fake_provider.script("slow-stream", content=" ".join(["word"] * 50), chunk_delay_s=0.02)
+    with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+        stream = litellm.completion(
+            model="openai/slow-stream",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            **provider_kwargs,
+        )
+        for _chunk in stream:
+            break
+    [record] = turn.calls
+    assert record.status is CallStatus.ABANDONED
+    assert RecordFlag.NO_CALLBACK in record.flags
+    assert record.model == "slow-stream" and record.stream is True
+    assert turn.abandoned_calls == 1
+
+
 async def test_a_call_that_never_reached_the_provider_is_not_billed(unused_tcp_port: int) -> None:
     async with turnledger.scoped_turn() as turn:
         with pytest.raises(InternalServerError):

@@ -18,6 +18,7 @@ from turnledger.accumulator import PendingCall, TurnTokenAccumulator
 from turnledger.money import to_decimal
 from turnledger.pricing import (
     decimal_from_litellm,
+    delivered_before_failure,
     estimate_missing_usage,
     price_abandoned_call,
     price_call,
@@ -830,3 +831,40 @@ def test_the_price_table_bills_what_litellm_bills_at_the_tier_gpt_5_served() -> 
     renamed.service_tier = "flex"  # type: ignore[attr-defined]
     assert price(kw("acme-gpt-5"), renamed, price_table=TIERED_TABLE) == (litellm_cost, CostSource.PRICE_TABLE, [])
     assert litellm_cost == D("0.005625")
+
+
+def test_a_failed_stream_is_billed_from_its_own_chunks_or_from_its_first_chunks_stamp() -> None:
+    """LiteLLM's sync stream path gives its failure event no usage of what was delivered (1.106.12):
+    what the stream object yielded is counted, or, when that cannot be read, its input alone once
+    LiteLLM stamped a first chunk; a stream that yielded nothing is left to the other rules."""
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    delivered = litellm.token_counter(model="gpt-4o-mini", text="alpha beta")
+
+    class Stream:
+        def __init__(self, *texts: str) -> None:
+            self.chunks = [{"choices": [{"delta": {"content": text}}]} for text in texts]
+
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    base = {"stream": True, "messages": messages, "model": "gpt-4o-mini"}
+    read = delivered_before_failure(
+        {**base, "original_response": Stream("alpha", " beta"), "completion_start_time": started}, model="gpt-4o-mini"
+    )
+    unreadable = delivered_before_failure(
+        {**base, "original_response": "<stream>", "completion_start_time": started}, model="gpt-4o-mini"
+    )
+    assert read is not None and unreadable is not None
+    for (counts, cost, source, flags), completion in ((read, delivered), (unreadable, 0)):
+        assert (counts.prompt_tokens, counts.completion_tokens) == (prompt, completion)
+        assert (cost, source) == (prompt * GPT_4O_MINI_IN + completion * GPT_4O_MINI_OUT, CostSource.ESTIMATED)
+        assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(flags)
+    # Nothing yielded, no first chunk stamped, or not a stream: not this rule's to bill.
+    assert delivered_before_failure({**base, "original_response": Stream()}, model="gpt-4o-mini") is None
+    assert delivered_before_failure({**base, "original_response": None}, model="gpt-4o-mini") is None
+    assert (
+        delivered_before_failure(
+            {**base, "stream": False, "original_response": Stream("alpha"), "completion_start_time": started},
+            model="gpt-4o-mini",
+        )
+        is None
+    )
