@@ -111,14 +111,19 @@ def call_kind_of(call_type: object) -> CallKind:
 
 
 def _utc(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            # LiteLLM stamps naive local times (datetime.now()). timestamp() reads one as local time, as
-            # astimezone does, at a third of its cost: astimezone builds a named local zone each time.
-            return datetime.fromtimestamp(value.timestamp(), UTC)
-        return value if value.tzinfo is UTC else value.astimezone(UTC)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+    """A LiteLLM timestamp in UTC; ``None`` for anything that is not a representable time (NaN, 1e20,
+    ``datetime.min`` in a zone east of UTC): the record loses its timing, never its tokens."""
+    try:
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                # LiteLLM stamps naive local times (datetime.now()). timestamp() reads one as local time, as
+                # astimezone does, at a third of its cost: astimezone builds a named local zone each time.
+                return datetime.fromtimestamp(value.timestamp(), UTC)
+            return value if value.tzinfo is UTC else value.astimezone(UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
     return None
 
 
