@@ -459,7 +459,8 @@ class TokenTrackingCallback(CustomLogger):
         if status is CallStatus.FAILURE:
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
-            unanswered = counts.prompt_tokens == 0 and counts.completion_tokens == 0
+            # A usage block whose every count was discarded tells of tokens it could not say: answered.
+            unanswered = not counts.used_tokens and not counts.count_discarded
             if unanswered:
                 # Part of the answer was delivered before the failure (a stream broken off): billed.
                 estimated = delivered_before_failure(

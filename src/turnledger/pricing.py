@@ -22,7 +22,8 @@ flagged (LiteLLM prices a negative completion count negatively, measured on 1.10
 LiteLLM stage for a call that used tokens, or that is billed beyond tokens (an image, a transcription,
 speech, a rerank), counts only if LiteLLM's map really lists the model at zero rates; otherwise it is
 "unknown", not "free", and the chain goes on. A usage block with a count that could not be believed
-(``malformed_usage``) is priced from the counts as read, not by LiteLLM's figure for the raw block.
+(``malformed_usage``) is priced from the counts as read, not by LiteLLM's figure for the raw block;
+one where none could be read has an unknown price, not 0 (its tokens are unknown, not none).
 
 LiteLLM's costs are floats summed in binary (``0.00021280000000000002`` for a DeepSeek call worth
 exactly ``0.0002128``). A float carries 15 significant decimal digits faithfully, so each LiteLLM
@@ -225,6 +226,8 @@ def _table_cost(
     cost = found.price.cost(
         counts, images_out=images_out, service_tier=service_tier, provider=billing_provider(model, provider)
     )
+    if cost is not None and cost == 0 and _tokens_unknown(counts):
+        return None
     if cost is not None and found.price.for_service_tier(service_tier) is None:
         _add(flags, RecordFlag.SERVICE_TIER_UNPRICED)
     names = (model, f"{provider}/{model}")
@@ -311,7 +314,7 @@ def delivered_before_failure(
     if partial is None:
         return None
     counts = normalize_usage({"usage": partial})
-    if not counts.used_tokens:
+    if not counts.used_tokens and not _tokens_unknown(counts):
         return None
     counts.estimated = True
     counts.flag(RecordFlag.USAGE_ESTIMATED)
@@ -666,9 +669,15 @@ def _zero_is_a_price(counts: TokenCounts, call_kind: CallKind, model: str, provi
     only a model its map lists at zero rates is free.
     """
     beyond_tokens = call_kind in _BILLED_BEYOND_TOKENS
-    if not beyond_tokens and not counts.used_tokens:
+    if not beyond_tokens and not counts.used_tokens and not _tokens_unknown(counts):
         return True
     return _litellm_lists_free(model, provider, by_tokens=not beyond_tokens)
+
+
+def _tokens_unknown(counts: TokenCounts) -> bool:
+    """Whether no token was read only because the block's counts could not be believed (every one
+    negative, wrapped around or unreadable): the call's tokens, and so its price, are unknown, not 0."""
+    return counts.count_discarded and not counts.used_tokens
 
 
 def _litellm_lists_free(model: str, provider: str | None, *, by_tokens: bool = True) -> bool:

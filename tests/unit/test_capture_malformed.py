@@ -13,6 +13,9 @@ import pytest
 import turnledger
 from turnledger import CallStatus, RecordFlag
 from turnledger.callback import _utc
+from turnledger.price_table import PriceTable
+from turnledger.pricing import price_call
+from turnledger.usage import normalize_usage
 
 
 def _event(call_id: str) -> tuple[dict[str, Any], litellm.ModelResponse]:
@@ -64,3 +67,54 @@ def test_a_time_that_is_no_time_loses_the_timing_not_the_tokens(bad_time: object
     assert (second.call_id, second.prompt_tokens, second.cost_usd) == ("t2", 10, Decimal("0.000015"))
     assert second.latency_ms is None
     assert cb.stats["errors"] == 0
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": -3, "total_tokens": -8},
+        {"prompt_tokens": "abc", "completion_tokens": None, "total_tokens": 4294967295},
+        {"prompt_tokens": 4294967295, "completion_tokens": 4294967295},
+    ],
+    ids=["negative", "unreadable", "wrapped-around"],
+)
+@pytest.mark.parametrize("with_table", [False, True], ids=["litellm", "price-table"])
+def test_a_call_whose_every_count_was_discarded_is_unpriced_not_free(usage: dict[str, Any], with_table: bool) -> None:
+    # Its tokens are unknown, so is its price: the counts read as 0 must not price it at 0.
+    table = PriceTable({"gpt-4o-mini": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}})
+    cb = turnledger.TokenTrackingCallback(name="discarded", price_table=table if with_table else None)
+    kwargs, response = _event("d1")
+    object.__setattr__(response, "usage", usage)
+    with turnledger.scoped_turn() as turn:
+        cb.log_success_event(kwargs, response, datetime(2026, 11, 26, 5, 0, 0), datetime(2026, 11, 26, 5, 0, 1))
+    (record,) = turn.calls
+    assert RecordFlag.MALFORMED_USAGE in record.flags
+    assert record.cost_usd is None
+    assert turn.total_cost_usd is None and turn.unpriced_calls == 1
+
+
+def test_counts_partly_discarded_are_priced_as_read() -> None:
+    # The counts that could be read still price the call (a lower bound, flagged on the counts).
+    counts = normalize_usage({"usage": {"prompt_tokens": -1, "completion_tokens": 7}})
+    assert counts.count_discarded and counts.used_tokens
+    table = PriceTable({"my-model": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}})
+    cost, _source, _flags = price_call({}, None, counts, model="my-model", price_table=table)
+    assert cost == Decimal("0.000014")
+
+
+def test_a_failure_whose_usage_counts_were_all_discarded_is_unpriced_not_unbilled() -> None:
+    # A failure that carried a usage block (billed, then refused) or a stream broken off whose
+    # delivered usage could not be read: billed something unknown, not nothing.
+    cb = turnledger.TokenTrackingCallback(name="discarded-failure")
+    kwargs, response = _event("f1")
+    object.__setattr__(response, "usage", {"prompt_tokens": -5, "completion_tokens": 4294967295})
+    broken_kwargs, _ = _event("f2")
+    broken_kwargs["combined_usage_object"] = {"prompt_tokens": "n/a", "completion_tokens": -1}
+    with turnledger.scoped_turn() as turn:
+        cb.log_failure_event(kwargs, response, datetime(2026, 11, 26, 5, 0, 0), datetime(2026, 11, 26, 5, 0, 1))
+        cb.log_failure_event(broken_kwargs, None, datetime(2026, 11, 26, 5, 0, 0), datetime(2026, 11, 26, 5, 0, 2))
+    for record in turn.calls:
+        assert record.status is CallStatus.FAILURE
+        assert RecordFlag.MALFORMED_USAGE in record.flags, record.call_id
+        assert record.cost_usd is None, record.call_id
+    assert turn.total_cost_usd is None
