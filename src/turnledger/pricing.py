@@ -101,11 +101,8 @@ def price_call(
     is_image = call_kind is CallKind.IMAGE_GENERATION
 
     def accept(value: object, *, from_litellm: bool) -> Decimal | None:
-        cost = decimal_from_litellm(value)
+        cost = _believable(decimal_from_litellm(value), flags, name)
         if cost is None:
-            return None
-        if cost < 0:
-            _add(flags, RecordFlag.NEGATIVE_COST)
             return None
         if cost == 0 and from_litellm and not _zero_is_a_price(counts, call_kind, name, prov):
             return None
@@ -196,10 +193,8 @@ def price_counts(
         value = _run_stage(
             "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind, service_tier
         )
-        cost = decimal_from_litellm(value)
-        if cost is not None and cost < 0:
-            _add(flags, RecordFlag.NEGATIVE_COST)
-        elif cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
+        cost = _believable(decimal_from_litellm(value), flags, model)
+        if cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
         cost = _table_cost(price_table, model, provider, counts, images_out, flags, service_tier)
@@ -228,6 +223,7 @@ def _table_cost(
     )
     if cost is not None and cost == 0 and _tokens_unknown(counts):
         return None
+    cost = _believable(cost, flags, model)
     if cost is not None and found.price.for_service_tier(service_tier) is None:
         _add(flags, RecordFlag.SERVICE_TIER_UNPRICED)
     names = (model, f"{provider}/{model}")
@@ -653,6 +649,28 @@ def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordF
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+MAX_CALL_COST_USD = Decimal(1_000_000)
+"""The largest cost believed for one call. The dearest real calls cost tens of dollars (a million
+output tokens at the highest listed rate is about $600): a million is far past anything real. A larger
+figure is a fault (a rate entered per million tokens as per token, a wrapped-around count priced by a
+stage that read the raw block), and past about $9.2 trillion its micro-USD do not fit the 64-bit
+column, which would refuse the turn's good calls with it."""
+
+
+def _believable(cost: Decimal | None, flags: list[RecordFlag], model: str) -> Decimal | None:
+    """``cost``, or ``None`` (flagged) when it is negative or above :data:`MAX_CALL_COST_USD`."""
+    if cost is None:
+        return None
+    if cost < 0:
+        _add(flags, RecordFlag.NEGATIVE_COST)
+        return None
+    if cost > MAX_CALL_COST_USD:
+        _add(flags, RecordFlag.IMPLAUSIBLE_COST)
+        warn_once(f"pricing:implausible:{model}", "turnledger: discarded an implausible cost for %s", model)
+        return None
+    return cost
 
 
 _BILLED_BEYOND_TOKENS = frozenset({CallKind.IMAGE_GENERATION, CallKind.TRANSCRIPTION, CallKind.SPEECH, CallKind.RERANK})

@@ -118,3 +118,25 @@ def test_a_failure_whose_usage_counts_were_all_discarded_is_unpriced_not_unbille
         assert RecordFlag.MALFORMED_USAGE in record.flags, record.call_id
         assert record.cost_usd is None, record.call_id
     assert turn.total_cost_usd is None
+
+
+@pytest.mark.parametrize("response_cost", [1e13, 1e20, 10**30], ids=["1e13", "1e20", "int-1e30"])
+def test_an_implausible_litellm_cost_is_discarded_and_flagged(response_cost: object) -> None:
+    # Its micro-USD would not fit the 64-bit column: the database would refuse the whole turn.
+    cb = turnledger.TokenTrackingCallback(name="implausible")
+    kwargs, response = _event("i1")
+    kwargs["response_cost"] = response_cost
+    with turnledger.scoped_turn() as turn:
+        cb.log_success_event(kwargs, response, datetime(2026, 11, 26, 5, 0, 0), datetime(2026, 11, 26, 5, 0, 1))
+    (record,) = turn.calls
+    assert RecordFlag.IMPLAUSIBLE_COST in record.flags
+    # Priced from its counts instead (LiteLLM's own rates for gpt-4o-mini), never at the absurd figure.
+    assert record.cost_usd is not None and record.cost_usd < 1
+
+
+def test_an_implausible_price_table_cost_is_discarded_and_flagged() -> None:
+    table = PriceTable({"my-model": {"input_cost_per_token": "1e20", "output_cost_per_token": 0}})
+    counts = normalize_usage({"usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+    cost, _source, flags = price_call({}, None, counts, model="my-model", price_table=table)
+    assert cost is None
+    assert RecordFlag.IMPLAUSIBLE_COST in flags
