@@ -389,9 +389,11 @@ class TokenTrackingCallback(CustomLogger):
             self._count("errors")
             warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
             call_id = kwargs.get("litellm_call_id")
+            # Only a name as given: str() of whatever else came may raise too, and the record would be lost.
+            model = kwargs.get("model")
             return TokenCallRecord(
                 call_id=call_id if isinstance(call_id, str) and call_id else _stand_in_call_id(kwargs),
-                model=str(kwargs.get("model") or "unknown"),
+                model=model if isinstance(model, str) and model else "unknown",
                 status=status,
                 flags=(RecordFlag.MALFORMED_EVENT,),
             )
@@ -537,7 +539,10 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
         return False
     # Tokens used: a success without them has its usage estimated, from the caller's live messages
     # and the price map. A usage block that is not an object (a dict) is simply read at once.
-    tokens = getattr(getattr(response_obj, "usage", None), "total_tokens", None)
+    try:
+        tokens = getattr(getattr(response_obj, "usage", None), "total_tokens", None)
+    except Exception:
+        return False  # read at once, where what cannot be read is flagged
     return type(tokens) is int and tokens > 0
 
 

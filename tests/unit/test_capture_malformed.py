@@ -140,3 +140,29 @@ def test_an_implausible_price_table_cost_is_discarded_and_flagged() -> None:
     cost, _source, flags = price_call({}, None, counts, model="my-model", price_table=table)
     assert cost is None
     assert RecordFlag.IMPLAUSIBLE_COST in flags
+
+
+class _Unreadable:
+    """An object whose attributes, text and truth value all raise when read."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"cannot read {name}")
+
+    def __str__(self) -> str:
+        raise RuntimeError("cannot print")
+
+    def __bool__(self) -> bool:
+        raise RuntimeError("cannot test")
+
+
+def test_an_unreadable_event_with_an_unprintable_model_is_still_kept_flagged() -> None:
+    cb = turnledger.TokenTrackingCallback(name="unreadable")
+    kwargs, _ = _event("u1")
+    kwargs["model"] = _Unreadable()
+    with turnledger.scoped_turn() as turn:
+        cb.log_success_event(kwargs, _Unreadable(), datetime(2026, 11, 26, 5, 0, 0), datetime(2026, 11, 26, 5, 0, 1))
+    (record,) = turn.calls
+    assert (record.call_id, record.model, record.status) == ("u1", "unknown", CallStatus.SUCCESS)
+    assert record.flags == (RecordFlag.MALFORMED_EVENT,)
+    assert record.cost_usd is None
+    assert cb.stats["errors"] == 1
