@@ -15,7 +15,7 @@ from turnledger import CallStatus, RecordFlag
 from turnledger.callback import _utc
 from turnledger.price_table import PriceTable
 from turnledger.pricing import price_call
-from turnledger.usage import normalize_usage
+from turnledger.usage import MAX_COUNTED_ITEMS, estimate_counts, normalize_usage
 
 
 def _event(call_id: str) -> tuple[dict[str, Any], litellm.ModelResponse]:
@@ -166,3 +166,43 @@ def test_an_unreadable_event_with_an_unprintable_model_is_still_kept_flagged() -
     assert record.flags == (RecordFlag.MALFORMED_EVENT,)
     assert record.cost_usd is None
     assert cb.stats["errors"] == 1
+
+
+class _CountingTokenizer:
+    """litellm.token_counter, recording how many texts and messages it was handed."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.texts = 0
+        self.messages = 0
+
+    def __call__(self, **kwargs: Any) -> int:
+        if kwargs.get("text") is not None:
+            self.texts += 1
+        self.messages += len(kwargs.get("messages") or ())
+        return int(self.real(**kwargs))
+
+
+def test_an_estimate_of_a_huge_embedding_batch_tokenizes_a_bounded_number_of_inputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = litellm.token_counter
+    per_text = real(model="text-embedding-3-small", text="hello world")
+    counting = _CountingTokenizer(real)
+    monkeypatch.setattr(litellm, "token_counter", counting)
+    counts = estimate_counts("text-embedding-3-small", input_texts=["hello world"] * 100_000)
+    assert counting.texts <= MAX_COUNTED_ITEMS
+    assert counts.prompt_tokens == 100_000 * per_text  # the rest at the counted tokens per character
+    assert counts.estimated and RecordFlag.USAGE_ESTIMATED in counts.flags
+
+
+def test_an_estimate_of_a_huge_conversation_tokenizes_a_bounded_number_of_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    messages = [{"role": "user", "content": f"message number {i}"} for i in range(20_000)]
+    exact = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    counting = _CountingTokenizer(litellm.token_counter)
+    monkeypatch.setattr(litellm, "token_counter", counting)
+    counts = estimate_counts("gpt-4o-mini", messages=messages)
+    assert counting.messages <= MAX_COUNTED_ITEMS
+    assert abs(counts.prompt_tokens - exact) <= exact // 50  # the rest at the counted tokens per character
