@@ -658,15 +658,26 @@ figure is a fault (a rate entered per million tokens as per token, a wrapped-aro
 stage that read the raw block), and past about $9.2 trillion its micro-USD do not fit the 64-bit
 column, which would refuse the turn's good calls with it."""
 
+MIN_CALL_COST_USD = Decimal("1e-30")
+"""The smallest cost other than 0 believed for one call. The cheapest token is billed about 1e-10 USD;
+a figure sent as text or as a Decimal can be far smaller (``1e-20000``), and PostgreSQL's ``numeric``
+holds at most 16,383 digits after the point: the database would refuse the whole turn."""
+
+
+_COST_CONTEXT = MONEY_CONTEXT.copy()
+"""MONEY_CONTEXT's settings in a copy of its own, so the status flags rounding sets never land on the shared one."""
+
 
 def _believable(cost: Decimal | None, flags: list[RecordFlag], model: str) -> Decimal | None:
-    """``cost``, or ``None`` (flagged) when it is negative or above :data:`MAX_CALL_COST_USD`."""
+    """``cost`` (to the 60 significant digits of money arithmetic), or ``None`` (flagged) when it is
+    negative, above :data:`MAX_CALL_COST_USD` or, not 0, below :data:`MIN_CALL_COST_USD`."""
     if cost is None:
         return None
     if cost < 0:
         _add(flags, RecordFlag.NEGATIVE_COST)
         return None
-    if cost > MAX_CALL_COST_USD:
+    cost = _COST_CONTEXT.plus(cost)
+    if cost > MAX_CALL_COST_USD or 0 < cost < MIN_CALL_COST_USD:
         _add(flags, RecordFlag.IMPLAUSIBLE_COST)
         warn_once(f"pricing:implausible:{model}", "turnledger: discarded an implausible cost for %s", model)
         return None

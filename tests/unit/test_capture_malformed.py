@@ -11,7 +11,7 @@ import litellm
 import pytest
 
 import turnledger
-from turnledger import CallStatus, RecordFlag
+from turnledger import CallStatus, CostSource, RecordFlag
 from turnledger.callback import _utc
 from turnledger.price_table import PriceTable
 from turnledger.pricing import price_call
@@ -206,3 +206,23 @@ def test_an_estimate_of_a_huge_conversation_tokenizes_a_bounded_number_of_messag
     counts = estimate_counts("gpt-4o-mini", messages=messages)
     assert counting.messages <= MAX_COUNTED_ITEMS
     assert abs(counts.prompt_tokens - exact) <= exact // 50  # the rest at the counted tokens per character
+
+
+@pytest.mark.parametrize("response_cost", [Decimal("1e-20000"), "1e-999999", "1e-31"], ids=["decimal", "str", "1e-31"])
+def test_a_vanishing_cost_is_discarded_and_flagged(response_cost: object) -> None:
+    # PostgreSQL's numeric holds 16,383 digits after the point: stored, it would refuse the whole turn.
+    cb = turnledger.TokenTrackingCallback(name="vanishing")
+    kwargs, response = _event("v1")
+    kwargs["response_cost"] = response_cost
+    with turnledger.scoped_turn() as turn:
+        cb.log_success_event(kwargs, response, datetime(2026, 11, 26, 5, 0, 0), datetime(2026, 11, 26, 5, 0, 1))
+    (record,) = turn.calls
+    assert RecordFlag.IMPLAUSIBLE_COST in record.flags
+    assert record.cost_usd is not None and record.cost_usd.adjusted() > -30  # priced from its counts
+
+
+def test_a_cost_is_kept_to_the_digits_money_arithmetic_holds() -> None:
+    counts = normalize_usage({"usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+    cost, source, flags = price_call({"response_cost": "0." + "1" * 20_000}, None, counts, model="gpt-4o-mini")
+    assert source is CostSource.RESPONSE_COST and not flags
+    assert cost is not None and len(cost.as_tuple().digits) == 60
