@@ -13,7 +13,8 @@ import pytest
 import turnledger
 from turnledger import CallStatus, CostSource, RecordFlag
 from turnledger.callback import _utc
-from turnledger.price_table import PriceTable
+from turnledger.errors import ConfigurationError
+from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.pricing import price_call
 from turnledger.usage import MAX_COUNTED_ITEMS, estimate_counts, normalize_usage
 
@@ -135,7 +136,7 @@ def test_an_implausible_litellm_cost_is_discarded_and_flagged(response_cost: obj
 
 
 def test_an_implausible_price_table_cost_is_discarded_and_flagged() -> None:
-    table = PriceTable({"my-model": {"input_cost_per_token": "1e20", "output_cost_per_token": 0}})
+    table = PriceTable({"my-model": {"input_cost_per_token": "1000000", "output_cost_per_token": 0}})
     counts = normalize_usage({"usage": {"prompt_tokens": 10, "completion_tokens": 5}})
     cost, _source, flags = price_call({}, None, counts, model="my-model", price_table=table)
     assert cost is None
@@ -226,3 +227,15 @@ def test_a_cost_is_kept_to_the_digits_money_arithmetic_holds() -> None:
     cost, source, flags = price_call({"response_cost": "0." + "1" * 20_000}, None, counts, model="gpt-4o-mini")
     assert source is CostSource.RESPONSE_COST and not flags
     assert cost is not None and len(cost.as_tuple().digits) == 60
+
+
+@pytest.mark.parametrize("rate", ["1e999999", 1e7, "1000001"], ids=["str-1e999999", "float-1e7", "just-past"])
+def test_a_price_table_refuses_an_absurd_rate(rate: object) -> None:
+    with pytest.raises(ConfigurationError, match="at most"):
+        PriceTable({"m": {"input_cost_per_token": rate}})
+
+
+def test_a_model_price_whose_cost_overflows_has_no_cost_rather_than_raising() -> None:
+    price = ModelPrice(input_cost_per_token=Decimal("1e999999"))
+    counts = normalize_usage({"usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}})
+    assert price.cost(counts) is None
