@@ -430,29 +430,29 @@ def _message_chars(message: object) -> int:
 
 
 def _count_messages(model: str, tokenizer: Any, messages: list[Any], tools: Any) -> int:
-    if len(messages) <= MAX_COUNTED_ITEMS:
-        return _count_all_messages(model, tokenizer, messages, tools)
-    counted = _count_all_messages(model, tokenizer, messages[:MAX_COUNTED_ITEMS], tools)
-    head_chars = sum(map(_message_chars, messages[:MAX_COUNTED_ITEMS]))
-    return _extrapolated(counted, head_chars, sum(map(_message_chars, messages[MAX_COUNTED_ITEMS:])))
-
-
-def _count_all_messages(model: str, tokenizer: Any, messages: list[Any], tools: Any) -> int:
     import litellm
 
+    head = messages[:MAX_COUNTED_ITEMS]
     count = functools.partial(
         litellm.token_counter,
         model=model,
         custom_tokenizer=tokenizer,
-        messages=messages,
+        messages=head,
         use_default_image_token_count=True,
     )
+    counted = int(count())
+    total = counted
+    if len(messages) > MAX_COUNTED_ITEMS:
+        head_chars = sum(map(_message_chars, head))
+        total = _extrapolated(counted, head_chars, sum(map(_message_chars, messages[MAX_COUNTED_ITEMS:])))
     if isinstance(tools, Sequence) and not isinstance(tools, str | bytes) and tools:
         try:
-            return int(count(tools=list(tools)))
+            tool_tokens = int(count(tools=list(tools[:MAX_COUNTED_ITEMS]))) - counted
         except Exception:
-            pass  # a tool definition the tokenizer cannot read: the messages are still worth counting
-    return int(count())
+            return total  # a tool definition the tokenizer cannot read: the messages are still worth counting
+        # Tools past the bound at the counted tools' mean (no provider takes more than a few hundred).
+        total += _extrapolated(tool_tokens, min(len(tools), MAX_COUNTED_ITEMS), len(tools) - MAX_COUNTED_ITEMS)
+    return total
 
 
 def _is_token_id(value: object) -> bool:

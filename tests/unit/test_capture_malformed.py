@@ -239,3 +239,36 @@ def test_a_model_price_whose_cost_overflows_has_no_cost_rather_than_raising() ->
     price = ModelPrice(input_cost_per_token=Decimal("1e999999"))
     counts = normalize_usage({"usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0}})
     assert price.cost(counts) is None
+
+
+def test_an_estimate_with_a_huge_tool_list_tokenizes_a_bounded_number_of_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    tools = [
+        {"type": "function", "function": {"name": f"lookup_{i}", "parameters": {"type": "object"}}}
+        for i in range(50_000)
+    ]
+    exact = litellm.token_counter(model="gpt-4o-mini", messages=messages, tools=tools)
+    seen: list[int] = []
+    real = litellm.token_counter
+
+    def counting(**kwargs: Any) -> int:
+        seen.append(len(kwargs.get("tools") or ()))
+        return int(real(**kwargs))
+
+    monkeypatch.setattr(litellm, "token_counter", counting)
+    few = estimate_counts("gpt-4o-mini", messages=messages, tools=tools[:3])
+    many = estimate_counts("gpt-4o-mini", messages=messages, tools=tools)
+    assert max(seen) <= MAX_COUNTED_ITEMS
+    assert few.prompt_tokens == real(model="gpt-4o-mini", messages=messages, tools=tools[:3])
+    assert abs(many.prompt_tokens - exact) <= exact // 25  # the rest at the counted tools' mean
+
+
+def test_tools_are_counted_once_beside_a_huge_conversation() -> None:
+    messages = [{"role": "user", "content": "hello there"}] * 10_000
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    with_tools = estimate_counts("gpt-4o-mini", messages=messages, tools=[tool])
+    without = estimate_counts("gpt-4o-mini", messages=messages)
+    one_tool = litellm.token_counter(model="gpt-4o-mini", messages=messages[:1], tools=[tool]) - litellm.token_counter(
+        model="gpt-4o-mini", messages=messages[:1]
+    )
+    assert with_tools.prompt_tokens - without.prompt_tokens == one_tool  # not scaled with the messages
