@@ -111,14 +111,19 @@ def call_kind_of(call_type: object) -> CallKind:
 
 
 def _utc(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            # LiteLLM stamps naive local times (datetime.now()). timestamp() reads one as local time, as
-            # astimezone does, at a third of its cost: astimezone builds a named local zone each time.
-            return datetime.fromtimestamp(value.timestamp(), UTC)
-        return value if value.tzinfo is UTC else value.astimezone(UTC)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+    """A LiteLLM timestamp in UTC; ``None`` for anything that is not a representable time (NaN, 1e20,
+    ``datetime.min`` in a zone east of UTC): the record loses its timing, never its tokens."""
+    try:
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                # LiteLLM stamps naive local times (datetime.now()). timestamp() reads one as local time, as
+                # astimezone does, at a third of its cost: astimezone builds a named local zone each time.
+                return datetime.fromtimestamp(value.timestamp(), UTC)
+            return value if value.tzinfo is UTC else value.astimezone(UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
     return None
 
 
@@ -384,9 +389,11 @@ class TokenTrackingCallback(CustomLogger):
             self._count("errors")
             warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
             call_id = kwargs.get("litellm_call_id")
+            # Only a name as given: str() of whatever else came may raise too, and the record would be lost.
+            model = kwargs.get("model")
             return TokenCallRecord(
                 call_id=call_id if isinstance(call_id, str) and call_id else _stand_in_call_id(kwargs),
-                model=str(kwargs.get("model") or "unknown"),
+                model=model if isinstance(model, str) and model else "unknown",
                 status=status,
                 flags=(RecordFlag.MALFORMED_EVENT,),
             )
@@ -454,7 +461,8 @@ class TokenTrackingCallback(CustomLogger):
         if status is CallStatus.FAILURE:
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
-            unanswered = counts.prompt_tokens == 0 and counts.completion_tokens == 0
+            # A usage block whose every count was discarded tells of tokens it could not say: answered.
+            unanswered = not counts.used_tokens and not counts.count_discarded
             if unanswered:
                 # Part of the answer was delivered before the failure (a stream broken off, sync or
                 # async): billed.
@@ -532,7 +540,10 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
         return False
     # Tokens used: a success without them has its usage estimated, from the caller's live messages
     # and the price map. A usage block that is not an object (a dict) is simply read at once.
-    tokens = getattr(getattr(response_obj, "usage", None), "total_tokens", None)
+    try:
+        tokens = getattr(getattr(response_obj, "usage", None), "total_tokens", None)
+    except Exception:
+        return False  # read at once, where what cannot be read is flagged
     return type(tokens) is int and tokens > 0
 
 

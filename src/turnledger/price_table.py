@@ -197,7 +197,10 @@ class ModelPrice:
                     continue
                 if rate is None:
                     return None
-                total += rate * quantity
+                try:
+                    total += rate * quantity
+                except ArithmeticError:
+                    return None  # a rate built past the table's bound (ModelPrice(...) directly): no figure
         return total
 
 
@@ -279,10 +282,17 @@ def _service_tier_entry(entry: Mapping[str, Any], suffix: str) -> dict[str, Any]
     return tiered
 
 
+MAX_RATE_USD = Decimal(1_000_000)
+"""The largest rate a table takes (per token, per image): far past any real one. A larger one is a
+typo (``1e999999``) that would overflow the cost of the first call it priced."""
+
+
 def _rate(model: str, name: str, value: object) -> Decimal:
     rate = to_decimal(value)
     if rate is None or rate < 0:
         raise ConfigurationError(f"price of {model!r}: {name} must be a non-negative number")
+    if rate > MAX_RATE_USD:
+        raise ConfigurationError(f"price of {model!r}: {name} must be at most {MAX_RATE_USD} USD, not {value!r}")
     return rate
 
 

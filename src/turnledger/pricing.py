@@ -22,7 +22,8 @@ flagged (LiteLLM prices a negative completion count negatively, measured on 1.10
 LiteLLM stage for a call that used tokens, or that is billed beyond tokens (an image, a transcription,
 speech, a rerank), counts only if LiteLLM's map really lists the model at zero rates; otherwise it is
 "unknown", not "free", and the chain goes on. A usage block with a count that could not be believed
-(``malformed_usage``) is priced from the counts as read, not by LiteLLM's figure for the raw block.
+(``malformed_usage``) is priced from the counts as read, not by LiteLLM's figure for the raw block;
+one where none could be read has an unknown price, not 0 (its tokens are unknown, not none).
 
 LiteLLM's costs are floats summed in binary (``0.00021280000000000002`` for a DeepSeek call worth
 exactly ``0.0002128``). A float carries 15 significant decimal digits faithfully, so each LiteLLM
@@ -101,11 +102,8 @@ def price_call(
     is_image = call_kind is CallKind.IMAGE_GENERATION
 
     def accept(value: object, *, from_litellm: bool) -> Decimal | None:
-        cost = decimal_from_litellm(value)
+        cost = _believable(decimal_from_litellm(value), flags, name)
         if cost is None:
-            return None
-        if cost < 0:
-            _add(flags, RecordFlag.NEGATIVE_COST)
             return None
         if cost == 0 and from_litellm and not _zero_is_a_price(counts, call_kind, name, prov):
             return None
@@ -196,10 +194,8 @@ def price_counts(
         value = _run_stage(
             "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind, service_tier
         )
-        cost = decimal_from_litellm(value)
-        if cost is not None and cost < 0:
-            _add(flags, RecordFlag.NEGATIVE_COST)
-        elif cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
+        cost = _believable(decimal_from_litellm(value), flags, model)
+        if cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
         cost = _table_cost(price_table, model, provider, counts, images_out, flags, service_tier)
@@ -226,6 +222,9 @@ def _table_cost(
     cost = found.price.cost(
         counts, images_out=images_out, service_tier=service_tier, provider=billing_provider(model, provider)
     )
+    if cost is not None and cost == 0 and _tokens_unknown(counts):
+        return None
+    cost = _believable(cost, flags, model)
     if cost is not None and found.price.for_service_tier(service_tier) is None:
         _add(flags, RecordFlag.SERVICE_TIER_UNPRICED)
     names = (model, f"{provider}/{model}")
@@ -337,7 +336,7 @@ def delivered_before_failure(
     """
     partial = kwargs.get("combined_usage_object")
     counts = normalize_usage({"usage": partial}) if partial is not None else TokenCounts()
-    if not counts.used_tokens:
+    if not counts.used_tokens and not _tokens_unknown(counts):
         return _stream_delivered_before_failure(
             kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
         )
@@ -744,6 +743,39 @@ def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordF
 # -- helpers -------------------------------------------------------------------------------------------
 
 
+MAX_CALL_COST_USD = Decimal(1_000_000)
+"""The largest cost believed for one call. The dearest real calls cost tens of dollars (a million
+output tokens at the highest listed rate is about $600): a million is far past anything real. A larger
+figure is a fault (a rate entered per million tokens as per token, a wrapped-around count priced by a
+stage that read the raw block), and past about $9.2 trillion its micro-USD do not fit the 64-bit
+column, which would refuse the turn's good calls with it."""
+
+MIN_CALL_COST_USD = Decimal("1e-30")
+"""The smallest cost other than 0 believed for one call. The cheapest token is billed about 1e-10 USD;
+a figure sent as text or as a Decimal can be far smaller (``1e-20000``), and PostgreSQL's ``numeric``
+holds at most 16,383 digits after the point: the database would refuse the whole turn."""
+
+
+_COST_CONTEXT = MONEY_CONTEXT.copy()
+"""MONEY_CONTEXT's settings in a copy of its own, so the status flags rounding sets never land on the shared one."""
+
+
+def _believable(cost: Decimal | None, flags: list[RecordFlag], model: str) -> Decimal | None:
+    """``cost`` (to the 60 significant digits of money arithmetic), or ``None`` (flagged) when it is
+    negative, above :data:`MAX_CALL_COST_USD` or, not 0, below :data:`MIN_CALL_COST_USD`."""
+    if cost is None:
+        return None
+    if cost < 0:
+        _add(flags, RecordFlag.NEGATIVE_COST)
+        return None
+    cost = _COST_CONTEXT.plus(cost)
+    if cost > MAX_CALL_COST_USD or 0 < cost < MIN_CALL_COST_USD:
+        _add(flags, RecordFlag.IMPLAUSIBLE_COST)
+        warn_once(f"pricing:implausible:{model}", "turnledger: discarded an implausible cost for %s", model)
+        return None
+    return cost
+
+
 _BILLED_BEYOND_TOKENS = frozenset({CallKind.IMAGE_GENERATION, CallKind.TRANSCRIPTION, CallKind.SPEECH, CallKind.RERANK})
 """Call kinds billed by what token counts do not show (images, audio seconds, characters, queries):
 their 0 tokens say nothing about their price."""
@@ -758,9 +790,15 @@ def _zero_is_a_price(counts: TokenCounts, call_kind: CallKind, model: str, provi
     only a model its map lists at zero rates is free.
     """
     beyond_tokens = call_kind in _BILLED_BEYOND_TOKENS
-    if not beyond_tokens and not counts.used_tokens:
+    if not beyond_tokens and not counts.used_tokens and not _tokens_unknown(counts):
         return True
     return _litellm_lists_free(model, provider, by_tokens=not beyond_tokens)
+
+
+def _tokens_unknown(counts: TokenCounts) -> bool:
+    """Whether no token was read only because the block's counts could not be believed (every one
+    negative, wrapped around or unreadable): the call's tokens, and so its price, are unknown, not 0."""
+    return counts.count_discarded and not counts.used_tokens
 
 
 def _litellm_lists_free(model: str, provider: str | None, *, by_tokens: bool = True) -> bool:

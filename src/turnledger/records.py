@@ -80,6 +80,10 @@ class RecordFlag(StrEnum):
     """The end event arrived after the turn had closed; the record went to subscribers only."""
     NEGATIVE_COST = "negative_cost"
     """A pricing stage produced a negative cost, which was discarded."""
+    IMPLAUSIBLE_COST = "implausible_cost"
+    """A pricing stage produced a cost for one call above ``MAX_CALL_COST_USD`` or, not 0, below
+    ``MIN_CALL_COST_USD``, which was discarded (the call is unpriced): no real call costs that, and
+    such a figure could not be stored."""
     PRICING_ERROR = "pricing_error"
     """A pricing stage raised; the chain went on."""
     PRICE_PREFIX_MATCH = "price_prefix_match"
