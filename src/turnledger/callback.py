@@ -59,6 +59,7 @@ from turnledger.pricing import (
     estimate_missing_usage,
     estimate_unanswered_call,
     price_call,
+    redacted_messages,
     request_tools,
 )
 from turnledger.records import (
@@ -442,7 +443,7 @@ class TokenTrackingCallback(CustomLogger):
         # Only a call that used no tokens can have its usage missing: skip the call otherwise.
         estimated = (
             estimate_missing_usage(
-                kwargs,
+                _as_sent(kwargs, call_id, turn),
                 response_obj,
                 counts,
                 model=model,
@@ -467,12 +468,20 @@ class TokenTrackingCallback(CustomLogger):
                 # Part of the answer was delivered before the failure (a stream broken off, sync or
                 # async): billed.
                 estimated = delivered_before_failure(
-                    kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                    _as_sent(kwargs, call_id, turn),
+                    model=model,
+                    provider=provider,
+                    call_kind=call_kind,
+                    price_table=price_table,
                 )
             if unanswered and estimated is None and answer_timed_out(exc):
                 # The provider had the request and went on with it: billed as an abandoned call is.
                 estimated = estimate_unanswered_call(
-                    kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                    _as_sent(kwargs, call_id, turn),
+                    model=model,
+                    provider=provider,
+                    call_kind=call_kind,
+                    price_table=price_table,
                 )
         if estimated is not None:
             counts, cost, source, cost_flags = estimated
@@ -523,6 +532,23 @@ class TokenTrackingCallback(CustomLogger):
             error_type=error_type,
             flags=tuple(dict.fromkeys(flags)) if flags else (),
         )
+
+
+def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator | None) -> Mapping[str, Any]:
+    """``kwargs`` for an estimate of what the call was sent: with message logging off, LiteLLM replaces
+    the event's messages with a placeholder before the callbacks run (``redact_messages.py``, 1.106),
+    and the messages its pre-call hook saw are the ones sent. Only an event read at once can have
+    them (its call is still pending in its turn): a late or deferred one is estimated from the event,
+    where the placeholder leaves its input unknown (see ``pricing._estimate_and_price``)."""
+    if turn is None or not redacted_messages(kwargs.get("messages")):
+        return kwargs
+    started = turn.started_call(call_id)
+    if started is None:
+        return kwargs
+    sent = started.pending_call().request.get("messages")
+    if not isinstance(sent, list) or not sent or redacted_messages(sent):
+        return kwargs
+    return {**kwargs, "messages": sent}
 
 
 def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus) -> bool:
