@@ -545,10 +545,12 @@ def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator
     started = turn.started_call(call_id)
     if started is None:
         return kwargs
-    sent = started.pending_call().request.get("messages")
+    request = started.pending_call().request
+    sent = request.get("messages")
     if not isinstance(sent, list) or not sent or redacted_messages(sent):
         return kwargs
-    return {**kwargs, "messages": sent}
+    # LiteLLM blanks the input too (an embedding's texts).
+    return {**kwargs, "messages": sent, "input": request.get("input")}
 
 
 def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus) -> bool:
@@ -576,7 +578,7 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
 class _StartedCall:
     """What the pre-call hook keeps of a call (see :class:`~turnledger.accumulator.StartedCall`)."""
 
-    __slots__ = ("_callback", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
+    __slots__ = ("_callback", "_input", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
 
     def __init__(
         self, callback: TokenTrackingCallback, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any]
@@ -585,6 +587,8 @@ class _StartedCall:
         self.call_id = call_id
         self._model = model
         self._messages = messages
+        # Read now: with message logging off, LiteLLM blanks the live input once the response arrives.
+        self._input = kwargs.get("input")
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
         self._kwargs = kwargs
         self._started_monotonic = time.monotonic()
@@ -610,7 +614,7 @@ class _StartedCall:
             started_monotonic=self._started_monotonic,
             request={
                 "messages": self._messages,
-                "input": get("input"),
+                "input": self._input,
                 "tools": request_tools(kwargs),
                 "service_tier": billed_service_tier(kwargs, None),
             },

@@ -799,6 +799,21 @@ async def test_an_embedding_server_that_sends_no_usage_is_estimated_not_free(
     assert turn.unpriced_calls == 0
 
 
+async def test_an_embedding_without_usage_under_message_redaction_is_estimated_from_its_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM blanks the event's input as well as its messages: unpriced before, for want of an input.
+    monkeypatch.setattr(litellm, "turn_off_message_logging", True)
+    fake_provider.script("text-embedding-3-large", send_usage=False)
+    texts = ["refund policy for damaged goods", "shipping times to Norway"]
+    async with turnledger.scoped_turn() as turn:
+        await litellm.aembedding(model="openai/text-embedding-3-large", input=texts, **provider_kwargs)
+    [record] = turn.calls
+    expected = sum(litellm.token_counter(model="text-embedding-3-large", text=t) for t in texts)
+    assert record.prompt_tokens == expected > 0
+    assert (record.cost_usd, record.cost_source) == (expected * Decimal("0.00000013"), CostSource.ESTIMATED)
+
+
 async def test_a_transcription_litellm_could_not_measure_is_unpriced_not_free(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
