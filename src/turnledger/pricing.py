@@ -452,10 +452,12 @@ def redacted_messages(messages: object) -> bool:
     return type(message) is dict and message == {"role": "user", "content": REDACTED_BY_LITELLM}
 
 
-def _redacted_text(text: str) -> bool:
-    """Whether an output is only LiteLLM's placeholder (once per redacted part: content, tool call
-    arguments): the output itself is gone."""
-    return bool(text) and not text.replace(REDACTED_BY_LITELLM, "")
+def _unredacted_text(text: str) -> str | None:
+    """An output without LiteLLM's placeholders (one per part it replaced: content, reasoning, tool call
+    arguments; a tool call's name is kept), or ``None`` when it holds none."""
+    if REDACTED_BY_LITELLM not in text:
+        return None
+    return text.replace(REDACTED_BY_LITELLM, "")
 
 
 def _estimate_and_price(
@@ -471,25 +473,25 @@ def _estimate_and_price(
     """``completion_text``: the output to count, when it is not ``response_obj``'s.
 
     LiteLLM's redaction placeholder is never counted as text (see :data:`REDACTED_BY_LITELLM`): an
-    output it replaced in place cannot be recovered, so it is counted as 0, ``completion_not_seen``
-    (a lower bound); messages it replaced leave the input unknown, so the call is unpriced. The caller
-    passes the messages the call was sent when it still has them (the callback: those its pre-call
-    hook saw)."""
+    output it replaced in place cannot be recovered, so only what it left (a tool call's name) is
+    counted, ``completion_not_seen`` (a lower bound); messages it replaced leave the input unknown,
+    so the call is unpriced. The caller passes the messages the call was sent when it still has them
+    (the callback: those its pre-call hook saw)."""
     messages = _chat_messages(call_kind, kwargs.get("messages"))
     if redacted_messages(messages):
         return TokenCounts(), None, CostSource.NONE, [RecordFlag.USAGE_MISSING, RecordFlag.COMPLETION_NOT_SEEN]
     if completion_text is None:
         completion_text = response_text(response_obj)
-    output_redacted = _redacted_text(completion_text)
+    seen_text = _unredacted_text(completion_text)
     try:
         estimate = estimate_counts(
             model,
             messages=messages,
             input_texts=kwargs.get("input"),
-            completion_text="" if output_redacted else completion_text,
+            completion_text=completion_text if seen_text is None else seen_text,
             tools=request_tools(kwargs),
         )
-        if output_redacted:
+        if seen_text is not None:
             estimate.flag(RecordFlag.COMPLETION_NOT_SEEN)
     except Exception as exc:
         warn_once(

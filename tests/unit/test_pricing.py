@@ -501,6 +501,27 @@ def test_an_answer_litellm_redacted_is_not_counted_but_the_input_sent_is() -> No
     assert flags == [RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN]
 
 
+def test_a_redacted_tool_call_counts_its_name_not_the_placeholders() -> None:
+    tool_call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "redacted-by-litellm"},
+    }
+    redacted = ModelResponse(
+        model="gpt-4o-mini",
+        choices=[{"message": {"content": "redacted-by-litellm", "tool_calls": [tool_call]}}],
+        usage=Usage(),
+    )
+    sent = [{"role": "user", "content": "say hello"}]
+    result = estimate_missing_usage(
+        kw("gpt-4o-mini", messages=sent), redacted, normalize_usage(redacted), model="gpt-4o-mini"
+    )
+    assert result is not None
+    estimate, _, _, flags = result
+    assert estimate.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text="get_weather")
+    assert RecordFlag.COMPLETION_NOT_SEEN in flags
+
+
 # -- abandoned calls ----------------------------------------------------------------------------------
 
 
