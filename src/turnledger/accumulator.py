@@ -329,6 +329,12 @@ class TurnTokenAccumulator:
                 self._pending[pending.call_id] = pending
         call_bindings.bind(pending.call_id, self)
 
+    def started_call(self, call_id: str) -> StartedCall | None:
+        """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
+        is added (or deferred), or the turn closes."""
+        with self._lock:
+            return self._pending.get(call_id)
+
     def add(self, record: TokenCallRecord, *, event_key: EventKey | None = None) -> bool:
         """Add a finished call. Returns False if it was a duplicate of an event already added.
 

@@ -59,6 +59,7 @@ from turnledger.pricing import (
     estimate_missing_usage,
     estimate_unanswered_call,
     price_call,
+    redacted_messages,
     request_tools,
 )
 from turnledger.records import (
@@ -442,7 +443,7 @@ class TokenTrackingCallback(CustomLogger):
         # Only a call that used no tokens can have its usage missing: skip the call otherwise.
         estimated = (
             estimate_missing_usage(
-                kwargs,
+                _as_sent(kwargs, call_id, turn),
                 response_obj,
                 counts,
                 model=model,
@@ -467,12 +468,20 @@ class TokenTrackingCallback(CustomLogger):
                 # Part of the answer was delivered before the failure (a stream broken off, sync or
                 # async): billed.
                 estimated = delivered_before_failure(
-                    kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                    _as_sent(kwargs, call_id, turn),
+                    model=model,
+                    provider=provider,
+                    call_kind=call_kind,
+                    price_table=price_table,
                 )
             if unanswered and estimated is None and answer_timed_out(exc):
                 # The provider had the request and went on with it: billed as an abandoned call is.
                 estimated = estimate_unanswered_call(
-                    kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                    _as_sent(kwargs, call_id, turn),
+                    model=model,
+                    provider=provider,
+                    call_kind=call_kind,
+                    price_table=price_table,
                 )
         if estimated is not None:
             counts, cost, source, cost_flags = estimated
@@ -525,6 +534,25 @@ class TokenTrackingCallback(CustomLogger):
         )
 
 
+def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator | None) -> Mapping[str, Any]:
+    """``kwargs`` for an estimate of what the call was sent: with message logging off, LiteLLM replaces
+    the event's messages with a placeholder before the callbacks run (``redact_messages.py``, 1.106),
+    and the messages its pre-call hook saw are the ones sent. Only an event read at once can have
+    them (its call is still pending in its turn): a late or deferred one is estimated from the event,
+    where the placeholder leaves its input unknown (see ``pricing._estimate_and_price``)."""
+    if turn is None or not redacted_messages(kwargs.get("messages")):
+        return kwargs
+    started = turn.started_call(call_id)
+    if started is None:
+        return kwargs
+    request = started.pending_call().request
+    sent = request.get("messages")
+    if not isinstance(sent, list) or not sent or redacted_messages(sent):
+        return kwargs
+    # LiteLLM blanks the input too (an embedding's texts).
+    return {**kwargs, "messages": sent, "input": request.get("input")}
+
+
 def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus) -> bool:
     """Whether reading the event later reads what it says now.
 
@@ -550,7 +578,7 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
 class _StartedCall:
     """What the pre-call hook keeps of a call (see :class:`~turnledger.accumulator.StartedCall`)."""
 
-    __slots__ = ("_callback", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
+    __slots__ = ("_callback", "_input", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
 
     def __init__(
         self, callback: TokenTrackingCallback, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any]
@@ -559,6 +587,8 @@ class _StartedCall:
         self.call_id = call_id
         self._model = model
         self._messages = messages
+        # Read now: with message logging off, LiteLLM blanks the live input once the response arrives.
+        self._input = kwargs.get("input")
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
         self._kwargs = kwargs
         self._started_monotonic = time.monotonic()
@@ -584,7 +614,7 @@ class _StartedCall:
             started_monotonic=self._started_monotonic,
             request={
                 "messages": self._messages,
-                "input": get("input"),
+                "input": self._input,
                 "tools": request_tools(kwargs),
                 "service_tier": billed_service_tier(kwargs, None),
             },

@@ -438,6 +438,28 @@ _MAX_CHAIN = 16
 """Links of an exception chain looked at: LiteLLM's are about five deep; a cycle must not spin."""
 
 
+REDACTED_BY_LITELLM = "redacted-by-litellm"
+"""What LiteLLM writes in place of a call's messages and output when message logging is off
+(``litellm.turn_off_message_logging`` or per call): ``litellm.constants.REDACTED_BY_LITELLM``, 1.106."""
+
+
+def redacted_messages(messages: object) -> bool:
+    """Whether ``messages`` are LiteLLM's redaction placeholder, exactly as its ``perform_redaction``
+    writes them over an event's messages (1.106): what was sent is not in the event."""
+    if type(messages) is not list or len(messages) != 1:
+        return False
+    message = messages[0]
+    return type(message) is dict and message == {"role": "user", "content": REDACTED_BY_LITELLM}
+
+
+def _unredacted_text(text: str) -> str | None:
+    """An output without LiteLLM's placeholders (one per part it replaced: content, reasoning, tool call
+    arguments; a tool call's name is kept), or ``None`` when it holds none."""
+    if REDACTED_BY_LITELLM not in text:
+        return None
+    return text.replace(REDACTED_BY_LITELLM, "")
+
+
 def _estimate_and_price(
     kwargs: Mapping[str, Any],
     response_obj: Any,
@@ -448,15 +470,29 @@ def _estimate_and_price(
     price_table: PriceTable | None,
     completion_text: str | None = None,
 ) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]] | None:
-    """``completion_text``: the output to count, when it is not ``response_obj``'s."""
+    """``completion_text``: the output to count, when it is not ``response_obj``'s.
+
+    LiteLLM's redaction placeholder is never counted as text (see :data:`REDACTED_BY_LITELLM`): an
+    output it replaced in place cannot be recovered, so only what it left (a tool call's name) is
+    counted, ``completion_not_seen`` (a lower bound); messages it replaced leave the input unknown,
+    so the call is unpriced. The caller passes the messages the call was sent when it still has them
+    (the callback: those its pre-call hook saw)."""
+    messages = _chat_messages(call_kind, kwargs.get("messages"))
+    if redacted_messages(messages):
+        return TokenCounts(), None, CostSource.NONE, [RecordFlag.USAGE_MISSING, RecordFlag.COMPLETION_NOT_SEEN]
+    if completion_text is None:
+        completion_text = response_text(response_obj)
+    seen_text = _unredacted_text(completion_text)
     try:
         estimate = estimate_counts(
             model,
-            messages=_chat_messages(call_kind, kwargs.get("messages")),
+            messages=messages,
             input_texts=kwargs.get("input"),
-            completion_text=response_text(response_obj) if completion_text is None else completion_text,
+            completion_text=completion_text if seen_text is None else seen_text,
             tools=request_tools(kwargs),
         )
+        if seen_text is not None:
+            estimate.flag(RecordFlag.COMPLETION_NOT_SEEN)
     except Exception as exc:
         warn_once(
             f"estimate:{provider}/{model}:{type(exc).__name__}",

@@ -268,6 +268,51 @@ def test_a_sync_stream_broken_off_under_message_redaction_is_billed_the_input_it
     assert failure.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text="alpha beta")
 
 
+def test_a_sync_call_that_timed_out_under_message_redaction_is_billed_the_input_it_was_sent(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The event's messages are LiteLLM's placeholder: the input is what the pre-call hook saw.
+    monkeypatch.setattr(litellm, "turn_off_message_logging", True)
+    fake_provider.script("gpt-4o-mini", content="alpha", delay_s=2)
+    messages = [{"role": "user", "content": "word " * 500}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(Timeout):
+        litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=messages,
+            timeout=0.3,
+            num_retries=0,
+            max_retries=0,
+            **provider_kwargs,
+        )
+    [failure] = turn.calls
+    assert (failure.status, failure.prompt_tokens, failure.completion_tokens) == (CallStatus.FAILURE, prompt, 0)
+    assert prompt > 500
+    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, 0), CostSource.ESTIMATED)
+
+
+def test_a_sync_stream_without_usage_under_message_redaction_counts_its_input_not_the_placeholders(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM redacted the assembled answer in place: it cannot be counted, and is not counted as the
+    # placeholder's tokens either.
+    monkeypatch.setattr(litellm, "turn_off_message_logging", True)
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", include_usage_chunk=False)
+    messages = [{"role": "user", "content": "word " * 500}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    with turnledger.scoped_turn(settle_timeout=5) as turn:
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini", messages=messages, stream=True, num_retries=0, **provider_kwargs
+        ):
+            pass
+    [success] = turn.calls
+    assert (success.status, success.prompt_tokens, success.completion_tokens) == (CallStatus.SUCCESS, prompt, 0)
+    assert prompt > 500
+    assert (success.cost_usd, success.cost_source) == (expected_gpt4o_mini(prompt, 0), CostSource.ESTIMATED)
+    assert success.usage_estimated
+    assert RecordFlag.COMPLETION_NOT_SEEN in success.flags
+
+
 def test_a_sync_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
@@ -752,6 +797,21 @@ async def test_an_embedding_server_that_sends_no_usage_is_estimated_not_free(
             CostSource.ESTIMATED,
         )
     assert turn.unpriced_calls == 0
+
+
+async def test_an_embedding_without_usage_under_message_redaction_is_estimated_from_its_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM blanks the event's input as well as its messages: unpriced before, for want of an input.
+    monkeypatch.setattr(litellm, "turn_off_message_logging", True)
+    fake_provider.script("text-embedding-3-large", send_usage=False)
+    texts = ["refund policy for damaged goods", "shipping times to Norway"]
+    async with turnledger.scoped_turn() as turn:
+        await litellm.aembedding(model="openai/text-embedding-3-large", input=texts, **provider_kwargs)
+    [record] = turn.calls
+    expected = sum(litellm.token_counter(model="text-embedding-3-large", text=t) for t in texts)
+    assert record.prompt_tokens == expected > 0
+    assert (record.cost_usd, record.cost_source) == (expected * Decimal("0.00000013"), CostSource.ESTIMATED)
 
 
 async def test_a_transcription_litellm_could_not_measure_is_unpriced_not_free(

@@ -20,9 +20,11 @@ from turnledger.pricing import (
     decimal_from_litellm,
     delivered_before_failure,
     estimate_missing_usage,
+    estimate_unanswered_call,
     price_abandoned_call,
     price_call,
     price_counts,
+    redacted_messages,
 )
 from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.usage import TokenCounts, normalize_usage
@@ -451,6 +453,73 @@ def test_estimated_usage_of_an_unknown_model_stays_unpriced() -> None:
     assert result is not None
     estimate, cost, source, _ = result
     assert estimate.used_tokens and (cost, source) == (None, CostSource.NONE)
+
+
+def test_the_redaction_placeholder_is_litellms_own() -> None:
+    from litellm.constants import REDACTED_BY_LITELLM
+    from litellm.litellm_core_utils.redact_messages import perform_redaction
+
+    details: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    perform_redaction(details, None)
+    assert redacted_messages(details["messages"])
+    assert not redacted_messages([{"role": "user", "content": REDACTED_BY_LITELLM}, {"role": "user", "content": "x"}])
+    assert not redacted_messages([{"role": "user", "content": "redacted-by-litellm!"}])
+
+
+def test_an_event_litellm_redacted_counts_no_placeholder_as_input_or_output() -> None:
+    # What the call was sent is not in the event, and its answer was replaced in place: unknown, not the
+    # placeholder's 13 + 6 tokens.
+    placeholder = [{"role": "user", "content": "redacted-by-litellm"}]
+    redacted = ModelResponse(
+        model="gpt-4o-mini", choices=[{"message": {"content": "redacted-by-litellm"}}], usage=Usage()
+    )
+    result = estimate_missing_usage(
+        kw("gpt-4o-mini", messages=placeholder), redacted, normalize_usage(redacted), model="gpt-4o-mini"
+    )
+    assert result is not None
+    estimate, cost, source, flags = result
+    assert (estimate.prompt_tokens, estimate.completion_tokens, cost, source) == (0, 0, None, CostSource.NONE)
+    assert {RecordFlag.USAGE_MISSING, RecordFlag.COMPLETION_NOT_SEEN} <= set(flags)
+    unanswered = estimate_unanswered_call(kw("gpt-4o-mini", messages=placeholder, input=""), model="gpt-4o-mini")
+    assert unanswered is not None
+    estimate, cost, source, _ = unanswered
+    assert (estimate.prompt_tokens, cost, source) == (0, None, CostSource.NONE)
+
+
+def test_an_answer_litellm_redacted_is_not_counted_but_the_input_sent_is() -> None:
+    redacted = ModelResponse(
+        model="gpt-4o-mini", choices=[{"message": {"content": "redacted-by-litellm"}}], usage=Usage()
+    )
+    sent = [{"role": "user", "content": "say hello"}]
+    result = estimate_missing_usage(
+        kw("gpt-4o-mini", messages=sent), redacted, normalize_usage(redacted), model="gpt-4o-mini"
+    )
+    assert result is not None
+    estimate, cost, source, flags = result
+    assert (estimate.prompt_tokens, estimate.completion_tokens) == (9, 0)
+    assert (cost, source) == (9 * GPT_4O_MINI_IN, CostSource.ESTIMATED)
+    assert flags == [RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN]
+
+
+def test_a_redacted_tool_call_counts_its_name_not_the_placeholders() -> None:
+    tool_call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "redacted-by-litellm"},
+    }
+    redacted = ModelResponse(
+        model="gpt-4o-mini",
+        choices=[{"message": {"content": "redacted-by-litellm", "tool_calls": [tool_call]}}],
+        usage=Usage(),
+    )
+    sent = [{"role": "user", "content": "say hello"}]
+    result = estimate_missing_usage(
+        kw("gpt-4o-mini", messages=sent), redacted, normalize_usage(redacted), model="gpt-4o-mini"
+    )
+    assert result is not None
+    estimate, _, _, flags = result
+    assert estimate.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text="get_weather")
+    assert RecordFlag.COMPLETION_NOT_SEEN in flags
 
 
 # -- abandoned calls ----------------------------------------------------------------------------------
