@@ -465,24 +465,17 @@ class TokenTrackingCallback(CustomLogger):
             # A usage block whose every count was discarded tells of tokens it could not say: answered.
             unanswered = not counts.used_tokens and not counts.count_discarded
             if unanswered:
+                sent = _as_sent(kwargs, call_id, turn)
                 # Part of the answer was delivered before the failure (a stream broken off, sync or
                 # async): billed.
                 estimated = delivered_before_failure(
-                    _as_sent(kwargs, call_id, turn),
-                    model=model,
-                    provider=provider,
-                    call_kind=call_kind,
-                    price_table=price_table,
+                    sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                 )
-            if unanswered and estimated is None and answer_timed_out(exc):
-                # The provider had the request and went on with it: billed as an abandoned call is.
-                estimated = estimate_unanswered_call(
-                    _as_sent(kwargs, call_id, turn),
-                    model=model,
-                    provider=provider,
-                    call_kind=call_kind,
-                    price_table=price_table,
-                )
+                if estimated is None and answer_timed_out(exc):
+                    # The provider had the request and went on with it: billed as an abandoned call is.
+                    estimated = estimate_unanswered_call(
+                        sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+                    )
         if estimated is not None:
             counts, cost, source, cost_flags = estimated
         elif unanswered:

@@ -343,16 +343,9 @@ def delivered_before_failure(
     counts.estimated = True
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     counts.flag(RecordFlag.COMPLETION_NOT_SEEN)
-    cost, source, flags = price_counts(
-        counts,
-        model=model,
-        provider=provider,
-        call_kind=call_kind,
-        price_table=price_table,
-        service_tier=billed_service_tier(kwargs, None),
+    return _price_estimate(
+        counts, kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
     )
-    flags = [*counts.flags, *(f for f in flags if f not in counts.flags)]
-    return counts, cost, CostSource.ESTIMATED if cost is not None else source, flags
 
 
 def _stream_delivered_before_failure(
@@ -503,16 +496,33 @@ def _estimate_and_price(
         return None
     if not estimate.used_tokens:
         return estimate, None, CostSource.NONE, [*estimate.flags, RecordFlag.USAGE_MISSING]
+    return _price_estimate(
+        estimate, kwargs, response_obj, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+
+
+def _price_estimate(
+    counts: TokenCounts,
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    *,
+    model: str,
+    provider: str | None,
+    call_kind: CallKind,
+    price_table: PriceTable | None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]]:
+    """Estimated (or partly delivered) counts priced at the tier the call was billed at: ``estimated``
+    when a rate priced them, the counts' own flags first."""
     cost, source, flags = price_counts(
-        estimate,
+        counts,
         model=model,
         provider=provider,
         call_kind=call_kind,
         price_table=price_table,
         service_tier=billed_service_tier(kwargs, response_obj),
     )
-    flags = [*estimate.flags, *(f for f in flags if f not in estimate.flags)]
-    return estimate, cost, CostSource.ESTIMATED if cost is not None else source, flags
+    flags = [*counts.flags, *(f for f in flags if f not in counts.flags)]
+    return counts, cost, CostSource.ESTIMATED if cost is not None else source, flags
 
 
 _BILLED_BY_TOKENS = frozenset({CallKind.CHAT, CallKind.TEXT_COMPLETION, CallKind.EMBEDDING, CallKind.RESPONSES})
