@@ -31,6 +31,42 @@ def expected_gpt4o_mini(prompt: int, completion: int) -> Decimal:
     return prompt * GPT4O_MINI_IN + completion * GPT4O_MINI_OUT
 
 
+def assert_billed_a_lower_bound(record: TokenCallRecord, prompt: int, completion: int) -> None:
+    """Billed an estimate of what the provider had and delivered (its input, the chunks seen): a lower bound."""
+    assert (record.prompt_tokens, record.completion_tokens) == (prompt, completion)
+    assert (record.cost_usd, record.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
+    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(record.flags)
+
+
+async def read_stream(messages: list[dict[str, str]], provider_kwargs: dict[str, Any], **options: Any) -> None:
+    """Stream gpt-4o-mini from the fake provider to its end, with no retries: one attempt, one record."""
+    response = await litellm.acompletion(
+        model="openai/gpt-4o-mini",
+        messages=messages,
+        stream=True,
+        num_retries=0,
+        max_retries=0,
+        **options,
+        **provider_kwargs,
+    )
+    async for _ in response:
+        pass
+
+
+def read_sync_stream(messages: list[dict[str, str]], provider_kwargs: dict[str, Any], **options: Any) -> None:
+    """:func:`read_stream` through LiteLLM's sync path."""
+    for _ in litellm.completion(
+        model="openai/gpt-4o-mini",
+        messages=messages,
+        stream=True,
+        num_retries=0,
+        max_retries=0,
+        **options,
+        **provider_kwargs,
+    ):
+        pass
+
+
 pytestmark = pytest.mark.usefixtures("tracker")
 
 
@@ -157,9 +193,7 @@ async def test_a_call_that_timed_out_waiting_for_its_answer_is_billed_its_estima
                 pass
     [failure] = turn.calls
     assert (failure.status, failure.error_type) == (CallStatus.FAILURE, "Timeout")
-    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, 0)
-    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, 0), CostSource.ESTIMATED)
-    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+    assert_billed_a_lower_bound(failure, prompt, 0)
 
 
 async def test_a_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
@@ -172,22 +206,11 @@ async def test_a_stream_broken_off_after_some_chunks_is_billed_what_it_delivered
     prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
     async with turnledger.scoped_turn(settle_timeout=5) as turn:
         with pytest.raises(MidStreamFallbackError):
-            response = await litellm.acompletion(
-                model="openai/gpt-4o-mini",
-                messages=messages,
-                stream=True,
-                num_retries=0,
-                max_retries=0,
-                **provider_kwargs,
-            )
-            async for _ in response:
-                pass
+            await read_stream(messages, provider_kwargs)
     [failure] = turn.calls
     completion = litellm.token_counter(model="gpt-4o-mini", text="alpha beta", count_response_tokens=True)
     assert failure.status is CallStatus.FAILURE
-    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
-    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
-    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+    assert_billed_a_lower_bound(failure, prompt, completion)
 
 
 async def test_a_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too(
@@ -198,22 +221,10 @@ async def test_a_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_to
     prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
     async with turnledger.scoped_turn(settle_timeout=5) as turn:
         with pytest.raises(MidStreamFallbackError):
-            response = await litellm.acompletion(
-                model="openai/gpt-4o-mini",
-                messages=messages,
-                stream=True,
-                timeout=0.3,
-                num_retries=0,
-                max_retries=0,
-                **provider_kwargs,
-            )
-            async for _ in response:
-                pass
+            await read_stream(messages, provider_kwargs, timeout=0.3)
     [failure] = turn.calls
     completion = litellm.token_counter(model="gpt-4o-mini", text="alpha", count_response_tokens=True)
-    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
-    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
-    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+    assert_billed_a_lower_bound(failure, prompt, completion)
 
 
 def test_a_sync_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
@@ -226,21 +237,11 @@ def test_a_sync_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
     messages = [{"role": "user", "content": "hello there, how are you"}]
     prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
     with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
-        for _ in litellm.completion(
-            model="openai/gpt-4o-mini",
-            messages=messages,
-            stream=True,
-            num_retries=0,
-            max_retries=0,
-            **provider_kwargs,
-        ):
-            pass
+        read_sync_stream(messages, provider_kwargs)
     [failure] = turn.calls
     completion = litellm.token_counter(model="gpt-4o-mini", text="alpha beta", count_response_tokens=True)
     assert failure.status is CallStatus.FAILURE and failure.stream is True
-    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
-    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
-    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+    assert_billed_a_lower_bound(failure, prompt, completion)
     assert failure.usage_estimated is True
 
 
@@ -254,15 +255,7 @@ def test_a_sync_stream_broken_off_under_message_redaction_is_billed_the_input_it
     messages = [{"role": "user", "content": "word " * 500}]
     prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
     with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
-        for _ in litellm.completion(
-            model="openai/gpt-4o-mini",
-            messages=messages,
-            stream=True,
-            num_retries=0,
-            max_retries=0,
-            **provider_kwargs,
-        ):
-            pass
+        read_sync_stream(messages, provider_kwargs)
     [failure] = turn.calls
     assert failure.prompt_tokens == prompt > 500
     assert failure.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text="alpha beta")
@@ -320,21 +313,10 @@ def test_a_sync_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too
     messages = [{"role": "user", "content": "hello there, how are you"}]
     prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
     with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
-        for _ in litellm.completion(
-            model="openai/gpt-4o-mini",
-            messages=messages,
-            stream=True,
-            timeout=0.3,
-            num_retries=0,
-            max_retries=0,
-            **provider_kwargs,
-        ):
-            pass
+        read_sync_stream(messages, provider_kwargs, timeout=0.3)
     [failure] = turn.calls
     completion = litellm.token_counter(model="gpt-4o-mini", text="alpha", count_response_tokens=True)
-    assert (failure.prompt_tokens, failure.completion_tokens) == (prompt, completion)
-    assert (failure.cost_usd, failure.cost_source) == (expected_gpt4o_mini(prompt, completion), CostSource.ESTIMATED)
-    assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(failure.flags)
+    assert_billed_a_lower_bound(failure, prompt, completion)
 
 
 def test_a_sync_stream_the_caller_stops_reading_becomes_abandoned(
