@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.writer_support import closed_turn, stored_turn_ids
+from tests.integration.writer_support import closed_turn, leave_dead_writers_segment, outbox_lines, stored_turn_ids
 from turnledger.store import replay
-from turnledger.store.entries import Entry, WriteFn, make_entry
-from turnledger.store.outbox import Claim, OutboxJournal, encode_entry
+from turnledger.store.entries import Entry, WriteFn
+from turnledger.store.outbox import Claim
 from turnledger.store.record import turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
 from turnledger.store.writer import BatchWriter
@@ -116,11 +116,8 @@ async def test_a_replay_cancelled_while_loading_a_segment_keeps_its_claim_until_
     engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = _HeldLoad(monkeypatch)
-    journal = OutboxJournal(tmp_path, writer_id="dead-a")
-    journal.open()
-    journal.append([encode_entry(make_entry(turn_rows(closed_turn(f"d{i}"), usage_type="chat"))) for i in range(3)])
-    journal.rotate()
-    journal._lock_fh.close()  # type: ignore[union-attr]  # the writer died: its lock went with it
+    rows = [turn_rows(closed_turn(f"d{i}"), usage_type="chat") for i in range(3)]
+    leave_dead_writers_segment(tmp_path, outbox_lines(*rows), writer_id="dead-a")
     release = Claim.release
     reader_running_at_release: list[bool] = []
 
@@ -177,11 +174,8 @@ async def test_a_replay_whose_every_task_is_cancelled_keeps_its_claim_until_the_
     # What asyncio.run does on its way out (a second ^C of `turnledger replay`, or a writer never closed):
     # every task is cancelled, the replay's and whatever task runs its thread, at once.
     held = _UnstoppableLoad(monkeypatch)
-    journal = OutboxJournal(tmp_path, writer_id="dead-a")
-    journal.open()
-    journal.append([encode_entry(make_entry(turn_rows(closed_turn(f"e{i}"), usage_type="chat"))) for i in range(3)])
-    journal.rotate()
-    journal._lock_fh.close()  # type: ignore[union-attr]  # the writer died: its lock went with it
+    rows = [turn_rows(closed_turn(f"e{i}"), usage_type="chat") for i in range(3)]
+    leave_dead_writers_segment(tmp_path, outbox_lines(*rows), writer_id="dead-a")
     release = Claim.release
     reader_running_at_release: list[bool] = []
 

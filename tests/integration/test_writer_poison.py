@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.writer_support import (
     closed_turn,
+    leave_dead_writers_segment,
+    outbox_lines,
     poison_rows,
     stored_call_count,
     stored_turn,
@@ -18,8 +20,8 @@ from tests.integration.writer_support import (
 )
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.records import TokenCallRecord
-from turnledger.store.entries import Entry, make_entry
-from turnledger.store.outbox import OutboxJournal, decode_line, encode_entry
+from turnledger.store.entries import Entry
+from turnledger.store.outbox import decode_line
 from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
 from turnledger.store.writer import BatchWriter
@@ -63,11 +65,7 @@ async def test_a_poison_turn_is_set_aside_and_the_batch_around_it_written(
 
 
 async def test_replay_sets_a_poison_entry_aside_and_writes_the_rest(engine: AsyncEngine, tmp_path: Path) -> None:
-    journal = OutboxJournal(tmp_path, writer_id="dead-writer")
-    journal.open()
-    journal.append([encode_entry(make_entry(r)) for r in [*_good("r", 5), poison_rows(engine), *_good("s", 5)]])
-    journal.rotate()
-    journal._lock_fh.close()  # type: ignore[union-attr]  # the writer died: its lock went with it
+    leave_dead_writers_segment(tmp_path, outbox_lines(*_good("r", 5), poison_rows(engine), *_good("s", 5)))
     report = await replay_outbox(engine, tmp_path, batch_size=4)
     assert (report.entries, report.inserted, report.rejected) == (11, 10, 1)
     assert report.already_present == 0

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.records import CostSource, TokenCallRecord
+from turnledger.store.entries import make_entry
+from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import CALLS_TABLE, USAGE_TABLE, TurnRows, turn_rows
 
 
@@ -39,6 +41,19 @@ def closed_turn(turn_id: str, *, calls: int = 3, user_id: str = "u-1") -> TurnTo
         )
     turn._finalize()
     return turn
+
+
+def leave_dead_writers_segment(directory: Path, lines: Sequence[bytes], *, writer_id: str = "dead-writer") -> None:
+    """An outbox segment as a writer that died leaves it: written, rotated, its lock gone with its process."""
+    journal = OutboxJournal(directory, writer_id=writer_id)
+    journal.open()
+    journal.append(list(lines))
+    journal.rotate()
+    journal._lock_fh.close()  # type: ignore[union-attr]
+
+
+def outbox_lines(*rows: TurnRows) -> list[bytes]:
+    return [encode_entry(make_entry(r)) for r in rows]
 
 
 def poison_rows(engine: AsyncEngine) -> TurnRows:
