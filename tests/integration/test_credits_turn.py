@@ -33,6 +33,26 @@ async def ledger(engine: AsyncEngine) -> CreditLedger:
     return ledger
 
 
+async def _request_with_a_call_in_flight(scope: credit_scope, provider_kwargs: dict[str, Any]) -> asyncio.Task[None]:
+    """A request's task that opened ``scope`` and is waiting for a call the provider holds up: returned
+    once the turn knows of the call."""
+    started = asyncio.Event()
+
+    async def handler() -> None:
+        async with scope as turn:
+            call = asyncio.create_task(
+                litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=0, **provider_kwargs)
+            )
+            while turn.pending_calls == 0:
+                await asyncio.sleep(0.01)
+            started.set()
+            await call
+
+    task = asyncio.create_task(handler())
+    await started.wait()
+    return task
+
+
 async def test_a_turn_is_charged_its_exact_cost_once(
     ledger: CreditLedger, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
@@ -101,20 +121,7 @@ async def test_a_cancelled_turn_still_settles_the_call_it_started(
 ) -> None:
     fake_provider.script("gpt-4o-mini", delay_s=5)
     scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, settle_timeout=0.2)
-    started = asyncio.Event()
-
-    async def handler() -> None:
-        async with scope as turn:
-            call = asyncio.create_task(
-                litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=0, **provider_kwargs)
-            )
-            while turn.pending_calls == 0:
-                await asyncio.sleep(0.01)
-            started.set()
-            await call
-
-    task = asyncio.create_task(handler())
-    await started.wait()
+    task = await _request_with_a_call_in_flight(scope, provider_kwargs)
     task.cancel()  # the client disconnected; the server cancels the request's task
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -196,20 +203,7 @@ async def test_a_turn_cancelled_again_and_again_while_it_closes_is_still_settled
     # cancelled, the wait for the call in flight and the settle included, not just once.
     fake_provider.script("gpt-4o-mini", delay_s=5)
     scope = credit_scope(ledger, account="u-1", estimate=ESTIMATE, settle_timeout=30)
-    started = asyncio.Event()
-
-    async def handler() -> None:
-        async with scope as turn:
-            call = asyncio.create_task(
-                litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=0, **provider_kwargs)
-            )
-            while turn.pending_calls == 0:
-                await asyncio.sleep(0.01)
-            started.set()
-            await call
-
-    task = asyncio.create_task(handler())
-    await started.wait()
+    task = await _request_with_a_call_in_flight(scope, provider_kwargs)
     loop = asyncio.get_running_loop()
     cancels = 0
 
