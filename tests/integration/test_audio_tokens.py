@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import turnledger
+from tests.integration.usage_blocks import AUDIO_USAGE
 from turnledger import PriceTable
 from turnledger.fake_provider import FakeProvider
 from turnledger.store import migrate
@@ -35,13 +36,6 @@ from .writer_support import closed_turn, files_in, stored_turn
 
 KEY = "sk-fake-not-a-real-key"
 OLD_OUTBOX = Path(__file__).parent.parent / "fixtures" / "outbox_before_0004.jsonl"
-AUDIO_USAGE = {
-    "prompt_tokens": 1000,
-    "completion_tokens": 500,
-    "total_tokens": 1500,
-    "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200, "cached_tokens": 0},
-    "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100, "reasoning_tokens": 0},
-}
 # gpt-audio's rates, from LiteLLM's map, for a deployment it does not know.
 VOICE_PRICES = {
     "models": {

@@ -16,7 +16,8 @@ import litellm
 import pytest
 
 import turnledger
-from turnledger import CallKind, CallStatus, CostSource, PriceTable, RecordFlag, TokenCallRecord
+from tests.integration.usage_blocks import AUDIO_USAGE
+from turnledger import CallKind, CallStatus, CostSource, PriceTable, RecordFlag, TokenCallRecord, TurnTokenAccumulator
 from turnledger.fake_provider import FakeProvider
 
 MESSAGES: Any = [{"role": "user", "content": "say hello"}]
@@ -39,13 +40,6 @@ BEDROCK_SONNET_35 = {"in": D("0.000003"), "read": D("0.0000003"), "write": D("0.
 GPT_4O_MINI = {"in": D("0.00000015"), "out": D("0.0000006")}
 EMBED_3_SMALL = {"in": D("0.00000002")}
 GPT_AUDIO_MINI = {"in": D("0.0000006"), "audio_in": D("0.00001"), "out": D("0.0000024"), "audio_out": D("0.00002")}
-AUDIO_USAGE = {
-    "prompt_tokens": 1000,
-    "completion_tokens": 500,
-    "total_tokens": 1500,
-    "prompt_tokens_details": {"audio_tokens": 800, "text_tokens": 200, "cached_tokens": 0},
-    "completion_tokens_details": {"audio_tokens": 400, "text_tokens": 100, "reasoning_tokens": 0},
-}
 
 # The application's own prices (LiteLLM's model_cost schema), for what LiteLLM cannot price.
 USER_PRICES = {
@@ -449,23 +443,35 @@ async def test_stream_without_usage_is_estimated_not_free(fake_provider: FakePro
     assert record.cost_usd == 9 * GPT_4O_MINI["in"] + 6 * GPT_4O_MINI["out"]
 
 
-async def test_abandoned_stream_prompt_is_estimated(fake_provider: FakeProvider) -> None:
+async def _streamed_turn(
+    fake_provider: FakeProvider, model: str, *, abandon: bool, **options: Any
+) -> TurnTokenAccumulator:
+    """A turn of one stream of ``model`` from the fake provider, read to its end or, with ``abandon``,
+    broken off after its first chunk; recorded by a callback installed for it alone."""
     cb = turnledger.install(turnledger.TokenTrackingCallback())
-    fake_provider.script("gpt-4o-mini", content=" ".join(["word"] * 50), chunk_delay_s=0.02)
     try:
         async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
             stream = await litellm.acompletion(
-                model="openai/gpt-4o-mini",
+                model=model,
                 messages=MESSAGES,
                 api_base=fake_provider.base_url,
                 api_key=KEY,
                 stream=True,
-                stream_options={"include_usage": True},
+                **options,
             )
             async for _chunk in stream:
-                break
+                if abandon:
+                    break
     finally:
         turnledger.uninstall(cb)
+    return turn
+
+
+async def test_abandoned_stream_prompt_is_estimated(fake_provider: FakeProvider) -> None:
+    fake_provider.script("gpt-4o-mini", content=" ".join(["word"] * 50), chunk_delay_s=0.02)
+    turn = await _streamed_turn(
+        fake_provider, "openai/gpt-4o-mini", abandon=True, stream_options={"include_usage": True}
+    )
     [record] = turn.calls
     assert record.status is CallStatus.ABANDONED
     assert record.cost_source is CostSource.ESTIMATED and record.usage_estimated is True
@@ -497,24 +503,10 @@ async def test_an_estimated_prompt_counts_the_tool_definitions_it_sent(
     fake_provider: FakeProvider, abandon: bool
 ) -> None:
     """The provider bills the tool definitions as input: about 500 tokens here, beside 9 for the question."""
-    cb = turnledger.install(turnledger.TokenTrackingCallback())
     fake_provider.script("gpt-4o-mini", content=" ".join(["word"] * 20), chunk_delay_s=0.02 if abandon else 0.0)
-    try:
-        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
-            stream = await litellm.acompletion(
-                model="openai/gpt-4o-mini",
-                messages=MESSAGES,
-                tools=ORDER_TOOL,
-                _skip_mcp_handler=True,
-                api_base=fake_provider.base_url,
-                api_key=KEY,
-                stream=True,
-            )
-            async for _chunk in stream:
-                if abandon:
-                    break
-    finally:
-        turnledger.uninstall(cb)
+    turn = await _streamed_turn(
+        fake_provider, "openai/gpt-4o-mini", abandon=abandon, tools=ORDER_TOOL, _skip_mcp_handler=True
+    )
     [record] = turn.calls
     assert record.status is (CallStatus.ABANDONED if abandon else CallStatus.SUCCESS)
     assert record.cost_source is CostSource.ESTIMATED and record.usage_estimated is True
@@ -528,23 +520,8 @@ async def test_an_estimated_prompt_counts_the_tool_definitions_it_sent(
 async def test_an_estimated_stream_is_priced_at_the_service_tier_it_asked_for(
     fake_provider: FakeProvider, abandon: bool
 ) -> None:
-    cb = turnledger.install(turnledger.TokenTrackingCallback())
     fake_provider.script("o3", chunk_delay_s=0.02 if abandon else 0.0)
-    try:
-        async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
-            stream = await litellm.acompletion(
-                model="openai/o3",
-                messages=MESSAGES,
-                service_tier="flex",
-                api_base=fake_provider.base_url,
-                api_key=KEY,
-                stream=True,
-            )
-            async for _chunk in stream:
-                if abandon:
-                    break
-    finally:
-        turnledger.uninstall(cb)
+    turn = await _streamed_turn(fake_provider, "openai/o3", abandon=abandon, service_tier="flex")
     [record] = turn.calls
     assert record.cost_source is CostSource.ESTIMATED
     assert (record.prompt_tokens, record.completion_tokens) == ((9, 0) if abandon else (9, 6))
