@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.writer_support import closed_turn, stored_turn_ids
+from tests.integration.writer_support import closed_turn, leave_dead_writers_segment, outbox_lines, stored_turn_ids
 from turnledger.store import replay
-from turnledger.store.entries import make_entry
-from turnledger.store.outbox import OutboxJournal, claim_writer, encode_entry
+from turnledger.store.outbox import claim_writer
 from turnledger.store.record import turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
 from turnledger.store.writer import BatchWriter
@@ -77,12 +76,16 @@ class _HeldSegmentSync:
 
 
 def _dead_writer(directory: Path, turn_ids: list[str]) -> None:
-    journal = OutboxJournal(directory, writer_id="dead-a")
-    journal.open()
-    journal.append([encode_entry(make_entry(turn_rows(closed_turn(t), usage_type="chat"))) for t in turn_ids])
-    journal.rotate()
-    assert journal._lock_fh is not None
-    journal._lock_fh.close()  # the process died: its flock went with it
+    rows = [turn_rows(closed_turn(t), usage_type="chat") for t in turn_ids]
+    leave_dead_writers_segment(directory, outbox_lines(*rows), writer_id="dead-a")
+
+
+async def _each_turn_stored_once_by_a_replay(engine: AsyncEngine, directory: Path, turn_ids: list[str]) -> None:
+    """What the cancelled close left in the outbox: every turn, written once by the next replay."""
+    report = await replay_outbox(engine, directory)
+    assert (report.entries, report.inserted) == (len(turn_ids), len(turn_ids))
+    assert await stored_turn_ids(engine) == dict.fromkeys(turn_ids, 1)
+    assert pending_segments(directory) == []
 
 
 class _LockWatch:
@@ -140,10 +143,7 @@ async def test_close_cancelled_while_it_waits_for_its_cancelled_write_task_raise
     assert write_task.done()
     assert _lock_released(tmp_path, writer.writer_id)
 
-    report = await replay_outbox(engine, tmp_path)
-    assert (report.entries, report.inserted) == (1, 1)
-    assert await stored_turn_ids(engine) == {"d1": 1}
-    assert pending_segments(tmp_path) == []
+    await _each_turn_stored_once_by_a_replay(engine, tmp_path, ["d1"])
 
 
 async def test_close_cancelled_while_it_drains_cuts_the_drain_short_and_still_shuts_down(
@@ -170,10 +170,7 @@ async def test_close_cancelled_while_it_drains_cuts_the_drain_short_and_still_sh
     assert write_task.done()
     assert _lock_released(tmp_path, writer.writer_id)
 
-    report = await replay_outbox(engine, tmp_path)
-    assert (report.entries, report.inserted) == (2, 2)
-    assert await stored_turn_ids(engine) == {"d1": 1, "d2": 1}
-    assert pending_segments(tmp_path) == []
+    await _each_turn_stored_once_by_a_replay(engine, tmp_path, ["d1", "d2"])
 
 
 async def test_close_cancelled_during_an_outbox_append_leaves_no_turn_waiting_and_releases_the_lock(
@@ -201,10 +198,7 @@ async def test_close_cancelled_during_an_outbox_append_leaves_no_turn_waiting_an
     assert watch.thread_running_at_release == [False]
     assert _lock_released(tmp_path, writer.writer_id)
 
-    report = await replay_outbox(engine, tmp_path)
-    assert (report.entries, report.inserted) == (1, 1)
-    assert await stored_turn_ids(engine) == {"k1": 1}
-    assert pending_segments(tmp_path) == []
+    await _each_turn_stored_once_by_a_replay(engine, tmp_path, ["k1"])
 
 
 async def test_a_second_close_returns_only_once_the_first_has_shut_down(
