@@ -12,11 +12,19 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.cli_run import invoke, one_line_error, run_cli
-from tests.integration.writer_support import closed_turn, files_in, stored_call_count, stored_turn_ids
+from tests.integration.writer_support import (
+    closed_turn,
+    files_in,
+    leave_dead_writers_segment,
+    outbox_lines,
+    poison_rows,
+    stored_call_count,
+    stored_turn_ids,
+)
 from turnledger.store.engine import make_engine
 from turnledger.store.entries import make_entry
 from turnledger.store.outbox import OutboxJournal, encode_entry
-from turnledger.store.record import turn_rows
+from turnledger.store.record import TurnRows, turn_rows
 
 
 def _dead_writer_outbox(directory: Path, count: int) -> None:
@@ -43,7 +51,7 @@ def test_replay_command_writes_the_outbox_and_is_safe_to_run_twice(database_url:
     _dead_writer_outbox(outbox, 5)
 
     first = run_cli("replay", "--outbox", str(outbox), "--database-url", database_url)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 4, first.stderr  # written, but a line was set aside: a person must look
     assert "replayed 5 turns from 1 files: 5 written, 0 already in the database" in first.stdout
     assert "line 3: checksum mismatch" in first.stdout
     assert asyncio.run(_stored(database_url)) == ({f"cli{i}": 1 for i in range(5)}, 15)
@@ -53,6 +61,32 @@ def test_replay_command_writes_the_outbox_and_is_safe_to_run_twice(database_url:
     assert second.returncode == 0, second.stderr
     assert "nothing to replay" in second.stdout
     assert asyncio.run(_stored(database_url)) == ({f"cli{i}": 1 for i in range(5)}, 15)
+
+
+def _good_rows(count: int) -> list[TurnRows]:
+    return [turn_rows(closed_turn(f"ok{i}"), usage_type="chat") for i in range(count)]
+
+
+def test_replay_that_sets_nothing_aside_exits_0(database_url: str, tmp_path: Path) -> None:
+    leave_dead_writers_segment(tmp_path, outbox_lines(*_good_rows(3)))
+    result = invoke("replay", "--outbox", str(tmp_path), "--database-url", database_url)
+    assert result.exit_code == 0, result.output
+    assert "3 written" in result.stdout
+
+
+def test_replay_that_sets_a_refused_turn_aside_exits_4_and_a_rerun_0(database_url: str, tmp_path: Path) -> None:
+    engine = make_engine(database_url)
+    poison = poison_rows(engine)
+    asyncio.run(engine.dispose())
+    leave_dead_writers_segment(tmp_path, outbox_lines(*_good_rows(2), poison))
+
+    first = invoke("replay", "--outbox", str(tmp_path), "--database-url", database_url)
+    assert first.exit_code == 4, first.output
+    assert "1 turns refused by the database for their data" in first.stdout
+    assert asyncio.run(_stored(database_url)) == ({"ok0": 1, "ok1": 1}, 6)
+
+    again = invoke("replay", "--outbox", str(tmp_path), "--database-url", database_url)
+    assert again.exit_code == 0, again.output  # what is set aside is reported once, by the run that did it
 
 
 def test_replay_command_refuses_a_path_that_is_not_an_outbox(tmp_path: Path) -> None:

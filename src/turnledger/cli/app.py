@@ -1,7 +1,8 @@
 """The typer application, its shared options and the helpers every command uses.
 
 Exit codes scripts can rely on: 0 ok, 1 the operation failed (e.g. database unreachable),
-2 bad input (a bad flag value, URL or file), 3 the schema is missing (run ``turnledger migrate``).
+2 bad input (a bad flag value, URL or file), 3 the schema is missing (run ``turnledger migrate``),
+4 done, but some input was set aside for a person to look at (``replay``: lines moved to ``*.rejected``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SCHEMA_MISSING = 3
+EXIT_SET_ASIDE = 4
 
 app = typer.Typer(
     name="turnledger",

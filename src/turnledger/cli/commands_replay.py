@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from turnledger.cli.app import EXIT_BAD_INPUT, DatabaseUrlOption, app, console, err_console, fail, is_terminal
+from turnledger.cli.app import (
+    EXIT_BAD_INPUT,
+    EXIT_SET_ASIDE,
+    DatabaseUrlOption,
+    app,
+    console,
+    err_console,
+    fail,
+    is_terminal,
+)
 from turnledger.cli.db import refuse_missing_sqlite_file, run_db
 
 if TYPE_CHECKING:
@@ -59,8 +68,11 @@ def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) 
         console.print(f"nothing to replay in {directory}", highlight=False)
         return
     report = run_db(_replay(directory, files, candidates, database_url), database_url)
-    # Bad lines are reported and set aside, not fatal: the rest is written and a rerun is clean.
+    # Bad lines are reported and set aside, not fatal: the rest is written and a rerun is clean. The
+    # exit code still tells a script (a cron job) that this run left something a person must look at.
     _print(report)
+    if report.rejected or report.bad_lines:
+        raise typer.Exit(EXIT_SET_ASIDE)
 
 
 async def _replay(
