@@ -248,6 +248,12 @@ def _merge(raw: Sequence[Any]) -> list[ReportRow]:
             # In MONEY_CONTEXT, not the application's: a caller's getcontext().prec = 4 must not round a report.
             part = MONEY_CONTEXT.multiply(Decimal(cost), int(mapping["rows"])) if "rows" in mapping else Decimal(cost)
             acc["cost_usd"] = part if acc["cost_usd"] is None else MONEY_CONTEXT.add(acc["cost_usd"], part)
+    for acc in groups.values():
+        # A turn without calls is stored at an exact $0. With only unpriced calls beside it the group
+        # has no priced call at all: its cost is unknown, not $0 (every priced part is a call's, or a
+        # hand-recorded charge that would make the sum more than 0).
+        if acc["calls"] and acc["unpriced_calls"] == acc["calls"] and acc["cost_usd"] == 0:
+            acc["cost_usd"] = None
     return [ReportRow(key=key, **values) for key, values in groups.items()]
 
 
