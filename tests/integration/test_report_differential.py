@@ -12,8 +12,9 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ from turnledger import (
 )
 from turnledger.cli.app import parse_when
 from turnledger.store.models import TokenUsage, TokenUsageCall
-from turnledger.store.reports import ReportFilters
+from turnledger.store.reports import ReportFilters, key_label
 
 from .cli_run import invoke
 from .report_oracle import (
@@ -41,6 +42,7 @@ from .report_oracle import (
     THREADS,
     USAGE_TYPES,
     USERS,
+    ZONES,
     Fact,
     Generated,
     boundaries,
@@ -85,7 +87,8 @@ async def recorded(database_url: str) -> AsyncIterator[tuple[AsyncSession, list[
 
 def filter_cases(facts: list[Fact]) -> list[ReportFilters]:
     rng = random.Random(SEED)
-    instants: list[datetime | None] = [None, *boundaries(facts, rng, 8)]
+    # Bounds given in any zone mean the same instant.
+    instants: list[datetime | None] = [None, *(b.astimezone(rng.choice(ZONES)) for b in boundaries(facts, rng, 8))]
     cases = [ReportFilters()]
     for _ in range(25):
         cases.append(ReportFilters(since=rng.choice(instants), until=rng.choice(instants)))
@@ -194,6 +197,37 @@ def test_the_cli_report_agrees_with_the_python_report(database_url: str) -> None
         answered = json.loads(result.stdout)
         assert answered == rows, args
         assert totals(answered) == totals(rows)
+
+
+def test_the_cli_chart_agrees_with_the_python_report_day_by_day(database_url: str) -> None:
+    data = generate(SEED + 4, n_turns=60, n_by_hand=10)
+    first, days = date(2026, 12, 29), 5  # across the year's end, whose edges the generator favours
+
+    async def per_day() -> list[dict[str, Any]]:
+        engine = make_engine(database_url)
+        try:
+            await record(engine, data)
+            async with session_factory(engine)() as s:
+                out = []
+                for day in (first + timedelta(days=i) for i in range(days)):
+                    since = datetime.combine(day, time(0), UTC)
+                    for r in await usage_report(s, ReportBy.MODEL, since=since, until=since + timedelta(days=1)):
+                        if r.cost_usd is not None or r.unpriced_calls:
+                            name, cost = key_label(ReportBy.MODEL, r.key), r.to_dict()["cost_usd"]
+                            out.append({"day": day.isoformat(), "model": name, "cost_usd": cost,
+                                        "unpriced_calls": r.unpriced_calls})  # fmt: skip
+                return out
+        finally:
+            await engine.dispose()
+
+    expected = asyncio.run(per_day())
+    assert len({row["day"] for row in expected}) >= 3
+    until = (first + timedelta(days=days)).isoformat()
+    result = invoke("chart", "--since", first.isoformat(), "--until", until, "--format", "json",
+                    "--database-url", database_url)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    key = itemgetter("day", "model")
+    assert sorted(json.loads(result.stdout), key=key) == sorted(expected, key=key)
 
 
 def test_relative_since_is_that_long_before_now() -> None:
