@@ -1,7 +1,8 @@
 """Every breakdown and filter combination against the same figures computed in plain Python, on both databases.
 
 Seeded random turns (odd and over-long ids, unpriced, free and many-decimal costs, instants at
-midnight, month and year ends, in several time zones) are recorded with the real writers; each
+midnight, month and year ends, in several time zones) are recorded with every real writer
+(record_turn, the batch writer's COPY, an outbox line replayed, record_token_usage); each
 report must equal :func:`report_oracle.expected_report` exactly (Decimal sums, counters, keys, order).
 On PostgreSQL the session runs in a far-from-UTC time zone: a UTC day must not move with it.
 """
@@ -32,7 +33,11 @@ from turnledger import (
     usage_report,
 )
 from turnledger.cli.app import parse_when
+from turnledger.store.entries import Entry, is_entry, make_entry, write_entries
+from turnledger.store.lines import encode_line, unpack_entry
 from turnledger.store.models import TokenUsage, TokenUsageCall
+from turnledger.store.outbox import decode_line
+from turnledger.store.record import turn_rows
 from turnledger.store.reports import ReportFilters, key_label
 
 from .cli_run import invoke
@@ -63,12 +68,28 @@ def engine_for(url: str) -> AsyncEngine:
 
 
 async def record(engine: AsyncEngine, data: Generated) -> None:
+    """Every writer's way in: record_turn, the batch writer's live COPY (PostgreSQL; an INSERT on SQLite),
+    an outbox line read back as the replay writes it, and record_token_usage."""
+    live: list[Entry] = []
+    replayed: list[Entry] = []
     async with session_factory(engine)() as s:
-        for turn, usage_type, when in data.turns:
-            assert await record_turn(s, turn, usage_type=usage_type, created_at=when) is not None
+        for i, (turn, usage_type, when) in enumerate(data.turns):
+            if i % 3 == 0:
+                assert await record_turn(s, turn, usage_type=usage_type, created_at=when) is not None
+                continue
+            entry = make_entry(turn_rows(turn, usage_type=usage_type, created_at=when))
+            if i % 3 == 1:
+                live.append(entry)
+            else:
+                unpacked = unpack_entry(decode_line(encode_line(entry)))
+                assert unpacked is not None and is_entry(unpacked)
+                replayed.append(unpacked)
         for kwargs in data.by_hand:
             assert record_token_usage(s, **kwargs) is not None  # type: ignore[arg-type]
         await s.commit()
+    async with engine.begin() as conn:
+        assert await write_entries(conn, live, fresh=True) == len(live)
+        assert await write_entries(conn, replayed) == len(replayed)
 
 
 @pytest.fixture
