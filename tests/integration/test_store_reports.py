@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 
 import pytest
@@ -338,6 +338,15 @@ def test_an_unset_key_is_named_for_its_breakdown() -> None:
 async def test_an_unknown_grouping_is_refused(session: AsyncSession) -> None:
     with pytest.raises(ValueError, match="colour"):
         await usage_report(session, "colour")
+
+
+async def test_a_bound_without_a_time_zone_is_refused_as_such(session: AsyncSession) -> None:
+    # Not "database error: ValueError": the database is fine, the bound is ambiguous (UTC? local?).
+    naive = datetime(2026, 11, 2)
+    with pytest.raises(ValueError, match="since must carry a time zone"):
+        await usage_report(session, ReportBy.DAY, since=naive)
+    with pytest.raises(ValueError, match="until must carry a time zone"):
+        await reports.by_model(session, since=DAY1, until=naive)
 
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", PG_ADMIN_DSN], ids=["sqlite", "postgresql"])

@@ -93,10 +93,15 @@ async def usage_report(
 ) -> list[ReportRow]:
     """The breakdown ``by`` model/user/thread/tenant/day, highest cost first (days in date order).
 
-    Raises ``ValueError`` for an unknown ``by`` and :class:`~turnledger.errors.StorageError`
-    (``SchemaMissingError`` when the tables are missing) if the database cannot answer.
+    Raises ``ValueError`` for an unknown ``by`` or a bound without a time zone, and
+    :class:`~turnledger.errors.StorageError` (``SchemaMissingError`` when the tables are missing) if
+    the database cannot answer.
     """
     grouping = ReportBy(by)
+    for name, bound in (("since", since), ("until", until)):
+        if bound is not None and bound.utcoffset() is None:
+            # Refused here, not as "database error: ValueError" from the column type: is it UTC, or local?
+            raise ValueError(f"{name} must carry a time zone (e.g. datetime(..., tzinfo=UTC)), not {bound!r}")
     filters = ReportFilters(since, until, user_id, thread_id, tenant_id, usage_type)
     exact_in_sql = dialect_name(db) == "postgresql"
     stmt = build_query(grouping, filters, exact_in_sql=exact_in_sql)
