@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 
 import pytest
@@ -307,6 +307,28 @@ async def test_an_empty_turn_adds_no_no_model_group(session: AsyncSession) -> No
     assert [r.key for r in await reports.by_model(session)] == ["gpt-4o", "gpt-4o-mini", "local-llm"]
 
 
+async def test_a_turn_without_calls_does_not_price_a_group_of_unpriced_calls(engine: AsyncEngine) -> None:
+    # A turn that made no call is stored with an exact $0; beside unpriced calls it must not turn
+    # "unknown" into "$0" in any breakdown.
+    async with session_factory(engine)() as s:
+        await record_turn(s, closed_turn("unpriced", [call("c-1", "local-llm", 10, 5, None)]), usage_type="chat",
+                          created_at=DAY1)  # fmt: skip
+        await record_turn(s, closed_turn("no-call", []), usage_type="chat", created_at=DAY1)
+        record_token_usage(s, usage_type="batch", user_id="u-1", thread_id="t-1", tenant_id="acme", calls=2,
+                           created_at=DAY1)  # fmt: skip
+        await s.commit()
+        for grouping in ReportBy:
+            rows = await usage_report(s, grouping)
+            assert [(r.calls, r.unpriced_calls, r.cost_usd) for r in rows if r.calls] == (
+                [(1, 1, None), (2, 2, None)] if grouping is ReportBy.MODEL else [(3, 3, None)]
+            ), grouping
+        # Calls that are all free, and a turn without calls: an exact $0, as before.
+        record_token_usage(s, usage_type="batch", user_id="u-2", calls=1, cost_usd=0, created_at=DAY1)
+        await record_turn(s, closed_turn("no-call-2", [], user_id="u-2"), usage_type="chat", created_at=DAY1)
+        await s.commit()
+        assert [(r.calls, r.cost_usd) for r in await reports.by_user(s, user_id="u-2")] == [(1, Decimal(0))]
+
+
 def test_an_unset_key_is_named_for_its_breakdown() -> None:
     assert reports.key_label(ReportBy.MODEL, None) == "(no model)"
     assert reports.key_label(ReportBy.USER, None) == "(none)"
@@ -316,6 +338,15 @@ def test_an_unset_key_is_named_for_its_breakdown() -> None:
 async def test_an_unknown_grouping_is_refused(session: AsyncSession) -> None:
     with pytest.raises(ValueError, match="colour"):
         await usage_report(session, "colour")
+
+
+async def test_a_bound_without_a_time_zone_is_refused_as_such(session: AsyncSession) -> None:
+    # Not "database error: ValueError": the database is fine, the bound is ambiguous (UTC? local?).
+    naive = datetime(2026, 11, 2)
+    with pytest.raises(ValueError, match="since must carry a time zone"):
+        await usage_report(session, ReportBy.DAY, since=naive)
+    with pytest.raises(ValueError, match="until must carry a time zone"):
+        await reports.by_model(session, since=DAY1, until=naive)
 
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", PG_ADMIN_DSN], ids=["sqlite", "postgresql"])

@@ -83,6 +83,20 @@ def test_series_beyond_the_glyphs_fold_exactly_into_other() -> None:
     assert lines[1] == "total $5.5"
 
 
+def test_chart_totals_are_exact_however_many_digits() -> None:
+    # Per day the chart reads the report's exact sums; its totals must not round them to the 28
+    # digits of the default decimal context (the report's own: 1234567.8900000123456789012345).
+    days = [date(2026, 11, 2), date(2026, 11, 3)]
+    big, small = Decimal("1234567.89"), Decimal("0.0000000123456789012345")
+    spend = DailySpend(ReportBy.USER, days, [Series("u", {days[0]: big}), Series("v", {days[1]: small})])
+    exact = Decimal("1234567.8900000123456789012345")
+    assert spend.total == exact
+    folded = spend.top(1)
+    assert folded.series[0].total == exact == folded.total
+    assert spend.day_total(days[1]) == small
+    assert Series("w", {days[0]: big, days[1]: small}).total == exact
+
+
 FINE_TUNE = "ft:gpt-4o-mini-2024-07-18:acme-corp:support-bot:9abcDEF1"  # 56 characters, no space
 LONG_USER = "user-3f2c9a1e-7b4d-4e2a-9c1f-8a6b5d4e3c2b@tenant-acme-corporation.example"
 

@@ -7,12 +7,13 @@ counts, the same indexed query. A day is a UTC calendar day.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from turnledger.records import MONEY_CONTEXT
 from turnledger.store.record import Database
 from turnledger.store.reports import ReportBy, ReportRow, key_label, usage_report
 
@@ -41,11 +42,11 @@ class Series:
         """Exact priced total; ``None`` when every call of the series was unpriced."""
         if not self.cost_by_day:
             return None if self.unpriced_by_day else Decimal(0)
-        return sum(self.cost_by_day.values(), Decimal(0))
+        return exact_sum(self.cost_by_day.values())
 
     def absorb(self, other: Series) -> None:
         for day, cost in other.cost_by_day.items():
-            self.cost_by_day[day] = self.cost_by_day.get(day, Decimal(0)) + cost
+            self.cost_by_day[day] = MONEY_CONTEXT.add(self.cost_by_day.get(day, Decimal(0)), cost)
         for day, n in other.unpriced_by_day.items():
             self.unpriced_by_day[day] = self.unpriced_by_day.get(day, 0) + n
         self.calls += other.calls
@@ -60,14 +61,14 @@ class DailySpend:
     """Highest total first; unpriced-only series last."""
 
     def day_total(self, day: date) -> Decimal:
-        return sum((s.cost_by_day.get(day, Decimal(0)) for s in self.series), Decimal(0))
+        return exact_sum(s.cost_by_day.get(day, Decimal(0)) for s in self.series)
 
     def day_unpriced(self, day: date) -> int:
         return sum(s.unpriced_by_day.get(day, 0) for s in self.series)
 
     @property
     def total(self) -> Decimal:
-        return sum((self.day_total(d) for d in self.days), Decimal(0))
+        return exact_sum(self.day_total(d) for d in self.days)
 
     @property
     def unpriced_calls(self) -> int:
@@ -81,6 +82,15 @@ class DailySpend:
         for s in self.series[limit - 1 :]:
             other.absorb(s)
         return DailySpend(self.by, self.days, [*self.series[: limit - 1], other])
+
+
+def exact_sum(costs: Iterable[Decimal]) -> Decimal:
+    """In MONEY_CONTEXT: the default context's 28 digits (or an application's own) would round the total of
+    exact report figures (a million dollars and a per-call cost of 1.2345E-8 already need 30)."""
+    total = Decimal(0)
+    for cost in costs:
+        total = MONEY_CONTEXT.add(total, cost)
+    return total
 
 
 def day_range(since: datetime, until: datetime) -> list[date]:
@@ -122,4 +132,4 @@ async def daily_spend(
     return DailySpend(by, days, ordered)
 
 
-__all__ = ["CHART_GROUPINGS", "OTHER", "DailySpend", "Series", "daily_spend", "day_range", "midnight"]
+__all__ = ["CHART_GROUPINGS", "OTHER", "DailySpend", "Series", "daily_spend", "day_range", "exact_sum", "midnight"]

@@ -93,10 +93,15 @@ async def usage_report(
 ) -> list[ReportRow]:
     """The breakdown ``by`` model/user/thread/tenant/day, highest cost first (days in date order).
 
-    Raises ``ValueError`` for an unknown ``by`` and :class:`~turnledger.errors.StorageError`
-    (``SchemaMissingError`` when the tables are missing) if the database cannot answer.
+    Raises ``ValueError`` for an unknown ``by`` or a bound without a time zone, and
+    :class:`~turnledger.errors.StorageError` (``SchemaMissingError`` when the tables are missing) if
+    the database cannot answer.
     """
     grouping = ReportBy(by)
+    for name, bound in (("since", since), ("until", until)):
+        if bound is not None and bound.utcoffset() is None:
+            # Refused here, not as "database error: ValueError" from the column type: is it UTC, or local?
+            raise ValueError(f"{name} must carry a time zone (e.g. datetime(..., tzinfo=UTC)), not {bound!r}")
     filters = ReportFilters(since, until, user_id, thread_id, tenant_id, usage_type)
     exact_in_sql = dialect_name(db) == "postgresql"
     stmt = build_query(grouping, filters, exact_in_sql=exact_in_sql)
@@ -248,6 +253,12 @@ def _merge(raw: Sequence[Any]) -> list[ReportRow]:
             # In MONEY_CONTEXT, not the application's: a caller's getcontext().prec = 4 must not round a report.
             part = MONEY_CONTEXT.multiply(Decimal(cost), int(mapping["rows"])) if "rows" in mapping else Decimal(cost)
             acc["cost_usd"] = part if acc["cost_usd"] is None else MONEY_CONTEXT.add(acc["cost_usd"], part)
+    for acc in groups.values():
+        # A turn without calls is stored at an exact $0. With only unpriced calls beside it the group
+        # has no priced call at all: its cost is unknown, not $0 (every priced part is a call's, or a
+        # hand-recorded charge that would make the sum more than 0).
+        if acc["calls"] and acc["unpriced_calls"] == acc["calls"] and acc["cost_usd"] == 0:
+            acc["cost_usd"] = None
     return [ReportRow(key=key, **values) for key, values in groups.items()]
 
 
