@@ -340,11 +340,28 @@ def delivered_before_failure(
         return _stream_delivered_before_failure(
             kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
         )
+    return _price_delivered_usage(
+        counts, kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+
+
+def _price_delivered_usage(
+    counts: TokenCounts,
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    *,
+    model: str,
+    provider: str | None,
+    call_kind: CallKind,
+    price_table: PriceTable | None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]]:
+    """The usage a failed stream delivered, priced as a lower bound: LiteLLM's count of it or the
+    provider's usage chunk, which one cannot always be told (see :func:`delivered_before_failure`)."""
     counts.estimated = True
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     counts.flag(RecordFlag.COMPLETION_NOT_SEEN)
     return _price_estimate(
-        counts, kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+        counts, kwargs, response_obj, model=model, provider=provider, call_kind=call_kind, price_table=price_table
     )
 
 
@@ -376,6 +393,19 @@ def _stream_delivered_before_failure(
         chunks = []
     elif not chunks:
         return None
+    # The provider's usage chunk came before the failure (a read timeout waiting for the end of the
+    # stream): it counts the whole call, which estimating the chunks' text would undercount.
+    delivered_usage = _chunks_usage(chunks)
+    if delivered_usage is not None:
+        return _price_delivered_usage(
+            delivered_usage,
+            kwargs,
+            chunks[-1],
+            model=model,
+            provider=provider,
+            call_kind=call_kind,
+            price_table=price_table,
+        )
     sent = _stream_messages(stream)
     if sent is not None:
         kwargs = {**kwargs, "messages": sent}
@@ -397,6 +427,17 @@ def _stream_chunks(stream: object) -> list[Any] | None:
         return list(chunks) if isinstance(chunks, list) else None
     except Exception:
         return None
+
+
+def _chunks_usage(chunks: list[Any]) -> TokenCounts | None:
+    """The usage the last chunk that carried one reported (a provider's usage chunk), or ``None``."""
+    for chunk in reversed(chunks):
+        if usage_block(chunk) is None:
+            continue
+        counts = normalize_usage(chunk)
+        if counts.used_tokens or _tokens_unknown(counts):
+            return counts
+    return None
 
 
 def _stream_messages(stream: object) -> list[Any] | None:

@@ -319,6 +319,30 @@ def test_a_sync_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too
     assert_billed_a_lower_bound(failure, prompt, completion)
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_stream_that_timed_out_after_its_usage_chunk_is_billed_that_usage(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
+) -> None:
+    # The provider reported the whole call's usage, then the wait for the stream's end timed out. The
+    # sync path, which reads the delivered chunks itself, estimated their text: 8 + 2 tokens, not 1200.
+    fake_provider.script(
+        "gpt-4o-mini",
+        content="alpha beta",
+        usage={"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200},
+        include_usage_chunk=True,
+        done_delay_s=2,
+    )
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            read_sync_stream(messages, provider_kwargs, timeout=0.3)
+        else:
+            asyncio.run(read_stream(messages, provider_kwargs, timeout=0.3))
+    [failure] = turn.calls
+    assert (failure.status, failure.prompt_tokens, failure.completion_tokens) == (CallStatus.FAILURE, 1000, 200)
+    assert failure.cost_usd == expected_gpt4o_mini(1000, 200)
+
+
 def test_a_sync_stream_the_caller_stops_reading_becomes_abandoned(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
