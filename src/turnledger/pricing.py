@@ -340,9 +340,31 @@ def delivered_before_failure(
         return _stream_delivered_before_failure(
             kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
         )
+    _add_tools_litellm_left_out(counts, kwargs, model)
     return _price_delivered_usage(
         counts, kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
     )
+
+
+def _add_tools_litellm_left_out(counts: TokenCounts, kwargs: Mapping[str, Any], model: str) -> None:
+    """Add the request's tool definitions to a prompt LiteLLM counted itself. It counts a broken-off
+    stream's prompt from its messages alone (1.106, ``calculate_usage``), and the provider bills the
+    tools as input too: 30 of them are about 1,000 tokens beside an 11-token question. A prompt count
+    other than that of the messages alone is the provider's own (its usage chunk came), which counts
+    them already; so is one that cannot be told apart, and then nothing is added."""
+    tools = request_tools(kwargs)
+    messages = kwargs.get("messages")
+    if not tools or not isinstance(messages, list) or not messages or redacted_messages(messages):
+        return
+    try:
+        if counts.prompt_tokens != estimate_counts(model, messages=messages).prompt_tokens:
+            return
+        with_tools = estimate_counts(model, messages=messages, tools=tools).prompt_tokens
+    except Exception:
+        return  # LiteLLM's count stands: a lower bound, as the record says
+    added = max(0, with_tools - counts.prompt_tokens)
+    counts.prompt_tokens += added
+    counts.total_tokens += added
 
 
 def _price_delivered_usage(

@@ -213,6 +213,38 @@ async def test_a_stream_broken_off_after_some_chunks_is_billed_what_it_delivered
     assert_billed_a_lower_bound(failure, prompt, completion)
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_stream_broken_off_is_billed_the_tool_definitions_it_sent(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
+) -> None:
+    # LiteLLM counts a broken-off async stream's prompt from its messages alone: 30 tools (about 1,000
+    # tokens, billed as input) were left out, and the call was billed 11 prompt tokens.
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", break_after_chunks=2)
+    messages = [{"role": "user", "content": "what is the weather"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"lookup_thing_{i}",
+                "description": "Look up a thing in the catalogue by its identifier",
+                "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+            },
+        }
+        for i in range(30)
+    ]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages, tools=tools)
+    assert prompt > 500 > litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    options = {"tools": tools, "_skip_mcp_handler": True}
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            read_sync_stream(messages, provider_kwargs, **options)
+        else:
+            asyncio.run(read_stream(messages, provider_kwargs, **options))
+    [failure] = turn.calls
+    completion = litellm.token_counter(model="gpt-4o-mini", text="alpha beta", count_response_tokens=True)
+    assert_billed_a_lower_bound(failure, prompt, completion)
+
+
 async def test_a_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
