@@ -415,10 +415,13 @@ def _stream_delivered_before_failure(
         chunks = []
     elif not chunks:
         return None
-    # The provider's usage chunk came before the failure (a read timeout waiting for the end of the
-    # stream): it counts the whole call, which estimating the chunks' text would undercount.
+    delivered = "".join(response_text(chunk) for chunk in chunks)
+    # The provider's usage came before the failure: its usage chunk (a read timeout waiting for the end
+    # of the stream), or the input counted as the answer starts (Anthropic's message_start). It counts
+    # the input the provider billed, which an estimate would undercount.
     delivered_usage = _chunks_usage(chunks)
     if delivered_usage is not None:
+        _count_at_least(delivered_usage, model, delivered)
         return _price_delivered_usage(
             delivered_usage,
             kwargs,
@@ -431,7 +434,6 @@ def _stream_delivered_before_failure(
     sent = _stream_messages(stream)
     if sent is not None:
         kwargs = {**kwargs, "messages": sent}
-    delivered = "".join(response_text(chunk) for chunk in chunks)
     # The last chunk may say which service tier served the call.
     last = chunks[-1] if chunks else None
     return _estimate_billed_failure(
@@ -460,6 +462,22 @@ def _chunks_usage(chunks: list[Any]) -> TokenCounts | None:
         if counts.used_tokens or _tokens_unknown(counts):
             return counts
     return None
+
+
+def _count_at_least(counts: TokenCounts, model: str, delivered_text: str) -> None:
+    """Raise the output of usage sent before the answer's end (Anthropic's message_start counts 1 token)
+    to the tokens of the text delivered, when that is more."""
+    seen = _unredacted_text(delivered_text)
+    text = delivered_text if seen is None else seen
+    if not text:
+        return
+    try:
+        tokens = estimate_counts(model, completion_text=text).completion_tokens
+    except Exception:
+        return  # the usage as sent: a lower bound, as the record says
+    if tokens > counts.completion_tokens:
+        counts.total_tokens += tokens - counts.completion_tokens
+        counts.completion_tokens = tokens
 
 
 def _stream_messages(stream: object) -> list[Any] | None:

@@ -375,6 +375,45 @@ def test_a_stream_that_timed_out_after_its_usage_chunk_is_billed_that_usage(
     assert failure.cost_usd == expected_gpt4o_mini(1000, 200)
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_an_anthropic_stream_broken_off_is_billed_the_input_its_provider_counted(
+    fake_provider: FakeProvider, sync: bool
+) -> None:
+    # Anthropic counts the input as the answer starts (message_start, with 1 output token). The sync
+    # path estimated it from the messages: 108 tokens where the provider counted 1000.
+    fake_provider.script(
+        "claude-haiku-4-5",
+        content="alpha beta gamma delta epsilon",
+        usage={"input_tokens": 1000, "output_tokens": 50},
+        break_after_chunks=3,
+    )
+    options: dict[str, Any] = {
+        "model": "anthropic/claude-haiku-4-5",
+        "messages": [{"role": "user", "content": "hello there " * 50}],
+        "stream": True,
+        "num_retries": 0,
+        "max_retries": 0,
+        "api_base": fake_provider.anthropic_base_url,
+        "api_key": "sk-fake-not-a-real-key",
+    }
+
+    async def read_async() -> None:
+        async for _ in await litellm.acompletion(**options):
+            pass
+
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            for _ in litellm.completion(**options):
+                pass
+        else:
+            asyncio.run(read_async())
+    [failure] = turn.calls
+    delivered = litellm.token_counter(model="claude-haiku-4-5", text="alpha beta gamma")
+    assert (failure.status, failure.prompt_tokens, failure.completion_tokens) == (CallStatus.FAILURE, 1000, delivered)
+    assert failure.cost_source is CostSource.ESTIMATED and failure.cost_usd is not None
+    assert RecordFlag.COMPLETION_NOT_SEEN in failure.flags
+
+
 def test_a_sync_stream_the_caller_stops_reading_becomes_abandoned(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
