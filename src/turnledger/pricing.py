@@ -278,9 +278,12 @@ def estimate_unanswered_call(
     for the answer timed out (see :func:`answer_timed_out`), so the provider had the whole request and
     went on with it, as it does with a call cancelled in flight (an ``abandoned`` one). Its input is
     estimated, as an abandoned call's is; its output was never seen, so the cost is a lower bound
-    (``completion_not_seen``). ``None`` when nothing billed by tokens was sent; unpriced when the
-    estimate failed.
+    (``completion_not_seen``). A call billed beyond tokens (an image, audio) is unpriced: what the
+    provider went on to produce is not known, and it is not free. ``None`` when nothing billed by
+    tokens was sent; unpriced when the estimate failed.
     """
+    if call_kind in _BILLED_BEYOND_TOKENS:
+        return TokenCounts(), None, CostSource.NONE, [RecordFlag.COMPLETION_NOT_SEEN]
     return _estimate_billed_failure(
         kwargs, None, "", model=model, provider=provider, call_kind=call_kind, price_table=price_table
     )

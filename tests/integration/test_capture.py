@@ -196,6 +196,28 @@ async def test_a_call_that_timed_out_waiting_for_its_answer_is_billed_its_estima
     assert_billed_a_lower_bound(failure, prompt, 0)
 
 
+async def test_an_image_generation_that_timed_out_waiting_for_its_answer_is_unpriced_not_free(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The provider had the request and went on with it, as with an image call cancelled in flight
+    # (abandoned: unpriced). It was recorded as 0, not_billed.
+    fake_provider.script("dall-e-3", delay_s=2)
+    async with turnledger.scoped_turn(settle_timeout=0.5) as turn:
+        with pytest.raises(Timeout):
+            await litellm.aimage_generation(
+                model="openai/dall-e-3",
+                prompt="a red square",
+                timeout=0.3,
+                num_retries=0,
+                max_retries=0,
+                **provider_kwargs,
+            )
+    [failure] = turn.calls
+    assert (failure.status, failure.error_type) == (CallStatus.FAILURE, "Timeout")
+    assert (failure.cost_usd, failure.cost_source) == (None, CostSource.NONE)
+    assert turn.unpriced_calls == 1 and turn.total_cost_usd is None
+
+
 async def test_a_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
