@@ -43,8 +43,11 @@ class Script:
     chunk_delay_s: float = 0.0
     """Delay between streamed chunks."""
     break_after_chunks: int | None = None
-    """Close the connection after this many content chunks of an OpenAI stream (a stream broken off
-    mid-flight: the provider generated and sent those chunks, and bills them)."""
+    """Close the connection after this many content chunks of an OpenAI or Anthropic stream (a stream
+    broken off mid-flight: the provider generated and sent those chunks, and bills them)."""
+    done_delay_s: float = 0.0
+    """Delay before an OpenAI stream's ``[DONE]``, after its last chunk (its usage chunk when it sends
+    one): a client that times out meanwhile has had the whole answer and its usage."""
     include_usage_chunk: bool | None = None
     """Force (True) or suppress (False) the final usage chunk of an OpenAI stream; None follows the request."""
     extra_response: Mapping[str, Any] = field(default_factory=dict)
@@ -259,6 +262,8 @@ class FakeProvider:
                 }
                 last.update(script.extra_response)
                 await resp.write(f"data: {json.dumps(last)}\n\n".encode())
+            if script.done_delay_s:
+                await asyncio.sleep(script.done_delay_s)
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -389,6 +394,10 @@ class FakeProvider:
                         "delta": {"type": "text_delta", "text": word if i == 0 else " " + word},
                     },
                 )
+                if script.break_after_chunks is not None and i + 1 >= script.break_after_chunks:
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
             await event("content_block_stop", {"type": "content_block_stop", "index": 0})

@@ -278,9 +278,12 @@ def estimate_unanswered_call(
     for the answer timed out (see :func:`answer_timed_out`), so the provider had the whole request and
     went on with it, as it does with a call cancelled in flight (an ``abandoned`` one). Its input is
     estimated, as an abandoned call's is; its output was never seen, so the cost is a lower bound
-    (``completion_not_seen``). ``None`` when nothing billed by tokens was sent; unpriced when the
-    estimate failed.
+    (``completion_not_seen``). A call billed beyond tokens (an image, audio) is unpriced: what the
+    provider went on to produce is not known, and it is not free. ``None`` when nothing billed by
+    tokens was sent; unpriced when the estimate failed.
     """
+    if call_kind in _BILLED_BEYOND_TOKENS:
+        return TokenCounts(), None, CostSource.NONE, [RecordFlag.COMPLETION_NOT_SEEN]
     return _estimate_billed_failure(
         kwargs, None, "", model=model, provider=provider, call_kind=call_kind, price_table=price_table
     )
@@ -340,11 +343,50 @@ def delivered_before_failure(
         return _stream_delivered_before_failure(
             kwargs, model=model, provider=provider, call_kind=call_kind, price_table=price_table
         )
+    _add_tools_litellm_left_out(counts, kwargs, model)
+    return _price_delivered_usage(
+        counts, kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+    )
+
+
+def _add_tools_litellm_left_out(counts: TokenCounts, kwargs: Mapping[str, Any], model: str) -> None:
+    """Add the request's tool definitions to a prompt LiteLLM counted itself. It counts a broken-off
+    stream's prompt from its messages alone (1.106, ``calculate_usage``), and the provider bills the
+    tools as input too: 30 of them are about 1,000 tokens beside an 11-token question. A prompt count
+    other than that of the messages alone is the provider's own (its usage chunk came), which counts
+    them already; so is one that cannot be told apart, and then nothing is added."""
+    tools = request_tools(kwargs)
+    messages = kwargs.get("messages")
+    if not tools or not isinstance(messages, list) or not messages or redacted_messages(messages):
+        return
+    try:
+        if counts.prompt_tokens != estimate_counts(model, messages=messages).prompt_tokens:
+            return
+        with_tools = estimate_counts(model, messages=messages, tools=tools).prompt_tokens
+    except Exception:
+        return  # LiteLLM's count stands: a lower bound, as the record says
+    added = max(0, with_tools - counts.prompt_tokens)
+    counts.prompt_tokens += added
+    counts.total_tokens += added
+
+
+def _price_delivered_usage(
+    counts: TokenCounts,
+    kwargs: Mapping[str, Any],
+    response_obj: Any,
+    *,
+    model: str,
+    provider: str | None,
+    call_kind: CallKind,
+    price_table: PriceTable | None,
+) -> tuple[TokenCounts, Decimal | None, CostSource, list[RecordFlag]]:
+    """The usage a failed stream delivered, priced as a lower bound: LiteLLM's count of it or the
+    provider's usage chunk, which one cannot always be told (see :func:`delivered_before_failure`)."""
     counts.estimated = True
     counts.flag(RecordFlag.USAGE_ESTIMATED)
     counts.flag(RecordFlag.COMPLETION_NOT_SEEN)
     return _price_estimate(
-        counts, kwargs, None, model=model, provider=provider, call_kind=call_kind, price_table=price_table
+        counts, kwargs, response_obj, model=model, provider=provider, call_kind=call_kind, price_table=price_table
     )
 
 
@@ -376,10 +418,25 @@ def _stream_delivered_before_failure(
         chunks = []
     elif not chunks:
         return None
+    delivered = "".join(response_text(chunk) for chunk in chunks)
+    # The provider's usage came before the failure: its usage chunk (a read timeout waiting for the end
+    # of the stream), or the input counted as the answer starts (Anthropic's message_start). It counts
+    # the input the provider billed, which an estimate would undercount.
+    delivered_usage = _chunks_usage(chunks)
+    if delivered_usage is not None:
+        _count_at_least(delivered_usage, model, delivered)
+        return _price_delivered_usage(
+            delivered_usage,
+            kwargs,
+            chunks[-1],
+            model=model,
+            provider=provider,
+            call_kind=call_kind,
+            price_table=price_table,
+        )
     sent = _stream_messages(stream)
     if sent is not None:
         kwargs = {**kwargs, "messages": sent}
-    delivered = "".join(response_text(chunk) for chunk in chunks)
     # The last chunk may say which service tier served the call.
     last = chunks[-1] if chunks else None
     return _estimate_billed_failure(
@@ -397,6 +454,33 @@ def _stream_chunks(stream: object) -> list[Any] | None:
         return list(chunks) if isinstance(chunks, list) else None
     except Exception:
         return None
+
+
+def _chunks_usage(chunks: list[Any]) -> TokenCounts | None:
+    """The usage the last chunk that carried one reported (a provider's usage chunk), or ``None``."""
+    for chunk in reversed(chunks):
+        if usage_block(chunk) is None:
+            continue
+        counts = normalize_usage(chunk)
+        if counts.used_tokens or _tokens_unknown(counts):
+            return counts
+    return None
+
+
+def _count_at_least(counts: TokenCounts, model: str, delivered_text: str) -> None:
+    """Raise the output of usage sent before the answer's end (Anthropic's message_start counts 1 token)
+    to the tokens of the text delivered, when that is more."""
+    seen = _unredacted_text(delivered_text)
+    text = delivered_text if seen is None else seen
+    if not text:
+        return
+    try:
+        tokens = estimate_counts(model, completion_text=text).completion_tokens
+    except Exception:
+        return  # the usage as sent: a lower bound, as the record says
+    if tokens > counts.completion_tokens:
+        counts.total_tokens += tokens - counts.completion_tokens
+        counts.completion_tokens = tokens
 
 
 def _stream_messages(stream: object) -> list[Any] | None:

@@ -196,6 +196,28 @@ async def test_a_call_that_timed_out_waiting_for_its_answer_is_billed_its_estima
     assert_billed_a_lower_bound(failure, prompt, 0)
 
 
+async def test_an_image_generation_that_timed_out_waiting_for_its_answer_is_unpriced_not_free(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The provider had the request and went on with it, as with an image call cancelled in flight
+    # (abandoned: unpriced). It was recorded as 0, not_billed.
+    fake_provider.script("dall-e-3", delay_s=2)
+    async with turnledger.scoped_turn(settle_timeout=0.5) as turn:
+        with pytest.raises(Timeout):
+            await litellm.aimage_generation(
+                model="openai/dall-e-3",
+                prompt="a red square",
+                timeout=0.3,
+                num_retries=0,
+                max_retries=0,
+                **provider_kwargs,
+            )
+    [failure] = turn.calls
+    assert (failure.status, failure.error_type) == (CallStatus.FAILURE, "Timeout")
+    assert (failure.cost_usd, failure.cost_source) == (None, CostSource.NONE)
+    assert turn.unpriced_calls == 1 and turn.total_cost_usd is None
+
+
 async def test_a_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
@@ -210,6 +232,38 @@ async def test_a_stream_broken_off_after_some_chunks_is_billed_what_it_delivered
     [failure] = turn.calls
     completion = litellm.token_counter(model="gpt-4o-mini", text="alpha beta", count_response_tokens=True)
     assert failure.status is CallStatus.FAILURE
+    assert_billed_a_lower_bound(failure, prompt, completion)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_stream_broken_off_is_billed_the_tool_definitions_it_sent(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
+) -> None:
+    # LiteLLM counts a broken-off async stream's prompt from its messages alone: 30 tools (about 1,000
+    # tokens, billed as input) were left out, and the call was billed 11 prompt tokens.
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", break_after_chunks=2)
+    messages = [{"role": "user", "content": "what is the weather"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"lookup_thing_{i}",
+                "description": "Look up a thing in the catalogue by its identifier",
+                "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+            },
+        }
+        for i in range(30)
+    ]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages, tools=tools)
+    assert prompt > 500 > litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    options = {"tools": tools, "_skip_mcp_handler": True}
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            read_sync_stream(messages, provider_kwargs, **options)
+        else:
+            asyncio.run(read_stream(messages, provider_kwargs, **options))
+    [failure] = turn.calls
+    completion = litellm.token_counter(model="gpt-4o-mini", text="alpha beta", count_response_tokens=True)
     assert_billed_a_lower_bound(failure, prompt, completion)
 
 
@@ -317,6 +371,69 @@ def test_a_sync_stream_that_timed_out_after_some_chunks_is_billed_the_chunks_too
     [failure] = turn.calls
     completion = litellm.token_counter(model="gpt-4o-mini", text="alpha", count_response_tokens=True)
     assert_billed_a_lower_bound(failure, prompt, completion)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_stream_that_timed_out_after_its_usage_chunk_is_billed_that_usage(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
+) -> None:
+    # The provider reported the whole call's usage, then the wait for the stream's end timed out. The
+    # sync path, which reads the delivered chunks itself, estimated their text: 8 + 2 tokens, not 1200.
+    fake_provider.script(
+        "gpt-4o-mini",
+        content="alpha beta",
+        usage={"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200},
+        include_usage_chunk=True,
+        done_delay_s=2,
+    )
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            read_sync_stream(messages, provider_kwargs, timeout=0.3)
+        else:
+            asyncio.run(read_stream(messages, provider_kwargs, timeout=0.3))
+    [failure] = turn.calls
+    assert (failure.status, failure.prompt_tokens, failure.completion_tokens) == (CallStatus.FAILURE, 1000, 200)
+    assert failure.cost_usd == expected_gpt4o_mini(1000, 200)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_an_anthropic_stream_broken_off_is_billed_the_input_its_provider_counted(
+    fake_provider: FakeProvider, sync: bool
+) -> None:
+    # Anthropic counts the input as the answer starts (message_start, with 1 output token). The sync
+    # path estimated it from the messages: 108 tokens where the provider counted 1000.
+    fake_provider.script(
+        "claude-haiku-4-5",
+        content="alpha beta gamma delta epsilon",
+        usage={"input_tokens": 1000, "output_tokens": 50},
+        break_after_chunks=3,
+    )
+    options: dict[str, Any] = {
+        "model": "anthropic/claude-haiku-4-5",
+        "messages": [{"role": "user", "content": "hello there " * 50}],
+        "stream": True,
+        "num_retries": 0,
+        "max_retries": 0,
+        "api_base": fake_provider.anthropic_base_url,
+        "api_key": "sk-fake-not-a-real-key",
+    }
+
+    async def read_async() -> None:
+        async for _ in await litellm.acompletion(**options):
+            pass
+
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            for _ in litellm.completion(**options):
+                pass
+        else:
+            asyncio.run(read_async())
+    [failure] = turn.calls
+    delivered = litellm.token_counter(model="claude-haiku-4-5", text="alpha beta gamma")
+    assert (failure.status, failure.prompt_tokens, failure.completion_tokens) == (CallStatus.FAILURE, 1000, delivered)
+    assert failure.cost_source is CostSource.ESTIMATED and failure.cost_usd is not None
+    assert RecordFlag.COMPLETION_NOT_SEEN in failure.flags
 
 
 def test_a_sync_stream_the_caller_stops_reading_becomes_abandoned(

@@ -279,6 +279,60 @@ def test_record_token_usage_never_raises_and_says_why(
     assert why in caplog.text
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cost_usd": Decimal("1e13")},
+        {"cost_usd": Decimal("1e-20000")},
+        {"cost_micros": 2**63},
+        {"cost_usd": "9223372036854.7758075"},
+        {"prompt_tokens": 2**63},
+        {"prompt_tokens": 2**62, "completion_tokens": 2**62},
+        {"calls": 2**31},
+    ],
+)
+async def test_record_token_usage_refuses_what_the_database_cannot_hold_and_the_caller_still_commits(
+    engine: AsyncEngine, kwargs: dict[str, Any]
+) -> None:
+    # Added as they came, each made the caller's commit fail (an int past 64 bits, a micro-USD past
+    # them, a numeric with 20,000 digits after the point, an INTEGER past 32 bits): its own work too.
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        assert record_token_usage(session, usage_type="chat", user_id="u-1", **kwargs) is None
+        kept = record_token_usage(session, usage_type="chat", user_id="u-2", prompt_tokens=1)
+        await session.commit()
+    async with sessions() as session:
+        rows = (await session.execute(select(TokenUsage))).scalars().all()
+    assert kept is not None and [r.user_id for r in rows] == ["u-2"]
+
+
+async def test_record_token_usage_keeps_what_the_database_holds_at_its_bounds(engine: AsyncEngine) -> None:
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        row = record_token_usage(
+            session,
+            usage_type="chat",
+            user_id="u-1",
+            prompt_tokens=2**63 - 1,
+            calls=2**31 - 1,
+            total_tokens=2**63 - 1,
+            cost_usd="9223372036854.775807" + "4" * 100,
+        )
+        small = record_token_usage(session, usage_type="chat", user_id="u-2", cost_usd=Decimal("1e-30"))
+        # 20,000 digits after the point: PostgreSQL's numeric holds 16,383, and refused the commit.
+        long = record_token_usage(session, usage_type="chat", user_id="u-3", cost_usd="0." + "1" * 20_000)
+        await session.commit()
+    assert row is not None and small is not None and long is not None
+    async with sessions() as session:
+        stored = {r.user_id: r for r in (await session.execute(select(TokenUsage))).scalars().all()}
+    first = stored["u-1"]
+    assert (first.prompt_tokens, first.calls, first.cost_micros) == (2**63 - 1, 2**31 - 1, 2**63 - 1)
+    # Kept to money's 60 significant digits, as a call's cost is.
+    assert first.cost_usd == Decimal("9223372036854.775807" + "4" * 41)
+    assert stored["u-2"].cost_usd == Decimal("1e-30")
+    assert stored["u-3"].cost_usd == Decimal("0." + "1" * 60)
+
+
 def test_record_token_usage_cost_micros_ignores_the_applications_decimal_context() -> None:
     added: list[Any] = []
 

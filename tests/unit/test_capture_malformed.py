@@ -209,6 +209,33 @@ def test_an_estimate_of_a_huge_conversation_tokenizes_a_bounded_number_of_messag
     assert abs(counts.prompt_tokens - exact) <= exact // 50  # the rest at the counted tokens per character
 
 
+@pytest.mark.parametrize("messages_count", [1, 3])
+def test_an_estimate_of_a_message_with_a_huge_list_of_parts_tokenizes_a_bounded_number_of_parts(
+    monkeypatch: pytest.MonkeyPatch, messages_count: int
+) -> None:
+    # The bound on messages alone let one message of 10^6 parts hold the event loop for 2 s.
+    part = {"type": "text", "text": "hello world"}
+    messages = [{"role": "user", "content": [part] * (20_000 // messages_count)} for _ in range(messages_count)]
+    exact = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    seen: list[int] = []
+    real = litellm.token_counter
+
+    def counting(**kwargs: Any) -> int:
+        seen.append(sum(len(m["content"]) for m in kwargs.get("messages") or ()))
+        return int(real(**kwargs))
+
+    monkeypatch.setattr(litellm, "token_counter", counting)
+    counts = estimate_counts("gpt-4o-mini", messages=messages)
+    assert max(seen) <= MAX_COUNTED_ITEMS
+    assert abs(counts.prompt_tokens - exact) <= exact // 50  # the rest at the counted tokens per character
+
+
+def test_an_estimate_counts_every_part_up_to_the_bound() -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": f"part {i}"} for i in range(MAX_COUNTED_ITEMS)]}]
+    exact = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    assert estimate_counts("gpt-4o-mini", messages=messages).prompt_tokens == exact
+
+
 @pytest.mark.parametrize("response_cost", [Decimal("1e-20000"), "1e-999999", "1e-31"], ids=["decimal", "str", "1e-31"])
 def test_a_vanishing_cost_is_discarded_and_flagged(response_cost: object) -> None:
     # PostgreSQL's numeric holds 16,383 digits after the point: stored, it would refuse the whole turn.

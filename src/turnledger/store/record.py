@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator, record_totals
 from turnledger.money import micros_from_usd, split_micros, to_decimal
+from turnledger.pricing import MIN_CALL_COST_USD
 from turnledger.records import (
     MICROS_PER_USD,
     MONEY_CONTEXT,
@@ -332,6 +333,9 @@ def record_token_usage(
 
     Never raises: on bad input it logs why and returns ``None``. ``cost_usd`` (or, failing that,
     ``cost_micros``) left out means unpriced: the row's cost is NULL and its calls count as unpriced.
+    What its columns cannot hold is bad input, refused here rather than at the caller's commit: a
+    count past 2**63 - 1 (``calls`` past 2**31 - 1), a cost whose micro-USD pass 2**63 - 1, or one
+    other than 0 below 1e-30 USD; a cost is kept to 60 significant digits.
     A duplicate ``turn_id`` is refused by the database at flush/commit, in the caller's transaction.
     A string too long for its column or holding a NUL is stored as :func:`record_turn` stores it
     (shortened, ending in a hash of the whole; NULs removed), with a warning.
@@ -347,16 +351,31 @@ def record_token_usage(
         }
         if total_tokens is not None:
             counts["total_tokens"] = total_tokens
-        bad = sorted(name for name, value in counts.items() if not _is_count(value))
+        bad = sorted(name for name, value in counts.items() if not _is_count(value, name))
+        if not bad and total_tokens is None and prompt_tokens + completion_tokens > _BIGINT_MAX:
+            bad = ["total_tokens"]
         if bad:
-            _refuse("bad_counts", "record_token_usage: %s must be non-negative integers", ", ".join(bad))
+            _refuse(
+                "bad_counts",
+                "record_token_usage: %s must be non-negative integers the database holds (calls at most %d, "
+                "tokens at most %d)",
+                ", ".join(bad),
+                _INTEGER_MAX,
+                _BIGINT_MAX,
+            )
             return None
         if not usage_type or not isinstance(usage_type, str):
             _refuse("bad_usage_type", "record_token_usage: usage_type must be a non-empty string")
             return None
         cost = _cost_from(cost_usd, cost_micros)
         if cost is _INVALID:
-            _refuse("bad_cost", "record_token_usage: cost must be a finite, non-negative number")
+            _refuse(
+                "bad_cost",
+                "record_token_usage: cost must be a finite, non-negative number the database holds (0 or from "
+                "%s to %s USD)",
+                MIN_CALL_COST_USD,
+                _MAX_COST_USD,
+            )
             return None
         if created_at is not None and (not isinstance(created_at, datetime) or created_at.tzinfo is None):
             _refuse("naive_created_at", "record_token_usage: created_at must be a timezone-aware datetime")
@@ -429,15 +448,29 @@ def _cost_from(cost_usd: object, cost_micros: object) -> Decimal | object | None
         return None
     if cost is None or cost < 0:
         return _INVALID
+    # Kept to money's 60 significant digits, as a call's cost is: PostgreSQL's numeric holds at most
+    # 16,383 digits after the point, and the micro-USD a 64-bit integer. Past those, the database would
+    # refuse the caller's whole commit.
+    cost = MONEY_CONTEXT.plus(cost)
+    if 0 < cost < MIN_CALL_COST_USD or cast(int, micros_from_usd(cost)) > _BIGINT_MAX:
+        return _INVALID
     return cost
+
+
+_BIGINT_MAX = 2**63 - 1
+"""The largest value of a token count's column (BIGINT)."""
+_INTEGER_MAX = 2**31 - 1
+"""The largest value of the ``calls`` column (INTEGER)."""
+_MAX_COST_USD = MONEY_CONTEXT.divide(Decimal(_BIGINT_MAX), MICROS_PER_USD)
+"""The largest cost whose micro-USD fit their BIGINT column."""
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_count(value: object) -> bool:
-    return _is_int(value) and int(str(value)) >= 0
+def _is_count(value: object, name: str = "") -> bool:
+    return _is_int(value) and 0 <= int(str(value)) <= (_INTEGER_MAX if name == "calls" else _BIGINT_MAX)
 
 
 def _refuse(cause: str, message: str, *args: object) -> None:
