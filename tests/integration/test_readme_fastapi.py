@@ -1,0 +1,161 @@
+"""The README's streaming FastAPI endpoint, run as written against the fake provider and a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, MutableMapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import litellm
+import pytest
+
+import turnledger
+from turnledger.fake_provider import FakeProvider
+
+from .readme_blocks import readme_python
+from .web_support import FAKE_COMPLETION_TOKENS, fake_prompt_tokens, question_of, stored_calls
+
+# FastAPI runs a `yield` dependency's exit after the response only from 0.118 on: older, the example is wrong.
+fastapi = pytest.importorskip("fastapi", minversion="0.118")
+fastapi_responses = pytest.importorskip("fastapi.responses")
+
+EXAMPLE = readme_python("#### A streaming endpoint (FastAPI)")
+ASGI = MutableMapping[str, Any]
+
+
+@pytest.fixture
+def example(
+    database_url: str, fake_provider: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """The example's module namespace, configured as a deployment would be: through the environment."""
+    monkeypatch.setenv("TURNLEDGER_DATABASE_URL", database_url)
+    monkeypatch.setenv("TURNLEDGER_OUTBOX_DIR", str(tmp_path / "outbox"))
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_provider.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-not-a-real-key")
+    namespace: dict[str, Any] = {"__name__": "readme_fastapi_example"}
+    exec(compile(EXAMPLE, "README.md", "exec"), namespace)
+    return namespace
+
+
+async def chat_then_disconnect(app: Any, query: dict[str, str]) -> list[bytes]:
+    """One GET /chat whose client goes away after the first chunk of the body, as a server reports it."""
+    first_chunk = asyncio.Event()
+    chunks: list[bytes] = []
+    requested = False
+
+    async def receive() -> ASGI:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await first_chunk.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: ASGI) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks.append(message["body"])
+            first_chunk.set()
+
+    scope: ASGI = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/chat",
+        "raw_path": b"/chat",
+        "query_string": urlencode(query).encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    await app(scope, receive, send)
+    return chunks
+
+
+async def test_the_readme_fastapi_stream_bills_every_call_once_to_its_turn(
+    example: dict[str, Any], database_url: str, fake_provider: FakeProvider
+) -> None:
+    app = example["app"]
+    resources: dict[str, Any] = example["resources"]
+    words = range(1, 9)
+    async with app.router.lifespan_context(app):
+        ledger: turnledger.CreditLedger = resources["ledger"]
+        await ledger.grant("u-paid", Decimal(1), "grant-paid")
+        await ledger.grant("u-gone", Decimal(1), "grant-gone")
+        await ledger.open_account("u-broke")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+            answers = await asyncio.gather(
+                *(client.get("/chat", params={"user_id": "u-paid", "question": question_of(n)}) for n in words)
+            )
+            refused = await client.get("/chat", params={"user_id": "u-broke", "question": "hi"})
+        fake_provider.script("gpt-4o-mini", content=" ".join(["token"] * 40), chunk_delay_s=0.05)
+        delivered = await chat_then_disconnect(app, {"user_id": "u-gone", "question": "hi"})
+    # Leaving the lifespan closed the writer: every turn it was handed is stored by now.
+
+    assert [(a.status_code, a.text) for a in answers] == [(200, "Hello from the fake provider.")] * len(words)
+    assert (refused.status_code, refused.json()) == (402, {"error": "insufficient credits"})
+    assert 0 < len(delivered) < 40
+    calls = await stored_calls(database_url)
+    assert len(fake_provider.requests) == len(words) + 1 == len(calls) == len({c["call_id"] for c in calls})
+    assert all(c["turn_calls"] == 1 for c in calls)  # one turn per request
+    paid = [c for c in calls if c["turn_user_id"] == "u-paid"]
+    # The provider's own counts, each in the turn of the request that made the call.
+    assert sorted((c["status"], c["prompt_tokens"], c["completion_tokens"]) for c in paid) == [
+        ("success", fake_prompt_tokens(question_of(n)), FAKE_COMPLETION_TOKENS) for n in words
+    ]
+    [gone] = [c for c in calls if c["turn_user_id"] == "u-gone"]
+    assert gone["status"] == "abandoned" and gone["prompt_tokens"] > 0
+    # Each turn was settled at its stored cost; the refused one reserved nothing and stored nothing.
+    paid_balance, gone_balance, broke_balance = [await ledger.balance(a) for a in ("u-paid", "u-gone", "u-broke")]
+    assert (paid_balance.balance, paid_balance.held) == (1 - sum(c["cost_usd"] for c in paid), Decimal(0))
+    assert (gone_balance.balance, gone_balance.held) == (1 - gone["cost_usd"], Decimal(0))
+    assert (broke_balance.balance, broke_balance.held) == (Decimal(0), Decimal(0))
+
+
+async def test_a_scope_in_the_endpoint_body_closes_before_its_stream_is_read(
+    example: dict[str, Any], database_url: str
+) -> None:
+    """What the README warns of: the turn stores an estimate, and the provider's counts come late."""
+    app = example["app"]
+    resources: dict[str, Any] = example["resources"]
+    turns: list[turnledger.TurnTokenAccumulator] = []
+
+    async def in_body(question: str) -> Any:
+        async with turnledger.scoped_turn(user_id="u-body", persist=resources["writer"], settle_timeout=0.2) as turn:
+            turns.append(turn)
+            stream = await litellm.acompletion(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": question}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+
+            async def body() -> AsyncIterator[str]:
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        yield chunk.choices[0].delta.content
+
+            return fastapi_responses.StreamingResponse(body(), media_type="text/plain")
+
+    app.add_api_route("/in-body", in_body)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+            answer = await client.get("/in-body", params={"question": "hello there"})
+        assert answer.text == "Hello from the fake provider."
+        [turn] = turns
+        for _ in range(200):  # the stream's own event is logged just after its last chunk
+            if turn.late_calls:
+                break
+            await asyncio.sleep(0.05)
+
+    [stored] = await stored_calls(database_url)
+    assert (stored["status"], stored["completion_tokens"]) == ("abandoned", 0)
+    assert [(c.status, c.prompt_tokens, c.completion_tokens) for c in turn.late_calls] == [
+        (turnledger.CallStatus.SUCCESS, fake_prompt_tokens("hello there"), FAKE_COMPLETION_TOKENS)
+    ]
