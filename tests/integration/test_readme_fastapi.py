@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -118,35 +118,60 @@ async def test_the_readme_fastapi_stream_bills_every_call_once_to_its_turn(
     assert (broke_balance.balance, broke_balance.held) == (Decimal(0), Decimal(0))
 
 
-async def test_a_scope_in_the_endpoint_body_closes_before_its_stream_is_read(
-    example: dict[str, Any], database_url: str
+def streamed_question(question: str) -> Any:
+    """The README endpoint's call and body, without its dependency: the scope is the test's to place."""
+
+    async def respond() -> Any:
+        stream = await litellm.acompletion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": question}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+
+        async def body() -> AsyncIterator[str]:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+
+        return fastapi_responses.StreamingResponse(body(), media_type="text/plain")
+
+    return respond()
+
+
+@pytest.mark.parametrize("place", ["endpoint", "base_http_middleware"])
+async def test_a_scope_that_exits_before_the_body_is_sent_stores_an_estimate(
+    example: dict[str, Any], database_url: str, place: str
 ) -> None:
-    """What the README warns of: the turn stores an estimate, and the provider's counts come late."""
+    """What the README warns of: the turn stores the call abandoned, and the provider's counts come late."""
     app = example["app"]
     resources: dict[str, Any] = example["resources"]
     turns: list[turnledger.TurnTokenAccumulator] = []
 
+    def scope() -> turnledger.scoped_turn:
+        opened = turnledger.scoped_turn(user_id="u-early", persist=resources["writer"], settle_timeout=0.2)
+        turns.append(opened.turn)
+        return opened
+
     async def in_body(question: str) -> Any:
-        async with turnledger.scoped_turn(user_id="u-body", persist=resources["writer"], settle_timeout=0.2) as turn:
-            turns.append(turn)
-            stream = await litellm.acompletion(
-                model="gpt-4o-mini",
-                messages=[{"role": "user", "content": question}],
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+        async with scope():
+            return await streamed_question(question)
 
-            async def body() -> AsyncIterator[str]:
-                async for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        yield chunk.choices[0].delta.content
+    async def plain(question: str) -> Any:
+        return await streamed_question(question)
 
-            return fastapi_responses.StreamingResponse(body(), media_type="text/plain")
+    async def dispatch(request: Any, call_next: Any) -> Any:
+        async with scope():
+            return await call_next(request)
 
-    app.add_api_route("/in-body", in_body)
+    if place == "endpoint":
+        app.add_api_route("/early", in_body)
+    else:
+        app.add_api_route("/early", plain)
+        app.add_middleware(pytest.importorskip("starlette.middleware.base").BaseHTTPMiddleware, dispatch=dispatch)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
-            answer = await client.get("/in-body", params={"question": "hello there"})
+            answer = await client.get("/early", params={"question": "hello there"})
         assert answer.text == "Hello from the fake provider."
         [turn] = turns
         for _ in range(200):  # the stream's own event is logged just after its last chunk
@@ -159,3 +184,32 @@ async def test_a_scope_in_the_endpoint_body_closes_before_its_stream_is_read(
     assert [(c.status, c.prompt_tokens, c.completion_tokens) for c in turn.late_calls] == [
         (turnledger.CallStatus.SUCCESS, fake_prompt_tokens("hello there"), FAKE_COMPLETION_TOKENS)
     ]
+
+
+async def test_a_plain_def_dependency_opens_a_turn_its_endpoint_never_sees(
+    example: dict[str, Any], database_url: str, fake_provider: FakeProvider
+) -> None:
+    app = example["app"]
+    resources: dict[str, Any] = example["resources"]
+    turns: list[turnledger.TurnTokenAccumulator] = []
+
+    def sync_turn() -> Iterator[turnledger.TurnTokenAccumulator]:
+        with turnledger.scoped_turn(user_id="u-sync-dep", persist=resources["writer"]) as turn:
+            turns.append(turn)
+            yield turn
+
+    # A default, not Annotated: this module's annotations are strings, and sync_turn is a local name.
+    async def ask(question: str, turn: Any = fastapi.Depends(sync_turn)) -> str:  # noqa: B008
+        answer = await litellm.acompletion(model="gpt-4o-mini", messages=[{"role": "user", "content": question}])
+        return str(answer.choices[0].message.content)
+
+    app.add_api_route("/sync-dep", ask)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        answer = await client.get("/sync-dep", params={"question": "hello there"})
+
+    assert answer.json() == "Hello from the fake provider."
+    assert len(fake_provider.requests) == 1
+    [turn] = turns
+    assert turn.calls == [] and turn.late_calls == []
+    assert await stored_calls(database_url) == []
