@@ -22,6 +22,7 @@ from .readme_blocks import readme_python
 from .web_support import FAKE_COMPLETION_TOKENS, fake_prompt_tokens, question_of, stored_calls
 
 SYNC_APP = readme_python("#### A sync app")
+HANG_DEADLINE_S = 30
 
 
 def ask(words: int, provider_kwargs: dict[str, Any], **options: Any) -> Any:
@@ -122,3 +123,37 @@ def test_the_readme_sync_app_stores_every_turn_its_request_threads_close(
     assert {c["turn_user_id"]: (c["status"], c["prompt_tokens"], c["completion_tokens"]) for c in calls} == {
         f"u-{n}": ("success", fake_prompt_tokens(question_of(n)), FAKE_COMPLETION_TOKENS) for n in range(1, 9)
     }
+
+
+def test_an_async_scope_on_another_loop_than_the_writers_hands_its_turn_over(
+    tracker: turnledger.TokenTrackingCallback, provider_kwargs: dict[str, Any], database_url: str, tmp_path: Path
+) -> None:
+    """The sync app's writer runs on a loop of its own; async code of that app (``asyncio.run`` in a view,
+    a worker) opens its scopes on another loop. Handing the turn over used the writer's loop-bound
+    futures from the wrong thread: the scope's exit never returned (measured: still waiting after 90 s)."""
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    writer = turnledger.BatchWriter(turnledger.make_engine(database_url), outbox_dir=tmp_path / "outbox")
+    asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+
+    async def view(n: int) -> None:
+        async with turnledger.scoped_turn(user_id=f"u-{n}", persist=writer):
+            await aask(n, provider_kwargs)
+
+    async def requests() -> None:
+        # Only so that a hang fails the test instead of stalling the suite.
+        await asyncio.wait_for(asyncio.gather(*(view(n) for n in (1, 2, 3))), HANG_DEADLINE_S)
+
+    try:
+        asyncio.run(requests())
+        asyncio.run_coroutine_threadsafe(writer.close(), loop).result()
+    finally:
+        asyncio.run_coroutine_threadsafe(writer.engine.dispose(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
+        loop.close()
+    calls = asyncio.run(stored_calls(database_url))
+    assert sorted((c["turn_user_id"], c["prompt_tokens"]) for c in calls) == [
+        (f"u-{n}", fake_prompt_tokens(question_of(n))) for n in (1, 2, 3)
+    ]
