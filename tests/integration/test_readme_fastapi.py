@@ -213,3 +213,37 @@ async def test_a_plain_def_dependency_opens_a_turn_its_endpoint_never_sees(
     [turn] = turns
     assert turn.calls == [] and turn.late_calls == []
     assert await stored_calls(database_url) == []
+
+
+async def test_background_tasks_run_inside_the_dependencys_turn_and_are_charged_with_it(
+    example: dict[str, Any], database_url: str
+) -> None:
+    app = example["app"]
+    resources: dict[str, Any] = example["resources"]
+    paid_turn = example["paid_turn"]
+
+    async def follow_up() -> None:
+        await litellm.acompletion(model="gpt-4o-mini", messages=[{"role": "user", "content": question_of(6)}])
+
+    async def ask(background: Any, turn: Any = fastapi.Depends(paid_turn)) -> str:  # noqa: B008
+        answer = await litellm.acompletion(model="gpt-4o-mini", messages=[{"role": "user", "content": question_of(2)}])
+        background.add_task(follow_up)
+        return str(answer.choices[0].message.content)
+
+    # FastAPI injects BackgroundTasks by the parameter's annotation, read from the signature.
+    ask.__annotations__["background"] = fastapi.BackgroundTasks
+    app.add_api_route("/with-follow-up", ask)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ledger: turnledger.CreditLedger = resources["ledger"]
+        await ledger.grant("u-bg", Decimal(1), "grant-bg")
+        answer = await client.get("/with-follow-up", params={"user_id": "u-bg"})
+        balance = await ledger.balance("u-bg")
+
+    assert answer.json() == "Hello from the fake provider."
+    calls = await stored_calls(database_url)
+    assert sorted((c["turn_user_id"], c["turn_calls"], c["prompt_tokens"]) for c in calls) == [
+        ("u-bg", 2, fake_prompt_tokens(question_of(2))),
+        ("u-bg", 2, fake_prompt_tokens(question_of(6))),
+    ]
+    assert balance.balance == 1 - sum(c["cost_usd"] for c in calls)
