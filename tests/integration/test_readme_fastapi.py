@@ -247,3 +247,32 @@ async def test_background_tasks_run_inside_the_dependencys_turn_and_are_charged_
         ("u-bg", 2, fake_prompt_tokens(question_of(6))),
     ]
     assert balance.balance == 1 - sum(c["cost_usd"] for c in calls)
+
+
+async def test_a_plain_def_endpoint_under_the_readme_dependency_makes_its_calls_in_the_turn(
+    example: dict[str, Any], database_url: str
+) -> None:
+    app = example["app"]
+    resources: dict[str, Any] = example["resources"]
+
+    def ask(turn: Any = fastapi.Depends(example["paid_turn"])) -> str:  # noqa: B008
+        messages = [{"role": "user", "content": question_of(3)}]
+        litellm.completion(model="gpt-4o-mini", messages=messages)
+        for _ in litellm.completion(
+            model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
+        ):
+            pass
+        return "asked"
+
+    app.add_api_route("/sync-endpoint", ask)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await resources["ledger"].grant("u-def", Decimal(1), "grant-def")
+        answer = await client.get("/sync-endpoint", params={"user_id": "u-def"})
+
+    assert answer.json() == "asked"
+    calls = await stored_calls(database_url)
+    assert (
+        sorted((c["turn_user_id"], c["turn_calls"], c["status"], c["prompt_tokens"]) for c in calls)
+        == [("u-def", 2, "success", fake_prompt_tokens(question_of(3)))] * 2
+    )
