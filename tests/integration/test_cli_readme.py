@@ -19,18 +19,9 @@ from turnledger import subscribers
 from turnledger.fake_provider import FakeProvider
 
 from .cli_run import invoke, run_cli
+from .readme_blocks import readme_python
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 URL_DEADLINE_S = 60
-
-
-def readme_python(heading: str) -> str:
-    """The first Python block after ``heading`` in the README."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index(heading) :]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, f"the README lost its example under {heading!r}"
-    return match.group(1)
 
 
 def test_the_fake_provider_command_prints_its_url_even_to_a_pipe_and_answers(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ transaction (:mod:`turnledger.store.entries`): writing a turn twice stores it on
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -76,6 +77,25 @@ def _being_cancelled() -> bool:
     """Whether the running task has been asked to stop (not merely seen a task it awaited cancelled)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _pass_on(done: asyncio.Future[None], durable: concurrent.futures.Future[None]) -> None:
+    """The writer's verdict on a turn handed over from another loop, for the thread that waits on it."""
+    if done.cancelled():
+        durable.cancel()
+        return
+    failure = done.exception()
+    if failure is not None:
+        _pass_on_failure(failure, durable)
+        return
+    # Cancelled by its waiter meanwhile (that thread's task was): nobody wants the answer.
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        durable.set_result(None)
+
+
+def _pass_on_failure(failure: BaseException, durable: concurrent.futures.Future[None]) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        durable.set_exception(failure)
 
 
 class BatchWriter:
@@ -322,8 +342,19 @@ class BatchWriter:
         )
 
     async def persist(self, turn: TurnTokenAccumulator, **options: Any) -> None:
-        """Hand a closed turn over and wait until it is durable (one group fsync, shared with other turns)."""
-        await self.submit(turn, **options)
+        """Hand a closed turn over and wait until it is durable (one group fsync, shared with other turns).
+
+        From an event loop other than the writer's (``asyncio.run`` in a sync app whose writer runs on a
+        loop of its own, a worker thread's loop) the turn crosses over thread-safely; the hand-over is
+        made before the first await, so a cancelled wait does not undo it.
+        """
+        loop = self._writer_loop()
+        if loop is None or loop is asyncio.get_running_loop():
+            await self.submit(turn, **options)
+            return
+        # The writer's futures and events belong to its loop: set from this thread, they would wake
+        # nobody there, and this loop would wait for a future nobody wakes it for.
+        await asyncio.wrap_future(self._submit_across(self.rows_for(turn, **options), loop))
 
     async def persist_turn(self, turn: TurnTokenAccumulator) -> None:
         """What ``scoped_turn(..., persist=writer)`` calls when its block exits."""
@@ -332,11 +363,37 @@ class BatchWriter:
     def submit_threadsafe(self, turn: TurnTokenAccumulator) -> None:
         """Hand over from another thread (a sync ``with scoped_turn``); does not wait for durability."""
         rows = self.rows_for(turn)
-        loop = self._tasks[0].get_loop() if self._tasks else None
+        loop = self._writer_loop()
         if loop is None or loop.is_closed() or self._closing:
             self._spill_late(encode_line(make_entry(rows)))
             return
         loop.call_soon_threadsafe(self._submit_logged, rows)
+
+    def _writer_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._tasks[0].get_loop() if self._tasks else None
+
+    def _submit_across(self, rows: TurnRows, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[None]:
+        """Hand ``rows`` over on the writer's ``loop`` from another thread; the (thread-safe) future
+        resolves once they are durable. Cancelling it does not take the turn back."""
+        durable: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if loop.is_closed() or self._closing:
+            self._spill_late(encode_line(make_entry(rows)))
+            durable.set_result(None)
+            return durable
+
+        def hand_over() -> None:
+            try:
+                self.submit_rows(rows).add_done_callback(lambda done: _pass_on(done, durable))
+            except Exception as exc:
+                _pass_on_failure(exc, durable)
+
+        try:
+            loop.call_soon_threadsafe(hand_over)
+        except RuntimeError:
+            # Closed since the check above: no writer will take it, the outbox will.
+            self._spill_late(encode_line(make_entry(rows)))
+            durable.set_result(None)
+        return durable
 
     def _submit_logged(self, rows: TurnRows) -> None:
         try:
