@@ -11,10 +11,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Connection
 
+import turnledger
 from turnledger import CreditLedger, make_engine, record_token_usage, session_factory
 from turnledger.store import migrate
 from turnledger.store.models import TokenUsage
@@ -23,14 +25,19 @@ from turnledger.store.tables import VERSION_TABLE
 from . import cli_run
 from .alembic_apps import (
     APP_ITEMS,
+    APP_METADATA,
     APP_REVISION,
     app_alembic,
     execute,
+    readme_python,
     released_turnledger_alembic,
     rows,
     run_sync,
     upgrade,
 )
+from .conftest import table_names
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def _migrate_cli(url: str) -> None:
@@ -99,6 +106,37 @@ def test_an_app_migrates_a_database_turnledger_migrated_first(empty_database_url
     assert migrate.current_revision(url) == migrate.head_revision()
     _migrate_cli(url)
     assert asyncio.run(_seeded(url)) == ([("kept", Decimal("0.25"))], Decimal("1.5"))
+
+
+def test_the_readme_filter_keeps_an_apps_autogenerate_off_turnledgers_tables(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    url = empty_database_url
+    upgrade(app_alembic(tmp_path, url))
+    migrate.upgrade(url)
+    configured: dict[str, Any] = {}
+
+    class Context:  # what the README's lines call, in the app's env.py
+        @staticmethod
+        def configure(**kwargs: Any) -> None:
+            configured.update(kwargs)
+
+    namespace = {"context": Context, "connection": None, "target_metadata": APP_METADATA}
+    exec(readme_python(README, "beside your own Alembic"), namespace)
+    include_object = configured["include_object"]
+
+    def diffs(connection: Connection, **opts: Any) -> list[Any]:
+        return list(compare_metadata(MigrationContext.configure(connection, opts=opts), APP_METADATA))
+
+    # Without the filter the app's autogenerate proposes dropping every turnledger table.
+    unfiltered = asyncio.run(run_sync(url, diffs))
+    assert {diff[1].name for diff in unfiltered if diff[0] == "remove_table"} == turnledger.TABLE_NAMES
+    assert asyncio.run(run_sync(url, lambda c: diffs(c, include_object=include_object))) == []
+
+
+def test_table_names_are_every_table_turnledgers_migrations_create(empty_database_url: str) -> None:
+    migrate.upgrade(empty_database_url)
+    assert asyncio.run(table_names(empty_database_url)) == turnledger.TABLE_NAMES
 
 
 def test_a_database_an_earlier_version_migrated_upgrades_keeping_data_and_the_apps_revision(
