@@ -40,6 +40,7 @@ from turnledger.store.engine import make_engine, session_factory
 from turnledger.store.record import TurnRows, insert_turn_rows, record_token_usage, record_turn, turn_rows
 from turnledger.store.replay import ReplayReport, replay_outbox
 from turnledger.store.reports import ReportBy, ReportRow, usage_report
+from turnledger.store.tables import TABLE_NAMES
 from turnledger.store.writer import BatchWriter
 from turnledger.subscribers import JsonlLedger, subscribe
 
@@ -72,7 +73,8 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = [
+# In plain sorted order (tests/unit/test_public_api.py pins it), not ruff's constants-first one.
+__all__ = [  # noqa: RUF022
     "BatchWriter",
     "CallKind",
     "CallStatus",
@@ -95,6 +97,7 @@ __all__ = [
     "Reservation",
     "SchemaMissingError",
     "StorageError",
+    "TABLE_NAMES",
     "TokenCallRecord",
     "TokenTrackingCallback",
     "TurnCharge",

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from turnledger.store import migrate
 from turnledger.store.base import Base
 from turnledger.store.engine import make_engine
+from turnledger.store.tables import VERSION_TABLE
 
 PG_ADMIN_DSN = os.environ.get("TURNLEDGER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("postgresql", "sqlite")
@@ -74,7 +75,8 @@ def sqlite_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _table_names(connection: Connection) -> list[str]:
-    present = set(inspect(connection).get_table_names()) - {"alembic_version"}
+    # The version tables stay: emptied, the database would read as never migrated.
+    present = set(inspect(connection).get_table_names()) - {VERSION_TABLE, "alembic_version"}
     # Children before parents, so foreign keys never block a delete.
     ordered = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name in present]
     return ordered + sorted(present - set(ordered))

@@ -21,6 +21,7 @@ from turnledger.store import migrate
 from turnledger.store.engine import make_engine, resolve_url
 from turnledger.store.models import TokenUsage, TokenUsageCall
 from turnledger.store.record import insert_turn_rows, turn_rows
+from turnledger.store.tables import VERSION_TABLE
 
 from .conftest import schema_diffs, table_names
 from .store_data import DAY1, DAY2, call, closed_turn
@@ -42,7 +43,7 @@ async def test_migrate_from_empty_down_to_base_and_up_again(empty_database_url: 
 
     await migrate.downgrade_async(url, "base")
     assert await migrate.current_revision_async(url) is None
-    assert await table_names(url) <= {"alembic_version"}
+    assert await table_names(url) <= {VERSION_TABLE}
 
     await migrate.upgrade_async(url)
     assert await migrate.current_revision_async(url) == head
@@ -61,7 +62,7 @@ async def test_downgrade_to_0001_keeps_our_tables(empty_database_url: str) -> No
     await migrate.upgrade_async(empty_database_url)
     await migrate.downgrade_async(empty_database_url, "0001")
     assert await migrate.current_revision_async(empty_database_url) == "0001"
-    assert await table_names(empty_database_url) == OUR_TABLES | {"alembic_version"}
+    assert await table_names(empty_database_url) == OUR_TABLES | {VERSION_TABLE}
 
 
 async def test_migrated_schema_matches_the_models(engine: AsyncEngine) -> None:

@@ -33,6 +33,7 @@ PUBLIC_API = [
     "Reservation",
     "SchemaMissingError",
     "StorageError",
+    "TABLE_NAMES",
     "TokenCallRecord",
     "TokenTrackingCallback",
     "TurnCharge",

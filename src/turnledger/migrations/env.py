@@ -3,6 +3,9 @@
 The URL comes from ``config.attributes["url"]`` (set by :mod:`turnledger.store.migrate`), else the
 ini's ``sqlalchemy.url``, else ``TURNLEDGER_DATABASE_URL`` / ./turnledger.db. A caller that already
 holds a connection passes it as ``config.attributes["connection"]`` and it is used as is.
+
+turnledger's revision lives in its own version table (:data:`~turnledger.store.tables.VERSION_TABLE`),
+never in ``alembic_version``, which belongs to the application sharing the database.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from sqlalchemy.engine import Connection
 from turnledger.store import models  # noqa: F401  (registers the tables on Base.metadata)
 from turnledger.store.base import Base
 from turnledger.store.engine import make_engine, resolve_url
+from turnledger.store.schema_version import adopt_legacy_revision
+from turnledger.store.tables import VERSION_TABLE
 
 # Other teams' tables live in their own model modules; import each one that exists so that
 # autogenerate sees every table and none is proposed for dropping.
@@ -38,6 +43,7 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        version_table=VERSION_TABLE,
         # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
@@ -45,6 +51,9 @@ def _configure(connection: Connection) -> None:
 
 
 def _run_with(connection: Connection) -> None:
+    # Before Alembic reads the version table, in the same transaction (and, from turnledger.store.migrate,
+    # under the migration lock): a deployment an earlier version migrated upgrades from its revision.
+    adopt_legacy_revision(connection, context.script)
     _configure(connection)
     with context.begin_transaction():
         context.run_migrations()
@@ -61,7 +70,7 @@ async def _run_async() -> None:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()
 

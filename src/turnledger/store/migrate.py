@@ -6,6 +6,9 @@ An upgrade or downgrade holds a lock on the database for its whole transaction (
 lock; SQLite: ``BEGIN IMMEDIATE``), so processes migrating at once (every replica at start-up) run one
 after the other: the first migrates, the others find the schema current. On SQLite this also makes a
 migration all or nothing: its DDL would otherwise commit statement by statement.
+
+turnledger's revision is kept in its own version table, so that an application running its own
+Alembic migrations in the same database keeps ``alembic_version`` to itself (see ``schema_version``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, pool, text
 from sqlalchemy.engine import URL, Connection
 
+from turnledger.store import schema_version
 from turnledger.store.engine import make_engine, resolve_url
 
 SCRIPT_LOCATION = "turnledger:migrations"
@@ -53,7 +56,7 @@ def head_revision() -> str | None:
 def is_past(current: str | None, target: str) -> bool:
     """Whether a database at ``current`` is already past revision ``target``: an upgrade to it does
     nothing (Alembic does not say so), and going back is a downgrade."""
-    order = [script.revision for script in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()]
+    order = _revisions()
     return current in order and target in order and order.index(current) < order.index(target)
 
 
@@ -66,10 +69,9 @@ async def downgrade_async(url: str | URL | None, revision: str) -> None:
 
 
 async def current_revision_async(url: str | URL | None = None) -> str | None:
-    """The revision the database is at; ``None`` for an empty database."""
-    revision: str | None = await _with_connection(
-        url, lambda conn: MigrationContext.configure(conn).get_current_revision()
-    )
+    """The revision turnledger's schema is at (read from its own version table); ``None`` for an empty database."""
+    known = _revisions()
+    revision: str | None = await _with_connection(url, lambda conn: schema_version.current_revision(conn, known))
     return revision
 
 
@@ -85,6 +87,11 @@ def downgrade(url: str | URL | None, revision: str) -> None:
 
 def current_revision(url: str | URL | None = None) -> str | None:
     return _run(current_revision_async(url))
+
+
+def _revisions() -> list[str]:
+    """Every revision id the installed package has, newest first."""
+    return [script.revision for script in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()]
 
 
 def _command(connection: Connection, url: str | URL | None, action: str, revision: str) -> None:

@@ -1,0 +1,73 @@
+"""turnledger's schema revision, kept in a version table of its own beside an application's Alembic.
+
+Versions before this one kept it in Alembic's default ``alembic_version``, where an application
+running its own migrations keeps its revision: each side then met a revision it did not know
+("Can't locate revision"). :func:`adopt_legacy_revision` moves turnledger's revision over, once, in
+the migration's own transaction (under its lock), so that an existing deployment upgrades by
+running ``turnledger migrate`` as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import column, inspect, table
+from sqlalchemy.engine import Connection
+
+from turnledger.store.tables import VERSION_TABLE
+
+LEGACY_VERSION_TABLE = "alembic_version"
+"""Where versions before this one kept turnledger's revision (Alembic's default)."""
+
+_FIRST_TABLES = frozenset({"token_usage", "token_usage_calls"})
+"""Tables every turnledger revision has (0001 creates them)."""
+
+
+def current_revision(connection: Connection, known: Collection[str]) -> str | None:
+    """The revision turnledger's schema is at; ``None`` when it has none.
+
+    A database an earlier version migrated, not yet upgraded, is at the revision it left in
+    ``alembic_version``. ``known``: every revision id the installed package has.
+    """
+    revision = _context(connection).get_current_revision()
+    return revision if revision is not None else legacy_revision(connection, known)
+
+
+def legacy_revision(connection: Connection, known: Collection[str]) -> str | None:
+    """turnledger's revision as an earlier version left it in ``alembic_version``, if it is there to adopt.
+
+    Only when turnledger's own version table does not exist yet, and only a revision id of
+    turnledger's in a database holding turnledger's tables: an application's revision that happens
+    to share an id ("0002") in a database turnledger never migrated is the application's.
+    """
+    tables = set(inspect(connection).get_table_names())
+    if VERSION_TABLE in tables or LEGACY_VERSION_TABLE not in tables or not tables >= _FIRST_TABLES:
+        return None
+    heads = MigrationContext.configure(connection, opts={"version_table": LEGACY_VERSION_TABLE}).get_current_heads()
+    ours = [head for head in heads if head in known]
+    # turnledger's history is linear: two of its revisions as heads is nothing an earlier version wrote.
+    return ours[0] if len(ours) == 1 else None
+
+
+def adopt_legacy_revision(connection: Connection, script: ScriptDirectory) -> str | None:
+    """Move turnledger's revision from ``alembic_version`` to its own table; the revision moved, if any.
+
+    The row goes in the caller's transaction: a migration that fails after it leaves it where it
+    was. The ``alembic_version`` table and every other row in it stay as they are.
+    """
+    revision = legacy_revision(connection, {rev.revision for rev in script.walk_revisions()})
+    if revision is None:
+        return None
+    _context(connection).stamp(script, revision)
+    legacy = table(LEGACY_VERSION_TABLE, column("version_num"))
+    connection.execute(legacy.delete().where(legacy.c.version_num == revision))
+    return revision
+
+
+def _context(connection: Connection) -> MigrationContext:
+    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+
+
+__all__ = ["LEGACY_VERSION_TABLE", "adopt_legacy_revision", "current_revision", "legacy_revision"]
