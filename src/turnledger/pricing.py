@@ -158,6 +158,7 @@ def price_call(
         images_out=images_out,
         ask_litellm=not _litellm_said_unmapped(kwargs),
         service_tier=tier,
+        deployment=deployment_price_key(kwargs),
     )
     flags.extend(f for f in more if f not in flags)
     if cost is None and price_table is not None:
@@ -180,22 +181,26 @@ def price_counts(
     images_out: int = 0,
     ask_litellm: bool = True,
     service_tier: str | None = None,
+    deployment: str | None = None,
 ) -> PriceResult:
     """Price known counts by rates alone: ``cost_per_token``, then the caller's price table.
 
     ``ask_litellm=False`` skips ``cost_per_token`` (LiteLLM already said it has no price for the model).
+    ``deployment``: the key of a Router deployment's own prices in ``litellm.model_cost`` (see
+    :func:`deployment_price_key`), which ``cost_per_token`` is asked for instead of the model's.
     ``service_tier``: the tier the call was billed at (see :func:`billed_service_tier`), whose rates
     LiteLLM's map lists apart (OpenAI's flex at half the standard rate, priority at up to twice it),
     and so may the price table (flagged ``service_tier_unpriced`` when its entry does not).
     """
     flags: list[RecordFlag] = []
     is_image = call_kind is CallKind.IMAGE_GENERATION
-    if ask_litellm and not is_image and model:
+    rated = deployment or model
+    if (ask_litellm or deployment) and not is_image and rated:
         value = _run_stage(
-            "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind, service_tier
+            "cost_per_token", rated, provider, flags, _cost_per_token, counts, rated, provider, call_kind, service_tier
         )
         cost = _believable(decimal_from_litellm(value), flags, model)
-        if cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
+        if cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, rated, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
         cost = _table_cost(price_table, model, provider, counts, images_out, flags, service_tier)
@@ -604,6 +609,7 @@ def _price_estimate(
         call_kind=call_kind,
         price_table=price_table,
         service_tier=billed_service_tier(kwargs, response_obj),
+        deployment=deployment_price_key(kwargs),
     )
     flags = [*counts.flags, *(f for f in flags if f not in counts.flags)]
     return counts, cost, CostSource.ESTIMATED if cost is not None else source, flags
@@ -650,6 +656,38 @@ def billed_service_tier(call_details: Mapping[str, Any], response_obj: Any) -> s
     if requested is None:
         requested = call_details.get("service_tier")
     return requested if isinstance(requested, str) and requested.lower() != "auto" else None
+
+
+def deployment_price_key(call_details: Mapping[str, Any] | None) -> str | None:
+    """The key under which LiteLLM keeps the prices of the Router deployment that made a call, when that
+    deployment has prices of its own (``input_cost_per_token``... in its ``litellm_params`` or its
+    ``model_info``), or ``None``.
+
+    A Router registers such a deployment's prices in ``litellm.model_cost`` under its ``model_info.id``,
+    not under the model's name, and LiteLLM's own pricing looks them up there (``completion_cost`` with
+    ``router_model_id``, 1.106.12). A call LiteLLM did not price itself (a stream without usage, an
+    abandoned or timed-out call, a usage block that could not be believed) is priced by its counts: at
+    the model's list price, or not at all for a model LiteLLM does not know, without this key.
+    """
+    if not isinstance(call_details, Mapping):
+        return None
+    params = call_details.get("litellm_params")
+    if not isinstance(params, Mapping):
+        return None
+    try:
+        import litellm
+        from litellm.litellm_core_utils.litellm_logging import use_custom_pricing_for_model
+
+        if not use_custom_pricing_for_model(dict(params)):
+            return None
+        for key in ("litellm_metadata", "metadata"):
+            info = get_field(params.get(key), "model_info")
+            model_id = get_field(info, "id")
+            if isinstance(model_id, str) and model_id and isinstance(litellm.model_cost.get(model_id), Mapping):
+                return model_id
+    except Exception:
+        return None
+    return None
 
 
 def request_tools(call_details: Mapping[str, Any]) -> object:
@@ -731,6 +769,7 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
                 call_kind=pending.call_kind,
                 price_table=pending.price_table,
                 service_tier=billed_service_tier(request, None),
+                deployment=deployment_price_key(pending.call_details),
             )
             flags.extend(more)
             if cost is not None:
