@@ -75,7 +75,9 @@ from turnledger.usage import normalize_usage, private_field
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
-    CallKind.CHAT: ("completion", "acompletion"),
+    # LiteLLM's Anthropic /v1/messages passthrough (``litellm.anthropic_messages``) is a chat call: billed
+    # by tokens, its input estimated as any chat call's when it never reports usage (a read timeout).
+    CallKind.CHAT: ("completion", "acompletion", "anthropic_messages", "aanthropic_messages"),
     CallKind.TEXT_COMPLETION: ("text_completion", "atext_completion"),
     CallKind.EMBEDDING: ("embedding", "aembedding"),
     CallKind.IMAGE_GENERATION: ("image_generation", "aimage_generation", "image_edit", "aimage_edit"),
