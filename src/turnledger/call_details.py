@@ -84,3 +84,18 @@ def provider_refused(call_details: Mapping[str, Any] | None) -> bool:
         return False
     error = parsed.get("error")
     return isinstance(error, dict | str) and bool(error)
+
+
+def provider_answered(call_details: Mapping[str, Any] | None) -> bool:
+    """Whether the provider had answered the call with a success status before it failed.
+
+    LiteLLM's own HTTP handler for Anthropic's ``/v1/messages`` passthrough (and Google's
+    ``generate_content``) keeps the provider's HTTP response as ``httpx_response`` once it has it, before
+    it reads or wraps the body. A call that fails after that (a streamed ``anthropic_messages`` without
+    the LiteLLM proxy's optional packages, measured on 1.106.12: ``No module named 'fastapi'``) was
+    answered, and the provider bills it, though no usage ever reaches a callback.
+    """
+    if call_details is None:
+        return False
+    status = getattr(call_details.get("httpx_response"), "status_code", None)
+    return type(status) is int and 200 <= status < 300

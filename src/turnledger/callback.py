@@ -50,7 +50,7 @@ from turnledger.accumulator import (
     call_bindings,
     get_current_accumulator,
 )
-from turnledger.call_details import response_arrived
+from turnledger.call_details import provider_answered, response_arrived
 from turnledger.price_table import PriceTable
 from turnledger.pricing import (
     answer_timed_out,
@@ -473,8 +473,9 @@ class TokenTrackingCallback(CustomLogger):
                 estimated = delivered_before_failure(
                     sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                 )
-                if estimated is None and answer_timed_out(exc):
-                    # The provider had the request and went on with it: billed as an abandoned call is.
+                if estimated is None and (answer_timed_out(exc) or provider_answered(kwargs)):
+                    # The provider had the request and went on with it (or answered it, and LiteLLM
+                    # failed after that): billed as an abandoned call is.
                     estimated = estimate_unanswered_call(
                         sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                     )

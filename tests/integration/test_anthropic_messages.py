@@ -7,6 +7,7 @@ request (a read timeout, or LiteLLM failing after Anthropic answered), its input
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +34,7 @@ USAGE = {
     "cache_creation_input_tokens": 300,
     "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100},
 }
+STREAM_WRAPPER = "litellm.llms.anthropic.pass_through.messages.streaming_iterator"
 
 pytestmark = pytest.mark.usefixtures("tracker")
 
@@ -78,6 +80,22 @@ async def test_a_messages_call_that_timed_out_waiting_for_its_answer_is_billed_i
             await litellm.anthropic_messages(**call_kwargs(fake_provider, timeout=0.3))
     [record] = turn.calls
     assert (record.call_kind, record.status, record.error_type) == (CallKind.CHAT, CallStatus.FAILURE, "Timeout")
+    assert_billed_its_estimated_input(record)
+
+
+async def test_a_messages_stream_anthropic_answered_but_litellm_could_not_wrap_is_billed_its_estimated_input(
+    fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM 1.106 wraps the stream with a module that imports its proxy's optional packages (fastapi...):
+    # without them the call fails after Anthropic answered 200 and started generating. Made certain here.
+    monkeypatch.setitem(sys.modules, STREAM_WRAPPER, None)
+    fake_provider.script(MODEL, usage=USAGE)
+    async with turnledger.scoped_turn() as turn:
+        with pytest.raises(ImportError):
+            await litellm.anthropic_messages(**call_kwargs(fake_provider, stream=True))
+    assert [r.path for r in fake_provider.requests] == ["/v1/messages"]
+    [record] = turn.calls
+    assert (record.status, record.error_type) == (CallStatus.FAILURE, "ModuleNotFoundError")
     assert_billed_its_estimated_input(record)
 
 
