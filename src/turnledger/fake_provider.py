@@ -140,6 +140,16 @@ class FakeProvider:
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/images/generations", self._images)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/responses", self._responses)
+        app.router.add_post("/v1/completions", self._text_completion)
+        app.router.add_post("/completions", self._text_completion)
+        app.router.add_post("/v1/moderations", self._moderations)
+        app.router.add_post("/moderations", self._moderations)
+        app.router.add_post("/v1/rerank", self._rerank)
+        app.router.add_post("/v2/rerank", self._rerank)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/audio/speech", self._speech)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/audio/transcriptions", self._transcriptions)
         # Azure OpenAI speaks the OpenAI chat format under a deployment path.
@@ -270,6 +280,175 @@ class FakeProvider:
             # The client broke the stream off; a real provider still bills what it generated.
             pass
         return resp
+
+    # -- OpenAI Responses API ----------------------------------------------------------------
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        model = str(body.get("model", "fake"))
+        if script.usage is not None:
+            usage = dict(script.usage)
+        else:
+            prompt = 5 + len(str(body.get("input", "")).split())
+            completion = len(script.content.split())
+            usage = {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": completion,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + completion,
+            }
+        resp_id = f"resp_{rid}"
+        item_id = f"msg_{rid}"
+
+        def response(status: str, text: str, with_usage: bool) -> dict[str, Any]:
+            output: list[dict[str, Any]] = []
+            if text:
+                output.append(
+                    {
+                        "type": "message",
+                        "id": item_id,
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                )
+            payload: dict[str, Any] = {
+                "id": resp_id,
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": status,
+                "model": model,
+                "output": output,
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": usage if with_usage else None,
+            }
+            payload.update(script.extra_response)
+            return payload
+
+        if not body.get("stream"):
+            return web.json_response(response("completed", script.content, True), headers={"x-request-id": rid})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
+        await resp.prepare(request)
+        seq = itertools.count()
+
+        async def event(data: dict[str, Any]) -> None:
+            data["sequence_number"] = next(seq)
+            await resp.write(f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode())
+
+        try:
+            await event({"type": "response.created", "response": response("in_progress", "", False)})
+            for i, word in enumerate(script.content.split(" ")):
+                await event(
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": item_id,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": word if i == 0 else " " + word,
+                    }
+                )
+                if script.chunk_delay_s:
+                    await asyncio.sleep(script.chunk_delay_s)
+            await event({"type": "response.completed", "response": response("completed", script.content, True)})
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    # -- OpenAI text completions -------------------------------------------------------------
+    async def _text_completion(self, request: web.Request) -> web.StreamResponse:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        prompt = 5 + len(str(body.get("prompt", "")).split())
+        usage = (
+            dict(script.usage)
+            if script.usage is not None
+            else {
+                "prompt_tokens": prompt,
+                "completion_tokens": len(script.content.split()),
+                "total_tokens": prompt + len(script.content.split()),
+            }
+        )
+        payload: dict[str, Any] = {
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": 0, "text": script.content, "logprobs": None, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        if not script.send_usage:
+            del payload["usage"]
+        payload.update(script.extra_response)
+        if not body.get("stream"):
+            return web.json_response(payload, headers={"x-request-id": rid})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
+        await resp.prepare(request)
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if script.include_usage_chunk is not None:
+            want_usage = script.include_usage_chunk
+        try:
+            words = script.content.split(" ")
+            for i, word in enumerate(words):
+                finish = "stop" if i == len(words) - 1 else None
+                piece = {"index": 0, "text": word if i == 0 else " " + word, "logprobs": None, "finish_reason": finish}
+                chunk = {**payload, "choices": [piece]}
+                chunk.pop("usage", None)
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if want_usage:
+                await resp.write(f"data: {json.dumps({**payload, 'choices': [], 'usage': usage})}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    # -- OpenAI moderations ------------------------------------------------------------------
+    async def _moderations(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        payload: dict[str, Any] = {
+            "id": f"modr-{rid}",
+            "model": body.get("model") or "omni-moderation-latest",
+            "results": [{"flagged": False, "categories": {}, "category_scores": {}} for _ in items],
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- Cohere rerank -----------------------------------------------------------------------
+    async def _rerank(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        documents = body.get("documents") or []
+        meta = dict(script.usage) if script.usage is not None else {"billed_units": {"search_units": 1}}
+        payload: dict[str, Any] = {
+            "id": f"rerank-{rid}",
+            "results": [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(documents))],
+            "meta": meta,
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- OpenAI speech -----------------------------------------------------------------------
+    async def _speech(self, request: web.Request) -> web.Response:
+        _body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        return web.Response(body=b"ID3fake-mp3-bytes", content_type="audio/mpeg", headers={"x-request-id": rid})
 
     # -- OpenAI embeddings -------------------------------------------------------------------
     async def _embeddings(self, request: web.Request) -> web.Response:

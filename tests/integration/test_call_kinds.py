@@ -1,0 +1,206 @@
+"""Call kinds beyond chat and embeddings, through the fake provider and LiteLLM's real request code.
+
+Each is in its turn once, with the counts the provider sent and LiteLLM's own price for them, read
+exactly: the Responses API (streamed or not, cache reads and reasoning), text completions, moderation,
+rerank, speech, and a Router's fallback to another model after a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from decimal import Decimal
+from typing import Any
+
+import litellm
+import pytest
+from litellm.router import Router
+
+import turnledger
+from turnledger import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.fake_provider import FakeProvider
+
+D = Decimal
+# LiteLLM's bundled map (1.106), USD.
+O3_MINI = {"in": D("0.0000011"), "cached": D("0.00000055"), "out": D("0.0000044")}
+GPT_4O_MINI = {"in": D("0.00000015"), "out": D("0.0000006")}
+INSTRUCT = {"in": D("0.0000015"), "out": D("0.000002")}  # gpt-3.5-turbo-instruct
+RERANK_PER_QUERY = D("0.002")  # cohere rerank-english-v3.0
+TTS_1_PER_CHARACTER = D("0.000015")
+RESPONSES_USAGE = {
+    "input_tokens": 1000,
+    "input_tokens_details": {"cached_tokens": 400},
+    "output_tokens": 200,
+    "output_tokens_details": {"reasoning_tokens": 50},
+    "total_tokens": 1200,
+}
+# OpenAI's Responses usage: input_tokens includes the 400 cached, output_tokens the 50 reasoning.
+RESPONSES_COST = 600 * O3_MINI["in"] + 400 * O3_MINI["cached"] + 200 * O3_MINI["out"]
+MCP_HANDLER = "litellm.responses.mcp.litellm_proxy_mcp_handler"
+
+pytestmark = pytest.mark.usefixtures("tracker")
+
+
+@pytest.fixture
+def responses_without_mcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM 1.106.12 imports its MCP gateway on every Responses call, and that module imports the
+    optional ``mcp`` package, failing the call before it is sent when ``mcp`` is missing (README, Known
+    limits). For a call with no MCP tools the gateway only answers "not mine": without ``mcp``, a
+    stand-in module answers that, and everything else LiteLLM does for the call runs as is."""
+    if importlib.util.find_spec("mcp") is None:
+        handler = type(
+            "LiteLLM_Proxy_MCP_Handler", (), {"should_use_litellm_mcp_gateway": staticmethod(lambda tools: False)}
+        )
+        stand_in = types.ModuleType(MCP_HANDLER)
+        stand_in.LiteLLM_Proxy_MCP_Handler = handler  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, MCP_HANDLER, stand_in)
+
+
+def only_record(turn: turnledger.TurnTokenAccumulator, kind: CallKind) -> TokenCallRecord:
+    [record] = turn.calls
+    assert (record.call_kind, record.status) == (kind, CallStatus.SUCCESS)
+    return record
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_responses_call_is_billed_its_cache_reads_and_reasoning_as_litellm_prices_them(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], stream: bool
+) -> None:
+    fake_provider.script("o3-mini", usage=RESPONSES_USAGE, content="one two three")
+    async with turnledger.scoped_turn() as turn:
+        response: Any = await litellm.aresponses(
+            model="openai/o3-mini", input="hello", stream=stream, **provider_kwargs
+        )
+        if stream:
+            async for _ in response:
+                pass
+        else:
+            assert response._hidden_params["response_cost"] == pytest.approx(float(RESPONSES_COST), rel=1e-12)
+    record = only_record(turn, CallKind.RESPONSES)
+    assert record.stream is stream
+    assert (record.prompt_tokens, record.cached_tokens) == (1000, 400)
+    assert (record.completion_tokens, record.reasoning_tokens, record.total_tokens) == (200, 50, 1200)
+    assert (record.cost_usd, record.cost_source) == (RESPONSES_COST, CostSource.RESPONSE_COST)
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
+async def test_a_responses_call_to_a_model_nobody_prices_is_unpriced_not_free(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("acme-unknown", usage={"input_tokens": 10, "output_tokens": 5, "total_tokens": 15})
+    async with turnledger.scoped_turn() as turn:
+        await litellm.aresponses(model="openai/acme-unknown", input="hello", **provider_kwargs)
+    record = only_record(turn, CallKind.RESPONSES)
+    assert (record.prompt_tokens, record.completion_tokens) == (10, 5)
+    assert (record.cost_usd, record.cost_source) == (None, CostSource.NONE)
+    assert turn.total_cost_usd is None and turn.unpriced_calls == 1
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
+async def test_a_responses_stream_the_caller_breaks_off_is_billed_its_estimated_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", content="one two three four five six seven eight", chunk_delay_s=0.02)
+    async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+        stream: Any = await litellm.aresponses(
+            model="openai/gpt-4o-mini", input="hello there", stream=True, **provider_kwargs
+        )
+        async for _ in stream:
+            break
+    [record] = turn.calls
+    assert (record.call_kind, record.status) == (CallKind.RESPONSES, CallStatus.ABANDONED)
+    assert record.prompt_tokens > 0 and record.completion_tokens == 0
+    assert (record.cost_usd, record.cost_source) == (record.prompt_tokens * GPT_4O_MINI["in"], CostSource.ESTIMATED)
+    assert RecordFlag.COMPLETION_NOT_SEEN in record.flags
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_a_text_completion_is_billed_the_usage_sent_or_its_estimate(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], include_usage: bool
+) -> None:
+    fake_provider.script(
+        "gpt-3.5-turbo-instruct",
+        content="one two three",
+        usage={"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    )
+    async with turnledger.scoped_turn() as turn:
+        await litellm.atext_completion(model="openai/gpt-3.5-turbo-instruct", prompt="hello", **provider_kwargs)
+        options = {"stream_options": {"include_usage": True}} if include_usage else {}
+        stream = await litellm.atext_completion(
+            model="openai/gpt-3.5-turbo-instruct", prompt="hello", stream=True, **options, **provider_kwargs
+        )
+        async for _ in stream:
+            pass
+    assert [(r.call_kind, r.status, r.stream) for r in turn.calls] == [
+        (CallKind.TEXT_COMPLETION, CallStatus.SUCCESS, False),
+        (CallKind.TEXT_COMPLETION, CallStatus.SUCCESS, True),
+    ]
+    sent = 100 * INSTRUCT["in"] + 20 * INSTRUCT["out"]
+    plain, streamed = turn.calls
+    assert (plain.prompt_tokens, plain.completion_tokens, plain.cost_usd) == (100, 20, sent)
+    if include_usage:
+        assert (streamed.prompt_tokens, streamed.completion_tokens, streamed.cost_usd) == (100, 20, sent)
+        assert streamed.cost_source is CostSource.RESPONSE_COST
+    else:
+        # No usage chunk: the three words it returned and its prompt, estimated, not $0.
+        assert streamed.usage_estimated and streamed.prompt_tokens > 0 and streamed.completion_tokens == 3
+        assert streamed.cost_source is CostSource.ESTIMATED
+        assert streamed.cost_usd == streamed.prompt_tokens * INSTRUCT["in"] + 3 * INSTRUCT["out"]
+
+
+async def test_moderation_rerank_and_speech_are_billed_as_litellms_map_prices_them(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    text = "read this aloud"
+    async with turnledger.scoped_turn() as turn:
+        await litellm.amoderation(model="openai/omni-moderation-latest", input="hello", **provider_kwargs)
+        await litellm.arerank(
+            model="cohere/rerank-english-v3.0",
+            query="which?",
+            documents=["a", "b", "c"],
+            api_base=fake_provider.anthropic_base_url,
+            api_key="fake",
+        )
+        await litellm.aspeech(model="openai/tts-1", input=text, voice="alloy", **provider_kwargs)
+    by_kind = {r.call_kind: r for r in turn.calls}
+    assert list(by_kind) == [CallKind.MODERATION, CallKind.RERANK, CallKind.SPEECH]
+    assert all(r.status is CallStatus.SUCCESS for r in turn.calls)
+    # omni-moderation-latest is listed at zero rates: free, and said so by LiteLLM's own figure.
+    assert (by_kind[CallKind.MODERATION].cost_usd, by_kind[CallKind.MODERATION].cost_source) == (
+        D(0),
+        CostSource.RESPONSE_COST,
+    )
+    assert by_kind[CallKind.RERANK].cost_usd == RERANK_PER_QUERY
+    # LiteLLM counts a speech input's characters without its whitespace (litellm.utils.count_characters).
+    assert by_kind[CallKind.SPEECH].cost_usd == len(text.replace(" ", "")) * TTS_1_PER_CHARACTER
+    assert turn.unpriced_calls == 0
+
+
+async def test_a_router_fallback_bills_the_failed_call_nothing_and_the_fallback_at_its_own_price(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o", status=500)
+    fake_provider.script("gpt-4o-mini", usage={"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110})
+    router = Router(
+        model_list=[
+            {"model_name": "big", "litellm_params": {"model": "openai/gpt-4o", **provider_kwargs}},
+            {"model_name": "small", "litellm_params": {"model": "openai/gpt-4o-mini", **provider_kwargs}},
+        ],
+        fallbacks=[{"big": ["small"]}],
+        num_retries=0,
+    )
+    async with turnledger.scoped_turn() as turn:
+        await router.acompletion(model="big", messages=[{"role": "user", "content": "hi"}])
+    assert [r.body["model"] for r in fake_provider.requests] == ["gpt-4o", "gpt-4o-mini"]
+    failed, answered = turn.calls
+    assert (failed.model, failed.status, failed.cost_usd, failed.cost_source) == (
+        "gpt-4o",
+        CallStatus.FAILURE,
+        D(0),
+        CostSource.NOT_BILLED,
+    )
+    assert (answered.model, answered.status) == ("gpt-4o-mini", CallStatus.SUCCESS)
+    assert answered.cost_usd == 100 * GPT_4O_MINI["in"] + 10 * GPT_4O_MINI["out"]
+    assert turn.total_cost_usd == answered.cost_usd
