@@ -53,7 +53,10 @@ class Script:
     extra_response: Mapping[str, Any] = field(default_factory=dict)
     """Top-level fields merged into a JSON response (and the last stream chunk)."""
     tool_calls: list[dict[str, Any]] | None = None
-    """OpenAI-style tool calls returned instead of plain content."""
+    """OpenAI-style tool calls returned instead of plain content (streamed: each call's arguments in
+    two pieces)."""
+    error_message: str = "fake provider failure"
+    """The message of an error answer (LiteLLM maps some, such as a context window exceeded, by it)."""
 
 
 @dataclass
@@ -186,7 +189,7 @@ class FakeProvider:
     @staticmethod
     def _error(script: Script, rid: str) -> web.Response:
         return web.json_response(
-            {"error": {"message": "fake provider failure", "type": "server_error", "code": script.status}},
+            {"error": {"message": script.error_message, "type": "server_error", "code": script.status}},
             status=script.status,
             headers={"x-request-id": rid},
         )
@@ -208,12 +211,13 @@ class FakeProvider:
         if script.tool_calls:
             message = {"role": "assistant", "content": None, "tool_calls": script.tool_calls}
             finish = "tool_calls"
+        n = int(body.get("n") or 1)
         payload: dict[str, Any] = {
             "id": cid,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "choices": [{"index": i, "message": message, "finish_reason": finish} for i in range(n)],
             "usage": usage,
         }
         if not script.send_usage:
@@ -238,29 +242,50 @@ class FakeProvider:
         if script.include_usage_chunk is not None:
             want_usage = script.include_usage_chunk
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        n = int(body.get("n") or 1)
+
+        def chunk(delta: dict[str, Any], finish: str | None, index: int = 0) -> dict[str, Any]:
             return {
                 "id": cid,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
             }
 
         try:
-            words = script.content.split(" ")
+            if script.tool_calls:
+                for i, call in enumerate(script.tool_calls):
+                    function = call.get("function") or {}
+                    arguments = str(function.get("arguments", ""))
+                    half = len(arguments) // 2
+                    head = {"index": i, "id": call.get("id"), "type": "function"}
+                    pieces = [
+                        {**head, "function": {"name": function.get("name"), "arguments": arguments[:half]}},
+                        {"index": i, "function": {"arguments": arguments[half:]}},
+                    ]
+                    for piece in pieces:
+                        call_delta: dict[str, Any] = {"tool_calls": [piece]}
+                        if i == 0:
+                            call_delta["role"] = "assistant"
+                        await resp.write(f"data: {json.dumps(chunk(call_delta, None))}\n\n".encode())
+                await resp.write(f"data: {json.dumps(chunk({}, 'tool_calls'))}\n\n".encode())
+            words = script.content.split(" ") if not script.tool_calls else []
             for i, word in enumerate(words):
-                delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
-                if i == 0:
-                    delta["role"] = "assistant"
-                await resp.write(f"data: {json.dumps(chunk(delta, None))}\n\n".encode())
+                for index in range(n):
+                    delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
+                    if i == 0:
+                        delta["role"] = "assistant"
+                    await resp.write(f"data: {json.dumps(chunk(delta, None, index))}\n\n".encode())
                 if script.break_after_chunks is not None and i + 1 >= script.break_after_chunks:
                     if request.transport is not None:
                         request.transport.close()
                     return resp
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
-            await resp.write(f"data: {json.dumps(chunk({}, 'stop'))}\n\n".encode())
+            if words:
+                for index in range(n):
+                    await resp.write(f"data: {json.dumps(chunk({}, 'stop', index))}\n\n".encode())
             if want_usage:
                 last: dict[str, Any] = {
                     "id": cid,

@@ -204,3 +204,94 @@ async def test_a_router_fallback_bills_the_failed_call_nothing_and_the_fallback_
     assert (answered.model, answered.status) == ("gpt-4o-mini", CallStatus.SUCCESS)
     assert answered.cost_usd == 100 * GPT_4O_MINI["in"] + 10 * GPT_4O_MINI["out"]
     assert turn.total_cost_usd == answered.cost_usd
+
+
+async def test_a_router_context_window_fallback_bills_the_refused_call_nothing_and_the_fallback_its_usage(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script(
+        "gpt-4o-mini",
+        status=400,
+        error_message="This model's maximum context length is 128000 tokens. However, your messages resulted in "
+        "130000 tokens. Please reduce the length of the messages.",
+    )
+    fake_provider.script(
+        "gpt-4.1-mini", usage={"prompt_tokens": 130_000, "completion_tokens": 100, "total_tokens": 130_100}
+    )
+    router = Router(
+        model_list=[
+            {"model_name": "short", "litellm_params": {"model": "openai/gpt-4o-mini", **provider_kwargs}},
+            {"model_name": "long", "litellm_params": {"model": "openai/gpt-4.1-mini", **provider_kwargs}},
+        ],
+        context_window_fallbacks=[{"short": ["long"]}],
+        num_retries=0,
+    )
+    async with turnledger.scoped_turn() as turn:
+        await router.acompletion(model="short", messages=[{"role": "user", "content": "a long prompt"}])
+    refused, answered = turn.calls
+    assert (refused.error_type, refused.cost_usd, refused.cost_source) == (
+        "ContextWindowExceededError",
+        D(0),
+        CostSource.NOT_BILLED,
+    )
+    # gpt-4.1-mini: $0.40 / 1M input, $1.60 / 1M output.
+    assert (answered.model, answered.prompt_tokens, answered.completion_tokens) == ("gpt-4.1-mini", 130_000, 100)
+    assert answered.cost_usd == 130_000 * D("0.0000004") + 100 * D("0.0000016") == turn.total_cost_usd
+
+
+async def test_a_stream_of_tool_calls_without_usage_is_estimated_with_its_tools_and_arguments(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    arguments = '{"city": "Paris, France", "unit": "celsius", "days": 7}'
+    messages = [{"role": "user", "content": "what is the weather in Paris this week"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    fake_provider.script(
+        "gpt-4o-mini",
+        tool_calls=[{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}],
+    )
+    async with turnledger.scoped_turn() as turn:
+        stream = await litellm.acompletion(
+            model="openai/gpt-4o-mini",
+            messages=messages,
+            tools=tools,
+            stream=True,
+            _skip_mcp_handler=True,
+            **provider_kwargs,
+        )
+        async for _ in stream:
+            pass
+    [record] = turn.calls
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages, tools=tools)
+    completion = litellm.token_counter(model="gpt-4o-mini", text="get_weather" + arguments)
+    assert (record.prompt_tokens, record.completion_tokens) == (prompt, completion)
+    assert record.cost_source is CostSource.ESTIMATED and record.usage_estimated
+    assert record.cost_usd == prompt * GPT_4O_MINI["in"] + completion * GPT_4O_MINI["out"]
+
+
+async def test_a_stream_of_several_choices_without_usage_is_estimated_with_every_choice(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", content="one two three four")
+    async with turnledger.scoped_turn() as turn:
+        for n in (1, 3):
+            stream = await litellm.acompletion(
+                model="openai/gpt-4o-mini",
+                messages=[{"role": "user", "content": "count"}],
+                n=n,
+                stream=True,
+                **provider_kwargs,
+            )
+            async for _ in stream:
+                pass
+    one, three = turn.calls
+    assert one.prompt_tokens == three.prompt_tokens > 0
+    assert (one.completion_tokens, three.completion_tokens) == (4, 12)
+    assert three.cost_usd == three.prompt_tokens * GPT_4O_MINI["in"] + 12 * GPT_4O_MINI["out"]
