@@ -295,3 +295,14 @@ async def test_a_stream_of_several_choices_without_usage_is_estimated_with_every
     assert one.prompt_tokens == three.prompt_tokens > 0
     assert (one.completion_tokens, three.completion_tokens) == (4, 12)
     assert three.cost_usd == three.prompt_tokens * GPT_4O_MINI["in"] + 12 * GPT_4O_MINI["out"]
+
+
+def test_a_sync_moderation_is_heard_of_by_no_logger_so_no_turn_has_it(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], tracker: turnledger.TokenTrackingCallback
+) -> None:
+    # LiteLLM 1.106.12's sync moderation() calls the openai SDK directly, outside its logging (README,
+    # Known limits): the provider has the request, and no callback ever hears of it. amoderation is heard.
+    with turnledger.scoped_turn() as turn:
+        litellm.moderation(model="openai/omni-moderation-latest", input="hello", **provider_kwargs)
+    assert [r.path for r in fake_provider.requests] == ["/v1/moderations"]
+    assert turn.calls == [] and not tracker.stats
