@@ -158,7 +158,7 @@ def price_call(
         images_out=images_out,
         ask_litellm=not _litellm_said_unmapped(kwargs),
         service_tier=tier,
-        deployment=deployment_price_key(kwargs),
+        priced_as=litellm_pricing_name(kwargs),
     )
     flags.extend(f for f in more if f not in flags)
     if cost is None and price_table is not None:
@@ -181,21 +181,21 @@ def price_counts(
     images_out: int = 0,
     ask_litellm: bool = True,
     service_tier: str | None = None,
-    deployment: str | None = None,
+    priced_as: str | None = None,
 ) -> PriceResult:
     """Price known counts by rates alone: ``cost_per_token``, then the caller's price table.
 
     ``ask_litellm=False`` skips ``cost_per_token`` (LiteLLM already said it has no price for the model).
-    ``deployment``: the key of a Router deployment's own prices in ``litellm.model_cost`` (see
-    :func:`deployment_price_key`), which ``cost_per_token`` is asked for instead of the model's.
+    ``priced_as``: the name LiteLLM prices the call under when it is not the model's (see
+    :func:`litellm_pricing_name`), which ``cost_per_token`` is asked for instead.
     ``service_tier``: the tier the call was billed at (see :func:`billed_service_tier`), whose rates
     LiteLLM's map lists apart (OpenAI's flex at half the standard rate, priority at up to twice it),
     and so may the price table (flagged ``service_tier_unpriced`` when its entry does not).
     """
     flags: list[RecordFlag] = []
     is_image = call_kind is CallKind.IMAGE_GENERATION
-    rated = deployment or model
-    if (ask_litellm or deployment) and not is_image and rated:
+    rated = priced_as or model
+    if (ask_litellm or priced_as) and not is_image and rated:
         value = _run_stage(
             "cost_per_token", rated, provider, flags, _cost_per_token, counts, rated, provider, call_kind, service_tier
         )
@@ -609,7 +609,7 @@ def _price_estimate(
         call_kind=call_kind,
         price_table=price_table,
         service_tier=billed_service_tier(kwargs, response_obj),
-        deployment=deployment_price_key(kwargs),
+        priced_as=litellm_pricing_name(kwargs),
     )
     flags = [*counts.flags, *(f for f in flags if f not in counts.flags)]
     return counts, cost, CostSource.ESTIMATED if cost is not None else source, flags
@@ -658,16 +658,19 @@ def billed_service_tier(call_details: Mapping[str, Any], response_obj: Any) -> s
     return requested if isinstance(requested, str) and requested.lower() != "auto" else None
 
 
-def deployment_price_key(call_details: Mapping[str, Any] | None) -> str | None:
-    """The key under which LiteLLM keeps the prices of the Router deployment that made a call, when that
-    deployment has prices of its own (``input_cost_per_token``... in its ``litellm_params`` or its
-    ``model_info``), or ``None``.
+def litellm_pricing_name(call_details: Mapping[str, Any] | None) -> str | None:
+    """The name LiteLLM prices a call's tokens under when it is not the model's, or ``None``: as
+    ``completion_cost`` chooses it (``select_model_name_for_cost_calc``, 1.106.12).
 
-    A Router registers such a deployment's prices in ``litellm.model_cost`` under its ``model_info.id``,
-    not under the model's name, and LiteLLM's own pricing looks them up there (``completion_cost`` with
-    ``router_model_id``, 1.106.12). A call LiteLLM did not price itself (a stream without usage, an
-    abandoned or timed-out call, a usage block that could not be believed) is priced by its counts: at
-    the model's list price, or not at all for a model LiteLLM does not know, without this key.
+    - A Router deployment with prices of its own (``input_cost_per_token``... in its ``litellm_params``
+      or its ``model_info``): a Router keeps them in ``litellm.model_cost`` under the deployment's
+      ``model_info.id``, not under the model's name.
+    - Else the ``base_model`` the caller named (an Azure deployment: ``azure/gpt-4o``), in the call's
+      ``litellm_params`` or its Router deployment's ``model_info``.
+
+    A call LiteLLM did not price itself (a stream without usage, an abandoned or timed-out call, a usage
+    block that could not be believed) is priced from its counts: without this name, at the model's list
+    price, or not at all for a deployment name LiteLLM does not know.
     """
     if not isinstance(call_details, Mapping):
         return None
@@ -677,17 +680,18 @@ def deployment_price_key(call_details: Mapping[str, Any] | None) -> str | None:
     try:
         import litellm
         from litellm.litellm_core_utils.litellm_logging import use_custom_pricing_for_model
+        from litellm.utils import get_base_model_from_metadata
 
-        if not use_custom_pricing_for_model(dict(params)):
+        if use_custom_pricing_for_model(dict(params)):
+            for key in ("litellm_metadata", "metadata"):
+                model_id = get_field(get_field(params.get(key), "model_info"), "id")
+                if isinstance(model_id, str) and model_id and isinstance(litellm.model_cost.get(model_id), Mapping):
+                    return model_id
             return None
-        for key in ("litellm_metadata", "metadata"):
-            info = get_field(params.get(key), "model_info")
-            model_id = get_field(info, "id")
-            if isinstance(model_id, str) and model_id and isinstance(litellm.model_cost.get(model_id), Mapping):
-                return model_id
+        base_model = get_base_model_from_metadata(call_details)
     except Exception:
         return None
-    return None
+    return base_model if isinstance(base_model, str) and base_model else None
 
 
 def request_tools(call_details: Mapping[str, Any]) -> object:
@@ -769,7 +773,7 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
                 call_kind=pending.call_kind,
                 price_table=pending.price_table,
                 service_tier=billed_service_tier(request, None),
-                deployment=deployment_price_key(pending.call_details),
+                priced_as=litellm_pricing_name(pending.call_details),
             )
             flags.extend(more)
             if cost is not None:

@@ -1,9 +1,11 @@
-"""A Router deployment's own prices bill every call it makes, LiteLLM's usage or turnledger's estimate.
+"""A deployment's own prices, or the base model it names, bill every call it makes, from LiteLLM's usage
+or from turnledger's estimate.
 
-LiteLLM keeps such prices under the deployment's id, not the model's name (``litellm.model_cost[id]``),
-and prices a call it has usage for there. A call priced from counts turnledger estimated (a stream
-without usage, an embedding server that sends none, a call cancelled in flight) must find them too:
-at the model's list price, or unpriced for a model LiteLLM does not know, it would be billed wrong.
+LiteLLM keeps a Router deployment's prices under the deployment's id, not the model's name
+(``litellm.model_cost[id]``), and prices an Azure deployment named ``base_model`` at that model's
+rates, for a call it has usage for. A call priced from counts turnledger estimated (a stream without
+usage, an embedding server that sends none, a call cancelled in flight) must find them too: at the
+model's list price, or unpriced for a name LiteLLM does not know, it would be billed wrong.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 from decimal import Decimal
 from typing import Any
 
+import litellm
 import pytest
 from litellm.router import Router
 
@@ -113,3 +116,36 @@ async def test_a_usage_litellm_cannot_believe_is_priced_at_its_deployments_price
     [record] = turn.calls
     assert (record.prompt_tokens, record.completion_tokens) == (1000, 100)
     assert (record.cost_usd, record.cost_source) == (1000 * IN_RATE + 100 * OUT_RATE, CostSource.COST_PER_TOKEN)
+
+
+# gpt-4o in LiteLLM's bundled map (1.106): $2.50 / 1M input, $10 / 1M output.
+GPT_4O_IN = Decimal("0.0000025")
+GPT_4O_OUT = Decimal("0.00001")
+
+
+@pytest.mark.parametrize("named_in", ["model_info", "litellm_params", "the call"])
+async def test_a_stream_without_usage_from_an_azure_deployment_is_estimated_at_its_base_models_prices(
+    fake_provider: FakeProvider, named_in: str
+) -> None:
+    azure = {"api_base": fake_provider.anthropic_base_url, "api_key": "fake", "api_version": "2024-10-21"}
+    base = {"base_model": "azure/gpt-4o"}
+    fake_provider.script("prod-deployment", content="hello to all of you")
+    async with turnledger.scoped_turn() as turn:
+        if named_in == "the call":
+            stream: Any = await litellm.acompletion(
+                model="azure/prod-deployment", messages=MESSAGES, stream=True, **base, **azure
+            )
+        else:
+            deployment: dict[str, Any] = {"model": "azure/prod-deployment", **azure}
+            entry: dict[str, Any] = {"model_name": "prod", "litellm_params": deployment}
+            if named_in == "model_info":
+                entry["model_info"] = base
+            else:
+                deployment.update(base)
+            stream = await Router(model_list=[entry]).acompletion(model="prod", messages=MESSAGES, stream=True)
+        async for _ in stream:
+            pass
+    [record] = turn.calls
+    assert record.usage_estimated and record.prompt_tokens > 0 and record.completion_tokens > 0
+    assert record.cost_source is CostSource.ESTIMATED
+    assert record.cost_usd == record.prompt_tokens * GPT_4O_IN + record.completion_tokens * GPT_4O_OUT
