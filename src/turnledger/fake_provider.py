@@ -350,7 +350,7 @@ class FakeProvider:
                 "parallel_tool_calls": True,
                 "tool_choice": "auto",
                 "tools": [],
-                "usage": usage if with_usage else None,
+                "usage": usage if with_usage and script.send_usage else None,
             }
             payload.update(script.extra_response)
             return payload

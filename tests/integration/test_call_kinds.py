@@ -99,6 +99,22 @@ async def test_a_responses_call_to_a_model_nobody_prices_is_unpriced_not_free(
 
 
 @pytest.mark.usefixtures("responses_without_mcp")
+async def test_a_responses_answer_without_usage_is_estimated_with_its_output(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # A Responses-compatible server that sends no usage: LiteLLM prices it $0.0, turnledger estimates it.
+    content = "one two three four five six seven eight nine ten"
+    fake_provider.script("gpt-4o-mini", send_usage=False, content=content)
+    async with turnledger.scoped_turn() as turn:
+        await litellm.aresponses(model="openai/gpt-4o-mini", input="hello there", **provider_kwargs)
+    record = only_record(turn, CallKind.RESPONSES)
+    completion = litellm.token_counter(model="gpt-4o-mini", text=content)
+    assert record.usage_estimated and record.prompt_tokens > 0
+    assert (record.completion_tokens, record.cost_source) == (completion, CostSource.ESTIMATED)
+    assert record.cost_usd == record.prompt_tokens * GPT_4O_MINI["in"] + completion * GPT_4O_MINI["out"]
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
 async def test_a_responses_stream_the_caller_breaks_off_is_billed_its_estimated_input(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
