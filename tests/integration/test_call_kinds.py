@@ -322,3 +322,23 @@ def test_a_sync_moderation_is_heard_of_by_no_logger_so_no_turn_has_it(
         litellm.moderation(model="openai/omni-moderation-latest", input="hello", **provider_kwargs)
     assert [r.path for r in fake_provider.requests] == ["/v1/moderations"]
     assert turn.calls == [] and not tracker.stats
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
+async def test_a_responses_stream_without_usage_is_billed_litellms_own_count_which_it_does_not_mark(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM 1.106.12 counts a Responses stream the server sent no usage for itself, and hands the
+    # callbacks that count as the usage (README, Known limits): it reads as the provider's.
+    content = "one two three four five six seven eight nine ten"
+    fake_provider.script("gpt-4o-mini", send_usage=False, content=content)
+    async with turnledger.scoped_turn() as turn:
+        stream: Any = await litellm.aresponses(
+            model="openai/gpt-4o-mini", input="hello there", stream=True, **provider_kwargs
+        )
+        async for _ in stream:
+            pass
+    record = only_record(turn, CallKind.RESPONSES)
+    assert record.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text=content)
+    assert (record.cost_source, record.usage_estimated, record.flags) == (CostSource.RESPONSE_COST, False, ())
+    assert record.cost_usd == record.prompt_tokens * GPT_4O_MINI["in"] + record.completion_tokens * GPT_4O_MINI["out"]
