@@ -86,6 +86,7 @@ for _kind, _names in {
     CallKind.RERANK: ("rerank", "arerank"),
     CallKind.MODERATION: ("moderation", "amoderation"),
     CallKind.RESPONSES: ("responses", "aresponses"),
+    CallKind.OCR: ("ocr", "aocr"),
 }.items():
     for _name in _names:
         _CALL_KINDS[_name] = _kind

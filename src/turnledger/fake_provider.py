@@ -152,6 +152,7 @@ class FakeProvider:
         app.router.add_post("/v1/rerank", self._rerank)
         app.router.add_post("/v2/rerank", self._rerank)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/ocr", self._ocr)
         app.router.add_post("/audio/speech", self._speech)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/audio/transcriptions", self._transcriptions)
@@ -463,6 +464,29 @@ class FakeProvider:
             "id": f"rerank-{rid}",
             "results": [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(documents))],
             "meta": meta,
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- Mistral OCR -------------------------------------------------------------------------
+    async def _ocr(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        pages = int(script.usage.get("pages_processed", 1)) if script.usage is not None else 1
+        payload: dict[str, Any] = {
+            "pages": [
+                {
+                    "index": i,
+                    "markdown": script.content,
+                    "images": [],
+                    "dimensions": {"dpi": 72, "height": 1, "width": 1},
+                }
+                for i in range(pages)
+            ],
+            "model": body.get("model"),
+            "usage_info": {"pages_processed": pages, "doc_size_bytes": 1024},
         }
         payload.update(script.extra_response)
         return web.json_response(payload, headers={"x-request-id": rid})

@@ -949,9 +949,12 @@ def _believable(cost: Decimal | None, flags: list[RecordFlag], model: str) -> De
     return cost
 
 
-_BILLED_BEYOND_TOKENS = frozenset({CallKind.IMAGE_GENERATION, CallKind.TRANSCRIPTION, CallKind.SPEECH, CallKind.RERANK})
-"""Call kinds billed by what token counts do not show (images, audio seconds, characters, queries):
-their 0 tokens say nothing about their price."""
+_BILLED_BEYOND_TOKENS = frozenset(
+    {CallKind.IMAGE_GENERATION, CallKind.TRANSCRIPTION, CallKind.SPEECH, CallKind.RERANK, CallKind.OCR}
+)
+"""Call kinds billed by what token counts do not show (images, audio seconds, characters, queries, pages):
+their 0 tokens say nothing about their price. LiteLLM prices an OCR call of a model without
+``ocr_cost_per_page`` at 0.0 (1.106.12, with a warning): unknown, not free."""
 
 
 def _zero_is_a_price(counts: TokenCounts, call_kind: CallKind, model: str, provider: str | None) -> bool:

@@ -342,3 +342,23 @@ async def test_a_responses_stream_without_usage_is_billed_litellms_own_count_whi
     assert record.completion_tokens == litellm.token_counter(model="gpt-4o-mini", text=content)
     assert (record.cost_source, record.usage_estimated, record.flags) == (CostSource.RESPONSE_COST, False, ())
     assert record.cost_usd == record.prompt_tokens * GPT_4O_MINI["in"] + record.completion_tokens * GPT_4O_MINI["out"]
+
+
+async def test_an_ocr_call_is_billed_per_page_and_one_nobody_prices_is_unpriced_not_free(
+    fake_provider: FakeProvider,
+) -> None:
+    document = {"type": "document_url", "document_url": "https://documents.invalid/a.pdf"}
+    fake_provider.script("mistral-ocr-latest", usage={"pages_processed": 3})
+    fake_provider.script("acme-ocr", usage={"pages_processed": 3})
+    async with turnledger.scoped_turn() as turn:
+        for model in ("mistral/mistral-ocr-latest", "mistral/acme-ocr"):
+            await litellm.aocr(
+                model=model, document=document, api_base=fake_provider.anthropic_base_url, api_key="fake"
+            )
+    priced, unknown = turn.calls
+    assert {priced.call_kind, unknown.call_kind} == {CallKind.OCR}
+    # mistral-ocr-latest: $0.004 a page.
+    assert (priced.cost_usd, priced.cost_source) == (3 * D("0.004"), CostSource.RESPONSE_COST)
+    # LiteLLM says 0.0 for a model without a page rate: that is no price.
+    assert (unknown.cost_usd, unknown.cost_source) == (None, CostSource.NONE)
+    assert turn.unpriced_calls == 1
