@@ -60,6 +60,7 @@ from turnledger.pricing import (
     estimate_unanswered_call,
     price_call,
     redacted_messages,
+    request_system,
     request_tools,
 )
 from turnledger.records import (
@@ -613,6 +614,7 @@ class _StartedCall:
                 "messages": self._messages,
                 "input": self._input,
                 "tools": request_tools(kwargs),
+                "system": request_system(kwargs),
                 "service_tier": billed_service_tier(kwargs, None),
             },
             price_table=self._callback._price_table,

@@ -562,6 +562,7 @@ def _estimate_and_price(
     messages = _chat_messages(call_kind, kwargs.get("messages"))
     if redacted_messages(messages):
         return TokenCounts(), None, CostSource.NONE, [RecordFlag.USAGE_MISSING, RecordFlag.COMPLETION_NOT_SEEN]
+    messages = with_system_prompt(messages, request_system(kwargs))
     if completion_text is None:
         completion_text = response_text(response_obj)
     seen_text = _unredacted_text(completion_text)
@@ -705,6 +706,25 @@ def request_tools(call_details: Mapping[str, Any]) -> object:
     return tools if tools is not None else call_details.get("tools")
 
 
+def request_system(call_details: Mapping[str, Any]) -> object:
+    """A system prompt a chat request sent beside its messages, or ``None``: Anthropic's ``/v1/messages``
+    (``litellm.anthropic_messages(system=...)``) takes it as a parameter of its own, which LiteLLM keeps
+    in the call's ``optional_params`` (1.106.12); ``acompletion`` keeps it among the messages."""
+    optional = call_details.get("optional_params")
+    system = optional.get("system") if isinstance(optional, Mapping) else None
+    return system if system is not None else call_details.get("system")
+
+
+def with_system_prompt(messages: object, system: object) -> object:
+    """``messages`` with ``system`` first, for an estimate of what was sent: the provider bills it as input
+    (a long system prompt is often most of it). Unchanged when there is none, or the messages hold one."""
+    if not system or not isinstance(messages, list):
+        return messages
+    if any(get_field(m, "role") == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
 def _sent_input(messages: object, input_: object) -> bool:
     """Whether the request carried something a provider bills input tokens for."""
     for value in (messages, input_):
@@ -750,7 +770,9 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     try:
         counts = estimate_counts(
             pending.model,
-            messages=_chat_messages(pending.call_kind, request.get("messages")),
+            messages=with_system_prompt(
+                _chat_messages(pending.call_kind, request.get("messages")), request.get("system")
+            ),
             input_texts=request.get("input"),
             tools=request.get("tools"),
         )

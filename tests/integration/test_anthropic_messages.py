@@ -7,6 +7,8 @@ request (a read timeout, or LiteLLM failing after Anthropic answered), its input
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from decimal import Decimal
 from typing import Any
@@ -34,6 +36,7 @@ USAGE = {
     "cache_creation_input_tokens": 300,
     "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100},
 }
+SYSTEM = "You are a meticulous assistant who answers in one short line. " * 20
 STREAM_WRAPPER = "litellm.llms.anthropic.pass_through.messages.streaming_iterator"
 
 pytestmark = pytest.mark.usefixtures("tracker")
@@ -50,8 +53,9 @@ def call_kwargs(fp: FakeProvider, **extra: Any) -> dict[str, Any]:
     }
 
 
-def assert_billed_its_estimated_input(record: TokenCallRecord) -> None:
-    prompt = litellm.token_counter(model=MODEL, messages=MESSAGES)
+def assert_billed_its_estimated_input(record: TokenCallRecord, system: str | None = None) -> None:
+    sent = MESSAGES if system is None else [{"role": "system", "content": system}, *MESSAGES]
+    prompt = litellm.token_counter(model=MODEL, messages=sent)
     assert (record.prompt_tokens, record.completion_tokens) == (prompt, 0)
     assert (record.cost_usd, record.cost_source) == (prompt * IN, CostSource.ESTIMATED)
     assert {RecordFlag.USAGE_ESTIMATED, RecordFlag.COMPLETION_NOT_SEEN} <= set(record.flags)
@@ -107,3 +111,32 @@ async def test_a_messages_call_anthropic_refused_is_not_billed(fake_provider: Fa
     [record] = turn.calls
     assert record.status is CallStatus.FAILURE
     assert (record.prompt_tokens, record.cost_usd, record.cost_source) == (0, Decimal(0), CostSource.NOT_BILLED)
+
+
+@pytest.mark.parametrize("blocks", [False, True], ids=["text", "content-blocks"])
+async def test_a_messages_call_that_timed_out_is_billed_its_system_prompt_too(
+    fake_provider: FakeProvider, blocks: bool
+) -> None:
+    # /v1/messages takes the system prompt beside the messages, not among them.
+    system: Any = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}] if blocks else SYSTEM
+    fake_provider.script(MODEL, delay_s=2)
+    async with turnledger.scoped_turn(settle_timeout=0.5) as turn:
+        with pytest.raises(Timeout):
+            await litellm.anthropic_messages(**call_kwargs(fake_provider, system=system, timeout=0.3))
+    [record] = turn.calls
+    assert_billed_its_estimated_input(record, SYSTEM)
+
+
+async def test_a_messages_call_cancelled_in_flight_is_billed_its_system_prompt_too(fake_provider: FakeProvider) -> None:
+    await litellm.anthropic_messages(**call_kwargs(fake_provider))  # warm: a cold first call starts late
+    fake_provider.script(MODEL, delay_s=5)
+    async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
+        task = asyncio.create_task(litellm.anthropic_messages(**call_kwargs(fake_provider, system=SYSTEM)))
+        while not fake_provider.requests[1:]:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [record] = turn.calls
+    assert record.status is CallStatus.ABANDONED
+    assert_billed_its_estimated_input(record, SYSTEM)
