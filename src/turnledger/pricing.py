@@ -707,12 +707,18 @@ def request_tools(call_details: Mapping[str, Any]) -> object:
 
 
 def request_system(call_details: Mapping[str, Any]) -> object:
-    """A system prompt a chat request sent beside its messages, or ``None``: Anthropic's ``/v1/messages``
-    (``litellm.anthropic_messages(system=...)``) takes it as a parameter of its own, which LiteLLM keeps
-    in the call's ``optional_params`` (1.106.12); ``acompletion`` keeps it among the messages."""
+    """A system prompt a request sent beside its messages, or ``None``: Anthropic's ``/v1/messages``
+    (``litellm.anthropic_messages(system=...)``) and the Responses API (``aresponses(instructions=...)``)
+    take it as a parameter of their own, which LiteLLM keeps in the call's ``optional_params``
+    (1.106.12); ``acompletion`` keeps it among the messages."""
     optional = call_details.get("optional_params")
-    system = optional.get("system") if isinstance(optional, Mapping) else None
-    return system if system is not None else call_details.get("system")
+    for name in ("system", "instructions"):
+        system = optional.get(name) if isinstance(optional, Mapping) else None
+        if system is None:
+            system = call_details.get(name)
+        if system is not None:
+            return system
+    return None
 
 
 def with_system_prompt(messages: object, system: object) -> object:

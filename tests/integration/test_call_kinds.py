@@ -15,6 +15,7 @@ from typing import Any
 
 import litellm
 import pytest
+from litellm.exceptions import Timeout
 from litellm.router import Router
 
 import turnledger
@@ -362,3 +363,30 @@ async def test_an_ocr_call_is_billed_per_page_and_one_nobody_prices_is_unpriced_
     # LiteLLM says 0.0 for a model without a page rate: that is no price.
     assert (unknown.cost_usd, unknown.cost_source) == (None, CostSource.NONE)
     assert turn.unpriced_calls == 1
+
+
+INSTRUCTIONS = "You are a meticulous assistant who answers in one short line. " * 20
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
+@pytest.mark.parametrize("ending", ["timed out", "broken off"])
+async def test_a_responses_call_never_answered_is_billed_its_instructions_too(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], ending: str
+) -> None:
+    # The Responses API takes its system prompt as instructions=, beside the input.
+    request = {"model": "openai/gpt-4o-mini", "instructions": INSTRUCTIONS, "input": "hello there", **provider_kwargs}
+    async with turnledger.scoped_turn(settle_timeout=0.3) as turn:
+        if ending == "timed out":
+            fake_provider.script("gpt-4o-mini", delay_s=2)
+            with pytest.raises(Timeout):
+                await litellm.aresponses(**request, timeout=0.3)
+        else:
+            fake_provider.script("gpt-4o-mini", content="one two three four five six", chunk_delay_s=0.05)
+            stream: Any = await litellm.aresponses(**request, stream=True)
+            async for _ in stream:
+                break
+    [record] = turn.calls
+    sent = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": "hello there"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=sent)
+    assert (record.call_kind, record.prompt_tokens, record.completion_tokens) == (CallKind.RESPONSES, prompt, 0)
+    assert (record.cost_usd, record.cost_source) == (prompt * GPT_4O_MINI["in"], CostSource.ESTIMATED)
