@@ -23,6 +23,7 @@ finished, an error body in another shape) is not read as an error answer.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Mapping
@@ -57,7 +58,11 @@ def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bo
         return False
     if stream:
         return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
-    return "original_response" in call_details and not provider_refused(call_details)
+    if "original_response" not in call_details:
+        return False
+    # LiteLLM's atext_completion writes its request's coroutine there before it is awaited (1.106.12):
+    # no answer yet.
+    return not inspect.isawaitable(call_details["original_response"]) and not provider_refused(call_details)
 
 
 def provider_refused(call_details: Mapping[str, Any] | None) -> bool:

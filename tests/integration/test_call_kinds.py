@@ -7,6 +7,8 @@ rerank, speech, and a Router's fallback to another model after a failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import sys
 import types
@@ -390,3 +392,27 @@ async def test_a_responses_call_never_answered_is_billed_its_instructions_too(
     prompt = litellm.token_counter(model="gpt-4o-mini", messages=sent)
     assert (record.call_kind, record.prompt_tokens, record.completion_tokens) == (CallKind.RESPONSES, prompt, 0)
     assert (record.cost_usd, record.cost_source) == (prompt * GPT_4O_MINI["in"], CostSource.ESTIMATED)
+
+
+async def test_a_text_completion_in_flight_is_not_taken_for_one_answered(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM's atext_completion writes its request's coroutine where an answer goes before it awaits it
+    # (1.106.12): read as an answer, a call cancelled in flight kept its scope waiting logging_timeout (30 s)
+    # for an end event LiteLLM never sends, instead of settle_timeout.
+    fake_provider.script("gpt-3.5-turbo-instruct", delay_s=2)
+    async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
+        task = asyncio.create_task(
+            litellm.atext_completion(
+                model="openai/gpt-3.5-turbo-instruct", prompt="hi", litellm_call_id="tc-in-flight", **provider_kwargs
+            )
+        )
+        while not fake_provider.requests:
+            await asyncio.sleep(0.01)
+        started = turn.started_call("tc-in-flight")
+        assert started is not None and not started.responded
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [record] = turn.calls
+    assert (record.call_id, record.status) == ("tc-in-flight", CallStatus.ABANDONED)
