@@ -562,7 +562,7 @@ def _estimate_and_price(
     messages = _chat_messages(call_kind, kwargs.get("messages"))
     if redacted_messages(messages):
         return TokenCounts(), None, CostSource.NONE, [RecordFlag.USAGE_MISSING, RecordFlag.COMPLETION_NOT_SEEN]
-    messages = with_system_prompt(messages, request_system(kwargs))
+    messages, input_texts = _estimated_input(call_kind, with_system_prompt(messages, request_system(kwargs)), kwargs)
     if completion_text is None:
         completion_text = response_text(response_obj)
     seen_text = _unredacted_text(completion_text)
@@ -570,7 +570,7 @@ def _estimate_and_price(
         estimate = estimate_counts(
             model,
             messages=messages,
-            input_texts=kwargs.get("input"),
+            input_texts=input_texts,
             completion_text=completion_text if seen_text is None else seen_text,
             tools=request_tools(kwargs),
         )
@@ -617,6 +617,18 @@ def _price_estimate(
 
 
 _BILLED_BY_TOKENS = frozenset({CallKind.CHAT, CallKind.TEXT_COMPLETION, CallKind.EMBEDDING, CallKind.RESPONSES})
+
+
+def _estimated_input(call_kind: CallKind, messages: object, request: Mapping[str, Any]) -> tuple[object, object]:
+    """The ``(messages, input texts)`` an estimate counts. A text completion's prompts are counted as
+    the texts they are: LiteLLM wraps each in a user message (1.106.12), and counted as chat messages
+    they would be billed the framing tokens of a chat message, which a completions endpoint never
+    adds (7 more than the 161 of a prompt, measured): the estimate would no longer be a lower bound."""
+    if call_kind is CallKind.TEXT_COMPLETION and isinstance(messages, list) and messages:
+        prompts = [get_field(m, "content") for m in messages]
+        if all(isinstance(p, str) for p in prompts):
+            return None, prompts
+    return messages, request.get("input")
 
 
 def _chat_messages(call_kind: CallKind, messages: object) -> object:
@@ -774,12 +786,15 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     source = CostSource.NONE
     request = pending.request if isinstance(pending.request, Mapping) else {}
     try:
+        messages, input_texts = _estimated_input(
+            pending.call_kind,
+            with_system_prompt(_chat_messages(pending.call_kind, request.get("messages")), request.get("system")),
+            request,
+        )
         counts = estimate_counts(
             pending.model,
-            messages=with_system_prompt(
-                _chat_messages(pending.call_kind, request.get("messages")), request.get("system")
-            ),
-            input_texts=request.get("input"),
+            messages=messages,
+            input_texts=input_texts,
             tools=request.get("tools"),
         )
     except Exception as exc:

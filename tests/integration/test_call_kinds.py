@@ -394,6 +394,31 @@ async def test_a_responses_call_never_answered_is_billed_its_instructions_too(
     assert (record.cost_usd, record.cost_source) == (prompt * GPT_4O_MINI["in"], CostSource.ESTIMATED)
 
 
+@pytest.mark.parametrize("ending", ["timed out", "cancelled"])
+async def test_a_text_completion_never_answered_is_billed_its_prompt_as_text_not_as_a_chat_message(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], ending: str
+) -> None:
+    prompt = "Write a haiku about the sea. " * 20
+    request = {"model": "openai/gpt-3.5-turbo-instruct", "prompt": prompt, "max_retries": 0, **provider_kwargs}
+    await litellm.atext_completion(**request)  # warm: a cold first call starts late
+    fake_provider.script("gpt-3.5-turbo-instruct", delay_s=2)
+    async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
+        if ending == "timed out":
+            with pytest.raises(Timeout):
+                await litellm.atext_completion(**request, timeout=0.3)
+        else:
+            task = asyncio.create_task(litellm.atext_completion(**request))
+            while not fake_provider.requests[1:]:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    [record] = turn.calls
+    tokens = litellm.token_counter(model="gpt-3.5-turbo-instruct", text=prompt)
+    assert (record.call_kind, record.prompt_tokens, record.completion_tokens) == (CallKind.TEXT_COMPLETION, tokens, 0)
+    assert (record.cost_usd, record.cost_source) == (tokens * INSTRUCT["in"], CostSource.ESTIMATED)
+
+
 async def test_a_text_completion_in_flight_is_not_taken_for_one_answered(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
