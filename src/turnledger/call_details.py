@@ -23,6 +23,7 @@ finished, an error body in another shape) is not read as an error answer.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Mapping
@@ -57,7 +58,11 @@ def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bo
         return False
     if stream:
         return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
-    return "original_response" in call_details and not provider_refused(call_details)
+    if "original_response" not in call_details:
+        return False
+    # LiteLLM's atext_completion writes its request's coroutine there before it is awaited (1.106.12):
+    # no answer yet.
+    return not inspect.isawaitable(call_details["original_response"]) and not provider_refused(call_details)
 
 
 def provider_refused(call_details: Mapping[str, Any] | None) -> bool:
@@ -84,3 +89,18 @@ def provider_refused(call_details: Mapping[str, Any] | None) -> bool:
         return False
     error = parsed.get("error")
     return isinstance(error, dict | str) and bool(error)
+
+
+def provider_answered(call_details: Mapping[str, Any] | None) -> bool:
+    """Whether the provider had answered the call with a success status before it failed.
+
+    LiteLLM's own HTTP handler for Anthropic's ``/v1/messages`` passthrough (and Google's
+    ``generate_content``) keeps the provider's HTTP response as ``httpx_response`` once it has it, before
+    it reads or wraps the body. A call that fails after that (a streamed ``anthropic_messages`` without
+    the LiteLLM proxy's optional packages, measured on 1.106.12: ``No module named 'fastapi'``) was
+    answered, and the provider bills it, though no usage ever reaches a callback.
+    """
+    if call_details is None:
+        return False
+    status = getattr(call_details.get("httpx_response"), "status_code", None)
+    return type(status) is int and 200 <= status < 300

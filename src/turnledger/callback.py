@@ -50,7 +50,7 @@ from turnledger.accumulator import (
     call_bindings,
     get_current_accumulator,
 )
-from turnledger.call_details import response_arrived
+from turnledger.call_details import provider_answered, response_arrived
 from turnledger.price_table import PriceTable
 from turnledger.pricing import (
     answer_timed_out,
@@ -60,6 +60,7 @@ from turnledger.pricing import (
     estimate_unanswered_call,
     price_call,
     redacted_messages,
+    request_system,
     request_tools,
 )
 from turnledger.records import (
@@ -75,7 +76,9 @@ from turnledger.usage import normalize_usage, private_field
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
-    CallKind.CHAT: ("completion", "acompletion"),
+    # LiteLLM's Anthropic /v1/messages passthrough (``litellm.anthropic_messages``) is a chat call: billed
+    # by tokens, its input estimated as any chat call's when it never reports usage (a read timeout).
+    CallKind.CHAT: ("completion", "acompletion", "anthropic_messages", "aanthropic_messages"),
     CallKind.TEXT_COMPLETION: ("text_completion", "atext_completion"),
     CallKind.EMBEDDING: ("embedding", "aembedding"),
     CallKind.IMAGE_GENERATION: ("image_generation", "aimage_generation", "image_edit", "aimage_edit"),
@@ -84,6 +87,7 @@ for _kind, _names in {
     CallKind.RERANK: ("rerank", "arerank"),
     CallKind.MODERATION: ("moderation", "amoderation"),
     CallKind.RESPONSES: ("responses", "aresponses"),
+    CallKind.OCR: ("ocr", "aocr"),
 }.items():
     for _name in _names:
         _CALL_KINDS[_name] = _kind
@@ -471,8 +475,9 @@ class TokenTrackingCallback(CustomLogger):
                 estimated = delivered_before_failure(
                     sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                 )
-                if estimated is None and answer_timed_out(exc):
-                    # The provider had the request and went on with it: billed as an abandoned call is.
+                if estimated is None and (answer_timed_out(exc) or provider_answered(kwargs)):
+                    # The provider had the request and went on with it (or answered it, and LiteLLM
+                    # failed after that): billed as an abandoned call is.
                     estimated = estimate_unanswered_call(
                         sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                     )
@@ -609,6 +614,7 @@ class _StartedCall:
                 "messages": self._messages,
                 "input": self._input,
                 "tools": request_tools(kwargs),
+                "system": request_system(kwargs),
                 "service_tier": billed_service_tier(kwargs, None),
             },
             price_table=self._callback._price_table,

@@ -53,7 +53,10 @@ class Script:
     extra_response: Mapping[str, Any] = field(default_factory=dict)
     """Top-level fields merged into a JSON response (and the last stream chunk)."""
     tool_calls: list[dict[str, Any]] | None = None
-    """OpenAI-style tool calls returned instead of plain content."""
+    """OpenAI-style tool calls returned instead of plain content (streamed: each call's arguments in
+    two pieces)."""
+    error_message: str = "fake provider failure"
+    """The message of an error answer (LiteLLM maps some, such as a context window exceeded, by it)."""
 
 
 @dataclass
@@ -140,6 +143,17 @@ class FakeProvider:
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/images/generations", self._images)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/responses", self._responses)
+        app.router.add_post("/v1/completions", self._text_completion)
+        app.router.add_post("/completions", self._text_completion)
+        app.router.add_post("/v1/moderations", self._moderations)
+        app.router.add_post("/moderations", self._moderations)
+        app.router.add_post("/v1/rerank", self._rerank)
+        app.router.add_post("/v2/rerank", self._rerank)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/ocr", self._ocr)
+        app.router.add_post("/audio/speech", self._speech)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/audio/transcriptions", self._transcriptions)
         # Azure OpenAI speaks the OpenAI chat format under a deployment path.
@@ -176,7 +190,7 @@ class FakeProvider:
     @staticmethod
     def _error(script: Script, rid: str) -> web.Response:
         return web.json_response(
-            {"error": {"message": "fake provider failure", "type": "server_error", "code": script.status}},
+            {"error": {"message": script.error_message, "type": "server_error", "code": script.status}},
             status=script.status,
             headers={"x-request-id": rid},
         )
@@ -198,12 +212,13 @@ class FakeProvider:
         if script.tool_calls:
             message = {"role": "assistant", "content": None, "tool_calls": script.tool_calls}
             finish = "tool_calls"
+        n = int(body.get("n") or 1)
         payload: dict[str, Any] = {
             "id": cid,
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "choices": [{"index": i, "message": message, "finish_reason": finish} for i in range(n)],
             "usage": usage,
         }
         if not script.send_usage:
@@ -228,29 +243,50 @@ class FakeProvider:
         if script.include_usage_chunk is not None:
             want_usage = script.include_usage_chunk
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        n = int(body.get("n") or 1)
+
+        def chunk(delta: dict[str, Any], finish: str | None, index: int = 0) -> dict[str, Any]:
             return {
                 "id": cid,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
             }
 
         try:
-            words = script.content.split(" ")
+            if script.tool_calls:
+                for i, call in enumerate(script.tool_calls):
+                    function = call.get("function") or {}
+                    arguments = str(function.get("arguments", ""))
+                    half = len(arguments) // 2
+                    head = {"index": i, "id": call.get("id"), "type": "function"}
+                    pieces = [
+                        {**head, "function": {"name": function.get("name"), "arguments": arguments[:half]}},
+                        {"index": i, "function": {"arguments": arguments[half:]}},
+                    ]
+                    for piece in pieces:
+                        call_delta: dict[str, Any] = {"tool_calls": [piece]}
+                        if i == 0:
+                            call_delta["role"] = "assistant"
+                        await resp.write(f"data: {json.dumps(chunk(call_delta, None))}\n\n".encode())
+                await resp.write(f"data: {json.dumps(chunk({}, 'tool_calls'))}\n\n".encode())
+            words = script.content.split(" ") if not script.tool_calls else []
             for i, word in enumerate(words):
-                delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
-                if i == 0:
-                    delta["role"] = "assistant"
-                await resp.write(f"data: {json.dumps(chunk(delta, None))}\n\n".encode())
+                for index in range(n):
+                    delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
+                    if i == 0:
+                        delta["role"] = "assistant"
+                    await resp.write(f"data: {json.dumps(chunk(delta, None, index))}\n\n".encode())
                 if script.break_after_chunks is not None and i + 1 >= script.break_after_chunks:
                     if request.transport is not None:
                         request.transport.close()
                     return resp
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
-            await resp.write(f"data: {json.dumps(chunk({}, 'stop'))}\n\n".encode())
+            if words:
+                for index in range(n):
+                    await resp.write(f"data: {json.dumps(chunk({}, 'stop', index))}\n\n".encode())
             if want_usage:
                 last: dict[str, Any] = {
                     "id": cid,
@@ -270,6 +306,198 @@ class FakeProvider:
             # The client broke the stream off; a real provider still bills what it generated.
             pass
         return resp
+
+    # -- OpenAI Responses API ----------------------------------------------------------------
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        model = str(body.get("model", "fake"))
+        if script.usage is not None:
+            usage = dict(script.usage)
+        else:
+            prompt = 5 + len(str(body.get("input", "")).split())
+            completion = len(script.content.split())
+            usage = {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": completion,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + completion,
+            }
+        resp_id = f"resp_{rid}"
+        item_id = f"msg_{rid}"
+
+        def response(status: str, text: str, with_usage: bool) -> dict[str, Any]:
+            output: list[dict[str, Any]] = []
+            if text:
+                output.append(
+                    {
+                        "type": "message",
+                        "id": item_id,
+                        "status": "completed",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                )
+            payload: dict[str, Any] = {
+                "id": resp_id,
+                "object": "response",
+                "created_at": int(time.time()),
+                "status": status,
+                "model": model,
+                "output": output,
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": usage if with_usage and script.send_usage else None,
+            }
+            payload.update(script.extra_response)
+            return payload
+
+        if not body.get("stream"):
+            return web.json_response(response("completed", script.content, True), headers={"x-request-id": rid})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
+        await resp.prepare(request)
+        seq = itertools.count()
+
+        async def event(data: dict[str, Any]) -> None:
+            data["sequence_number"] = next(seq)
+            await resp.write(f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode())
+
+        try:
+            await event({"type": "response.created", "response": response("in_progress", "", False)})
+            for i, word in enumerate(script.content.split(" ")):
+                await event(
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": item_id,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": word if i == 0 else " " + word,
+                    }
+                )
+                if script.chunk_delay_s:
+                    await asyncio.sleep(script.chunk_delay_s)
+            await event({"type": "response.completed", "response": response("completed", script.content, True)})
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    # -- OpenAI text completions -------------------------------------------------------------
+    async def _text_completion(self, request: web.Request) -> web.StreamResponse:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        prompt = 5 + len(str(body.get("prompt", "")).split())
+        usage = (
+            dict(script.usage)
+            if script.usage is not None
+            else {
+                "prompt_tokens": prompt,
+                "completion_tokens": len(script.content.split()),
+                "total_tokens": prompt + len(script.content.split()),
+            }
+        )
+        payload: dict[str, Any] = {
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": 0, "text": script.content, "logprobs": None, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        if not script.send_usage:
+            del payload["usage"]
+        payload.update(script.extra_response)
+        if not body.get("stream"):
+            return web.json_response(payload, headers={"x-request-id": rid})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
+        await resp.prepare(request)
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if script.include_usage_chunk is not None:
+            want_usage = script.include_usage_chunk
+        try:
+            words = script.content.split(" ")
+            for i, word in enumerate(words):
+                finish = "stop" if i == len(words) - 1 else None
+                piece = {"index": 0, "text": word if i == 0 else " " + word, "logprobs": None, "finish_reason": finish}
+                chunk = {**payload, "choices": [piece]}
+                chunk.pop("usage", None)
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if want_usage:
+                await resp.write(f"data: {json.dumps({**payload, 'choices': [], 'usage': usage})}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    # -- OpenAI moderations ------------------------------------------------------------------
+    async def _moderations(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        payload: dict[str, Any] = {
+            "id": f"modr-{rid}",
+            "model": body.get("model") or "omni-moderation-latest",
+            "results": [{"flagged": False, "categories": {}, "category_scores": {}} for _ in items],
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- Cohere rerank -----------------------------------------------------------------------
+    async def _rerank(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        documents = body.get("documents") or []
+        meta = dict(script.usage) if script.usage is not None else {"billed_units": {"search_units": 1}}
+        payload: dict[str, Any] = {
+            "id": f"rerank-{rid}",
+            "results": [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(documents))],
+            "meta": meta,
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- Mistral OCR -------------------------------------------------------------------------
+    async def _ocr(self, request: web.Request) -> web.Response:
+        body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        pages = int(script.usage.get("pages_processed", 1)) if script.usage is not None else 1
+        payload: dict[str, Any] = {
+            "pages": [
+                {
+                    "index": i,
+                    "markdown": script.content,
+                    "images": [],
+                    "dimensions": {"dpi": 72, "height": 1, "width": 1},
+                }
+                for i in range(pages)
+            ],
+            "model": body.get("model"),
+            "usage_info": {"pages_processed": pages, "doc_size_bytes": 1024},
+        }
+        payload.update(script.extra_response)
+        return web.json_response(payload, headers={"x-request-id": rid})
+
+    # -- OpenAI speech -----------------------------------------------------------------------
+    async def _speech(self, request: web.Request) -> web.Response:
+        _body, script = await self._receive(request)
+        rid = self._request_id()
+        if script.status != 200:
+            return self._error(script, rid)
+        return web.Response(body=b"ID3fake-mp3-bytes", content_type="audio/mpeg", headers={"x-request-id": rid})
 
     # -- OpenAI embeddings -------------------------------------------------------------------
     async def _embeddings(self, request: web.Request) -> web.Response:

@@ -158,6 +158,7 @@ def price_call(
         images_out=images_out,
         ask_litellm=not _litellm_said_unmapped(kwargs),
         service_tier=tier,
+        priced_as=litellm_pricing_name(kwargs),
     )
     flags.extend(f for f in more if f not in flags)
     if cost is None and price_table is not None:
@@ -180,22 +181,26 @@ def price_counts(
     images_out: int = 0,
     ask_litellm: bool = True,
     service_tier: str | None = None,
+    priced_as: str | None = None,
 ) -> PriceResult:
     """Price known counts by rates alone: ``cost_per_token``, then the caller's price table.
 
     ``ask_litellm=False`` skips ``cost_per_token`` (LiteLLM already said it has no price for the model).
+    ``priced_as``: the name LiteLLM prices the call under when it is not the model's (see
+    :func:`litellm_pricing_name`), which ``cost_per_token`` is asked for instead.
     ``service_tier``: the tier the call was billed at (see :func:`billed_service_tier`), whose rates
     LiteLLM's map lists apart (OpenAI's flex at half the standard rate, priority at up to twice it),
     and so may the price table (flagged ``service_tier_unpriced`` when its entry does not).
     """
     flags: list[RecordFlag] = []
     is_image = call_kind is CallKind.IMAGE_GENERATION
-    if ask_litellm and not is_image and model:
+    rated = priced_as or model
+    if (ask_litellm or priced_as) and not is_image and rated:
         value = _run_stage(
-            "cost_per_token", model, provider, flags, _cost_per_token, counts, model, provider, call_kind, service_tier
+            "cost_per_token", rated, provider, flags, _cost_per_token, counts, rated, provider, call_kind, service_tier
         )
         cost = _believable(decimal_from_litellm(value), flags, model)
-        if cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, model, provider)):
+        if cost is not None and (cost > 0 or _zero_is_a_price(counts, call_kind, rated, provider)):
             return cost, CostSource.COST_PER_TOKEN, flags
     if price_table is not None and model:
         cost = _table_cost(price_table, model, provider, counts, images_out, flags, service_tier)
@@ -557,6 +562,7 @@ def _estimate_and_price(
     messages = _chat_messages(call_kind, kwargs.get("messages"))
     if redacted_messages(messages):
         return TokenCounts(), None, CostSource.NONE, [RecordFlag.USAGE_MISSING, RecordFlag.COMPLETION_NOT_SEEN]
+    messages, input_texts = _estimated_input(call_kind, with_system_prompt(messages, request_system(kwargs)), kwargs)
     if completion_text is None:
         completion_text = response_text(response_obj)
     seen_text = _unredacted_text(completion_text)
@@ -564,7 +570,7 @@ def _estimate_and_price(
         estimate = estimate_counts(
             model,
             messages=messages,
-            input_texts=kwargs.get("input"),
+            input_texts=input_texts,
             completion_text=completion_text if seen_text is None else seen_text,
             tools=request_tools(kwargs),
         )
@@ -604,12 +610,25 @@ def _price_estimate(
         call_kind=call_kind,
         price_table=price_table,
         service_tier=billed_service_tier(kwargs, response_obj),
+        priced_as=litellm_pricing_name(kwargs),
     )
     flags = [*counts.flags, *(f for f in flags if f not in counts.flags)]
     return counts, cost, CostSource.ESTIMATED if cost is not None else source, flags
 
 
 _BILLED_BY_TOKENS = frozenset({CallKind.CHAT, CallKind.TEXT_COMPLETION, CallKind.EMBEDDING, CallKind.RESPONSES})
+
+
+def _estimated_input(call_kind: CallKind, messages: object, request: Mapping[str, Any]) -> tuple[object, object]:
+    """The ``(messages, input texts)`` an estimate counts. A text completion's prompts are counted as
+    the texts they are: LiteLLM wraps each in a user message (1.106.12), and counted as chat messages
+    they would be billed the framing tokens of a chat message, which a completions endpoint never
+    adds (7 more than the 161 of a prompt, measured): the estimate would no longer be a lower bound."""
+    if call_kind is CallKind.TEXT_COMPLETION and isinstance(messages, list) and messages:
+        prompts = [get_field(m, "content") for m in messages]
+        if all(isinstance(p, str) for p in prompts):
+            return None, prompts
+    return messages, request.get("input")
 
 
 def _chat_messages(call_kind: CallKind, messages: object) -> object:
@@ -652,6 +671,42 @@ def billed_service_tier(call_details: Mapping[str, Any], response_obj: Any) -> s
     return requested if isinstance(requested, str) and requested.lower() != "auto" else None
 
 
+def litellm_pricing_name(call_details: Mapping[str, Any] | None) -> str | None:
+    """The name LiteLLM prices a call's tokens under when it is not the model's, or ``None``: as
+    ``completion_cost`` chooses it (``select_model_name_for_cost_calc``, 1.106.12).
+
+    - A Router deployment with prices of its own (``input_cost_per_token``... in its ``litellm_params``
+      or its ``model_info``): a Router keeps them in ``litellm.model_cost`` under the deployment's
+      ``model_info.id``, not under the model's name.
+    - Else the ``base_model`` the caller named (an Azure deployment: ``azure/gpt-4o``), in the call's
+      ``litellm_params`` or its Router deployment's ``model_info``.
+
+    A call LiteLLM did not price itself (a stream without usage, an abandoned or timed-out call, a usage
+    block that could not be believed) is priced from its counts: without this name, at the model's list
+    price, or not at all for a deployment name LiteLLM does not know.
+    """
+    if not isinstance(call_details, Mapping):
+        return None
+    params = call_details.get("litellm_params")
+    if not isinstance(params, Mapping):
+        return None
+    try:
+        import litellm
+        from litellm.litellm_core_utils.litellm_logging import use_custom_pricing_for_model
+        from litellm.utils import get_base_model_from_metadata
+
+        if use_custom_pricing_for_model(dict(params)):
+            for key in ("litellm_metadata", "metadata"):
+                model_id = get_field(get_field(params.get(key), "model_info"), "id")
+                if isinstance(model_id, str) and model_id and isinstance(litellm.model_cost.get(model_id), Mapping):
+                    return model_id
+            return None
+        base_model = get_base_model_from_metadata(call_details)
+    except Exception:
+        return None
+    return base_model if isinstance(base_model, str) and base_model else None
+
+
 def request_tools(call_details: Mapping[str, Any]) -> object:
     """The tool definitions a chat request sent, from LiteLLM's call details, or ``None``.
 
@@ -661,6 +716,31 @@ def request_tools(call_details: Mapping[str, Any]) -> object:
     optional = call_details.get("optional_params")
     tools = optional.get("tools") if isinstance(optional, Mapping) else None
     return tools if tools is not None else call_details.get("tools")
+
+
+def request_system(call_details: Mapping[str, Any]) -> object:
+    """A system prompt a request sent beside its messages, or ``None``: Anthropic's ``/v1/messages``
+    (``litellm.anthropic_messages(system=...)``) and the Responses API (``aresponses(instructions=...)``)
+    take it as a parameter of their own, which LiteLLM keeps in the call's ``optional_params``
+    (1.106.12); ``acompletion`` keeps it among the messages."""
+    optional = call_details.get("optional_params")
+    for name in ("system", "instructions"):
+        system = optional.get(name) if isinstance(optional, Mapping) else None
+        if system is None:
+            system = call_details.get(name)
+        if system is not None:
+            return system
+    return None
+
+
+def with_system_prompt(messages: object, system: object) -> object:
+    """``messages`` with ``system`` first, for an estimate of what was sent: the provider bills it as input
+    (a long system prompt is often most of it). Unchanged when there is none, or the messages hold one."""
+    if not system or not isinstance(messages, list):
+        return messages
+    if any(get_field(m, "role") == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
 
 
 def _sent_input(messages: object, input_: object) -> bool:
@@ -706,10 +786,15 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     source = CostSource.NONE
     request = pending.request if isinstance(pending.request, Mapping) else {}
     try:
+        messages, input_texts = _estimated_input(
+            pending.call_kind,
+            with_system_prompt(_chat_messages(pending.call_kind, request.get("messages")), request.get("system")),
+            request,
+        )
         counts = estimate_counts(
             pending.model,
-            messages=_chat_messages(pending.call_kind, request.get("messages")),
-            input_texts=request.get("input"),
+            messages=messages,
+            input_texts=input_texts,
             tools=request.get("tools"),
         )
     except Exception as exc:
@@ -731,6 +816,7 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
                 call_kind=pending.call_kind,
                 price_table=pending.price_table,
                 service_tier=billed_service_tier(request, None),
+                priced_as=litellm_pricing_name(pending.call_details),
             )
             flags.extend(more)
             if cost is not None:
@@ -906,9 +992,12 @@ def _believable(cost: Decimal | None, flags: list[RecordFlag], model: str) -> De
     return cost
 
 
-_BILLED_BEYOND_TOKENS = frozenset({CallKind.IMAGE_GENERATION, CallKind.TRANSCRIPTION, CallKind.SPEECH, CallKind.RERANK})
-"""Call kinds billed by what token counts do not show (images, audio seconds, characters, queries):
-their 0 tokens say nothing about their price."""
+_BILLED_BEYOND_TOKENS = frozenset(
+    {CallKind.IMAGE_GENERATION, CallKind.TRANSCRIPTION, CallKind.SPEECH, CallKind.RERANK, CallKind.OCR}
+)
+"""Call kinds billed by what token counts do not show (images, audio seconds, characters, queries, pages):
+their 0 tokens say nothing about their price. LiteLLM prices an OCR call of a model without
+``ocr_cost_per_page`` at 0.0 (1.106.12, with a warning): unknown, not free."""
 
 
 def _zero_is_a_price(counts: TokenCounts, call_kind: CallKind, model: str, provider: str | None) -> bool:

@@ -41,6 +41,7 @@ class CallKind(StrEnum):
     RERANK = "rerank"
     MODERATION = "moderation"
     RESPONSES = "responses"
+    OCR = "ocr"
     OTHER = "other"
 
 

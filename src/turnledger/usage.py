@@ -377,13 +377,13 @@ def _check_invariants(counts: TokenCounts, total: Any) -> None:
 
 
 def response_text(response_obj: Any) -> str:
-    """The text a chat/text response returned (content and tool-call arguments), or ``""``.
+    """The text a chat, text or Responses API response returned (content and tool-call arguments), or ``""``.
 
     Used only to estimate tokens locally; it is never stored or logged.
     """
     choices = get_field(response_obj, "choices")
     if not isinstance(choices, Sequence) or isinstance(choices, str | bytes):
-        return ""
+        return _responses_output_text(get_field(response_obj, "output"))
     parts: list[str] = []
     for choice in choices:
         message = _first(choice, "message", "delta")
@@ -397,6 +397,25 @@ def response_text(response_obj: Any) -> str:
                 for piece in (get_field(function, "name"), get_field(function, "arguments")):
                     if isinstance(piece, str):
                         parts.append(piece)
+    return "".join(parts)
+
+
+def _responses_output_text(output: Any) -> str:
+    """The text of a Responses API answer's ``output`` items (messages, function calls), or ``""``."""
+    if not isinstance(output, Sequence) or isinstance(output, str | bytes):
+        return ""
+    parts: list[str] = []
+    for item in output:
+        content = get_field(item, "content")
+        if isinstance(content, Sequence) and not isinstance(content, str | bytes):
+            for part in content:
+                text = get_field(part, "text")
+                if isinstance(text, str):
+                    parts.append(text)
+        for name in ("name", "arguments"):  # a function call
+            piece = get_field(item, name)
+            if isinstance(piece, str):
+                parts.append(piece)
     return "".join(parts)
 
 
