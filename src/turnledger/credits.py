@@ -288,6 +288,14 @@ class CreditLedger:
         """Hold ``estimate`` for a turn; :class:`InsufficientCredits` if ``available`` cannot cover it.
 
         A refusal writes nothing, so the same key may succeed later, after a grant.
+
+        Called again with the same key, account and estimate (a retry whose first answer was lost,
+        say, after its COMMIT), it takes no second hold and returns the first reservation with
+        ``replayed`` set, also when it has since been settled, released or has expired, as every
+        operation's replay returns its first result (a settle of it replays too, so nothing is
+        charged twice). The same key with another account or estimate is refused
+        (:class:`CreditError`): that is another request, not a retry. ``turn_id`` and ``ttl`` are
+        not compared (a retried request may run under a new turn id).
         """
         _check_key(key)
         _check_labels(turn_id=turn_id)
@@ -315,7 +323,7 @@ class CreditLedger:
             )
             return _reservation_of(entry)
 
-        return await self._run(account, key, EntryKind.RESERVE, op, _reservation_replay)
+        return await self._run(account, key, EntryKind.RESERVE, op, _reservation_replay(value))
 
     async def settle(
         self, reservation: Reservation, actual_cost: Amount, key: str | None = None, *, note: str | None = None
@@ -1150,9 +1158,19 @@ def _reservation_of(entry: Entry) -> Reservation:
     )
 
 
-def _reservation_replay(entry: Entry, kind: EntryKind, account: str) -> Reservation:
-    _check_replay(entry, EntryKind.RESERVE, account)
-    return _reservation_of(_replayed(entry))
+def _reservation_replay(estimate: Decimal) -> Callable[[Entry, EntryKind, str], Reservation]:
+    def replay(entry: Entry, kind: EntryKind, account: str) -> Reservation:
+        _check_replay(entry, EntryKind.RESERVE, account)
+        # A retry asks for what the first call asked for; another estimate under the key is another
+        # request, which must not be told that its hold is in place.
+        if entry.hold_amount != quantize_amount(estimate):
+            raise CreditError(
+                f"idempotency key {entry.key!r} was already used for a reservation of {entry.hold_amount} "
+                f"on account {entry.account!r}, not {canonical_amount(quantize_amount(estimate))}"
+            )
+        return _reservation_of(_replayed(entry))
+
+    return replay
 
 
 def _balance_of(acct: _Account) -> AccountBalance:

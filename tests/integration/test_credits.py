@@ -12,7 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from turnledger import CreditError, CreditLedger, InsufficientCredits, TokenCallRecord, credit_scope
+from turnledger import (
+    CreditError,
+    CreditLedger,
+    InsufficientCredits,
+    TokenCallRecord,
+    credit_scope,
+)
 from turnledger._logging import problem_counts
 from turnledger.credits import Entry, EntryKind
 from turnledger.errors import StorageError
@@ -408,3 +414,23 @@ async def test_a_key_shaped_like_a_derived_one_is_refused_so_every_reservation_c
     assert settled.key == "req-7/settle"
     assert await ledger.release(res, key=res.release_key) == settled
     assert (await ledger.balance("acct")).balance == Decimal("0.95")
+
+
+async def test_a_reserve_retried_with_its_key_returns_its_reservation_and_another_estimate_is_refused(
+    ledger: CreditLedger,
+) -> None:
+    # A retry whose first answer was lost (the connection dropped after the COMMIT) sends the same key.
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.3"), "req-1", turn_id="t-1")
+    again = await ledger.reserve("acct", Decimal("0.30"), "req-1", turn_id="t-1")
+    assert again == res and again.replayed
+    # The same key asking for another amount is another request: it must not be told its hold is in place.
+    with pytest.raises(
+        CreditError, match=r"'req-1' was already used for a reservation of 0\.3 on account 'acct', not 0\.5"
+    ):
+        await ledger.reserve("acct", Decimal("0.5"), "req-1")
+    # Also when the account could not afford the new amount (the refusal is about the key, not the balance).
+    with pytest.raises(CreditError, match=r"already used for a reservation of 0\.3"):
+        await ledger.reserve("acct", Decimal("5"), "req-1")
+    assert [e.kind for e in await ledger.history("acct")] == [EntryKind.GRANT, EntryKind.RESERVE]
+    assert (await ledger.balance("acct")).held == Decimal("0.3")
