@@ -290,12 +290,14 @@ class CreditLedger:
         A refusal writes nothing, so the same key may succeed later, after a grant.
 
         Called again with the same key, account and estimate (a retry whose first answer was lost,
-        say, after its COMMIT), it takes no second hold and returns the first reservation with
-        ``replayed`` set, also when it has since been settled, released or has expired, as every
-        operation's replay returns its first result (a settle of it replays too, so nothing is
-        charged twice). The same key with another account or estimate is refused
-        (:class:`CreditError`): that is another request, not a retry. ``turn_id`` and ``ttl`` are
-        not compared (a retried request may run under a new turn id).
+        say, after its COMMIT), it takes no second hold and returns the first reservation, with
+        ``replayed`` set and ``expires_at`` where the hold stands now (:meth:`renew` moves it). That
+        holds also when the reservation has since been settled, released or has expired, as every
+        operation's replay returns its first result: a settle of it then replays too, so nothing is
+        charged twice; ``expires_at`` in the past, or :meth:`renew` raising :class:`ReservationClosed`,
+        says its credits are no longer held. The same key with another account or estimate is
+        refused (:class:`CreditError`): that is a different request, not a retry. ``turn_id`` and
+        ``ttl`` are not compared (a retried request may run under a new turn id).
         """
         _check_key(key)
         _check_labels(turn_id=turn_id)
@@ -323,7 +325,53 @@ class CreditLedger:
             )
             return _reservation_of(entry)
 
-        return await self._run(account, key, EntryKind.RESERVE, op, _reservation_replay(value))
+        reservation = await self._run(account, key, EntryKind.RESERVE, op, _reservation_replay(value))
+        if not reservation.replayed:
+            return reservation
+        async with self._read() as conn:
+            stmt = select(_H.expires_at).where(_H.reservation_id == reservation.id)
+            held_until = (await _execute(conn, stmt)).scalar_one_or_none()
+        return reservation if held_until is None else dataclasses.replace(reservation, expires_at=held_until)
+
+    async def renew(self, reservation: Reservation, ttl: timedelta | None = None) -> Reservation:
+        """Extend an open reservation's hold to ``ttl`` (default ``hold_ttl``) from now.
+
+        For a turn that runs longer than its hold's TTL (:class:`credit_scope` renews its own while
+        it is open). Returns the reservation with its new ``expires_at``. A hold is never shortened,
+        so calling it again (a retry) changes nothing more. :class:`ReservationClosed` if the
+        reservation was already settled or released, or its hold expired: a hold past its
+        ``expires_at`` is expired even if nothing has released it yet, because any operation on
+        the account may do so at any moment and give its credits to another turn. The journal is
+        not written (the balance does not change): the reserve entry keeps its first expiry, and
+        :meth:`get_reservation` answers with the current one.
+        """
+        lifetime = self.hold_ttl if ttl is None else ttl
+        if lifetime <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        _check_account(reservation.account)
+        async with self._write() as conn:
+            now = self._now()
+            acct = await self._lock_account(conn, reservation.account, create=False, now=now)
+            if acct is None:
+                raise CreditError(f"no credit account {reservation.account!r}")
+            if acct.has_expired_holds:
+                await self._expire_locked(conn, acct, now)
+            stmt = select(_H.expires_at).where(
+                _H.reservation_id == reservation.id, _H.account_id == reservation.account
+            )
+            held_until: datetime | None = (await _execute(conn, stmt)).scalar_one_or_none()
+            if held_until is None:
+                await self._check_reservation(conn, reservation)
+                closing = await self._closing_entries(conn, reservation.id)
+                if not closing:
+                    raise StorageError(f"reservation {reservation.id} has neither a hold nor a closing entry")
+                # The expired holds released above stay released, as after any refusal.
+                await conn.commit()
+                raise ReservationClosed(reservation, closing[0])
+            expires_at = max(held_until, now + lifetime)
+            if expires_at != held_until:
+                await conn.execute(update(_H).where(_H.reservation_id == reservation.id).values(expires_at=expires_at))
+        return dataclasses.replace(reservation, expires_at=expires_at, replayed=False)
 
     async def settle(
         self, reservation: Reservation, actual_cost: Amount, key: str | None = None, *, note: str | None = None
@@ -435,11 +483,24 @@ class CreditLedger:
             return _balance_of(acct)
 
     async def get_reservation(self, reservation_id: int) -> Reservation | None:
-        """A reservation by id (e.g. to settle one that another process opened)."""
+        """A reservation by id (e.g. to settle one that another process opened).
+
+        Its ``expires_at`` is where its hold stands now, if it is still open (:meth:`renew` moves it).
+        """
+        stmt = (
+            _entry_select()
+            .add_columns(_H.expires_at.label("held_until"))
+            .outerjoin(_H, _H.reservation_id == _J.id)
+            .where(_J.id == reservation_id, _J.kind == EntryKind.RESERVE)
+        )
         async with self._read() as conn:
-            rows = await _execute(conn, _entry_select().where(_J.id == reservation_id, _J.kind == EntryKind.RESERVE))
-            row = rows.mappings().first()
-        return _reservation_of(_entry_of(row)) if row is not None else None
+            row = (await _execute(conn, stmt)).mappings().first()
+        if row is None:
+            return None
+        reservation = _reservation_of(_entry_of(row))
+        if row["held_until"] is None:
+            return reservation
+        return dataclasses.replace(reservation, expires_at=row["held_until"])
 
     async def history(
         self,
@@ -761,6 +822,29 @@ class CreditLedger:
             note=values["note"],
             created_at=now,
         )
+
+
+class ReservationClosed(CreditError):
+    """:meth:`CreditLedger.renew` was asked to extend a reservation that is no longer open.
+
+    :attr:`closed_by` is the entry that closed it: its settle, its release, or the release of its
+    expired hold (``closed_by.key`` ends in ``/expired``). Its credits may be held by another turn
+    by now, so the hold cannot be taken back; a settle of it still debits the actual cost.
+    """
+
+    def __init__(self, reservation: Reservation, closed_by: Entry) -> None:
+        if closed_by.kind is EntryKind.SETTLE:
+            how = "was already settled"
+        elif closed_by.key.endswith("/expired"):
+            how = "has expired (its hold was released)"
+        else:
+            how = "was already released"
+        super().__init__(
+            f"reservation {reservation.id} on account {reservation.account!r} {how} (entry {closed_by.id}); "
+            "there is no hold left to renew"
+        )
+        self.reservation = reservation
+        self.closed_by = closed_by
 
 
 # -- the turn tie-in -----------------------------------------------------------------------------
@@ -1204,6 +1288,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "Reservation",
+    "ReservationClosed",
     "TurnCharge",
     "UnpricedCallsError",
     "VerifyReport",

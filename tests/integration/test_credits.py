@@ -16,6 +16,7 @@ from turnledger import (
     CreditError,
     CreditLedger,
     InsufficientCredits,
+    ReservationClosed,
     TokenCallRecord,
     credit_scope,
 )
@@ -434,3 +435,57 @@ async def test_a_reserve_retried_with_its_key_returns_its_reservation_and_anothe
         await ledger.reserve("acct", Decimal("5"), "req-1")
     assert [e.kind for e in await ledger.history("acct")] == [EntryKind.GRANT, EntryKind.RESERVE]
     assert (await ledger.balance("acct")).held == Decimal("0.3")
+
+
+async def test_renew_keeps_an_open_hold_past_its_first_ttl(ledger: CreditLedger, clock: Clock) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.8"), "long-turn")
+    clock.advance(minutes=8)
+    renewed = await ledger.renew(res)
+    assert renewed.expires_at == clock.now + timedelta(minutes=10)
+    assert (renewed.id, renewed.amount, renewed.key) == (res.id, res.amount, res.key)
+    # Idempotent, and never shortens a hold.
+    assert (await ledger.renew(renewed)).expires_at == renewed.expires_at
+    assert (await ledger.renew(res, ttl=timedelta(minutes=1))).expires_at == renewed.expires_at
+    assert (await ledger.get_reservation(res.id)) == renewed
+    assert (await ledger.get_reservation(res.id) or res).expires_at == renewed.expires_at
+    assert (await ledger.reserve("acct", Decimal("0.8"), "long-turn")).expires_at == renewed.expires_at
+
+    clock.advance(minutes=8)  # 16 minutes in: past the first expiry, not the renewed one
+    with pytest.raises(InsufficientCredits):
+        await ledger.reserve("acct", Decimal("0.8"), "other-turn")
+    assert (await ledger.balance("acct")).held == Decimal("0.8")
+    settled = await ledger.settle(renewed, Decimal("0.7"))
+    assert (settled.amount, settled.hold_amount) == (Decimal("-0.7"), Decimal("-0.8"))
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.held) == (Decimal("0.3"), Decimal(0))
+    assert (await ledger.verify()).ok
+
+
+async def test_renew_refuses_a_reservation_that_is_no_longer_open(ledger: CreditLedger, clock: Clock) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    settled = await ledger.reserve("acct", Decimal("0.1"), "settled")
+    settle = await ledger.settle(settled, Decimal("0.05"))
+    released = await ledger.reserve("acct", Decimal("0.1"), "released")
+    release = await ledger.release(released)
+    lapsed = await ledger.reserve("acct", Decimal("0.1"), "lapsed")
+    with pytest.raises(ReservationClosed, match=r"reservation \d+ on account 'acct' was already settled") as info:
+        await ledger.renew(settled)
+    assert info.value.closed_by == settle and info.value.reservation == settled
+    with pytest.raises(ReservationClosed, match="was already released") as info:
+        await ledger.renew(released)
+    assert info.value.closed_by == release
+    clock.advance(minutes=10)
+    # Past its expiry, a hold is expired even before anything released it: any operation on the
+    # account could release it at that moment and give its credits to another turn.
+    with pytest.raises(ReservationClosed, match="has expired") as info:
+        await ledger.renew(lapsed, ttl=timedelta(hours=1))
+    assert info.value.closed_by.key == "lapsed/expired"
+    assert (await ledger.history("acct"))[-1].key == "lapsed/expired"  # that release is kept
+    # A retried reserve still answers with the first result and holds nothing new.
+    replay = await ledger.reserve("acct", Decimal("0.1"), "lapsed")
+    assert replay == lapsed and replay.replayed and replay.expires_at <= clock.now
+    assert (await ledger.balance("acct")).held == Decimal(0)
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        await ledger.renew(lapsed, ttl=timedelta(0))
+    assert (await ledger.verify()).ok
