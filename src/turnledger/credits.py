@@ -927,6 +927,12 @@ class credit_scope:
     that the first attempt's settle could never charge. Late events, after the turn closed, change
     nothing: the turn's totals, and so the charge, are fixed when it closes.
 
+    While the block runs, the scope renews its hold (:meth:`CreditLedger.renew`) every
+    ``renew_every`` (default a third of the hold's ``ttl``), so a turn that runs longer than the TTL
+    keeps its credits held; the TTL still frees them within ``ttl`` of a process that died. A failed
+    renewal is logged (once per run of failures) and tried again at the next interval; it never
+    reaches the block. Renewal stops when the turn has closed, before the settle, cancelled or not.
+
     Why a scope of its own rather than a ``credits=`` argument on :class:`scoped_turn`: the
     accumulator stays free of the database, and a refused reservation is an ordinary exception
     raised before any turn is opened.
@@ -942,21 +948,32 @@ class credit_scope:
         turn: TurnTokenAccumulator | None = None,
         unpriced: UnpricedPolicy = "estimate",
         ttl: timedelta | None = None,
+        renew_every: timedelta | None = None,
         cancel_grace: timedelta | None = None,
         **labels: Any,
     ) -> None:
         _check_policy(unpriced)
+        if ttl is not None and ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        if renew_every is not None and renew_every <= timedelta(0):
+            raise ValueError("renew_every must be positive")
         self.ledger = ledger
         self.account = account
         self.estimate = _amount(estimate, "estimate", minimum="zero")
         self.unpriced: UnpricedPolicy = unpriced
         self.ttl = ttl
+        lifetime = ledger.hold_ttl if ttl is None else ttl
+        self.renew_every = lifetime / 3 if renew_every is None else renew_every
+        if self.renew_every >= lifetime:
+            raise ValueError(f"renew_every must be shorter than the hold's ttl ({lifetime}), or the hold lapses first")
         self.cancel_grace = cancel_grace
         self._scope = scoped_turn(turn=turn, **labels)
         self.turn = self._scope.turn
         self.key = key or f"turn:{self.turn.turn_id}"
         self.reservation: Reservation | None = None
+        """The turn's reservation; its ``expires_at`` follows the renewals."""
         self.charge: TurnCharge | None = None
+        self._renewal: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TurnTokenAccumulator:
         self.reservation = await self.ledger.reserve(
@@ -968,7 +985,49 @@ class credit_scope:
                 "the turn is not run again, so nothing is spent that could not be charged",
                 self.reservation,
             )
-        return await self._scope.__aenter__()
+        turn = await self._scope.__aenter__()
+        self._renewal = asyncio.create_task(self._keep_hold(), name=f"turnledger-renew-{self.reservation.id}")
+        return turn
+
+    async def _keep_hold(self) -> None:
+        """Renew the reservation's hold every ``renew_every`` until cancelled; never raises."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.renew_every.total_seconds())
+            assert self.reservation is not None
+            try:
+                self.reservation = await self.ledger.renew(self.reservation, self.ttl)
+            except ReservationClosed as closed:
+                # Nothing left to renew (the renewals came too late, or someone released it); the
+                # settle still debits the turn's cost.
+                problem_counts["credit_scope:renew"] += 1
+                logger.warning("turnledger could not keep turn %s's credits held: %s", self.turn.turn_id, closed)
+                return
+            except Exception as failure:
+                problem_counts["credit_scope:renew"] += 1
+                if not failing:
+                    logger.warning(
+                        "turnledger could not renew the hold of turn %s (reservation %d, lapses at %s); "
+                        "trying again every %s",
+                        self.turn.turn_id,
+                        self.reservation.id,
+                        self.reservation.expires_at.isoformat(),
+                        self.renew_every,
+                        exc_info=failure,
+                    )
+                failing = True
+            else:
+                failing = False
+
+    async def _stop_renewal(self, grace: float) -> asyncio.CancelledError | None:
+        """Cancel the renewal and wait for it to end, at most ``grace`` seconds (a renewal stuck in a
+        database that hangs is left to end on its own); the cancellation absorbed meanwhile."""
+        renewal, self._renewal = self._renewal, None
+        if renewal is None:
+            return None
+        renewal.cancel()
+        _, absorbed = await _finish_despite_cancellation(renewal, True, grace)
+        return absorbed
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -980,16 +1039,20 @@ class credit_scope:
         # The turn closes anyway (what is still pending becomes abandoned); the settle is finished
         # and the cancellation raised after it.
         cancelled: asyncio.CancelledError | None = None
+        grace = CANCELLED_SETTLE_GRACE if self.cancel_grace is None else self.cancel_grace
         try:
+            # Calls still in flight may keep the turn open a while yet: the hold is renewed until it closes.
             await self._scope.__aexit__(exc_type, exc, tb)
         except asyncio.CancelledError as interrupted:
             cancelled = interrupted
+        finally:
+            stopped = await self._stop_renewal(grace.total_seconds())
+        cancelled = cancelled or stopped
         charged, priced_cost, unpriced = turn_charge(self.turn, self.estimate, self.unpriced)
         # The journal is what a bill is argued from: a charge that is not the priced calls' sum
         # says so there, not only in a log line written once per process.
         note = f"{unpriced} unpriced call(s), settled under unpriced={self.unpriced!r}" if unpriced else None
         settle = self.ledger.settle(self.reservation, charged, note=note)
-        grace = CANCELLED_SETTLE_GRACE if self.cancel_grace is None else self.cancel_grace
         # A task whose cancellation the body already met is cancelled already (asyncio cancels once).
         current = asyncio.current_task()
         already = cancelled is not None or (current is not None and current.cancelling() > 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from turnledger import (
     CreditError,
     CreditLedger,
     InsufficientCredits,
+    Reservation,
     ReservationClosed,
     TokenCallRecord,
     credit_scope,
@@ -489,3 +491,95 @@ async def test_renew_refuses_a_reservation_that_is_no_longer_open(ledger: Credit
     with pytest.raises(ValueError, match="ttl must be positive"):
         await ledger.renew(lapsed, ttl=timedelta(0))
     assert (await ledger.verify()).ok
+
+
+async def _renewed_until(scope: credit_scope, expires_at: datetime) -> None:
+    """Waits for the scope's renewals to move its hold to ``expires_at`` (a hang guard bounds it)."""
+
+    async def renewed() -> None:
+        while scope.reservation is None or scope.reservation.expires_at < expires_at:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(renewed(), 10)
+
+
+async def test_a_scope_renews_its_hold_while_its_turn_runs_past_the_ttl(ledger: CreditLedger, clock: Clock) -> None:
+    # A long agent loop: without renewal its hold lapses while it still spends, another turn
+    # reserves the same credits, and the account overdraws when both settle.
+    await ledger.grant("acct", Decimal("1"), "g")
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.8"), renew_every=timedelta(milliseconds=5))
+    async with scope as turn:
+        for _ in range(3):
+            clock.advance(minutes=8)  # each step past where the hold stood two steps before
+            await _renewed_until(scope, clock.now + timedelta(minutes=10))
+        with pytest.raises(InsufficientCredits):
+            async with credit_scope(ledger, account="acct", estimate=Decimal("0.8")):
+                pass
+        turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.7")))
+    assert scope.charge is not None and scope.charge.charged == Decimal("0.7")
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.held) == (Decimal("0.3"), Decimal(0))
+    assert (await ledger.verify()).ok
+
+
+async def test_a_failing_renewal_is_logged_once_retried_and_never_reaches_the_turn(
+    engine: AsyncEngine, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakyLedger(CreditLedger):
+        failures = 3
+
+        async def renew(self, reservation: Reservation, ttl: timedelta | None = None) -> Reservation:
+            if self.failures:
+                self.failures -= 1
+                raise StorageError("the credit ledger could not read or write the database: ConnectionResetError")
+            return await super().renew(reservation, ttl)
+
+    ledger = FlakyLedger(engine, hold_ttl=timedelta(minutes=10), clock=clock)
+    await ledger.grant("acct", Decimal("1"), "g")
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.5"), renew_every=timedelta(milliseconds=5))
+    with caplog.at_level(logging.WARNING, logger="turnledger"):
+        async with scope as turn:
+            clock.advance(minutes=5)
+            await _renewed_until(scope, clock.now + timedelta(minutes=10))
+            turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.2")))
+    assert scope.reservation is not None and scope.reservation.expires_at == clock.now + timedelta(minutes=10)
+    [logged] = [r for r in caplog.records if "could not renew" in r.getMessage()]
+    assert f"reservation {scope.reservation.id}" in logged.getMessage()
+    assert problem_counts["credit_scope:renew"] == 3
+    assert scope.charge is not None and (await ledger.balance("acct")).balance == Decimal("0.8")
+
+
+async def test_a_cancelled_scope_stops_a_renewal_in_flight_and_still_settles(engine: AsyncEngine, clock: Clock) -> None:
+    class HungRenewLedger(CreditLedger):
+        """Its renew never answers (a database that hangs) until cancelled."""
+
+        renewing = asyncio.Event()
+
+        async def renew(self, reservation: Reservation, ttl: timedelta | None = None) -> Reservation:
+            self.renewing.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    ledger = HungRenewLedger(engine, hold_ttl=timedelta(minutes=10), clock=clock)
+    await ledger.grant("acct", Decimal("1"), "g")
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.5"), renew_every=timedelta(milliseconds=5))
+    renewals: list[asyncio.Task[None] | None] = []
+
+    async def handler() -> None:
+        async with scope as turn:
+            renewals.append(scope._renewal)
+            turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.2")))
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(handler())
+    await asyncio.wait_for(ledger.renewing.wait(), 10)
+    while not task.done():  # cancelled at every await, as anyio does
+        task.cancel()
+        await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [renewal] = renewals
+    assert renewal is not None and renewal.done() and scope._renewal is None
+    assert scope.charge is not None and scope.charge.charged == Decimal("0.2")
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.held) == (Decimal("0.8"), Decimal(0))
