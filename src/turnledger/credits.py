@@ -925,7 +925,10 @@ class credit_scope:
     of one request and a retry neither reserves nor charges twice: its entry raises
     :class:`TurnKeyReused` before the block runs, because the block's calls would cost real money
     that the first attempt's settle could never charge. Late events, after the turn closed, change
-    nothing: the turn's totals, and so the charge, are fixed when it closes.
+    nothing: the turn's totals, and so the charge, are fixed when it closes. A reserve whose answer
+    was lost (a :class:`StorageError`, the connection dropped after its COMMIT, say) is asked once
+    more: a reservation this scope's own turn wrote is taken as its own and the block runs; any
+    other still raises :class:`TurnKeyReused`.
 
     While the block runs, the scope renews its hold (:meth:`CreditLedger.renew`) every
     ``renew_every`` (default a third of the hold's ``ttl``), so a turn that runs longer than the TTL
@@ -976,9 +979,7 @@ class credit_scope:
         self._renewal: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TurnTokenAccumulator:
-        self.reservation = await self.ledger.reserve(
-            self.account, self.estimate, self.key, turn_id=self.turn.turn_id, ttl=self.ttl
-        )
+        self.reservation = await self._reserve()
         if self.reservation.replayed:
             raise TurnKeyReused(
                 f"reservation key {self.key!r} was already used (turn {self.reservation.turn_id}); "
@@ -988,6 +989,28 @@ class credit_scope:
         turn = await self._scope.__aenter__()
         self._renewal = asyncio.create_task(self._keep_hold(), name=f"turnledger-renew-{self.reservation.id}")
         return turn
+
+    async def _reserve(self) -> Reservation:
+        began = self.ledger._now()
+
+        async def reserve() -> Reservation:
+            return await self.ledger.reserve(
+                self.account, self.estimate, self.key, turn_id=self.turn.turn_id, ttl=self.ttl
+            )
+
+        try:
+            return await reserve()
+        except SchemaMissingError:
+            raise
+        except StorageError:
+            # The reserve may have committed and only its answer been lost: asked again, the
+            # ledger answers with what was written. A turn's id is its own (a uuid, unless the
+            # caller names it), and a reservation written before this attempt began is another
+            # attempt's, which this turn must not run under (see TurnKeyReused).
+            again = await reserve()
+        if again.replayed and again.turn_id == self.turn.turn_id and again.created_at >= began:
+            return dataclasses.replace(again, replayed=False)
+        return again
 
     async def _keep_hold(self) -> None:
         """Renew the reservation's hold every ``renew_every`` until cancelled; never raises."""

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -20,6 +21,7 @@ from turnledger import (
     Reservation,
     ReservationClosed,
     TokenCallRecord,
+    TurnKeyReused,
     credit_scope,
 )
 from turnledger._logging import problem_counts
@@ -583,3 +585,42 @@ async def test_a_cancelled_scope_stops_a_renewal_in_flight_and_still_settles(eng
     assert scope.charge is not None and scope.charge.charged == Decimal("0.2")
     bal = await ledger.balance("acct")
     assert (bal.balance, bal.held) == (Decimal("0.8"), Decimal(0))
+
+
+class _LostAnswerLedger(CreditLedger):
+    """A ledger whose next reserve commits and then loses its answer (the connection dropped after COMMIT)."""
+
+    lose_next = False
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Reservation:
+        reservation = await super().reserve(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise StorageError("the credit ledger could not read or write the database: ConnectionDoesNotExistError")
+        return reservation
+
+
+async def test_a_scope_whose_reserve_lost_its_answer_runs_under_the_reservation_it_made(
+    engine: AsyncEngine, clock: Clock
+) -> None:
+    ledger = _LostAnswerLedger(engine, clock=clock)
+    await ledger.grant("acct", Decimal("1"), "g")
+    ledger.lose_next = True
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.5"), key="req-7", turn_id="t-7")
+    async with scope as turn:
+        turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.2")))
+    assert scope.reservation is not None and not scope.reservation.replayed
+    assert scope.charge is not None and scope.charge.charged == Decimal("0.2")
+    assert [e.kind for e in await ledger.history("acct")] == [EntryKind.GRANT, EntryKind.RESERVE, EntryKind.SETTLE]
+
+    # A reservation this scope did not write is still another attempt's, however its answer was
+    # lost: the same turn id (the caller named it) from an attempt that began before, or another turn.
+    for turn_id in ("t-7", None):
+        clock.advance(seconds=1)
+        ledger.lose_next = True
+        ran = False
+        with pytest.raises(TurnKeyReused):
+            async with credit_scope(ledger, account="acct", estimate=Decimal("0.5"), key="req-7", turn_id=turn_id):
+                ran = True
+        assert not ran
+    assert (await ledger.balance("acct")).balance == Decimal("0.8")
