@@ -23,7 +23,15 @@ from turnledger.accumulator import (
     scoped_turn,
     start_turn,
 )
-from turnledger.credits import CreditLedger, Reservation, TurnCharge, TurnKeyReused, UnpricedCallsError, credit_scope
+from turnledger.credits import (
+    CreditLedger,
+    Reservation,
+    ReservationClosed,
+    TurnCharge,
+    TurnKeyReused,
+    UnpricedCallsError,
+    credit_scope,
+)
 from turnledger.errors import (
     ConfigurationError,
     CreditError,
@@ -95,6 +103,7 @@ __all__ = [  # noqa: RUF022
     "ReportBy",
     "ReportRow",
     "Reservation",
+    "ReservationClosed",
     "SchemaMissingError",
     "StorageError",
     "TABLE_NAMES",

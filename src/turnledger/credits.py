@@ -288,6 +288,16 @@ class CreditLedger:
         """Hold ``estimate`` for a turn; :class:`InsufficientCredits` if ``available`` cannot cover it.
 
         A refusal writes nothing, so the same key may succeed later, after a grant.
+
+        Called again with the same key, account and estimate (a retry whose first answer was lost,
+        say, after its COMMIT), it takes no second hold and returns the first reservation, with
+        ``replayed`` set and ``expires_at`` where the hold stands now (:meth:`renew` moves it). That
+        holds also when the reservation has since been settled, released or has expired, as every
+        operation's replay returns its first result: a settle of it then replays too, so nothing is
+        charged twice; ``expires_at`` in the past, or :meth:`renew` raising :class:`ReservationClosed`,
+        says its credits are no longer held. The same key with another account or estimate is
+        refused (:class:`CreditError`): that is a different request, not a retry. ``turn_id`` and
+        ``ttl`` are not compared (a retried request may run under a new turn id).
         """
         _check_key(key)
         _check_labels(turn_id=turn_id)
@@ -315,7 +325,53 @@ class CreditLedger:
             )
             return _reservation_of(entry)
 
-        return await self._run(account, key, EntryKind.RESERVE, op, _reservation_replay)
+        reservation = await self._run(account, key, EntryKind.RESERVE, op, _reservation_replay(value))
+        if not reservation.replayed:
+            return reservation
+        async with self._read() as conn:
+            stmt = select(_H.expires_at).where(_H.reservation_id == reservation.id)
+            held_until = (await _execute(conn, stmt)).scalar_one_or_none()
+        return reservation if held_until is None else dataclasses.replace(reservation, expires_at=held_until)
+
+    async def renew(self, reservation: Reservation, ttl: timedelta | None = None) -> Reservation:
+        """Extend an open reservation's hold to ``ttl`` (default ``hold_ttl``) from now.
+
+        For a turn that runs longer than its hold's TTL (:class:`credit_scope` renews its own while
+        it is open). Returns the reservation with its new ``expires_at``. A hold is never shortened,
+        so calling it again (a retry) changes nothing more. :class:`ReservationClosed` if the
+        reservation was already settled or released, or its hold expired: a hold past its
+        ``expires_at`` is expired even if nothing has released it yet, because any operation on
+        the account may do so at any moment and give its credits to another turn. The journal is
+        not written (the balance does not change): the reserve entry keeps its first expiry, and
+        :meth:`get_reservation` answers with the current one.
+        """
+        lifetime = self.hold_ttl if ttl is None else ttl
+        if lifetime <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        _check_account(reservation.account)
+        async with self._write() as conn:
+            now = self._now()
+            acct = await self._lock_account(conn, reservation.account, create=False, now=now)
+            if acct is None:
+                raise CreditError(f"no credit account {reservation.account!r}")
+            if acct.has_expired_holds:
+                await self._expire_locked(conn, acct, now)
+            stmt = select(_H.expires_at).where(
+                _H.reservation_id == reservation.id, _H.account_id == reservation.account
+            )
+            held_until: datetime | None = (await _execute(conn, stmt)).scalar_one_or_none()
+            if held_until is None:
+                await self._check_reservation(conn, reservation)
+                closing = await self._closing_entries(conn, reservation.id)
+                if not closing:
+                    raise StorageError(f"reservation {reservation.id} has neither a hold nor a closing entry")
+                # The expired holds released above stay released, as after any refusal.
+                await conn.commit()
+                raise ReservationClosed(reservation, closing[0])
+            expires_at = max(held_until, now + lifetime)
+            if expires_at != held_until:
+                await conn.execute(update(_H).where(_H.reservation_id == reservation.id).values(expires_at=expires_at))
+        return dataclasses.replace(reservation, expires_at=expires_at, replayed=False)
 
     async def settle(
         self, reservation: Reservation, actual_cost: Amount, key: str | None = None, *, note: str | None = None
@@ -427,11 +483,24 @@ class CreditLedger:
             return _balance_of(acct)
 
     async def get_reservation(self, reservation_id: int) -> Reservation | None:
-        """A reservation by id (e.g. to settle one that another process opened)."""
+        """A reservation by id (e.g. to settle one that another process opened).
+
+        Its ``expires_at`` is where its hold stands now, if it is still open (:meth:`renew` moves it).
+        """
+        stmt = (
+            _entry_select()
+            .add_columns(_H.expires_at.label("held_until"))
+            .outerjoin(_H, _H.reservation_id == _J.id)
+            .where(_J.id == reservation_id, _J.kind == EntryKind.RESERVE)
+        )
         async with self._read() as conn:
-            rows = await _execute(conn, _entry_select().where(_J.id == reservation_id, _J.kind == EntryKind.RESERVE))
-            row = rows.mappings().first()
-        return _reservation_of(_entry_of(row)) if row is not None else None
+            row = (await _execute(conn, stmt)).mappings().first()
+        if row is None:
+            return None
+        reservation = _reservation_of(_entry_of(row))
+        if row["held_until"] is None:
+            return reservation
+        return dataclasses.replace(reservation, expires_at=row["held_until"])
 
     async def history(
         self,
@@ -755,6 +824,29 @@ class CreditLedger:
         )
 
 
+class ReservationClosed(CreditError):
+    """:meth:`CreditLedger.renew` was asked to extend a reservation that is no longer open.
+
+    :attr:`closed_by` is the entry that closed it: its settle, its release, or the release of its
+    expired hold (``closed_by.key`` ends in ``/expired``). Its credits may be held by another turn
+    by now, so the hold cannot be taken back; a settle of it still debits the actual cost.
+    """
+
+    def __init__(self, reservation: Reservation, closed_by: Entry) -> None:
+        if closed_by.kind is EntryKind.SETTLE:
+            how = "was already settled"
+        elif closed_by.key.endswith("/expired"):
+            how = "has expired (its hold was released)"
+        else:
+            how = "was already released"
+        super().__init__(
+            f"reservation {reservation.id} on account {reservation.account!r} {how} (entry {closed_by.id}); "
+            "there is no hold left to renew"
+        )
+        self.reservation = reservation
+        self.closed_by = closed_by
+
+
 # -- the turn tie-in -----------------------------------------------------------------------------
 class TurnKeyReused(CreditError):
     """A :class:`credit_scope` was opened with a reservation key that was already used.
@@ -833,7 +925,16 @@ class credit_scope:
     of one request and a retry neither reserves nor charges twice: its entry raises
     :class:`TurnKeyReused` before the block runs, because the block's calls would cost real money
     that the first attempt's settle could never charge. Late events, after the turn closed, change
-    nothing: the turn's totals, and so the charge, are fixed when it closes.
+    nothing: the turn's totals, and so the charge, are fixed when it closes. A reserve whose answer
+    was lost (a :class:`StorageError`, the connection dropped after its COMMIT, say) is asked once
+    more: a reservation this scope's own turn wrote is taken as its own and the block runs; any
+    other still raises :class:`TurnKeyReused`.
+
+    While the block runs, the scope renews its hold (:meth:`CreditLedger.renew`) every
+    ``renew_every`` (default a third of the hold's ``ttl``), so a turn that runs longer than the TTL
+    keeps its credits held; the TTL still frees them within ``ttl`` of a process that died. A failed
+    renewal is logged (once per run of failures) and tried again at the next interval; it never
+    reaches the block. Renewal stops when the turn has closed, before the settle, cancelled or not.
 
     Why a scope of its own rather than a ``credits=`` argument on :class:`scoped_turn`: the
     accumulator stays free of the database, and a refused reservation is an ordinary exception
@@ -850,33 +951,106 @@ class credit_scope:
         turn: TurnTokenAccumulator | None = None,
         unpriced: UnpricedPolicy = "estimate",
         ttl: timedelta | None = None,
+        renew_every: timedelta | None = None,
         cancel_grace: timedelta | None = None,
         **labels: Any,
     ) -> None:
         _check_policy(unpriced)
+        if ttl is not None and ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        if renew_every is not None and renew_every <= timedelta(0):
+            raise ValueError("renew_every must be positive")
         self.ledger = ledger
         self.account = account
         self.estimate = _amount(estimate, "estimate", minimum="zero")
         self.unpriced: UnpricedPolicy = unpriced
         self.ttl = ttl
+        lifetime = ledger.hold_ttl if ttl is None else ttl
+        self.renew_every = lifetime / 3 if renew_every is None else renew_every
+        if self.renew_every >= lifetime:
+            raise ValueError(f"renew_every must be shorter than the hold's ttl ({lifetime}), or the hold lapses first")
         self.cancel_grace = cancel_grace
         self._scope = scoped_turn(turn=turn, **labels)
         self.turn = self._scope.turn
         self.key = key or f"turn:{self.turn.turn_id}"
         self.reservation: Reservation | None = None
+        """The turn's reservation; its ``expires_at`` follows the renewals."""
         self.charge: TurnCharge | None = None
+        self._renewal: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TurnTokenAccumulator:
-        self.reservation = await self.ledger.reserve(
-            self.account, self.estimate, self.key, turn_id=self.turn.turn_id, ttl=self.ttl
-        )
+        self.reservation = await self._reserve()
         if self.reservation.replayed:
             raise TurnKeyReused(
                 f"reservation key {self.key!r} was already used (turn {self.reservation.turn_id}); "
                 "the turn is not run again, so nothing is spent that could not be charged",
                 self.reservation,
             )
-        return await self._scope.__aenter__()
+        turn = await self._scope.__aenter__()
+        self._renewal = asyncio.create_task(self._keep_hold(), name=f"turnledger-renew-{self.reservation.id}")
+        return turn
+
+    async def _reserve(self) -> Reservation:
+        began = self.ledger._now()
+
+        async def reserve() -> Reservation:
+            return await self.ledger.reserve(
+                self.account, self.estimate, self.key, turn_id=self.turn.turn_id, ttl=self.ttl
+            )
+
+        try:
+            return await reserve()
+        except SchemaMissingError:
+            raise
+        except StorageError:
+            # The reserve may have committed and only its answer been lost: asked again, the
+            # ledger answers with what was written. A turn's id is its own (a uuid, unless the
+            # caller names it), and a reservation written before this attempt began is another
+            # attempt's, which this turn must not run under (see TurnKeyReused).
+            again = await reserve()
+        if again.replayed and again.turn_id == self.turn.turn_id and again.created_at >= began:
+            return dataclasses.replace(again, replayed=False)
+        return again
+
+    async def _keep_hold(self) -> None:
+        """Renew the reservation's hold every ``renew_every`` until cancelled; never raises."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.renew_every.total_seconds())
+            assert self.reservation is not None
+            try:
+                self.reservation = await self.ledger.renew(self.reservation, self.ttl)
+            except ReservationClosed as closed:
+                # Nothing left to renew (the renewals came too late, or someone released it); the
+                # settle still debits the turn's cost.
+                problem_counts["credit_scope:renew"] += 1
+                logger.warning("turnledger could not keep turn %s's credits held: %s", self.turn.turn_id, closed)
+                return
+            except Exception as failure:
+                problem_counts["credit_scope:renew"] += 1
+                if not failing:
+                    logger.warning(
+                        "turnledger could not renew the hold of turn %s (reservation %d, lapses at %s); "
+                        "trying again every %s",
+                        self.turn.turn_id,
+                        self.reservation.id,
+                        self.reservation.expires_at.isoformat(),
+                        self.renew_every,
+                        exc_info=failure,
+                    )
+                failing = True
+            else:
+                failing = False
+
+    async def _stop_renewal(self, grace: float) -> asyncio.CancelledError | None:
+        """Cancel the renewal and wait for it to end, at most ``grace`` seconds (a renewal stuck in a
+        database that hangs is left to end on its own); the cancellation absorbed meanwhile."""
+        renewal, self._renewal = self._renewal, None
+        if renewal is None:
+            return None
+        renewal.cancel()
+        _, absorbed = await _finish_despite_cancellation(renewal, True, grace)
+        return absorbed
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -888,16 +1062,20 @@ class credit_scope:
         # The turn closes anyway (what is still pending becomes abandoned); the settle is finished
         # and the cancellation raised after it.
         cancelled: asyncio.CancelledError | None = None
+        grace = CANCELLED_SETTLE_GRACE if self.cancel_grace is None else self.cancel_grace
         try:
+            # Calls still in flight may keep the turn open a while yet: the hold is renewed until it closes.
             await self._scope.__aexit__(exc_type, exc, tb)
         except asyncio.CancelledError as interrupted:
             cancelled = interrupted
+        finally:
+            stopped = await self._stop_renewal(grace.total_seconds())
+        cancelled = cancelled or stopped
         charged, priced_cost, unpriced = turn_charge(self.turn, self.estimate, self.unpriced)
         # The journal is what a bill is argued from: a charge that is not the priced calls' sum
         # says so there, not only in a log line written once per process.
         note = f"{unpriced} unpriced call(s), settled under unpriced={self.unpriced!r}" if unpriced else None
         settle = self.ledger.settle(self.reservation, charged, note=note)
-        grace = CANCELLED_SETTLE_GRACE if self.cancel_grace is None else self.cancel_grace
         # A task whose cancellation the body already met is cancelled already (asyncio cancels once).
         current = asyncio.current_task()
         already = cancelled is not None or (current is not None and current.cancelling() > 0)
@@ -1150,9 +1328,19 @@ def _reservation_of(entry: Entry) -> Reservation:
     )
 
 
-def _reservation_replay(entry: Entry, kind: EntryKind, account: str) -> Reservation:
-    _check_replay(entry, EntryKind.RESERVE, account)
-    return _reservation_of(_replayed(entry))
+def _reservation_replay(estimate: Decimal) -> Callable[[Entry, EntryKind, str], Reservation]:
+    def replay(entry: Entry, kind: EntryKind, account: str) -> Reservation:
+        _check_replay(entry, EntryKind.RESERVE, account)
+        # A retry asks for what the first call asked for; another estimate under the key is another
+        # request, which must not be told that its hold is in place.
+        if entry.hold_amount != quantize_amount(estimate):
+            raise CreditError(
+                f"idempotency key {entry.key!r} was already used for a reservation of {entry.hold_amount} "
+                f"on account {entry.account!r}, not {canonical_amount(quantize_amount(estimate))}"
+            )
+        return _reservation_of(_replayed(entry))
+
+    return replay
 
 
 def _balance_of(acct: _Account) -> AccountBalance:
@@ -1186,6 +1374,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "Reservation",
+    "ReservationClosed",
     "TurnCharge",
     "UnpricedCallsError",
     "VerifyReport",

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from turnledger import CreditError, CreditLedger, InsufficientCredits, TokenCallRecord, credit_scope
+from turnledger import (
+    CreditError,
+    CreditLedger,
+    InsufficientCredits,
+    Reservation,
+    ReservationClosed,
+    TokenCallRecord,
+    TurnKeyReused,
+    credit_scope,
+)
 from turnledger._logging import problem_counts
 from turnledger.credits import Entry, EntryKind
 from turnledger.errors import StorageError
@@ -408,3 +419,208 @@ async def test_a_key_shaped_like_a_derived_one_is_refused_so_every_reservation_c
     assert settled.key == "req-7/settle"
     assert await ledger.release(res, key=res.release_key) == settled
     assert (await ledger.balance("acct")).balance == Decimal("0.95")
+
+
+async def test_a_reserve_retried_with_its_key_returns_its_reservation_and_another_estimate_is_refused(
+    ledger: CreditLedger,
+) -> None:
+    # A retry whose first answer was lost (the connection dropped after the COMMIT) sends the same key.
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.3"), "req-1", turn_id="t-1")
+    again = await ledger.reserve("acct", Decimal("0.30"), "req-1", turn_id="t-1")
+    assert again == res and again.replayed
+    # The same key asking for another amount is another request: it must not be told its hold is in place.
+    with pytest.raises(
+        CreditError, match=r"'req-1' was already used for a reservation of 0\.3 on account 'acct', not 0\.5"
+    ):
+        await ledger.reserve("acct", Decimal("0.5"), "req-1")
+    # Also when the account could not afford the new amount (the refusal is about the key, not the balance).
+    with pytest.raises(CreditError, match=r"already used for a reservation of 0\.3"):
+        await ledger.reserve("acct", Decimal("5"), "req-1")
+    assert [e.kind for e in await ledger.history("acct")] == [EntryKind.GRANT, EntryKind.RESERVE]
+    assert (await ledger.balance("acct")).held == Decimal("0.3")
+
+
+async def test_renew_keeps_an_open_hold_past_its_first_ttl(ledger: CreditLedger, clock: Clock) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    res = await ledger.reserve("acct", Decimal("0.8"), "long-turn")
+    clock.advance(minutes=8)
+    renewed = await ledger.renew(res)
+    assert renewed.expires_at == clock.now + timedelta(minutes=10)
+    assert (renewed.id, renewed.amount, renewed.key) == (res.id, res.amount, res.key)
+    # Idempotent, and never shortens a hold.
+    assert (await ledger.renew(renewed)).expires_at == renewed.expires_at
+    assert (await ledger.renew(res, ttl=timedelta(minutes=1))).expires_at == renewed.expires_at
+    assert (await ledger.get_reservation(res.id)) == renewed
+    assert (await ledger.get_reservation(res.id) or res).expires_at == renewed.expires_at
+    assert (await ledger.reserve("acct", Decimal("0.8"), "long-turn")).expires_at == renewed.expires_at
+
+    clock.advance(minutes=8)  # 16 minutes in: past the first expiry, not the renewed one
+    with pytest.raises(InsufficientCredits):
+        await ledger.reserve("acct", Decimal("0.8"), "other-turn")
+    assert (await ledger.balance("acct")).held == Decimal("0.8")
+    settled = await ledger.settle(renewed, Decimal("0.7"))
+    assert (settled.amount, settled.hold_amount) == (Decimal("-0.7"), Decimal("-0.8"))
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.held) == (Decimal("0.3"), Decimal(0))
+    assert (await ledger.verify()).ok
+
+
+async def test_renew_refuses_a_reservation_that_is_no_longer_open(ledger: CreditLedger, clock: Clock) -> None:
+    await ledger.grant("acct", Decimal("1"), "g")
+    settled = await ledger.reserve("acct", Decimal("0.1"), "settled")
+    settle = await ledger.settle(settled, Decimal("0.05"))
+    released = await ledger.reserve("acct", Decimal("0.1"), "released")
+    release = await ledger.release(released)
+    lapsed = await ledger.reserve("acct", Decimal("0.1"), "lapsed")
+    with pytest.raises(ReservationClosed, match=r"reservation \d+ on account 'acct' was already settled") as info:
+        await ledger.renew(settled)
+    assert info.value.closed_by == settle and info.value.reservation == settled
+    with pytest.raises(ReservationClosed, match="was already released") as info:
+        await ledger.renew(released)
+    assert info.value.closed_by == release
+    clock.advance(minutes=10)
+    # Past its expiry, a hold is expired even before anything released it: any operation on the
+    # account could release it at that moment and give its credits to another turn.
+    with pytest.raises(ReservationClosed, match="has expired") as info:
+        await ledger.renew(lapsed, ttl=timedelta(hours=1))
+    assert info.value.closed_by.key == "lapsed/expired"
+    assert (await ledger.history("acct"))[-1].key == "lapsed/expired"  # that release is kept
+    # A retried reserve still answers with the first result and holds nothing new.
+    replay = await ledger.reserve("acct", Decimal("0.1"), "lapsed")
+    assert replay == lapsed and replay.replayed and replay.expires_at <= clock.now
+    assert (await ledger.balance("acct")).held == Decimal(0)
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        await ledger.renew(lapsed, ttl=timedelta(0))
+    assert (await ledger.verify()).ok
+
+
+async def _renewed_until(scope: credit_scope, expires_at: datetime) -> None:
+    """Waits for the scope's renewals to move its hold to ``expires_at`` (a hang guard bounds it)."""
+
+    async def renewed() -> None:
+        while scope.reservation is None or scope.reservation.expires_at < expires_at:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(renewed(), 10)
+
+
+async def test_a_scope_renews_its_hold_while_its_turn_runs_past_the_ttl(ledger: CreditLedger, clock: Clock) -> None:
+    # A long agent loop: without renewal its hold lapses while it still spends, another turn
+    # reserves the same credits, and the account overdraws when both settle.
+    await ledger.grant("acct", Decimal("1"), "g")
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.8"), renew_every=timedelta(milliseconds=5))
+    async with scope as turn:
+        for _ in range(3):
+            clock.advance(minutes=8)  # each step past where the hold stood two steps before
+            await _renewed_until(scope, clock.now + timedelta(minutes=10))
+        with pytest.raises(InsufficientCredits):
+            async with credit_scope(ledger, account="acct", estimate=Decimal("0.8")):
+                pass
+        turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.7")))
+    assert scope.charge is not None and scope.charge.charged == Decimal("0.7")
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.held) == (Decimal("0.3"), Decimal(0))
+    assert (await ledger.verify()).ok
+
+
+async def test_a_failing_renewal_is_logged_once_retried_and_never_reaches_the_turn(
+    engine: AsyncEngine, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakyLedger(CreditLedger):
+        failures = 3
+
+        async def renew(self, reservation: Reservation, ttl: timedelta | None = None) -> Reservation:
+            if self.failures:
+                self.failures -= 1
+                raise StorageError("the credit ledger could not read or write the database: ConnectionResetError")
+            return await super().renew(reservation, ttl)
+
+    ledger = FlakyLedger(engine, hold_ttl=timedelta(minutes=10), clock=clock)
+    await ledger.grant("acct", Decimal("1"), "g")
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.5"), renew_every=timedelta(milliseconds=5))
+    with caplog.at_level(logging.WARNING, logger="turnledger"):
+        async with scope as turn:
+            clock.advance(minutes=5)
+            await _renewed_until(scope, clock.now + timedelta(minutes=10))
+            turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.2")))
+    assert scope.reservation is not None and scope.reservation.expires_at == clock.now + timedelta(minutes=10)
+    [logged] = [r for r in caplog.records if "could not renew" in r.getMessage()]
+    assert f"reservation {scope.reservation.id}" in logged.getMessage()
+    assert problem_counts["credit_scope:renew"] == 3
+    assert scope.charge is not None and (await ledger.balance("acct")).balance == Decimal("0.8")
+
+
+async def test_a_cancelled_scope_stops_a_renewal_in_flight_and_still_settles(engine: AsyncEngine, clock: Clock) -> None:
+    class HungRenewLedger(CreditLedger):
+        """Its renew never answers (a database that hangs) until cancelled."""
+
+        renewing = asyncio.Event()
+
+        async def renew(self, reservation: Reservation, ttl: timedelta | None = None) -> Reservation:
+            self.renewing.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    ledger = HungRenewLedger(engine, hold_ttl=timedelta(minutes=10), clock=clock)
+    await ledger.grant("acct", Decimal("1"), "g")
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.5"), renew_every=timedelta(milliseconds=5))
+    renewals: list[asyncio.Task[None] | None] = []
+
+    async def handler() -> None:
+        async with scope as turn:
+            renewals.append(scope._renewal)
+            turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.2")))
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(handler())
+    await asyncio.wait_for(ledger.renewing.wait(), 10)
+    while not task.done():  # cancelled at every await, as anyio does
+        task.cancel()
+        await asyncio.sleep(0)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [renewal] = renewals
+    assert renewal is not None and renewal.done() and scope._renewal is None
+    assert scope.charge is not None and scope.charge.charged == Decimal("0.2")
+    bal = await ledger.balance("acct")
+    assert (bal.balance, bal.held) == (Decimal("0.8"), Decimal(0))
+
+
+class _LostAnswerLedger(CreditLedger):
+    """A ledger whose next reserve commits and then loses its answer (the connection dropped after COMMIT)."""
+
+    lose_next = False
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Reservation:
+        reservation = await super().reserve(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise StorageError("the credit ledger could not read or write the database: ConnectionDoesNotExistError")
+        return reservation
+
+
+async def test_a_scope_whose_reserve_lost_its_answer_runs_under_the_reservation_it_made(
+    engine: AsyncEngine, clock: Clock
+) -> None:
+    ledger = _LostAnswerLedger(engine, clock=clock)
+    await ledger.grant("acct", Decimal("1"), "g")
+    ledger.lose_next = True
+    scope = credit_scope(ledger, account="acct", estimate=Decimal("0.5"), key="req-7", turn_id="t-7")
+    async with scope as turn:
+        turn.add(TokenCallRecord(call_id="c", model="m", cost_usd=Decimal("0.2")))
+    assert scope.reservation is not None and not scope.reservation.replayed
+    assert scope.charge is not None and scope.charge.charged == Decimal("0.2")
+    assert [e.kind for e in await ledger.history("acct")] == [EntryKind.GRANT, EntryKind.RESERVE, EntryKind.SETTLE]
+
+    # A reservation this scope did not write is still another attempt's, however its answer was
+    # lost: the same turn id (the caller named it) from an attempt that began before, or another turn.
+    for turn_id in ("t-7", None):
+        clock.advance(seconds=1)
+        ledger.lose_next = True
+        ran = False
+        with pytest.raises(TurnKeyReused):
+            async with credit_scope(ledger, account="acct", estimate=Decimal("0.5"), key="req-7", turn_id=turn_id):
+                ran = True
+        assert not ran
+    assert (await ledger.balance("acct")).balance == Decimal("0.8")

@@ -108,6 +108,20 @@ def test_scope_and_ledger_refuse_bad_arguments_before_touching_a_database() -> N
         credit_scope(ledger, account="a", estimate="-1")
     with pytest.raises(ValueError, match="hold_ttl"):
         CreditLedger(engine, hold_ttl=timedelta(0))
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        credit_scope(ledger, account="a", estimate=ESTIMATE, ttl=timedelta(seconds=-1))
+    with pytest.raises(ValueError, match="renew_every must be positive"):
+        credit_scope(ledger, account="a", estimate=ESTIMATE, renew_every=timedelta(0))
+    with pytest.raises(ValueError, match=r"renew_every must be shorter than the hold's ttl \(0:01:00\)"):
+        credit_scope(ledger, account="a", estimate=ESTIMATE, ttl=timedelta(minutes=1), renew_every=timedelta(minutes=1))
+
+
+def test_scope_renews_its_hold_every_third_of_its_ttl_by_default() -> None:
+    ledger = CreditLedger(create_async_engine("sqlite+aiosqlite://"), hold_ttl=timedelta(minutes=15))
+    assert credit_scope(ledger, account="a", estimate=ESTIMATE).renew_every == timedelta(minutes=5)
+    assert credit_scope(ledger, account="a", estimate=ESTIMATE, ttl=timedelta(seconds=30)).renew_every == timedelta(
+        seconds=10
+    )
 
 
 def test_scope_key_defaults_to_the_turn_id() -> None:

@@ -31,6 +31,7 @@ PUBLIC_API = [
     "ReportBy",
     "ReportRow",
     "Reservation",
+    "ReservationClosed",
     "SchemaMissingError",
     "StorageError",
     "TABLE_NAMES",
