@@ -23,6 +23,20 @@ _ASYNC_DRIVERS = {
 SQLITE_BUSY_TIMEOUT_MS = 5000
 """How long a SQLite writer waits for another writer's lock before failing."""
 
+POOLER_FLAG = "pgbouncer"
+"""``?pgbouncer=true`` in a PostgreSQL URL: the server is behind a transaction-pooling proxy (PgBouncer...)."""
+
+# asyncpg's numeric connect() options: SQLAlchemy hands them over from the URL's query as strings,
+# which asyncpg does not convert (``?statement_cache_size=0`` fails every query with a TypeError).
+_ASYNCPG_NUMBERS: dict[str, type[int] | type[float]] = {
+    "statement_cache_size": int,
+    "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int,
+    "command_timeout": float,
+}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
 
 def resolve_url(url: str | URL | None = None) -> URL:
     """The async SQLAlchemy URL to use; :class:`ConfigurationError` if it cannot be read."""
@@ -46,9 +60,14 @@ def make_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
     """An :class:`AsyncEngine` for ``url`` (default: ``TURNLEDGER_DATABASE_URL``, else SQLite ./turnledger.db).
 
     SQLite connections get WAL (readers do not block the writer), enforced foreign keys (SQLite
-    ignores them by default) and a busy timeout.
+    ignores them by default) and a busy timeout. A PostgreSQL URL with ``?pgbouncer=true`` gets no
+    named prepared statements (see :func:`driver_options`).
     """
     resolved = resolve_url(url)
+    if resolved.get_backend_name() == "postgresql":
+        resolved, connect_args = driver_options(resolved)
+        if connect_args:
+            kwargs["connect_args"] = {**connect_args, **kwargs.get("connect_args", {})}
     try:
         engine = create_async_engine(resolved, **kwargs)
     except (ArgumentError, NoSuchModuleError) as exc:
@@ -56,6 +75,37 @@ def make_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
     if resolved.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL asyncpg is given, and the ``connect()`` arguments its query asks for but cannot carry.
+
+    ``pgbouncer=true``: a transaction-pooling proxy hands each transaction to whichever server
+    connection is free, where a named prepared statement of another client's is already there
+    ("prepared statement ... already exists") or this client's is not ("... does not exist").
+    Both statement caches off (SQLAlchemy's and asyncpg's) make asyncpg use the unnamed statement,
+    prepared and run in the same transaction, and leave nothing behind on the server connection.
+    """
+    query = dict(url.query)
+    connect_args: dict[str, Any] = {}
+    flag = query.pop(POOLER_FLAG, None)
+    if flag is not None:
+        value = flag if isinstance(flag, str) else flag[-1]
+        if value.lower() not in _TRUE | _FALSE:
+            raise ConfigurationError(f"database URL: {POOLER_FLAG}={value!r} is not true or false")
+        if value.lower() in _TRUE:
+            query["prepared_statement_cache_size"] = "0"
+            query["statement_cache_size"] = "0"
+    for name, kind in _ASYNCPG_NUMBERS.items():
+        raw = query.pop(name, None)
+        if raw is None:
+            continue
+        value = raw if isinstance(raw, str) else raw[-1]
+        try:
+            connect_args[name] = kind(value)
+        except ValueError:
+            raise ConfigurationError(f"database URL: {name}={value!r} is not a number") from None
+    return url.set(query=query), connect_args
 
 
 def session_factory(engine: AsyncEngine | str | URL | None = None) -> async_sessionmaker[AsyncSession]:
@@ -108,6 +158,8 @@ def _redacted(raw: str) -> str:
 
 
 __all__ = [
+    "POOLER_FLAG",
+    "driver_options",
     "is_schema_missing",
     "is_sqlite",
     "make_engine",

@@ -1,0 +1,94 @@
+"""PostgreSQL behind a transaction-pooling proxy (PgBouncer), checked on the direct server.
+
+What breaks behind the proxy is anything a server session keeps between transactions: named prepared
+statements (the next transaction's session has another client's of the same name, or not this one's)
+and temp tables. These tests run on one pooled connection and look at what its server session holds;
+``test_pgbouncer.py`` runs the same paths through a real PgBouncer where one is installed.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from turnledger import BatchWriter, CreditLedger, make_engine, record_turn, session_factory, usage_report
+from turnledger.errors import ConfigurationError
+
+from .writer_support import closed_turn, stored_turn_ids
+
+
+async def _one_session_engine(url: str) -> AsyncEngine:
+    # One pooled connection: every statement below runs in the same server session, which is then inspected.
+    return make_engine(url, pool_size=1, max_overflow=0)
+
+
+async def _named_statements(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM pg_prepared_statements"))).scalar_one())
+
+
+async def _every_path(engine: AsyncEngine, prefix: str, outbox: Path) -> None:
+    """record_turn, a BatchWriter's COPY, a report and a credit reservation settled, on ``engine``."""
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        await record_turn(session, closed_turn(f"{prefix}-direct"), usage_type="chat")
+        await session.commit()
+    async with BatchWriter(engine, outbox_dir=outbox) as writer:
+        for i in range(3):
+            await writer.persist(closed_turn(f"{prefix}-batch-{i}"))
+        await writer.flush()
+    async with sessions() as session:
+        assert await usage_report(session, "user")
+    ledger = CreditLedger(engine)
+    await ledger.grant(f"{prefix}-acct", Decimal("5"), f"{prefix}-grant")
+    reservation = await ledger.reserve(f"{prefix}-acct", Decimal("1"), f"{prefix}-reserve")
+    await ledger.settle(reservation, Decimal("0.25"))
+
+
+@pytest.fixture
+def clean_pg(pg_engine: AsyncEngine) -> str:
+    """The session's migrated PostgreSQL database, emptied; its URL."""
+    return pg_engine.url.render_as_string(hide_password=False)
+
+
+async def test_pgbouncer_flag_leaves_no_prepared_statement_in_the_server_session(clean_pg: str, tmp_path: Path) -> None:
+    engine = await _one_session_engine(f"{clean_pg}?pgbouncer=true")
+    try:
+        await _every_path(engine, "pooled", tmp_path / "outbox")
+        assert await _named_statements(engine) == 0
+        assert set(await stored_turn_ids(engine)) == {"pooled-direct", *(f"pooled-batch-{i}" for i in range(3))}
+    finally:
+        await engine.dispose()
+
+
+async def test_without_the_flag_the_server_session_keeps_named_statements(clean_pg: str, tmp_path: Path) -> None:
+    # The control: what the flag removes is there by default (and is what PgBouncer trips over).
+    engine = await _one_session_engine(clean_pg)
+    try:
+        await _every_path(engine, "plain", tmp_path / "outbox")
+        assert await _named_statements(engine) > 0
+    finally:
+        await engine.dispose()
+
+
+async def test_asyncpg_numeric_options_in_the_url_are_numbers(clean_pg: str) -> None:
+    # SQLAlchemy passes the URL's query to asyncpg as strings; "0" < 1 is a TypeError in asyncpg.
+    engine = make_engine(f"{clean_pg}?statement_cache_size=0&command_timeout=30")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            assert driver._config.command_timeout == 30.0
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("query", ["pgbouncer=maybe", "statement_cache_size=lots"])
+def test_a_bad_pooler_option_is_a_configuration_error(query: str) -> None:
+    with pytest.raises(ConfigurationError, match=query.split("=")[0]):
+        make_engine(f"postgresql://app@127.0.0.1:5432/app?{query}")
