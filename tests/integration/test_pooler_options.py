@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger import BatchWriter, CreditLedger, make_engine, record_turn, session_factory, usage_report
 from turnledger.errors import ConfigurationError
+from turnledger.store.entries import make_entry, transaction_writer
+from turnledger.store.record import turn_rows
 
 from .writer_support import closed_turn, stored_turn_ids
 
@@ -92,3 +94,20 @@ async def test_asyncpg_numeric_options_in_the_url_are_numbers(clean_pg: str) -> 
 def test_a_bad_pooler_option_is_a_configuration_error(query: str) -> None:
     with pytest.raises(ConfigurationError, match=query.split("=")[0]):
         make_engine(f"postgresql://app@127.0.0.1:5432/app?{query}")
+
+
+async def test_staging_copy_survives_a_server_session_without_its_temp_tables(clean_pg: str) -> None:
+    """A replay's COPY goes through temp tables; behind PgBouncer the next transaction's server session
+    may never have had them (another server connection, or one the pooler renewed), as here after
+    ``DISCARD TEMP``. It used to fail as "turnledger's tables are missing: run `turnledger migrate`"."""
+    engine = await _one_session_engine(clean_pg)
+    write = transaction_writer(engine)  # not fresh: the staging path replays take
+    try:
+        assert await write([make_entry(turn_rows(closed_turn("stage-1"), usage_type="chat"))]) == 1
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("DISCARD TEMP")
+            await conn.commit()
+        assert await write([make_entry(turn_rows(closed_turn("stage-2"), usage_type="chat"))]) == 1
+        assert set(await stored_turn_ids(engine)) == {"stage-1", "stage-2"}
+    finally:
+        await engine.dispose()
