@@ -8,18 +8,25 @@ and temp tables. These tests run on one pooled connection and look at what its s
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from turnledger import BatchWriter, CreditLedger, make_engine, record_turn, session_factory, usage_report
+from turnledger import TABLE_NAMES, BatchWriter, CreditLedger, make_engine, record_turn, session_factory, usage_report
 from turnledger.errors import ConfigurationError
+from turnledger.store import migrate
 from turnledger.store.entries import make_entry, transaction_writer
 from turnledger.store.record import turn_rows
 
+from .conftest import PG_ADMIN_DSN, _pg_admin, create_pg_database, drop_pg_database
 from .writer_support import closed_turn, stored_turn_ids
 
 
@@ -111,3 +118,55 @@ async def test_staging_copy_survives_a_server_session_without_its_temp_tables(cl
         assert set(await stored_turn_ids(engine)) == {"stage-1", "stage-2"}
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+def schema_owner_database() -> Iterator[str]:
+    """A new database where a new role owns schema ``billing`` (no CREATE on ``public``): its URL as that role."""
+    name, url = create_pg_database()
+    role = f"tl_role_{secrets.token_hex(4)}"
+    admin = make_url(PG_ADMIN_DSN).set(database=name).render_as_string(hide_password=False)
+
+    async def setup() -> None:
+        await _pg_admin(f'CREATE ROLE "{role}" LOGIN')
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(
+                f'REVOKE CREATE ON SCHEMA public FROM PUBLIC; CREATE SCHEMA billing AUTHORIZATION "{role}"'
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    try:
+        yield make_url(url).set(username=role).render_as_string(hide_password=False)
+    finally:
+        drop_pg_database(name)
+        asyncio.run(_pg_admin(f'DROP ROLE IF EXISTS "{role}"'))
+
+
+async def test_libpq_options_put_a_schema_owner_in_its_schema(schema_owner_database: str, tmp_path: Path) -> None:
+    """``?options=-csearch_path%3Dbilling``, as libpq takes it, for a role that owns only that schema:
+    migrate, writes, reports and credits all in ``billing``. asyncpg used to refuse the option."""
+    url = f"{schema_owner_database}?options=-csearch_path%3Dbilling"
+    await asyncio.to_thread(migrate.upgrade, url)
+    engine = make_engine(url)
+    try:
+        await _every_path(engine, "schema", tmp_path / "outbox")
+        assert set(await stored_turn_ids(engine)) == {"schema-direct", *(f"schema-batch-{i}" for i in range(3))}
+        async with engine.connect() as conn:
+            schemas = (
+                await conn.execute(
+                    text("SELECT DISTINCT table_schema FROM information_schema.tables WHERE table_name = ANY(:t)"),
+                    {"t": list(TABLE_NAMES)},
+                )
+            ).scalars()
+            assert set(schemas) == {"billing"}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("options", ["-csearch_path", "--", "-x foo", "search_path=billing"])
+def test_options_other_than_settings_are_a_configuration_error(options: str) -> None:
+    with pytest.raises(ConfigurationError, match="options="):
+        make_engine(f"postgresql://app@127.0.0.1:5432/app?options={options}")

@@ -85,6 +85,8 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
     ("prepared statement ... already exists") or this client's is not ("... does not exist").
     Both statement caches off (SQLAlchemy's and asyncpg's) make asyncpg use the unnamed statement,
     prepared and run in the same transaction, and leave nothing behind on the server connection.
+
+    ``options=-c name=value ...`` (libpq's, e.g. ``-csearch_path%3Dbilling``): asyncpg's ``server_settings``.
     """
     query = dict(url.query)
     connect_args: dict[str, Any] = {}
@@ -96,6 +98,9 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
         if value.lower() in _TRUE:
             query["prepared_statement_cache_size"] = "0"
             query["statement_cache_size"] = "0"
+    options = query.pop("options", None)
+    if options is not None:
+        connect_args["server_settings"] = _server_settings(options if isinstance(options, str) else options[-1])
     for name, kind in _ASYNCPG_NUMBERS.items():
         raw = query.pop(name, None)
         if raw is None:
@@ -106,6 +111,31 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
         except ValueError:
             raise ConfigurationError(f"database URL: {name}={value!r} is not a number") from None
     return url.set(query=query), connect_args
+
+
+def _server_settings(options: str) -> dict[str, str]:
+    """libpq's ``options`` (``-c search_path=billing -c statement_timeout=5s``) as asyncpg's ``server_settings``.
+
+    asyncpg has no ``options``: without this a URL written for libpq fails to connect.
+    """
+    settings: dict[str, str] = {}
+    words = iter(options.split())
+    for word in words:
+        if word == "-c":
+            word = "-c" + next(words, "")
+        if word.startswith("-c"):
+            setting = word[2:]
+        elif word.startswith("--"):
+            setting = word[2:].replace("-", "_")
+        else:
+            setting = ""
+        name, equals, value = setting.partition("=")
+        if not (name and equals):
+            raise ConfigurationError(
+                f"database URL: options={options!r}: only settings as -c name=value are understood, not {word!r}"
+            )
+        settings[name] = value
+    return settings
 
 
 def session_factory(engine: AsyncEngine | str | URL | None = None) -> async_sessionmaker[AsyncSession]:
