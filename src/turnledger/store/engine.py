@@ -161,8 +161,11 @@ def storage_error(exc: BaseException) -> StorageError:
     """A database error as turnledger's own: :class:`SchemaMissingError` when the tables are missing."""
     if is_schema_missing(exc):
         return SchemaMissingError("turnledger's tables are missing: run `turnledger migrate`")
-    # The driver's message names the statement, not the bound values, so it carries no row data.
-    return StorageError(f"database error: {type(getattr(exc, 'orig', None) or exc).__name__}")
+    orig = getattr(exc, "orig", None)
+    # asyncpg's errors arrive wrapped in SQLAlchemy's generic adapter Error ("database error: Error");
+    # the driver's own class (QueryCanceledError for a statement_timeout) says what happened.
+    named = (orig.__cause__ or orig) if orig is not None else exc
+    return StorageError(f"database error: {type(named).__name__}")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
