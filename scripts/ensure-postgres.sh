@@ -7,6 +7,14 @@ PORT=${TURNLEDGER_PG_PORT:-5432}
 
 ready() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h "$HOST" -p "$PORT"; }
 
+# PgBouncer for tests/integration/test_pgbouncer.py (it starts its own, on a free port; skipped without it).
+# Best effort: the rest of the suite does not need it.
+if ! command -v pgbouncer >/dev/null 2>&1 && ! [ -x /usr/sbin/pgbouncer ] && [ "$(id -u)" = 0 ]; then
+    echo "ensure-postgres: installing PgBouncer from Debian's packages" >&2
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
+        || echo "ensure-postgres: could not install PgBouncer; its tests will be skipped" >&2
+fi
+
 if ready; then exit 0; fi
 
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then

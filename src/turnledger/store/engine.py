@@ -23,6 +23,20 @@ _ASYNC_DRIVERS = {
 SQLITE_BUSY_TIMEOUT_MS = 5000
 """How long a SQLite writer waits for another writer's lock before failing."""
 
+POOLER_FLAG = "pgbouncer"
+"""``?pgbouncer=true`` in a PostgreSQL URL: the server is behind a transaction-pooling proxy (PgBouncer...)."""
+
+# asyncpg's numeric connect() options: SQLAlchemy hands them over from the URL's query as strings,
+# which asyncpg does not convert (``?statement_cache_size=0`` fails every query with a TypeError).
+_ASYNCPG_NUMBERS: dict[str, type[int] | type[float]] = {
+    "statement_cache_size": int,
+    "max_cached_statement_lifetime": int,
+    "max_cacheable_statement_size": int,
+    "command_timeout": float,
+}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
 
 def resolve_url(url: str | URL | None = None) -> URL:
     """The async SQLAlchemy URL to use; :class:`ConfigurationError` if it cannot be read."""
@@ -46,9 +60,14 @@ def make_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
     """An :class:`AsyncEngine` for ``url`` (default: ``TURNLEDGER_DATABASE_URL``, else SQLite ./turnledger.db).
 
     SQLite connections get WAL (readers do not block the writer), enforced foreign keys (SQLite
-    ignores them by default) and a busy timeout.
+    ignores them by default) and a busy timeout. A PostgreSQL URL with ``?pgbouncer=true`` gets no
+    named prepared statements (see :func:`driver_options`).
     """
     resolved = resolve_url(url)
+    if resolved.get_backend_name() == "postgresql":
+        resolved, connect_args = driver_options(resolved)
+        if connect_args:
+            kwargs["connect_args"] = {**connect_args, **kwargs.get("connect_args", {})}
     try:
         engine = create_async_engine(resolved, **kwargs)
     except (ArgumentError, NoSuchModuleError) as exc:
@@ -56,6 +75,67 @@ def make_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEngine:
     if resolved.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL asyncpg is given, and the ``connect()`` arguments its query asks for but cannot carry.
+
+    ``pgbouncer=true``: a transaction-pooling proxy hands each transaction to whichever server
+    connection is free, where a named prepared statement of another client's is already there
+    ("prepared statement ... already exists") or this client's is not ("... does not exist").
+    Both statement caches off (SQLAlchemy's and asyncpg's) make asyncpg use the unnamed statement,
+    prepared and run in the same transaction, and leave nothing behind on the server connection.
+
+    ``options=-c name=value ...`` (libpq's, e.g. ``-csearch_path%3Dbilling``): asyncpg's ``server_settings``.
+    """
+    query = dict(url.query)
+    connect_args: dict[str, Any] = {}
+    flag = query.pop(POOLER_FLAG, None)
+    if flag is not None:
+        value = flag if isinstance(flag, str) else flag[-1]
+        if value.lower() not in _TRUE | _FALSE:
+            raise ConfigurationError(f"database URL: {POOLER_FLAG}={value!r} is not true or false")
+        if value.lower() in _TRUE:
+            query["prepared_statement_cache_size"] = "0"
+            query["statement_cache_size"] = "0"
+    options = query.pop("options", None)
+    if options is not None:
+        connect_args["server_settings"] = _server_settings(options if isinstance(options, str) else options[-1])
+    for name, kind in _ASYNCPG_NUMBERS.items():
+        raw = query.pop(name, None)
+        if raw is None:
+            continue
+        value = raw if isinstance(raw, str) else raw[-1]
+        try:
+            connect_args[name] = kind(value)
+        except ValueError:
+            raise ConfigurationError(f"database URL: {name}={value!r} is not a number") from None
+    return url.set(query=query), connect_args
+
+
+def _server_settings(options: str) -> dict[str, str]:
+    """libpq's ``options`` (``-c search_path=billing -c statement_timeout=5s``) as asyncpg's ``server_settings``.
+
+    asyncpg has no ``options``: without this a URL written for libpq fails to connect.
+    """
+    settings: dict[str, str] = {}
+    words = iter(options.split())
+    for word in words:
+        if word == "-c":
+            word = "-c" + next(words, "")
+        if word.startswith("-c"):
+            setting = word[2:]
+        elif word.startswith("--"):
+            setting = word[2:].replace("-", "_")
+        else:
+            setting = ""
+        name, equals, value = setting.partition("=")
+        if not (name and equals):
+            raise ConfigurationError(
+                f"database URL: options={options!r}: only settings as -c name=value are understood, not {word!r}"
+            )
+        settings[name] = value
+    return settings
 
 
 def session_factory(engine: AsyncEngine | str | URL | None = None) -> async_sessionmaker[AsyncSession]:
@@ -81,8 +161,11 @@ def storage_error(exc: BaseException) -> StorageError:
     """A database error as turnledger's own: :class:`SchemaMissingError` when the tables are missing."""
     if is_schema_missing(exc):
         return SchemaMissingError("turnledger's tables are missing: run `turnledger migrate`")
-    # The driver's message names the statement, not the bound values, so it carries no row data.
-    return StorageError(f"database error: {type(getattr(exc, 'orig', None) or exc).__name__}")
+    orig = getattr(exc, "orig", None)
+    # asyncpg's errors arrive wrapped in SQLAlchemy's generic adapter Error ("database error: Error");
+    # the driver's own class (QueryCanceledError for a statement_timeout) says what happened.
+    named = (orig.__cause__ or orig) if orig is not None else exc
+    return StorageError(f"database error: {type(named).__name__}")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -108,6 +191,8 @@ def _redacted(raw: str) -> str:
 
 
 __all__ = [
+    "POOLER_FLAG",
+    "driver_options",
     "is_schema_missing",
     "is_sqlite",
     "make_engine",

@@ -231,25 +231,16 @@ async def _copy_entries(conn: AsyncConnection, entries: Sequence[Entry], *, fres
                     return await _copy_direct(driver, usage_records, call_records)
             except asyncpg.UniqueViolationError:
                 pass  # some turn is stored already (a retried batch): the staging path below skips it
-    # The staging tables live as long as the connection; creating them is skipped (a round trip per
-    # table) once a top-level transaction that created them has committed on this connection.
-    top_level = not driver.is_in_transaction()
-    staged = top_level and conn.info.get(_STAGED_KEY, False)
-    conn.info.pop(_STAGED_KEY, None)
     # A savepoint if the caller's transaction already began on this connection, else a transaction.
     async with _driver_errors(conn), driver.transaction():
-        if not staged:
-            await driver.execute(";".join(_CREATE_STAGES))
+        # In every transaction, not once per connection: behind a transaction-pooling proxy (PgBouncer)
+        # the next transaction may run in a server session that has never seen this one's temp tables.
+        await driver.execute(";".join(_CREATE_STAGES))
         await driver.copy_records_to_table(_STAGE_USAGE, records=usage_records, columns=USAGE_COLUMNS)
         if call_records:
             await driver.copy_records_to_table(_STAGE_CALLS, records=call_records, columns=["turn_id", *CALL_COLUMNS])
         inserted: int = await driver.fetchval(_MOVE_STAGED)
-    if top_level:
-        conn.info[_STAGED_KEY] = True
     return inserted
-
-
-_STAGED_KEY = "turnledger_staging_tables"
 
 
 @asynccontextmanager
