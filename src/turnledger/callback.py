@@ -40,6 +40,7 @@ from typing import Any
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
+from pydantic import BaseModel
 
 from turnledger._logging import warn_once
 from turnledger.accumulator import (
@@ -303,7 +304,7 @@ class TokenTrackingCallback(CustomLogger):
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
         try:
             turn = get_current_accumulator()
-            if (turn is not None and turn.closed) or not isinstance(kwargs, Mapping):
+            if (turn is not None and turn.closed) or not (type(kwargs) is dict or isinstance(kwargs, Mapping)):
                 return
             call_id = kwargs.get("litellm_call_id")
             if not isinstance(call_id, str) or not call_id:
@@ -332,7 +333,8 @@ class TokenTrackingCallback(CustomLogger):
     # -- events -> records -----------------------------------------------------------------------
     def _on_end(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any, status: CallStatus) -> None:
         try:
-            kw: Mapping[str, Any] = kwargs if isinstance(kwargs, Mapping) else {}
+            # An exact type test first: isinstance against an ABC is a Python-level call (~0.2 us).
+            kw: Mapping[str, Any] = kwargs if type(kwargs) is dict or isinstance(kwargs, Mapping) else {}
             call_id = kw.get("litellm_call_id")
             if not isinstance(call_id, str) or not call_id:
                 call_id = None
@@ -341,7 +343,8 @@ class TokenTrackingCallback(CustomLogger):
                 # No pre-call hook bound it (a LiteLLM cache hit fires none): the context's turn.
                 turn = get_current_accumulator()
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
-            end_key = end_time if isinstance(end_time, datetime | int | float) else None
+            # (A tuple, not a union: isinstance tests a union three times slower.)
+            end_key = end_time if isinstance(end_time, (datetime, int, float)) else None
             if (
                 turn is not None
                 and call_id is not None
@@ -562,10 +565,23 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
     # Tokens used: a success without them has its usage estimated, from the caller's live messages
     # and the price map. A usage block that is not an object (a dict) is simply read at once.
     try:
-        tokens = getattr(getattr(response_obj, "usage", None), "total_tokens", None)
+        tokens = getattr(_usage_attribute(response_obj), "total_tokens", None)
     except Exception:
         return False  # read at once, where what cannot be read is flagged
     return type(tokens) is int and tokens > 0
+
+
+def _usage_attribute(response_obj: Any) -> Any:
+    """``response_obj.usage``: on a LiteLLM response (a pydantic model keeping ``usage`` among its
+    extras) read from its fields and extras, as :func:`~turnledger.usage.usage_block` reads it,
+    not through pydantic's ``__getattr__`` (1.8 us, measured; 0.1 us this way)."""
+    if isinstance(response_obj, BaseModel):
+        usage = response_obj.__dict__.get("usage")
+        if usage is None:
+            extra = response_obj.__pydantic_extra__
+            usage = extra.get("usage") if extra else None
+        return usage
+    return getattr(response_obj, "usage", None)
 
 
 class _StartedCall:
