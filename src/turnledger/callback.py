@@ -137,11 +137,12 @@ def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _provider_request_id(response_obj: Any) -> str | None:
+    # Exact type tests first: LiteLLM hands dicts, and isinstance against an ABC costs 0.2 us each.
     hidden = private_field(response_obj, "_hidden_params")
-    if not isinstance(hidden, Mapping):
+    if not (type(hidden) is dict or isinstance(hidden, Mapping)):
         return None
     headers = hidden.get("additional_headers")
-    if not isinstance(headers, Mapping):
+    if not (type(headers) is dict or isinstance(headers, Mapping)):
         return None
     for name in _REQUEST_ID_HEADERS:
         value = headers.get(name)
@@ -666,7 +667,7 @@ class _EndEvent:
 def _metadata(turn: TurnTokenAccumulator, model: str, litellm_params: object) -> ModelMetadata | None:
     """The turn's metadata for the model LiteLLM reports, else for the model the caller asked for."""
     meta = turn.metadata_for(model)
-    if meta is None and isinstance(litellm_params, Mapping):
+    if meta is None and (type(litellm_params) is dict or isinstance(litellm_params, Mapping)):
         original = litellm_params.get("model")
         meta = turn.metadata_for(original if isinstance(original, str) else None)
     return meta
