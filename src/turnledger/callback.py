@@ -331,6 +331,20 @@ class TokenTrackingCallback(CustomLogger):
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.FAILURE)
 
+    def redact_standard_logging_payload_from_model_call_details(self, model_call_details: dict[str, Any]) -> Any:
+        """LiteLLM's own, short-cut where it has nothing to do.
+
+        LiteLLM calls this on every async success event before the hook. Its version imports three
+        names on each call before it finds it has nothing to do (message logging on and no excluded
+        payload fields): 3.5 us an event, measured on 1.106; this test is 0.2 us. When there is
+        something to do, LiteLLM's version does it.
+        """
+        if getattr(self, "turn_off_message_logging", False) is False and not getattr(
+            litellm, "standard_logging_payload_excluded_fields", None
+        ):
+            return model_call_details
+        return super().redact_standard_logging_payload_from_model_call_details(model_call_details)
+
     # -- events -> records -----------------------------------------------------------------------
     def _on_end(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any, status: CallStatus) -> None:
         try:
