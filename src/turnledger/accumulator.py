@@ -238,7 +238,9 @@ class TurnTokenAccumulator:
         """Records whose event came after the turn closed; not part of the totals."""
         self._abandoned_factory = abandoned_record_factory or _default_abandoned_record
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
+        # several microseconds to make (it probes the lock for three methods it lacks).
+        self._idle: threading.Condition | None = None
         self._pending: dict[str, StartedCall] = {}
         self._seen_events: set[EventKey] = set()
         self._sync_waiters = 0
@@ -410,7 +412,7 @@ class TurnTokenAccumulator:
         """Wake whoever waits for the pending calls (only a closing scope does): a call just ended, so
         the wait is over if none is left, and its deadline may be shorter if one is (the last call that
         had its response is in: the rest get ``settle_timeout``, not ``logging_timeout``)."""
-        if self._sync_waiters:
+        if self._sync_waiters and self._idle is not None:
             # Condition.notify_all is Python code run on every event otherwise, mostly for nobody.
             self._idle.notify_all()
         if not self._waiters:
@@ -489,14 +491,18 @@ class TurnTokenAccumulator:
 
     def _settle_sync(self, timeout: float | None) -> None:
         started = time.monotonic()
-        with self._idle:
+        with self._lock:
             while self._pending:
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:
                     return
+                idle = self._idle
+                if idle is None:
+                    # Made under the lock: a second Condition over it would miss the first one's notifications.
+                    idle = self._idle = threading.Condition(self._lock)
                 self._sync_waiters += 1
                 try:
-                    self._idle.wait(remaining)
+                    idle.wait(remaining)
                 finally:
                     # wait() holds the lock again when it returns, even on an exception.
                     self._sync_waiters -= 1
