@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -381,3 +382,11 @@ def test_a_turn_makes_its_condition_only_for_a_sync_wait(monkeypatch: pytest.Mon
         ends_later.start()
     assert len(made) == 1, "the sync close waited on one Condition"
     assert [r.call_id for r in turn.calls] == ["c1"]
+
+
+def test_a_turn_id_is_a_random_version_4_uuid_in_hex() -> None:
+    ids = [TurnTokenAccumulator().turn_id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for turn_id in ids:
+        parsed = uuid.UUID(hex=turn_id)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, turn_id)
