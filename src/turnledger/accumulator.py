@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import operator
+import os
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -215,7 +215,7 @@ class TurnTokenAccumulator:
         abandoned_record_factory: AbandonedRecordFactory | None = None,
         **labels: Any,
     ) -> None:
-        self.turn_id: str = turn_id or uuid.uuid4().hex
+        self.turn_id: str = turn_id or _new_turn_id()
         self.user_id = user_id
         self.thread_id = thread_id
         self.message_id = message_id
@@ -238,7 +238,9 @@ class TurnTokenAccumulator:
         """Records whose event came after the turn closed; not part of the totals."""
         self._abandoned_factory = abandoned_record_factory or _default_abandoned_record
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
+        # several microseconds to make (it probes the lock for three methods it lacks).
+        self._idle: threading.Condition | None = None
         self._pending: dict[str, StartedCall] = {}
         self._seen_events: set[EventKey] = set()
         self._sync_waiters = 0
@@ -410,7 +412,7 @@ class TurnTokenAccumulator:
         """Wake whoever waits for the pending calls (only a closing scope does): a call just ended, so
         the wait is over if none is left, and its deadline may be shorter if one is (the last call that
         had its response is in: the rest get ``settle_timeout``, not ``logging_timeout``)."""
-        if self._sync_waiters:
+        if self._sync_waiters and self._idle is not None:
             # Condition.notify_all is Python code run on every event otherwise, mostly for nobody.
             self._idle.notify_all()
         if not self._waiters:
@@ -489,14 +491,18 @@ class TurnTokenAccumulator:
 
     def _settle_sync(self, timeout: float | None) -> None:
         started = time.monotonic()
-        with self._idle:
+        with self._lock:
             while self._pending:
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:
                     return
+                idle = self._idle
+                if idle is None:
+                    # Made under the lock: a second Condition over it would miss the first one's notifications.
+                    idle = self._idle = threading.Condition(self._lock)
                 self._sync_waiters += 1
                 try:
-                    self._idle.wait(remaining)
+                    idle.wait(remaining)
                 finally:
                     # wait() holds the lock again when it returns, even on an exception.
                     self._sync_waiters -= 1
@@ -699,6 +705,15 @@ def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]])
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _new_turn_id() -> str:
+    """``uuid.uuid4().hex``, the same random version-4 id in the same text, without the ``UUID``
+    object: 2 us instead of 4 (measured), on every turn."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 def _bare_model_name(model: str) -> str:

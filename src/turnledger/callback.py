@@ -40,6 +40,7 @@ from typing import Any
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
+from pydantic import BaseModel
 
 from turnledger._logging import warn_once
 from turnledger.accumulator import (
@@ -140,11 +141,12 @@ def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def _provider_request_id(response_obj: Any) -> str | None:
+    # Exact type tests first: LiteLLM hands dicts, and isinstance against an ABC costs 0.2 us each.
     hidden = private_field(response_obj, "_hidden_params")
-    if not isinstance(hidden, Mapping):
+    if not (type(hidden) is dict or isinstance(hidden, Mapping)):
         return None
     headers = hidden.get("additional_headers")
-    if not isinstance(headers, Mapping):
+    if not (type(headers) is dict or isinstance(headers, Mapping)):
         return None
     for name in _REQUEST_ID_HEADERS:
         value = headers.get(name)
@@ -307,7 +309,7 @@ class TokenTrackingCallback(CustomLogger):
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
         try:
             turn = get_current_accumulator()
-            if (turn is not None and turn.closed) or not isinstance(kwargs, Mapping):
+            if (turn is not None and turn.closed) or not (type(kwargs) is dict or isinstance(kwargs, Mapping)):
                 return
             call_id = kwargs.get("litellm_call_id")
             if not isinstance(call_id, str) or not call_id:
@@ -333,10 +335,25 @@ class TokenTrackingCallback(CustomLogger):
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.FAILURE)
 
+    def redact_standard_logging_payload_from_model_call_details(self, model_call_details: dict[str, Any]) -> Any:
+        """LiteLLM's own, short-cut where it has nothing to do.
+
+        LiteLLM calls this on every async success event before the hook. Its version imports three
+        names on each call before it finds it has nothing to do (message logging on and no excluded
+        payload fields): 3.5 us an event, measured on 1.106; this test is 0.2 us. When there is
+        something to do, LiteLLM's version does it.
+        """
+        if getattr(self, "turn_off_message_logging", False) is False and not getattr(
+            litellm, "standard_logging_payload_excluded_fields", None
+        ):
+            return model_call_details
+        return super().redact_standard_logging_payload_from_model_call_details(model_call_details)
+
     # -- events -> records -----------------------------------------------------------------------
     def _on_end(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any, status: CallStatus) -> None:
         try:
-            kw: Mapping[str, Any] = kwargs if isinstance(kwargs, Mapping) else {}
+            # An exact type test first: isinstance against an ABC is a Python-level call (~0.2 us).
+            kw: Mapping[str, Any] = kwargs if type(kwargs) is dict or isinstance(kwargs, Mapping) else {}
             call_id = kw.get("litellm_call_id")
             if not isinstance(call_id, str) or not call_id:
                 call_id = None
@@ -345,7 +362,8 @@ class TokenTrackingCallback(CustomLogger):
                 # No pre-call hook bound it (a LiteLLM cache hit fires none): the context's turn.
                 turn = get_current_accumulator()
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
-            end_key = end_time if isinstance(end_time, datetime | int | float) else None
+            # (A tuple, not a union: the union is built anew on every call, twice as slow.)
+            end_key = end_time if isinstance(end_time, (datetime, int, float)) else None
             if (
                 turn is not None
                 and call_id is not None
@@ -567,10 +585,23 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
     # Tokens used: a success without them has its usage estimated, from the caller's live messages
     # and the price map. A usage block that is not an object (a dict) is simply read at once.
     try:
-        tokens = getattr(getattr(response_obj, "usage", None), "total_tokens", None)
+        tokens = getattr(_usage_attribute(response_obj), "total_tokens", None)
     except Exception:
         return False  # read at once, where what cannot be read is flagged
     return type(tokens) is int and tokens > 0
+
+
+def _usage_attribute(response_obj: Any) -> Any:
+    """``response_obj.usage``: on a LiteLLM response (a pydantic model keeping ``usage`` among its
+    extras) read from its fields and extras, as :func:`~turnledger.usage.usage_block` reads it,
+    not through pydantic's ``__getattr__`` (1.8 us, measured; 0.1 us this way)."""
+    if isinstance(response_obj, BaseModel):
+        usage = response_obj.__dict__.get("usage")
+        if usage is None:
+            extra = response_obj.__pydantic_extra__
+            usage = extra.get("usage") if extra else None
+        return usage
+    return getattr(response_obj, "usage", None)
 
 
 class _StartedCall:
@@ -656,7 +687,7 @@ class _EndEvent:
 def _metadata(turn: TurnTokenAccumulator, model: str, litellm_params: object) -> ModelMetadata | None:
     """The turn's metadata for the model LiteLLM reports, else for the model the caller asked for."""
     meta = turn.metadata_for(model)
-    if meta is None and isinstance(litellm_params, Mapping):
+    if meta is None and (type(litellm_params) is dict or isinstance(litellm_params, Mapping)):
         original = litellm_params.get("model")
         meta = turn.metadata_for(original if isinstance(original, str) else None)
     return meta

@@ -227,7 +227,8 @@ def normalize_usage(response_obj: Any) -> TokenCounts:
     """Normalized counts from whatever LiteLLM handed the callback (never raises on odd shapes)."""
     counts = TokenCounts()
     block = usage_block(response_obj)
-    if block is None or isinstance(block, str | bytes | int | float):
+    # A tuple, not ``str | bytes | int | float``: that union is built anew on every call (0.2 us).
+    if block is None or isinstance(block, (str, bytes, int, float)):
         return counts
     usage = fields_of(block)
     counts.present = True

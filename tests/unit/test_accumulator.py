@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -358,3 +359,34 @@ async def test_a_cancelled_exit_waits_for_an_answered_call_no_longer_than_the_se
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(closing, 60)
     assert [(r.call_id, r.status) for r in turn.calls] == [("stuck-log", CallStatus.ABANDONED)]
+
+
+def test_a_turn_makes_its_condition_only_for_a_sync_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every turn used to make a threading.Condition (several microseconds over a plain Lock); only a
+    # sync close that has to wait needs one.
+    made: list[threading.Condition] = []
+    real_condition = threading.Condition
+
+    def counting_condition(lock: threading.Lock) -> threading.Condition:
+        made.append(real_condition(lock))
+        return made[-1]
+
+    turn = TurnTokenAccumulator(settle_timeout=5)
+    ends_later = threading.Timer(0.05, turn.add, args=(record("c1"),))  # made first: a Timer makes Conditions
+    monkeypatch.setattr(threading, "Condition", counting_condition)
+    with turnledger.scoped_turn():
+        pass
+    assert made == []
+    with turnledger.scoped_turn(turn=turn):
+        turn.begin_call(pending("c1"))
+        ends_later.start()
+    assert len(made) == 1, "the sync close waited on one Condition"
+    assert [r.call_id for r in turn.calls] == ["c1"]
+
+
+def test_a_turn_id_is_a_random_version_4_uuid_in_hex() -> None:
+    ids = [TurnTokenAccumulator().turn_id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for turn_id in ids:
+        parsed = uuid.UUID(hex=turn_id)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, turn_id)

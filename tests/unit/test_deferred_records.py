@@ -449,3 +449,24 @@ def test_a_call_that_never_reported_and_cannot_be_priced_is_kept_with_what_could
         flags,
     )
     assert readable.cost_usd is None and unreadable.cost_usd is None
+
+
+def test_deferring_an_event_reads_its_usage_without_pydantics_getattr(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LiteLLM keeps a response's usage among the model's extras, where plain attribute access goes
+    # through pydantic's __getattr__ (1.8 us): the success hook reads it from the extras directly.
+    looked_up: list[str] = []
+    pydantic_getattr = litellm.ModelResponse.__getattr__
+
+    def spying_getattr(self: Any, name: str) -> Any:
+        looked_up.append(name)
+        return pydantic_getattr(self, name)
+
+    cb = turnledger.TokenTrackingCallback(name="no-getattr")
+    kwargs, response = event("c1", prompt=12)
+    with turnledger.scoped_turn() as turn:
+        monkeypatch.setattr(litellm.ModelResponse, "__getattr__", spying_getattr)
+        cb.log_success_event(kwargs, response, _T0, _T0 + timedelta(seconds=1))
+        monkeypatch.undo()
+        assert len(turn._deferred) == 1, "a priced success that used tokens is deferred"
+    assert looked_up == []
+    assert [(r.prompt_tokens, r.cost_usd) for r in turn.calls] == [(12, Decimal("0.000015"))]
