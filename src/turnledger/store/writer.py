@@ -79,6 +79,14 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _taking_callbacks(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether a callback handed to the writer's loop from another thread will run. A loop stopped but
+    not closed (its thread's ``run_forever`` returned, the writer never closed) still takes one and never
+    runs it: the turn would be in neither the outbox nor the database, and a ``persist`` waiting for it
+    would wait forever."""
+    return loop.is_running() and not loop.is_closed()
+
+
 def _pass_on(done: asyncio.Future[None], durable: concurrent.futures.Future[None]) -> None:
     """The writer's verdict on a turn handed over from another loop, for the thread that waits on it."""
     if done.cancelled():
@@ -364,7 +372,7 @@ class BatchWriter:
         """Hand over from another thread (a sync ``with scoped_turn``); does not wait for durability."""
         rows = self.rows_for(turn)
         loop = self._writer_loop()
-        if loop is None or loop.is_closed() or self._closing:
+        if loop is None or not _taking_callbacks(loop) or self._closing:
             self._spill_late(encode_line(make_entry(rows)))
             return
         loop.call_soon_threadsafe(self._submit_logged, rows)
@@ -376,7 +384,7 @@ class BatchWriter:
         """Hand ``rows`` over on the writer's ``loop`` from another thread; the (thread-safe) future
         resolves once they are durable. Cancelling it does not take the turn back."""
         durable: concurrent.futures.Future[None] = concurrent.futures.Future()
-        if loop.is_closed() or self._closing:
+        if not _taking_callbacks(loop) or self._closing:
             self._spill_late(encode_line(make_entry(rows)))
             durable.set_result(None)
             return durable
