@@ -184,3 +184,23 @@ def test_an_apps_database_without_turnledgers_tables_reads_as_not_migrated(
         result = cli_run.invoke(*command, "--database-url", url)
         assert result.exit_code == 3, result.output
     assert asyncio.run(run_sync(url, lambda c: c.execute(select(func.count()).select_from(APP_ITEMS)).scalar())) == 0
+
+
+def test_a_database_an_earlier_version_migrated_beside_an_app_revision_named_like_turnledgers_is_refused_plainly(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    # An application naming its revisions "0001", "0002"... (alembic revision --rev-id) beside a
+    # deployment an earlier turnledger version migrated to 0003. Before: turnledger read its tables as
+    # absent and failed creating them ("table token_usage already exists", exit 1).
+    url = empty_database_url
+    upgrade(released_turnledger_alembic(tmp_path, url), "0003")
+    asyncio.run(_seed(url))
+    asyncio.run(execute(url, text("INSERT INTO alembic_version (version_num) VALUES ('0002')")))
+
+    result = cli_run.invoke("migrate", "--database-url", url)
+
+    assert result.exit_code == 2, result.output
+    assert "alembic_version holds 0002, 0003" in " ".join(result.output.split())
+    assert asyncio.run(rows(url, "alembic_version")) == ["0002", "0003"]
+    assert VERSION_TABLE not in asyncio.run(table_names(url))
+    assert asyncio.run(_seeded(url)) == ([("kept", Decimal("0.25"))], Decimal("1.5"))
