@@ -9,6 +9,7 @@ running ``turnledger migrate`` as before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 from alembic.runtime.migration import MigrationContext
@@ -81,8 +82,41 @@ def adopt_legacy_revision(connection: Connection, script: ScriptDirectory) -> st
     return revision
 
 
+def legacy_adoption_sql(revision: str) -> str:
+    """PostgreSQL that does what :func:`adopt_legacy_revision` does, for an offline (``--sql``) script
+    upgrading from ``revision``: the script's first ``UPDATE`` of turnledger's version table would
+    otherwise fail on a deployment an earlier version migrated, which has none. Nothing is done where
+    turnledger's version table exists already (or ``alembic_version`` does not)."""
+    if not _REVISION_ID.fullmatch(revision):
+        raise ValueError(f"not a revision id: {revision!r}")
+    return f"""DO $$
+BEGIN
+    -- Nested: PL/pgSQL plans a whole condition, and a query of a missing table fails even unevaluated.
+    IF to_regclass('{VERSION_TABLE}') IS NULL AND to_regclass('{LEGACY_VERSION_TABLE}') IS NOT NULL THEN
+        IF EXISTS (SELECT 1 FROM {LEGACY_VERSION_TABLE} WHERE version_num = '{revision}') THEN
+            CREATE TABLE {VERSION_TABLE} (
+                version_num VARCHAR(32) NOT NULL,
+                CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num)
+            );
+            INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{revision}');
+            DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = '{revision}';
+        END IF;
+    END IF;
+END $$"""
+
+
+_REVISION_ID = re.compile(r"[0-9A-Za-z_]{1,32}")
+"""What a revision id of turnledger's looks like: safe to write into SQL as a literal."""
+
+
 def _context(connection: Connection) -> MigrationContext:
     return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
 
 
-__all__ = ["LEGACY_VERSION_TABLE", "adopt_legacy_revision", "current_revision", "legacy_revision"]
+__all__ = [
+    "LEGACY_VERSION_TABLE",
+    "adopt_legacy_revision",
+    "current_revision",
+    "legacy_adoption_sql",
+    "legacy_revision",
+]
