@@ -121,7 +121,8 @@ class BatchWriter:
     from it after a backoff (``retry_initial`` doubling up to ``retry_max``, jittered). ``close()``
     drains for up to ``shutdown_timeout`` seconds (plus an outbox fsync under way); whatever is left
     stays in the outbox for the next writer on the same directory or ``turnledger replay``. A turn
-    handed over before ``start()`` or after ``close()`` is written straight to an outbox segment of its own.
+    handed over before ``start()`` or after ``close()`` is written straight to an outbox segment of its own,
+    and so is one handed over from another thread or loop while the writer's loop is not running.
     """
 
     def __init__(
