@@ -374,9 +374,15 @@ class BatchWriter:
         rows = self.rows_for(turn)
         loop = self._writer_loop()
         if loop is None or not _taking_callbacks(loop) or self._closing:
-            self._spill_late(encode_line(make_entry(rows)))
+            self._spill_handed_over(rows)
             return
         loop.call_soon_threadsafe(self._submit_logged, rows)
+
+    def _spill_handed_over(self, rows: TurnRows) -> None:
+        # Counted as handed over, as submit_rows counts a turn it spills: handed_over is every turn given
+        # to this writer, from whichever thread or loop.
+        self.stats["handed_over"] += 1
+        self._spill_late(encode_line(make_entry(rows)))
 
     def _writer_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._tasks[0].get_loop() if self._tasks else None
@@ -386,7 +392,7 @@ class BatchWriter:
         resolves once they are durable. Cancelling it does not take the turn back."""
         durable: concurrent.futures.Future[None] = concurrent.futures.Future()
         if not _taking_callbacks(loop) or self._closing:
-            self._spill_late(encode_line(make_entry(rows)))
+            self._spill_handed_over(rows)
             durable.set_result(None)
             return durable
 
@@ -400,7 +406,7 @@ class BatchWriter:
             loop.call_soon_threadsafe(hand_over)
         except RuntimeError:
             # Closed since the check above: no writer will take it, the outbox will.
-            self._spill_late(encode_line(make_entry(rows)))
+            self._spill_handed_over(rows)
             durable.set_result(None)
         return durable
 
