@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -16,6 +16,13 @@ MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN)
 """Money arithmetic runs in this context, never the application's: a caller that set
 ``getcontext().prec = 4`` for its own purposes must not round our sums. 60 digits hold any
 per-token rate times any token count exactly."""
+
+EXACT_SUM_CONTEXT = Context(prec=MAX_PREC, rounding=ROUND_HALF_EVEN, Emax=MAX_EMAX, Emin=MIN_EMIN)
+"""Sums of stored costs (and their products with a row count) in reports: exact, as PostgreSQL's
+``SUM`` of ``NUMERIC`` is. Each cost holds up to MONEY_CONTEXT's 60 significant digits, from 1e-30 to
+1e13 USD, so a sum can need more than 60: rounded to them, a SQLite report would differ from the
+same report on PostgreSQL. Only for addition and multiplication, which give a finite result whatever
+the precision (a division in it could run out of memory)."""
 
 
 class CallStatus(StrEnum):

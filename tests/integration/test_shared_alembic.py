@@ -7,10 +7,13 @@ turnledger migrated (its revision in ``alembic_version``) upgrades with ``turnle
 from __future__ import annotations
 
 import asyncio
+import io
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, insert, select, text
@@ -184,3 +187,63 @@ def test_an_apps_database_without_turnledgers_tables_reads_as_not_migrated(
         result = cli_run.invoke(*command, "--database-url", url)
         assert result.exit_code == 3, result.output
     assert asyncio.run(run_sync(url, lambda c: c.execute(select(func.count()).select_from(APP_ITEMS)).scalar())) == 0
+
+
+def test_a_database_an_earlier_version_migrated_beside_an_app_revision_named_like_turnledgers_is_refused_plainly(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    # An application naming its revisions "0001", "0002"... (alembic revision --rev-id) beside a
+    # deployment an earlier turnledger version migrated to 0003. Before: turnledger read its tables as
+    # absent and failed creating them ("table token_usage already exists", exit 1).
+    url = empty_database_url
+    upgrade(released_turnledger_alembic(tmp_path, url), "0003")
+    asyncio.run(_seed(url))
+    asyncio.run(execute(url, text("INSERT INTO alembic_version (version_num) VALUES ('0002')")))
+
+    result = cli_run.invoke("migrate", "--database-url", url)
+
+    assert result.exit_code == 2, result.output
+    assert "alembic_version holds 0002, 0003" in " ".join(result.output.split())
+    assert asyncio.run(rows(url, "alembic_version")) == ["0002", "0003"]
+    assert VERSION_TABLE not in asyncio.run(table_names(url))
+    assert asyncio.run(_seeded(url)) == ([("kept", Decimal("0.25"))], Decimal("1.5"))
+
+
+async def _run_script(url: str, script: str) -> None:
+    """An offline migration script run as psql runs it: every statement, in the script's own transaction."""
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute(script)  # asyncpg: no parameters, several statements
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["earlier-version", "own-version-table"])
+def test_an_offline_script_from_a_revision_upgrades_a_database_an_earlier_version_migrated(
+    empty_database_url: str, tmp_path: Path, legacy: bool
+) -> None:
+    # Before: the script's first statement, UPDATE turnledger_alembic_version, failed on a database an
+    # earlier version migrated ("relation turnledger_alembic_version does not exist").
+    url = empty_database_url
+    if not url.startswith("postgresql"):
+        pytest.skip("offline adoption is written for PostgreSQL")
+    upgrade(released_turnledger_alembic(tmp_path, url) if legacy else migrate.alembic_config(url), "0003")
+    asyncio.run(_seed(url))
+    if legacy:
+        asyncio.run(
+            execute(url, text("INSERT INTO alembic_version (version_num) VALUES (:v)").bindparams(v=APP_REVISION))
+        )
+    cfg = migrate.alembic_config(url)
+    cfg.output_buffer = io.StringIO()
+    alembic_command.upgrade(cfg, "0003:head", sql=True)
+
+    asyncio.run(_run_script(url, cfg.output_buffer.getvalue()))
+
+    assert migrate.current_revision(url) == migrate.head_revision()
+    assert asyncio.run(rows(url, VERSION_TABLE)) == [migrate.head_revision()]
+    if legacy:
+        assert asyncio.run(rows(url, "alembic_version")) == [APP_REVISION]
+    assert asyncio.run(_seeded(url)) == ([("kept", Decimal("0.25"))], Decimal("1.5"))

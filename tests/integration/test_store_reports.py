@@ -19,6 +19,7 @@ from turnledger import (
     session_factory,
     usage_report,
 )
+from turnledger.cli.chart_data import daily_spend, day_range
 from turnledger.store import reports
 from turnledger.store.engine import make_engine
 from turnledger.store.models import TokenUsage
@@ -364,3 +365,27 @@ def test_row_to_dict_keeps_money_exact() -> None:
     assert ALICE.to_dict()["cost_usd"] == "0.012941"
     assert ReportRow(key="m", cost_usd=Decimal("1.5E-7")).to_dict()["cost_usd"] == "0.00000015"
     assert DAVE.to_dict()["cost_usd"] is None
+
+
+async def test_reports_and_the_chart_sum_stored_costs_exactly_however_many_digits_the_sum_needs(
+    engine: AsyncEngine,
+) -> None:
+    # Each cost as record_token_usage keeps it (at most 60 significant digits); their sum needs 73.
+    # PostgreSQL's SUM is exact. Before: SQLite's report and every chart total added them in 60 digits,
+    # 1000000000000.1111111111111111111111111111111111111111111111 (rounded), not the sum.
+    big, fine = Decimal("1000000000000"), Decimal("0." + "1" * 60)
+    with localcontext() as ctx:
+        ctx.prec = 100
+        exact = big + fine
+        both_days = exact + exact
+    async with session_factory(engine)() as s:
+        for cost, day in ((big, DAY1), (fine, DAY1), (big, DAY2), (fine, DAY2)):
+            assert record_token_usage(s, usage_type="chat", user_id="u", cost_usd=cost, created_at=day) is not None
+        await s.commit()
+        for grouping in ReportBy:
+            rows = await usage_report(s, grouping, until=DAY2)
+            assert [r.cost_usd for r in rows] == [exact], grouping
+        spend = await daily_spend(s, ReportBy.USER, day_range(DAY1, DAY2 + timedelta(days=1)))
+    assert [day_total for day_total in map(spend.day_total, spend.days) if day_total] == [exact, exact]
+    assert spend.total == both_days
+    assert [series.total for series in spend.series] == [both_days]

@@ -157,3 +157,52 @@ def test_an_async_scope_on_another_loop_than_the_writers_hands_its_turn_over(
     assert sorted((c["turn_user_id"], c["prompt_tokens"]) for c in calls) == [
         (f"u-{n}", fake_prompt_tokens(question_of(n))) for n in (1, 2, 3)
     ]
+
+
+def test_a_turn_handed_to_a_writer_whose_loop_has_stopped_waits_in_the_outbox(
+    tracker: turnledger.TokenTrackingCallback, provider_kwargs: dict[str, Any], database_url: str, tmp_path: Path
+) -> None:
+    """The writer's loop stopped (its thread's ``run_forever`` returned) without the writer being closed.
+    A turn handed over from another loop or thread was queued as a callback that loop never runs: in
+    neither the outbox nor the database, and ``persist`` waited for it forever (measured: still waiting
+    after 3 s, nothing in the outbox)."""
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    writer = turnledger.BatchWriter(turnledger.make_engine(database_url), outbox_dir=tmp_path / "outbox")
+    asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join()
+
+    async def view(n: int) -> None:
+        async with turnledger.scoped_turn(user_id=f"u-{n}", persist=writer):
+            await aask(n, provider_kwargs)
+
+    async def requests() -> None:
+        # Only so that a hang fails the test instead of stalling the suite.
+        await asyncio.wait_for(view(1), HANG_DEADLINE_S)
+
+    def sync_view(n: int) -> None:
+        with turnledger.scoped_turn(user_id=f"u-{n}", persist=writer):
+            ask(n, provider_kwargs)
+
+    try:
+        asyncio.run(requests())
+        sync_view(2)
+    finally:
+        loop.run_until_complete(writer.close())
+        loop.run_until_complete(writer.engine.dispose())
+        loop.close()
+
+    async def replay() -> None:
+        engine = turnledger.make_engine(database_url)
+        try:
+            await turnledger.replay_outbox(engine, tmp_path / "outbox")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(replay())
+    calls = asyncio.run(stored_calls(database_url))
+    assert sorted((c["turn_user_id"], c["prompt_tokens"]) for c in calls) == [
+        (f"u-{n}", fake_prompt_tokens(question_of(n))) for n in (1, 2)
+    ]

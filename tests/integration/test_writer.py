@@ -409,3 +409,29 @@ async def test_a_turn_refused_by_both_then_rescued_at_close_is_counted_spilled_o
     # close() put it in the outbox after all: one spill, nothing lost.
     assert (writer.stats["spilled"], writer.stats.get("lost", 0)) == (1, 0)
     assert sum(line_count(p) for p in pending_segments(tmp_path)) == 1
+
+
+async def test_turns_handed_over_from_another_thread_or_loop_after_close_count_as_handed_over(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # Before: handed_over counted a late turn from the writer's own loop but not one from a sync scope's
+    # thread or another loop (spilled 3, handed_over 1 here): handed_over - written - spilled went negative.
+    writer = BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01)
+    async with writer:
+        pass
+
+    def sync_request() -> None:
+        with turnledger.scoped_turn(turn_id="late-thread", persist=writer):
+            pass
+
+    async def other_loop_request() -> None:
+        async with turnledger.scoped_turn(turn_id="late-loop", persist=writer):
+            pass
+
+    async with turnledger.scoped_turn(turn_id="late-own-loop", persist=writer):
+        pass
+    await asyncio.to_thread(sync_request)
+    await asyncio.to_thread(asyncio.run, other_loop_request())
+    assert (writer.stats["handed_over"], writer.stats["spilled"]) == (3, 3)
+    report = await replay_outbox(engine, tmp_path)
+    assert (report.entries, report.inserted) == (3, 3)

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from turnledger.records import MONEY_CONTEXT
+from turnledger.records import EXACT_SUM_CONTEXT
 from turnledger.store.record import Database
 from turnledger.store.reports import ReportBy, ReportRow, key_label, usage_report
 
@@ -46,7 +46,7 @@ class Series:
 
     def absorb(self, other: Series) -> None:
         for day, cost in other.cost_by_day.items():
-            self.cost_by_day[day] = MONEY_CONTEXT.add(self.cost_by_day.get(day, Decimal(0)), cost)
+            self.cost_by_day[day] = EXACT_SUM_CONTEXT.add(self.cost_by_day.get(day, Decimal(0)), cost)
         for day, n in other.unpriced_by_day.items():
             self.unpriced_by_day[day] = self.unpriced_by_day.get(day, 0) + n
         self.calls += other.calls
@@ -85,11 +85,12 @@ class DailySpend:
 
 
 def exact_sum(costs: Iterable[Decimal]) -> Decimal:
-    """In MONEY_CONTEXT: the default context's 28 digits (or an application's own) would round the total of
-    exact report figures (a million dollars and a per-call cost of 1.2345E-8 already need 30)."""
+    """Exact (see EXACT_SUM_CONTEXT): the default context's 28 digits (or an application's own) would round
+    the total of exact report figures (a million dollars and a per-call cost of 1.2345E-8 already need
+    30), and so would MONEY_CONTEXT's 60 (a report figure may hold more)."""
     total = Decimal(0)
     for cost in costs:
-        total = MONEY_CONTEXT.add(total, cost)
+        total = EXACT_SUM_CONTEXT.add(total, cost)
     return total
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from turnledger.store import models  # noqa: F401  (registers the tables on Base.metadata)
 from turnledger.store.base import Base
 from turnledger.store.engine import make_engine, resolve_url
-from turnledger.store.schema_version import adopt_legacy_revision
+from turnledger.store.schema_version import adopt_legacy_revision, legacy_adoption_sql
 from turnledger.store.tables import VERSION_TABLE
 
 # Other teams' tables live in their own model modules; import each one that exists so that
@@ -72,7 +72,20 @@ async def _run_async() -> None:
 def run_migrations_offline() -> None:
     context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, version_table=VERSION_TABLE)
     with context.begin_transaction():
+        _adopt_offline()
         context.run_migrations()
+
+
+def _adopt_offline() -> None:
+    """A script from a given revision (``0003:head``) begins by adopting it from ``alembic_version``
+    where an earlier version left it, as an online migration does. PostgreSQL only: SQLite has no
+    conditional statement to write it with."""
+    start = context.get_starting_revision_argument()
+    if not isinstance(start, str) or context.get_context().dialect.name != "postgresql":
+        return
+    revision = context.script.as_revision_number(start)
+    if isinstance(revision, str):
+        context.execute(legacy_adoption_sql(revision))
 
 
 def run_migrations_online() -> None:

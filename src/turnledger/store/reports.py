@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from turnledger.accumulator import TOKEN_FIELDS
-from turnledger.records import MONEY_CONTEXT
+from turnledger.records import EXACT_SUM_CONTEXT
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
 from turnledger.store.record import Database, as_stored, dialect_name, is_storable
@@ -250,9 +250,11 @@ def _merge(raw: Sequence[Any]) -> list[ReportRow]:
             acc[name] += int(mapping[name] or 0)
         cost = mapping["cost"]
         if cost is not None:
-            # In MONEY_CONTEXT, not the application's: a caller's getcontext().prec = 4 must not round a report.
-            part = MONEY_CONTEXT.multiply(Decimal(cost), int(mapping["rows"])) if "rows" in mapping else Decimal(cost)
-            acc["cost_usd"] = part if acc["cost_usd"] is None else MONEY_CONTEXT.add(acc["cost_usd"], part)
+            # Exact, in a context of its own: a caller's getcontext().prec = 4 must not round a report, and
+            # nor may 60 digits (SQLite's report would then differ from PostgreSQL's exact SUM).
+            exact = EXACT_SUM_CONTEXT
+            part = exact.multiply(Decimal(cost), int(mapping["rows"])) if "rows" in mapping else Decimal(cost)
+            acc["cost_usd"] = part if acc["cost_usd"] is None else exact.add(acc["cost_usd"], part)
     for acc in groups.values():
         # A turn without calls is stored at an exact $0. With only unpriced calls beside it the group
         # has no priced call at all: its cost is unknown, not $0 (every priced part is a call's, or a

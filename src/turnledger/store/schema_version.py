@@ -9,6 +9,7 @@ running ``turnledger migrate`` as before.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 from alembic.runtime.migration import MigrationContext
@@ -16,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import column, inspect, table
 from sqlalchemy.engine import Connection
 
+from turnledger.errors import ConfigurationError
 from turnledger.store.tables import VERSION_TABLE
 
 LEGACY_VERSION_TABLE = "alembic_version"
@@ -40,15 +42,29 @@ def legacy_revision(connection: Connection, known: Collection[str]) -> str | Non
 
     Only when turnledger's own version table does not exist yet, and only a revision id of
     turnledger's in a database holding turnledger's tables: an application's revision that happens
-    to share an id ("0002") in a database turnledger never migrated is the application's.
+    to share an id ("0002") in a database turnledger never migrated is the application's. Raises
+    :class:`~turnledger.errors.ConfigurationError` when several of turnledger's ids are there beside its
+    tables: which one is turnledger's cannot be told.
     """
     tables = set(inspect(connection).get_table_names())
     if VERSION_TABLE in tables or LEGACY_VERSION_TABLE not in tables or not tables >= _FIRST_TABLES:
         return None
     heads = MigrationContext.configure(connection, opts={"version_table": LEGACY_VERSION_TABLE}).get_current_heads()
-    ours = [head for head in heads if head in known]
-    # turnledger's history is linear: two of its revisions as heads is nothing an earlier version wrote.
-    return ours[0] if len(ours) == 1 else None
+    ours = sorted(head for head in heads if head in known)
+    if len(ours) > 1:
+        # turnledger's history is linear, so an earlier version left one of them; the others are the
+        # application's, named like turnledger's ("0001"). Taking none would read turnledger's tables
+        # as absent and fail on creating them again ("token_usage already exists"); taking the wrong
+        # one would skip or repeat migrations. Which is which, only a person can tell.
+        raise ConfigurationError(
+            f"{LEGACY_VERSION_TABLE} holds {', '.join(ours)}, all revision ids of turnledger's, beside "
+            "turnledger's tables: an earlier turnledger version left one of them there and the others are "
+            "the application's. Create turnledger's own version table and move its revision there "
+            f"(CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL PRIMARY KEY); INSERT INTO "
+            f"{VERSION_TABLE} VALUES ('<turnledger's>'); DELETE FROM {LEGACY_VERSION_TABLE} WHERE "
+            "version_num = '<turnledger's>'), then migrate again"
+        )
+    return ours[0] if ours else None
 
 
 def adopt_legacy_revision(connection: Connection, script: ScriptDirectory) -> str | None:
@@ -66,8 +82,41 @@ def adopt_legacy_revision(connection: Connection, script: ScriptDirectory) -> st
     return revision
 
 
+def legacy_adoption_sql(revision: str) -> str:
+    """PostgreSQL that does what :func:`adopt_legacy_revision` does, for an offline (``--sql``) script
+    upgrading from ``revision``: the script's first ``UPDATE`` of turnledger's version table would
+    otherwise fail on a deployment an earlier version migrated, which has none. Nothing is done where
+    turnledger's version table exists already (or ``alembic_version`` does not)."""
+    if not _REVISION_ID.fullmatch(revision):
+        raise ValueError(f"not a revision id: {revision!r}")
+    return f"""DO $$
+BEGIN
+    -- Nested: PL/pgSQL plans a whole condition, and a query of a missing table fails even unevaluated.
+    IF to_regclass('{VERSION_TABLE}') IS NULL AND to_regclass('{LEGACY_VERSION_TABLE}') IS NOT NULL THEN
+        IF EXISTS (SELECT 1 FROM {LEGACY_VERSION_TABLE} WHERE version_num = '{revision}') THEN
+            CREATE TABLE {VERSION_TABLE} (
+                version_num VARCHAR(32) NOT NULL,
+                CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num)
+            );
+            INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{revision}');
+            DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = '{revision}';
+        END IF;
+    END IF;
+END $$"""
+
+
+_REVISION_ID = re.compile(r"[0-9A-Za-z_]{1,32}")
+"""What a revision id of turnledger's looks like: safe to write into SQL as a literal."""
+
+
 def _context(connection: Connection) -> MigrationContext:
     return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
 
 
-__all__ = ["LEGACY_VERSION_TABLE", "adopt_legacy_revision", "current_revision", "legacy_revision"]
+__all__ = [
+    "LEGACY_VERSION_TABLE",
+    "adopt_legacy_revision",
+    "current_revision",
+    "legacy_adoption_sql",
+    "legacy_revision",
+]

@@ -79,6 +79,14 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _taking_callbacks(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether a callback handed to the writer's loop from another thread will run. A loop stopped but
+    not closed (its thread's ``run_forever`` returned, the writer never closed) still takes one and never
+    runs it: the turn would be in neither the outbox nor the database, and a ``persist`` waiting for it
+    would wait forever."""
+    return loop.is_running() and not loop.is_closed()
+
+
 def _pass_on(done: asyncio.Future[None], durable: concurrent.futures.Future[None]) -> None:
     """The writer's verdict on a turn handed over from another loop, for the thread that waits on it."""
     if done.cancelled():
@@ -113,7 +121,8 @@ class BatchWriter:
     from it after a backoff (``retry_initial`` doubling up to ``retry_max``, jittered). ``close()``
     drains for up to ``shutdown_timeout`` seconds (plus an outbox fsync under way); whatever is left
     stays in the outbox for the next writer on the same directory or ``turnledger replay``. A turn
-    handed over before ``start()`` or after ``close()`` is written straight to an outbox segment of its own.
+    handed over before ``start()`` or after ``close()`` is written straight to an outbox segment of its own,
+    and so is one handed over from another thread or loop while the writer's loop is not running.
     """
 
     def __init__(
@@ -364,10 +373,16 @@ class BatchWriter:
         """Hand over from another thread (a sync ``with scoped_turn``); does not wait for durability."""
         rows = self.rows_for(turn)
         loop = self._writer_loop()
-        if loop is None or loop.is_closed() or self._closing:
-            self._spill_late(encode_line(make_entry(rows)))
+        if loop is None or not _taking_callbacks(loop) or self._closing:
+            self._spill_handed_over(rows)
             return
         loop.call_soon_threadsafe(self._submit_logged, rows)
+
+    def _spill_handed_over(self, rows: TurnRows) -> None:
+        # Counted as handed over, as submit_rows counts a turn it spills: handed_over is every turn given
+        # to this writer, from whichever thread or loop.
+        self.stats["handed_over"] += 1
+        self._spill_late(encode_line(make_entry(rows)))
 
     def _writer_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._tasks[0].get_loop() if self._tasks else None
@@ -376,8 +391,8 @@ class BatchWriter:
         """Hand ``rows`` over on the writer's ``loop`` from another thread; the (thread-safe) future
         resolves once they are durable. Cancelling it does not take the turn back."""
         durable: concurrent.futures.Future[None] = concurrent.futures.Future()
-        if loop.is_closed() or self._closing:
-            self._spill_late(encode_line(make_entry(rows)))
+        if not _taking_callbacks(loop) or self._closing:
+            self._spill_handed_over(rows)
             durable.set_result(None)
             return durable
 
@@ -391,7 +406,7 @@ class BatchWriter:
             loop.call_soon_threadsafe(hand_over)
         except RuntimeError:
             # Closed since the check above: no writer will take it, the outbox will.
-            self._spill_late(encode_line(make_entry(rows)))
+            self._spill_handed_over(rows)
             durable.set_result(None)
         return durable
 
