@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from turnledger import PriceTable, RecordFlag, _logging
+import httpx
+import pytest
+
+from turnledger import PriceTable, RecordFlag, _logging, fake_provider
 from turnledger._logging import problem_counts
 from turnledger.pricing import price_call
 from turnledger.usage import normalize_usage
@@ -31,3 +34,18 @@ def test_warn_once_remembers_a_bounded_number_of_models_and_loses_no_count() -> 
     # The last model came past the bound: counted with the others past it, not under a key of its own.
     assert f"pricing:implausible:{models[-1]}" not in problem_counts
     assert problem_counts["pricing:implausible:*"] >= 200
+
+
+def test_the_fake_provider_keeps_a_bounded_number_of_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run as a server until Ctrl-C (python -m turnledger.fake_provider), it must not keep every request.
+    bound = 20
+    monkeypatch.setattr(fake_provider, "MAX_KEPT_REQUESTS", bound, raising=False)
+    provider = fake_provider.FakeProvider()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+    with provider, httpx.Client() as client:
+        for i in range(bound + 5):
+            if i == bound + 4:
+                body = {**body, "model": "the-last-one"}
+            client.post(f"{provider.base_url}/chat/completions", json=body).raise_for_status()
+        assert len(provider.requests) == bound
+        assert provider.requests[-1].body["model"] == "the-last-one"
