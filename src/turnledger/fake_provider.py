@@ -26,7 +26,7 @@ from aiohttp import web
 
 DEFAULT_CONTENT = "Hello from the fake provider."
 
-MAX_KEPT_REQUESTS = 10_000
+MAX_KEPT_REQUESTS = 1_000
 """Requests :attr:`FakeProvider.requests` keeps, the latest ones: run as a server until Ctrl-C
 (``python -m turnledger.fake_provider``), it would otherwise keep every request body it was sent
 (about 2 KiB each, measured). A test reads the few requests it made since its ``reset()``."""
