@@ -17,6 +17,7 @@ import itertools
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,11 @@ from typing import Any
 from aiohttp import web
 
 DEFAULT_CONTENT = "Hello from the fake provider."
+
+MAX_KEPT_REQUESTS = 1_000
+"""Requests :attr:`FakeProvider.requests` keeps, the latest ones: run as a server until Ctrl-C
+(``python -m turnledger.fake_provider``), it would otherwise keep every request body it was sent
+(about 2 KiB each, measured). A test reads the few requests it made since its ``reset()``."""
 
 
 @dataclass
@@ -78,7 +84,8 @@ class FakeProvider:
 
     def __init__(self) -> None:
         self.scripts: dict[str, Script] = {}
-        self.requests: list[ReceivedRequest] = []
+        self.requests: deque[ReceivedRequest] = deque(maxlen=MAX_KEPT_REQUESTS)
+        """The latest requests received (at most :data:`MAX_KEPT_REQUESTS`), oldest first."""
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -591,10 +591,11 @@ def _estimate_and_price(
             estimate.flag(RecordFlag.COMPLETION_NOT_SEEN)
     except Exception as exc:
         warn_once(
-            f"estimate:{provider}/{model}:{type(exc).__name__}",
+            "estimate",
             "turnledger could not estimate the missing usage of %s (%s)",
             model,
             type(exc).__name__,
+            detail=f"{provider}/{model}:{type(exc).__name__}",
         )
         return None
     if not estimate.used_tokens:
@@ -813,10 +814,11 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     except Exception as exc:
         flags.append(RecordFlag.PRICING_ERROR)
         warn_once(
-            f"estimate:{pending.provider}/{pending.model}:{type(exc).__name__}",
+            "estimate",
             "turnledger could not estimate an abandoned call to %s (%s)",
             pending.model,
             type(exc).__name__,
+            detail=f"{pending.provider}/{pending.model}:{type(exc).__name__}",
         )
     else:
         flags.extend(counts.flags)
@@ -944,7 +946,8 @@ def _map_version() -> tuple[int, int]:
 
 
 def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordFlag], fn: Any, *args: Any) -> Any:
-    """Run one LiteLLM stage; a raise is logged once per stage, model and cause, and the chain goes on."""
+    """Run one LiteLLM stage; a raise is logged once per stage, model and cause (past
+    ``_logging.MAX_DETAILED_CAUSES`` models, once per stage for the rest), and the chain goes on."""
     key = (stage, provider, model)
     known_unmapped = _unmapped.get(key)
     if known_unmapped is not None and known_unmapped == _map_version():
@@ -952,7 +955,6 @@ def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordF
     try:
         return fn(*args)
     except Exception as exc:
-        cause = f"pricing:{stage}:{provider}/{model}:{type(exc).__name__}"
         text = str(exc).lower()
         if type(exc).__name__ == "ModelNotMappedError" or any(h in text for h in _NOT_MAPPED_HINTS):
             # LiteLLM not knowing a model is an answer ("cannot price"), not a fault.
@@ -965,7 +967,14 @@ def _run_stage(stage: str, model: str, provider: str | None, flags: list[RecordF
                 logger.debug("turnledger: LiteLLM's %s has no price for %s/%s", stage, provider, model)
             return None
         _add(flags, RecordFlag.PRICING_ERROR)
-        warn_once(cause, "turnledger: pricing stage %s failed for %s (%s)", stage, model, type(exc).__name__)
+        warn_once(
+            f"pricing:{stage}",
+            "turnledger: pricing stage %s failed for %s (%s)",
+            stage,
+            model,
+            type(exc).__name__,
+            detail=f"{provider}/{model}:{type(exc).__name__}",
+        )
         return None
 
 
@@ -1004,7 +1013,7 @@ def _believable(cost: Decimal | None, flags: list[RecordFlag], model: str) -> De
     cost = _COST_CONTEXT.plus(cost)
     if cost > MAX_CALL_COST_USD or _ZERO < cost < MIN_CALL_COST_USD:
         _add(flags, RecordFlag.IMPLAUSIBLE_COST)
-        warn_once(f"pricing:implausible:{model}", "turnledger: discarded an implausible cost for %s", model)
+        warn_once("pricing:implausible", "turnledger: discarded an implausible cost for %s", model, detail=model)
         return None
     return cost
 

@@ -132,7 +132,7 @@ async def test_a_messages_call_cancelled_in_flight_is_billed_its_system_prompt_t
     fake_provider.script(MODEL, delay_s=5)
     async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
         task = asyncio.create_task(litellm.anthropic_messages(**call_kwargs(fake_provider, system=SYSTEM)))
-        while not fake_provider.requests[1:]:
+        while len(fake_provider.requests) < 2:
             await asyncio.sleep(0.01)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

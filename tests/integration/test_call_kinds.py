@@ -408,7 +408,7 @@ async def test_a_text_completion_never_answered_is_billed_its_prompt_as_text_not
                 await litellm.atext_completion(**request, timeout=0.3)
         else:
             task = asyncio.create_task(litellm.atext_completion(**request))
-            while not fake_provider.requests[1:]:
+            while len(fake_provider.requests) < 2:
                 await asyncio.sleep(0.01)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

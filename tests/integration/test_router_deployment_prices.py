@@ -96,7 +96,7 @@ async def test_a_call_cancelled_in_flight_is_estimated_at_its_deployments_prices
     fake_provider.script("gpt-4o-mini", delay_s=5)
     async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
         task = asyncio.create_task(router.acompletion(model="mini", messages=MESSAGES))
-        while not fake_provider.requests[1:]:
+        while len(fake_provider.requests) < 2:
             await asyncio.sleep(0.01)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
