@@ -244,11 +244,8 @@ class FakeProvider:
         cid: str,
         rid: str,
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
-        await resp.prepare(request)
-        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if script.include_usage_chunk is not None:
-            want_usage = script.include_usage_chunk
+        resp = await _open_event_stream(request, {"x-request-id": rid})
+        want_usage = _wants_usage_chunk(body, script)
 
         n = int(body.get("n") or 1)
 
@@ -276,24 +273,23 @@ class FakeProvider:
                         call_delta: dict[str, Any] = {"tool_calls": [piece]}
                         if i == 0:
                             call_delta["role"] = "assistant"
-                        await resp.write(f"data: {json.dumps(chunk(call_delta, None))}\n\n".encode())
-                await resp.write(f"data: {json.dumps(chunk({}, 'tool_calls'))}\n\n".encode())
+                        await _write_event(resp, chunk(call_delta, None))
+                await _write_event(resp, chunk({}, "tool_calls"))
             words = script.content.split(" ") if not script.tool_calls else []
             for i, word in enumerate(words):
                 for index in range(n):
                     delta: dict[str, Any] = {"content": word if i == 0 else " " + word}
                     if i == 0:
                         delta["role"] = "assistant"
-                    await resp.write(f"data: {json.dumps(chunk(delta, None, index))}\n\n".encode())
+                    await _write_event(resp, chunk(delta, None, index))
                 if script.break_after_chunks is not None and i + 1 >= script.break_after_chunks:
-                    if request.transport is not None:
-                        request.transport.close()
+                    _break_off(request)
                     return resp
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
             if words:
                 for index in range(n):
-                    await resp.write(f"data: {json.dumps(chunk({}, 'stop', index))}\n\n".encode())
+                    await _write_event(resp, chunk({}, "stop", index))
             if want_usage:
                 last: dict[str, Any] = {
                     "id": cid,
@@ -304,7 +300,7 @@ class FakeProvider:
                     "usage": usage,
                 }
                 last.update(script.extra_response)
-                await resp.write(f"data: {json.dumps(last)}\n\n".encode())
+                await _write_event(resp, last)
             if script.done_delay_s:
                 await asyncio.sleep(script.done_delay_s)
             await resp.write(b"data: [DONE]\n\n")
@@ -365,13 +361,12 @@ class FakeProvider:
 
         if not body.get("stream"):
             return web.json_response(response("completed", script.content, True), headers={"x-request-id": rid})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
-        await resp.prepare(request)
+        resp = await _open_event_stream(request, {"x-request-id": rid})
         seq = itertools.count()
 
         async def event(data: dict[str, Any]) -> None:
             data["sequence_number"] = next(seq)
-            await resp.write(f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode())
+            await _write_event(resp, data, name=data["type"])
 
         try:
             await event({"type": "response.created", "response": response("in_progress", "", False)})
@@ -422,11 +417,8 @@ class FakeProvider:
         payload.update(script.extra_response)
         if not body.get("stream"):
             return web.json_response(payload, headers={"x-request-id": rid})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": rid})
-        await resp.prepare(request)
-        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if script.include_usage_chunk is not None:
-            want_usage = script.include_usage_chunk
+        resp = await _open_event_stream(request, {"x-request-id": rid})
+        want_usage = _wants_usage_chunk(body, script)
         try:
             words = script.content.split(" ")
             for i, word in enumerate(words):
@@ -434,9 +426,9 @@ class FakeProvider:
                 piece = {"index": 0, "text": word if i == 0 else " " + word, "logprobs": None, "finish_reason": finish}
                 chunk = {**payload, "choices": [piece]}
                 chunk.pop("usage", None)
-                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                await _write_event(resp, chunk)
             if want_usage:
-                await resp.write(f"data: {json.dumps({**payload, 'choices': [], 'usage': usage})}\n\n".encode())
+                await _write_event(resp, {**payload, "choices": [], "usage": usage})
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -591,11 +583,10 @@ class FakeProvider:
             }
             payload.update(script.extra_response)
             return web.json_response(payload, headers={"request-id": rid})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "request-id": rid})
-        await resp.prepare(request)
+        resp = await _open_event_stream(request, {"request-id": rid})
 
         async def event(name: str, data: dict[str, Any]) -> None:
-            await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            await _write_event(resp, data, name=name)
 
         start_usage = {k: v for k, v in usage.items() if k != "output_tokens"}
         start_usage["output_tokens"] = 1
@@ -630,8 +621,7 @@ class FakeProvider:
                     },
                 )
                 if script.break_after_chunks is not None and i + 1 >= script.break_after_chunks:
-                    if request.transport is not None:
-                        request.transport.close()
+                    _break_off(request)
                     return resp
                 if script.chunk_delay_s:
                     await asyncio.sleep(script.chunk_delay_s)
@@ -692,6 +682,32 @@ class FakeProvider:
         }
         payload.update(script.extra_response)
         return web.json_response(payload, headers={"x-amzn-requestid": rid})
+
+
+async def _open_event_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """A server-sent-events answer, its headers sent."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
+    await resp.prepare(request)
+    return resp
+
+
+async def _write_event(resp: web.StreamResponse, data: object, *, name: str | None = None) -> None:
+    """One server-sent event: OpenAI's carry data only, Anthropic's and the Responses API's a name too."""
+    head = f"event: {name}\n" if name is not None else ""
+    await resp.write(f"{head}data: {json.dumps(data)}\n\n".encode())
+
+
+def _wants_usage_chunk(body: Mapping[str, Any], script: Script) -> bool:
+    """Whether an OpenAI-style stream ends with a usage chunk: as asked for, unless the script says."""
+    if script.include_usage_chunk is not None:
+        return script.include_usage_chunk
+    return bool((body.get("stream_options") or {}).get("include_usage"))
+
+
+def _break_off(request: web.Request) -> None:
+    """Drop the connection mid-stream, as a provider or a network does."""
+    if request.transport is not None:
+        request.transport.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
