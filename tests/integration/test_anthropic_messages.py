@@ -7,8 +7,6 @@ request (a read timeout, or LiteLLM failing after Anthropic answered), its input
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 from decimal import Decimal
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 from litellm.exceptions import Timeout
 
 import turnledger
+from tests.integration.in_flight import cancel_once_received
 from turnledger import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.fake_provider import FakeProvider
 
@@ -131,12 +130,8 @@ async def test_a_messages_call_cancelled_in_flight_is_billed_its_system_prompt_t
     await litellm.anthropic_messages(**call_kwargs(fake_provider))  # warm: a cold first call starts late
     fake_provider.script(MODEL, delay_s=5)
     async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
-        task = asyncio.create_task(litellm.anthropic_messages(**call_kwargs(fake_provider, system=SYSTEM)))
-        while len(fake_provider.requests) < 2:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        call = litellm.anthropic_messages(**call_kwargs(fake_provider, system=SYSTEM))
+        await cancel_once_received(fake_provider, call, received=2)
     [record] = turn.calls
     assert record.status is CallStatus.ABANDONED
     assert_billed_its_estimated_input(record, SYSTEM)

@@ -21,6 +21,7 @@ from litellm.exceptions import Timeout
 from litellm.router import Router
 
 import turnledger
+from tests.integration.in_flight import cancel_once_received
 from turnledger import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
 from turnledger.fake_provider import FakeProvider
 
@@ -407,12 +408,7 @@ async def test_a_text_completion_never_answered_is_billed_its_prompt_as_text_not
             with pytest.raises(Timeout):
                 await litellm.atext_completion(**request, timeout=0.3)
         else:
-            task = asyncio.create_task(litellm.atext_completion(**request))
-            while len(fake_provider.requests) < 2:
-                await asyncio.sleep(0.01)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_once_received(fake_provider, litellm.atext_completion(**request), received=2)
     [record] = turn.calls
     tokens = litellm.token_counter(model="gpt-3.5-turbo-instruct", text=prompt)
     assert (record.call_kind, record.prompt_tokens, record.completion_tokens) == (CallKind.TEXT_COMPLETION, tokens, 0)

@@ -10,8 +10,6 @@ model's list price, or unpriced for a name LiteLLM does not know, it would be bi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 from litellm.router import Router
 
 import turnledger
+from tests.integration.in_flight import cancel_once_received
 from turnledger import CallStatus, CostSource, TokenCallRecord
 from turnledger.fake_provider import FakeProvider
 
@@ -95,12 +94,7 @@ async def test_a_call_cancelled_in_flight_is_estimated_at_its_deployments_prices
     await router.acompletion(model="mini", messages=MESSAGES)  # warm: a cold first call starts late
     fake_provider.script("gpt-4o-mini", delay_s=5)
     async with turnledger.scoped_turn(settle_timeout=0.2) as turn:
-        task = asyncio.create_task(router.acompletion(model="mini", messages=MESSAGES))
-        while len(fake_provider.requests) < 2:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_once_received(fake_provider, router.acompletion(model="mini", messages=MESSAGES), received=2)
     [record] = turn.calls
     assert record.status is CallStatus.ABANDONED
     assert_billed_at_the_deployment_rates(record)
