@@ -338,7 +338,8 @@ class TokenTrackingCallback(CustomLogger):
         was recorded ``abandoned``), counted when its turn closes by the instance whose pre-call hook
         bound it to the turn (the first to see it start): with several instances installed, each such
         call is counted once, so their sum is the process's total. An end event that still comes
-        afterwards is counted as an event as well (``late``)."""
+        afterwards is counted as an event as well: ``late``, or ``unscoped`` (flagged late) when its
+        turn no longer exists."""
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
