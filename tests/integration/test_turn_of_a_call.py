@@ -25,6 +25,8 @@ from turnledger.accumulator import call_bindings
 from turnledger.callback import _TURN_OF_CALL, _started_outside_turns
 from turnledger.fake_provider import FakeProvider
 
+from .test_call_kinds import responses_without_mcp  # noqa: F401 (a fixture)
+
 MESSAGES: Any = [{"role": "user", "content": "say hello"}]
 USAGE = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
 
@@ -257,3 +259,34 @@ def test_every_end_event_of_every_sync_call_kind_names_the_turn_it_started_in(
     assert {hook for hook, _call_type, _turn in spy.seen} == {"success", "failure"}
     assert [turn for _hook, _call_type, turn in spy.seen] == [alice] * len(spy.seen)
     assert len(alice.calls) == len(spy.seen)
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
+async def test_every_end_event_of_the_other_call_kinds_names_the_turn_it_started_in(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], spy: _TurnSpy
+) -> None:
+    async with turnledger.scoped_turn(user_id="alice") as alice:
+        await litellm.aresponses(model="openai/gpt-4o-mini", input="hello", **provider_kwargs)
+        responses_stream: Any = await litellm.aresponses(
+            model="openai/gpt-4o-mini", input="hello", stream=True, **provider_kwargs
+        )
+        async for _event in responses_stream:
+            pass
+        await litellm.anthropic_messages(
+            model="anthropic/claude-3-5-haiku-20241022",
+            messages=MESSAGES,
+            max_tokens=100,
+            api_base=fake_provider.anthropic_base_url,
+            api_key="sk-ant-fake",
+        )
+        await litellm.amoderation(model="openai/omni-moderation-latest", input="hello", **provider_kwargs)
+        await litellm.aspeech(model="openai/tts-1", input="read this", voice="alloy", **provider_kwargs)
+    assert alice.late_calls == []
+    assert {call_type for _hook, call_type, _turn in spy.seen} >= {
+        "aresponses",
+        "anthropic_messages",
+        "amoderation",
+        "aspeech",
+    }
+    assert [turn for _hook, _call_type, turn in spy.seen] == [alice] * len(spy.seen)
+    assert len(alice.calls) == len(spy.seen) == 5
