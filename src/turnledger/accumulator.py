@@ -1,9 +1,12 @@
 """The turn: :class:`TurnTokenAccumulator`, the ContextVar that holds it, and the scopes around it.
 
 A call belongs to the turn that was current when it *started*. LiteLLM's pre-call hook runs in the
-caller's context, so the callback binds the call's ``litellm_call_id`` to the current turn there
-(:func:`bind_call`). The end event may come later, from another thread, even from a thread with no
-copy of the caller's context (sync streams); it finds its turn through that binding.
+caller's context, so the callback marks the call with the current turn there: a weak reference left
+in LiteLLM's details of that call, which every later hook of the call is handed. The end event may
+come later, from another thread, even from a thread with no copy of the caller's context (sync
+streams), after any number of other calls: it finds its turn through that mark, and never through
+the context it fires in. :data:`call_bindings` (``litellm_call_id`` -> turn, evicted by count) is
+only for a call whose details cannot be marked.
 
 A turn is complete when its scope exits: LiteLLM logs a successful async call about a millisecond
 *after* the await returns, so the scope waits for the calls still pending. Two deadlines apply:
@@ -160,7 +163,12 @@ def _default_abandoned_record(pending: PendingCall, meta: ModelMetadata | None) 
 
 class _CallBindings:
     """``litellm_call_id`` -> the turn the call started in, kept a while after the turn closes so a
-    late event still finds (and is flagged against) its own turn rather than another or none."""
+    late event still finds (and is flagged against) its own turn rather than another or none.
+
+    Evicted by count, so a late enough event of a closed turn finds nothing here: the callback
+    binds here only the calls it cannot mark with their turn (details LiteLLM handed it that are
+    no mutable mapping: never seen from LiteLLM 1.106), and :meth:`TurnTokenAccumulator.begin_call`
+    callers that pass no such details."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._lock = threading.Lock()
@@ -321,15 +329,18 @@ class TurnTokenAccumulator:
         self._read_deferred()
         return self._records
 
-    def begin_call(self, pending: StartedCall) -> None:
-        """Bind a starting call to this turn so its end event finds it wherever it is logged from."""
+    def begin_call(self, pending: StartedCall, *, bind: bool = True) -> None:
+        """Count a starting call as pending in this turn, and bind it in :data:`call_bindings` so its
+        end event finds it wherever it is logged from; ``bind=False`` when the call carries its turn
+        itself (see the callback's ``_TURN_OF_CALL``) and needs no binding that could be evicted."""
         with self._lock:
             if self._closed:
                 return
             existing = self._pending.get(pending.call_id)
             if existing is None:
                 self._pending[pending.call_id] = pending
-        call_bindings.bind(pending.call_id, self)
+        if bind:
+            call_bindings.bind(pending.call_id, self)
 
     def started_call(self, call_id: str) -> StartedCall | None:
         """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event

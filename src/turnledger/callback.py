@@ -32,8 +32,9 @@ import math
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -263,6 +264,44 @@ class _CallsStartedOutsideTurns:
         return len(self._in_flight) + len(self._ended)
 
 
+_TURN_OF_CALL = "turnledger_turn"
+"""The key under which the pre-call hook leaves, in LiteLLM's ``model_call_details`` of the call, a weak
+reference to the turn the call started in (``None``: it started outside any turn).
+
+That dict is the ``kwargs`` LiteLLM hands every hook of the call (measured on 1.106.12: chat, sync
+and async streams, embeddings, image generation, each Router attempt and fallback); a hook that
+redacts the payload first gets a shallow copy of it, which still holds the key. So the end event
+finds its turn whatever ran meanwhile: no process-wide map, nothing evicted. Weak: a turn is not
+kept alive by a call it made (a stream never read to its end), and no cycle runs through the turn's
+own pending calls, which hold those details."""
+
+_MISSING: Any = object()
+
+
+def _turn_of_call(kwargs: Mapping[str, Any], call_id: str | None) -> tuple[TurnTokenAccumulator | None, bool]:
+    """The turn an end event belongs to, and whether it belonged to one that no longer exists.
+
+    A call whose pre-call hook ran says so itself (:data:`_TURN_OF_CALL`). Its turn may have been
+    garbage collected (closed, stored and dropped, the call's stream read later): then it belongs to
+    no turn, never to the one current where its event fires. Only an event the pre-call hook did not
+    mark looks further: a LiteLLM cache hit (LiteLLM fires no pre-call hook for one, so it had no
+    binding to lose either), or details that are not a mutable mapping (never seen from LiteLLM).
+    """
+    mark = kwargs.get(_TURN_OF_CALL, _MISSING)
+    if type(mark) is weakref.ReferenceType:
+        turn: TurnTokenAccumulator | None = mark()
+        return turn, turn is None
+    if mark is None:
+        # Its bookkeeping only: a call started outside any turn is forgotten a grace period after it ends.
+        _started_outside_turns.ended(call_id)
+        return None, False
+    turn = call_bindings.lookup(call_id) if call_id is not None else None
+    if turn is None and not _started_outside_turns.ended(call_id):
+        # No pre-call hook saw it (LiteLLM fires none for a cache hit): the context's turn.
+        turn = get_current_accumulator()
+    return turn, False
+
+
 _unscoped_events = _SeenKeys(10_000)
 """Event keys of events that belong to no turn: global subscribers hear of each once."""
 _started_outside_turns = _CallsStartedOutsideTurns()
@@ -299,7 +338,8 @@ class TokenTrackingCallback(CustomLogger):
         was recorded ``abandoned``), counted when its turn closes by the instance whose pre-call hook
         bound it to the turn (the first to see it start): with several instances installed, each such
         call is counted once, so their sum is the process's total. An end event that still comes
-        afterwards is counted as an event as well (``late``)."""
+        afterwards is counted as an event as well: ``late``, or ``unscoped`` (flagged late) when its
+        turn no longer exists."""
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -309,7 +349,18 @@ class TokenTrackingCallback(CustomLogger):
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
         try:
             turn = get_current_accumulator()
-            if (turn is not None and turn.closed) or not (type(kwargs) is dict or isinstance(kwargs, Mapping)):
+            marked = type(kwargs) is dict or isinstance(kwargs, MutableMapping)
+            if marked:
+                # The call carries its turn itself (see _TURN_OF_CALL). Its first start is the one
+                # that counts: LiteLLM's own retries run this hook again, with the same details.
+                mark = kwargs.get(_TURN_OF_CALL, _MISSING)
+                if mark is _MISSING:
+                    kwargs[_TURN_OF_CALL] = turn._weak_self if turn is not None else None
+                else:
+                    turn = mark() if type(mark) is weakref.ReferenceType else None
+            elif not isinstance(kwargs, Mapping):
+                return
+            if turn is not None and turn.closed:
                 return
             call_id = kwargs.get("litellm_call_id")
             if not isinstance(call_id, str) or not call_id:
@@ -318,7 +369,7 @@ class TokenTrackingCallback(CustomLogger):
             if turn is None:
                 _started_outside_turns.started(call_id)
                 return
-            turn.begin_call(_StartedCall(self, call_id, model, messages, kwargs))
+            turn.begin_call(_StartedCall(self, call_id, model, messages, kwargs), bind=not marked)
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
@@ -357,10 +408,7 @@ class TokenTrackingCallback(CustomLogger):
             call_id = kw.get("litellm_call_id")
             if not isinstance(call_id, str) or not call_id:
                 call_id = None
-            turn = call_bindings.lookup(call_id) if call_id is not None else None
-            if turn is None and not _started_outside_turns.ended(call_id):
-                # No pre-call hook bound it (a LiteLLM cache hit fires none): the context's turn.
-                turn = get_current_accumulator()
+            turn, orphaned = _turn_of_call(kw, call_id)
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
             # (A tuple, not a union: the union is built anew on every call, twice as slow.)
             end_key = end_time if isinstance(end_time, (datetime, int, float)) else None
@@ -378,6 +426,8 @@ class TokenTrackingCallback(CustomLogger):
             record = self._record_or_flagged(kw, response_obj, start_time, end_time, status, turn)
             event_key: EventKey = (record.call_id, status, end_key)
             if turn is None:
+                if orphaned:
+                    record = record.with_flags(RecordFlag.LATE)
                 self._count("unscoped")
                 # Every installed instance sees the event: global subscribers must hear of it once.
                 first = _unscoped_events.first_sighting(event_key)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+from typing import Any
+
 import httpx
+import litellm
 import pytest
 
+import turnledger
 from turnledger import PriceTable, RecordFlag, _logging, fake_provider
 from turnledger._logging import problem_counts
 from turnledger.pricing import price_call
@@ -49,3 +55,29 @@ def test_the_fake_provider_keeps_a_bounded_number_of_requests(monkeypatch: pytes
             client.post(f"{provider.base_url}/chat/completions", json=body).raise_for_status()
         assert len(provider.requests) == bound
         assert provider.requests[-1].body["model"] == "the-last-one"
+
+
+def test_calls_made_in_turns_leave_no_process_wide_binding_behind() -> None:
+    # Each call carries its turn in LiteLLM's details of it: nothing per call is kept process-wide, so
+    # nothing there needs evicting (an evicted binding let a late event land in another user's turn).
+    from turnledger.accumulator import call_bindings
+
+    cb = turnledger.TokenTrackingCallback(name="bounds")
+    before = len(call_bindings)
+    response = litellm.ModelResponse(
+        model="gpt-4o-mini", usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    )
+    for _ in range(50):
+        with turnledger.scoped_turn() as turn:
+            for _ in range(20):
+                kwargs: dict[str, Any] = {
+                    "litellm_call_id": uuid.uuid4().hex,
+                    "model": "gpt-4o-mini",
+                    "custom_llm_provider": "openai",
+                    "call_type": "acompletion",
+                    "response_cost": 0.000015,
+                }
+                cb.log_pre_api_call("gpt-4o-mini", None, kwargs)
+                cb.log_success_event(kwargs, response, datetime.now(), datetime.now())
+        assert len(turn.calls) == 20
+    assert len(call_bindings) == before
