@@ -120,6 +120,36 @@ async def test_staging_copy_survives_a_server_session_without_its_temp_tables(cl
         await engine.dispose()
 
 
+# What turnledger before migration 0004's audio columns ran in every staging transaction.
+_EARLIER_VERSIONS_STAGES = (
+    "CREATE TEMP TABLE IF NOT EXISTS turnledger_stage_usage ON COMMIT DELETE ROWS AS "
+    "SELECT * FROM token_usage WITH NO DATA; ALTER TABLE turnledger_stage_usage DROP COLUMN id; "
+    "CREATE TEMP TABLE IF NOT EXISTS turnledger_stage_calls ON COMMIT DELETE ROWS AS "
+    'SELECT u."turn_id", c.* FROM token_usage_calls c JOIN token_usage u ON u."id" = c."usage_id" WITH NO DATA; '
+    "ALTER TABLE turnledger_stage_calls DROP COLUMN usage_id, DROP COLUMN audio_input_tokens, "
+    "DROP COLUMN audio_output_tokens"
+)
+
+
+async def test_staging_copy_in_a_server_session_an_earlier_version_staged_in(clean_pg: str) -> None:
+    """Behind PgBouncer, server sessions are shared by every replica, those of the previous release
+    included during a rolling deploy: a session may hold the staging tables an earlier turnledger made,
+    of another shape (before 0004's audio columns). Reused by name, every replay landing there failed
+    ("database error: UndefinedColumnError": 10 of 10 through a real PgBouncer whose 4 server sessions
+    an earlier version had staged in)."""
+    engine = await _one_session_engine(clean_pg)
+    write = transaction_writer(engine)  # not fresh: the staging path replays take
+    try:
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute(_EARLIER_VERSIONS_STAGES)
+        assert await write([make_entry(turn_rows(closed_turn("staged-1"), usage_type="chat"))]) == 1
+        assert set(await stored_turn_ids(engine)) == {"staged-1"}
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 def schema_owner_database() -> Iterator[str]:
     """A new database where a new role owns schema ``billing`` (no CREATE on ``public``): its URL as that role."""
