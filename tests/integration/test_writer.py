@@ -26,6 +26,7 @@ from tests.integration.writer_support import (
 from turnledger._logging import problem_counts
 from turnledger.store.engine import make_engine
 from turnledger.store.entries import entry_rows, make_entry
+from turnledger.store.migrate import upgrade_async
 from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
@@ -435,3 +436,63 @@ async def test_turns_handed_over_from_another_thread_or_loop_after_close_count_a
     assert (writer.stats["handed_over"], writer.stats["spilled"]) == (3, 3)
     report = await replay_outbox(engine, tmp_path)
     assert (report.entries, report.inserted) == (3, 3)
+
+
+async def test_a_persist_from_another_loop_returns_when_the_writers_loop_stops_under_it(tmp_path: Path) -> None:
+    """The writer's loop stops (its thread's ``run_forever`` returns, at a sync app's shutdown) while a
+    ``persist`` from another loop waits for its turn's outbox append: the append's answer goes to a loop
+    that no longer runs. It waited forever (measured: still waiting after 5 s); now it writes the turn to
+    an outbox segment of its own and returns, and a replay stores it once."""
+    # A sync app: the writer's loop, the request's loop and the test's own each in a thread of their own.
+    assert await asyncio.to_thread(_persist_while_the_writers_loop_stops, tmp_path) == (1, 1)
+
+
+def _persist_while_the_writers_loop_stops(tmp_path: Path) -> tuple[int, int]:
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    # No tables: the database never makes the turn durable, only the outbox can.
+    writer = BatchWriter(make_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"), outbox_dir=tmp_path / "outbox")
+    asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+    appending, stopped = threading.Event(), threading.Event()
+    append = writer.journal.append
+
+    def append_once_the_loop_stopped(lines: list[bytes]) -> int:
+        appending.set()
+        stopped.wait(30)
+        return append(lines)
+
+    writer.journal.append = append_once_the_loop_stopped  # type: ignore[method-assign]
+
+    def stop_the_loop_during_the_append() -> None:
+        appending.wait(30)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
+        stopped.set()
+
+    stopper = threading.Thread(target=stop_the_loop_during_the_append)
+    stopper.start()
+
+    async def request() -> None:
+        # Only so that a hang fails the test instead of stalling the suite.
+        await asyncio.wait_for(writer.persist(closed_turn("t-stopped")), 30)
+
+    try:
+        asyncio.run(request())
+    finally:
+        stopper.join()
+        stopped.set()
+        loop.run_until_complete(writer.close())
+        loop.run_until_complete(writer.engine.dispose())
+        loop.close()
+
+    async def replay() -> tuple[int, int]:
+        target = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+        try:
+            await upgrade_async(target.url)
+            report = await replay_outbox(target, tmp_path / "outbox")
+            return report.inserted, sum((await stored_turn_ids(target)).values())
+        finally:
+            await target.dispose()
+
+    return asyncio.run(replay())

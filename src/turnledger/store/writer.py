@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,9 @@ RowBuilder = Callable[..., TurnRows]
 
 _NOT_JOURNALED = -1
 """A turn's segment when the outbox could not take it: memory is its only copy until the database has it."""
+
+_LOOP_CHECK_S = 0.1
+"""How often a ``persist`` from another loop, still waiting, checks that the writer's loop still runs."""
 
 
 @dataclass(slots=True, eq=False)
@@ -355,7 +359,8 @@ class BatchWriter:
 
         From an event loop other than the writer's (``asyncio.run`` in a sync app whose writer runs on a
         loop of its own, a worker thread's loop) the turn crosses over thread-safely; the hand-over is
-        made before the first await, so a cancelled wait does not undo it.
+        made before the first await, so a cancelled wait does not undo it. Should the writer's loop stop
+        before the turn is durable, the turn goes to an outbox segment of its own from here.
         """
         loop = self._writer_loop()
         if loop is None or loop is asyncio.get_running_loop():
@@ -363,7 +368,23 @@ class BatchWriter:
             return
         # The writer's futures and events belong to its loop: set from this thread, they would wake
         # nobody there, and this loop would wait for a future nobody wakes it for.
-        await asyncio.wrap_future(self._submit_across(self.rows_for(turn, **options), loop))
+        rows = self.rows_for(turn, **options)
+        taken = threading.Event()
+        durable = asyncio.wrap_future(self._submit_across(rows, loop, taken))
+        try:
+            while not (await asyncio.wait({durable}, timeout=_LOOP_CHECK_S))[0]:
+                if not _taking_callbacks(loop):
+                    # The writer's loop stopped with the turn in its hands (queued, or its outbox append
+                    # answering a loop that no longer runs): nothing will ever say it is durable. Written
+                    # to an outbox segment of its own here; if the writer wrote it too, it is stored once.
+                    if not taken.is_set():
+                        self.stats["handed_over"] += 1
+                    await asyncio.to_thread(self._spill_late, encode_line(make_entry(rows)))
+                    return
+        except asyncio.CancelledError:
+            durable.cancel()
+            raise
+        durable.result()
 
     async def persist_turn(self, turn: TurnTokenAccumulator) -> None:
         """What ``scoped_turn(..., persist=writer)`` calls when its block exits."""
@@ -387,16 +408,21 @@ class BatchWriter:
     def _writer_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._tasks[0].get_loop() if self._tasks else None
 
-    def _submit_across(self, rows: TurnRows, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[None]:
+    def _submit_across(
+        self, rows: TurnRows, loop: asyncio.AbstractEventLoop, taken: threading.Event
+    ) -> concurrent.futures.Future[None]:
         """Hand ``rows`` over on the writer's ``loop`` from another thread; the (thread-safe) future
-        resolves once they are durable. Cancelling it does not take the turn back."""
+        resolves once they are durable. Cancelling it does not take the turn back. ``taken`` is set
+        once the writer has them (or they are in the outbox)."""
         durable: concurrent.futures.Future[None] = concurrent.futures.Future()
         if not _taking_callbacks(loop) or self._closing:
             self._spill_handed_over(rows)
+            taken.set()
             durable.set_result(None)
             return durable
 
         def hand_over() -> None:
+            taken.set()
             try:
                 self.submit_rows(rows).add_done_callback(lambda done: _pass_on(done, durable))
             except Exception as exc:
@@ -407,6 +433,7 @@ class BatchWriter:
         except RuntimeError:
             # Closed since the check above: no writer will take it, the outbox will.
             self._spill_handed_over(rows)
+            taken.set()
             durable.set_result(None)
         return durable
 
