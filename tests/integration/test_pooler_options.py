@@ -200,3 +200,19 @@ async def test_libpq_options_put_a_schema_owner_in_its_schema(schema_owner_datab
 def test_options_other_than_settings_are_a_configuration_error(options: str) -> None:
     with pytest.raises(ConfigurationError, match="options="):
         make_engine(f"postgresql://app@127.0.0.1:5432/app?options={options}")
+
+
+async def test_libpq_options_with_escaped_spaces_set_what_libpq_sets(clean_pg: str) -> None:
+    """libpq's ``options`` splits at spaces unless a backslash escapes one: libpq, given the same URL, sets
+    exactly these two values. The URL was refused ("only settings as -c name=value are understood, not
+    'public'")."""
+    options = "-csearch_path%3Dbilling%5C%2C%5C%20public%20-c%20application_name%3Dbilling%5C%20worker%5C%5C1"
+    engine = make_engine(f"{clean_pg}?options={options}")
+    try:
+        async with engine.connect() as conn:
+            shown = (
+                await conn.execute(text("SELECT current_setting('search_path'), current_setting('application_name')"))
+            ).one()
+        assert tuple(shown) == ("billing, public", "billing worker\\1")
+    finally:
+        await engine.dispose()

@@ -119,7 +119,7 @@ def _server_settings(options: str) -> dict[str, str]:
     asyncpg has no ``options``: without this a URL written for libpq fails to connect.
     """
     settings: dict[str, str] = {}
-    words = iter(options.split())
+    words = iter(_split_options(options))
     for word in words:
         if word == "-c":
             word = "-c" + next(words, "")
@@ -136,6 +136,30 @@ def _server_settings(options: str) -> dict[str, str]:
             )
         settings[name] = value
     return settings
+
+
+def _split_options(options: str) -> list[str]:
+    """``options`` split into words as the server splits them (``pg_split_opts``): at whitespace, except
+    where a backslash escapes the next character (``-csearch_path=billing,\\ public``)."""
+    words: list[str] = []
+    word: list[str] | None = None
+    escaped = False
+    for char in options:
+        if char.isspace() and not escaped:
+            if word is not None:
+                words.append("".join(word))
+            word = None
+            continue
+        if word is None:
+            word = []
+        if char == "\\" and not escaped:
+            escaped = True
+            continue
+        escaped = False
+        word.append(char)
+    if word is not None:
+        words.append("".join(word))
+    return words
 
 
 def session_factory(engine: AsyncEngine | str | URL | None = None) -> async_sessionmaker[AsyncSession]:
