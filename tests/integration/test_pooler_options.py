@@ -97,7 +97,21 @@ async def test_asyncpg_numeric_options_in_the_url_are_numbers(clean_pg: str) -> 
         await engine.dispose()
 
 
-@pytest.mark.parametrize("query", ["pgbouncer=maybe", "statement_cache_size=lots"])
+@pytest.mark.parametrize("query", ["timeout=5", "connect_timeout=5", "application_name=billing-worker"])
+async def test_connect_timeouts_and_application_name_in_the_url_connect(clean_pg: str, query: str) -> None:
+    # asyncpg's timeout= arrived as a string: the first connection failed with "TypeError: unsupported
+    # operand type(s) for +: 'float' and 'str'" (a traceback from the CLI). libpq's connect_timeout= and
+    # application_name=, common in URLs written for libpq, were refused ("unexpected keyword argument").
+    engine = make_engine(f"{clean_pg}?{query}")
+    try:
+        async with engine.connect() as conn:
+            shown = await conn.execute(text("SELECT current_setting('application_name')"))
+            assert shown.scalar_one() == ("billing-worker" if "application_name" in query else "")
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("query", ["pgbouncer=maybe", "statement_cache_size=lots", "connect_timeout=soon"])
 def test_a_bad_pooler_option_is_a_configuration_error(query: str) -> None:
     with pytest.raises(ConfigurationError, match=query.split("=")[0]):
         make_engine(f"postgresql://app@127.0.0.1:5432/app?{query}")

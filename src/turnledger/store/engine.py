@@ -33,6 +33,8 @@ _ASYNCPG_NUMBERS: dict[str, type[int] | type[float]] = {
     "max_cached_statement_lifetime": int,
     "max_cacheable_statement_size": int,
     "command_timeout": float,
+    "timeout": float,
+    "connect_timeout": float,  # libpq's name for asyncpg's timeout
 }
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -86,7 +88,8 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
     Both statement caches off (SQLAlchemy's and asyncpg's) make asyncpg use the unnamed statement,
     prepared and run in the same transaction, and leave nothing behind on the server connection.
 
-    ``options=-c name=value ...`` (libpq's, e.g. ``-csearch_path%3Dbilling``): asyncpg's ``server_settings``.
+    ``options=-c name=value ...`` (libpq's, e.g. ``-csearch_path%3Dbilling``) and libpq's ``application_name``:
+    asyncpg's ``server_settings``; libpq's ``connect_timeout``: asyncpg's ``timeout``.
     """
     query = dict(url.query)
     connect_args: dict[str, Any] = {}
@@ -101,6 +104,11 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
     options = query.pop("options", None)
     if options is not None:
         connect_args["server_settings"] = _server_settings(options if isinstance(options, str) else options[-1])
+    # libpq's names for what asyncpg takes otherwise (asyncpg refused them: "unexpected keyword argument").
+    app_name = query.pop("application_name", None)
+    if app_name is not None:
+        settings = connect_args.setdefault("server_settings", {})
+        settings["application_name"] = app_name if isinstance(app_name, str) else app_name[-1]
     for name, kind in _ASYNCPG_NUMBERS.items():
         raw = query.pop(name, None)
         if raw is None:
@@ -110,6 +118,8 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
             connect_args[name] = kind(value)
         except ValueError:
             raise ConfigurationError(f"database URL: {name}={value!r} is not a number") from None
+    if "connect_timeout" in connect_args:
+        connect_args.setdefault("timeout", connect_args.pop("connect_timeout"))
     return url.set(query=query), connect_args
 
 
