@@ -97,11 +97,14 @@ async def test_asyncpg_numeric_options_in_the_url_are_numbers(clean_pg: str) -> 
         await engine.dispose()
 
 
-@pytest.mark.parametrize("query", ["timeout=5", "connect_timeout=5", "application_name=billing-worker"])
+@pytest.mark.parametrize(
+    "query", ["timeout=5", "connect_timeout=5", "connect_timeout=0", "application_name=billing-worker"]
+)
 async def test_connect_timeouts_and_application_name_in_the_url_connect(clean_pg: str, query: str) -> None:
     # asyncpg's timeout= arrived as a string: the first connection failed with "TypeError: unsupported
     # operand type(s) for +: 'float' and 'str'" (a traceback from the CLI). libpq's connect_timeout= and
     # application_name=, common in URLs written for libpq, were refused ("unexpected keyword argument").
+    # connect_timeout=0 is libpq's "no limit", not asyncpg's timeout=0 (a TimeoutError at once).
     engine = make_engine(f"{clean_pg}?{query}")
     try:
         async with engine.connect() as conn:
@@ -111,7 +114,9 @@ async def test_connect_timeouts_and_application_name_in_the_url_connect(clean_pg
         await engine.dispose()
 
 
-@pytest.mark.parametrize("query", ["pgbouncer=maybe", "statement_cache_size=lots", "connect_timeout=soon"])
+@pytest.mark.parametrize(
+    "query", ["pgbouncer=maybe", "statement_cache_size=lots", "connect_timeout=soon", "command_timeout=nan"]
+)
 def test_a_bad_pooler_option_is_a_configuration_error(query: str) -> None:
     with pytest.raises(ConfigurationError, match=query.split("=")[0]):
         make_engine(f"postgresql://app@127.0.0.1:5432/app?{query}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import event
@@ -115,11 +116,16 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
             continue
         value = raw if isinstance(raw, str) else raw[-1]
         try:
-            connect_args[name] = kind(value)
+            number = kind(value)
         except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
             raise ConfigurationError(f"database URL: {name}={value!r} is not a number") from None
-    if "connect_timeout" in connect_args:
-        connect_args.setdefault("timeout", connect_args.pop("connect_timeout"))
+        connect_args[name] = number
+    connect_timeout = connect_args.pop("connect_timeout", None)
+    if connect_timeout is not None and connect_timeout > 0:
+        # libpq waits without a limit for 0 or less; asyncpg would give up at once: its default stands.
+        connect_args.setdefault("timeout", connect_timeout)
     return url.set(query=query), connect_args
 
 
