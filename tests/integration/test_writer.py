@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -496,3 +498,64 @@ def _persist_while_the_writers_loop_stops(tmp_path: Path) -> tuple[int, int]:
             await target.dispose()
 
     return asyncio.run(replay())
+
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_PERSIST_AT_EXIT = """
+import asyncio, sys, threading
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.integration.writer_support import closed_turn
+from turnledger.store.engine import make_engine
+from turnledger.store.writer import BatchWriter
+
+directory = Path(sys.argv[2])
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+writer = BatchWriter(make_engine(f"sqlite+aiosqlite:///{directory / 'empty.db'}"), outbox_dir=directory / "outbox")
+asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+appending, release = threading.Event(), threading.Event()
+append = writer.journal.append
+
+def held_append(lines):
+    appending.set()
+    release.wait(30)
+    return append(lines)
+
+writer.journal.append = held_append
+
+def request():
+    try:
+        asyncio.run(asyncio.wait_for(writer.persist(closed_turn("t-exit")), 30))
+        print("persist returned")
+    except BaseException as exc:
+        print("persist raised", type(exc).__name__, exc)
+    release.set()
+
+threading.Thread(target=request).start()
+appending.wait(30)
+loop.call_soon_threadsafe(loop.stop)
+"""
+
+
+async def test_a_persist_still_waiting_at_interpreter_exit_puts_its_turn_in_the_outbox(tmp_path: Path) -> None:
+    """A sync app's worker thread still in ``persist`` when the interpreter exits, its writer's loop stopped
+    at exit: no worker thread can be started any more ("cannot schedule new futures after interpreter
+    shutdown"), so the turn goes to the outbox from the waiting thread itself."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _PERSIST_AT_EXIT, str(_REPO_ROOT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout.strip() == "persist returned", done.stdout + done.stderr
+    target = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        await upgrade_async(target.url)
+        assert (await replay_outbox(target, tmp_path / "outbox")).inserted == 1
+        assert await stored_turn_ids(target) == {"t-exit": 1}
+    finally:
+        await target.dispose()
