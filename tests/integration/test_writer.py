@@ -559,3 +559,62 @@ async def test_a_persist_still_waiting_at_interpreter_exit_puts_its_turn_in_the_
         assert await stored_turn_ids(target) == {"t-exit": 1}
     finally:
         await target.dispose()
+
+
+_CLOSED_AT_EXIT = """
+import asyncio, atexit, sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.integration.writer_support import closed_turn
+from turnledger.store.engine import make_engine
+from turnledger.store.writer import BatchWriter
+
+directory = Path(sys.argv[2])
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+writer = BatchWriter(make_engine(f"sqlite+aiosqlite:///{directory / 'empty.db'}"), outbox_dir=directory / "outbox")
+asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+
+def shutdown():
+    try:
+        asyncio.run_coroutine_threadsafe(writer.close(), loop).result(60)
+        print("closed")
+    except BaseException as exc:
+        print("close raised", type(exc).__name__, exc)
+
+atexit.register(shutdown)
+started = threading.Event()
+
+def late_request():
+    started.set()
+    time.sleep(0.3)  # the main thread has returned: the interpreter is exiting
+    for i in range(3):
+        writer.submit_threadsafe(closed_turn(f"t-exit-{i}"))
+
+threading.Thread(target=late_request).start()
+started.wait(30)
+"""
+
+
+async def test_a_writer_closed_at_interpreter_exit_keeps_its_turns_in_the_outbox(tmp_path: Path) -> None:
+    """The README's sync app: its writer closed from an ``atexit`` handler, turns handed over by a request
+    thread still finishing as the interpreter exits, the database unreachable (here: no tables). No worker
+    thread can be had then ("cannot schedule new futures after shutdown"): the outbox appends failed,
+    ``close()`` raised, and the 3 turns were logged LOST; now the outbox is written from the loop's thread."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _CLOSED_AT_EXIT, str(_REPO_ROOT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout.strip() == "closed", done.stdout + done.stderr
+    assert "LOST" not in done.stderr
+    target = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        await upgrade_async(target.url)
+        assert (await replay_outbox(target, tmp_path / "outbox")).inserted == 3
+        assert await stored_turn_ids(target) == {f"t-exit-{i}": 1 for i in range(3)}
+    finally:
+        await target.dispose()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import random
 import threading
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -89,6 +90,22 @@ def _taking_callbacks(loop: asyncio.AbstractEventLoop) -> bool:
     runs it: the turn would be in neither the outbox nor the database, and a ``persist`` waiting for it
     would wait forever."""
     return loop.is_running() and not loop.is_closed()
+
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a worker thread, the file I/O the writer keeps off its loop; on the loop's own
+    thread once the interpreter is exiting. A writer closed from an ``atexit`` handler (a sync app's
+    shutdown) or given turns while the interpreter exits gets no worker thread any more ("cannot
+    schedule new futures after shutdown"): its outbox appends failed and turns were lost."""
+    loop = asyncio.get_running_loop()
+    try:
+        work = loop.run_in_executor(None, functools.partial(fn, *args))
+    except RuntimeError:
+        return fn(*args)
+    return await work
 
 
 def _pass_on(done: asyncio.Future[None], durable: concurrent.futures.Future[None]) -> None:
@@ -215,7 +232,7 @@ class BatchWriter:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> BatchWriter:
-        await asyncio.to_thread(self.journal.open)
+        await _in_thread(self.journal.open)
         self._tasks = [
             asyncio.create_task(self._journal_loop(), name="turnledger-journal"),
             asyncio.create_task(self._write_loop(), name="turnledger-writer"),
@@ -297,7 +314,7 @@ class BatchWriter:
         self.journal.rotate()
         for path in self.journal.segments():
             self._maybe_discard(segment_seq(path))
-        await asyncio.to_thread(self.journal.close)
+        await _in_thread(self.journal.close)
         self._wake_idle()
 
     # -- hand-off --------------------------------------------------------------------------------
@@ -473,7 +490,7 @@ class BatchWriter:
             self._appending = True
             self._append_done.clear()
             try:
-                segment = await asyncio.to_thread(self.journal.append, [t.line for t in batch])
+                segment = await _in_thread(self.journal.append, [t.line for t in batch])
             except Exception as exc:
                 # No durable copy: the database may still take them, but whoever waits is told they are not safe.
                 warn_once("writer:journal", "turnledger could not write its outbox in %s", self.journal.directory)
@@ -731,13 +748,13 @@ class BatchWriter:
         if any(t.set_aside for t in items):
             # A set-aside turn needs only its directory synced; failing that, its outbox copy is kept.
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(fsync_dir, self.journal.directory)
+                await _in_thread(fsync_dir, self.journal.directory)
                 self._stored(t for t in items if t.set_aside)
                 items = [t for t in items if not t.set_aside]
         if not items:
             return
         try:
-            segment = await asyncio.to_thread(self.journal.append, [t.line for t in items])
+            segment = await _in_thread(self.journal.append, [t.line for t in items])
         except Exception as exc:
             self._left_unsynced(t for t in items if t.set_aside)
             why = f"writer closed; outbox append failed: {type(exc).__name__}"
