@@ -396,9 +396,7 @@ class BatchWriter:
                     # to an outbox segment of its own here; if the writer wrote it too, it is stored once.
                     if not taken.is_set():
                         self.stats["handed_over"] += 1
-                    # Not in a worker thread: at interpreter shutdown (the writer's loop stopped at exit)
-                    # none can be started, and the turn would be lost with a RuntimeError.
-                    self._spill_late(encode_line(make_entry(rows)))
+                    await _in_thread(self._spill_late, encode_line(make_entry(rows)))
                     return
         except asyncio.CancelledError:
             durable.cancel()
