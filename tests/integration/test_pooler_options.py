@@ -97,7 +97,26 @@ async def test_asyncpg_numeric_options_in_the_url_are_numbers(clean_pg: str) -> 
         await engine.dispose()
 
 
-@pytest.mark.parametrize("query", ["pgbouncer=maybe", "statement_cache_size=lots"])
+@pytest.mark.parametrize(
+    "query", ["timeout=5", "connect_timeout=5", "connect_timeout=0", "application_name=billing-worker"]
+)
+async def test_connect_timeouts_and_application_name_in_the_url_connect(clean_pg: str, query: str) -> None:
+    # asyncpg's timeout= arrived as a string: the first connection failed with "TypeError: unsupported
+    # operand type(s) for +: 'float' and 'str'" (a traceback from the CLI). libpq's connect_timeout= and
+    # application_name=, common in URLs written for libpq, were refused ("unexpected keyword argument").
+    # connect_timeout=0 is libpq's "no limit", not asyncpg's timeout=0 (a TimeoutError at once).
+    engine = make_engine(f"{clean_pg}?{query}")
+    try:
+        async with engine.connect() as conn:
+            shown = await conn.execute(text("SELECT current_setting('application_name')"))
+            assert shown.scalar_one() == ("billing-worker" if "application_name" in query else "")
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "query", ["pgbouncer=maybe", "statement_cache_size=lots", "connect_timeout=soon", "command_timeout=nan"]
+)
 def test_a_bad_pooler_option_is_a_configuration_error(query: str) -> None:
     with pytest.raises(ConfigurationError, match=query.split("=")[0]):
         make_engine(f"postgresql://app@127.0.0.1:5432/app?{query}")
@@ -116,6 +135,36 @@ async def test_staging_copy_survives_a_server_session_without_its_temp_tables(cl
             await conn.commit()
         assert await write([make_entry(turn_rows(closed_turn("stage-2"), usage_type="chat"))]) == 1
         assert set(await stored_turn_ids(engine)) == {"stage-1", "stage-2"}
+    finally:
+        await engine.dispose()
+
+
+# What turnledger before migration 0004's audio columns ran in every staging transaction.
+_EARLIER_VERSIONS_STAGES = (
+    "CREATE TEMP TABLE IF NOT EXISTS turnledger_stage_usage ON COMMIT DELETE ROWS AS "
+    "SELECT * FROM token_usage WITH NO DATA; ALTER TABLE turnledger_stage_usage DROP COLUMN id; "
+    "CREATE TEMP TABLE IF NOT EXISTS turnledger_stage_calls ON COMMIT DELETE ROWS AS "
+    'SELECT u."turn_id", c.* FROM token_usage_calls c JOIN token_usage u ON u."id" = c."usage_id" WITH NO DATA; '
+    "ALTER TABLE turnledger_stage_calls DROP COLUMN usage_id, DROP COLUMN audio_input_tokens, "
+    "DROP COLUMN audio_output_tokens"
+)
+
+
+async def test_staging_copy_in_a_server_session_an_earlier_version_staged_in(clean_pg: str) -> None:
+    """Behind PgBouncer, server sessions are shared by every replica, those of the previous release
+    included during a rolling deploy: a session may hold the staging tables an earlier turnledger made,
+    of another shape (before 0004's audio columns). Reused by name, every replay landing there failed
+    ("database error: UndefinedColumnError": 10 of 10 through a real PgBouncer whose 4 server sessions
+    an earlier version had staged in)."""
+    engine = await _one_session_engine(clean_pg)
+    write = transaction_writer(engine)  # not fresh: the staging path replays take
+    try:
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute(_EARLIER_VERSIONS_STAGES)
+        assert await write([make_entry(turn_rows(closed_turn("staged-1"), usage_type="chat"))]) == 1
+        assert set(await stored_turn_ids(engine)) == {"staged-1"}
     finally:
         await engine.dispose()
 
@@ -170,3 +219,19 @@ async def test_libpq_options_put_a_schema_owner_in_its_schema(schema_owner_datab
 def test_options_other_than_settings_are_a_configuration_error(options: str) -> None:
     with pytest.raises(ConfigurationError, match="options="):
         make_engine(f"postgresql://app@127.0.0.1:5432/app?options={options}")
+
+
+async def test_libpq_options_with_escaped_spaces_set_what_libpq_sets(clean_pg: str) -> None:
+    """libpq's ``options`` splits at spaces unless a backslash escapes one: libpq, given the same URL, sets
+    exactly these two values. The URL was refused ("only settings as -c name=value are understood, not
+    'public'")."""
+    options = "-csearch_path%3Dbilling%5C%2C%5C%20public%20-c%20application_name%3Dbilling%5C%20worker%5C%5C1"
+    engine = make_engine(f"{clean_pg}?options={options}")
+    try:
+        async with engine.connect() as conn:
+            shown = (
+                await conn.execute(text("SELECT current_setting('search_path'), current_setting('application_name')"))
+            ).one()
+        assert tuple(shown) == ("billing, public", "billing worker\\1")
+    finally:
+        await engine.dispose()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +28,7 @@ from tests.integration.writer_support import (
 from turnledger._logging import problem_counts
 from turnledger.store.engine import make_engine
 from turnledger.store.entries import entry_rows, make_entry
+from turnledger.store.migrate import upgrade_async
 from turnledger.store.outbox import OutboxJournal, encode_entry
 from turnledger.store.record import turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
@@ -435,3 +438,183 @@ async def test_turns_handed_over_from_another_thread_or_loop_after_close_count_a
     assert (writer.stats["handed_over"], writer.stats["spilled"]) == (3, 3)
     report = await replay_outbox(engine, tmp_path)
     assert (report.entries, report.inserted) == (3, 3)
+
+
+async def test_a_persist_from_another_loop_returns_when_the_writers_loop_stops_under_it(tmp_path: Path) -> None:
+    """The writer's loop stops (its thread's ``run_forever`` returns, at a sync app's shutdown) while a
+    ``persist`` from another loop waits for its turn's outbox append: the append's answer goes to a loop
+    that no longer runs. It waited forever (measured: still waiting after 5 s); now it writes the turn to
+    an outbox segment of its own and returns, and a replay stores it once."""
+    # A sync app: the writer's loop, the request's loop and the test's own each in a thread of their own.
+    assert await asyncio.to_thread(_persist_while_the_writers_loop_stops, tmp_path) == (1, 1)
+
+
+def _persist_while_the_writers_loop_stops(tmp_path: Path) -> tuple[int, int]:
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    # No tables: the database never makes the turn durable, only the outbox can.
+    writer = BatchWriter(make_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"), outbox_dir=tmp_path / "outbox")
+    asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+    appending, stopped = threading.Event(), threading.Event()
+    append = writer.journal.append
+
+    def append_once_the_loop_stopped(lines: list[bytes]) -> int:
+        appending.set()
+        stopped.wait(30)
+        return append(lines)
+
+    writer.journal.append = append_once_the_loop_stopped  # type: ignore[method-assign]
+
+    def stop_the_loop_during_the_append() -> None:
+        appending.wait(30)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
+        stopped.set()
+
+    stopper = threading.Thread(target=stop_the_loop_during_the_append)
+    stopper.start()
+
+    async def request() -> None:
+        # Only so that a hang fails the test instead of stalling the suite.
+        await asyncio.wait_for(writer.persist(closed_turn("t-stopped")), 30)
+
+    try:
+        asyncio.run(request())
+    finally:
+        stopper.join()
+        stopped.set()
+        loop.run_until_complete(writer.close())
+        loop.run_until_complete(writer.engine.dispose())
+        loop.close()
+
+    async def replay() -> tuple[int, int]:
+        target = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+        try:
+            await upgrade_async(target.url)
+            report = await replay_outbox(target, tmp_path / "outbox")
+            return report.inserted, sum((await stored_turn_ids(target)).values())
+        finally:
+            await target.dispose()
+
+    return asyncio.run(replay())
+
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_PERSIST_AT_EXIT = """
+import asyncio, sys, threading
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.integration.writer_support import closed_turn
+from turnledger.store.engine import make_engine
+from turnledger.store.writer import BatchWriter
+
+directory = Path(sys.argv[2])
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+writer = BatchWriter(make_engine(f"sqlite+aiosqlite:///{directory / 'empty.db'}"), outbox_dir=directory / "outbox")
+asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+appending, release = threading.Event(), threading.Event()
+append = writer.journal.append
+
+def held_append(lines):
+    appending.set()
+    release.wait(30)
+    return append(lines)
+
+writer.journal.append = held_append
+
+def request():
+    try:
+        asyncio.run(asyncio.wait_for(writer.persist(closed_turn("t-exit")), 30))
+        print("persist returned")
+    except BaseException as exc:
+        print("persist raised", type(exc).__name__, exc)
+    release.set()
+
+threading.Thread(target=request).start()
+appending.wait(30)
+loop.call_soon_threadsafe(loop.stop)
+"""
+
+
+async def test_a_persist_still_waiting_at_interpreter_exit_puts_its_turn_in_the_outbox(tmp_path: Path) -> None:
+    """A sync app's worker thread still in ``persist`` when the interpreter exits, its writer's loop stopped
+    at exit: no worker thread can be started any more ("cannot schedule new futures after interpreter
+    shutdown"), so the turn goes to the outbox from the waiting thread itself."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _PERSIST_AT_EXIT, str(_REPO_ROOT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout.strip() == "persist returned", done.stdout + done.stderr
+    target = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        await upgrade_async(target.url)
+        assert (await replay_outbox(target, tmp_path / "outbox")).inserted == 1
+        assert await stored_turn_ids(target) == {"t-exit": 1}
+    finally:
+        await target.dispose()
+
+
+_CLOSED_AT_EXIT = """
+import asyncio, atexit, sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.integration.writer_support import closed_turn
+from turnledger.store.engine import make_engine
+from turnledger.store.writer import BatchWriter
+
+directory = Path(sys.argv[2])
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+writer = BatchWriter(make_engine(f"sqlite+aiosqlite:///{directory / 'empty.db'}"), outbox_dir=directory / "outbox")
+asyncio.run_coroutine_threadsafe(writer.start(), loop).result()
+
+def shutdown():
+    try:
+        asyncio.run_coroutine_threadsafe(writer.close(), loop).result(60)
+        print("closed")
+    except BaseException as exc:
+        print("close raised", type(exc).__name__, exc)
+
+atexit.register(shutdown)
+started = threading.Event()
+
+def late_request():
+    started.set()
+    time.sleep(0.3)  # the main thread has returned: the interpreter is exiting
+    for i in range(3):
+        writer.submit_threadsafe(closed_turn(f"t-exit-{i}"))
+
+threading.Thread(target=late_request).start()
+started.wait(30)
+"""
+
+
+async def test_a_writer_closed_at_interpreter_exit_keeps_its_turns_in_the_outbox(tmp_path: Path) -> None:
+    """The README's sync app: its writer closed from an ``atexit`` handler, turns handed over by a request
+    thread still finishing as the interpreter exits, the database unreachable (here: no tables). No worker
+    thread can be had then ("cannot schedule new futures after shutdown"): the outbox appends failed,
+    ``close()`` raised, and the 3 turns were logged LOST; now the outbox is written from the loop's thread."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _CLOSED_AT_EXIT, str(_REPO_ROOT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout.strip() == "closed", done.stdout + done.stderr
+    assert "LOST" not in done.stderr
+    target = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        await upgrade_async(target.url)
+        assert (await replay_outbox(target, tmp_path / "outbox")).inserted == 3
+        assert await stored_turn_ids(target) == {f"t-exit-{i}": 1 for i in range(3)}
+    finally:
+        await target.dispose()

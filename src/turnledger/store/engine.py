@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import event
@@ -33,6 +34,8 @@ _ASYNCPG_NUMBERS: dict[str, type[int] | type[float]] = {
     "max_cached_statement_lifetime": int,
     "max_cacheable_statement_size": int,
     "command_timeout": float,
+    "timeout": float,
+    "connect_timeout": float,  # libpq's name for asyncpg's timeout
 }
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -86,7 +89,8 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
     Both statement caches off (SQLAlchemy's and asyncpg's) make asyncpg use the unnamed statement,
     prepared and run in the same transaction, and leave nothing behind on the server connection.
 
-    ``options=-c name=value ...`` (libpq's, e.g. ``-csearch_path%3Dbilling``): asyncpg's ``server_settings``.
+    ``options=-c name=value ...`` (libpq's, e.g. ``-csearch_path%3Dbilling``) and libpq's ``application_name``:
+    asyncpg's ``server_settings``; libpq's ``connect_timeout``: asyncpg's ``timeout``.
     """
     query = dict(url.query)
     connect_args: dict[str, Any] = {}
@@ -101,15 +105,27 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
     options = query.pop("options", None)
     if options is not None:
         connect_args["server_settings"] = _server_settings(options if isinstance(options, str) else options[-1])
+    # libpq's names for what asyncpg takes otherwise (asyncpg refused them: "unexpected keyword argument").
+    app_name = query.pop("application_name", None)
+    if app_name is not None:
+        settings = connect_args.setdefault("server_settings", {})
+        settings["application_name"] = app_name if isinstance(app_name, str) else app_name[-1]
     for name, kind in _ASYNCPG_NUMBERS.items():
         raw = query.pop(name, None)
         if raw is None:
             continue
         value = raw if isinstance(raw, str) else raw[-1]
         try:
-            connect_args[name] = kind(value)
+            number = kind(value)
         except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
             raise ConfigurationError(f"database URL: {name}={value!r} is not a number") from None
+        connect_args[name] = number
+    connect_timeout = connect_args.pop("connect_timeout", None)
+    if connect_timeout is not None and connect_timeout > 0:
+        # libpq waits without a limit for 0 or less; asyncpg would give up at once: its default stands.
+        connect_args.setdefault("timeout", connect_timeout)
     return url.set(query=query), connect_args
 
 
@@ -119,7 +135,7 @@ def _server_settings(options: str) -> dict[str, str]:
     asyncpg has no ``options``: without this a URL written for libpq fails to connect.
     """
     settings: dict[str, str] = {}
-    words = iter(options.split())
+    words = iter(_split_options(options))
     for word in words:
         if word == "-c":
             word = "-c" + next(words, "")
@@ -136,6 +152,30 @@ def _server_settings(options: str) -> dict[str, str]:
             )
         settings[name] = value
     return settings
+
+
+def _split_options(options: str) -> list[str]:
+    """``options`` split into words as the server splits them (``pg_split_opts``): at whitespace, except
+    where a backslash escapes the next character (``-csearch_path=billing,\\ public``)."""
+    words: list[str] = []
+    word: list[str] | None = None
+    escaped = False
+    for char in options:
+        if char.isspace() and not escaped:
+            if word is not None:
+                words.append("".join(word))
+            word = None
+            continue
+        if word is None:
+            word = []
+        if char == "\\" and not escaped:
+            escaped = True
+            continue
+        escaped = False
+        word.append(char)
+    if word is not None:
+        words.append("".join(word))
+    return words
 
 
 def session_factory(engine: AsyncEngine | str | URL | None = None) -> async_sessionmaker[AsyncSession]:

@@ -15,6 +15,7 @@ Elsewhere, :func:`turnledger.store.record.insert_turn_rows` (multi-row ``INSERT 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -142,8 +143,14 @@ def _quoted(names: Iterable[str], prefix: str = "") -> str:
     return ", ".join(f'{prefix}"{n}"' for n in names)
 
 
-_STAGE_USAGE = "turnledger_stage_usage"
-_STAGE_CALLS = "turnledger_stage_calls"
+# Named after their columns: a server session outlives the process that made its temp tables behind a
+# transaction pooler, where another version's replica (before a migration added a column, say) may have
+# made tables of the same name and another shape, which IF NOT EXISTS would then keep.
+_STAGE_SHAPE = hashlib.sha256(
+    repr([(c.name, str(c.type)) for table in (USAGE_TABLE, CALLS_TABLE) for c in table.columns]).encode()
+).hexdigest()[:12]
+_STAGE_USAGE = f"turnledger_stage_usage_{_STAGE_SHAPE}"
+_STAGE_CALLS = f"turnledger_stage_calls_{_STAGE_SHAPE}"
 _CREATE_STAGES = [
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_USAGE} ON COMMIT DELETE ROWS AS "
     f"SELECT {_quoted(USAGE_COLUMNS)} FROM token_usage WITH NO DATA",

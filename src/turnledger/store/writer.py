@@ -21,15 +21,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import random
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +54,9 @@ RowBuilder = Callable[..., TurnRows]
 
 _NOT_JOURNALED = -1
 """A turn's segment when the outbox could not take it: memory is its only copy until the database has it."""
+
+_LOOP_CHECK_S = 0.1
+"""How often a ``persist`` from another loop, still waiting, checks that the writer's loop still runs."""
 
 
 @dataclass(slots=True, eq=False)
@@ -85,6 +90,22 @@ def _taking_callbacks(loop: asyncio.AbstractEventLoop) -> bool:
     runs it: the turn would be in neither the outbox nor the database, and a ``persist`` waiting for it
     would wait forever."""
     return loop.is_running() and not loop.is_closed()
+
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a worker thread, the file I/O the writer keeps off its loop; on the loop's own
+    thread once the interpreter is exiting. A writer closed from an ``atexit`` handler (a sync app's
+    shutdown) or given turns while the interpreter exits gets no worker thread any more ("cannot
+    schedule new futures after shutdown"): its outbox appends failed and turns were lost."""
+    loop = asyncio.get_running_loop()
+    try:
+        work = loop.run_in_executor(None, functools.partial(fn, *args))
+    except RuntimeError:
+        return fn(*args)
+    return await work
 
 
 def _pass_on(done: asyncio.Future[None], durable: concurrent.futures.Future[None]) -> None:
@@ -211,7 +232,7 @@ class BatchWriter:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> BatchWriter:
-        await asyncio.to_thread(self.journal.open)
+        await _in_thread(self.journal.open)
         self._tasks = [
             asyncio.create_task(self._journal_loop(), name="turnledger-journal"),
             asyncio.create_task(self._write_loop(), name="turnledger-writer"),
@@ -293,7 +314,7 @@ class BatchWriter:
         self.journal.rotate()
         for path in self.journal.segments():
             self._maybe_discard(segment_seq(path))
-        await asyncio.to_thread(self.journal.close)
+        await _in_thread(self.journal.close)
         self._wake_idle()
 
     # -- hand-off --------------------------------------------------------------------------------
@@ -355,7 +376,8 @@ class BatchWriter:
 
         From an event loop other than the writer's (``asyncio.run`` in a sync app whose writer runs on a
         loop of its own, a worker thread's loop) the turn crosses over thread-safely; the hand-over is
-        made before the first await, so a cancelled wait does not undo it.
+        made before the first await, so a cancelled wait does not undo it. Should the writer's loop stop
+        before the turn is durable, the turn goes to an outbox segment of its own from here.
         """
         loop = self._writer_loop()
         if loop is None or loop is asyncio.get_running_loop():
@@ -363,7 +385,23 @@ class BatchWriter:
             return
         # The writer's futures and events belong to its loop: set from this thread, they would wake
         # nobody there, and this loop would wait for a future nobody wakes it for.
-        await asyncio.wrap_future(self._submit_across(self.rows_for(turn, **options), loop))
+        rows = self.rows_for(turn, **options)
+        taken = threading.Event()
+        durable = asyncio.wrap_future(self._submit_across(rows, loop, taken))
+        try:
+            while not (await asyncio.wait({durable}, timeout=_LOOP_CHECK_S))[0]:
+                if not _taking_callbacks(loop):
+                    # The writer's loop stopped with the turn in its hands (queued, or its outbox append
+                    # answering a loop that no longer runs): nothing will ever say it is durable. Written
+                    # to an outbox segment of its own here; if the writer wrote it too, it is stored once.
+                    if not taken.is_set():
+                        self.stats["handed_over"] += 1
+                    await _in_thread(self._spill_late, encode_line(make_entry(rows)))
+                    return
+        except asyncio.CancelledError:
+            durable.cancel()
+            raise
+        durable.result()
 
     async def persist_turn(self, turn: TurnTokenAccumulator) -> None:
         """What ``scoped_turn(..., persist=writer)`` calls when its block exits."""
@@ -387,16 +425,21 @@ class BatchWriter:
     def _writer_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._tasks[0].get_loop() if self._tasks else None
 
-    def _submit_across(self, rows: TurnRows, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[None]:
+    def _submit_across(
+        self, rows: TurnRows, loop: asyncio.AbstractEventLoop, taken: threading.Event
+    ) -> concurrent.futures.Future[None]:
         """Hand ``rows`` over on the writer's ``loop`` from another thread; the (thread-safe) future
-        resolves once they are durable. Cancelling it does not take the turn back."""
+        resolves once they are durable. Cancelling it does not take the turn back. ``taken`` is set
+        once the writer has them (or they are in the outbox)."""
         durable: concurrent.futures.Future[None] = concurrent.futures.Future()
         if not _taking_callbacks(loop) or self._closing:
             self._spill_handed_over(rows)
+            taken.set()
             durable.set_result(None)
             return durable
 
         def hand_over() -> None:
+            taken.set()
             try:
                 self.submit_rows(rows).add_done_callback(lambda done: _pass_on(done, durable))
             except Exception as exc:
@@ -407,6 +450,7 @@ class BatchWriter:
         except RuntimeError:
             # Closed since the check above: no writer will take it, the outbox will.
             self._spill_handed_over(rows)
+            taken.set()
             durable.set_result(None)
         return durable
 
@@ -444,7 +488,7 @@ class BatchWriter:
             self._appending = True
             self._append_done.clear()
             try:
-                segment = await asyncio.to_thread(self.journal.append, [t.line for t in batch])
+                segment = await _in_thread(self.journal.append, [t.line for t in batch])
             except Exception as exc:
                 # No durable copy: the database may still take them, but whoever waits is told they are not safe.
                 warn_once("writer:journal", "turnledger could not write its outbox in %s", self.journal.directory)
@@ -702,13 +746,13 @@ class BatchWriter:
         if any(t.set_aside for t in items):
             # A set-aside turn needs only its directory synced; failing that, its outbox copy is kept.
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(fsync_dir, self.journal.directory)
+                await _in_thread(fsync_dir, self.journal.directory)
                 self._stored(t for t in items if t.set_aside)
                 items = [t for t in items if not t.set_aside]
         if not items:
             return
         try:
-            segment = await asyncio.to_thread(self.journal.append, [t.line for t in items])
+            segment = await _in_thread(self.journal.append, [t.line for t in items])
         except Exception as exc:
             self._left_unsynced(t for t in items if t.set_aside)
             why = f"writer closed; outbox append failed: {type(exc).__name__}"
