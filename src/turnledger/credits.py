@@ -88,6 +88,9 @@ T = TypeVar("T")
 
 _EXACT = EXACT_CONTEXT
 
+_SPENDING = frozenset({EntryKind.RESERVE, EntryKind.DEBIT})
+"""The operations that need credits available, refused with InsufficientCredits when they are not."""
+
 _J = CreditJournalEntry
 _A = CreditAccount
 _H = CreditHold
@@ -241,7 +244,8 @@ class CreditLedger:
     async def debit(
         self, account: str, amount: Amount, key: str, *, turn_id: str | None = None, note: str | None = None
     ) -> Entry:
-        """Spend credits without a reservation; :class:`InsufficientCredits` if ``available`` is short."""
+        """Spend credits without a reservation; :class:`InsufficientCredits` if ``available`` is short (or no
+        such account exists)."""
         _check_key(key)
         _check_labels(turn_id=turn_id, note=note)
         value = _amount(amount, "amount", minimum="positive")
@@ -285,7 +289,8 @@ class CreditLedger:
         turn_id: str | None = None,
         ttl: timedelta | None = None,
     ) -> Reservation:
-        """Hold ``estimate`` for a turn; :class:`InsufficientCredits` if ``available`` cannot cover it.
+        """Hold ``estimate`` for a turn; :class:`InsufficientCredits` if ``available`` cannot cover it
+        (or the account does not exist: nobody opened it or granted it anything).
 
         A refusal writes nothing, so the same key may succeed later, after a grant.
 
@@ -657,6 +662,10 @@ class CreditLedger:
                     existing = await self._find_key(conn, key)
                     if existing is not None:
                         return replay(existing, kind, account)
+                    if kind in _SPENDING:
+                        # Nothing is available in an account nobody opened: refused as a short one is, so
+                        # that an app's handler for InsufficientCredits also answers a user never granted any.
+                        raise InsufficientCredits(f"no credit account {account!r}: nothing is available")
                     raise CreditError(f"no credit account {account!r}")
                 if acct.has_expired_holds:
                     await self._expire_locked(conn, acct, now, keep=keep_hold)

@@ -157,3 +157,11 @@ def test_option_parser_errors_exit_2_without_traceback(args: list[str]) -> None:
     assert result.exit_code == 2
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["version"], ["--version"]])
+def test_the_version_is_one_line_by_command_and_by_the_usual_flag(args: list[str]) -> None:
+    from turnledger import __version__
+
+    result = invoke(*args)
+    assert (result.exit_code, result.stdout) == (0, f"{__version__}\n"), result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -47,6 +48,17 @@ def test_chart_data_is_exact_per_day_and_model(database_url: str) -> None:
     by_user = invoke("chart", *RANGE, "--by", "user", "--format", "csv", "--database-url", database_url)
     assert by_user.exit_code == 0, by_user.output
     assert by_user.stdout.splitlines()[:2] == ["day,user,cost_usd,unpriced_calls", "2026-11-02,alice,0.012905,0"]
+
+
+def test_the_csv_columns_chart_help_names_are_the_ones_it_writes(database_url: str) -> None:
+    asyncio.run(record_report_turns(database_url))
+    helped = invoke("chart", "--help", columns=200)
+    assert helped.exit_code == 0, helped.output
+    named = re.search(r"--format csv\s+\(([^)]*)\)", helped.stdout)
+    assert named is not None, helped.stdout
+    written = invoke("chart", *RANGE, "--format", "csv", "--database-url", database_url)
+    assert written.exit_code == 0, written.output
+    assert [c.strip() for c in named.group(1).split(",")] == written.stdout.splitlines()[0].split(",")
 
 
 def test_chart_in_the_terminal_reads_at_80_columns(database_url: str) -> None:

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import turnledger
+
 from .cli_run import invoke, one_line_error, run_cli
+from .readme_blocks import readme_block, readme_python
 
 
 @pytest.fixture
@@ -78,3 +81,26 @@ def test_a_bad_price_table_is_a_one_line_input_error(tmp_path: Path) -> None:
         result = invoke("prices", "m", "--price-table", str(path))
         assert result.exit_code == 2
         assert message in one_line_error(result)
+
+
+def test_the_readme_price_table_and_its_code_price_the_model_and_its_alias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heading = "**Price tables.**"
+    (tmp_path / "prices.yaml").write_text(readme_block(heading, "yaml"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"turnledger": turnledger}
+    installed: list[turnledger.TokenTrackingCallback] = []
+    monkeypatch.setattr(turnledger, "install", installed.append)  # the example's install, kept for a look
+    exec(readme_python(heading), namespace)
+    [callback] = installed
+    assert isinstance(callback, turnledger.TokenTrackingCallback)
+    assert isinstance(namespace["table"], turnledger.PriceTable)
+
+    result = invoke("prices", "acme-llm-7b", "my-deployment", "--price-table", "prices.yaml", "--format", "json")
+    assert result.exit_code == 0, result.output
+    model, alias = json.loads(result.stdout)
+    assert (model["source"], alias["source"], alias["matched"]) == ("price_table", "price_table", "acme-llm-7b")
+    for row in (model, alias):
+        assert (row["input_cost_per_token"], row["output_cost_per_token"]) == ("0.0000002", "0.0000008")
+        assert row["sample_cost_usd"] == "0.0006000"  # 1,000 x $0.20/1M + 500 x $0.80/1M

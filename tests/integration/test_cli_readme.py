@@ -13,13 +13,14 @@ from pathlib import Path
 
 import litellm
 import pytest
+import yaml
 
 import turnledger
 from turnledger import subscribers
 from turnledger.fake_provider import FakeProvider
 
 from .cli_run import invoke, run_cli
-from .readme_blocks import readme_python
+from .readme_blocks import readme_block, readme_python
 
 URL_DEADLINE_S = 60
 
@@ -91,7 +92,9 @@ async def test_the_readme_proxy_module_loads_as_the_proxy_loads_it_and_logs_each
     module = readme_python("## With the LiteLLM proxy")
     assert '"/var/log/turnledger/calls.jsonl"' in module
     (tmp_path / "custom_callbacks.py").write_text(module.replace("/var/log/turnledger/calls.jsonl", str(ledger)))
-    (tmp_path / "config.yaml").write_text("litellm_settings:\n  callbacks: custom_callbacks.proxy_handler_instance\n")
+    config = readme_block("## With the LiteLLM proxy", "yaml")
+    assert yaml.safe_load(config)["litellm_settings"]["callbacks"] == "custom_callbacks.proxy_handler_instance"
+    (tmp_path / "config.yaml").write_text(config)
 
     handler = get_instance_fn("custom_callbacks.proxy_handler_instance", config_file_path=str(tmp_path / "config.yaml"))
     assert isinstance(handler, turnledger.TokenTrackingCallback)

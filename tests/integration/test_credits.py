@@ -219,8 +219,12 @@ async def test_settle_after_the_hold_expired_still_charges_once(ledger: CreditLe
 
 
 async def test_unknown_accounts_and_bad_amounts_are_refused(ledger: CreditLedger) -> None:
-    with pytest.raises(CreditError, match="no credit account 'ghost'"):
+    # Spending from an account nobody opened is refused as spending from an empty one: a web app's
+    # handler for InsufficientCredits answers a user who was never granted anything too.
+    with pytest.raises(InsufficientCredits, match="no credit account 'ghost'"):
         await ledger.reserve("ghost", Decimal("1"), "r")
+    with pytest.raises(InsufficientCredits, match="no credit account 'ghost'"):
+        await ledger.debit("ghost", Decimal("1"), "d")
     with pytest.raises(CreditError, match="no credit account"):
         await ledger.balance("ghost")
     with pytest.raises(ValueError, match="positive"):

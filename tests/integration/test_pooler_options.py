@@ -9,6 +9,7 @@ and temp tables. These tests run on one pooled connection and look at what its s
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Iterator
 from decimal import Decimal
@@ -233,5 +234,30 @@ async def test_libpq_options_with_escaped_spaces_set_what_libpq_sets(clean_pg: s
                 await conn.execute(text("SELECT current_setting('search_path'), current_setting('application_name')"))
             ).one()
         assert tuple(shown) == ("billing, public", "billing worker\\1")
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("sslmode=require", "the driver takes no 'sslmode' option (asyncpg spells TLS ?ssl=require)"),
+        ("sslrootcert=/etc/ca.pem", "the driver takes no 'sslrootcert' option (asyncpg spells TLS ?ssl=require)"),
+        ("keepalives=1", "the driver takes no 'keepalives' option"),
+    ],
+)
+def test_a_libpq_only_option_is_refused_by_make_engine_not_at_the_first_write(query: str, message: str) -> None:
+    # Refused at start-up: taken, it failed every connection with asyncpg's TypeError, and a
+    # BatchWriter on it put every turn in its outbox, logging one "batch write failed: TypeError".
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as refused:
+        make_engine(f"postgresql://app:s3cret@127.0.0.1:5432/app?{query}")
+    assert "s3cret" not in str(refused.value)
+
+
+async def test_the_options_asyncpg_takes_are_taken(clean_pg: str) -> None:
+    engine = make_engine(f"{clean_pg}?ssl=disable&target_session_attrs=any&prepared_statement_cache_size=10")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
     finally:
         await engine.dispose()

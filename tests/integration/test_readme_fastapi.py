@@ -94,12 +94,15 @@ async def test_the_readme_fastapi_stream_bills_every_call_once_to_its_turn(
                 *(client.get("/chat", params={"user_id": "u-paid", "question": question_of(n)}) for n in words)
             )
             refused = await client.get("/chat", params={"user_id": "u-broke", "question": "hi"})
+            # A user nobody granted credits to yet: no account at all, nothing available.
+            newcomer = await client.get("/chat", params={"user_id": "u-new", "question": "hi"})
         fake_provider.script("gpt-4o-mini", content=" ".join(["token"] * 40), chunk_delay_s=0.05)
         delivered = await chat_then_disconnect(app, {"user_id": "u-gone", "question": "hi"})
     # Leaving the lifespan closed the writer: every turn it was handed is stored by now.
 
     assert [(a.status_code, a.text) for a in answers] == [(200, "Hello from the fake provider.")] * len(words)
     assert (refused.status_code, refused.json()) == (402, {"error": "insufficient credits"})
+    assert (newcomer.status_code, newcomer.json()) == (402, {"error": "insufficient credits"})
     assert 0 < len(delivered) < 40
     calls = await stored_calls(database_url)
     assert len(fake_provider.requests) == len(words) + 1 == len(calls) == len({c["call_id"] for c in calls})

@@ -52,7 +52,7 @@ def test_replay_command_writes_the_outbox_and_is_safe_to_run_twice(database_url:
 
     first = run_cli("replay", "--outbox", str(outbox), "--database-url", database_url)
     assert first.returncode == 4, first.stderr  # written, but a line was set aside: a person must look
-    assert "replayed 5 turns from 1 files: 5 written, 0 already in the database" in first.stdout
+    assert "replayed 5 turns from 1 file: 5 written, 0 already in the database" in first.stdout
     assert "line 3: checksum mismatch" in first.stdout
     assert asyncio.run(_stored(database_url)) == ({f"cli{i}": 1 for i in range(5)}, 15)
     assert files_in(outbox) == ["gone.000001.jsonl.rejected"]
@@ -74,6 +74,22 @@ def test_replay_that_sets_nothing_aside_exits_0(database_url: str, tmp_path: Pat
     assert "3 written" in result.stdout
 
 
+def test_replay_names_each_file_and_line_it_sets_aside_on_one_line_however_deep_the_outbox(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A script reading the output (or a person copying the name of the file to look at) gets whole
+    # paths, not paths broken at 80 columns; and one file is "1 file".
+    outbox = tmp_path / "var" / "lib" / "an-application-with-a-long-name" / "turnledger-outbox"
+    leave_dead_writers_segment(outbox, [*outbox_lines(*_good_rows(2)), b'{"broken\n'])
+    [segment] = [name for name in files_in(outbox) if name.endswith(".jsonl")]
+    result = invoke("replay", "--outbox", str(outbox), "--database-url", database_url)
+    assert result.exit_code == 4, result.output
+    assert result.stdout.splitlines() == [
+        "replayed 2 turns from 1 file: 2 written, 0 already in the database",
+        f"skipped {outbox / segment} line 3: not an outbox line (kept in {segment}.rejected)",
+    ]
+
+
 def test_replay_that_sets_a_refused_turn_aside_exits_4_and_a_rerun_0(database_url: str, tmp_path: Path) -> None:
     engine = make_engine(database_url)
     poison = poison_rows(engine)
@@ -82,7 +98,7 @@ def test_replay_that_sets_a_refused_turn_aside_exits_4_and_a_rerun_0(database_ur
 
     first = invoke("replay", "--outbox", str(tmp_path), "--database-url", database_url)
     assert first.exit_code == 4, first.output
-    assert "1 turns refused by the database for their data" in first.stdout
+    assert "1 turn refused by the database for their data" in first.stdout
     assert asyncio.run(_stored(database_url)) == ({"ok0": 1, "ok1": 1}, 6)
 
     again = invoke("replay", "--outbox", str(tmp_path), "--database-url", database_url)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
+import typer.main
 from rich.console import Console
+from typer.core import TyperGroup
+from typer.testing import CliRunner
 
 from turnledger.cli import output
 from turnledger.cli.chart_data import DailySpend, Series, day_range
@@ -181,3 +186,27 @@ def test_chart_legend_shows_control_characters_escaped() -> None:
     spend = DailySpend(by=ReportBy.USER, days=[day], series=series)
     text = "\n".join(line.plain for line in terminal_lines(spend, width=80))
     assert "\x1b" not in text and "\\x1b[31mred" in text and "a\\x0ab" in text
+
+
+def _commands(group: TyperGroup, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    found: list[tuple[tuple[str, ...], Any]] = []
+    for name, command in group.commands.items():
+        found.append(((*path, name), command))
+        if isinstance(command, TyperGroup):
+            found.extend(_commands(command, (*path, name)))
+    return found
+
+
+def test_every_commands_help_keeps_its_paragraphs_whole_and_wraps_them_to_the_terminal() -> None:
+    # A docstring is wrapped at the source's width; shown as written, its lines come out ragged at
+    # 80 columns (a line, then two words, then a line...). Each paragraph is one line at 300 columns.
+    from turnledger.cli import app
+
+    root = typer.main.get_command(app)
+    assert isinstance(root, TyperGroup)
+    for path, command in _commands(root):
+        helped = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"})
+        assert helped.exit_code == 0, helped.output
+        shown = [" ".join(line.split()) for line in helped.stdout.splitlines()]
+        for paragraph in inspect.cleandoc(command.help or "").split("\n\n"):
+            assert " ".join(paragraph.split()) in shown, (path, paragraph)

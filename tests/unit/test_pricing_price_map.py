@@ -19,7 +19,13 @@ from litellm.litellm_core_utils.get_model_cost_map import adopt_model_cost_map
 
 from turnledger import PriceMapOrigin, load_price_map, refresh_price_map
 from turnledger.money import to_decimal
-from turnledger.price_map import PRICE_MAP_CACHE_ENV, PRICE_MAP_MAX_AGE_ENV, PRICE_MAP_SOURCE_ENV, bundled_price_map
+from turnledger.price_map import (
+    PRICE_MAP_CACHE_ENV,
+    PRICE_MAP_MAX_AGE_ENV,
+    PRICE_MAP_SOURCE_ENV,
+    bundled_price_map,
+    default_cache_path,
+)
 
 SENTINEL = "turnledger-test-model-9f3c"
 UNREACHABLE = "http://127.0.0.1:9/model_prices.json"  # the discard port: connection refused
@@ -150,6 +156,18 @@ def test_configured_through_the_environment(newer_map: Path, tmp_path: Path, mon
     assert load_price_map().origin is PriceMapOrigin.SOURCE
     monkeypatch.setenv(PRICE_MAP_MAX_AGE_ENV, "one day")
     assert load_price_map().origin is PriceMapOrigin.CACHE
+
+
+def test_the_default_cache_is_under_xdg_cache_home_else_the_home_cache(
+    newer_map: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PRICE_MAP_CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert load_price_map(newer_map).origin is PriceMapOrigin.SOURCE
+    assert (tmp_path / "xdg" / "turnledger" / "model_prices.json").is_file()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_path() == tmp_path / "home" / ".cache" / "turnledger" / "model_prices.json"
 
 
 def test_refresh_makes_litellm_price_with_the_new_map(newer_map: Path, tmp_path: Path) -> None:

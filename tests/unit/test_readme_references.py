@@ -24,3 +24,20 @@ def test_every_test_the_readme_cites_exists() -> None:
     defined = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("test_*.py"))
     missing = sorted(n for n in names if not re.search(rf"def {n}\(", defined))
     assert missing == []
+
+
+def test_the_command_table_names_every_command_the_cli_has() -> None:
+    import typer.main
+    from typer.core import TyperGroup
+
+    from turnledger.cli import app
+
+    table = section("## The command line").split("\n## ")[0]
+    documented = set(re.findall(r"^\| `turnledger ([a-z]+)", table, re.MULTILINE))
+    command = typer.main.get_command(app)
+    assert isinstance(command, TyperGroup)
+    assert documented == set(command.commands)
+
+
+def section(heading: str) -> str:
+    return README[README.index(heading) + len(heading) :]

@@ -33,8 +33,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from turnledger import __version__
+
+        console.print(__version__, markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print turnledger's version and exit."),
+    ] = False,
+) -> None:
     """turnledger: which LLM calls each user turn made, their tokens, and their exact cost."""
 
 

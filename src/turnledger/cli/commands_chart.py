@@ -38,7 +38,7 @@ PROGRESS_MIN_DAYS = 60
         "  turnledger chart --by model --since 30d\n\n"
         "  turnledger chart --by user --since 2026-11-01 --until 2026-12-01 --output spend.png\n\n"
         "  turnledger chart --since 7d --output spend.html      (the chart and the exact figures)\n\n"
-        "  turnledger chart --since 7d --format csv             (day, series, cost_usd, calls, unpriced_calls)\n\n"
+        "  turnledger chart --since 7d --format csv             (day, model, cost_usd, unpriced_calls)\n\n"
         "Days are UTC calendar days. Unpriced calls (no known price) are never drawn as $0: they are counted "
         "beside each day and in the legend. By model, spend recorded with record_token_usage (which names no "
         "model) is stacked as (no model)."

@@ -35,12 +35,19 @@ NEXT_STEPS: tuple[tuple[str, str], ...] = (
 
 
 @app.command(
+    # Not the docstring: typer shows a docstring's later paragraphs with its line breaks, ragged at 80 columns.
+    help=(
+        "Run a few realistic turns against a local fake provider, record them, and print what was captured.\n\n"
+        "No API key and no network: LiteLLM's real HTTP, streaming and logging code talks to a fake provider on "
+        "127.0.0.1. The turns: a chat with tool use, a streamed answer, an embedding batch, a model nobody has a "
+        "price for, and a stream the caller breaks off."
+    ),
     epilog=(
         "Examples:\n\n"
         "  turnledger demo\n\n"
         "  turnledger demo --database-url postgresql+asyncpg://postgres@127.0.0.1/turnledger\n\n"
         "The database is migrated first; the demo's turns are recorded with usage types chat and indexing."
-    )
+    ),
 )
 def demo(
     database_url: DatabaseUrlOption = None,
@@ -55,12 +62,7 @@ def demo(
         ),
     ] = 14,
 ) -> None:
-    """Run a few realistic turns against a local fake provider, record them, and print what was captured.
-
-    No API key and no network: LiteLLM's real HTTP, streaming and logging code talks to a fake
-    provider on 127.0.0.1. The turns: a chat with tool use, a streamed answer, an embedding batch,
-    a model nobody has a price for, and a stream the caller breaks off.
-    """
+    """Run a few realistic turns against a local fake provider, record them, and print what was captured."""
     refuse_missing_sqlite_directory(database_url)
     run_db(_demo(database_url, quiet=quiet, history_days=history_days), database_url)
 

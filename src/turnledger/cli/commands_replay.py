@@ -7,6 +7,7 @@ live writer's segments are left to it, and two replays never take the same write
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -104,26 +105,25 @@ async def _replay(
 
 
 def _print(report: ReplayReport) -> None:
-    console.print(
-        f"replayed {report.entries} turns from {report.files} files: "
-        f"{report.inserted} written, {report.already_present} already in the database",
-        highlight=False,
+    # soft_wrap: one line per message however long its paths, so that a script (or a person copying the
+    # name of a file to look at) gets whole paths, not paths broken at the terminal's width.
+    say = functools.partial(console.print, highlight=False, soft_wrap=True)
+    say(
+        f"replayed {_count(report.entries, 'turn')} from {_count(report.files, 'file')}: "
+        f"{report.inserted} written, {report.already_present} already in the database"
     )
     if report.rejected:
-        console.print(
-            f"{report.rejected} turns refused by the database for their data: set aside in *.rejected files",
-            highlight=False,
-        )
+        say(f"{_count(report.rejected, 'turn')} refused by the database for their data: set aside in *.rejected files")
     if report.set_aside_before:
-        console.print(
-            f"{report.set_aside_before} lines skipped: set aside in *.rejected files already, by an earlier"
-            " replay or by their writer",
-            highlight=False,
+        say(
+            f"{_count(report.set_aside_before, 'line')} skipped: set aside in *.rejected files already, by an earlier"
+            " replay or by their writer"
         )
     for path in report.skipped_files:
-        console.print(f"skipped {path}: its writer is still running and replays it itself", highlight=False)
+        say(f"skipped {path}: its writer is still running and replays it itself")
     for line in report.bad_lines:
-        console.print(
-            f"skipped {line.path} line {line.lineno}: {line.reason} (kept in {line.path.name}.rejected)",
-            highlight=False,
-        )
+        say(f"skipped {line.path} line {line.lineno}: {line.reason} (kept in {line.path.name}.rejected)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

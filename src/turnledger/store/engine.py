@@ -37,6 +37,16 @@ _ASYNCPG_NUMBERS: dict[str, type[int] | type[float]] = {
     "timeout": float,
     "connect_timeout": float,  # libpq's name for asyncpg's timeout
 }
+# What a URL's query may name: asyncpg's connect() arguments and SQLAlchemy's asyncpg dialect's own.
+# SQLAlchemy hands every other name to connect(), which fails each connection with a TypeError: a
+# BatchWriter would then keep every turn in its outbox. libpq's names (sslmode=...) are the usual ones.
+_ASYNCPG_QUERY = frozenset(
+    {
+        "host", "port", "user", "password", "passfile", "service", "servicefile", "database", "timeout",
+        "ssl", "direct_tls", "target_session_attrs", "krbsrvname", "gsslib",
+        "prepared_statement_cache_size", "prepared_statement_name_func",
+    }
+)  # fmt: skip
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -126,6 +136,12 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
     if connect_timeout is not None and connect_timeout > 0:
         # libpq waits without a limit for 0 or less; asyncpg would give up at once: its default stands.
         connect_args.setdefault("timeout", connect_timeout)
+    unknown = sorted(name for name in query if name not in _ASYNCPG_QUERY)
+    if unknown:
+        hint = " (asyncpg spells TLS ?ssl=require)" if unknown[0].startswith("ssl") else ""
+        raise ConfigurationError(
+            f"database URL {url.render_as_string()}: the driver takes no {unknown[0]!r} option{hint}"
+        )
     return url.set(query=query), connect_args
 
 
