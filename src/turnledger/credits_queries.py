@@ -20,6 +20,7 @@ from turnledger.credits_models import CreditJournalEntry as _J
 from turnledger.credits_models import EntryKind, canonical_amount
 from turnledger.credits_results import AccountBalance, Entry
 from turnledger.errors import SchemaMissingError, StorageError
+from turnledger.store.engine import is_schema_missing
 
 
 @dataclass(slots=True)
@@ -101,8 +102,7 @@ async def _execute(conn: AsyncConnection, stmt: Any) -> Any:
 
 
 def _storage_error(exc: DBAPIError) -> StorageError:
-    text = str(exc.orig).lower()
-    if "no such table" in text or ("relation" in text and "does not exist" in text):
+    if is_schema_missing(exc):
         return SchemaMissingError("the credit tables do not exist: run `turnledger migrate`")
     if isinstance(exc, IntegrityError):
         return StorageError("a concurrent write used the same idempotency key or account")
