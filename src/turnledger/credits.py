@@ -10,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from turnledger._logging import logger, problem_counts, warn_once
 from turnledger.accumulator import TurnTokenAccumulator, scoped_turn
 from turnledger.credits_arguments import DERIVED_KEY_SUFFIXES as DERIVED_KEY_SUFFIXES
-from turnledger.credits_arguments import Amount, _check_policy
+from turnledger.credits_arguments import Amount as Amount
+from turnledger.credits_arguments import UnpricedPolicy as UnpricedPolicy
 from turnledger.credits_arguments import _amount as _amount
-from turnledger.credits_ledger import DEFAULT_HOLD_TTL, CreditLedger, ReservationClosed
+from turnledger.credits_arguments import _check_policy
+from turnledger.credits_errors import ReservationClosed, UnpricedCallsError
+from turnledger.credits_errors import TurnKeyReused as TurnKeyReused
+from turnledger.credits_ledger import DEFAULT_HOLD_TTL, CreditLedger
 from turnledger.credits_models import EntryKind
-from turnledger.credits_results import AccountBalance, Entry, Reservation, VerifyReport
-from turnledger.errors import CreditError, SchemaMissingError, StorageError
+from turnledger.credits_results import AccountBalance, Entry, Reservation, TurnCharge, VerifyReport
+from turnledger.errors import CreditError as CreditError
+from turnledger.errors import InsufficientCredits as InsufficientCredits
+from turnledger.errors import SchemaMissingError, StorageError
 from turnledger.money import sum_costs
 
 CANCELLED_SETTLE_GRACE = timedelta(seconds=10)
@@ -32,47 +37,7 @@ CANCELLED_SETTLE_GRACE = timedelta(seconds=10)
 Unbounded, a database that hangs (a lock held by a stuck session, a peer gone without a word) would
 make the request impossible to cancel, and its server impossible to stop."""
 
-UnpricedPolicy = Literal["free", "estimate", "error"]
-
 T = TypeVar("T")
-
-
-class TurnKeyReused(CreditError):
-    """A :class:`credit_scope` was opened with a reservation key that was already used.
-
-    Running the turn again would make real (billed) provider calls that the replayed settle could
-    never charge, so the block is not run. A retried request should answer from its first attempt,
-    or open a scope with a new key to be charged again. :attr:`reservation` is the first attempt's.
-    """
-
-    def __init__(self, message: str, reservation: Reservation) -> None:
-        super().__init__(message)
-        self.reservation = reservation
-
-
-class UnpricedCallsError(CreditError):
-    """A turn under ``unpriced="error"`` made calls nobody could price. Its priced part was settled;
-    :attr:`charge` says what was charged and how many calls were left unpriced."""
-
-    def __init__(self, message: str, charge: TurnCharge) -> None:
-        super().__init__(message)
-        self.charge = charge
-
-
-@dataclass(frozen=True, slots=True)
-class TurnCharge:
-    """What a :class:`credit_scope` charged for its turn, and why."""
-
-    reservation: Reservation
-    entry: Entry
-    """The settle entry (the first one, if the scope was replayed)."""
-    charged: Decimal
-    """What the settle asked to debit."""
-    priced_cost: Decimal
-    """The exact sum of the turn's priced calls, abandoned ones at their estimate included."""
-    unpriced_calls: int
-    abandoned_calls: int
-    policy: UnpricedPolicy
 
 
 def turn_charge(turn: TurnTokenAccumulator, estimate: Decimal, policy: UnpricedPolicy) -> tuple[Decimal, Decimal, int]:

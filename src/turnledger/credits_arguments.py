@@ -21,6 +21,8 @@ from turnledger.money import to_decimal
 Amount = Decimal | int | str
 """An amount in USD. Floats are refused: a float has already lost the exact figure."""
 
+UnpricedPolicy = Literal["free", "estimate", "error"]
+
 DERIVED_KEY_SUFFIXES = ("/settle", "/release", "/expired")
 """What the ledger appends to a reservation's key for the entries that close it."""
 

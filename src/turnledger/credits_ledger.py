@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from turnledger.credits_arguments import Amount, _amount, _check_account, _check_key, _check_labels
+from turnledger.credits_errors import ReservationClosed
 from turnledger.credits_models import EXACT_CONTEXT as _EXACT
 from turnledger.credits_models import LABEL_MAX_LENGTH, MAX_INTEGER_DIGITS, EntryKind, canonical_amount, quantize_amount
 from turnledger.credits_models import CreditAccount as _A
@@ -717,29 +718,6 @@ class CreditLedger:
             note=values["note"],
             created_at=now,
         )
-
-
-class ReservationClosed(CreditError):
-    """:meth:`CreditLedger.renew` was asked to extend a reservation that is no longer open.
-
-    :attr:`closed_by` is the entry that closed it: its settle, its release, or the release of its
-    expired hold (``closed_by.key`` ends in ``/expired``). Its credits may be held by another turn
-    by now, so the hold cannot be taken back; a settle of it still debits the actual cost.
-    """
-
-    def __init__(self, reservation: Reservation, closed_by: Entry) -> None:
-        if closed_by.kind is EntryKind.SETTLE:
-            how = "was already settled"
-        elif closed_by.key.endswith("/expired"):
-            how = "has expired (its hold was released)"
-        else:
-            how = "was already released"
-        super().__init__(
-            f"reservation {reservation.id} on account {reservation.account!r} {how} (entry {closed_by.id}); "
-            "there is no hold left to renew"
-        )
-        self.reservation = reservation
-        self.closed_by = closed_by
 
 
 def _require_available(acct: _Account, amount: Decimal, what: str) -> None:

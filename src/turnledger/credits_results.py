@@ -1,4 +1,5 @@
-"""What the credit ledger answers with: journal entries, reservations, balances, verify reports.
+"""What the credits API answers with: journal entries, reservations, balances, verify reports, and
+what a :class:`turnledger.credits.credit_scope` charged for its turn.
 
 Frozen dataclasses, amounts at the stored scale; ``replayed`` says a call found its idempotency key
 already used and returned the first result unchanged.
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
 
+from turnledger.credits_arguments import UnpricedPolicy
 from turnledger.credits_models import EXACT_CONTEXT as _EXACT
 from turnledger.credits_models import EntryKind, canonical_amount
 
@@ -89,6 +91,22 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCharge:
+    """What a :class:`credit_scope` charged for its turn, and why."""
+
+    reservation: Reservation
+    entry: Entry
+    """The settle entry (the first one, if the scope was replayed)."""
+    charged: Decimal
+    """What the settle asked to debit."""
+    priced_cost: Decimal
+    """The exact sum of the turn's priced calls, abandoned ones at their estimate included."""
+    unpriced_calls: int
+    abandoned_calls: int
+    policy: UnpricedPolicy
 
 
 def _reservation_of(entry: Entry) -> Reservation:
