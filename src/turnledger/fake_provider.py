@@ -348,8 +348,13 @@ class FakeProvider:
         cid: str,
         rid: str,
     ) -> web.StreamResponse:
-        resp = await _open_event_stream(request, {"x-request-id": rid})
         want_usage = _wants_usage_chunk(body, script)
+        try:
+            resp = await _open_event_stream(request, {"x-request-id": rid})
+        except ConnectionResetError:
+            # The client gave up while the request was held (delay_s): the answer was generated all the same.
+            self._answered(request, body, rid, usage=usage if want_usage else None)
+            raise
 
         n = int(body.get("n") or 1)
 

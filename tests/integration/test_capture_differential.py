@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -83,11 +84,12 @@ class Call:
     owner: str
     """The scope current when it starts: the turn it belongs to."""
     op: str
-    """chat, stream, embedding, image or router."""
+    """chat, stream, embedding, image, router or router_stream."""
     model: str
     scripts: list[Script]
     caller: str = "read"
-    """read (to its end, whatever it raises), cancel (once the provider has it) or abandon (a stream)."""
+    """read (to its end, whatever it raises), cancel (its task, once the provider has it; a stream once its
+    first chunk is in) or abandon (a stream, after its first chunk)."""
     include_usage: bool = False
 
 
@@ -144,7 +146,7 @@ class Planner:
 
     def call(self, owner: str, *, sync: bool = False) -> Call:
         r, key = self.r, self._key()
-        ops = ["chat", "chat", "stream", "stream", "embedding", "image"] + ([] if sync else ["router", "router"])
+        ops = ["chat", "chat", "stream", "stream", "embedding", "image", "router"] + ([] if sync else ["router_stream"])
         op = r.choice(ops)
         model = r.choice(CHAT_MODELS)
         caller = "read"
@@ -166,13 +168,17 @@ class Planner:
             include_usage = r.random() < 0.6
             words = " ".join(f"w{i}" for i in range(r.randint(3, 12)))
             roll = r.random()
-            if roll < 0.6:
+            if roll < 0.5:
                 scripts = [Script(content=words, usage=_usage(r))]
-            elif roll < 0.8:
+            elif roll < 0.65:
                 scripts = [Script(content=words, usage=_usage(r), break_after_chunks=2)]
+            elif roll < 0.75:
+                # Stalls after its first chunk: the client's read times out mid-stream.
+                scripts = [Script(content=words, usage=_usage(r), chunk_delay_s=2 * TIMEOUT_S)]
             else:
                 scripts = [Script(content=" ".join(["word"] * 40), usage=_usage(r), chunk_delay_s=0.02)]
-                caller = "abandon"
+                # The caller stops reading, or (async) its task is cancelled while it waits for a chunk.
+                caller = "abandon" if sync or r.random() < 0.5 else "cancel"
         elif op == "embedding":
             model = r.choice(("text-embedding-3-small", "text-embedding-3-large"))
             roll = r.random()
@@ -188,15 +194,23 @@ class Planner:
         elif op == "image":
             model = "dall-e-3"
             scripts = [Script(status=400) if r.random() < 0.25 else Script()]
+        elif op == "router" and not sync and r.random() < 0.1:
+            model = "main"
+            scripts = [Script(delay_s=1.0, usage=_usage(r))]
+            caller = "cancel"
         else:
             model = "main"
+            include_usage = r.random() < 0.6
             attempts = r.randint(1, 5)
             scripts = []
             for _ in range(attempts - 1):
                 scripts.append(
                     r.choice([Script(status=429), Script(status=500), Script(delay_s=2 * TIMEOUT_S, usage=_usage(r))])
                 )
-            scripts.append(self._ok_chat() if r.random() < 0.85 else Script(status=500))
+            if op == "router_stream":
+                scripts.append(Script(content="a streamed answer", usage=_usage(r)))
+            else:
+                scripts.append(self._ok_chat() if r.random() < 0.85 else Script(status=500))
         call = Call(key, owner, op, model, scripts, caller, include_usage)
         self.provider.plan(key, scripts)
         self.calls[key] = call
@@ -243,15 +257,15 @@ class Runner:
 
     def _options(self, call: Call) -> dict[str, Any]:
         options: dict[str, Any] = {"litellm_call_id": call.key}
-        if call.op != "router":
-            options.update(self.kwargs, num_retries=0, max_retries=0, model=f"openai/{call.model}")
-        else:
+        if call.op.startswith("router"):
             options["model"] = call.model
-        if any(s.delay_s == 2 * TIMEOUT_S for s in call.scripts):
+        else:
+            options.update(self.kwargs, num_retries=0, max_retries=0, model=f"openai/{call.model}")
+        if any(2 * TIMEOUT_S in (s.delay_s, s.chunk_delay_s) for s in call.scripts):
             options["timeout"] = TIMEOUT_S
-        if call.op in ("chat", "stream", "router"):
+        if call.op in ("chat", "stream", "router", "router_stream"):
             options["messages"] = [{"role": "user", "content": self._text(call)}]
-        if call.op == "stream":
+        if call.op in ("stream", "router_stream"):
             options["stream"] = True
             if call.include_usage:
                 options["stream_options"] = {"include_usage": True}
@@ -263,22 +277,26 @@ class Runner:
             coro: Awaitable[Any] = litellm.aembedding(input=[self._text(call)], **options)
         elif call.op == "image":
             coro = litellm.aimage_generation(prompt=self._text(call), **options)
-        elif call.op == "router":
+        elif call.op.startswith("router"):
             coro = self.router.acompletion(**options)
         else:
             coro = litellm.acompletion(**options)
+        first_chunk = asyncio.Event()
+        task = asyncio.ensure_future(self._read(call, coro, first_chunk))
         if call.caller == "cancel":
-            task = asyncio.ensure_future(coro)
-            while self.provider.received(call.key) < 1:
+            while self.provider.received(call.key) < 1 or (call.op == "stream" and not first_chunk.is_set()):
                 await asyncio.sleep(0.01)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    @staticmethod
+    async def _read(call: Call, coro: Awaitable[Any], first_chunk: asyncio.Event) -> None:
         with contextlib.suppress(Exception):
             response = await coro
-            if call.op == "stream":
+            if call.op in ("stream", "router_stream"):
                 async for _chunk in response:
+                    first_chunk.set()
                     if call.caller == "abandon":
                         break
 
@@ -289,6 +307,8 @@ class Runner:
                 litellm.embedding(input=[self._text(call)], **options)
             elif call.op == "image":
                 litellm.image_generation(prompt=self._text(call), **options)
+            elif call.op == "router":
+                self.router.completion(**options)
             else:
                 response = litellm.completion(**options)
                 if call.op == "stream":
@@ -375,6 +395,13 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
             f"an error answer cost {record.cost_usd} ({record.cost_source})",
         )
         return
+    script = call.scripts[min(answer.attempt, len(call.scripts) - 1)]
+    if answer.broken_off or script.chunk_delay_s >= 2 * TIMEOUT_S:
+        expect(record.status is CallStatus.FAILURE, f"status {record.status}, expected failure (broken off or stalled)")
+        expect(estimated and RecordFlag.COMPLETION_NOT_SEEN in record.flags, "broken-off stream not estimated")
+        expect(record.prompt_tokens > 0 and record.completion_tokens > 0, "broken-off stream billed no tokens")
+        expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
+        return
     if answer.client_gone or (answer.held_s >= 2 * TIMEOUT_S and record.status is not CallStatus.SUCCESS):
         # Held past the client's timeout: it gave up, unless a busy loop ran its timer late, after the
         # answer had come (then it is checked as any answered call below).
@@ -382,12 +409,6 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
         expect(record.error_type == "Timeout", f"error {record.error_type}, expected Timeout")
         expect(estimated and record.completion_tokens == 0, "a timed-out call is not an estimated input")
         expect(call.op == "image" or record.prompt_tokens > 0, "a timed-out call billed no input")
-        expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
-        return
-    if answer.broken_off:
-        expect(record.status is CallStatus.FAILURE, f"status {record.status}, expected failure (broken off)")
-        expect(estimated and RecordFlag.COMPLETION_NOT_SEEN in record.flags, "broken-off stream not estimated")
-        expect(record.prompt_tokens > 0 and record.completion_tokens > 0, "broken-off stream billed no tokens")
         expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
         return
     expect(record.status is CallStatus.SUCCESS, f"status {record.status}, expected success")
@@ -468,7 +489,11 @@ def compare(planner: Planner, runner: Runner, provider: FakeProvider) -> tuple[i
         if call.owner not in runner.turns:
             out.append(f"{key}: its turn {call.owner} never opened")
             continue
-        records = [r for r in runner.turns[call.owner].calls if r.call_id == key]
+        # In the order the attempts started: LiteLLM may log one attempt's failure after the next one's.
+        records = sorted(
+            (r for r in runner.turns[call.owner].calls if r.call_id == key),
+            key=lambda r: r.started_at or datetime.min.replace(tzinfo=UTC),
+        )
         if call.caller in ("cancel", "abandon"):
             if len(records) != 1:
                 out.append(f"{key} ({call.caller}): {len(records)} records {[_describe(r) for r in records]}")
