@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -41,7 +42,7 @@ from turnledger import CallStatus, CostSource, RecordFlag, TokenCallRecord, Turn
 from turnledger.fake_provider import Answer, FakeProvider, Script
 
 SEEDS = range(int(os.environ.get("TURNLEDGER_CAPDIFF_SEEDS", "3")))
-ASYNC_TURNS = 14
+ASYNC_TURNS = 12
 THREAD_TURNS = 3
 TIMEOUT_S = 0.3
 """The client's timeout on calls scripted to time out; the provider answers them after twice that."""
@@ -55,8 +56,8 @@ ERROR_TYPES = {400: "BadRequestError", 429: "RateLimitError", 500: "InternalServ
 CHAT_MODELS = ("gpt-4o-mini", "gpt-4o")
 
 
-def expected_cost(model: str, record: TokenCallRecord) -> Decimal | None:
-    """The record's tokens at the bundled map's rates: uncached input, cache reads, output."""
+def expected_cost(model: str, prompt: int, cached: int, completion: int) -> Decimal | None:
+    """Tokens at the bundled map's rates (uncached input, cache reads, output); None if it has none."""
     entry = PRICES.get(model)
     if entry is None or "input_cost_per_token" not in entry:
         return None
@@ -65,11 +66,10 @@ def expected_cost(model: str, record: TokenCallRecord) -> Decimal | None:
         value = entry.get(name, entry.get(fallback) if fallback else None)
         return Decimal(str(value)) if value is not None else Decimal(0)
 
-    uncached = record.prompt_tokens - record.cached_tokens
     return (
-        uncached * rate("input_cost_per_token")
-        + record.cached_tokens * rate("cache_read_input_token_cost", "input_cost_per_token")
-        + record.completion_tokens * rate("output_cost_per_token")
+        (prompt - cached) * rate("input_cost_per_token")
+        + cached * rate("cache_read_input_token_cost", "input_cost_per_token")
+        + completion * rate("output_cost_per_token")
     )
 
 
@@ -222,7 +222,9 @@ class Planner:
         self.scopes.append(scope)
         for i in range(r.randint(2, 5)):
             roll = r.random()
-            if sync or depth >= 2 or roll < 0.55:
+            if sync and depth < 2 and roll < 0.15:
+                scope.steps.append(Step("nested", scope=self.scope(f"{name}/n{i}", sync=True, depth=depth + 1)))
+            elif sync or depth >= 2 or roll < 0.55:
                 scope.steps.append(Step("call", [self.call(name, sync=sync)]))
             elif roll < 0.65:
                 scope.steps.append(Step("nested", scope=self.scope(f"{name}/n{i}", depth=depth + 1)))
@@ -246,6 +248,7 @@ class Runner:
         self.router = router
         self.kwargs = {"api_base": provider.base_url, "api_key": "sk-fake-not-a-real-key"}
         self.turns: dict[str, TurnTokenAccumulator] = {}
+        self.abandoned_sync_streams: list[Any] = []
         self.hidden_attempts = 0
         """Provider attempts no LiteLLM event could report: the OpenAI client's own retries."""
         self.unreached = 0
@@ -284,7 +287,9 @@ class Runner:
         first_chunk = asyncio.Event()
         task = asyncio.ensure_future(self._read(call, coro, first_chunk))
         if call.caller == "cancel":
-            while self.provider.received(call.key) < 1 or (call.op == "stream" and not first_chunk.is_set()):
+            while not task.done() and (
+                self.provider.received(call.key) < 1 or (call.op == "stream" and not first_chunk.is_set())
+            ):
                 await asyncio.sleep(0.01)
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -314,6 +319,10 @@ class Runner:
                 if call.op == "stream":
                     for _chunk in response:
                         if call.caller == "abandon":
+                            # Kept until the end of the test: left to the garbage collector, it may be
+                            # finalized inside httpcore's pool lock on the same thread, which deadlocks
+                            # every sync call (encode/httpcore#990, measured here: seed 34 hung).
+                            self.abandoned_sync_streams.append(response)
                             break
 
     async def run_scope(self, scope: Scope) -> None:
@@ -346,20 +355,13 @@ class Runner:
         with turnledger.scoped_turn(user_id=scope.name, settle_timeout=SETTLE_S) as turn:
             self.turns[scope.name] = turn
             for step in scope.steps:
-                self.run_sync_call(step.calls[0])
+                if step.scope is not None:
+                    self.run_sync_scope(step.scope)
+                else:
+                    self.run_sync_call(step.calls[0])
 
 
 # -- the prediction ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Divergence:
-    turn: str
-    key: str
-    what: str
-
-    def __str__(self) -> str:
-        return f"{self.turn} {self.key}: {self.what}"
 
 
 def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, out: list[str]) -> None:
@@ -378,7 +380,8 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
     model = answer.model if answer is not None else call.model
     if answer is not None:
         expect(record.model == answer.model, f"model {record.model!r}, provider answered as {answer.model!r}")
-    priced = expected_cost(model, record)
+    # An estimate is checked for being priced as it says; reported usage against the provider's figures.
+    priced = expected_cost(model, record.prompt_tokens, record.cached_tokens, record.completion_tokens)
     if call.caller in ("cancel", "abandon"):
         expect(record.status is CallStatus.ABANDONED, f"status {record.status}, expected abandoned")
         expect(RecordFlag.NO_CALLBACK in record.flags, "abandoned without no_callback")
@@ -430,7 +433,8 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0)
     expect((record.cached_tokens, record.reasoning_tokens) == (cached, reasoning), "cached or reasoning tokens")
-    expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
+    billed = expected_cost(model, reported[0], cached, reported[1])
+    expect(record.cost_usd == billed, f"cost {record.cost_usd}, expected {billed}")
 
 
 def _unreached(record: TokenCallRecord) -> bool:
@@ -520,10 +524,29 @@ def compare(planner: Planner, runner: Runner, provider: FakeProvider) -> tuple[i
                 f"{[_describe(r) for r in records]} vs {answers}"
             )
             continue
-        for answer, record in zip(answers, records, strict=True):
-            compared += 1
-            _check_record(call, answer, record, out)
+        compared += len(records)
+        out.extend(_match(call, answers, records))
     return compared, out
+
+
+def _match(call: Call, answers: list[Answer], records: list[TokenCallRecord]) -> list[str]:
+    """The divergences of the attempts in order, unless some other one-to-one pairing has none: the
+    provider numbers a call's attempts as they arrive, and on a busy loop a retry's request can reach it
+    before the request of the attempt that timed out waiting for it."""
+    in_order: list[str] = []
+    for answer, record in zip(answers, records, strict=True):
+        _check_record(call, answer, record, in_order)
+    if not in_order or len(records) > 6:
+        return in_order
+    for order in itertools.permutations(records):
+        found: list[str] = []
+        for answer, record in zip(answers, order, strict=True):
+            _check_record(call, answer, record, found)
+            if found:
+                break
+        if not found:
+            return []
+    return in_order
 
 
 # -- the test ----------------------------------------------------------------------------------------
@@ -564,6 +587,7 @@ async def test_capture_matches_what_the_provider_answered(
     jobs += [asyncio.to_thread(runner.run_sync_scope, s) for s in sync_scopes]
     await asyncio.gather(*jobs)
     await _wait_for_answers(fake_provider, planner)
+    runner.abandoned_sync_streams.clear()  # no sync call is in flight now
     compared, divergences = compare(planner, runner, fake_provider)
     print(
         f"seed {seed}: {len(planner.calls)} calls, {compared} records compared, {runner.hidden_attempts} attempts "
