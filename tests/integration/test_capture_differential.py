@@ -14,7 +14,8 @@ record per attempt, in the turn the call started in and no other; the tokens the
 (or flagged as estimated where it reported none); the cost as an independent Decimal; turn totals the
 sum of their calls.
 
-``TURNLEDGER_CAPDIFF_SEEDS=50`` runs more seeds than the default few.
+``TURNLEDGER_CAPDIFF_SEEDS=50`` runs more seeds than the default few, ``TURNLEDGER_CAPDIFF_TURNS=40``
+more turns at once than the default 12.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from turnledger import CallStatus, CostSource, RecordFlag, TokenCallRecord, Turn
 from turnledger.fake_provider import Answer, FakeProvider, Script
 
 SEEDS = range(int(os.environ.get("TURNLEDGER_CAPDIFF_SEEDS", "3")))
-ASYNC_TURNS = 12
-THREAD_TURNS = 3
+ASYNC_TURNS = int(os.environ.get("TURNLEDGER_CAPDIFF_TURNS", "12"))
+"""Concurrent async turns per seed (each may nest scopes and start sub-agents); a quarter as many on threads."""
+THREAD_TURNS = max(1, ASYNC_TURNS // 4)
 TIMEOUT_S = 0.3
 """The client's timeout on calls scripted to time out; the provider answers them after twice that."""
 SETTLE_S = 0.3
@@ -402,7 +404,10 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
     if answer.broken_off or script.chunk_delay_s >= 2 * TIMEOUT_S:
         expect(record.status is CallStatus.FAILURE, f"status {record.status}, expected failure (broken off or stalled)")
         expect(estimated and RecordFlag.COMPLETION_NOT_SEEN in record.flags, "broken-off stream not estimated")
-        expect(record.prompt_tokens > 0 and record.completion_tokens > 0, "broken-off stream billed no tokens")
+        # A stalled stream's first chunk may not have been read in time on a busy loop (a cold start):
+        # then nothing was delivered, and only its input is billed.
+        delivered = record.completion_tokens > 0 or not answer.broken_off
+        expect(record.prompt_tokens > 0 and delivered, "broken-off stream billed no tokens")
         expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
         return
     if answer.client_gone or (answer.held_s >= 2 * TIMEOUT_S and record.status is not CallStatus.SUCCESS):
