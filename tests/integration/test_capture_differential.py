@@ -587,9 +587,12 @@ async def test_capture_matches_what_the_provider_answered(
     planner = Planner(seed, fake_provider)
     async_scopes = [planner.scope(f"s{seed}-a{i}") for i in range(ASYNC_TURNS)]
     sync_scopes = [planner.scope(f"s{seed}-t{i}", sync=True) for i in range(THREAD_TURNS)]
+    # Async turns on event loops of their own, each on a thread (a worker with its own loop).
+    loop_scopes = [planner.scope(f"s{seed}-l{i}") for i in range(max(1, THREAD_TURNS // 2))]
     runner = Runner(fake_provider, router)
     jobs: list[Awaitable[None]] = [runner.run_scope(s) for s in async_scopes]
     jobs += [asyncio.to_thread(runner.run_sync_scope, s) for s in sync_scopes]
+    jobs += [asyncio.to_thread(asyncio.run, runner.run_scope(s)) for s in loop_scopes]
     await asyncio.gather(*jobs)
     await _wait_for_answers(fake_provider, planner)
     runner.abandoned_sync_streams.clear()  # no sync call is in flight now
