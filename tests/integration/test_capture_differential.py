@@ -40,7 +40,7 @@ from litellm.router import Router
 
 import turnledger
 from turnledger import CallStatus, CostSource, RecordFlag, TokenCallRecord, TurnTokenAccumulator
-from turnledger.fake_provider import Answer, FakeProvider, Script
+from turnledger.fake_provider import MAX_KEPT_REQUESTS, Answer, FakeProvider, Script
 
 SEEDS = range(int(os.environ.get("TURNLEDGER_CAPDIFF_SEEDS", "3")))
 ASYNC_TURNS = int(os.environ.get("TURNLEDGER_CAPDIFF_TURNS", "12"))
@@ -596,6 +596,7 @@ async def test_capture_matches_what_the_provider_answered(
     await asyncio.gather(*jobs)
     await _wait_for_answers(fake_provider, planner)
     runner.abandoned_sync_streams.clear()  # no sync call is in flight now
+    assert len(fake_provider.answers) < MAX_KEPT_REQUESTS, "the provider's ledger overflowed: fewer turns"
     compared, divergences = compare(planner, runner, fake_provider)
     print(
         f"seed {seed}: {len(planner.calls)} calls, {compared} records compared, {runner.hidden_attempts} attempts "
