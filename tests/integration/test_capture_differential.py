@@ -95,6 +95,11 @@ class Call:
     include_usage: bool = False
 
     @property
+    def text(self) -> str:
+        """What it sends: the message, the embedding's input or the image's prompt."""
+        return f"please answer this [[plan:{self.key}]] question"
+
+    @property
     def timeout(self) -> float | None:
         """The client's timeout: only on a call with an attempt scripted to outlast it."""
         held = any(2 * TIMEOUT_S in (s.delay_s, s.chunk_delay_s) for s in self.scripts)
@@ -264,7 +269,7 @@ class Runner:
 
     @staticmethod
     def _text(call: Call) -> str:
-        return f"please answer this [[plan:{call.key}]] question"
+        return call.text
 
     def _options(self, call: Call) -> dict[str, Any]:
         options: dict[str, Any] = {"litellm_call_id": call.key}
@@ -394,6 +399,7 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
         expect(record.status is CallStatus.ABANDONED, f"status {record.status}, expected abandoned")
         expect(RecordFlag.NO_CALLBACK in record.flags, "abandoned without no_callback")
         expect(estimated and record.prompt_tokens > 0, "abandoned call's input not estimated")
+        _check_estimated_input(call, record, expect)
         expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
         return
     assert answer is not None
@@ -413,13 +419,21 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
             f"an error answer cost {record.cost_usd} ({record.cost_source})",
         )
         return
-    if answer.broken_off or script.chunk_delay_s >= 2 * TIMEOUT_S:
+    stalled = script.chunk_delay_s >= 2 * TIMEOUT_S and record.status is not CallStatus.SUCCESS
+    if answer.broken_off or stalled:
+        # A stalled stream is read whole (and checked as any answered call below) when a busy loop ran
+        # the client's timer late, after the rest of the stream had come.
         expect(record.status is CallStatus.FAILURE, f"status {record.status}, expected failure (broken off or stalled)")
         expect(estimated and RecordFlag.COMPLETION_NOT_SEEN in record.flags, "broken-off stream not estimated")
         # A stalled stream's first chunk may not have been read in time on a busy loop (a cold start):
         # then nothing was delivered, and only its input is billed.
         delivered = record.completion_tokens > 0 or not answer.broken_off
         expect(record.prompt_tokens > 0 and delivered, "broken-off stream billed no tokens")
+        _check_estimated_input(call, record, expect)
+        if answer.broken_off and script.break_after_chunks is not None:
+            text = " ".join(script.content.split(" ")[: script.break_after_chunks])
+            seen = litellm.token_counter(model=record.model, text=text, count_response_tokens=True)
+            expect(record.completion_tokens == seen, f"{record.completion_tokens} tokens delivered, {seen} sent")
         expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
         return
     if answer.client_gone or (answer.held_s >= 2 * TIMEOUT_S and record.status is not CallStatus.SUCCESS):
@@ -436,6 +450,7 @@ def _check_record(call: Call, answer: Answer | None, record: TokenCallRecord, ou
         return
     if usage is None:
         expect(estimated and record.prompt_tokens > 0, "no usage reported, yet not estimated")
+        _check_estimated_input(call, record, expect)
         expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
         expect(record.cost_source is CostSource.ESTIMATED, f"cost source {record.cost_source}")
         return
@@ -458,7 +473,19 @@ def _check_timed_out(
     expect(record.error_type == "Timeout", f"error {record.error_type}, expected Timeout")
     expect(record.usage_estimated and record.completion_tokens == 0, "a timed-out call is not an estimated input")
     expect(call.op == "image" or record.prompt_tokens > 0, "a timed-out call billed no input")
+    _check_estimated_input(call, record, expect)
     expect(record.cost_usd == priced, f"cost {record.cost_usd}, expected {priced}")
+
+
+def _check_estimated_input(call: Call, record: TokenCallRecord, expect: Callable[[bool, str], None]) -> None:
+    """An estimated input is what LiteLLM's own counter makes of what was sent, counted here."""
+    if call.op in ("chat", "stream", "router", "router_stream"):
+        sent = litellm.token_counter(model=record.model, messages=[{"role": "user", "content": call.text}])
+    elif call.op == "embedding":
+        sent = litellm.token_counter(model=record.model, text=call.text)
+    else:
+        return
+    expect(record.prompt_tokens == sent, f"estimated input {record.prompt_tokens}, {sent} sent")
 
 
 def _unreached(record: TokenCallRecord) -> bool:
