@@ -267,10 +267,6 @@ class Runner:
         self.unreached = 0
         """Attempts that timed out before the provider had their request."""
 
-    @staticmethod
-    def _text(call: Call) -> str:
-        return call.text
-
     def _options(self, call: Call) -> dict[str, Any]:
         options: dict[str, Any] = {"litellm_call_id": call.key}
         if call.op.startswith("router"):
@@ -280,7 +276,7 @@ class Runner:
         if call.timeout is not None:
             options["timeout"] = call.timeout
         if call.op in ("chat", "stream", "router", "router_stream"):
-            options["messages"] = [{"role": "user", "content": self._text(call)}]
+            options["messages"] = [{"role": "user", "content": call.text}]
         if call.op in ("stream", "router_stream"):
             options["stream"] = True
             if call.include_usage:
@@ -290,9 +286,9 @@ class Runner:
     async def run_call(self, call: Call) -> None:
         options = self._options(call)
         if call.op == "embedding":
-            coro: Awaitable[Any] = litellm.aembedding(input=[self._text(call)], **options)
+            coro: Awaitable[Any] = litellm.aembedding(input=[call.text], **options)
         elif call.op == "image":
-            coro = litellm.aimage_generation(prompt=self._text(call), **options)
+            coro = litellm.aimage_generation(prompt=call.text, **options)
         elif call.op.startswith("router"):
             coro = self.router.acompletion(**options)
         else:
@@ -322,9 +318,9 @@ class Runner:
         options = self._options(call)
         with contextlib.suppress(Exception):
             if call.op == "embedding":
-                litellm.embedding(input=[self._text(call)], **options)
+                litellm.embedding(input=[call.text], **options)
             elif call.op == "image":
-                litellm.image_generation(prompt=self._text(call), **options)
+                litellm.image_generation(prompt=call.text, **options)
             elif call.op == "router":
                 self.router.completion(**options)
             else:
