@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +74,43 @@ class ReceivedRequest:
     headers: dict[str, str]
 
 
+PLAN_MARKER = re.compile(r"\[\[plan:([A-Za-z0-9_.-]+)\]\]")
+"""``[[plan:KEY]]`` anywhere in a request body (a message, an embedding input, an image prompt)
+selects the scripts of :meth:`FakeProvider.plan` ``KEY``: per request, not per model."""
+
+
+_plan_attempt: ContextVar[tuple[str | None, int, float]] = ContextVar(
+    "fake_provider_plan_attempt", default=(None, 0, 0.0)
+)
+"""The plan, attempt and hold of the request being handled: aiohttp runs each handler in a task of its own."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the fake provider did with one request: the ground truth a capture is checked against."""
+
+    request_id: str
+    """The ``x-request-id`` it answered with (a client that gave up never saw it)."""
+    path: str
+    model: str
+    plan: str | None
+    """The plan key the request carried, if any."""
+    attempt: int
+    """Which request of its plan this was, from 0; 0 without a plan."""
+    status: int
+    """The HTTP status it answered with."""
+    stream: bool
+    usage: dict[str, Any] | None
+    """The usage block it sent (whole, in the body or a stream's usage chunk); None if it sent none."""
+    broken_off: bool = False
+    """A stream it broke off on purpose (``break_after_chunks``) before any usage."""
+    held_s: float = 0.0
+    """How long it held the request before answering (``delay_s``): a client with a shorter timeout
+    gave up waiting, whether or not it had hung up yet (``client_gone``)."""
+    client_gone: bool = False
+    """The client had hung up when the answer was ready (it timed out or was cancelled waiting)."""
+
+
 def _default_chat_usage(body: Mapping[str, Any], content: str) -> dict[str, int]:
     messages = body.get("messages") or []
     prompt = 5 + sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, Mapping))
@@ -86,6 +125,11 @@ class FakeProvider:
         self.scripts: dict[str, Script] = {}
         self.requests: deque[ReceivedRequest] = deque(maxlen=MAX_KEPT_REQUESTS)
         """The latest requests received (at most :data:`MAX_KEPT_REQUESTS`), oldest first."""
+        self.plans: dict[str, list[Script]] = {}
+        self._plan_attempts: dict[str, int] = {}
+        self.answers: deque[Answer] = deque(maxlen=MAX_KEPT_REQUESTS)
+        """What it answered to the latest chat, embedding and image requests (at most
+        :data:`MAX_KEPT_REQUESTS`), in the order the answers were decided."""
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -133,10 +177,33 @@ class FakeProvider:
         self.scripts[model] = s
         return s
 
+    def plan(self, key: str, scripts: Sequence[Script]) -> None:
+        """Script the requests carrying ``[[plan:KEY]]`` one by one: the first gets ``scripts[0]``, the
+        next ``scripts[1]``... (a retried or fallen-back call's attempts), the last one repeats."""
+        if not scripts:
+            raise ValueError("a plan needs at least one script")
+        with self._lock:
+            self.plans[key] = list(scripts)
+            self._plan_attempts[key] = 0
+
+    def received(self, key: str) -> int:
+        """How many requests of plan ``key`` have arrived (answered or not yet)."""
+        with self._lock:
+            return self._plan_attempts.get(key, 0)
+
+    def answers_for(self, key: str) -> list[Answer]:
+        """What it answered to the requests of plan ``key``, in the order they arrived (a request it
+        held, scripted with ``delay_s``, is answered after the ones that came after it)."""
+        with self._lock:
+            return sorted((a for a in self.answers if a.plan == key), key=lambda a: a.attempt)
+
     def reset(self) -> None:
         self.scripts.clear()
         with self._lock:
             self.requests.clear()
+            self.plans.clear()
+            self._plan_attempts.clear()
+            self.answers.clear()
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -183,13 +250,48 @@ class FakeProvider:
     # -- helpers -----------------------------------------------------------------------------
     async def _receive(self, request: web.Request, model: str | None = None) -> tuple[dict[str, Any], Script]:
         body = await request.json()
+        plan, attempt = _plan_key(body), 0
         with self._lock:
             self.requests.append(ReceivedRequest(request.path, body, dict(request.headers)))
-        # Gemini and Bedrock name the model in the path, not the body.
-        script = self.scripts.get(model if model is not None else str(body.get("model", "")), Script())
+            scripts = self.plans.get(plan) if plan is not None else None
+            if plan is not None and scripts is not None:
+                attempt = self._plan_attempts[plan]
+                self._plan_attempts[plan] = attempt + 1
+                script = scripts[min(attempt, len(scripts) - 1)]
+            else:
+                # Gemini and Bedrock name the model in the path, not the body.
+                script = self.scripts.get(model if model is not None else str(body.get("model", "")), Script())
+        _plan_attempt.set((plan, attempt, script.delay_s))
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
         return body, script
+
+    def _answered(
+        self,
+        request: web.Request,
+        body: Mapping[str, Any],
+        rid: str,
+        *,
+        status: int = 200,
+        usage: Mapping[str, Any] | None = None,
+        broken_off: bool = False,
+    ) -> None:
+        plan, attempt, held_s = _plan_attempt.get()
+        answer = Answer(
+            request_id=rid,
+            path=request.path,
+            model=str(body.get("model", "")),
+            plan=plan,
+            attempt=attempt,
+            status=status,
+            stream=bool(body.get("stream")),
+            usage=dict(usage) if usage is not None else None,
+            broken_off=broken_off,
+            held_s=held_s,
+            client_gone=request.transport is None or request.transport.is_closing(),
+        )
+        with self._lock:
+            self.answers.append(answer)
 
     def _request_id(self) -> str:
         return f"req_fake_{next(self._ids):06d}"
@@ -207,6 +309,7 @@ class FakeProvider:
         body, script = await self._receive(request)
         rid = self._request_id()
         if script.status != 200:
+            self._answered(request, body, rid, status=script.status)
             return self._error(script, rid)
         model = str(body.get("model", "fake"))
         usage = dict(script.usage) if script.usage is not None else _default_chat_usage(body, script.content)
@@ -231,6 +334,7 @@ class FakeProvider:
         if not script.send_usage:
             del payload["usage"]
         payload.update(script.extra_response)
+        self._answered(request, body, rid, usage=payload.get("usage"))
         return web.json_response(payload, headers={"x-request-id": rid})
 
     async def _chat_stream(
@@ -244,8 +348,13 @@ class FakeProvider:
         cid: str,
         rid: str,
     ) -> web.StreamResponse:
-        resp = await _open_event_stream(request, {"x-request-id": rid})
         want_usage = _wants_usage_chunk(body, script)
+        try:
+            resp = await _open_event_stream(request, {"x-request-id": rid})
+        except ConnectionResetError:
+            # The client gave up while the request was held (delay_s): the answer was generated all the same.
+            self._answered(request, body, rid, usage=usage if want_usage else None)
+            raise
 
         n = int(body.get("n") or 1)
 
@@ -258,6 +367,7 @@ class FakeProvider:
                 "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
             }
 
+        answered = False
         try:
             if script.tool_calls:
                 for i, call in enumerate(script.tool_calls):
@@ -283,6 +393,8 @@ class FakeProvider:
                         delta["role"] = "assistant"
                     await _write_event(resp, chunk(delta, None, index))
                 if script.break_after_chunks is not None and i + 1 >= script.break_after_chunks:
+                    answered = True
+                    self._answered(request, body, rid, broken_off=True)
                     _break_off(request)
                     return resp
                 if script.chunk_delay_s:
@@ -290,6 +402,8 @@ class FakeProvider:
             if words:
                 for index in range(n):
                     await _write_event(resp, chunk({}, "stop", index))
+            answered = True
+            self._answered(request, body, rid, usage=usage if want_usage else None)
             if want_usage:
                 last: dict[str, Any] = {
                     "id": cid,
@@ -306,8 +420,10 @@ class FakeProvider:
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
-            # The client broke the stream off; a real provider still bills what it generated.
-            pass
+            # The client broke the stream off; a real provider still bills what it generated, the whole
+            # answer with its usage.
+            if not answered:
+                self._answered(request, body, rid, usage=usage if want_usage else None)
         return resp
 
     # -- OpenAI Responses API ----------------------------------------------------------------
@@ -503,6 +619,7 @@ class FakeProvider:
         body, script = await self._receive(request)
         rid = self._request_id()
         if script.status != 200:
+            self._answered(request, body, rid, status=script.status)
             return self._error(script, rid)
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
@@ -520,6 +637,7 @@ class FakeProvider:
         if not script.send_usage:
             del payload["usage"]
         payload.update(script.extra_response)
+        self._answered(request, body, rid, usage=payload.get("usage"))
         return web.json_response(payload, headers={"x-request-id": rid})
 
     # -- OpenAI images -----------------------------------------------------------------------
@@ -527,6 +645,7 @@ class FakeProvider:
         body, script = await self._receive(request)
         rid = self._request_id()
         if script.status != 200:
+            self._answered(request, body, rid, status=script.status)
             return self._error(script, rid)
         n = int(body.get("n") or 1)
         payload: dict[str, Any] = {
@@ -536,6 +655,7 @@ class FakeProvider:
         if script.usage is not None:
             payload["usage"] = dict(script.usage)
         payload.update(script.extra_response)
+        self._answered(request, body, rid, usage=payload.get("usage"))
         return web.json_response(payload, headers={"x-request-id": rid})
 
     # -- OpenAI audio transcriptions ---------------------------------------------------------
@@ -695,6 +815,12 @@ async def _write_event(resp: web.StreamResponse, data: object, *, name: str | No
     """One server-sent event: OpenAI's carry data only, Anthropic's and the Responses API's a name too."""
     head = f"event: {name}\n" if name is not None else ""
     await resp.write(f"{head}data: {json.dumps(data)}\n\n".encode())
+
+
+def _plan_key(body: Mapping[str, Any]) -> str | None:
+    """The ``[[plan:KEY]]`` a request carries, if any (see :data:`PLAN_MARKER`)."""
+    found = PLAN_MARKER.search(json.dumps(body))
+    return found.group(1) if found is not None else None
 
 
 def _wants_usage_chunk(body: Mapping[str, Any], script: Script) -> bool:

@@ -517,13 +517,18 @@ def answer_timed_out(exc: object) -> bool:
     out. A connect, write or pool timeout, or any other error without an answer, reached no provider
     that would bill it. Read from the exception's chain: LiteLLM wraps the HTTP client's own
     ``httpx.ReadTimeout`` (measured on 1.106: ``Timeout`` <- ``APITimeoutError`` <- ``ReadTimeout``).
+
+    The first HTTP client error in the chain is this call's own outcome, and decides. What lies beyond
+    it is an earlier error the call was made while handling: a Router retries inside the handler of
+    the attempt before, so a 500's chain runs on (``httpx.HTTPStatusError`` <- the earlier ``Timeout``)
+    into that attempt's ``ReadTimeout``, which says nothing of the 500.
     """
     import httpx
 
     seen = 0
     while isinstance(exc, BaseException) and seen < _MAX_CHAIN:
-        if isinstance(exc, httpx.ReadTimeout):
-            return True
+        if isinstance(exc, httpx.HTTPError):
+            return isinstance(exc, httpx.ReadTimeout)
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False

@@ -19,7 +19,7 @@ from litellm.router import Router
 
 import turnledger
 from turnledger import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord, TurnTokenAccumulator
-from turnledger.fake_provider import FakeProvider
+from turnledger.fake_provider import FakeProvider, Script
 
 MESSAGES: Any = [{"role": "user", "content": "say hello"}]
 # gpt-4o-mini in LiteLLM's bundled map: $0.15 / 1M input, $0.60 / 1M output.
@@ -149,6 +149,32 @@ async def test_router_acompletion(fake_provider: FakeProvider, provider_kwargs: 
     assert [r.status for r in turn.calls] == [CallStatus.SUCCESS, CallStatus.SUCCESS]
     assert len({r.call_id for r in turn.calls}) == 2
     assert turn.total_cost_usd == 2 * expected_gpt4o_mini(10, 10)
+
+
+async def test_a_router_retry_refused_after_an_attempt_that_timed_out_is_not_billed(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The Router makes its retry inside the handler of the timed-out attempt's error, so the 500's
+    # exception chain runs on (as __context__) into the earlier attempt's ReadTimeout. Read as a
+    # timeout, the refused attempt was billed an estimated input: 18 tokens, $0.0000027, where the
+    # provider billed nothing (found by test_capture_differential.py, seed 0).
+    deployment = {"model": "openai/gpt-4o-mini", "max_retries": 0, **provider_kwargs}
+    router = Router(
+        model_list=[{"model_name": "fast", "litellm_params": deployment} for _ in range(2)],
+        num_retries=2,
+        disable_cooldowns=True,
+    )
+    usage = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("retry", [Script(delay_s=1.0), Script(status=500), Script(usage=usage)])
+    messages: Any = [{"role": "user", "content": "hello there [[plan:retry]]"}]
+    async with turnledger.scoped_turn() as turn:
+        await router.acompletion(model="fast", messages=messages, timeout=0.3)
+    timed_out, refused, answered = turn.calls
+    assert (timed_out.error_type, timed_out.cost_source) == ("Timeout", CostSource.ESTIMATED)
+    assert (refused.status, refused.error_type) == (CallStatus.FAILURE, "InternalServerError")
+    assert (refused.prompt_tokens, refused.cost_usd, refused.cost_source) == (0, Decimal(0), CostSource.NOT_BILLED)
+    assert not refused.usage_estimated
+    assert (answered.prompt_tokens, answered.completion_tokens) == (40, 4)
 
 
 async def test_http_500_is_a_failure_record_and_the_error_reaches_the_caller(

@@ -849,6 +849,12 @@ def test_only_a_read_timeout_says_the_provider_had_the_request() -> None:
     assert not answer_timed_out(_chained(RuntimeError("Timeout"), httpx.PoolTimeout("")))
     assert not answer_timed_out(httpx.WriteTimeout(""))
     assert not answer_timed_out(None)
+    # A refusal raised while an earlier attempt's timeout was being handled (a Router's retry): the
+    # first HTTP error in the chain is this call's own, and it is no timeout.
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    refused = httpx.HTTPStatusError("500", request=request, response=httpx.Response(500, request=request))
+    refused.__context__ = _chained(RuntimeError("Timeout"), httpx.ReadTimeout(""))
+    assert not answer_timed_out(_chained(RuntimeError("InternalServerError"), refused))
     cycle = RuntimeError("a")
     cycle.__cause__ = RuntimeError("b")
     cycle.__cause__.__cause__ = cycle
