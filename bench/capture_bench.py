@@ -57,6 +57,7 @@ from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
 import turnledger
 from turnledger.accumulator import TurnTokenAccumulator, call_bindings
+from turnledger.callback import _LITELLM_CALLBACK_LISTS
 from turnledger.records import record_from_fields
 
 MODEL = "gpt-4o-mini"
@@ -170,12 +171,19 @@ def _register(arm: str) -> None:
         turnledger.install(_timed)
 
 
-def _unregister() -> None:
-    turnledger.uninstall(_timed)
-    for name in ("callbacks", "success_callback", "_async_success_callback", "input_callback", "failure_callback"):
+def forget_logger(logger: CustomLogger) -> None:
+    """Take ``logger`` out of every list LiteLLM copies a registered logger into, the failure lists
+    too: left in ``_async_failure_callback``, the no-op logger stayed registered in every later block
+    of every arm, the ``without`` arm included."""
+    for name in _LITELLM_CALLBACK_LISTS:
         current = getattr(litellm, name, None)
         if isinstance(current, list):
-            current[:] = [c for c in current if c is not _noop]
+            current[:] = [c for c in current if c is not logger]
+
+
+def _unregister() -> None:
+    turnledger.uninstall(_timed)
+    forget_logger(_noop)
 
 
 async def _take_up(arm: str) -> None:
