@@ -20,6 +20,11 @@
    blocks run milliseconds apart, so the machine's drift (a neighbour's load, CPU frequency) hits
    both alike, and the median has more pairs to settle on. Printed beside it: a 95% bootstrap
    interval of that median (how much a rerun could move it) and the ratio of the arms' medians.
+   Then where the callback's extra CPU goes: ``acompletion`` runs LiteLLM's ``completion()`` in an
+   executor thread (about 40% of a call's CPU), and the pre-call hook with it; the success hook, the
+   reading of events and the scope run on the event loop's thread. The paired difference is split
+   between the two (this thread's CPU time), beside the garbage collections of each arm's blocks
+   (``gc.callbacks``: count by generation, time per call).
    Then turnledger's own work timed where it runs (in situ: caches cold after LiteLLM's own work): the
    hooks as LiteLLM calls them, and the reading of each event into its record, which the turn defers
    and does in batches (when read, when a batch of 8 fills up, at scope exit), with its stages; and
@@ -57,7 +62,7 @@ from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
 import turnledger
 from turnledger.accumulator import TurnTokenAccumulator
-from turnledger.callback import _TURN_OF_CALL
+from turnledger.callback import _LITELLM_CALLBACK_LISTS, _TURN_OF_CALL
 from turnledger.records import record_from_fields
 
 MODEL = "gpt-4o-mini"
@@ -171,12 +176,19 @@ def _register(arm: str) -> None:
         turnledger.install(_timed)
 
 
-def _unregister() -> None:
-    turnledger.uninstall(_timed)
-    for name in ("callbacks", "success_callback", "_async_success_callback", "input_callback", "failure_callback"):
+def forget_logger(logger: CustomLogger) -> None:
+    """Take ``logger`` out of every list LiteLLM copies a registered logger into, the failure lists
+    too: left in ``_async_failure_callback``, the no-op logger stayed registered in every later block
+    of every arm, the ``without`` arm included."""
+    for name in _LITELLM_CALLBACK_LISTS:
         current = getattr(litellm, name, None)
         if isinstance(current, list):
-            current[:] = [c for c in current if c is not _noop]
+            current[:] = [c for c in current if c is not logger]
+
+
+def _unregister() -> None:
+    turnledger.uninstall(_timed)
+    forget_logger(_noop)
 
 
 async def _take_up(arm: str) -> None:
@@ -186,10 +198,10 @@ async def _take_up(arm: str) -> None:
         await _logging_idle()
 
 
-async def _block(turns: int, arm: str) -> tuple[float, float]:
-    """Seconds per call: wall clock, and this process's CPU time (what other processes on a shared
-    machine cannot inflate)."""
-    start, start_cpu = time.perf_counter(), time.process_time()
+async def _block(turns: int, arm: str) -> tuple[float, float, float]:
+    """Seconds per call: wall clock, this process's CPU time (what other processes on a shared
+    machine cannot inflate), and the part of it spent in this thread, the event loop's."""
+    start, start_cpu, start_loop = time.perf_counter(), time.process_time(), time.thread_time()
     if arm in ("without", "no-op logger"):
         for _ in range(3 * turns):
             await _call()
@@ -204,7 +216,11 @@ async def _block(turns: int, arm: str) -> tuple[float, float]:
                     await _call()
     await _logging_idle()
     calls = 3 * turns
-    return (time.perf_counter() - start) / calls, (time.process_time() - start_cpu) / calls
+    return (
+        (time.perf_counter() - start) / calls,
+        (time.process_time() - start_cpu) / calls,
+        (time.thread_time() - start_loop) / calls,
+    )
 
 
 def _paired(per_call: dict[str, list[float]], arm: str, base: str) -> tuple[list[float], list[float]]:
@@ -227,6 +243,25 @@ def _of_medians(per_call: dict[str, list[float]], arm: str, base: str) -> str:
     return f"{statistics.median(per_call[arm]) / statistics.median(per_call[base]) - 1:+.2%}"
 
 
+class _GcTally:
+    """Garbage collections during the timed blocks, by arm: how many of each generation, and their time."""
+
+    def __init__(self) -> None:
+        self.arm: str | None = None
+        self.counts: dict[str, list[int]] = {}
+        self.seconds: dict[str, float] = {}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if self.arm is None:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.counts.setdefault(self.arm, [0, 0, 0])[info["generation"]] += 1
+        self.seconds[self.arm] = self.seconds.get(self.arm, 0.0) + time.perf_counter() - self._started
+
+
 async def litellm_overhead(repeats: int, turns: int) -> None:
     # Warm every path (imports, price map, first-call setup) before anything is timed.
     for arm in ARMS:
@@ -236,6 +271,9 @@ async def litellm_overhead(repeats: int, turns: int) -> None:
 
     wall: dict[str, list[float]] = {arm: [] for arm in ARMS}
     cpu: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    loop_cpu: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    tally = _GcTally()
+    gc.callbacks.append(tally)
     in_situ: list[float] = []
     in_situ_pre: list[float] = []
     in_situ_read: list[float] = []
@@ -247,9 +285,12 @@ async def litellm_overhead(repeats: int, turns: int) -> None:
             await _take_up(arm)
             gc.collect()
             _timed.spent, _timed.pre_spent, _timed.read_spent, _timed.events = 0.0, 0.0, 0.0, 0
-            w, c = await _block(turns, arm)
+            tally.arm = arm
+            w, c, lc = await _block(turns, arm)
+            tally.arm = None
             wall[arm].append(w)
             cpu[arm].append(c)
+            loop_cpu[arm].append(lc)
             if arm == "callback":
                 # An event of the previous block may land in this one: time per event, not per block.
                 if _timed.events < 3 * turns:
@@ -286,6 +327,24 @@ async def litellm_overhead(repeats: int, turns: int) -> None:
             )
         else:
             print(f"  (callback - without) / without, wall: {_ratios(ratios)}   (ratio of the medians: {of_medians})")
+    gc.callbacks.remove(tally)
+    print(" where (callback - no-op logger) goes, process CPU per call (paired):")
+    # acompletion runs LiteLLM's completion() in an executor thread, and the pre-call hook with it; the
+    # success hook, the reading of events and the scope run on the event loop's thread.
+    other = {arm: [c - lc for c, lc in zip(cpu[arm], loop_cpu[arm], strict=True)] for arm in ARMS}
+    for name, per_call in (("the event loop's thread", loop_cpu), ("LiteLLM's executor threads", other)):
+        deltas, _ = _paired(per_call, "callback", "no-op logger")
+        low, high = _median_interval(deltas)
+        own = statistics.median(per_call["no-op logger"]) * 1e6
+        print(
+            f"  {name:<27} median {statistics.median(deltas) * 1e6:+8.2f} us   (95% interval of the median "
+            f"{low * 1e6:+.2f} .. {high * 1e6:+.2f} us; the no-op logger arm's: {own:.0f} us)"
+        )
+    calls = repeats * 3 * turns
+    print(f" garbage collections in the timed blocks, per arm ({calls} calls each): gen0/gen1/gen2, time per call")
+    for arm in ARMS:
+        counts = tally.counts.get(arm, [0, 0, 0])
+        print(f"  {arm:<16} {counts[0]}/{counts[1]}/{counts[2]}   {tally.seconds.get(arm, 0.0) / calls * 1e6:.2f} us")
     share = [h / base for h, base in zip(in_situ, cpu["without"], strict=True)]
     print(f" turnledger's own work timed in situ, per call (hooks + reading the event): {fmt(in_situ, 'us', 1e6)}")
     print(f"  of which the pre-call hook:                 {fmt(in_situ_pre, 'us', 1e6)}")

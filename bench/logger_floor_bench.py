@@ -30,7 +30,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from bench.capture_bench import _call, _logging_idle, _median_interval, _noop, _ratios, fmt
+from bench.capture_bench import _call, _logging_idle, _median_interval, _noop, _ratios, fmt, forget_logger
 
 ARMS = ("without", "no-op logger", "minimal recorder")
 
@@ -61,14 +61,6 @@ def _logger_of(arm: str) -> CustomLogger | None:
     return {"no-op logger": _noop, "minimal recorder": _recorder}.get(arm)
 
 
-def _unregister(logger: CustomLogger) -> None:
-    # LiteLLM copies a logger from ``callbacks`` into its other lists on the first call.
-    for name in ("callbacks", "success_callback", "_async_success_callback", "input_callback", "failure_callback"):
-        current = getattr(litellm, name, None)
-        if isinstance(current, list):
-            current[:] = [c for c in current if c is not logger]
-
-
 async def _block(calls: int) -> tuple[float, float]:
     start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
@@ -87,7 +79,7 @@ async def _run(rounds: int, turns: int) -> None:
             litellm.callbacks.append(logger)
         await _block(calls)
         if logger is not None:
-            _unregister(logger)
+            forget_logger(logger)
     for i in range(rounds):
         shift = i % len(ARMS)
         for arm in ARMS[shift:] + ARMS[:shift]:
@@ -101,7 +93,7 @@ async def _run(rounds: int, turns: int) -> None:
             wall[arm].append(w)
             cpu[arm].append(c)
             if logger is not None:
-                _unregister(logger)
+                forget_logger(logger)
         _recorder.kept.clear()
     print(f"LiteLLM acompletion(mock_response), {rounds} interleaved rounds x {calls} calls per arm")
     for clock, per_call in (("process CPU", cpu), ("wall clock", wall)):
