@@ -56,13 +56,13 @@ def _root(
 console = Console()
 err_console = Console(stderr=True)
 
+# No `envvar=`: the command reads $TURNLEDGER_DATABASE_URL through turnledger.config, as the library
+# does, so a URL the option holds is the flag's and an error can say which one to fix (db.url_source).
 DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        envvar="TURNLEDGER_DATABASE_URL",
         help="SQLAlchemy async URL; defaults to $TURNLEDGER_DATABASE_URL, else sqlite ./turnledger.db.",
-        show_envvar=False,
     ),
 ]
 
