@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from turnledger.store import migrate
 
 from .cli_run import run_into_closed_pipe
 from .store_data import record_report_turns
@@ -16,9 +19,11 @@ from .store_data import record_report_turns
 RANGE = ("--since", "2026-11-01", "--until", "2026-11-05")
 
 
-def test_every_kind_of_output_into_a_closed_pipe_ends_by_sigpipe_saying_nothing(sqlite_database_url: str) -> None:
-    asyncio.run(record_report_turns(sqlite_database_url))
-    url = ("--database-url", sqlite_database_url)
+def test_every_kind_of_output_into_a_closed_pipe_ends_by_sigpipe_saying_nothing(tmp_path: Path) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'turnledger.db'}"
+    migrate.upgrade(database)
+    asyncio.run(record_report_turns(database))
+    url = ("--database-url", database)
     commands = [
         ("chart", "--by", "model", *RANGE, *url),
         ("report", "--by", "day", *RANGE, *url),
