@@ -34,6 +34,28 @@ def run_cli(
     )
 
 
+def run_into_closed_pipe(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m turnledger ARGS`` writing into a pipe whose reader has already gone (``... | head -1``
+    that read what it wanted): the read end is closed before the command starts, so every write fails."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    full_env = {k: v for k, v in os.environ.items() if k != "TURNLEDGER_DATABASE_URL"}
+    full_env.update({"COLUMNS": "80", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "NO_COLOR": "1", "TERM": "dumb"})
+    full_env.update(env or {})
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "turnledger", *args],
+            env=full_env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
 def run_many(
     commands: Sequence[Sequence[str]], *, env: Mapping[str, str] | None = None
 ) -> list[subprocess.CompletedProcess[str]]:

@@ -145,7 +145,7 @@ def test_a_sqlite_file_that_is_not_there_is_not_created_but_reported(tmp_path: P
     missing = tmp_path / "typo.db"
     result = invoke("chart", "--database-url", f"sqlite:///{missing}")
     assert result.exit_code == 3
-    assert f"no database at {missing}: run `turnledger migrate`" in one_line_error(result)
+    assert f"no database at {missing} (from --database-url): run `turnledger migrate`" in one_line_error(result)
     assert not missing.exists()
 
 

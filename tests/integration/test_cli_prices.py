@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 import turnledger
+from turnledger.price_map import PRICE_MAP_CACHE_ENV, PRICE_MAP_SOURCE_ENV, bundled_price_map
 
 from .cli_run import invoke, one_line_error, run_cli
 from .readme_blocks import readme_block, readme_python
+
+
+@pytest.fixture(autouse=True)
+def no_price_map_of_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prices`` reads the map ``refresh_price_map`` would: never this machine's own source or cache here."""
+    monkeypatch.delenv(PRICE_MAP_SOURCE_ENV, raising=False)
+    monkeypatch.setenv(PRICE_MAP_CACHE_ENV, str(tmp_path / "price-map-cache" / "model_prices.json"))
 
 
 @pytest.fixture
@@ -104,3 +113,39 @@ def test_the_readme_price_table_and_its_code_price_the_model_and_its_alias(
     for row in (model, alias):
         assert (row["input_cost_per_token"], row["output_cost_per_token"]) == ("0.0000002", "0.0000008")
         assert row["sample_cost_usd"] == "0.0006000"  # 1,000 x $0.20/1M + 500 x $0.80/1M
+
+
+def test_prices_shows_the_rates_of_the_map_an_app_refreshes_to_and_bundled_on_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    newer = bundled_price_map()
+    newer["gpt-4o-mini"] = {**newer["gpt-4o-mini"], "input_cost_per_token": 1e-5}
+    source = tmp_path / "newer.json"
+    source.write_text(json.dumps(newer), encoding="utf-8")
+    monkeypatch.setenv(PRICE_MAP_SOURCE_ENV, str(source))
+
+    refreshed = invoke("prices", "gpt-4o-mini", "--format", "json")
+    assert refreshed.exit_code == 0, refreshed.output
+    [row] = json.loads(refreshed.stdout)
+    # What refresh_price_map() makes LiteLLM bill at, not the $0.15/1M bundled with it.
+    assert (row["source"], row["input_cost_per_token"]) == ("litellm", "0.00001")
+    assert row["sample_cost_usd"] == "0.0103000"  # 1,000 x $10/1M + 500 x $0.60/1M
+    assert row["price_map"] == "source"
+    # Read again within the cache's max age: from the cache the first read wrote, as an app would.
+    cached = invoke("prices", "gpt-4o-mini")
+    assert cached.exit_code == 0, cached.output
+    assert "$10.00" in cached.stdout
+    assert f"LiteLLM's map: the cached copy {tmp_path / 'price-map-cache' / 'model_prices.json'}" in cached.stdout
+
+    bundled = invoke("prices", "gpt-4o-mini", "--bundled", "--format", "json")
+    assert bundled.exit_code == 0, bundled.output
+    [row] = json.loads(bundled.stdout)
+    assert (row["price_map"], row["input_cost_per_token"], row["sample_cost_usd"]) == (
+        "bundled",
+        "0.00000015",
+        "0.00045000",
+    )
+    source.unlink()
+    (tmp_path / "price-map-cache" / "model_prices.json").unlink()
+    unreadable = invoke("prices", "gpt-4o-mini")
+    assert f"bundled with LiteLLM {version('litellm')} (${PRICE_MAP_SOURCE_ENV} could not be read)" in unreadable.stdout

@@ -208,3 +208,27 @@ def test_migrate_to_a_revision_the_database_is_past_says_nothing_was_done(tmp_pa
     assert result.exit_code == 2
     assert f"at revision {migrate.head_revision()}, past 0001: migrate only upgrades" in one_line_error(result)
     assert migrate.current_revision(url) == migrate.head_revision()
+
+
+def test_a_database_url_error_says_where_the_url_came_from_and_hides_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default, ./turnledger.db, is not there
+    monkeypatch.setenv("TURNLEDGER_DATABASE_URL", "mysql://app:s3cret@db/app")
+    for command in (["report"], ["migrate"], ["chart"], ["credits", "balance", "acct-1"]):
+        from_variable = invoke(*command)
+        assert from_variable.exit_code == 2, (command, from_variable.output)
+        message = one_line_error(from_variable)
+        assert message.endswith("not 'mysql' (from $TURNLEDGER_DATABASE_URL)"), message
+    monkeypatch.setenv("TURNLEDGER_DATABASE_URL", "postgresql://app:s3cret@127.0.0.1:1/app?sslmode=require")
+    for command in (["report"], ["migrate"]):
+        message = one_line_error(invoke(*command))
+        assert "(from $TURNLEDGER_DATABASE_URL)" in message and "s3cret" not in message, message
+    # The flag wins over the variable, and says so.
+    flagged = invoke("report", "--database-url", "postgresql://app:s3cret@127.0.0.1:1/app")
+    assert flagged.exit_code == 1, flagged.output
+    message = one_line_error(flagged)
+    assert "postgresql://app:***@127.0.0.1:1/app (from --database-url):" in message, message
+    monkeypatch.delenv("TURNLEDGER_DATABASE_URL")
+    default = one_line_error(invoke("report"))
+    assert "no database at ./turnledger.db (the default: neither --database-url nor $TURNLEDGER_DATABASE_URL" in default

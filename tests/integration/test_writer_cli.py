@@ -119,7 +119,7 @@ def test_replay_to_a_sqlite_file_that_is_not_there_refuses_and_creates_nothing(t
     missing = tmp_path / "typo.db"
     result = invoke("replay", "--outbox", str(outbox), "--database-url", f"sqlite:///{missing}")
     assert result.exit_code == 3, result.output
-    assert f"no database at {missing}: run `turnledger migrate`" in one_line_error(result)
+    assert f"no database at {missing} (from --database-url): run `turnledger migrate`" in one_line_error(result)
     assert not missing.exists()
     assert "gone.000001.jsonl" in files_in(outbox)  # left for a replay to the right database
 

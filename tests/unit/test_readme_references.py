@@ -41,3 +41,21 @@ def test_the_command_table_names_every_command_the_cli_has() -> None:
 
 def section(heading: str) -> str:
     return README[README.index(heading) + len(heading) :]
+
+
+def test_the_schema_section_names_every_column_of_the_usage_tables_and_every_table() -> None:
+    from turnledger.store.base import Base
+    from turnledger.store.tables import TABLE_NAMES, VERSION_TABLE
+
+    schema = section("## The schema").split("\n## ")[0]
+    # One bullet per table: "- `token_usage`: ...", up to the next bullet.
+    bullets = {m.group(1): m.group(2) for m in re.finditer(r"^- `([a-z_]+)`[^:]*:(.*?)(?=^- |\Z)", schema, re.M | re.S)}
+    missing = [
+        f"{table}.{column.name}"
+        for table in ("token_usage", "token_usage_calls")
+        for column in Base.metadata.tables[table].columns
+        if f"`{column.name}`" not in bullets.get(table, "")
+    ]
+    assert missing == []
+    named = set(re.findall(r"`([a-z0-9_]+)`", schema))
+    assert sorted(TABLE_NAMES - {VERSION_TABLE} - named) == []

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from turnledger.cli.closed_pipe import StdoutClosed, end_as_closed_pipe, watching_stdout
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -54,13 +56,13 @@ def _root(
 console = Console()
 err_console = Console(stderr=True)
 
+# No `envvar=`: the command reads $TURNLEDGER_DATABASE_URL through turnledger.config, as the library
+# does, so a URL the option holds is the flag's and an error can say which one to fix (db.url_source).
 DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        envvar="TURNLEDGER_DATABASE_URL",
         help="SQLAlchemy async URL; defaults to $TURNLEDGER_DATABASE_URL, else sqlite ./turnledger.db.",
-        show_envvar=False,
     ),
 ]
 
@@ -109,8 +111,16 @@ def is_terminal() -> bool:
 
 
 def main() -> None:
+    watching_stdout()
     try:
-        app()
+        try:
+            app()
+        finally:
+            # Here, not at exit, so that output the reader left unread is a closed pipe, not an
+            # "Exception ignored" message and exit code 120.
+            sys.stdout.flush()
+    except StdoutClosed:
+        end_as_closed_pipe()
     finally:
         # At exit the interpreter would garbage-collect LiteLLM's hundreds of thousands of objects,
         # about a second per command (measured: `turnledger version` 3.3 s -> 2.3 s). Frozen objects

@@ -56,7 +56,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
     """Run ``fn(ledger)`` on a fresh engine and map every failure to a one-line error and an exit code."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from turnledger.cli.db import refuse_missing_sqlite_file, settled
+    from turnledger.cli.db import refuse_missing_sqlite_file, settled, url_source
     from turnledger.credits import CreditLedger
     from turnledger.errors import ConfigurationError, CreditError, SchemaMissingError, StorageError
     from turnledger.store.engine import make_engine
@@ -64,7 +64,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
     try:
         engine = make_engine(database_url)
     except ConfigurationError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+        fail(f"{exc} ({url_source(database_url)})", EXIT_BAD_INPUT)
     # No credits command creates the tables (migrate does): a mistyped SQLite path must not leave an empty file.
     refuse_missing_sqlite_file(database_url)
 
@@ -83,7 +83,7 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
     except (CreditError, StorageError) as exc:
         fail(str(exc), EXIT_FAILED)
     except (OSError, SQLAlchemyError) as exc:
-        fail(f"cannot reach the database: {type(exc).__name__}", EXIT_FAILED)
+        fail(f"cannot reach the database ({url_source(database_url)}): {type(exc).__name__}", EXIT_FAILED)
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:

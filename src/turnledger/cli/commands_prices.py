@@ -1,8 +1,14 @@
 """``turnledger prices MODEL...``: the per-token rates turnledger would use, where they come from, and
-what a sample call would cost at them."""
+what a sample call would cost at them.
+
+LiteLLM's rates are read from the map an application gets from :func:`turnledger.refresh_price_map`
+(``$TURNLEDGER_PRICE_MAP_SOURCE``, its cache, the stale cache, else the map bundled with LiteLLM), not
+from the bundled map this process imported: a user checks here what they will bill at.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -11,9 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
-from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, fail
+from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, console, fail
 from turnledger.cli.output import FormatOption, OutputFormat, as_cell, as_format, emit, per_million, usd
 from turnledger.errors import ConfigurationError
+from turnledger.price_map import PRICE_MAP_SOURCE_ENV, PriceMap, PriceMapOrigin, bundled_price_map, load_price_map
 from turnledger.price_table import ModelPrice, PriceTable
 from turnledger.usage import TokenCounts
 
@@ -72,11 +79,14 @@ def quote_from_litellm(model: str, model_cost: Mapping[str, Any]) -> Quote | Non
     return None
 
 
-def quote(model: str, table: PriceTable | None = None) -> Quote:
-    """The chain's order: LiteLLM prices a model it knows; the user's table prices the rest."""
-    import litellm
+def quote(model: str, table: PriceTable | None = None, model_cost: Mapping[str, Any] | None = None) -> Quote:
+    """The chain's order: LiteLLM prices a model it knows (in ``model_cost``, default LiteLLM's map in
+    this process); the user's table prices the rest."""
+    if model_cost is None:
+        import litellm
 
-    found = quote_from_litellm(model, litellm.model_cost)
+        model_cost = litellm.model_cost
+    found = quote_from_litellm(model, model_cost)
     if found is not None:
         return found
     if table is not None:
@@ -94,6 +104,9 @@ def quote(model: str, table: PriceTable | None = None) -> Quote:
         "  turnledger prices openai/gpt-4o --prompt-tokens 12000 --completion-tokens 800\n\n"
         "  turnledger prices text-embedding-3-small --format json\n\n"
         "  turnledger prices my-finetune --price-table prices.yaml\n\n"
+        "  turnledger prices gpt-4o-mini --bundled\n\n"
+        "LiteLLM's rates come from the map turnledger.refresh_price_map() would give an app:"
+        f" ${PRICE_MAP_SOURCE_ENV}, its cache, else the map bundled with LiteLLM (--bundled: that one).\n\n"
         "Exit code 1 when any model has no price: turnledger would record its calls as unpriced."
     )
 )
@@ -109,6 +122,14 @@ def prices(
             dir_okay=False,
         ),
     ] = None,
+    bundled: Annotated[
+        bool,
+        typer.Option(
+            "--bundled",
+            help=f"LiteLLM's bundled map, not ${PRICE_MAP_SOURCE_ENV}'s: what an app that never calls "
+            "refresh_price_map bills at.",
+        ),
+    ] = False,
     output_format: FormatOption = "table",
 ) -> None:
     """The rates turnledger would price MODEL at, where they come from, and a sample call's cost."""
@@ -120,13 +141,15 @@ def prices(
         table = PriceTable.from_file(price_table) if price_table is not None else None
     except ConfigurationError as exc:
         fail(f"--price-table: {exc}", EXIT_BAD_INPUT)
-    quotes = [quote(m, table) for m in names]
+    price_map = PriceMap(bundled_price_map(), PriceMapOrigin.BUNDLED) if bundled else load_price_map()
+    quotes = [quote(m, table, price_map.prices) for m in names]
     rows = [
         {
             "model": q.model,
             "source": q.source,
             "matched": q.matched,
             "via_alias": q.via_alias,
+            "price_map": price_map.origin,
             **{name: q.rate(name) for name, _ in RATE_FIELDS},
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -147,6 +170,9 @@ def prices(
             ("sample_cost_usd", f"{prompt_tokens:,} in\n{completion_tokens:,} out"),
         ]
         emit(rows, fmt, columns=columns, title="Rates per million tokens, and one sample call", cell=_cell)
+        console.print(
+            f"LiteLLM's map: {describe_map(price_map, bundled)}", markup=False, highlight=False, soft_wrap=True
+        )
     else:
         emit(rows, fmt, columns=[(key, key) for key in rows[0]])
     unpriced = [q.model for q in quotes if q.source is None]
@@ -156,6 +182,23 @@ def prices(
             "add it to a price table",
             EXIT_FAILED,
         )
+
+
+def describe_map(price_map: PriceMap, asked_for_bundled: bool = False) -> str:
+    """Which map the rates are from, in words; never the source's address, which may hold a token."""
+    match price_map.origin:
+        case PriceMapOrigin.SOURCE:
+            return f"read now from ${PRICE_MAP_SOURCE_ENV}"
+        case PriceMapOrigin.CACHE:
+            return f"the cached copy {price_map.location}"
+        case PriceMapOrigin.STALE_CACHE:
+            return f"the cached copy {price_map.location}, past its max age (the source could not be read)"
+    from importlib.metadata import version
+
+    bundled = f"bundled with LiteLLM {version('litellm')}"
+    if not asked_for_bundled and os.environ.get(PRICE_MAP_SOURCE_ENV):
+        return f"{bundled} (${PRICE_MAP_SOURCE_ENV} could not be read)"
+    return bundled
 
 
 def _cell(key: str, value: Any) -> str:

@@ -19,7 +19,7 @@ from turnledger.cli.app import (
     parse_when,
     require_order,
 )
-from turnledger.cli.db import refuse_missing_sqlite_directory, refuse_missing_sqlite_file, run_db, shown_url
+from turnledger.cli.db import refuse_missing_sqlite_directory, refuse_missing_sqlite_file, run_db, shown_url, url_source
 from turnledger.cli.output import FormatOption, OutputFormat, as_format, emit
 from turnledger.errors import ConfigurationError
 from turnledger.store import migrate as migrations
@@ -52,9 +52,10 @@ def migrate_command(
 ) -> None:
     """Create turnledger's tables, or upgrade them to this version's schema."""
     url = _resolve(database_url)
-    refuse_missing_sqlite_directory(url)
+    # Errors are reported against the option as given: whether the URL came from it says what to fix.
+    refuse_missing_sqlite_directory(database_url)
     if revision != "head":
-        current = run_db(migrations.current_revision_async(url), url)
+        current = run_db(migrations.current_revision_async(url), database_url)
         if migrations.is_past(current, revision):
             fail(
                 f"{shown_url(url)} is at revision {current}, past {revision}: migrate only upgrades, "
@@ -62,8 +63,8 @@ def migrate_command(
                 "revisions added)",
                 EXIT_BAD_INPUT,
             )
-    run_db(migrations.upgrade_async(url, revision), url)
-    current = run_db(migrations.current_revision_async(url), url)
+    run_db(migrations.upgrade_async(url, revision), database_url)
+    current = run_db(migrations.current_revision_async(url), database_url)
     # One line however long the URL (no wrap at 80 columns), and a URL is not markup.
     console.print(f"{shown_url(url)} is at revision {current}", markup=False, highlight=False, soft_wrap=True)
 
@@ -99,10 +100,10 @@ def report_command(
     end = parse_when(until, option="--until")
     require_order(start, end)
     url = _resolve(database_url)
-    refuse_missing_sqlite_file(url)
+    refuse_missing_sqlite_file(database_url)
     # One query, so no measurable progress: a spinner on a terminal, nothing when piped.
     with err_console.status("reading usage", spinner="dots") if is_terminal() else nullcontext():
-        rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), url)
+        rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), database_url)
     if fmt is OutputFormat.TABLE:
         _table(grouping, rows)
     else:
@@ -135,4 +136,4 @@ def _resolve(database_url: str | None) -> URL:
     try:
         return resolve_url(database_url)
     except ConfigurationError as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
+        fail(f"{exc} ({url_source(database_url)})", EXIT_BAD_INPUT)

@@ -8,6 +8,7 @@ exit with the codes of :mod:`turnledger.cli.app`.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 import time
@@ -20,7 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_SCHEMA_MISSING, fail
-from turnledger.config import database_url
+from turnledger.config import DATABASE_URL_ENV, database_url
 from turnledger.errors import ConfigurationError, SchemaMissingError, StorageError
 from turnledger.store.engine import is_schema_missing
 
@@ -43,11 +44,24 @@ def shown_url(url: str | URL | None) -> str:
         return raw.split("@", 1)[-1] if "@" in raw else raw
 
 
+def url_source(url: str | URL | None) -> str:
+    """Where a command's database URL came from, as an error about it says: a wrong URL is fixed there.
+
+    The ``--database-url`` option reads no environment variable itself (see ``DatabaseUrlOption``), so
+    a URL given here is the flag's; ``None`` is the variable's, else the default.
+    """
+    if url is not None and url != "":
+        return "from --database-url"
+    if os.environ.get(DATABASE_URL_ENV):
+        return f"from ${DATABASE_URL_ENV}"
+    return f"the default: neither --database-url nor ${DATABASE_URL_ENV} is set"
+
+
 def refuse_missing_sqlite_file(url: str | URL | None) -> None:
     """Exit 3 for a SQLite file that does not exist, rather than create an empty one to read from."""
     database = _sqlite_file(url)
     if database is not None and not Path(database).exists():
-        fail(f"no database at {database}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
+        fail(f"no database at {database} ({url_source(url)}): {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
 
 
 def refuse_missing_sqlite_directory(url: str | URL | None) -> None:
@@ -58,7 +72,9 @@ def refuse_missing_sqlite_directory(url: str | URL | None) -> None:
     """
     database = _sqlite_file(url)
     if database is not None and not (directory := Path(database).parent).is_dir():
-        fail(f"no directory {str(directory)!r} for the SQLite database {database!r}", EXIT_BAD_INPUT)
+        fail(
+            f"no directory {str(directory)!r} for the SQLite database {database!r} ({url_source(url)})", EXIT_BAD_INPUT
+        )
 
 
 def _sqlite_file(url: str | URL | None) -> str | None:
@@ -77,15 +93,16 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
     """A one-line message and exit code for an error a user can fix; ``None`` for a bug."""
     from turnledger.store.rejects import DirectoryNotSynced  # only on an error: the outbox side is not always loaded
 
-    where = shown_url(url)
+    shown, source = shown_url(url), url_source(url)
+    where = f"{shown} ({source})"
     if isinstance(exc, SchemaMissingError):
         return f"turnledger's tables are missing in {where}: {MIGRATE_HINT}", EXIT_SCHEMA_MISSING
     if isinstance(exc, ConfigurationError):
-        return str(exc), EXIT_BAD_INPUT
+        return f"{exc} ({source})", EXIT_BAD_INPUT
     if isinstance(exc, CommandError):  # Alembic refusing a revision it does not know
         return f"migration: {_first_line(str(exc))}", EXIT_BAD_INPUT
     if isinstance(exc, ArgumentError):
-        return f"cannot read database URL {where!r}: {exc}", EXIT_BAD_INPUT
+        return f"cannot read database URL {shown!r} ({source}): {exc}", EXIT_BAD_INPUT
     if isinstance(exc, DBAPIError):
         detail = _first_line(str(exc.orig) if exc.orig is not None else str(exc))
         if is_schema_missing(exc):
@@ -161,4 +178,5 @@ __all__ = [
     "run_db",
     "settled",
     "shown_url",
+    "url_source",
 ]
