@@ -172,7 +172,7 @@ class _CallBindings:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._lock = threading.Lock()
-        self._map: OrderedDict[str, weakref.ref[TurnTokenAccumulator]] = OrderedDict()
+        self._map: OrderedDict[str, TurnMark] = OrderedDict()
         self.max_entries = max_entries
 
     def bind(self, call_id: str, turn: TurnTokenAccumulator) -> None:
@@ -200,6 +200,27 @@ class _CallBindings:
 
 
 call_bindings = _CallBindings()
+
+
+class TurnMark(weakref.ref["TurnTokenAccumulator"]):
+    """A weak reference to a turn, as a call carries it in LiteLLM's details of that call.
+
+    Those details are the ``kwargs`` every logger of the call is handed, and another logger may pickle
+    them (to hand them to a process or a queue): a plain weak reference cannot be pickled, so its
+    pickle failed and its event was lost. A mark pickles as ``None``, no turn: a turn lives in one
+    process. Copied (``copy.copy``, ``copy.deepcopy``) it is itself, as a plain weak reference is.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[None], tuple[()]]:
+        return (type(None), ())
+
+    def __copy__(self) -> TurnMark:
+        return self
+
+    def __deepcopy__(self, memo: object) -> TurnMark:
+        return self
 
 
 class TurnTokenAccumulator:
@@ -241,7 +262,7 @@ class TurnTokenAccumulator:
         # keep the order their events arrived in; never held while subscribers run. Re-entrant: reading
         # an event may log, and a logging handler may read this turn's totals on the same thread.
         self._build_lock = threading.RLock()
-        self._weak_self = weakref.ref(self)
+        self._weak_self = TurnMark(self)
         self.late_calls: list[TokenCallRecord] = []
         """Records whose event came after the turn closed; not part of the totals."""
         self._abandoned_factory = abandoned_record_factory or _default_abandoned_record

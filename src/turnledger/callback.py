@@ -32,7 +32,6 @@ import math
 import threading
 import time
 import uuid
-import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -48,6 +47,7 @@ from turnledger.accumulator import (
     EventKey,
     ModelMetadata,
     PendingCall,
+    TurnMark,
     TurnTokenAccumulator,
     call_bindings,
     get_current_accumulator,
@@ -266,7 +266,8 @@ class _CallsStartedOutsideTurns:
 
 _TURN_OF_CALL = "turnledger_turn"
 """The key under which the pre-call hook leaves, in LiteLLM's ``model_call_details`` of the call, a weak
-reference to the turn the call started in (``None``: it started outside any turn).
+reference to the turn the call started in (a :class:`~turnledger.accumulator.TurnMark`; ``None``: it
+started outside any turn).
 
 That dict is the ``kwargs`` LiteLLM hands every hook of the call (measured on 1.106.12: chat, sync
 and async streams, embeddings, image generation, each Router attempt and fallback); a hook that
@@ -288,7 +289,7 @@ def _turn_of_call(kwargs: Mapping[str, Any], call_id: str | None) -> tuple[TurnT
     binding to lose either), or details that are not a mutable mapping (never seen from LiteLLM).
     """
     mark = kwargs.get(_TURN_OF_CALL, _MISSING)
-    if type(mark) is weakref.ReferenceType:
+    if type(mark) is TurnMark:
         turn: TurnTokenAccumulator | None = mark()
         return turn, turn is None
     if mark is None:
@@ -357,7 +358,7 @@ class TokenTrackingCallback(CustomLogger):
                 if mark is _MISSING:
                     kwargs[_TURN_OF_CALL] = turn._weak_self if turn is not None else None
                 else:
-                    turn = mark() if type(mark) is weakref.ReferenceType else None
+                    turn = mark() if type(mark) is TurnMark else None
             elif not isinstance(kwargs, Mapping):
                 return
             if turn is not None and turn.closed:

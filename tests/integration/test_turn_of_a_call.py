@@ -8,6 +8,8 @@ another user's. Through the fake provider, LiteLLM's real logging code.
 from __future__ import annotations
 
 import asyncio
+import copy
+import pickle
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -290,3 +292,63 @@ async def test_every_end_event_of_the_other_call_kinds_names_the_turn_it_started
     }
     assert [turn for _hook, _call_type, turn in spy.seen] == [alice] * len(spy.seen)
     assert len(alice.calls) == len(spy.seen) == 5
+
+
+class _PicklingLogger(CustomLogger):
+    """Another application logger, which ships each call's details elsewhere: pickled (to a process, a
+    queue) and deep-copied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shipped: list[tuple[str, Any]] = []
+        self.copies_keep_the_turn: list[bool] = []
+
+    def _ship(self, hook: str, kwargs: Any) -> None:
+        try:
+            self.shipped.append((hook, pickle.loads(pickle.dumps(kwargs)).get(_TURN_OF_CALL, "missing")))
+        except Exception as exc:
+            self.shipped.append((hook, exc))
+        self.copies_keep_the_turn.append(copy.deepcopy(kwargs)[_TURN_OF_CALL] is kwargs[_TURN_OF_CALL])
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        self._ship("pre_call", kwargs)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._ship("success", kwargs)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._ship("async_success", kwargs)
+
+
+@pytest.fixture
+def pickling_logger(tracker: turnledger.TokenTrackingCallback) -> Iterator[_PicklingLogger]:
+    logger = _PicklingLogger()
+    litellm.callbacks.append(logger)
+    yield logger
+    for name in ("callbacks", "success_callback", "_async_success_callback", "input_callback"):
+        current = getattr(litellm, name)
+        current[:] = [c for c in current if c is not logger]
+
+
+async def test_another_logger_pickles_and_copies_the_details_of_a_call_made_in_a_turn(
+    provider_kwargs: dict[str, Any], tracker: turnledger.TokenTrackingCallback, pickling_logger: _PicklingLogger
+) -> None:
+    # The turn's mark pickles as no turn (a turn lives in one process): a plain weak reference could
+    # not be pickled, and such a logger lost every event of every call made in a turn.
+    async with turnledger.scoped_turn(user_id="alice") as alice:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        await asyncio.to_thread(litellm.completion, model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)
+        await _wait_for(tracker, "captured", total=2)
+    for _ in range(500):
+        if len(pickling_logger.shipped) >= 4:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(hook for hook, _mark in pickling_logger.shipped) == [
+        "async_success",
+        "pre_call",
+        "pre_call",
+        "success",
+    ]
+    assert [mark for _hook, mark in pickling_logger.shipped] == [None] * 4
+    assert pickling_logger.copies_keep_the_turn == [True] * 4
+    assert len(alice.calls) == 2 and alice.late_calls == []

@@ -99,6 +99,27 @@ async def test_executor_threads_carry_the_turn_only_with_the_context_copied(
     assert sorted(c.prompt_tokens for c in copied.calls) == [fake_prompt_tokens(question_of(n)) for n in (4, 5)]
 
 
+async def test_litellm_batch_completion_runs_its_calls_in_no_turn(
+    tracker: turnledger.TokenTrackingCallback, fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM's batch_completion submits each call to a ThreadPoolExecutor of its own, without the
+    # caller's context: as the README says, its calls are in no turn (measured on 1.106.12).
+    async with turnledger.scoped_turn() as turn:
+        await asyncio.to_thread(
+            litellm.batch_completion,
+            model="openai/gpt-4o-mini",
+            messages=[[{"role": "user", "content": question_of(n)}] for n in (1, 2, 3)],
+            **provider_kwargs,
+        )
+    for _ in range(500):
+        if tracker.stats["unscoped"] >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(fake_provider.requests) == 3
+    assert turn.calls == [] and turn.late_calls == []
+    assert tracker.stats["unscoped"] == 3 and tracker.stats["captured"] == 0
+
+
 def test_the_readme_sync_app_stores_every_turn_its_request_threads_close(
     fake_provider: FakeProvider, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,9 @@ fires, whatever process-wide memory was forgotten meanwhile (callback.py ``_turn
 
 from __future__ import annotations
 
+import copy
 import gc
+import pickle
 import uuid
 import weakref
 from datetime import datetime
@@ -15,6 +17,7 @@ import pytest
 import turnledger
 from turnledger import CallStatus, TokenCallRecord, TurnTokenAccumulator
 from turnledger.accumulator import call_bindings
+from turnledger.callback import _TURN_OF_CALL
 
 
 def _kwargs(call_id: str | None = None) -> dict[str, Any]:
@@ -134,3 +137,20 @@ def test_the_first_start_of_a_call_keeps_its_turn() -> None:
         _end(second, kwargs, ended=ended)
     assert bob.calls == []
     assert [c.call_id for c in alice.late_calls] == [kwargs["litellm_call_id"]]
+
+
+def test_details_another_logger_copied_or_pickled_keep_their_turn_or_name_none() -> None:
+    cb = turnledger.TokenTrackingCallback(name="copies")
+    details = _kwargs()
+    with turnledger.scoped_turn(user_id="alice") as alice:
+        _start(cb, details)
+        # Copied (a logger that deep-copies what it is handed): the same turn.
+        _end(cb, copy.deepcopy(details))
+    assert [c.call_id for c in alice.calls] == [details["litellm_call_id"]]
+    # Pickled: a turn lives in one process, so the copy names none, never the turn current here.
+    shipped = pickle.loads(pickle.dumps(details))
+    assert shipped[_TURN_OF_CALL] is None
+    with turnledger.scoped_turn(user_id="bob") as bob:
+        _end(cb, {**shipped, "litellm_call_id": uuid.uuid4().hex})
+    assert bob.calls == []
+    assert cb.stats["captured"] == 1 and cb.stats["unscoped"] == 1
