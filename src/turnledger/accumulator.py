@@ -271,6 +271,8 @@ class TurnTokenAccumulator:
         # several microseconds to make (it probes the lock for three methods it lacks).
         self._idle: threading.Condition | None = None
         self._pending: dict[str, StartedCall] = {}
+        # Call ids LiteLLM retried itself (num_retries): their attempts share the id.
+        self._retried_ids: set[str] = set()
         self._seen_events: set[EventKey] = set()
         self._sync_waiters = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -350,18 +352,34 @@ class TurnTokenAccumulator:
         self._read_deferred()
         return self._records
 
-    def begin_call(self, pending: StartedCall, *, bind: bool = True) -> None:
+    def begin_call(self, pending: StartedCall, *, bind: bool = True, retry: bool = False) -> None:
         """Count a starting call as pending in this turn, and bind it in :data:`call_bindings` so its
         end event finds it wherever it is logged from; ``bind=False`` when the call carries its turn
-        itself (see the callback's ``_TURN_OF_CALL``) and needs no binding that could be evicted."""
+        itself (see the callback's ``_TURN_OF_CALL``) and needs no binding that could be evicted.
+
+        ``retry``: a further attempt of a call LiteLLM retries itself under the same call id. LiteLLM
+        starts it only once the attempt before it has raised, so an attempt still pending then ended
+        unlogged: it becomes a record of its own (``unlogged_retry_attempt``), and so does the last
+        attempt if it never reports either.
+        """
+        superseded: StartedCall | None = None
         with self._lock:
             if self._closed:
                 return
             existing = self._pending.get(pending.call_id)
-            if existing is None:
+            if retry:
+                self._retried_ids.add(pending.call_id)
+                superseded = existing
+                self._pending[pending.call_id] = pending
+            elif existing is None:
                 self._pending[pending.call_id] = pending
         if bind:
             call_bindings.bind(pending.call_id, self)
+        if superseded is not None:
+            with self._build_lock:
+                # Behind the events that arrived before this attempt started.
+                self._read_deferred_locked()
+                self._add_abandoned(superseded, count=False)
 
     def started_call(self, call_id: str) -> StartedCall | None:
         """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
@@ -555,11 +573,15 @@ class TurnTokenAccumulator:
             for call in started:
                 self._add_abandoned(call)
 
-    def _add_abandoned(self, call: StartedCall) -> None:
+    def _add_abandoned(self, call: StartedCall, *, count: bool = True) -> None:
+        """Keep the record of a call (or attempt) that never reported; ``count=False`` for an attempt
+        a retry superseded, which is not a call its turn abandoned."""
         pending: PendingCall | None = None
         try:
             pending = call.pending_call()
             record = self._abandoned_factory(pending, self.metadata_for(pending.model))
+            if call.call_id in self._retried_ids:
+                record = record.with_flags(RecordFlag.UNLOGGED_RETRY_ATTEMPT)
         except Exception:
             # What could be read of the call, if anything; never priced.
             known: dict[str, Any] = {"model": "unknown"}
@@ -581,7 +603,8 @@ class TurnTokenAccumulator:
             self._records.append(record)
             subscribers = self._subscribers
         try:
-            call.abandoned()
+            if count:
+                call.abandoned()
         except Exception:
             # Only a count depends on it: the record is kept, and the other calls still get theirs.
             warn_once("turn:abandoned", "turnledger could not count an abandoned call", exc_info=True)

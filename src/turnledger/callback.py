@@ -276,6 +276,12 @@ finds its turn whatever ran meanwhile: no process-wide map, nothing evicted. Wea
 kept alive by a call it made (a stream never read to its end), and no cycle runs through the turn's
 own pending calls, which hold those details."""
 
+_CALL_BINDER = "turnledger_binder"
+"""Next to :data:`_TURN_OF_CALL`: the ``tracker_name`` of the instance whose pre-call hook marked the
+call (a string: LiteLLM's details may be pickled or copied). Its hook running again for the call is
+a further attempt of a call LiteLLM retries itself (``num_retries``); another instance's is the same
+start seen again."""
+
 _MISSING: Any = object()
 
 
@@ -351,14 +357,19 @@ class TokenTrackingCallback(CustomLogger):
         try:
             turn = get_current_accumulator()
             marked = type(kwargs) is dict or isinstance(kwargs, MutableMapping)
+            retry = False
             if marked:
-                # The call carries its turn itself (see _TURN_OF_CALL). Its first start is the one
-                # that counts: LiteLLM's own retries run this hook again, with the same details.
+                # The call carries its turn itself (see _TURN_OF_CALL). Its first start binds it:
+                # LiteLLM's own retries run this hook again, with the same details, in the turn it
+                # started in. Every installed instance sees each start; the one that bound the call
+                # (_CALL_BINDER) tells the turn that a further attempt began.
                 mark = kwargs.get(_TURN_OF_CALL, _MISSING)
                 if mark is _MISSING:
                     kwargs[_TURN_OF_CALL] = turn._weak_self if turn is not None else None
+                    kwargs[_CALL_BINDER] = self.tracker_name
                 else:
                     turn = mark() if type(mark) is TurnMark else None
+                    retry = kwargs.get(_CALL_BINDER) == self.tracker_name
             elif not isinstance(kwargs, Mapping):
                 return
             if turn is not None and turn.closed:
@@ -370,7 +381,7 @@ class TokenTrackingCallback(CustomLogger):
             if turn is None:
                 _started_outside_turns.started(call_id)
                 return
-            turn.begin_call(_StartedCall(self, call_id, model, messages, kwargs), bind=not marked)
+            turn.begin_call(_StartedCall(self, call_id, model, messages, kwargs), bind=not marked, retry=retry)
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)

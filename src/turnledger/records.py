@@ -84,6 +84,12 @@ class RecordFlag(StrEnum):
     """Token counts were estimated locally because the provider reported none."""
     NO_CALLBACK = "no_callback"
     """LiteLLM fired no end event for the call before its turn closed (see ``CallStatus.ABANDONED``)."""
+    UNLOGGED_RETRY_ATTEMPT = "unlogged_retry_attempt"
+    """An attempt of a call LiteLLM retried itself (``num_retries`` on ``completion`` or ``acompletion``,
+    every attempt under the call's one ``litellm_call_id``) whose end LiteLLM never logged: it logs one
+    failure per call, and on the async path nothing after the first attempt. The provider had the
+    request, so it is kept as a record of its own, status ``abandoned``, priced as an abandoned call is
+    (an HTTP error answer in the call details: not billed; otherwise its input estimated)."""
     LATE = "late"
     """The end event arrived after the turn had closed; the record went to subscribers only."""
     NEGATIVE_COST = "negative_cost"
@@ -130,12 +136,15 @@ def micros_from_usd(cost_usd: Decimal | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class TokenCallRecord:
-    """The accounting of one LiteLLM call: one record per LiteLLM event. A Router retry or fallback is
-    a call of its own (one record per attempt); retries inside one call (the provider client's own,
-    or ``num_retries`` on ``acompletion``) are that call's single record."""
+    """The accounting of one LiteLLM call, or one attempt of it: one record per LiteLLM event. A Router
+    retry or fallback is a call of its own (one record per attempt, each with its own call id). The
+    attempts of a call LiteLLM retries itself (``num_retries`` on ``completion`` or ``acompletion``)
+    share its call id, a record each, those LiteLLM never logged flagged ``unlogged_retry_attempt``.
+    The provider client's own retries inside one attempt (the openai SDK's ``max_retries``) are that
+    attempt's single record."""
 
     call_id: str
-    """LiteLLM's ``litellm_call_id``; shared by the attempts of one retried call."""
+    """LiteLLM's ``litellm_call_id``; shared by the attempts of a call LiteLLM retried itself."""
     model: str
     """The model LiteLLM reports (provider prefix usually stripped, e.g. ``gpt-4o-mini``)."""
     provider: str | None = None

@@ -1,0 +1,137 @@
+"""LiteLLM's own retries (``num_retries`` on ``completion`` / ``acompletion``): real HTTP to the fake provider.
+
+With ``tenacity`` installed LiteLLM retries a failed call itself, every attempt under the call's one
+``litellm_call_id`` and logging object, and runs the pre-call hook for each. What it logs (measured on
+1.106.12, ``num_retries=2``: three attempts, the first with the openai SDK's own ``max_retries=2``,
+so five requests):
+
+- sync ``completion``: the first attempt's failure is never logged (LiteLLM hands it to
+  ``completion_with_retries`` instead), the second attempt's is, and a later one's is not (LiteLLM logs
+  one failure per logging object); a success is logged whichever attempt it is.
+- async ``acompletion``: the first attempt's failure is logged, and nothing of any later attempt.
+
+Each attempt the provider had is one record: the ones LiteLLM logged as logged, the others flagged
+``unlogged_retry_attempt``, priced as an abandoned call is. A Router's retries get a call id each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import litellm
+import pytest
+from litellm.exceptions import InternalServerError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import turnledger
+from tests.integration.writer_support import stored_call_count, stored_cost
+from turnledger import CallStatus, CostSource, RecordFlag, TurnTokenAccumulator, record_turn, session_factory
+from turnledger.fake_provider import FakeProvider, Script
+from turnledger.store.writer import BatchWriter
+
+pytest.importorskip("tenacity", reason="LiteLLM retries a call itself only with tenacity (in the dev extra)")
+
+MESSAGES: Any = [{"role": "user", "content": "say hello to the whole wide world [[plan:retried]]"}]
+UNLOGGED = (RecordFlag.NO_CALLBACK, RecordFlag.PROVIDER_ERROR, RecordFlag.UNLOGGED_RETRY_ATTEMPT)
+
+pytestmark = pytest.mark.usefixtures("tracker")
+
+
+def _sync_turn(
+    provider_kwargs: dict[str, Any], turn_id: str = "retried", **call: Any
+) -> tuple[TurnTokenAccumulator, str | None]:
+    error = None
+    with turnledger.scoped_turn(turn_id=turn_id, settle_timeout=0.2, logging_timeout=1) as turn:
+        try:
+            litellm.completion(model="openai/gpt-4o-mini", messages=MESSAGES, **call, **provider_kwargs)
+        except Exception as exc:
+            error = type(exc).__name__
+    return turn, error
+
+
+def test_every_attempt_of_a_sync_call_retried_by_litellm_is_one_record(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Before: [failure, abandoned]: the first attempt (3 requests) was lost, and the third attempt
+    # was recorded as if its turn had abandoned it.
+    fake_provider.plan("retried", [Script(status=500)])
+    turn, error = _sync_turn(provider_kwargs, num_retries=2)
+    assert error == "InternalServerError"
+    assert fake_provider.received("retried") == 5
+    first, second, third = turn.calls
+    assert len({r.call_id for r in turn.calls}) == 1
+    assert (first.status, first.flags) == (CallStatus.ABANDONED, UNLOGGED)
+    assert (second.status, second.error_type, second.flags) == (CallStatus.FAILURE, "InternalServerError", ())
+    assert (third.status, third.flags) == (CallStatus.ABANDONED, UNLOGGED)
+    # Providers bill no error answer.
+    assert [(r.cost_usd, r.cost_source) for r in turn.calls] == [(Decimal(0), CostSource.NOT_BILLED)] * 3
+
+
+def test_a_sync_retry_that_succeeds_keeps_the_attempts_before_it(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The first attempt's three requests time out (the provider had them, and may bill them), the
+    # second attempt answers. Before: only the success was recorded.
+    usage = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("retried", [Script(delay_s=0.6)] * 3 + [Script(usage=usage)])
+    turn, error = _sync_turn(provider_kwargs, num_retries=2, timeout=0.2)
+    assert error is None
+    assert fake_provider.received("retried") == 4
+    timed_out, answered = turn.calls
+    assert timed_out.call_id == answered.call_id
+    assert timed_out.status is CallStatus.ABANDONED
+    assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in timed_out.flags
+    assert timed_out.cost_source is CostSource.ESTIMATED
+    assert timed_out.prompt_tokens > 0
+    assert (answered.status, answered.prompt_tokens, answered.flags) == (CallStatus.SUCCESS, 40, ())
+    assert turn.total_cost_usd == timed_out.cost_usd + answered.cost_usd  # type: ignore[operator]
+
+
+def test_a_sync_call_retried_by_litellm_is_counted_once_with_two_instances_installed(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    turnledger.install(turnledger.TokenTrackingCallback(name="second"))
+    fake_provider.plan("retried", [Script(status=500)])
+    turn, _error = _sync_turn(provider_kwargs, num_retries=2)
+    assert [r.status for r in turn.calls] == [CallStatus.ABANDONED, CallStatus.FAILURE, CallStatus.ABANDONED]
+
+
+async def test_every_attempt_of_an_async_call_retried_by_litellm_is_one_record(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM logs the first attempt's failure and nothing after it; its later attempts leave no
+    # error answer in the call details, so they are estimated as any abandoned call.
+    fake_provider.plan("retried", [Script(status=500)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        with pytest.raises(InternalServerError):
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+    assert fake_provider.received("retried") == 5
+    logged, *unlogged = turn.calls
+    assert len({r.call_id for r in turn.calls}) == 1
+    assert (logged.status, logged.cost_source) == (CallStatus.FAILURE, CostSource.NOT_BILLED)
+    assert len(unlogged) == 2
+    assert all(r.status is CallStatus.ABANDONED for r in unlogged)
+    assert all(RecordFlag.UNLOGGED_RETRY_ATTEMPT in r.flags for r in unlogged)
+
+
+async def test_a_turn_with_a_retried_call_stores_every_attempt(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # The attempts share a call id: the call rows are keyed by (usage_id, seq), on both backends.
+    fake_provider.plan("retried", [Script(status=500)])
+    turn, _error = await asyncio.to_thread(_sync_turn, provider_kwargs, num_retries=2)
+    assert len(turn.calls) == 3
+    async with session_factory(engine)() as session:
+        assert await record_turn(session, turn, usage_type="chat") is not None
+        await session.commit()
+    assert await stored_call_count(engine) == 3
+
+    fake_provider.plan("retried", [Script(status=500)])
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        turn, _error = await asyncio.to_thread(_sync_turn, provider_kwargs, "retried-again", num_retries=2)
+        await writer.persist(turn)
+    assert await stored_call_count(engine) == 6
+    assert await stored_cost(engine) == Decimal(0)
