@@ -160,6 +160,9 @@ def read_count(counts: TokenCounts, value: Any) -> int:
 
     A count that cannot be believed (negative, not a number, above :data:`MAX_TOKEN_COUNT`) is read as 0.
     """
+    # The usual count first, by its exact type (a bool's type is not int): about ten counts an event.
+    if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
     if value is None:
         return 0
     if isinstance(value, bool):
