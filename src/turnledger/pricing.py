@@ -85,6 +85,12 @@ INLINE_COST_PROVIDERS = frozenset({"openrouter"})
 """Providers that send the call's cost inline in their usage block, streamed or not."""
 
 
+# Read on every event, as module globals: an enum member read off its class costs ~70 ns more
+# (measured on 3.11).
+_IMAGE_GENERATION = CallKind.IMAGE_GENERATION
+_RESPONSE_COST = CostSource.RESPONSE_COST
+
+
 def price_call(
     kwargs: Mapping[str, Any],
     response_obj: Any,
@@ -99,7 +105,7 @@ def price_call(
     flags: list[RecordFlag] = []
     name = model or _str(kwargs.get("model")) or _str(getattr(response_obj, "model", None)) or ""
     prov = provider if provider is not None else _str(kwargs.get("custom_llm_provider"))
-    is_image = call_kind is CallKind.IMAGE_GENERATION
+    is_image = call_kind is _IMAGE_GENERATION
 
     if kwargs.get("cache_hit") is True:
         # LiteLLM answered from its own cache: no provider was called, nothing was billed. Its usage
@@ -122,7 +128,7 @@ def price_call(
     from_litellm = not counts.count_discarded
     cost = _accept(kwargs.get("response_cost"), True, flags, counts, call_kind, name, prov) if from_litellm else None
     if cost is not None:
-        return cost, CostSource.RESPONSE_COST, flags
+        return cost, _RESPONSE_COST, flags
     hidden = get_field(response_obj, "_hidden_params") if from_litellm else None
     cost = _accept(get_field(hidden, "response_cost"), True, flags, counts, call_kind, name, prov)
     if cost is not None:

@@ -160,6 +160,9 @@ def read_count(counts: TokenCounts, value: Any) -> int:
 
     A count that cannot be believed (negative, not a number, above :data:`MAX_TOKEN_COUNT`) is read as 0.
     """
+    # The usual count first, by its exact type (a bool's type is not int): about ten counts an event.
+    if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
     if value is None:
         return 0
     if isinstance(value, bool):
@@ -253,6 +256,8 @@ def _null(usage: Mapping[str, Any], name: str) -> bool:
 
 
 def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
+    # The counts are read through read_count, with its usual case written out in place: a count that
+    # is absent (None) or a plain int within bounds (a dozen an event, a Python call each otherwise).
     get = usage.get
     prompt_raw = get("prompt_tokens")
     input_raw = get("input_tokens")
@@ -272,14 +277,26 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
         cached = get("cache_read_input_tokens")
         if cached is None:
             cached = get("prompt_cache_hit_tokens")
-    counts.cached_tokens = read_count(counts, cached)
+    counts.cached_tokens = (
+        0
+        if cached is None
+        else cached
+        if type(cached) is int and 0 <= cached <= MAX_TOKEN_COUNT
+        else read_count(counts, cached)
+    )
 
     creation = prompt_details.get("cache_creation_tokens")
     if creation is None:
         creation = prompt_details.get("cache_write_tokens")
         if creation is None:
             creation = get("cache_creation_input_tokens")
-    counts.cache_creation_tokens = read_count(counts, creation)
+    counts.cache_creation_tokens = (
+        0
+        if creation is None
+        else creation
+        if type(creation) is int and 0 <= creation <= MAX_TOKEN_COUNT
+        else read_count(counts, creation)
+    )
 
     creation_details = fields_of(prompt_details.get("cache_creation_token_details") or get("cache_creation"))
     if creation_details:
@@ -296,8 +313,15 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
         if any(get(k) is not None for k in _ANTHROPIC_CACHE_KEYS):
             counts.prompt_tokens += counts.cached_tokens + counts.cache_creation_tokens
     else:
-        counts.prompt_tokens = read_count(counts, prompt_raw)
-    counts.completion_tokens = read_count(counts, output_raw if use_output else completion_raw)
+        counts.prompt_tokens = (
+            prompt_raw
+            if type(prompt_raw) is int and 0 <= prompt_raw <= MAX_TOKEN_COUNT
+            else read_count(counts, prompt_raw)
+        )
+    completion = output_raw if use_output else completion_raw
+    counts.completion_tokens = (
+        completion if type(completion) is int and 0 <= completion <= MAX_TOKEN_COUNT else read_count(counts, completion)
+    )
     # An explicit null where a count belongs is malformed; an absent key (embeddings) is not.
     if (
         prompt_raw is None and input_raw is None and (_null(usage, "prompt_tokens") or _null(usage, "input_tokens"))
@@ -309,12 +333,47 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
         counts.flag(RecordFlag.MALFORMED_USAGE)
 
     if completion_details:
-        counts.reasoning_tokens = read_count(counts, completion_details.get("reasoning_tokens"))
-        counts.image_output_tokens = read_count(counts, completion_details.get("image_tokens"))
-        counts.audio_output_tokens = read_count(counts, completion_details.get("audio_tokens"))
+        value = completion_details.get("reasoning_tokens")
+        counts.reasoning_tokens = (
+            0
+            if value is None
+            else value
+            if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT
+            else read_count(counts, value)
+        )
+        value = completion_details.get("image_tokens")
+        counts.image_output_tokens = (
+            0
+            if value is None
+            else value
+            if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT
+            else read_count(counts, value)
+        )
+        value = completion_details.get("audio_tokens")
+        counts.audio_output_tokens = (
+            0
+            if value is None
+            else value
+            if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT
+            else read_count(counts, value)
+        )
     if prompt_details:
-        counts.image_input_tokens = read_count(counts, prompt_details.get("image_tokens"))
-        counts.audio_input_tokens = read_count(counts, prompt_details.get("audio_tokens"))
+        value = prompt_details.get("image_tokens")
+        counts.image_input_tokens = (
+            0
+            if value is None
+            else value
+            if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT
+            else read_count(counts, value)
+        )
+        value = prompt_details.get("audio_tokens")
+        counts.audio_input_tokens = (
+            0
+            if value is None
+            else value
+            if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT
+            else read_count(counts, value)
+        )
         cached_details = prompt_details.get("cached_tokens_details")
         if cached_details is not None:
             cached_parts = fields_of(cached_details)

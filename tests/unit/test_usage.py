@@ -10,9 +10,11 @@ from litellm.types.utils import EmbeddingResponse, ImageResponse, ModelResponse,
 
 from turnledger.records import RecordFlag
 from turnledger.usage import (
+    MAX_TOKEN_COUNT,
     TokenCounts,
     estimate_counts,
     normalize_usage,
+    read_count,
     response_text,
     usage_block,
     usage_missing,
@@ -437,3 +439,20 @@ def test_the_audio_and_image_parts_of_cache_reads_are_read() -> None:
     counts = normalize_usage({"usage": usage})
     assert (counts.cached_audio_tokens, counts.cached_image_tokens) == (400, 100)
     assert counts.flags == [RecordFlag.MALFORMED_USAGE]
+
+
+@pytest.mark.parametrize(
+    ("value", "read", "discarded"),
+    [
+        (0, 0, False),
+        (MAX_TOKEN_COUNT, MAX_TOKEN_COUNT, False),
+        (MAX_TOKEN_COUNT + 1, 0, True),
+        (-1, 0, True),
+        (True, 0, True),
+    ],
+)
+def test_an_int_count_is_read_by_its_bounds_a_bool_never(value: int, read: int, discarded: bool) -> None:
+    counts = TokenCounts()
+    assert read_count(counts, value) == read
+    assert counts.count_discarded is discarded
+    assert counts.flags == ([RecordFlag.MALFORMED_USAGE] if discarded else [])
