@@ -676,7 +676,16 @@ def _usage_attribute(response_obj: Any) -> Any:
 class _StartedCall:
     """What the pre-call hook keeps of a call (see :class:`~turnledger.accumulator.StartedCall`)."""
 
-    __slots__ = ("_callback", "_input", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
+    __slots__ = (
+        "_answer_at_start",
+        "_callback",
+        "_input",
+        "_kwargs",
+        "_messages",
+        "_model",
+        "_started_monotonic",
+        "call_id",
+    )
 
     def __init__(
         self, callback: TokenTrackingCallback, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any]
@@ -687,6 +696,8 @@ class _StartedCall:
         self._messages = messages
         # Read now: with message logging off, LiteLLM blanks the live input once the response arrives.
         self._input = kwargs.get("input")
+        # A retry's details still hold the attempt before it's answer, if any: not this attempt's.
+        self._answer_at_start = kwargs.get("original_response")
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
         self._kwargs = kwargs
         self._started_monotonic = time.monotonic()
@@ -719,6 +730,7 @@ class _StartedCall:
             },
             price_table=self._callback._price_table,
             call_details=kwargs,
+            answer_at_start=self._answer_at_start,
         )
 
     def abandoned(self) -> None:
