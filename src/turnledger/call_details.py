@@ -58,11 +58,13 @@ def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bo
         return False
     if stream:
         return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
-    if "original_response" not in call_details:
+    answer = call_details.get("original_response")
+    # None: LiteLLM's failure logging sets the key to None when no answer came (1.106.12), and an
+    # async call it retries itself stays pending with it after its first attempt's logged failure.
+    # LiteLLM's atext_completion writes its request's coroutine there before it is awaited: no answer yet.
+    if answer is None or inspect.isawaitable(answer):
         return False
-    # LiteLLM's atext_completion writes its request's coroutine there before it is awaited (1.106.12):
-    # no answer yet.
-    return not inspect.isawaitable(call_details["original_response"]) and not provider_refused(call_details)
+    return not provider_refused(call_details)
 
 
 def provider_refused(call_details: Mapping[str, Any] | None) -> bool:

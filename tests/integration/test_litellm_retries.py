@@ -119,6 +119,21 @@ async def test_every_attempt_of_an_async_call_retried_by_litellm_is_one_record(
     assert all(RecordFlag.UNLOGGED_RETRY_ATTEMPT in r.flags for r in unlogged)
 
 
+async def test_an_async_call_retried_by_litellm_that_failed_is_not_waited_for_as_answered(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Its last attempt stays pending with ``original_response`` None (the first attempt's logged
+    # failure wrote it). Before, that read as an answer on its way, and the scope waited out
+    # ``logging_timeout`` (30 s by default) for an event LiteLLM never sends.
+    fake_provider.plan("retried", [Script(status=500)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        with pytest.raises(InternalServerError):
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+        last_attempt = turn.started_call(turn.calls[0].call_id)
+        assert last_attempt is not None
+        assert not last_attempt.responded
+
+
 async def test_an_async_retry_that_succeeds_is_priced_from_the_usage_it_returned(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
 ) -> None:
