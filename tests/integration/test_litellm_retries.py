@@ -146,6 +146,11 @@ async def test_an_async_retry_that_succeeds_is_priced_from_the_usage_it_returned
         response = await litellm.acompletion(
             model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs
         )
+        # Its answer is no sign of an end event: the scope does not wait out ``logging_timeout`` (30 s
+        # by default) for one (before, it did).
+        last_attempt = turn.started_call(turn.calls[0].call_id)
+        assert last_attempt is not None
+        assert not last_attempt.responded
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (40, 4)
     assert fake_provider.received("retried") == 4
     refused, answered = turn.calls
