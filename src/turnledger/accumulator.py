@@ -100,6 +100,9 @@ class PendingCall:
     call_details: Mapping[str, Any] | None = None
     """LiteLLM's live ``model_call_details`` of the call (read only): LiteLLM marks in it when the
     provider's response has arrived, which tells a call that will be logged from one that may not."""
+    answer_at_start: object = None
+    """``original_response`` in the call details when this call (or attempt) started: the answer of an
+    earlier attempt of the same call (LiteLLM's own retries share the details), never this one's."""
 
     @property
     def responded(self) -> bool:
@@ -152,6 +155,17 @@ class DeferredRecord(Protocol):
 
 
 AbandonedRecordFactory = Callable[[PendingCall, "ModelMetadata | None"], TokenCallRecord]
+
+
+def _answered_record(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord | None:
+    """An unlogged attempt priced from the answer it got, or ``None`` (estimated then, as abandoned)."""
+    from turnledger.pricing import price_unlogged_answer
+
+    try:
+        return price_unlogged_answer(pending, meta)
+    except Exception:
+        warn_once("turn:unlogged_answer", "turnledger could not price the answer of an unlogged attempt", exc_info=True)
+        return None
 
 
 def _default_abandoned_record(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord:
@@ -579,7 +593,13 @@ class TurnTokenAccumulator:
         pending: PendingCall | None = None
         try:
             pending = call.pending_call()
-            record = self._abandoned_factory(pending, self.metadata_for(pending.model))
+            meta = self.metadata_for(pending.model)
+            record = None
+            if call.call_id in self._retried_ids:
+                # Only a retried call's: any other call whose answer arrived is logged, if late.
+                record = _answered_record(pending, meta)
+            if record is None:
+                record = self._abandoned_factory(pending, meta)
             if call.call_id in self._retried_ids:
                 record = record.with_flags(RecordFlag.UNLOGGED_RETRY_ATTEMPT)
         except Exception:

@@ -58,11 +58,13 @@ def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bo
         return False
     if stream:
         return "async_complete_streaming_response" in call_details or "complete_streaming_response" in call_details
-    if "original_response" not in call_details:
+    answer = call_details.get("original_response")
+    # None: LiteLLM's failure logging sets the key to None when no answer came (1.106.12), and an
+    # async call it retries itself stays pending with it after its first attempt's logged failure.
+    # LiteLLM's atext_completion writes its request's coroutine there before it is awaited: no answer yet.
+    if answer is None or inspect.isawaitable(answer):
         return False
-    # LiteLLM's atext_completion writes its request's coroutine there before it is awaited (1.106.12):
-    # no answer yet.
-    return not inspect.isawaitable(call_details["original_response"]) and not provider_refused(call_details)
+    return not provider_refused(call_details)
 
 
 def provider_refused(call_details: Mapping[str, Any] | None) -> bool:
@@ -104,3 +106,27 @@ def provider_answered(call_details: Mapping[str, Any] | None) -> bool:
         return False
     status = getattr(call_details.get("httpx_response"), "status_code", None)
     return type(status) is int and 200 <= status < 300
+
+
+def answer_in_details(call_details: Mapping[str, Any] | None) -> object | None:
+    """The provider's answer as LiteLLM's call details hold it, when it carries a usage block: the
+    parsed JSON object LiteLLM wrote into ``original_response`` (``json.dumps`` of the answer, openai
+    SDK handler), or the answer object itself. ``None`` for anything else (no answer yet, an error
+    answer, text that is not a JSON object, an answer without usage).
+    """
+    if call_details is None:
+        return None
+    answer = call_details.get("original_response")
+    if answer is None or inspect.isawaitable(answer) or provider_refused(call_details):
+        return None
+    if isinstance(answer, str):
+        body = answer.lstrip()
+        if not body.startswith("{"):
+            return None
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return None
+    if isinstance(answer, Mapping):
+        return answer if isinstance(answer.get("usage"), Mapping) else None
+    return answer if getattr(answer, "usage", None) is not None else None

@@ -388,7 +388,13 @@ class TokenTrackingCallback(CustomLogger):
             if turn is None:
                 _started_outside_turns.started(call_id)
                 return
-            turn.begin_call(_StartedCall(self, call_id, model, messages, kwargs), bind=not marked, retry=retry)
+            started = _StartedCall(self, call_id, model, messages, kwargs)
+            if retry and kwargs.get("call_type") == "acompletion" and not kwargs.get("stream"):
+                # LiteLLM (1.106.12) runs an async call's further attempts outside its logging
+                # wrapper (acompletion_with_retries): one that is answered is never logged, so its
+                # answer is no sign of an event to wait for. A stream logs itself as it is read.
+                started.never_logged = True
+            turn.begin_call(started, bind=not marked, retry=retry)
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
@@ -676,7 +682,17 @@ def _usage_attribute(response_obj: Any) -> Any:
 class _StartedCall:
     """What the pre-call hook keeps of a call (see :class:`~turnledger.accumulator.StartedCall`)."""
 
-    __slots__ = ("_callback", "_input", "_kwargs", "_messages", "_model", "_started_monotonic", "call_id")
+    __slots__ = (
+        "_answer_at_start",
+        "_callback",
+        "_input",
+        "_kwargs",
+        "_messages",
+        "_model",
+        "_started_monotonic",
+        "call_id",
+        "never_logged",
+    )
 
     def __init__(
         self, callback: TokenTrackingCallback, call_id: str, model: Any, messages: Any, kwargs: Mapping[str, Any]
@@ -687,13 +703,17 @@ class _StartedCall:
         self._messages = messages
         # Read now: with message logging off, LiteLLM blanks the live input once the response arrives.
         self._input = kwargs.get("input")
+        # A retry's details still hold the attempt before it's answer, if any: not this attempt's.
+        self._answer_at_start = kwargs.get("original_response")
+        self.never_logged = False
+        """Whether LiteLLM logs no end of this call even once it is answered (see log_pre_api_call)."""
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
         self._kwargs = kwargs
         self._started_monotonic = time.monotonic()
 
     @property
     def responded(self) -> bool:
-        return response_arrived(self._kwargs, bool(self._kwargs.get("stream")))
+        return not self.never_logged and response_arrived(self._kwargs, bool(self._kwargs.get("stream")))
 
     def pending_call(self) -> PendingCall:
         kwargs = self._kwargs
@@ -719,6 +739,7 @@ class _StartedCall:
             },
             price_table=self._callback._price_table,
             call_details=kwargs,
+            answer_at_start=self._answer_at_start,
         )
 
     def abandoned(self) -> None:

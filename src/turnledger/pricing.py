@@ -51,7 +51,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from turnledger._logging import warn_once
-from turnledger.call_details import provider_refused
+from turnledger.call_details import answer_in_details, provider_refused
 from turnledger.money import to_decimal
 from turnledger.price_table import billing_provider
 from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
@@ -865,6 +865,69 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
         display_name=meta.display_name if meta else None,
         usage_estimated=counts.estimated,
         flags=tuple(dict.fromkeys(flags)),
+    )
+
+
+_NOT_THIS_ANSWERS_PRICE = frozenset({"response_cost", "cache_hit"})
+"""Call-details keys that belong to another attempt than the answer's: an earlier attempt's logged
+failure set ``response_cost`` to 0, and a cache hit has no attempt."""
+
+
+def price_unlogged_answer(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord | None:
+    """The record of an attempt LiteLLM never logged although the provider answered it, priced from
+    the usage of that answer as LiteLLM's call details hold it; ``None`` when they hold no answer of
+    this attempt's (the caller then estimates it as an abandoned call).
+
+    An ``acompletion`` that LiteLLM retries itself (1.106.12) runs its later attempts outside the
+    logging wrapper: one that succeeds returns its answer, with usage, and is never logged. The
+    answer an earlier attempt left in the shared details (``answer_at_start``) is not this attempt's,
+    so it is never priced twice. A stream's answer is not there until it is read to the end.
+    """
+    details = pending.call_details
+    if pending.stream or details is None or details.get("original_response") is pending.answer_at_start:
+        return None
+    answer = answer_in_details(details)
+    if answer is None:
+        return None
+    counts = normalize_usage(answer)
+    if not counts.present:
+        return None
+    kwargs = {key: value for key, value in details.items() if key not in _NOT_THIS_ANSWERS_PRICE}
+    cost, source, flags = price_call(
+        kwargs,
+        answer,
+        counts,
+        model=pending.model,
+        provider=pending.provider,
+        call_kind=pending.call_kind,
+        price_table=pending.price_table,
+    )
+    return TokenCallRecord(
+        call_id=pending.call_id,
+        model=pending.model,
+        provider=pending.provider,
+        call_kind=pending.call_kind,
+        status=CallStatus.SUCCESS,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        total_tokens=counts.total_tokens,
+        cached_tokens=counts.cached_tokens,
+        cache_creation_tokens=counts.cache_creation_tokens,
+        cache_creation_1h_tokens=counts.cache_creation_1h_tokens,
+        reasoning_tokens=counts.reasoning_tokens,
+        image_input_tokens=counts.image_input_tokens,
+        image_output_tokens=counts.image_output_tokens,
+        audio_input_tokens=counts.audio_input_tokens,
+        audio_output_tokens=counts.audio_output_tokens,
+        cost_usd=cost,
+        cost_source=source,
+        stream=pending.stream,
+        started_at=pending.started_at,
+        provider_request_id=_str(get_field(answer, "id")),
+        model_ref=meta.model_ref if meta else None,
+        model_id=meta.model_id if meta else None,
+        display_name=meta.display_name if meta else None,
+        flags=tuple(dict.fromkeys([RecordFlag.NO_CALLBACK, *counts.flags, *flags])),
     )
 
 

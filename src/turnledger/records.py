@@ -89,7 +89,9 @@ class RecordFlag(StrEnum):
     every attempt under the call's one ``litellm_call_id``) whose end LiteLLM never logged: it logs one
     failure per call, and on the async path nothing after the first attempt. The provider had the
     request, so it is kept as a record of its own, status ``abandoned``, priced as an abandoned call is
-    (an HTTP error answer in the call details: not billed; otherwise its input estimated)."""
+    (an HTTP error answer in the call details: not billed; otherwise its input estimated), unless the
+    call details hold this attempt's answer with usage (an async retry that succeeded): then status
+    ``success``, priced from that usage."""
     LATE = "late"
     """The end event arrived after the turn had closed; the record went to subscribers only."""
     NEGATIVE_COST = "negative_cost"

@@ -11,7 +11,9 @@ so five requests):
 - async ``acompletion``: the first attempt's failure is logged, and nothing of any later attempt.
 
 Each attempt the provider had is one record: the ones LiteLLM logged as logged, the others flagged
-``unlogged_retry_attempt``, priced as an abandoned call is. A Router's retries get a call id each.
+``unlogged_retry_attempt``, priced as an abandoned call is, or, when LiteLLM's call details hold the
+attempt's answer (an async retry that succeeded), priced from its usage. A Router's retries get a
+call id each.
 """
 
 from __future__ import annotations
@@ -115,6 +117,51 @@ async def test_every_attempt_of_an_async_call_retried_by_litellm_is_one_record(
     assert len(unlogged) == 2
     assert all(r.status is CallStatus.ABANDONED for r in unlogged)
     assert all(RecordFlag.UNLOGGED_RETRY_ATTEMPT in r.flags for r in unlogged)
+
+
+async def test_an_async_call_retried_by_litellm_that_failed_is_not_waited_for_as_answered(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Its last attempt stays pending with ``original_response`` None (the first attempt's logged
+    # failure wrote it). Before, that read as an answer on its way, and the scope waited out
+    # ``logging_timeout`` (30 s by default) for an event LiteLLM never sends.
+    fake_provider.plan("retried", [Script(status=500)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        with pytest.raises(InternalServerError):
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+        last_attempt = turn.started_call(turn.calls[0].call_id)
+        assert last_attempt is not None
+        assert not last_attempt.responded
+
+
+async def test_an_async_retry_that_succeeds_is_priced_from_the_usage_it_returned(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The first attempt's three requests are refused, the second attempt answers. LiteLLM logs no
+    # success for it (its retries run outside the logging wrapper), but the call details hold the
+    # answer. Before: [failure $0, abandoned 12 estimated tokens $0.0000018], not the usage returned.
+    usage = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("retried", [Script(status=500)] * 3 + [Script(usage=usage)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        response = await litellm.acompletion(
+            model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs
+        )
+        # Its answer is no sign of an end event: the scope does not wait out ``logging_timeout`` (30 s
+        # by default) for one (before, it did).
+        last_attempt = turn.started_call(turn.calls[0].call_id)
+        assert last_attempt is not None
+        assert not last_attempt.responded
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (40, 4)
+    assert fake_provider.received("retried") == 4
+    refused, answered = turn.calls
+    assert refused.call_id == answered.call_id
+    assert (refused.status, refused.cost_source) == (CallStatus.FAILURE, CostSource.NOT_BILLED)
+    assert (answered.status, answered.prompt_tokens, answered.completion_tokens) == (CallStatus.SUCCESS, 40, 4)
+    assert answered.flags == (RecordFlag.NO_CALLBACK, RecordFlag.UNLOGGED_RETRY_ATTEMPT)
+    assert answered.cost_source is CostSource.COST_PER_TOKEN
+    assert not answered.usage_estimated
+    # gpt-4o-mini: 40 x $0.15/M in, 4 x $0.60/M out.
+    assert turn.total_cost_usd == Decimal("0.0000084")
 
 
 async def test_a_turn_with_a_retried_call_stores_every_attempt(

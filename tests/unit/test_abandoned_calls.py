@@ -156,3 +156,27 @@ def test_an_abandoned_call_the_provider_refused_is_not_billed(stream: bool) -> N
     assert (record.cost_usd, record.cost_source, record.usage_estimated) == (Decimal(0), CostSource.NOT_BILLED, False)
     assert (record.call_id, record.model, record.provider, record.stream) == ("c1", "gpt-4o-mini", "openai", stream)
     assert (record.model_ref, record.model_id, record.display_name) == ("openai/gpt-4o-mini", "m-1", "Mini")
+
+
+def test_an_unlogged_retry_attempt_is_priced_from_its_own_answer_never_from_an_earlier_one() -> None:
+    # LiteLLM's own retries share one call's details. The first attempt got an answer (written into
+    # the details) yet raised and was retried unlogged; the second left nothing. Only the first is
+    # priced from that answer: before the check, the second was priced from it too (billed twice).
+    cb = turnledger.TokenTrackingCallback(name="retried-answer")
+    details = started("retried-answer")
+    answer = {
+        "id": "chatcmpl-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44},
+    }
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = json.dumps(answer)
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+    answered, unanswered = turn.calls
+    assert (answered.status, answered.prompt_tokens, answered.completion_tokens) == (CallStatus.SUCCESS, 40, 4)
+    assert answered.provider_request_id == "chatcmpl-1"
+    assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in answered.flags
+    assert answered.cost_usd == Decimal("0.0000084")
+    assert unanswered.status is CallStatus.ABANDONED
+    assert RecordFlag.COMPLETION_NOT_SEEN in unanswered.flags
