@@ -319,8 +319,10 @@ async def litellm_overhead(repeats: int, turns: int) -> None:
         _, ratios = _paired(per_call, "callback", "without")
         of_medians = _of_medians(per_call, "callback", "without")
         if clock == "process CPU":
-            verdict = "PASS" if statistics.median(ratios) < 0.01 else "OVER"
             low, high = _median_interval(ratios)
+            # Judged by the interval, not the median alone: on a noisy day the median can fall under
+            # 1% by chance while the interval spans several percent either way.
+            verdict = "PASS" if high < 0.01 else "OVER" if low >= 0.01 else "UNDECIDED (noise spans the target)"
             print(
                 f"  JUDGED (callback - without) / without, CPU: {_ratios(ratios)}   target < 1% -> {verdict}"
                 f"   (95% interval of the median {low:+.2%} .. {high:+.2%}; ratio of the medians: {of_medians})"
