@@ -594,14 +594,14 @@ class TurnTokenAccumulator:
         try:
             pending = call.pending_call()
             meta = self.metadata_for(pending.model)
-            record = None
             if call.call_id in self._retried_ids:
-                # Only a retried call's: any other call whose answer arrived is logged, if late.
-                record = _answered_record(pending, meta)
-            if record is None:
-                record = self._abandoned_factory(pending, meta)
-            if call.call_id in self._retried_ids:
+                # Only a retried call's answer is priced here: any other call whose answer arrived is
+                # logged, if late.
+                answered = _answered_record(pending, meta)
+                record = answered if answered is not None else self._abandoned_factory(pending, meta)
                 record = record.with_flags(RecordFlag.UNLOGGED_RETRY_ATTEMPT)
+            else:
+                record = self._abandoned_factory(pending, meta)
         except Exception:
             # What could be read of the call, if anything; never priced.
             known: dict[str, Any] = {"model": "unknown"}

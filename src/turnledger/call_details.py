@@ -114,11 +114,9 @@ def answer_in_details(call_details: Mapping[str, Any] | None) -> object | None:
     SDK handler), or the answer object itself. ``None`` for anything else (no answer yet, an error
     answer, text that is not a JSON object, an answer without usage).
     """
-    if call_details is None:
+    if call_details is None or not response_arrived(call_details, stream=False):
         return None
-    answer = call_details.get("original_response")
-    if answer is None or inspect.isawaitable(answer) or provider_refused(call_details):
-        return None
+    answer = call_details["original_response"]
     if isinstance(answer, str):
         body = answer.lstrip()
         if not body.startswith("{"):
