@@ -10,10 +10,10 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-import litellm
 import pytest
 
 import turnledger
+from tests.unit.stream_events import stream_event_kwargs, stream_response
 from turnledger import TokenCallRecord, TurnTokenAccumulator
 from turnledger import callback as callback_module
 
@@ -36,23 +36,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
         callback_module, "_started_outside_turns", callback_module._CallsStartedOutsideTurns(clock=fake)
     )
     return fake
-
-
-def _kwargs(call_id: str) -> dict[str, Any]:
-    return {
-        "litellm_call_id": call_id,
-        "model": "gpt-4o-mini",
-        "custom_llm_provider": "openai",
-        "call_type": "acompletion",
-        "stream": True,
-        "response_cost": 0.000015,
-    }
-
-
-def _response() -> litellm.ModelResponse:
-    return litellm.ModelResponse(
-        model="gpt-4o-mini", usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    )
 
 
 def _instances() -> tuple[turnledger.TokenTrackingCallback, ...]:
@@ -79,7 +62,7 @@ def _fail(callbacks: tuple[turnledger.TokenTrackingCallback, ...], kwargs: dict[
 
 def test_two_instances_leave_a_stream_opened_outside_any_turn_outside_though_it_ends_in_one() -> None:
     callbacks = _instances()
-    kwargs, response = _kwargs(f"outside-{uuid.uuid4()}"), _response()
+    kwargs, response = stream_event_kwargs(f"outside-{uuid.uuid4()}"), stream_response()
     heard: list[tuple[TokenCallRecord, TurnTokenAccumulator | None]] = []
     unsubscribe = turnledger.subscribe(lambda record, turn: heard.append((record, turn)))
     try:
@@ -98,7 +81,7 @@ def test_two_instances_leave_a_stream_opened_outside_any_turn_outside_though_it_
 
 def test_the_instances_after_the_first_leave_it_outside_within_the_grace_period(clock: _Clock) -> None:
     first, second = _instances()
-    kwargs, response = _kwargs("slow-logger-between"), _response()
+    kwargs, response = stream_event_kwargs("slow-logger-between"), stream_response()
     _start((first, second), kwargs)
     with turnledger.scoped_turn() as turn:
         _succeed((first,), kwargs, response)
@@ -111,15 +94,15 @@ def test_the_instances_after_the_first_leave_it_outside_within_the_grace_period(
 def test_ids_of_calls_started_outside_any_turn_are_forgotten_after_they_end(clock: _Clock) -> None:
     outside = callback_module._started_outside_turns
     callbacks = _instances()
-    response = _response()
+    response = stream_response()
     for i in range(1000):
         clock.now += 0.01
-        kwargs = _kwargs(f"done-{i}")
+        kwargs = stream_event_kwargs(f"done-{i}")
         _start(callbacks, kwargs)
         _succeed(callbacks, kwargs, response)
     assert len(outside) == 1000, "all ended within the grace period"
     clock.now += outside.grace_s
-    last = _kwargs("last")
+    last = stream_event_kwargs("last")
     _start(callbacks, last)
     _succeed(callbacks, last, response)
     assert len(outside) == 1, "only the call that just ended is still remembered"
@@ -154,13 +137,13 @@ def test_a_failed_call_retried_with_its_call_id_stays_outside_any_turn(clock: _C
     """LiteLLM's ``num_retries`` retries with the same ``litellm_call_id`` and runs the pre-call hook
     again (measured on 1.106): the async path logs the failure first, then starts the retry."""
     callbacks = _instances()
-    kwargs, response = _kwargs("retried"), _response()
+    kwargs, response = stream_event_kwargs("retried"), stream_response()
     _start(callbacks, kwargs)
     _fail(callbacks, kwargs)
     clock.now += 1
     _start(callbacks, kwargs)  # the retry
     clock.now += 10 * callback_module._started_outside_turns.grace_s  # a long stream, read later
-    _start(callbacks, _kwargs("meanwhile"))  # forgets what is due
+    _start(callbacks, stream_event_kwargs("meanwhile"))  # forgets what is due
     with turnledger.scoped_turn() as turn:
         _succeed(callbacks, kwargs, response)
     assert turn.calls == []

@@ -11,30 +11,13 @@ import weakref
 from datetime import datetime
 from typing import Any
 
-import litellm
 import pytest
 
 import turnledger
+from tests.unit.stream_events import stream_event_kwargs, stream_response
 from turnledger import CallStatus, TokenCallRecord, TurnTokenAccumulator
 from turnledger.accumulator import call_bindings
 from turnledger.callback import _TURN_OF_CALL
-
-
-def _kwargs(call_id: str | None = None) -> dict[str, Any]:
-    return {
-        "litellm_call_id": call_id or uuid.uuid4().hex,
-        "model": "gpt-4o-mini",
-        "custom_llm_provider": "openai",
-        "call_type": "acompletion",
-        "stream": True,
-        "response_cost": 0.000015,
-    }
-
-
-def _response() -> litellm.ModelResponse:
-    return litellm.ModelResponse(
-        model="gpt-4o-mini", usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    )
 
 
 def _start(cb: turnledger.TokenTrackingCallback, kwargs: dict[str, Any]) -> None:
@@ -48,18 +31,18 @@ def _end(
     ended: datetime | None = None,
 ) -> None:
     ended = ended or datetime.now()
-    cb.log_success_event(kwargs, _response(), started or ended, ended)
+    cb.log_success_event(kwargs, stream_response(), started or ended, ended)
 
 
 def test_a_call_whose_binding_was_evicted_lands_late_in_its_own_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(call_bindings, "max_entries", 3)
     cb = turnledger.TokenTrackingCallback(name="evicted")
-    stream = _kwargs()
+    stream = stream_event_kwargs()
     with turnledger.scoped_turn(user_id="alice", settle_timeout=0) as alice:
         _start(cb, stream)
     with turnledger.scoped_turn(user_id="someone-else"):
         for _ in range(4):
-            other = _kwargs()
+            other = stream_event_kwargs()
             _start(cb, other)
             _end(cb, other)
     assert call_bindings.lookup(stream["litellm_call_id"]) is None  # forgotten
@@ -75,7 +58,7 @@ def test_a_call_whose_binding_was_evicted_lands_late_in_its_own_turn(monkeypatch
 
 def test_a_call_whose_turn_was_garbage_collected_is_recorded_outside_any_turn_flagged_late() -> None:
     cb = turnledger.TokenTrackingCallback(name="orphan")
-    stream = _kwargs()
+    stream = stream_event_kwargs()
     with turnledger.scoped_turn(user_id="alice", settle_timeout=0) as alice:
         _start(cb, stream)
     # Closed, stored and dropped: nothing holds Alice's turn any more.
@@ -103,11 +86,11 @@ def test_a_call_started_outside_any_turn_stays_outside_once_its_id_is_forgotten(
     from turnledger import callback as callback_module
 
     cb = turnledger.TokenTrackingCallback(name="outside")
-    stream = _kwargs()
+    stream = stream_event_kwargs()
     _start(cb, stream)
     # Forgotten as a call in flight for over an hour would be, at the next call started outside any turn.
     monkeypatch.setattr(callback_module._started_outside_turns, "max_age_s", 0.0)
-    _start(cb, _kwargs())
+    _start(cb, stream_event_kwargs())
     with turnledger.scoped_turn(user_id="bob") as bob:
         _end(cb, stream)
     assert bob.calls == []
@@ -118,7 +101,7 @@ def test_a_call_no_pre_call_hook_saw_is_the_call_of_the_turn_its_event_comes_in(
     # LiteLLM fires no pre-call hook for a cache hit: only the context can tell its turn.
     cb = turnledger.TokenTrackingCallback(name="cache-hit")
     with turnledger.scoped_turn(user_id="bob") as bob:
-        kwargs = _kwargs()
+        kwargs = stream_event_kwargs()
         _end(cb, kwargs, started=datetime.now())
     assert [c.call_id for c in bob.calls] == [kwargs["litellm_call_id"]]
 
@@ -126,7 +109,7 @@ def test_a_call_no_pre_call_hook_saw_is_the_call_of_the_turn_its_event_comes_in(
 def test_the_first_start_of_a_call_keeps_its_turn() -> None:
     # LiteLLM's own retries run the pre-call hook again with the same details; two instances see each start.
     first, second = turnledger.TokenTrackingCallback(name="first"), turnledger.TokenTrackingCallback(name="second")
-    kwargs = _kwargs()
+    kwargs = stream_event_kwargs()
     with turnledger.scoped_turn(user_id="alice", settle_timeout=0) as alice:
         _start(first, kwargs)
         _start(second, kwargs)
@@ -141,7 +124,7 @@ def test_the_first_start_of_a_call_keeps_its_turn() -> None:
 
 def test_details_another_logger_copied_or_pickled_keep_their_turn_or_name_none() -> None:
     cb = turnledger.TokenTrackingCallback(name="copies")
-    details = _kwargs()
+    details = stream_event_kwargs()
     with turnledger.scoped_turn(user_id="alice") as alice:
         _start(cb, details)
         # Copied (a logger that deep-copies what it is handed): the same turn.
