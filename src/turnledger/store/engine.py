@@ -106,7 +106,7 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
     connect_args: dict[str, Any] = {}
     flag = query.pop(POOLER_FLAG, None)
     if flag is not None:
-        value = flag if isinstance(flag, str) else flag[-1]
+        value = _last(flag)
         if value.lower() not in _TRUE | _FALSE:
             raise ConfigurationError(f"database URL: {POOLER_FLAG}={value!r} is not true or false")
         if value.lower() in _TRUE:
@@ -114,17 +114,17 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
             query["statement_cache_size"] = "0"
     options = query.pop("options", None)
     if options is not None:
-        connect_args["server_settings"] = _server_settings(options if isinstance(options, str) else options[-1])
+        connect_args["server_settings"] = _server_settings(_last(options))
     # libpq's names for what asyncpg takes otherwise (asyncpg refused them: "unexpected keyword argument").
     app_name = query.pop("application_name", None)
     if app_name is not None:
         settings = connect_args.setdefault("server_settings", {})
-        settings["application_name"] = app_name if isinstance(app_name, str) else app_name[-1]
+        settings["application_name"] = _last(app_name)
     for name, kind in _ASYNCPG_NUMBERS.items():
         raw = query.pop(name, None)
         if raw is None:
             continue
-        value = raw if isinstance(raw, str) else raw[-1]
+        value = _last(raw)
         try:
             number = kind(value)
         except ValueError:
@@ -143,6 +143,11 @@ def driver_options(url: URL) -> tuple[URL, dict[str, Any]]:
             f"database URL {url.render_as_string()}: the driver takes no {unknown[0]!r} option{hint}"
         )
     return url.set(query=query), connect_args
+
+
+def _last(value: str | tuple[str, ...]) -> str:
+    """A URL query option's value: SQLAlchemy gives a name written twice as a tuple, and the last wins."""
+    return value if isinstance(value, str) else value[-1]
 
 
 def _server_settings(options: str) -> dict[str, str]:
