@@ -103,6 +103,10 @@ class PendingCall:
     answer_at_start: object = None
     """``original_response`` in the call details when this call (or attempt) started: the answer of an
     earlier attempt of the same call (LiteLLM's own retries share the details), never this one's."""
+    request_duration_ms: object = None
+    """How long LiteLLM measured this call's (or attempt's) request to take (``llm_api_duration_ms`` in
+    the call details, written when the request ends), or ``None`` when it wrote none after the call
+    started: the value there is then an earlier attempt's, or none at all."""
 
     @property
     def responded(self) -> bool:
@@ -165,6 +169,19 @@ def _answered_record(pending: PendingCall, meta: ModelMetadata | None) -> TokenC
         return price_unlogged_answer(pending, meta)
     except Exception:
         warn_once("turn:unlogged_answer", "turnledger could not price the answer of an unlogged attempt", exc_info=True)
+        return None
+
+
+def _refused_attempt_record(
+    pending: PendingCall, meta: ModelMetadata | None, *, raised: bool
+) -> TokenCallRecord | None:
+    """An unlogged attempt that failed before it could time out, not billed; or ``None``."""
+    from turnledger.pricing import price_refused_attempt
+
+    try:
+        return price_refused_attempt(pending, meta, raised=raised)
+    except Exception:
+        warn_once("turn:refused_attempt", "turnledger could not read how an unlogged attempt ended", exc_info=True)
         return None
 
 
@@ -393,7 +410,7 @@ class TurnTokenAccumulator:
             with self._build_lock:
                 # Behind the events that arrived before this attempt started.
                 self._read_deferred_locked()
-                self._add_abandoned(superseded, count=False)
+                self._add_abandoned(superseded, superseded=True)
 
     def started_call(self, call_id: str) -> StartedCall | None:
         """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
@@ -587,9 +604,9 @@ class TurnTokenAccumulator:
             for call in started:
                 self._add_abandoned(call)
 
-    def _add_abandoned(self, call: StartedCall, *, count: bool = True) -> None:
-        """Keep the record of a call (or attempt) that never reported; ``count=False`` for an attempt
-        a retry superseded, which is not a call its turn abandoned."""
+    def _add_abandoned(self, call: StartedCall, *, superseded: bool = False) -> None:
+        """Keep the record of a call (or attempt) that never reported; ``superseded`` for an attempt a
+        retry superseded (it raised), which is not a call its turn abandoned and is not counted."""
         pending: PendingCall | None = None
         try:
             pending = call.pending_call()
@@ -597,8 +614,11 @@ class TurnTokenAccumulator:
             if call.call_id in self._retried_ids:
                 # Only a retried call's answer is priced here: any other call whose answer arrived is
                 # logged, if late.
-                answered = _answered_record(pending, meta)
-                record = answered if answered is not None else self._abandoned_factory(pending, meta)
+                record = _answered_record(pending, meta)
+                if record is None:
+                    record = _refused_attempt_record(pending, meta, raised=superseded)
+                if record is None:
+                    record = self._abandoned_factory(pending, meta)
                 record = record.with_flags(RecordFlag.UNLOGGED_RETRY_ATTEMPT)
             else:
                 record = self._abandoned_factory(pending, meta)
@@ -623,7 +643,7 @@ class TurnTokenAccumulator:
             self._records.append(record)
             subscribers = self._subscribers
         try:
-            if count:
+            if not superseded:
                 call.abandoned()
         except Exception:
             # Only a count depends on it: the record is kept, and the other calls still get theirs.

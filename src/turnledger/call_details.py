@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -128,3 +129,56 @@ def answer_in_details(call_details: Mapping[str, Any] | None) -> object | None:
     if isinstance(answer, Mapping):
         return answer if isinstance(answer.get("usage"), Mapping) else None
     return answer if getattr(answer, "usage", None) is not None else None
+
+
+def failed_before_timeout(call_details: Mapping[str, Any] | None, duration_ms: object, *, raised: bool) -> bool:
+    """Whether an attempt of a call LiteLLM retried itself failed before any timeout it was sent with
+    could fire: the provider refused it (an HTTP error answer) or never had it (a connection error).
+
+    LiteLLM (1.106.12) logs nothing of an async call's attempts after the first, and writes neither
+    their error nor their answer status into the call details it shares between them. What it does
+    write for each attempt is how long its request took (``llm_api_duration_ms``, written when the
+    request ends, in the openai SDK handler and LiteLLM's own HTTP handler): ``duration_ms``, ``None``
+    when none was written during the attempt. A read timeout fires only once the request has waited
+    its timeout, so a shorter request did not time out waiting for its answer; providers bill no other
+    failure without an answer (see :func:`~turnledger.pricing.answer_timed_out`).
+
+    The duration is written on cancellation as well, so the attempt must be known to have failed:
+    ``raised``, a later attempt started (LiteLLM retries on an exception only), or else LiteLLM's
+    retries ran out (:func:`retries_exhausted`). A stream's timeout may be another (``stream_timeout``):
+    the caller decides whether to ask.
+    """
+    if call_details is None or type(duration_ms) not in (float, int):
+        return False
+    if not (raised or retries_exhausted(call_details)):
+        return False
+    shortest = _shortest_timeout_s(call_details.get("litellm_params"))
+    return shortest is not None and 0 <= float(duration_ms) < shortest * 1000  # type: ignore[arg-type]
+
+
+def retries_exhausted(call_details: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM's own retries of an async call ran out, every attempt having raised.
+
+    LiteLLM's ``client`` wrapper (``utils.py``, 1.106.12) keeps the first attempt's exception (the one
+    its failure logging wrote into the call details as ``exception``) and, once the retries have all
+    failed, sets its ``num_retries`` before raising it to the caller; not when one succeeded, nor when
+    the retries were cancelled (a ``CancelledError`` is no ``Exception`` to it).
+    """
+    retries = getattr(call_details.get("exception"), "num_retries", None)
+    return type(retries) is int and retries > 0
+
+
+def _shortest_timeout_s(litellm_params: object) -> float | None:
+    """The shortest timeout a request was sent with, in seconds (``litellm_params["timeout"]``, where
+    LiteLLM keeps the one it sends: the caller's, or its 600 s default): a number, or an
+    ``httpx.Timeout``'s shortest phase. ``None`` when there is none or it cannot be read."""
+    if not isinstance(litellm_params, Mapping):
+        return None
+    timeout = litellm_params.get("timeout")
+    if type(timeout) in (float, int):
+        values: list[object] = [timeout]
+    else:
+        values = [getattr(timeout, phase, None) for phase in ("connect", "read", "write", "pool")]
+    seconds = [float(v) for v in values if type(v) in (float, int)]  # type: ignore[arg-type]
+    positive = [s for s in seconds if 0 < s < math.inf]
+    return min(positive) if positive else None

@@ -685,6 +685,7 @@ class _StartedCall:
     __slots__ = (
         "_answer_at_start",
         "_callback",
+        "_duration_at_start",
         "_input",
         "_kwargs",
         "_messages",
@@ -705,6 +706,8 @@ class _StartedCall:
         self._input = kwargs.get("input")
         # A retry's details still hold the attempt before it's answer, if any: not this attempt's.
         self._answer_at_start = kwargs.get("original_response")
+        # And the duration of its request: the attempt before it's, until this one's request ends.
+        self._duration_at_start = kwargs.get("llm_api_duration_ms")
         self.never_logged = False
         """Whether LiteLLM logs no end of this call even once it is answered (see log_pre_api_call)."""
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
@@ -719,6 +722,7 @@ class _StartedCall:
         kwargs = self._kwargs
         get = kwargs.get
         litellm_params = get("litellm_params")
+        duration = get("llm_api_duration_ms")
         provider = get("custom_llm_provider")
         if provider is None and isinstance(litellm_params, Mapping):
             provider = litellm_params.get("custom_llm_provider")
@@ -740,6 +744,9 @@ class _StartedCall:
             price_table=self._callback._price_table,
             call_details=kwargs,
             answer_at_start=self._answer_at_start,
+            # LiteLLM writes a new float when a request ends: the very object seen at the start is an
+            # earlier attempt's (or this attempt's request has not ended).
+            request_duration_ms=None if duration is self._duration_at_start else duration,
         )
 
     def abandoned(self) -> None:

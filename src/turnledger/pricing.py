@@ -51,7 +51,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from turnledger._logging import warn_once
-from turnledger.call_details import answer_in_details, provider_refused
+from turnledger.call_details import answer_in_details, failed_before_timeout, provider_refused
 from turnledger.money import to_decimal
 from turnledger.price_table import billing_provider
 from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
@@ -776,6 +776,38 @@ def _sent_input(messages: object, input_: object) -> bool:
     return False
 
 
+def price_refused_attempt(pending: PendingCall, meta: ModelMetadata | None, *, raised: bool) -> TokenCallRecord | None:
+    """The record of an unlogged attempt of a call LiteLLM retried itself that failed before it could
+    time out (see :func:`~turnledger.call_details.failed_before_timeout`): flagged ``provider_error``,
+    not billed, as an attempt whose HTTP error answer the call details show. ``None`` for any other
+    attempt, priced as an abandoned call is. ``raised``: a later attempt started.
+
+    Only a request that is no stream: a stream's timeout may be another (``stream_timeout``).
+    """
+    if pending.stream or not failed_before_timeout(pending.call_details, pending.request_duration_ms, raised=raised):
+        return None
+    return _not_billed_record(pending, meta)
+
+
+def _not_billed_record(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord:
+    """A call the provider did not bill: refused with an HTTP error answer, or never had."""
+    return TokenCallRecord(
+        call_id=pending.call_id,
+        model=pending.model,
+        provider=pending.provider,
+        call_kind=pending.call_kind,
+        status=CallStatus.ABANDONED,
+        cost_usd=Decimal(0),
+        cost_source=CostSource.NOT_BILLED,
+        stream=pending.stream,
+        started_at=pending.started_at,
+        model_ref=meta.model_ref if meta else None,
+        model_id=meta.model_id if meta else None,
+        display_name=meta.display_name if meta else None,
+        flags=(RecordFlag.NO_CALLBACK, RecordFlag.PROVIDER_ERROR),
+    )
+
+
 def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord:
     """The record of a call that never reported an end: kept, flagged, its input estimated.
 
@@ -790,21 +822,7 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
     without usage is. A customer is not charged for a request the provider turned down.
     """
     if provider_refused(pending.call_details):
-        return TokenCallRecord(
-            call_id=pending.call_id,
-            model=pending.model,
-            provider=pending.provider,
-            call_kind=pending.call_kind,
-            status=CallStatus.ABANDONED,
-            cost_usd=Decimal(0),
-            cost_source=CostSource.NOT_BILLED,
-            stream=pending.stream,
-            started_at=pending.started_at,
-            model_ref=meta.model_ref if meta else None,
-            model_id=meta.model_id if meta else None,
-            display_name=meta.display_name if meta else None,
-            flags=(RecordFlag.NO_CALLBACK, RecordFlag.PROVIDER_ERROR),
-        )
+        return _not_billed_record(pending, meta)
     flags: list[RecordFlag] = [RecordFlag.NO_CALLBACK]
     counts = TokenCounts()
     cost: Decimal | None = None

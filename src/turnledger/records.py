@@ -91,7 +91,9 @@ class RecordFlag(StrEnum):
     request, so it is kept as a record of its own, status ``abandoned``, priced as an abandoned call is
     (an HTTP error answer in the call details: not billed; otherwise its input estimated), unless the
     call details hold this attempt's answer with usage (an async retry that succeeded): then status
-    ``success``, priced from that usage."""
+    ``success``, priced from that usage; or unless it failed without an answer before its timeout could
+    fire (LiteLLM measured its request shorter than its timeout): then flagged ``provider_error``, not
+    billed."""
     LATE = "late"
     """The end event arrived after the turn had closed; the record went to subscribers only."""
     NEGATIVE_COST = "negative_cost"
@@ -111,7 +113,11 @@ class RecordFlag(StrEnum):
     PROVIDER_ERROR = "provider_error"
     """An abandoned call the provider had answered with an HTTP error (a 4xx or 5xx), as LiteLLM's call
     details showed though LiteLLM logged no failure (a sync ``num_retries`` without ``tenacity``).
-    Providers bill no error answer: no tokens, cost exactly 0 (``not_billed``), nothing estimated."""
+    Providers bill no error answer: no tokens, cost exactly 0 (``not_billed``), nothing estimated.
+    With ``unlogged_retry_attempt``, also an attempt that raised before any timeout it was sent with
+    could fire, with no answer: LiteLLM (1.106.12) keeps no error of an async call's later attempts,
+    so such an attempt was refused with an HTTP error or never reached the provider (a connection
+    error), and neither is billed."""
     COMPLETION_NOT_SEEN = "completion_not_seen"
     """The call's output could not be seen (an abandoned call): completion tokens are counted as 0,
     so the estimated cost is a lower bound."""

@@ -12,8 +12,9 @@ so five requests):
 
 Each attempt the provider had is one record: the ones LiteLLM logged as logged, the others flagged
 ``unlogged_retry_attempt``, priced as an abandoned call is, or, when LiteLLM's call details hold the
-attempt's answer (an async retry that succeeded), priced from its usage. A Router's retries get a
-call id each.
+attempt's answer (an async retry that succeeded), priced from its usage. An async attempt leaves no
+error in the call details, only how long its request took (``llm_api_duration_ms``): one that raised
+sooner than its timeout did not time out, and is not billed. A Router's retries get a call id each.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import litellm
 import pytest
-from litellm.exceptions import InternalServerError
+from litellm.exceptions import InternalServerError, Timeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import turnledger
@@ -101,22 +102,71 @@ def test_a_sync_call_retried_by_litellm_is_counted_once_with_two_instances_insta
     assert [r.status for r in turn.calls] == [CallStatus.ABANDONED, CallStatus.FAILURE, CallStatus.ABANDONED]
 
 
+# Through the openai SDK, and through LiteLLM's own HTTP handler (no SDK retries: one request an attempt).
+@pytest.mark.parametrize(("model", "requests"), [("openai/gpt-4o-mini", 5), ("deepseek/deepseek-chat", 3)])
 async def test_every_attempt_of_an_async_call_retried_by_litellm_is_one_record(
-    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], model: str, requests: int
 ) -> None:
-    # LiteLLM logs the first attempt's failure and nothing after it; its later attempts leave no
-    # error answer in the call details, so they are estimated as any abandoned call.
+    # LiteLLM logs the first attempt's failure and nothing after it, and leaves no error answer of the
+    # later ones in the call details: only how long each request took, far below its timeout (600 s by
+    # default) for an answer refused at once. Before: each estimated, 12 tokens $0.0000018 (gpt-4o-mini).
     fake_provider.plan("retried", [Script(status=500)])
     async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
         with pytest.raises(InternalServerError):
-            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
-    assert fake_provider.received("retried") == 5
+            await litellm.acompletion(model=model, messages=MESSAGES, num_retries=2, **provider_kwargs)
+    assert fake_provider.received("retried") == requests
     logged, *unlogged = turn.calls
     assert len({r.call_id for r in turn.calls}) == 1
     assert (logged.status, logged.cost_source) == (CallStatus.FAILURE, CostSource.NOT_BILLED)
+    assert [(r.status, r.flags) for r in unlogged] == [(CallStatus.ABANDONED, UNLOGGED)] * 2
+    not_billed = (0, Decimal(0), CostSource.NOT_BILLED)
+    assert [(r.prompt_tokens, r.cost_usd, r.cost_source) for r in unlogged] == [not_billed] * 2
+    assert turn.total_cost_usd == Decimal(0)
+
+
+async def test_the_async_attempts_retried_by_litellm_that_timed_out_keep_their_estimate(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Each request waited its whole timeout: the provider had it, and may have billed its answer.
+    fake_provider.plan("retried", [Script(delay_s=0.6)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        with pytest.raises(Timeout):
+            await litellm.acompletion(
+                model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, timeout=0.2, **provider_kwargs
+            )
+    assert fake_provider.received("retried") == 5
+    logged, *unlogged = turn.calls
+    assert (logged.status, logged.cost_source) == (CallStatus.FAILURE, CostSource.ESTIMATED)
     assert len(unlogged) == 2
-    assert all(r.status is CallStatus.ABANDONED for r in unlogged)
-    assert all(RecordFlag.UNLOGGED_RETRY_ATTEMPT in r.flags for r in unlogged)
+    for attempt in unlogged:
+        assert attempt.status is CallStatus.ABANDONED
+        assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in attempt.flags
+        assert RecordFlag.PROVIDER_ERROR not in attempt.flags
+        assert (attempt.prompt_tokens, attempt.cost_source) == (logged.prompt_tokens, CostSource.ESTIMATED)
+    assert turn.total_cost_usd == 3 * logged.cost_usd  # type: ignore[operator]
+
+
+async def test_an_async_retry_cancelled_in_flight_keeps_its_estimate(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM writes how long the request took when it is cancelled too, shorter than its timeout:
+    # only an attempt known to have raised is read as refused, and a cancelled one did not.
+    fake_provider.plan("retried", [Script(status=500)] * 3 + [Script(delay_s=5)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        call = asyncio.create_task(
+            litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+        )
+        while fake_provider.received("retried") < 4:
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    logged, in_flight = turn.calls
+    assert (logged.status, logged.cost_source) == (CallStatus.FAILURE, CostSource.NOT_BILLED)
+    assert in_flight.status is CallStatus.ABANDONED
+    assert RecordFlag.PROVIDER_ERROR not in in_flight.flags
+    assert in_flight.cost_source is CostSource.ESTIMATED
+    assert in_flight.prompt_tokens > 0
 
 
 async def test_an_async_call_retried_by_litellm_that_failed_is_not_waited_for_as_answered(

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import litellm
 import pytest
+from litellm.exceptions import InternalServerError
 
 import turnledger
 from turnledger import CallKind, CallStatus, CostSource, ModelMetadata, PendingCall, RecordFlag
-from turnledger.call_details import provider_refused
+from turnledger.call_details import failed_before_timeout, provider_refused
 from turnledger.pricing import price_abandoned_call
 
 
@@ -180,3 +183,41 @@ def test_an_unlogged_retry_attempt_is_priced_from_its_own_answer_never_from_an_e
     assert answered.cost_usd == Decimal("0.0000084")
     assert unanswered.status is CallStatus.ABANDONED
     assert RecordFlag.COMPLETION_NOT_SEEN in unanswered.flags
+
+
+def _attempt_details(timeout: object, exception: object = None) -> dict[str, Any]:
+    return {**started("retried"), "litellm_params": {"timeout": timeout}, "exception": exception}
+
+
+@pytest.mark.parametrize(
+    ("timeout", "duration_ms", "failed_first"),
+    [
+        (600.0, 12.5, True),
+        (600, 12, True),
+        (0.2, 199.0, True),
+        (0.2, 200.0, False),  # a read timeout fires once the request has waited it out
+        (httpx.Timeout(5.0, connect=1.0), 900.0, True),
+        (httpx.Timeout(5.0, connect=1.0), 1500.0, False),  # the shortest phase decides: it may be the read's
+        (httpx.Timeout(None), 10.0, False),  # no timeout known: nothing to compare with
+        (None, 10.0, False),
+        ("600", 10.0, False),
+        (600.0, None, False),  # no request of this attempt measured
+        (600.0, True, False),
+        (600.0, math.nan, False),
+        (600.0, -5.0, False),  # a wall clock set back mid-request
+    ],
+)
+def test_an_attempt_that_raised_failed_before_its_timeout_only_when_its_request_was_shorter(
+    timeout: object, duration_ms: object, failed_first: bool
+) -> None:
+    assert failed_before_timeout(_attempt_details(timeout), duration_ms, raised=True) is failed_first
+
+
+def test_the_last_attempt_failed_only_once_litellms_retries_ran_out() -> None:
+    # LiteLLM sets ``num_retries`` on the first attempt's exception once every attempt has raised; a
+    # cancelled attempt also has its request measured, and is no failure.
+    first_failure = InternalServerError("refused", llm_provider="openai", model="gpt-4o-mini")
+    details = _attempt_details(600.0, first_failure)
+    assert not failed_before_timeout(details, 12.0, raised=False)
+    first_failure.num_retries = 2
+    assert failed_before_timeout(details, 12.0, raised=False)
