@@ -73,8 +73,9 @@ from turnledger.records import (
     TokenCallRecord,
     record_from_fields,
 )
+from turnledger.request_ids import response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
-from turnledger.usage import normalize_usage, private_field
+from turnledger.usage import normalize_usage
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
@@ -100,8 +101,6 @@ for _kind, _names in {
 _SUCCESS = CallStatus.SUCCESS
 _FAILURE = CallStatus.FAILURE
 _USAGE_ESTIMATED = RecordFlag.USAGE_ESTIMATED
-
-_REQUEST_ID_HEADERS = ("llm_provider-x-request-id", "llm_provider-request-id", "request-id", "x-request-id")
 
 # Every list LiteLLM may copy a registered logger into (``function_setup`` promotes entries of
 # ``litellm.callbacks`` into the others); uninstall must clear all of them.
@@ -146,21 +145,6 @@ def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
         return None
     ms = (end - start).total_seconds() * 1000.0
     return ms if ms >= 0 else None
-
-
-def _provider_request_id(response_obj: Any) -> str | None:
-    # Exact type tests first: LiteLLM hands dicts, and isinstance against an ABC costs 0.2 us each.
-    hidden = private_field(response_obj, "_hidden_params")
-    if not (type(hidden) is dict or isinstance(hidden, Mapping)):
-        return None
-    headers = hidden.get("additional_headers")
-    if not (type(headers) is dict or isinstance(headers, Mapping)):
-        return None
-    for name in _REQUEST_ID_HEADERS:
-        value = headers.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 def _stand_in_call_id(kwargs: object) -> str:
@@ -614,7 +598,7 @@ class TokenTrackingCallback(CustomLogger):
             started_at=started,
             latency_ms=_ms_between(started, ended),
             ttft_ms=ttft,
-            provider_request_id=_provider_request_id(response_obj),
+            provider_request_id=response_request_id(response_obj),
             model_ref=meta.model_ref if meta else None,
             model_id=meta.model_id if meta else None,
             display_name=meta.display_name if meta else None,
