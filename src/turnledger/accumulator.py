@@ -103,6 +103,10 @@ class PendingCall:
     answer_at_start: object = None
     """``original_response`` in the call details when this call (or attempt) started: the answer of an
     earlier attempt of the same call (LiteLLM's own retries share the details), never this one's."""
+    headers_at_start: object = None
+    """``response_headers`` in the call details when this attempt started, for a further attempt of a
+    call LiteLLM retries itself (``None`` for a first one, which starts with none): an earlier
+    attempt's, never this one's."""
 
     @property
     def responded(self) -> bool:

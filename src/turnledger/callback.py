@@ -373,11 +373,14 @@ class TokenTrackingCallback(CustomLogger):
                 _started_outside_turns.started(call_id)
                 return
             started = _StartedCall(self, call_id, model, messages, kwargs)
-            if retry and kwargs.get("call_type") == "acompletion" and not kwargs.get("stream"):
-                # LiteLLM (1.106.12) runs an async call's further attempts outside its logging
-                # wrapper (acompletion_with_retries): one that is answered is never logged, so its
-                # answer is no sign of an event to wait for. A stream logs itself as it is read.
-                started.never_logged = True
+            if retry:
+                # Read for a further attempt only: a first one starts with no headers in the details.
+                started.headers_at_start = kwargs.get("response_headers")
+                if kwargs.get("call_type") == "acompletion" and not kwargs.get("stream"):
+                    # LiteLLM (1.106.12) runs an async call's further attempts outside its logging
+                    # wrapper (acompletion_with_retries): one that is answered is never logged, so its
+                    # answer is no sign of an event to wait for. A stream logs itself as it is read.
+                    started.never_logged = True
             turn.begin_call(started, bind=not marked, retry=retry)
         except Exception:
             self._count("errors")
@@ -675,6 +678,7 @@ class _StartedCall:
         "_model",
         "_started_monotonic",
         "call_id",
+        "headers_at_start",
         "never_logged",
     )
 
@@ -689,6 +693,8 @@ class _StartedCall:
         self._input = kwargs.get("input")
         # A retry's details still hold the attempt before it's answer, if any: not this attempt's.
         self._answer_at_start = kwargs.get("original_response")
+        self.headers_at_start: object = None
+        """``response_headers`` in the details when a further attempt started (see PendingCall)."""
         self.never_logged = False
         """Whether LiteLLM logs no end of this call even once it is answered (see log_pre_api_call)."""
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
@@ -724,6 +730,7 @@ class _StartedCall:
             price_table=self._callback._price_table,
             call_details=kwargs,
             answer_at_start=self._answer_at_start,
+            headers_at_start=self.headers_at_start,
         )
 
     def abandoned(self) -> None:

@@ -158,6 +158,57 @@ def test_an_abandoned_call_the_provider_refused_is_not_billed(stream: bool) -> N
     assert (record.model_ref, record.model_id, record.display_name) == ("openai/gpt-4o-mini", "m-1", "Mini")
 
 
+def _answer(answer_id: str) -> str:
+    return json.dumps(
+        {
+            "id": answer_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44},
+        }
+    )
+
+
+def test_an_unlogged_retry_attempt_never_takes_the_request_id_an_earlier_attempt_left() -> None:
+    # The first attempt got an answer, kept with its headers, and was retried unlogged; the second
+    # got one too, and the details kept no headers of its own (as LiteLLM's own HTTP handler keeps
+    # none): its request id is unknown, not the first attempt's.
+    cb = turnledger.TokenTrackingCallback(name="retried-request-id")
+    details = started("retried-request-id")
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = _answer("chatcmpl-1")
+        details["response_headers"] = {"x-request-id": "req-1"}
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = _answer("chatcmpl-2")
+    first, second = turn.calls
+    assert [r.status for r in turn.calls] == [CallStatus.SUCCESS, CallStatus.SUCCESS]
+    assert (first.provider_request_id, second.provider_request_id) == ("req-1", None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "request_id"),
+    [
+        ({"request-id": "req-a"}, "req-a"),
+        # Known by "x-request-id", as a logged success is (its hidden params list llm_provider-x-request-id first).
+        ({"request-id": "req-b", "x-request-id": "req-x"}, "req-x"),
+        ({"content-type": "application/json"}, None),
+    ],
+)
+def test_an_unlogged_retry_attempt_reads_a_request_id_header_in_either_spelling(
+    headers: dict[str, str], request_id: str | None
+) -> None:
+    cb = turnledger.TokenTrackingCallback(name="retried-spelling")
+    details = started("retried-spelling")
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = _answer("chatcmpl-1")
+        details["response_headers"] = headers
+    unanswered, answered = turn.calls
+    assert (unanswered.status, answered.status) == (CallStatus.ABANDONED, CallStatus.SUCCESS)
+    assert answered.provider_request_id == request_id
+
+
 def test_an_unlogged_retry_attempt_is_priced_from_its_own_answer_never_from_an_earlier_one() -> None:
     # LiteLLM's own retries share one call's details. The first attempt got an answer (written into
     # the details) yet raised and was retried unlogged; the second left nothing. Only the first is
@@ -172,10 +223,13 @@ def test_an_unlogged_retry_attempt_is_priced_from_its_own_answer_never_from_an_e
     with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
         cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
         details["original_response"] = json.dumps(answer)
+        # As LiteLLM's openai SDK handler keeps them, beside the answer.
+        details["response_headers"] = {"x-request-id": "req-1", "content-type": "application/json"}
         cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
     answered, unanswered = turn.calls
     assert (answered.status, answered.prompt_tokens, answered.completion_tokens) == (CallStatus.SUCCESS, 40, 4)
-    assert answered.provider_request_id == "chatcmpl-1"
+    # The provider's request-id header, as every record's; not the answer body's id ("chatcmpl-1").
+    assert answered.provider_request_id == "req-1"
     assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in answered.flags
     assert answered.cost_usd == Decimal("0.0000084")
     assert unanswered.status is CallStatus.ABANDONED
