@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -9,9 +10,10 @@ from typing import Any
 
 import litellm
 import pytest
+from litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response import convert_to_model_response_object
 
 import turnledger
-from turnledger import CallKind, CallStatus, CostSource, ModelMetadata, PendingCall, RecordFlag
+from turnledger import CallKind, CallStatus, CostSource, ModelMetadata, PendingCall, RecordFlag, TokenCallRecord
 from turnledger.call_details import provider_refused
 from turnledger.pricing import price_abandoned_call
 
@@ -207,6 +209,49 @@ def test_an_unlogged_retry_attempt_reads_a_request_id_header_in_either_spelling(
     unanswered, answered = turn.calls
     assert (unanswered.status, answered.status) == (CallStatus.ABANDONED, CallStatus.SUCCESS)
     assert answered.provider_request_id == request_id
+
+
+def test_an_unlogged_answer_is_recorded_as_a_logged_success_of_that_answer_is() -> None:
+    # The success record is spelled out field by field twice: callback.build_record (the hot path)
+    # and pricing.price_unlogged_answer. A field one fills and the other forgets fails here: every
+    # count below is set, and the records may differ only where an unlogged attempt must.
+    usage = {
+        "prompt_tokens": 400,
+        "completion_tokens": 40,
+        "total_tokens": 440,
+        "prompt_tokens_details": {"cached_tokens": 100, "audio_tokens": 20, "image_tokens": 30},
+        "completion_tokens_details": {"reasoning_tokens": 10, "audio_tokens": 5, "image_tokens": 3},
+        "cache_creation_input_tokens": 50,
+        "cache_creation": {"ephemeral_5m_input_tokens": 30, "ephemeral_1h_input_tokens": 20},
+    }
+    answer = {**json.loads(_answer("chatcmpl-1")), "object": "chat.completion", "model": "gpt-4o-mini", "usage": usage}
+    headers = {"x-request-id": "req-1", "content-type": "application/json"}
+    cb = turnledger.TokenTrackingCallback(name="same-answer")
+    details = {**started("same-answer"), "call_type": "acompletion"}
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = json.dumps(answer)
+        details["response_headers"] = headers
+    unlogged = turn.calls[-1]
+    # The response LiteLLM returns for that answer, as its openai handler builds it.
+    response = convert_to_model_response_object(
+        response_object=answer, model_response_object=litellm.ModelResponse(), _response_headers=headers
+    )
+    start = details["start_time"]
+    logged = cb.build_record(details, response, start, start + timedelta(seconds=1), CallStatus.SUCCESS, None)
+
+    counts = [f.name for f in dataclasses.fields(TokenCallRecord) if f.name.endswith("_tokens")]
+    assert all(getattr(logged, name) > 0 for name in counts)
+    # Unlogged, the attempt has no end time, and is flagged so; it is priced by the same rates from the
+    # answer's usage, where LiteLLM's cost function prices the response object.
+    assert (logged.latency_ms, unlogged.latency_ms) == (1000.0, None)
+    assert unlogged.flags == (RecordFlag.NO_CALLBACK, *logged.flags, RecordFlag.UNLOGGED_RETRY_ATTEMPT)
+    assert (logged.cost_source, unlogged.cost_source) == (CostSource.COMPLETION_COST, CostSource.COST_PER_TOKEN)
+    assert (logged.provider_request_id, logged.cost_usd is not None) == ("req-1", True)
+    differ = {"latency_ms", "flags", "cost_source"}
+    same = [f.name for f in dataclasses.fields(TokenCallRecord) if f.name not in differ]
+    assert {name: getattr(unlogged, name) for name in same} == {name: getattr(logged, name) for name in same}
 
 
 def test_an_unlogged_retry_attempt_is_priced_from_its_own_answer_never_from_an_earlier_one() -> None:
