@@ -447,6 +447,7 @@ def _stage_times(
     """Where the success hook's time goes: its stages called alone, as ``build_record`` calls them."""
     from turnledger import callback as cbm
     from turnledger.pricing import estimate_missing_usage, price_call
+    from turnledger.request_ids import response_request_id
     from turnledger.usage import normalize_usage
 
     model = kwargs.get("model")
@@ -470,8 +471,8 @@ def _stage_times(
             kwargs, response_obj, counts, **pricing_kw
         ),
         "price_call (pricing.py)": lambda i: price_call(kwargs, response_obj, counts, **pricing_kw),
-        "_provider_request_id + 3x _utc (callback.py)": lambda i: (
-            cbm._provider_request_id(response_obj),
+        "response_request_id (request_ids.py) + 3x _utc (callback.py)": lambda i: (
+            response_request_id(response_obj),
             cbm._utc(start),
             cbm._utc(end),
             cbm._utc(kwargs.get("completion_start_time")),
@@ -500,7 +501,7 @@ _IN_SITU_STAGES = (
     "normalize_usage",
     "estimate_missing_usage",
     "price_call",
-    "_provider_request_id",
+    "response_request_id",
     "_utc",
     "record_from_fields",
     "_metadata",

@@ -107,6 +107,10 @@ class PendingCall:
     """How long LiteLLM measured this call's (or attempt's) request to take (``llm_api_duration_ms`` in
     the call details, written when the request ends), or ``None`` when it wrote none after the call
     started: the value there is then an earlier attempt's, or none at all."""
+    headers_at_start: object = None
+    """``response_headers`` in the call details when this attempt started, for a further attempt of a
+    call LiteLLM retries itself (``None`` for a first one, which starts with none): an earlier
+    attempt's, never this one's."""
 
     @property
     def responded(self) -> bool:

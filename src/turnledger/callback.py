@@ -73,8 +73,9 @@ from turnledger.records import (
     TokenCallRecord,
     record_from_fields,
 )
+from turnledger.request_ids import response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
-from turnledger.usage import normalize_usage, private_field
+from turnledger.usage import normalize_usage
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
@@ -100,8 +101,6 @@ for _kind, _names in {
 _SUCCESS = CallStatus.SUCCESS
 _FAILURE = CallStatus.FAILURE
 _USAGE_ESTIMATED = RecordFlag.USAGE_ESTIMATED
-
-_REQUEST_ID_HEADERS = ("llm_provider-x-request-id", "llm_provider-request-id", "request-id", "x-request-id")
 
 # Every list LiteLLM may copy a registered logger into (``function_setup`` promotes entries of
 # ``litellm.callbacks`` into the others); uninstall must clear all of them.
@@ -146,21 +145,6 @@ def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
         return None
     ms = (end - start).total_seconds() * 1000.0
     return ms if ms >= 0 else None
-
-
-def _provider_request_id(response_obj: Any) -> str | None:
-    # Exact type tests first: LiteLLM hands dicts, and isinstance against an ABC costs 0.2 us each.
-    hidden = private_field(response_obj, "_hidden_params")
-    if not (type(hidden) is dict or isinstance(hidden, Mapping)):
-        return None
-    headers = hidden.get("additional_headers")
-    if not (type(headers) is dict or isinstance(headers, Mapping)):
-        return None
-    for name in _REQUEST_ID_HEADERS:
-        value = headers.get(name)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 def _stand_in_call_id(kwargs: object) -> str:
@@ -389,11 +373,14 @@ class TokenTrackingCallback(CustomLogger):
                 _started_outside_turns.started(call_id)
                 return
             started = _StartedCall(self, call_id, model, messages, kwargs)
-            if retry and kwargs.get("call_type") == "acompletion" and not kwargs.get("stream"):
-                # LiteLLM (1.106.12) runs an async call's further attempts outside its logging
-                # wrapper (acompletion_with_retries): one that is answered is never logged, so its
-                # answer is no sign of an event to wait for. A stream logs itself as it is read.
-                started.never_logged = True
+            if retry:
+                # Read for a further attempt only: a first one starts with no headers in the details.
+                started.headers_at_start = kwargs.get("response_headers")
+                if kwargs.get("call_type") == "acompletion" and not kwargs.get("stream"):
+                    # LiteLLM (1.106.12) runs an async call's further attempts outside its logging
+                    # wrapper (acompletion_with_retries): one that is answered is never logged, so its
+                    # answer is no sign of an event to wait for. A stream logs itself as it is read.
+                    started.never_logged = True
             turn.begin_call(started, bind=not marked, retry=retry)
         except Exception:
             self._count("errors")
@@ -614,7 +601,7 @@ class TokenTrackingCallback(CustomLogger):
             started_at=started,
             latency_ms=_ms_between(started, ended),
             ttft_ms=ttft,
-            provider_request_id=_provider_request_id(response_obj),
+            provider_request_id=response_request_id(response_obj),
             model_ref=meta.model_ref if meta else None,
             model_id=meta.model_id if meta else None,
             display_name=meta.display_name if meta else None,
@@ -692,6 +679,7 @@ class _StartedCall:
         "_model",
         "_started_monotonic",
         "call_id",
+        "headers_at_start",
         "never_logged",
     )
 
@@ -708,6 +696,8 @@ class _StartedCall:
         self._answer_at_start = kwargs.get("original_response")
         # And the duration of its request: the attempt before it's, until this one's request ends.
         self._duration_at_start = kwargs.get("llm_api_duration_ms")
+        self.headers_at_start: object = None
+        """``response_headers`` in the details when a further attempt started (see PendingCall)."""
         self.never_logged = False
         """Whether LiteLLM logs no end of this call even once it is answered (see log_pre_api_call)."""
         # LiteLLM's live model_call_details: it marks there when the response arrived (``responded``).
@@ -747,6 +737,7 @@ class _StartedCall:
             # LiteLLM writes a new float when a request ends: the very object seen at the start is an
             # earlier attempt's (or this attempt's request has not ended).
             request_duration_ms=None if duration is self._duration_at_start else duration,
+            headers_at_start=self.headers_at_start,
         )
 
     def abandoned(self) -> None:

@@ -55,6 +55,7 @@ from turnledger.call_details import answer_in_details, failed_before_timeout, pr
 from turnledger.money import to_decimal
 from turnledger.price_table import billing_provider
 from turnledger.records import MONEY_CONTEXT, CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord
+from turnledger.request_ids import headers_request_id
 from turnledger.usage import (
     TokenCounts,
     estimate_counts,
@@ -900,6 +901,12 @@ def price_unlogged_answer(pending: PendingCall, meta: ModelMetadata | None) -> T
     logging wrapper: one that succeeds returns its answer, with usage, and is never logged. The
     answer an earlier attempt left in the shared details (``answer_at_start``) is not this attempt's,
     so it is never priced twice. A stream's answer is not there until it is read to the end.
+
+    Its ``provider_request_id`` is the provider's request-id header, as every record's: LiteLLM keeps
+    the headers of an answer it got through the openai SDK (the OpenAI format) in the details
+    (``response_headers``), those of an answer through its own HTTP handler (DeepSeek, Anthropic,
+    measured on 1.106.12) nowhere but in the response it returned to the caller. Then it is ``None``
+    (unknown), never the answer body's ``id`` nor headers an earlier attempt left there.
     """
     details = pending.call_details
     if pending.stream or details is None or details.get("original_response") is pending.answer_at_start:
@@ -910,6 +917,7 @@ def price_unlogged_answer(pending: PendingCall, meta: ModelMetadata | None) -> T
     counts = normalize_usage(answer)
     if not counts.present:
         return None
+    headers = details.get("response_headers")
     kwargs = {key: value for key, value in details.items() if key not in _NOT_THIS_ANSWERS_PRICE}
     cost, source, flags = price_call(
         kwargs,
@@ -941,7 +949,7 @@ def price_unlogged_answer(pending: PendingCall, meta: ModelMetadata | None) -> T
         cost_source=source,
         stream=pending.stream,
         started_at=pending.started_at,
-        provider_request_id=_str(get_field(answer, "id")),
+        provider_request_id=headers_request_id(headers) if headers is not pending.headers_at_start else None,
         model_ref=meta.model_ref if meta else None,
         model_id=meta.model_id if meta else None,
         display_name=meta.display_name if meta else None,

@@ -187,6 +187,11 @@ class TokenCallRecord:
     ttft_ms: float | None = None
     """Time to first token, for streams."""
     provider_request_id: str | None = None
+    """The provider's id for the request, from its ``x-request-id`` or ``request-id`` header (what its
+    request logs and support know it by; never the answer body's ``id``). ``None`` when unknown: a
+    failure LiteLLM logged without a response, a provider that sends neither header, and an attempt
+    LiteLLM retried without logging it whose answer's headers it did not keep (it keeps them for a
+    call through the openai SDK, not for DeepSeek or Anthropic: measured on 1.106.12)."""
     model_ref: str | None = None
     """The application's own reference for the model, from ``register_model_metadata``."""
     model_id: str | None = None

@@ -30,7 +30,7 @@ from litellm.exceptions import InternalServerError, Timeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import turnledger
-from tests.integration.writer_support import stored_call_count, stored_cost
+from tests.integration.writer_support import stored_call_count, stored_cost, stored_turn
 from turnledger import CallStatus, CostSource, RecordFlag, TurnTokenAccumulator, record_turn, session_factory
 from turnledger.fake_provider import FakeProvider, Script
 from turnledger.store.writer import BatchWriter
@@ -212,6 +212,41 @@ async def test_an_async_retry_that_succeeds_is_priced_from_the_usage_it_returned
     assert not answered.usage_estimated
     # gpt-4o-mini: 40 x $0.15/M in, 4 x $0.60/M out.
     assert turn.total_cost_usd == Decimal("0.0000084")
+
+
+async def test_an_async_retry_that_succeeds_stores_the_request_id_the_provider_sent_it(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], engine: AsyncEngine
+) -> None:
+    # Every other record carries the provider's request-id header (what its request logs and its
+    # support know the request by). Before: this attempt's answer body id ("chatcmpl-req_fake_..."),
+    # which the provider's logs do not have.
+    fake_provider.plan("retried", [Script(status=500)] * 3 + [Script()])
+    async with turnledger.scoped_turn(turn_id="retried-id", settle_timeout=0.2, logging_timeout=1) as turn:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+    *_refused, answer = fake_provider.answers_for("retried")
+    assert (answer.attempt, answer.status) == (3, 200)
+    async with session_factory(engine)() as session:
+        assert await record_turn(session, turn, usage_type="chat") is not None
+        await session.commit()
+    _usage, (_logged, answered) = await stored_turn(engine, "retried-id")
+    assert (answered["status"], answered["flags"]) == ("success", ["no_callback", "unlogged_retry_attempt"])
+    assert answered["provider_request_id"] == answer.request_id
+
+
+async def test_an_async_retry_whose_headers_litellm_did_not_keep_has_no_request_id(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM's own HTTP handler (DeepSeek here) keeps the answer in the call details but not its
+    # headers, and the only request id there is the refused first attempt's: unknown, never another
+    # attempt's id or the answer body's id.
+    fake_provider.plan("retried", [Script(status=500), Script()])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        await litellm.acompletion(model="deepseek/deepseek-chat", messages=MESSAGES, num_retries=2, **provider_kwargs)
+    assert [(a.attempt, a.status) for a in fake_provider.answers_for("retried")] == [(0, 500), (1, 200)]
+    _refused, answered = turn.calls
+    assert (answered.status, answered.prompt_tokens > 0) == (CallStatus.SUCCESS, True)
+    assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in answered.flags
+    assert answered.provider_request_id is None
 
 
 async def test_a_turn_with_a_retried_call_stores_every_attempt(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -12,9 +13,10 @@ import httpx
 import litellm
 import pytest
 from litellm.exceptions import InternalServerError
+from litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response import convert_to_model_response_object
 
 import turnledger
-from turnledger import CallKind, CallStatus, CostSource, ModelMetadata, PendingCall, RecordFlag
+from turnledger import CallKind, CallStatus, CostSource, ModelMetadata, PendingCall, RecordFlag, TokenCallRecord
 from turnledger.call_details import failed_before_timeout, provider_refused
 from turnledger.pricing import price_abandoned_call
 
@@ -161,6 +163,100 @@ def test_an_abandoned_call_the_provider_refused_is_not_billed(stream: bool) -> N
     assert (record.model_ref, record.model_id, record.display_name) == ("openai/gpt-4o-mini", "m-1", "Mini")
 
 
+def _answer(answer_id: str) -> str:
+    return json.dumps(
+        {
+            "id": answer_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44},
+        }
+    )
+
+
+def test_an_unlogged_retry_attempt_never_takes_the_request_id_an_earlier_attempt_left() -> None:
+    # The first attempt got an answer, kept with its headers, and was retried unlogged; the second
+    # got one too, and the details kept no headers of its own (as LiteLLM's own HTTP handler keeps
+    # none): its request id is unknown, not the first attempt's.
+    cb = turnledger.TokenTrackingCallback(name="retried-request-id")
+    details = started("retried-request-id")
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = _answer("chatcmpl-1")
+        details["response_headers"] = {"x-request-id": "req-1"}
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = _answer("chatcmpl-2")
+    first, second = turn.calls
+    assert [r.status for r in turn.calls] == [CallStatus.SUCCESS, CallStatus.SUCCESS]
+    assert (first.provider_request_id, second.provider_request_id) == ("req-1", None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "request_id"),
+    [
+        ({"request-id": "req-a"}, "req-a"),
+        # Known by "x-request-id", as a logged success is (its hidden params list llm_provider-x-request-id first).
+        ({"request-id": "req-b", "x-request-id": "req-x"}, "req-x"),
+        ({"content-type": "application/json"}, None),
+    ],
+)
+def test_an_unlogged_retry_attempt_reads_a_request_id_header_in_either_spelling(
+    headers: dict[str, str], request_id: str | None
+) -> None:
+    cb = turnledger.TokenTrackingCallback(name="retried-spelling")
+    details = started("retried-spelling")
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = _answer("chatcmpl-1")
+        details["response_headers"] = headers
+    unanswered, answered = turn.calls
+    assert (unanswered.status, answered.status) == (CallStatus.ABANDONED, CallStatus.SUCCESS)
+    assert answered.provider_request_id == request_id
+
+
+def test_an_unlogged_answer_is_recorded_as_a_logged_success_of_that_answer_is() -> None:
+    # The success record is spelled out field by field twice: callback.build_record (the hot path)
+    # and pricing.price_unlogged_answer. A field one fills and the other forgets fails here: every
+    # count below is set, and the records may differ only where an unlogged attempt must.
+    usage = {
+        "prompt_tokens": 400,
+        "completion_tokens": 40,
+        "total_tokens": 440,
+        "prompt_tokens_details": {"cached_tokens": 100, "audio_tokens": 20, "image_tokens": 30},
+        "completion_tokens_details": {"reasoning_tokens": 10, "audio_tokens": 5, "image_tokens": 3},
+        "cache_creation_input_tokens": 50,
+        "cache_creation": {"ephemeral_5m_input_tokens": 30, "ephemeral_1h_input_tokens": 20},
+    }
+    answer = {**json.loads(_answer("chatcmpl-1")), "object": "chat.completion", "model": "gpt-4o-mini", "usage": usage}
+    headers = {"x-request-id": "req-1", "content-type": "application/json"}
+    cb = turnledger.TokenTrackingCallback(name="same-answer")
+    details = {**started("same-answer"), "call_type": "acompletion"}
+    with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
+        details["original_response"] = json.dumps(answer)
+        details["response_headers"] = headers
+    unlogged = turn.calls[-1]
+    # The response LiteLLM returns for that answer, as its openai handler builds it.
+    response = convert_to_model_response_object(
+        response_object=answer, model_response_object=litellm.ModelResponse(), _response_headers=headers
+    )
+    start = details["start_time"]
+    logged = cb.build_record(details, response, start, start + timedelta(seconds=1), CallStatus.SUCCESS, None)
+
+    counts = [f.name for f in dataclasses.fields(TokenCallRecord) if f.name.endswith("_tokens")]
+    assert all(getattr(logged, name) > 0 for name in counts)
+    # Unlogged, the attempt has no end time, and is flagged so; it is priced by the same rates from the
+    # answer's usage, where LiteLLM's cost function prices the response object.
+    assert (logged.latency_ms, unlogged.latency_ms) == (1000.0, None)
+    assert unlogged.flags == (RecordFlag.NO_CALLBACK, *logged.flags, RecordFlag.UNLOGGED_RETRY_ATTEMPT)
+    assert (logged.cost_source, unlogged.cost_source) == (CostSource.COMPLETION_COST, CostSource.COST_PER_TOKEN)
+    assert (logged.provider_request_id, logged.cost_usd is not None) == ("req-1", True)
+    differ = {"latency_ms", "flags", "cost_source"}
+    same = [f.name for f in dataclasses.fields(TokenCallRecord) if f.name not in differ]
+    assert {name: getattr(unlogged, name) for name in same} == {name: getattr(logged, name) for name in same}
+
+
 def test_an_unlogged_retry_attempt_is_priced_from_its_own_answer_never_from_an_earlier_one() -> None:
     # LiteLLM's own retries share one call's details. The first attempt got an answer (written into
     # the details) yet raised and was retried unlogged; the second left nothing. Only the first is
@@ -175,10 +271,13 @@ def test_an_unlogged_retry_attempt_is_priced_from_its_own_answer_never_from_an_e
     with turnledger.scoped_turn(settle_timeout=0, logging_timeout=0) as turn:
         cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
         details["original_response"] = json.dumps(answer)
+        # As LiteLLM's openai SDK handler keeps them, beside the answer.
+        details["response_headers"] = {"x-request-id": "req-1", "content-type": "application/json"}
         cb.log_pre_api_call("gpt-4o-mini", [{"role": "user", "content": "hello"}], details)
     answered, unanswered = turn.calls
     assert (answered.status, answered.prompt_tokens, answered.completion_tokens) == (CallStatus.SUCCESS, 40, 4)
-    assert answered.provider_request_id == "chatcmpl-1"
+    # The provider's request-id header, as every record's; not the answer body's id ("chatcmpl-1").
+    assert answered.provider_request_id == "req-1"
     assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in answered.flags
     assert answered.cost_usd == Decimal("0.0000084")
     assert unanswered.status is CallStatus.ABANDONED

@@ -1,0 +1,51 @@
+"""The provider's id for a request (``provider_request_id``), read from its request-id header.
+
+OpenAI and most providers send it as ``x-request-id``, Anthropic as ``request-id``: what the
+provider's request logs and its support know the request by. A success event carries the headers in
+its response's hidden params; an attempt LiteLLM never logged leaves them, if at all, in the call
+details (:func:`headers_request_id`). The answer body's own ``id`` (``chatcmpl-...``) is another
+id, never taken for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from turnledger.usage import private_field
+
+REQUEST_ID_HEADERS = ("x-request-id", "request-id")
+"""The provider's request-id headers as it sends them, the first one present taken."""
+
+_HIDDEN_PARAMS_HEADERS = ("llm_provider-x-request-id", "llm_provider-request-id", "request-id", "x-request-id")
+"""Their names in LiteLLM's hidden params, by preference: the provider's own headers as LiteLLM
+prefixes them, then unprefixed."""
+
+
+def response_request_id(response_obj: Any) -> str | None:
+    """The request id in a LiteLLM response's ``_hidden_params["additional_headers"]``."""
+    # Read on every success event. Exact type tests first: LiteLLM hands dicts, and isinstance against
+    # an ABC costs 0.2 us each.
+    hidden = private_field(response_obj, "_hidden_params")
+    if not (type(hidden) is dict or isinstance(hidden, Mapping)):
+        return None
+    headers = hidden.get("additional_headers")
+    if not (type(headers) is dict or isinstance(headers, Mapping)):
+        return None
+    for name in _HIDDEN_PARAMS_HEADERS:
+        value = headers.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def headers_request_id(headers: object) -> str | None:
+    """The request id in a provider's response headers as it sent them (a dict or ``httpx.Headers``),
+    in the order :func:`response_request_id` prefers them."""
+    if not isinstance(headers, Mapping):
+        return None
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
