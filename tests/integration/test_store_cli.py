@@ -83,6 +83,18 @@ def test_migrate_then_report_every_format(fresh_url: str) -> None:
     assert recent.exit_code == 0 and json.loads(recent.stdout) == []
 
 
+def test_the_day_report_says_its_days_are_utc_days(database_url: str) -> None:
+    # An operator billing per day must not have to guess whose midnight splits the days.
+    asyncio.run(record_report_turns(database_url))
+    table = invoke("report", "--by", "day", "--database-url", database_url)
+    assert table.exit_code == 0, table.output
+    assert "usage by day (UTC)" in table.stdout
+    assert "usage by user" in invoke("report", "--by", "user", "--database-url", database_url).stdout
+    helped = invoke("report", "--help")
+    assert helped.exit_code == 0, helped.output
+    assert "Days are UTC calendar days" in helped.stdout
+
+
 async def _record_by_hand(url: str) -> None:
     engine = make_engine(url)
     try:

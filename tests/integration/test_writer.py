@@ -28,8 +28,9 @@ from tests.integration.writer_support import (
 from turnledger._logging import problem_counts
 from turnledger.store.engine import make_engine
 from turnledger.store.entries import entry_rows, make_entry
+from turnledger.store.lines import unpack_entry
 from turnledger.store.migrate import upgrade_async
-from turnledger.store.outbox import OutboxJournal, encode_entry
+from turnledger.store.outbox import OutboxJournal, decode_line, encode_entry
 from turnledger.store.record import turn_rows
 from turnledger.store.replay import pending_segments, replay_outbox
 from turnledger.store.writer import BatchWriter
@@ -69,6 +70,28 @@ async def test_a_turn_handed_over_twice_is_stored_once(engine: AsyncEngine, tmp_
         assert writer.stats["written"] == 1
     assert await stored_turn_ids(engine) == {"same": 1}
     assert await stored_call_count(engine) == 3
+
+
+async def test_another_turn_under_a_stored_turn_id_is_set_aside_not_dropped(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # A caller that names turns by a request id, and a client that retried the request: the provider
+    # billed both turns' calls. The second is never silently skipped as if it were the first again.
+    first, retried = closed_turn("req-42", calls=1), closed_turn("req-42", calls=2)
+    twins = [closed_turn("req-7", calls=1), closed_turn("req-7", calls=3)]  # handed over together
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01) as writer:
+        await writer.persist(first)
+        await writer.flush(timeout=30)
+        await writer.persist(first)  # the same turn again: stored once, nothing set aside
+        await writer.persist(retried)
+        await asyncio.gather(*(writer.persist(t) for t in twins))
+        await writer.flush(timeout=30)
+        assert (writer.stats["written"], writer.stats["turn_id_reused"], writer.stats["rejected"]) == (2, 2, 2)
+    assert await stored_turn_ids(engine) == {"req-42": 1, "req-7": 1}
+    assert await stored_call_count(engine) == 2
+    (rejected,) = [f for f in files_in(tmp_path) if f.endswith(".rejected")]
+    kept = [unpack_entry(decode_line(line)) for line in (tmp_path / rejected).read_bytes().splitlines()]
+    assert sorted((k["turn_id"], len(k["calls"])) for k in kept if k is not None) == [("req-42", 2), ("req-7", 3)]
 
 
 async def test_a_full_queue_spills_to_the_outbox_and_is_replayed(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -303,9 +326,11 @@ async def test_a_live_batch_with_stored_turns_writes_the_new_ones_and_skips_the_
 
     monkeypatch.setattr(entries_module, "_copy_direct", spy)
     async with BatchWriter(engine, outbox_dir=tmp_path, batch_size=50, flush_interval=0.2) as writer:
-        await writer.persist(closed_turn("old-1"))
+        # The same turns again (a different turn under a stored id is set aside: see the test above).
+        old, new = closed_turn("old-1"), closed_turn("new-2")
+        await writer.persist(old)
         await writer.flush(timeout=30)
-        futures = [writer.submit(closed_turn(t)) for t in ("new-1", "old-1", "new-2", "new-2")]
+        futures = [writer.submit(t) for t in (closed_turn("new-1"), old, new, new)]
         await asyncio.gather(*futures)
         await writer.flush(timeout=30)
         assert writer.stats["written"] == 3

@@ -76,13 +76,14 @@ def migrate_command(
         "  turnledger report --by model --since 7d\n\n"
         "  turnledger report --by user --since 2026-11-01 --until 2026-12-01 --format csv > november.csv\n\n"
         "  turnledger report --by day --user u-42 --format json\n\n"
+        "Days are UTC calendar days (a turn counts on the day it opened), whatever the database's time zone. "
         "Unpriced calls (no known price) are counted apart: a group with only unpriced calls has no cost, not $0. "
         "By model, spend recorded with record_token_usage (which names no model) is the group (no model): "
         "every breakdown adds up to the same total."
     ),
 )
 def report_command(
-    by: Annotated[str, typer.Option("--by", help="model, user, thread, tenant or day.")] = "model",
+    by: Annotated[str, typer.Option("--by", help="model, user, thread, tenant or day (UTC).")] = "model",
     since: Annotated[str | None, typer.Option("--since", help="7d, 24h, 2026-11-01... (default: all)")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Exclusive end, same forms as --since.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user id.")] = None,
@@ -126,7 +127,8 @@ def _table(grouping: ReportBy, rows: list[ReportRow]) -> None:
         [{**r.to_dict(), "key": key_label(grouping, r.key), "cost_usd": r.cost_usd} for r in rows],
         OutputFormat.TABLE,
         columns=[("key", grouping.value), *used, ("cost_usd", "cost (USD)"), ("unpriced_calls", "unpriced calls")],
-        title=f"usage by {grouping.value}",
+        # A bill for a day is argued from this title: it says whose day (the chart's says so too).
+        title=f"usage by {grouping.value}" + (" (UTC)" if grouping is ReportBy.DAY else ""),
     )
     if not rows:
         console.print("no usage recorded in this range")

@@ -42,6 +42,7 @@ from turnledger.store.outbox import OutboxJournal, fsync_dir, segment_seq
 from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.rejects import DirectoryNotSynced, rejected_path, set_aside, write_isolating
 from turnledger.store.replay import ReplayReport, ResumeState, replay_outbox, replay_segment
+from turnledger.store.reused_ids import TurnIdReused, reused_turn_ids
 
 if TYPE_CHECKING:
     from turnledger.accumulator import TurnTokenAccumulator
@@ -188,8 +189,10 @@ class BatchWriter:
         where it stopped, so none is counted twice), ``bad_lines``, ``rejected`` (refused by the database
         for their data, set aside in ``*.rejected``; a turn or a bad line an earlier pass set aside is
         skipped, so each is set aside and counted once; one whose file's directory the writer could not
-        sync by ``close()`` is logged as a warning, not lost), ``lost`` (in neither the outbox nor the
-        database: both failed; each is logged as an error with its turn_id).
+        sync by ``close()`` is logged as a warning, not lost), ``turn_id_reused`` (a live turn not stored
+        because another turn, opened at another time or with other calls or cost, is stored under its
+        ``turn_id``: also counted in ``rejected``, as it is set aside there), ``lost`` (in neither the
+        outbox nor the database: both failed; each is logged as an error with its turn_id).
 
         ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
         its commit (even if a later write of the same batch fails). A turn found already stored is not
@@ -652,7 +655,11 @@ class BatchWriter:
                     by_entry[id(entry)].set_aside = True
                 raise
 
+        new = 0
+
         def inserted(count: int) -> None:
+            nonlocal new
+            new += count
             self.stats["written"] += count
 
         settled = 0
@@ -670,7 +677,24 @@ class BatchWriter:
             self._stored(batch[:settled])
             raise
         self.stats["batches"] += 1
+        if new < len(batch):
+            # Rare (a live turn is new): some were refused, handed over twice, or another turn has their id.
+            await self._set_aside_reused([t.entry for t in batch], reject_path)
         self._stored(batch)
+
+    async def _set_aside_reused(self, entries: Sequence[Entry], reject_path: Path) -> None:
+        """Set aside, for a person, the turns skipped because another turn is stored under their id."""
+        try:
+            reused = await asyncio.wait_for(reused_turn_ids(self.engine, entries), self.write_timeout)
+        except Exception:
+            warn_once("writer:reused_check", "turnledger could not check a batch for reused turn ids", exc_info=True)
+            return
+        if not reused:
+            return
+        self.stats["turn_id_reused"] += len(reused)
+        failure = TurnIdReused("another turn is stored under its turn_id: its calls are in no report")
+        with contextlib.suppress(DirectoryNotSynced):  # in the file all the same, and named in the log
+            self._reject(reject_path, reused, failure)
 
     def _sync_set_aside(self, batch: list[_Turn], reject_path: Path) -> list[_Turn]:
         """Settle the turns set aside before whose directory sync failed, by syncing it; the rest to write."""

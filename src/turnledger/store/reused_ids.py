@@ -1,0 +1,61 @@
+"""Turns a live batch could not store because another turn already holds their ``turn_id``.
+
+Every write skips a ``turn_id`` already stored, so that a turn written twice (a retried batch, one
+handed over twice) is stored once. A *different* turn under the same id (a caller that names its
+turns by a request or message id, and a client that retried the request) is skipped just the same:
+the provider billed its calls, yet no report would hold them, and nothing said so. It is told from
+the same turn written again by what it stored: when it opened, how many calls, what they cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from turnledger.errors import StorageError
+from turnledger.store.entries import Entry
+from turnledger.store.models import TokenUsage
+
+
+class TurnIdReused(StorageError):
+    """Another turn is stored under this turn's ``turn_id``: this one was not stored."""
+
+
+def _instant(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value
+
+
+def _cost(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _fingerprint(created_at: Any, calls: Any, cost_usd: Any) -> tuple[Any, ...]:
+    return _instant(created_at), int(calls), _cost(cost_usd)
+
+
+async def reused_turn_ids(engine: AsyncEngine, entries: Sequence[Entry]) -> list[Entry]:
+    """The entries whose ``turn_id`` is stored for another turn (read after their batch committed)."""
+    wanted = {e["turn_id"] for e in entries}
+    stored: dict[str, tuple[Any, ...]] = {}
+    async with engine.connect() as conn:
+        ids = sorted(wanted)
+        for start in range(0, len(ids), 1000):
+            rows = await conn.execute(
+                select(TokenUsage.turn_id, TokenUsage.created_at, TokenUsage.calls, TokenUsage.cost_usd).where(
+                    TokenUsage.turn_id.in_(ids[start : start + 1000])
+                )
+            )
+            stored.update({r.turn_id: _fingerprint(r.created_at, r.calls, r.cost_usd) for r in rows})
+    return [
+        e
+        for e in entries
+        if e["turn_id"] in stored
+        and stored[e["turn_id"]] != _fingerprint(e["usage"]["created_at"], e["usage"]["calls"], e["usage"]["cost_usd"])
+    ]
