@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import typer.main
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from turnledger.cli import output
@@ -210,3 +211,28 @@ def test_every_commands_help_keeps_its_paragraphs_whole_and_wraps_them_to_the_te
         shown = [" ".join(line.split()) for line in helped.stdout.splitlines()]
         for paragraph in inspect.cleandoc(command.help or "").split("\n\n"):
             assert " ".join(paragraph.split()) in shown, (path, paragraph)
+
+
+def test_no_help_shows_a_value_placeholder_after_a_flag() -> None:
+    # typer's rich help printed `--bundled <bool>`, `--json <bool>`, `--help <bool>`: a user reads an
+    # option that takes a value. A flag's row is its name(s) and its help, nothing between.
+    from turnledger.cli import app
+
+    root = typer.main.get_command(app)
+    assert isinstance(root, TyperGroup)
+    ctx = root.make_context("turnledger", ["--help"], resilient_parsing=True)
+    checked = 0
+    for path, command in [((), root), *_commands(root)]:
+        helped = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"})
+        assert helped.exit_code == 0, helped.output
+        assert "<bool>" not in helped.stdout, (path, helped.stdout)
+        rows = [" ".join(line.strip("│ ").split()) for line in helped.stdout.splitlines()]
+        for param in command.get_params(ctx):
+            if not (isinstance(param, TyperOption) and param.is_flag):
+                continue
+            # A row starts with the option's long names, comma-separated: `--quiet -q <bool> Print only...`.
+            row = next(r for r in rows if set(r.split(" ")[0].split(",")) & set(param.opts))
+            assert re.search(r"<[^>]*>", row) is None, (path, row)
+            checked += 1
+    # --help on every command and the root, --version, demo's --quiet, prices' --bundled, credits' --json...
+    assert checked >= 17

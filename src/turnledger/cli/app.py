@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from turnledger.cli.closed_pipe import StdoutClosed, end_as_closed_pipe, watching_stdout
+from turnledger.cli.plain_flags import PlainFlagsTyper
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -25,7 +26,7 @@ EXIT_BAD_INPUT = 2
 EXIT_SCHEMA_MISSING = 3
 EXIT_SET_ASIDE = 4
 
-app = typer.Typer(
+app = PlainFlagsTyper(
     name="turnledger",
     help="Per-turn LLM token and cost accounting for LiteLLM applications.",
     epilog="New here? `turnledger demo` records a few turns from a local fake provider: no key, no network.",

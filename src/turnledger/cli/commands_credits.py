@@ -23,6 +23,7 @@ from turnledger.cli.app import (
     require_order,
 )
 from turnledger.cli.output import shown
+from turnledger.cli.plain_flags import PlainFlagsTyper
 
 if TYPE_CHECKING:
     # Imported when a command runs, not when the CLI starts: `turnledger --help` stays fast.
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-credits_app = typer.Typer(
+credits_app = PlainFlagsTyper(
     name="credits",
     help="Prepaid credits: balances, grants, the journal, verification and hold expiry.",
     no_args_is_help=True,
