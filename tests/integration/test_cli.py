@@ -165,3 +165,15 @@ def test_the_version_is_one_line_by_command_and_by_the_usual_flag(args: list[str
 
     result = invoke(*args)
     assert (result.exit_code, result.stdout) == (0, f"{__version__}\n"), result.output
+
+
+def test_a_url_whose_port_is_not_a_number_is_bad_input_in_every_command_never_a_traceback() -> None:
+    # Before: SQLAlchemy's ValueError ("invalid literal for int() with base 10: 'notaport'") escaped
+    # make_url as a 40-line traceback, exit 1, from report, chart, migrate and every credits command.
+    secret = "hunter2-Zq9"
+    url = f"postgresql+asyncpg://app:{secret}@127.0.0.1:notaport/app"
+    for command in (["report"], ["chart"], ["migrate"], ["credits", "balance", "acct-1"], ["credits", "verify"]):
+        result = invoke(*command, "--database-url", url)
+        line = one_line_error(result)
+        assert (result.exit_code, secret in result.output) == (2, False), (command, line)
+        assert "'notaport'" in line and "(from --database-url)" in line, (command, line)

@@ -40,7 +40,7 @@ def shown_url(url: str | URL | None) -> str:
     raw = database_url(url)
     try:
         return make_url(raw).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return raw.split("@", 1)[-1] if "@" in raw else raw
 
 
@@ -81,7 +81,7 @@ def _sqlite_file(url: str | URL | None) -> str | None:
     """The file a SQLite URL names; ``None`` for another database, an in-memory one, or a URL run_db reports."""
     try:
         parsed = url if isinstance(url, URL) else make_url(database_url(url))
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
