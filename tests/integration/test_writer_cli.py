@@ -144,3 +144,16 @@ def test_replay_whose_outbox_directory_cannot_be_synced_blames_the_outbox_not_th
     assert error.startswith("error: cannot sync the outbox directory: "), error
     assert "run the replay again" in error
     assert "gone.000001.jsonl" in files_in(outbox)  # kept: the rerun sets nothing aside again
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_replay_of_an_outbox_holding_a_directory_named_like_a_segment_blames_that_path_not_the_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Before: "cannot reach the database at sqlite+aiosqlite:///...: [Errno 21] Is a directory: '...'".
+    odd = tmp_path / "outbox" / "gone.000001.jsonl"
+    odd.mkdir(parents=True)
+    result = invoke("replay", "--outbox", str(tmp_path / "outbox"), "--database-url", database_url)
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert line == f"error: cannot use {odd}: Is a directory", line

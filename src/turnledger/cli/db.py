@@ -123,6 +123,9 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
     if isinstance(exc, DirectoryNotSynced):
         # An OSError too, but the outbox's disk, not the database: what was set aside keeps its other copy.
         return f"cannot sync the outbox directory: {exc}; nothing is lost: run the replay again", EXIT_FAILED
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # A file of the command's (an outbox segment), not the database: a socket's errors name no file.
+        return f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}", EXIT_FAILED
     # asyncpg raises the socket's own errors (refused, unknown host) unwrapped.
     if isinstance(exc, OSError | TimeoutError):
         return f"cannot reach the database at {where}: {_first_line(str(exc)) or type(exc).__name__}", EXIT_FAILED
