@@ -190,3 +190,16 @@ def test_a_since_in_the_future_is_bad_input_not_an_empty_answer(tmp_path: Path) 
         assert line.startswith("error: --since (2099-01-01 00:00) is in the future"), (command, line)
     # Up to now is still a range: what was recorded in it is the answer.
     assert invoke("report", "--since", "now", "--database-url", url).exit_code == 3  # no database there
+
+
+def test_a_path_the_system_cannot_look_up_is_bad_input_not_a_traceback(tmp_path: Path) -> None:
+    # Before: pathlib's exists()/is_file() raised OSError (ENAMETOOLONG) from the CLI's own checks,
+    # as a traceback with exit 1, for a SQLite database path and for --outbox.
+    too_long = tmp_path / ("x" * 300)
+    for command in (["report"], ["migrate"], ["credits", "verify"]):
+        result = invoke(*command, "--database-url", f"sqlite+aiosqlite:///{too_long}")
+        line = one_line_error(result)
+        assert result.exit_code == 2, (command, line)
+        assert line.endswith(f"{too_long} (from --database-url): File name too long"), (command, line)
+    outbox = invoke("replay", "--outbox", str(too_long), "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    assert (outbox.exit_code, one_line_error(outbox)) == (2, f"error: --outbox: {too_long}: File name too long")

@@ -54,7 +54,11 @@ def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) 
     from turnledger.store.replay import pending_segments
 
     target = outbox_dir(outbox)
-    if target.is_file():
+    try:
+        is_file = target.is_file()
+    except OSError as exc:  # pathlib answers False for a missing path, but raises for one it cannot look up
+        fail(f"--outbox: {target}: {exc.strerror}", EXIT_BAD_INPUT)
+    if is_file:
         if segment_writer(target) is None:
             fail(f"--outbox: {target} is not an outbox segment (<writer>.<NNNNNN>.jsonl)", EXIT_BAD_INPUT)
         files: list[Path] | None = [target]

@@ -60,7 +60,7 @@ def url_source(url: str | URL | None) -> str:
 def refuse_missing_sqlite_file(url: str | URL | None) -> None:
     """Exit 3 for a SQLite file that does not exist, rather than create an empty one to read from."""
     database = _sqlite_file(url)
-    if database is not None and not Path(database).exists():
+    if database is not None and not _looked_up(database, url).exists():
         fail(f"no database at {database} ({url_source(url)}): {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
 
 
@@ -71,10 +71,25 @@ def refuse_missing_sqlite_directory(url: str | URL | None) -> None:
     printing a traceback of its own.
     """
     database = _sqlite_file(url)
-    if database is not None and not (directory := Path(database).parent).is_dir():
+    if database is not None and not (directory := _looked_up(database, url).parent).is_dir():
         fail(
             f"no directory {str(directory)!r} for the SQLite database {database!r} ({url_source(url)})", EXIT_BAD_INPUT
         )
+
+
+def _looked_up(database: str, url: str | URL | None) -> Path:
+    """``database``'s path, once the system could look it up; exit 2 if it cannot (a name too long...).
+
+    pathlib's ``exists()`` answers False for a missing file but raises for such a path.
+    """
+    path = Path(database)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        fail(f"cannot use the SQLite database {database} ({url_source(url)}): {exc.strerror}", EXIT_BAD_INPUT)
+    return path
 
 
 def _sqlite_file(url: str | URL | None) -> str | None:
