@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 import typer.main
+from rich.cells import cell_len
 from rich.console import Console
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from turnledger.cli import output
 from turnledger.cli.chart_data import DailySpend, Series, day_range
-from turnledger.cli.chart_render import _segments, parse_size, short_usd, terminal_lines
+from turnledger.cli.chart_render import _segments, legend_lines, parse_size, short_usd, terminal_lines
 from turnledger.cli.commands_store import _table
 from turnledger.cli.output import per_million, usd
 from turnledger.store.reports import ReportBy, ReportRow
@@ -236,3 +237,24 @@ def test_no_help_shows_a_value_placeholder_after_a_flag() -> None:
             checked += 1
     # --help on every command and the root, --version, demo's --quiet, prices' --bundled, credits' --json...
     assert checked >= 17
+
+
+WIDE_USER = "北京用户很长的名字" * 3  # 27 characters, 54 columns: each takes two columns of a terminal
+
+
+def test_report_table_folds_a_name_of_wide_characters_to_fit_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: how far a name could fold was counted in characters, not columns: this table was 106
+    # columns wide on an 80-column terminal.
+    row = ReportRow(WIDE_USER, 9, 7_954, 1_239, 9_193, cost_usd=Decimal("0.01301682"))
+    text = _printed_table(monkeypatch, [row], ReportBy.USER, width=80, terminal=True)
+    assert all(cell_len(line) <= 80 for line in text.splitlines()), text
+    assert all(figure in text for figure in ("7,954", "1,239", "9,193", "$0.01301682")), text
+
+
+def test_chart_legend_lines_up_its_figures_after_names_of_wide_characters() -> None:
+    day = date(2026, 11, 25)
+    names = [WIDE_USER, "bob", "ünïcødé"]
+    series = [Series(name=name, cost_by_day={day: Decimal("0.1")}) for name in names]
+    legend = [line.plain for line in legend_lines(series, Decimal("0.3"))]
+    # Each cost starts at the same terminal column, whatever the width of the name before it.
+    assert len({cell_len(line.split("$")[0]) for line in legend}) == 1, legend

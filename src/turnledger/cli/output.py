@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement
@@ -141,7 +142,8 @@ def emit(
         else:
             # Text, the row's name too, wraps between words and folds a word longer than its column.
             table.add_column(header, overflow="fold")
-            widest = max((len(line) for t in texts for line in t.splitlines()), default=0)
+            # In terminal columns: a CJK character takes two.
+            widest = max((cell_len(line) for t in texts for line in t.splitlines()), default=0)
             give += max(0, widest - TEXT_MIN_WIDTH)
     for row_cells in cells:
         table.add_row(*row_cells)
