@@ -258,3 +258,19 @@ def test_chart_legend_lines_up_its_figures_after_names_of_wide_characters() -> N
     legend = [line.plain for line in legend_lines(series, Decimal("0.3"))]
     # Each cost starts at the same terminal column, whatever the width of the name before it.
     assert len({cell_len(line.split("$")[0]) for line in legend}) == 1, legend
+
+
+BIDI_USER = "alice\u202eecila"  # U+202E RIGHT-TO-LEFT OVERRIDE: a terminal shows the rest reversed
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "piped"])
+def test_ids_with_bidi_controls_print_them_escaped_in_the_report_and_the_chart(
+    monkeypatch: pytest.MonkeyPatch, terminal: bool
+) -> None:
+    # Before: printed raw, so an id could show on screen as another one ("aliceecila" reads "alicealice").
+    rows = _report_rows([BIDI_USER], every_kind=False)
+    text = _printed_table(monkeypatch, rows, ReportBy.USER, width=120, terminal=terminal)
+    day = date(2026, 11, 25)
+    legend = legend_lines([Series(name=BIDI_USER, cost_by_day={day: Decimal("0.1")})], Decimal("0.1"))
+    for shown_text in (text, legend[0].plain):
+        assert "\u202e" not in shown_text and "alice\\u202eecila" in shown_text, shown_text
