@@ -165,3 +165,41 @@ def test_the_version_is_one_line_by_command_and_by_the_usual_flag(args: list[str
 
     result = invoke(*args)
     assert (result.exit_code, result.stdout) == (0, f"{__version__}\n"), result.output
+
+
+def test_a_url_whose_port_is_not_a_number_is_bad_input_in_every_command_never_a_traceback() -> None:
+    # Before: SQLAlchemy's ValueError ("invalid literal for int() with base 10: 'notaport'") escaped
+    # make_url as a 40-line traceback, exit 1, from report, chart, migrate and every credits command.
+    secret = "hunter2-Zq9"
+    url = f"postgresql+asyncpg://app:{secret}@127.0.0.1:notaport/app"
+    for command in (["report"], ["chart"], ["migrate"], ["credits", "balance", "acct-1"], ["credits", "verify"]):
+        result = invoke(*command, "--database-url", url)
+        line = one_line_error(result)
+        assert (result.exit_code, secret in result.output) == (2, False), (command, line)
+        assert "'notaport'" in line and "(from --database-url)" in line, (command, line)
+
+
+def test_a_since_in_the_future_is_bad_input_not_an_empty_answer(tmp_path: Path) -> None:
+    # Before: report printed "no usage recorded in this range" and credits history "no entries" (exit 0),
+    # and chart blamed an --until the user never gave ("--until (<now>) must be after --since (...)").
+    url = f"sqlite+aiosqlite:///{tmp_path / 'never-read.db'}"  # refused before any database is opened
+    for command in (["report"], ["chart"], ["credits", "history", "acct-1"]):
+        result = invoke(*command, "--since", "2099-01-01", "--database-url", url)
+        assert result.exit_code == 2, (command, result.output)
+        line = one_line_error(result)
+        assert line.startswith("error: --since (2099-01-01 00:00) is in the future"), (command, line)
+    # Up to now is still a range: what was recorded in it is the answer.
+    assert invoke("report", "--since", "now", "--database-url", url).exit_code == 3  # no database there
+
+
+def test_a_path_the_system_cannot_look_up_is_bad_input_not_a_traceback(tmp_path: Path) -> None:
+    # Before: pathlib's exists()/is_file() raised OSError (ENAMETOOLONG) from the CLI's own checks,
+    # as a traceback with exit 1, for a SQLite database path and for --outbox.
+    too_long = tmp_path / ("x" * 300)
+    for command in (["report"], ["migrate"], ["credits", "verify"]):
+        result = invoke(*command, "--database-url", f"sqlite+aiosqlite:///{too_long}")
+        line = one_line_error(result)
+        assert result.exit_code == 2, (command, line)
+        assert line.endswith(f"{too_long} (from --database-url): File name too long"), (command, line)
+    outbox = invoke("replay", "--outbox", str(too_long), "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    assert (outbox.exit_code, one_line_error(outbox)) == (2, f"error: --outbox: {too_long}: File name too long")

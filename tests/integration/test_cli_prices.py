@@ -148,4 +148,37 @@ def test_prices_shows_the_rates_of_the_map_an_app_refreshes_to_and_bundled_on_re
     source.unlink()
     (tmp_path / "price-map-cache" / "model_prices.json").unlink()
     unreadable = invoke("prices", "gpt-4o-mini")
-    assert f"bundled with LiteLLM {version('litellm')} (${PRICE_MAP_SOURCE_ENV} could not be read)" in unreadable.stdout
+    assert f"LiteLLM's map: bundled with LiteLLM {version('litellm')}\n" in unreadable.stdout
+    assert f"${PRICE_MAP_SOURCE_ENV} not used" in unreadable.stderr
+
+
+def test_an_unreadable_source_is_said_once_on_stderr_in_the_commands_words(tmp_path: Path) -> None:
+    # Before: the library's log line ("could not read the price map source (FileNotFoundError) (logged
+    # once per cause)") went raw to stderr, and the note that the source failed sat in stdout's last line.
+    env = {
+        PRICE_MAP_SOURCE_ENV: str(tmp_path / "no-such-map.json"),
+        PRICE_MAP_CACHE_ENV: str(tmp_path / "cache" / "model_prices.json"),
+    }
+    table = run_cli("prices", "gpt-4o-mini", env=env)
+    assert table.returncode == 0, table.stderr
+    assert table.stderr.splitlines() == [
+        f"warning: ${PRICE_MAP_SOURCE_ENV} not used, the rates are from the map bundled with LiteLLM "
+        f"{version('litellm')}: could not read the price map source (FileNotFoundError)"
+    ]
+    assert table.stdout.splitlines()[-1] == f"LiteLLM's map: bundled with LiteLLM {version('litellm')}"
+
+
+def test_an_unreadable_source_warns_once_beside_json_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from turnledger._logging import reset_warnings
+
+    (tmp_path / "not-a-map.json").write_text("[1, 2]", encoding="utf-8")
+    monkeypatch.setenv(PRICE_MAP_SOURCE_ENV, str(tmp_path / "not-a-map.json"))
+    reset_warnings()  # the library logs a cause once per process: this one must be heard now
+    result = invoke("prices", "gpt-4o-mini", "--format", "json")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["price_map"] == "bundled"
+    assert result.stderr.splitlines() == [
+        f"warning: ${PRICE_MAP_SOURCE_ENV} not used, the rates are from the map bundled with LiteLLM "
+        f"{version('litellm')}: price map source is not a mapping of model entries; ignored"
+    ]

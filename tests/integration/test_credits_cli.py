@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from typer.testing import Result
 
 from tests.integration import cli_run
 from tests.integration.cli_run import one_line_error, run_cli
+from tests.integration.conftest import PG_ADMIN_DSN
 from turnledger import CreditLedger
 from turnledger.store.engine import make_engine
 
@@ -154,7 +156,10 @@ def test_errors_are_one_line_with_the_documented_exit_codes(database_url: str, t
     empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
     no_tables = invoke("credits", "balance", "acct-1", "--database-url", empty)
     assert no_tables.exit_code == 3
-    assert one_line_error(no_tables) == "error: the credit tables do not exist: run `turnledger migrate`"
+    assert one_line_error(no_tables) == (
+        f"error: turnledger's tables are missing in {empty} (from --database-url): "
+        "run `turnledger migrate` first (with the same --database-url)"
+    )
 
     # A mistyped path is refused, and no empty database is left behind for later commands to trip on.
     absent = tmp_path / "typo.db"
@@ -206,3 +211,33 @@ def test_an_empty_key_is_refused_not_replaced_by_a_random_one(database_url: str)
     assert one_line_error(empty) == "error: an idempotency key must be a non-empty string of at most 200 characters"
     history = invoke("credits", "history", "acct-1", "--json", *db)
     assert [row["kind"] for row in json.loads(history.stdout)][-1] != "grant"
+
+
+def test_database_errors_show_the_masked_url_and_where_it_came_from_never_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: "cannot reach the database (from --database-url): ConnectionRefusedError", "the credit
+    # ledger could not read or write the database: InvalidCatalogNameError": which database, unsaid.
+    server = PG_ADMIN_DSN.rsplit("/", 1)[0].split("@", 1)[1]  # host:port of the test server
+    secret = "hunter2-Zq9"
+    monkeypatch.delenv("TURNLEDGER_DATABASE_URL", raising=False)
+    cases = [
+        # (URL, exit code, what the one line must say besides the masked URL)
+        (f"postgresql+asyncpg://postgres:{secret}@{server}/no_db_q7", 1, 'database "no_db_q7" does not exist'),
+        (f"postgresql+asyncpg://postgres:{secret}@127.0.0.1:1/x", 1, "cannot reach the database at"),
+        (f"postgresql+asyncpg://postgres:{secret}@{server}/postgres", 3, "run `turnledger migrate` first"),
+        (f"postgresql+asyncpg://postgres:{secret}@{server}/postgres?sslmode=require", 2, "asyncpg spells TLS"),
+    ]
+    for url, code, says in cases:
+        masked = url.replace(secret, "***")
+        for command in (["balance", "acct-1"], ["verify"]):
+            flag = invoke("credits", *command, "--database-url", url)
+            line = one_line_error(flag)
+            assert (flag.exit_code, secret in flag.output) == (code, False), line
+            assert says in line and masked in line and "(from --database-url)" in line, line
+    url, code, says = cases[1]
+    monkeypatch.setenv("TURNLEDGER_DATABASE_URL", url)
+    from_env = invoke("credits", "history", "acct-1")
+    line = one_line_error(from_env)
+    assert (from_env.exit_code, secret in from_env.output) == (code, False), line
+    assert says in line and url.replace(secret, "***") in line and "(from $TURNLEDGER_DATABASE_URL)" in line, line

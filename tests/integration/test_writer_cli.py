@@ -54,6 +54,8 @@ def test_replay_command_writes_the_outbox_and_is_safe_to_run_twice(database_url:
     assert first.returncode == 4, first.stderr  # written, but a line was set aside: a person must look
     assert "replayed 5 turns from 1 file: 5 written, 0 already in the database" in first.stdout
     assert "line 3: checksum mismatch" in first.stdout
+    # Said once, by the command: not again as the library's raw log line ("turnledger outbox ... skipped").
+    assert first.stderr == ""
     assert asyncio.run(_stored(database_url)) == ({f"cli{i}": 1 for i in range(5)}, 15)
     assert files_in(outbox) == ["gone.000001.jsonl.rejected"]
 
@@ -99,6 +101,9 @@ def test_replay_that_sets_a_refused_turn_aside_exits_4_and_a_rerun_0(database_ur
     first = invoke("replay", "--outbox", str(tmp_path), "--database-url", database_url)
     assert first.exit_code == 4, first.output
     assert "1 turn refused by the database for their data" in first.stdout
+    # Which turn: only the library's warning names it, and the command passes it on as its own line.
+    [refused] = first.stderr.splitlines()
+    assert refused.startswith("warning: turnledger: the database refused turn 'poison' ("), refused
     assert asyncio.run(_stored(database_url)) == ({"ok0": 1, "ok1": 1}, 6)
 
     again = invoke("replay", "--outbox", str(tmp_path), "--database-url", database_url)
@@ -144,3 +149,16 @@ def test_replay_whose_outbox_directory_cannot_be_synced_blames_the_outbox_not_th
     assert error.startswith("error: cannot sync the outbox directory: "), error
     assert "run the replay again" in error
     assert "gone.000001.jsonl" in files_in(outbox)  # kept: the rerun sets nothing aside again
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_replay_of_an_outbox_holding_a_directory_named_like_a_segment_blames_that_path_not_the_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Before: "cannot reach the database at sqlite+aiosqlite:///...: [Errno 21] Is a directory: '...'".
+    odd = tmp_path / "outbox" / "gone.000001.jsonl"
+    odd.mkdir(parents=True)
+    result = invoke("replay", "--outbox", str(tmp_path / "outbox"), "--database-url", database_url)
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert line == f"error: cannot use {odd}: Is a directory", line

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import inspect
 import io
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import typer.main
+from rich.cells import cell_len
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from turnledger.cli import output
 from turnledger.cli.chart_data import DailySpend, Series, day_range
-from turnledger.cli.chart_render import _segments, parse_size, short_usd, terminal_lines
+from turnledger.cli.chart_render import _segments, legend_lines, parse_size, short_usd, terminal_lines
 from turnledger.cli.commands_store import _table
 from turnledger.cli.output import per_million, usd
 from turnledger.store.reports import ReportBy, ReportRow
@@ -210,3 +212,65 @@ def test_every_commands_help_keeps_its_paragraphs_whole_and_wraps_them_to_the_te
         shown = [" ".join(line.split()) for line in helped.stdout.splitlines()]
         for paragraph in inspect.cleandoc(command.help or "").split("\n\n"):
             assert " ".join(paragraph.split()) in shown, (path, paragraph)
+
+
+def test_no_help_shows_a_value_placeholder_after_a_flag() -> None:
+    # typer's rich help printed `--bundled <bool>`, `--json <bool>`, `--help <bool>`: a user reads an
+    # option that takes a value. A flag's row is its name(s) and its help, nothing between.
+    from turnledger.cli import app
+
+    root = typer.main.get_command(app)
+    assert isinstance(root, TyperGroup)
+    ctx = root.make_context("turnledger", ["--help"], resilient_parsing=True)
+    checked = 0
+    for path, command in [((), root), *_commands(root)]:
+        helped = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"})
+        assert helped.exit_code == 0, helped.output
+        assert "<bool>" not in helped.stdout, (path, helped.stdout)
+        rows = [" ".join(line.strip("│ ").split()) for line in helped.stdout.splitlines()]
+        for param in command.get_params(ctx):
+            if not (isinstance(param, TyperOption) and param.is_flag):
+                continue
+            # A row starts with the option's long names, comma-separated: `--quiet -q <bool> Print only...`.
+            row = next(r for r in rows if set(r.split(" ")[0].split(",")) & set(param.opts))
+            assert re.search(r"<[^>]*>", row) is None, (path, row)
+            checked += 1
+    # --help on every command and the root, --version, demo's --quiet, prices' --bundled, credits' --json...
+    assert checked >= 17
+
+
+WIDE_USER = "北京用户很长的名字" * 3  # 27 characters, 54 columns: each takes two columns of a terminal
+
+
+def test_report_table_folds_a_name_of_wide_characters_to_fit_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: how far a name could fold was counted in characters, not columns: this table was 106
+    # columns wide on an 80-column terminal.
+    row = ReportRow(WIDE_USER, 9, 7_954, 1_239, 9_193, cost_usd=Decimal("0.01301682"))
+    text = _printed_table(monkeypatch, [row], ReportBy.USER, width=80, terminal=True)
+    assert all(cell_len(line) <= 80 for line in text.splitlines()), text
+    assert all(figure in text for figure in ("7,954", "1,239", "9,193", "$0.01301682")), text
+
+
+def test_chart_legend_lines_up_its_figures_after_names_of_wide_characters() -> None:
+    day = date(2026, 11, 25)
+    names = [WIDE_USER, "bob", "ünïcødé"]
+    series = [Series(name=name, cost_by_day={day: Decimal("0.1")}) for name in names]
+    legend = [line.plain for line in legend_lines(series, Decimal("0.3"))]
+    # Each cost starts at the same terminal column, whatever the width of the name before it.
+    assert len({cell_len(line.split("$")[0]) for line in legend}) == 1, legend
+
+
+BIDI_USER = "alice\u202eecila"  # U+202E RIGHT-TO-LEFT OVERRIDE: a terminal shows the rest reversed
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "piped"])
+def test_ids_with_bidi_controls_print_them_escaped_in_the_report_and_the_chart(
+    monkeypatch: pytest.MonkeyPatch, terminal: bool
+) -> None:
+    # Before: printed raw, so an id could show on screen as another one ("aliceecila" reads "alicealice").
+    rows = _report_rows([BIDI_USER], every_kind=False)
+    text = _printed_table(monkeypatch, rows, ReportBy.USER, width=120, terminal=terminal)
+    day = date(2026, 11, 25)
+    legend = legend_lines([Series(name=BIDI_USER, cost_by_day={day: Decimal("0.1")})], Decimal("0.1"))
+    for shown_text in (text, legend[0].plain):
+        assert "\u202e" not in shown_text and "alice\\u202eecila" in shown_text, shown_text

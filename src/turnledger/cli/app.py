@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from turnledger.cli.closed_pipe import StdoutClosed, end_as_closed_pipe, watching_stdout
+from turnledger.cli.plain_flags import PlainFlagsTyper
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -25,7 +26,7 @@ EXIT_BAD_INPUT = 2
 EXIT_SCHEMA_MISSING = 3
 EXIT_SET_ASIDE = 4
 
-app = typer.Typer(
+app = PlainFlagsTyper(
     name="turnledger",
     help="Per-turn LLM token and cost accounting for LiteLLM applications.",
     epilog="New here? `turnledger demo` records a few turns from a local fake provider: no key, no network.",
@@ -99,8 +100,17 @@ def parse_when(value: str | None, *, now: datetime | None = None, option: str = 
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def require_order(start: datetime | None, end: datetime | None) -> None:
-    """Exit 2 for an empty or inverted ``--since``/``--until`` range: its answer could only read as "no usage"."""
+def require_order(start: datetime | None, end: datetime | None, *, now: datetime | None = None) -> None:
+    """Exit 2 for an empty or inverted ``--since``/``--until`` range, or one that starts in the future:
+    its answer could only read as "no usage"."""
+    now = now or datetime.now(UTC)
+    if start is not None and start > now:
+        # Before the --until check: chart's --until defaults to now, which the user never typed.
+        fail(
+            f"--since ({start:%Y-%m-%d %H:%M}) is in the future (it is {now:%Y-%m-%d %H:%M} UTC): nothing is recorded"
+            " there yet",
+            EXIT_BAD_INPUT,
+        )
     if start is not None and end is not None and end <= start:
         fail(f"--until ({end:%Y-%m-%d %H:%M}) must be after --since ({start:%Y-%m-%d %H:%M})", EXIT_BAD_INPUT)
 

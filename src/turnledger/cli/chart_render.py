@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from turnledger.cli.chart_data import DailySpend, Series
@@ -102,11 +103,12 @@ def terminal_lines(spend: DailySpend, *, width: int = 80) -> list[Text]:
 
 def legend_lines(series: Sequence[Series], total: Decimal) -> list[Text]:
     names = [shown(s.name) for s in series]
-    name_width = max(map(len, names), default=0)
+    # Padded in terminal columns, not characters: a CJK character takes two.
+    name_width = max(map(cell_len, names), default=0)
     out = []
     for i, s in enumerate(series):
         line = Text(GLYPHS[i], style=COLORS[i])
-        line.append(f" {names[i].ljust(name_width)}  ")
+        line.append(f" {names[i]}{' ' * (name_width - cell_len(names[i]))}  ")
         if s.total is None:
             line.append(f"unpriced: {calls(s.unpriced_calls)}, cost unknown", style="yellow")
         else:

@@ -73,7 +73,7 @@ def chart(
     now = datetime.now(UTC)
     start = parse_when(since, now=now, option="--since") or now - timedelta(days=30)
     end = parse_when(until, now=now, option="--until") or now
-    require_order(start, end)
+    require_order(start, end, now=now)
     pixels = parse_size(size)
     if pixels is None:
         fail(f"--size: {size!r} is not WIDTHxHEIGHT in pixels, e.g. 1200x600", EXIT_BAD_INPUT)

@@ -14,7 +14,6 @@ import typer
 from turnledger.cli.app import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
-    EXIT_SCHEMA_MISSING,
     DatabaseUrlOption,
     app,
     console,
@@ -23,6 +22,7 @@ from turnledger.cli.app import (
     require_order,
 )
 from turnledger.cli.output import shown
+from turnledger.cli.plain_flags import PlainFlagsTyper
 
 if TYPE_CHECKING:
     # Imported when a command runs, not when the CLI starts: `turnledger --help` stays fast.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-credits_app = typer.Typer(
+credits_app = PlainFlagsTyper(
     name="credits",
     help="Prepaid credits: balances, grants, the journal, verification and hold expiry.",
     no_args_is_help=True,
@@ -54,21 +54,15 @@ def _money(value: Decimal) -> str:
 
 def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -> T:
     """Run ``fn(ledger)`` on a fresh engine and map every failure to a one-line error and an exit code."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from turnledger.cli.db import refuse_missing_sqlite_file, settled, url_source
+    from turnledger.cli.db import refuse_missing_sqlite_file, settled
     from turnledger.credits import CreditLedger
-    from turnledger.errors import ConfigurationError, CreditError, SchemaMissingError, StorageError
     from turnledger.store.engine import make_engine
 
-    try:
-        engine = make_engine(database_url)
-    except ConfigurationError as exc:
-        fail(f"{exc} ({url_source(database_url)})", EXIT_BAD_INPUT)
     # No credits command creates the tables (migrate does): a mistyped SQLite path must not leave an empty file.
     refuse_missing_sqlite_file(database_url)
 
     async def go() -> T:
+        engine = make_engine(database_url)
         try:
             return await fn(CreditLedger(engine))
         finally:
@@ -76,14 +70,34 @@ def _run(fn: Callable[[CreditLedger], Awaitable[T]], database_url: str | None) -
 
     try:
         return asyncio.run(settled(go()))
-    except SchemaMissingError as exc:
-        fail(str(exc), EXIT_SCHEMA_MISSING)
-    except (ValueError, TypeError) as exc:
-        fail(str(exc), EXIT_BAD_INPUT)
-    except (CreditError, StorageError) as exc:
-        fail(str(exc), EXIT_FAILED)
-    except (OSError, SQLAlchemyError) as exc:
-        fail(f"cannot reach the database ({url_source(database_url)}): {type(exc).__name__}", EXIT_FAILED)
+    except Exception as exc:
+        described = _credit_failure(exc, database_url)
+        if described is None:
+            raise
+        fail(*described)
+
+
+def _credit_failure(exc: Exception, database_url: str | None) -> tuple[str, int] | None:
+    """The message and exit code for a failed credits command: the ledger's refusals in its own words, a
+    database's errors as every command says them (the URL masked, and where it came from)."""
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+    from turnledger.cli.db import describe, shown_url, url_source
+    from turnledger.errors import CreditError, StorageError
+
+    where = f"{shown_url(database_url)} ({url_source(database_url)})"
+    if isinstance(exc, CreditError):
+        return str(exc), EXIT_FAILED
+    if isinstance(exc, StorageError) and isinstance(exc.__cause__, IntegrityError):
+        return f"database {where}: {exc}", EXIT_FAILED  # the ledger's words say more than the constraint's
+    described = describe(exc, database_url)
+    if described is not None:
+        return described
+    if isinstance(exc, ValueError | TypeError):  # the ledger refusing an argument (an account id too long...)
+        return str(exc), EXIT_BAD_INPUT
+    if isinstance(exc, SQLAlchemyError):
+        return f"database {where}: {type(exc).__name__}", EXIT_FAILED
+    return None
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, console, fail
+from turnledger.cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, console, err_console, fail
+from turnledger.cli.library_warnings import library_warnings
 from turnledger.cli.output import FormatOption, OutputFormat, as_cell, as_format, emit, per_million, usd
 from turnledger.errors import ConfigurationError
 from turnledger.price_map import PRICE_MAP_SOURCE_ENV, PriceMap, PriceMapOrigin, bundled_price_map, load_price_map
@@ -141,7 +142,10 @@ def prices(
         table = PriceTable.from_file(price_table) if price_table is not None else None
     except ConfigurationError as exc:
         fail(f"--price-table: {exc}", EXIT_BAD_INPUT)
-    price_map = PriceMap(bundled_price_map(), PriceMapOrigin.BUNDLED) if bundled else load_price_map()
+    with library_warnings() as heard:
+        price_map = PriceMap(bundled_price_map(), PriceMapOrigin.BUNDLED) if bundled else load_price_map()
+    if (trouble := map_trouble(price_map, bundled, heard)) is not None:
+        err_console.print(f"warning: {trouble}", markup=False, highlight=False, soft_wrap=True)
     quotes = [quote(m, table, price_map.prices) for m in names]
     rows = [
         {
@@ -192,13 +196,29 @@ def describe_map(price_map: PriceMap, asked_for_bundled: bool = False) -> str:
         case PriceMapOrigin.CACHE:
             return f"the cached copy {price_map.location}"
         case PriceMapOrigin.STALE_CACHE:
-            return f"the cached copy {price_map.location}, past its max age (the source could not be read)"
+            return f"the cached copy {price_map.location}, past its max age"
     from importlib.metadata import version
 
-    bundled = f"bundled with LiteLLM {version('litellm')}"
-    if not asked_for_bundled and os.environ.get(PRICE_MAP_SOURCE_ENV):
-        return f"{bundled} (${PRICE_MAP_SOURCE_ENV} could not be read)"
-    return bundled
+    return f"bundled with LiteLLM {version('litellm')}"
+
+
+def map_trouble(price_map: PriceMap, asked_for_bundled: bool, heard: list[str]) -> str | None:
+    """What went wrong reading the price map, said once (stderr), or ``None``.
+
+    ``heard`` is what the library logged on the way (its causes, never the source's address); it may
+    be empty for a cause already logged in this process, so a failed source is known by the map used.
+    """
+    source_failed = (
+        not asked_for_bundled
+        and bool(os.environ.get(PRICE_MAP_SOURCE_ENV))
+        and price_map.origin in (PriceMapOrigin.BUNDLED, PriceMapOrigin.STALE_CACHE)
+    )
+    causes = "; ".join(heard)
+    if source_failed:
+        used = describe_map(price_map, asked_for_bundled)
+        where = f"the map {used}" if price_map.origin is PriceMapOrigin.BUNDLED else used
+        return f"${PRICE_MAP_SOURCE_ENV} not used, the rates are from {where}: {causes or 'it could not be read'}"
+    return causes or None
 
 
 def _cell(key: str, value: Any) -> str:

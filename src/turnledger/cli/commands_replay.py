@@ -24,6 +24,7 @@ from turnledger.cli.app import (
     is_terminal,
 )
 from turnledger.cli.db import refuse_missing_sqlite_file, run_db
+from turnledger.cli.library_warnings import library_warnings
 
 if TYPE_CHECKING:
     from turnledger.store.replay import ProgressFn, ReplayReport
@@ -53,7 +54,11 @@ def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) 
     from turnledger.store.replay import pending_segments
 
     target = outbox_dir(outbox)
-    if target.is_file():
+    try:
+        is_file = target.is_file()
+    except OSError as exc:  # pathlib answers False for a missing path, but raises for one it cannot look up
+        fail(f"--outbox: {target}: {exc.strerror}", EXIT_BAD_INPUT)
+    if is_file:
         if segment_writer(target) is None:
             fail(f"--outbox: {target} is not an outbox segment (<writer>.<NNNNNN>.jsonl)", EXIT_BAD_INPUT)
         files: list[Path] | None = [target]
@@ -68,10 +73,18 @@ def replay(outbox: OutboxOption = None, database_url: DatabaseUrlOption = None) 
     if not candidates:
         console.print(f"nothing to replay in {directory}", highlight=False)
         return
-    report = run_db(_replay(directory, files, candidates, database_url), database_url)
+    heard: list[str] = []
+    try:
+        with library_warnings() as heard:
+            report = run_db(_replay(directory, files, candidates, database_url), database_url)
+    except BaseException:
+        _warn(heard)  # a failed replay may still have set turns aside: their names are not lost
+        raise
     # Bad lines are reported and set aside, not fatal: the rest is written and a rerun is clean. The
     # exit code still tells a script (a cron job) that this run left something a person must look at.
     _print(report)
+    said = {f"turnledger outbox {line.path} line {line.lineno} skipped: {line.reason}" for line in report.bad_lines}
+    _warn([message for message in heard if message not in said])
     if report.rejected or report.bad_lines:
         raise typer.Exit(EXIT_SET_ASIDE)
 
@@ -123,6 +136,13 @@ def _print(report: ReplayReport) -> None:
         say(f"skipped {path}: its writer is still running and replays it itself")
     for line in report.bad_lines:
         say(f"skipped {line.path} line {line.lineno}: {line.reason} (kept in {line.path.name}.rejected)")
+
+
+def _warn(messages: list[str]) -> None:
+    # What only the library's log says (which turn the database refused, a file that may not be on
+    # disk), as the command's own lines; the CLI configures no logging, which would print them bare.
+    for message in messages:
+        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _count(n: int, noun: str) -> str:

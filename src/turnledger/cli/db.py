@@ -40,7 +40,7 @@ def shown_url(url: str | URL | None) -> str:
     raw = database_url(url)
     try:
         return make_url(raw).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return raw.split("@", 1)[-1] if "@" in raw else raw
 
 
@@ -60,7 +60,7 @@ def url_source(url: str | URL | None) -> str:
 def refuse_missing_sqlite_file(url: str | URL | None) -> None:
     """Exit 3 for a SQLite file that does not exist, rather than create an empty one to read from."""
     database = _sqlite_file(url)
-    if database is not None and not Path(database).exists():
+    if database is not None and not _looked_up(database, url).exists():
         fail(f"no database at {database} ({url_source(url)}): {MIGRATE_HINT}", EXIT_SCHEMA_MISSING)
 
 
@@ -71,17 +71,32 @@ def refuse_missing_sqlite_directory(url: str | URL | None) -> None:
     printing a traceback of its own.
     """
     database = _sqlite_file(url)
-    if database is not None and not (directory := Path(database).parent).is_dir():
+    if database is not None and not (directory := _looked_up(database, url).parent).is_dir():
         fail(
             f"no directory {str(directory)!r} for the SQLite database {database!r} ({url_source(url)})", EXIT_BAD_INPUT
         )
+
+
+def _looked_up(database: str, url: str | URL | None) -> Path:
+    """``database``'s path, once the system could look it up; exit 2 if it cannot (a name too long...).
+
+    pathlib's ``exists()`` answers False for a missing file but raises for such a path.
+    """
+    path = Path(database)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        fail(f"cannot use the SQLite database {database} ({url_source(url)}): {exc.strerror}", EXIT_BAD_INPUT)
+    return path
 
 
 def _sqlite_file(url: str | URL | None) -> str | None:
     """The file a SQLite URL names; ``None`` for another database, an in-memory one, or a URL run_db reports."""
     try:
         parsed = url if isinstance(url, URL) else make_url(database_url(url))
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
@@ -123,6 +138,9 @@ def describe(exc: BaseException, url: str | URL | None) -> tuple[str, int] | Non
     if isinstance(exc, DirectoryNotSynced):
         # An OSError too, but the outbox's disk, not the database: what was set aside keeps its other copy.
         return f"cannot sync the outbox directory: {exc}; nothing is lost: run the replay again", EXIT_FAILED
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # A file of the command's (an outbox segment), not the database: a socket's errors name no file.
+        return f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}", EXIT_FAILED
     # asyncpg raises the socket's own errors (refused, unknown host) unwrapped.
     if isinstance(exc, OSError | TimeoutError):
         return f"cannot reach the database at {where}: {_first_line(str(exc)) or type(exc).__name__}", EXIT_FAILED

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement
@@ -62,12 +63,15 @@ def usd(value: Decimal | None, *, min_places: int = 0) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Unicode's bidirectional controls: shown raw, they reorder what follows, so an id reads as another.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def shown(text: str) -> str:
     """Data (an id, a note) as it may reach a terminal: control characters, which could move the cursor
-    or recolour it, written as visible ``\\xNN`` escapes."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    or recolour it, written as visible ``\\xNN`` escapes, and bidirectional controls as ``\\uNNNN``."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def as_cell(value: Any) -> str:
@@ -141,7 +145,8 @@ def emit(
         else:
             # Text, the row's name too, wraps between words and folds a word longer than its column.
             table.add_column(header, overflow="fold")
-            widest = max((len(line) for t in texts for line in t.splitlines()), default=0)
+            # In terminal columns: a CJK character takes two.
+            widest = max((cell_len(line) for t in texts for line in t.splitlines()), default=0)
             give += max(0, widest - TEXT_MIN_WIDTH)
     for row_cells in cells:
         table.add_row(*row_cells)

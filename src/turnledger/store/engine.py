@@ -56,7 +56,7 @@ def resolve_url(url: str | URL | None = None) -> URL:
     raw = url if isinstance(url, URL) else database_url(url)
     try:
         parsed = make_url(raw)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise ConfigurationError(f"cannot read database URL {_redacted(str(raw))!r}: {exc}") from None
     driver = _ASYNC_DRIVERS.get(parsed.drivername)
     if driver is not None:
