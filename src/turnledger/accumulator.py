@@ -113,6 +113,11 @@ class PendingCall:
         """
         return response_arrived(self.call_details, self.stream)
 
+    @property
+    def finished(self) -> bool:
+        """Never: a bare pending call is over only when its end event comes."""
+        return False
+
     def pending_call(self) -> PendingCall:
         return self
 
@@ -130,6 +135,12 @@ class StartedCall(Protocol):
 
     @property
     def responded(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool:
+        """It is over, and no end event will say so (an attempt LiteLLM never logs that has its
+        answer): a closing scope does not wait for it, and reads its record when the turn closes."""
+        ...
 
     def pending_call(self) -> PendingCall:
         """The call as :class:`PendingCall`; never raises (what cannot be read is left unknown)."""
@@ -356,8 +367,9 @@ class TurnTokenAccumulator:
 
     @property
     def pending_calls(self) -> int:
+        """Calls started and not yet over (an attempt LiteLLM never logs is over once it has its answer)."""
         with self._lock:
-            return len(self._pending)
+            return sum(1 for p in self._pending.values() if not p.finished)
 
     @property
     def calls(self) -> list[TokenCallRecord]:
@@ -525,6 +537,11 @@ class TurnTokenAccumulator:
             self._finalize()
             self._deactivate()
 
+    def _awaited_locked(self) -> bool:
+        """Whether a pending call may still report its end: one that is over without an event is
+        recorded at close, and nothing is waited for it."""
+        return any(not p.finished for p in self._pending.values())
+
     def _settle_deadline_locked(self, started: float, timeout: float | None) -> float:
         """When to stop waiting, re-evaluated on every wake-up: a call can get its response meanwhile."""
         if timeout is not None:
@@ -538,7 +555,9 @@ class TurnTokenAccumulator:
         started = time.monotonic()
         while True:
             with self._lock:
-                if not self._pending or (answered_only and not any(p.responded for p in self._pending.values())):
+                if not self._awaited_locked() or (
+                    answered_only and not any(p.responded for p in self._pending.values())
+                ):
                     return
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:
@@ -556,7 +575,7 @@ class TurnTokenAccumulator:
     def _settle_sync(self, timeout: float | None) -> None:
         started = time.monotonic()
         with self._lock:
-            while self._pending:
+            while self._awaited_locked():
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:
                     return

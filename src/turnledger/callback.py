@@ -715,6 +715,16 @@ class _StartedCall:
     def responded(self) -> bool:
         return not self.never_logged and response_arrived(self._kwargs, bool(self._kwargs.get("stream")))
 
+    @property
+    def finished(self) -> bool:
+        # An answer in the details that was there when it started is an earlier attempt's.
+        kwargs = self._kwargs
+        return (
+            self.never_logged
+            and kwargs.get("original_response") is not self._answer_at_start
+            and response_arrived(kwargs, False)
+        )
+
     def pending_call(self) -> PendingCall:
         kwargs = self._kwargs
         get = kwargs.get

@@ -182,3 +182,30 @@ async def test_a_turn_with_a_retried_call_stores_every_attempt(
         await writer.persist(turn)
     assert await stored_call_count(engine) == 6
     assert await stored_cost(engine) == Decimal(0)
+
+
+async def test_an_async_retry_that_succeeded_leaves_nothing_for_its_scope_to_wait_for(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The attempt that answered is over: LiteLLM logs no end of it, and its record is read from its
+    # answer when the turn closes. Before: still pending, so every such scope waited out
+    # ``settle_timeout`` (2 s by default) for an event that never comes.
+    usage = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("retried", [Script(status=500)] * 3 + [Script(usage=usage)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+        assert turn.pending_calls == 0
+    refused, answered = turn.calls
+    assert (refused.status, answered.status, answered.prompt_tokens) == (CallStatus.FAILURE, CallStatus.SUCCESS, 40)
+
+
+async def test_an_async_call_that_failed_on_every_retry_stays_pending_until_its_scope_closes(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Its last attempt got no answer LiteLLM's details show: it is recorded as abandoned at close.
+    fake_provider.plan("retried", [Script(status=500)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        with pytest.raises(InternalServerError):
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+        assert turn.pending_calls == 1
+    assert [r.status for r in turn.calls] == [CallStatus.FAILURE, CallStatus.ABANDONED, CallStatus.ABANDONED]
