@@ -292,6 +292,30 @@ start seen again."""
 _MISSING: Any = object()
 
 
+_RETRIED_UNLOGGED = frozenset({"acompletion", "aresponses"})
+"""Call types whose further attempts LiteLLM (1.106.12) runs outside its logging wrapper: its own
+retries (``acompletion_with_retries``, ``aresponses_with_retries``) and an ``acompletion``'s
+``context_window_fallback_dict`` call the unwrapped function."""
+
+
+def _attempt_never_logged(kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM logs no end of this further attempt of a call, even once it is answered, so its
+    answer is no sign of an event to wait for. A stream logs itself as it is read.
+
+    A sync ``completion`` retried by ``num_retries`` runs each attempt through the logging wrapper
+    (``completion_with_retries``), which sets ``max_retries`` to 0 for it; one that falls back by
+    ``context_window_fallback_dict`` calls the unwrapped function with the caller's ``max_retries``
+    (LiteLLM's default is None). A fallback with ``max_retries=0`` passed is taken as logged: its scope
+    waits ``logging_timeout`` for it, then prices it from its answer all the same.
+    """
+    if kwargs.get("stream"):
+        return False
+    call_type = kwargs.get("call_type")
+    if call_type in _RETRIED_UNLOGGED:
+        return True
+    return call_type == "completion" and kwargs.get("max_retries") != 0
+
+
 def _turn_of_call(kwargs: Mapping[str, Any], call_id: str | None) -> tuple[TurnTokenAccumulator | None, bool]:
     """The turn an end event belongs to, and whether it belonged to one that no longer exists.
 
@@ -389,10 +413,7 @@ class TokenTrackingCallback(CustomLogger):
                 _started_outside_turns.started(call_id)
                 return
             started = _StartedCall(self, call_id, model, messages, kwargs)
-            if retry and kwargs.get("call_type") == "acompletion" and not kwargs.get("stream"):
-                # LiteLLM (1.106.12) runs an async call's further attempts outside its logging
-                # wrapper (acompletion_with_retries): one that is answered is never logged, so its
-                # answer is no sign of an event to wait for. A stream logs itself as it is read.
+            if retry and _attempt_never_logged(kwargs):
                 started.never_logged = True
             turn.begin_call(started, bind=not marked, retry=retry)
         except Exception:
@@ -699,7 +720,8 @@ class _StartedCall:
     ) -> None:
         self._callback = callback
         self.call_id = call_id
-        self._model = model
+        # Read now: a further attempt of the call (a context-window fallback) changes the live one.
+        self._model = kwargs.get("model") or model
         self._messages = messages
         # Read now: with message logging off, LiteLLM blanks the live input once the response arrives.
         self._input = kwargs.get("input")
@@ -734,7 +756,7 @@ class _StartedCall:
             provider = litellm_params.get("custom_llm_provider")
         return PendingCall(
             call_id=self.call_id,
-            model=str(get("model") or self._model or "unknown"),
+            model=str(self._model or "unknown"),
             provider=provider if isinstance(provider, str) else None,
             call_kind=call_kind_of(get("call_type")),
             stream=bool(get("stream")),
