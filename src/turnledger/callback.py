@@ -388,7 +388,7 @@ class TokenTrackingCallback(CustomLogger):
         try:
             turn = get_current_accumulator()
             marked = type(kwargs) is dict or isinstance(kwargs, MutableMapping)
-            retry = False
+            retry = first_start = False
             if marked:
                 # The call carries its turn itself (see _TURN_OF_CALL). Its first start binds it:
                 # LiteLLM's own retries run this hook again, with the same details, in the turn it
@@ -398,6 +398,7 @@ class TokenTrackingCallback(CustomLogger):
                 if mark is _MISSING:
                     kwargs[_TURN_OF_CALL] = turn._weak_self if turn is not None else None
                     kwargs[_CALL_BINDER] = self.tracker_name
+                    first_start = True
                 else:
                     turn = mark() if type(mark) is TurnMark else None
                     retry = kwargs.get(_CALL_BINDER) == self.tracker_name
@@ -415,7 +416,7 @@ class TokenTrackingCallback(CustomLogger):
             started = _StartedCall(self, call_id, model, messages, kwargs)
             if retry and _attempt_never_logged(kwargs):
                 started.never_logged = True
-            turn.begin_call(started, bind=not marked, retry=retry)
+            turn.begin_call(started, bind=not marked, retry=retry, new_call=first_start)
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
@@ -736,6 +737,10 @@ class _StartedCall:
     @property
     def responded(self) -> bool:
         return not self.never_logged and response_arrived(self._kwargs, bool(self._kwargs.get("stream")))
+
+    @property
+    def binder(self) -> object:
+        return self._callback
 
     @property
     def finished(self) -> bool:

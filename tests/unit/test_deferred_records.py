@@ -406,6 +406,7 @@ def test_a_call_that_never_reported_and_cannot_be_priced_is_kept_with_what_could
         call_id = "unreadable"
         responded = False
         finished = False
+        binder = None
 
         def pending_call(self) -> Any:
             raise RuntimeError("LiteLLM changed its call details")
