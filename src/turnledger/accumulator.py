@@ -121,6 +121,15 @@ class PendingCall:
         """
         return response_arrived(self.call_details, self.stream)
 
+    @property
+    def finished(self) -> bool:
+        """Never: a bare pending call is over only when its end event comes."""
+        return False
+
+    @property
+    def binder(self) -> object:
+        return None
+
     def pending_call(self) -> PendingCall:
         return self
 
@@ -138,6 +147,17 @@ class StartedCall(Protocol):
 
     @property
     def responded(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool:
+        """It is over, and no end event will say so (an attempt LiteLLM never logs that has its
+        answer): a closing scope does not wait for it, and reads its record when the turn closes."""
+        ...
+
+    @property
+    def binder(self) -> object:
+        """The callback instance whose pre-call hook bound the call (None: none)."""
+        ...
 
     def pending_call(self) -> PendingCall:
         """The call as :class:`PendingCall`; never raises (what cannot be read is left unknown)."""
@@ -306,6 +326,9 @@ class TurnTokenAccumulator:
         # several microseconds to make (it probes the lock for three methods it lacks).
         self._idle: threading.Condition | None = None
         self._pending: dict[str, StartedCall] = {}
+        # Further calls in flight under a call id already pending (the caller passed the same
+        # litellm_call_id to each): each end event of the id hands its place to the next.
+        self._more_pending: dict[str, list[StartedCall]] = {}
         # Call ids LiteLLM retried itself (num_retries): their attempts share the id.
         self._retried_ids: set[str] = set()
         self._seen_events: set[EventKey] = set()
@@ -377,8 +400,9 @@ class TurnTokenAccumulator:
 
     @property
     def pending_calls(self) -> int:
+        """Calls started and not yet over (an attempt LiteLLM never logs is over once it has its answer)."""
         with self._lock:
-            return len(self._pending)
+            return sum(1 for p in self._all_pending_locked() if not p.finished)
 
     @property
     def calls(self) -> list[TokenCallRecord]:
@@ -387,7 +411,9 @@ class TurnTokenAccumulator:
         self._read_deferred()
         return self._records
 
-    def begin_call(self, pending: StartedCall, *, bind: bool = True, retry: bool = False) -> None:
+    def begin_call(
+        self, pending: StartedCall, *, bind: bool = True, retry: bool = False, new_call: bool = False
+    ) -> None:
         """Count a starting call as pending in this turn, and bind it in :data:`call_bindings` so its
         end event finds it wherever it is logged from; ``bind=False`` when the call carries its turn
         itself (see the callback's ``_TURN_OF_CALL``) and needs no binding that could be evicted.
@@ -396,6 +422,11 @@ class TurnTokenAccumulator:
         starts it only once the attempt before it has raised, so an attempt still pending then ended
         unlogged: it becomes a record of its own (``unlogged_retry_attempt``), and so does the last
         attempt if it never reports either.
+
+        ``new_call``: this is a call of its own, not its start seen again by another callback instance:
+        with its id already pending (the caller passed one ``litellm_call_id`` to several calls) and
+        bound by the same instance (a second instance handed a copy of the details is not a second
+        call), it is pending as well, and the scope waits for both.
         """
         superseded: StartedCall | None = None
         with self._lock:
@@ -408,6 +439,8 @@ class TurnTokenAccumulator:
                 self._pending[pending.call_id] = pending
             elif existing is None:
                 self._pending[pending.call_id] = pending
+            elif new_call and existing.binder is pending.binder is not None:
+                self._more_pending.setdefault(pending.call_id, []).append(pending)
         if bind:
             call_bindings.bind(pending.call_id, self)
         if superseded is not None:
@@ -442,6 +475,8 @@ class TurnTokenAccumulator:
                 else:
                     self._records.append(record)
                 self._pending.pop(record.call_id, None)
+                if self._more_pending:
+                    self._next_pending_locked(record.call_id)
                 waiters = self._wake_waiters_locked()
                 subscribers = self._subscribers + global_subscribers()
         if waiters:
@@ -463,12 +498,22 @@ class TurnTokenAccumulator:
             self._deferred.append(event)
             full = len(self._deferred) >= MAX_DEFERRED_RECORDS
             self._pending.pop(call_id, None)
+            if self._more_pending:
+                self._next_pending_locked(call_id)
             waiters = self._wake_waiters_locked()
         if waiters:
             _wake(waiters)
         if full:
             self._read_deferred()
         return True
+
+    def _next_pending_locked(self, call_id: str) -> None:
+        """A call ``call_id`` ended: another in flight under the same id is pending in its place."""
+        more = self._more_pending.get(call_id)
+        if more:
+            self._pending[call_id] = more.pop(0)
+            if not more:
+                del self._more_pending[call_id]
 
     def _read_deferred(self) -> None:
         with self._build_lock:
@@ -546,11 +591,22 @@ class TurnTokenAccumulator:
             self._finalize()
             self._deactivate()
 
+    def _awaited_locked(self) -> bool:
+        """Whether a pending call may still report its end: one that is over without an event is
+        recorded at close, and nothing is waited for it."""
+        return any(not p.finished for p in self._all_pending_locked())
+
+    def _all_pending_locked(self) -> list[StartedCall]:
+        calls = list(self._pending.values())
+        for more in self._more_pending.values():
+            calls.extend(more)
+        return calls
+
     def _settle_deadline_locked(self, started: float, timeout: float | None) -> float:
         """When to stop waiting, re-evaluated on every wake-up: a call can get its response meanwhile."""
         if timeout is not None:
             return started + timeout
-        if any(p.responded for p in self._pending.values()):
+        if any(p.responded for p in self._all_pending_locked()):
             return started + max(self.logging_timeout, self.settle_timeout)
         return started + self.settle_timeout
 
@@ -559,7 +615,9 @@ class TurnTokenAccumulator:
         started = time.monotonic()
         while True:
             with self._lock:
-                if not self._pending or (answered_only and not any(p.responded for p in self._pending.values())):
+                if not self._awaited_locked() or (
+                    answered_only and not any(p.responded for p in self._all_pending_locked())
+                ):
                     return
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:
@@ -577,7 +635,7 @@ class TurnTokenAccumulator:
     def _settle_sync(self, timeout: float | None) -> None:
         started = time.monotonic()
         with self._lock:
-            while self._pending:
+            while self._awaited_locked():
                 remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
                 if remaining <= 0:
                     return
@@ -598,8 +656,9 @@ class TurnTokenAccumulator:
                 return
             self._closed = True
             self.closed_at = datetime.now(UTC)
-            started = list(self._pending.values())
+            started = self._all_pending_locked()
             self._pending.clear()
+            self._more_pending.clear()
         try:
             # Closed: no event is deferred any more, and these are the last records of the turn.
             self._read_deferred()

@@ -276,6 +276,30 @@ start seen again."""
 _MISSING: Any = object()
 
 
+_RETRIED_UNLOGGED = frozenset({"acompletion", "aresponses"})
+"""Call types whose further attempts LiteLLM (1.106.12) runs outside its logging wrapper: its own
+retries (``acompletion_with_retries``, ``aresponses_with_retries``) and an ``acompletion``'s
+``context_window_fallback_dict`` call the unwrapped function."""
+
+
+def _attempt_never_logged(kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM logs no end of this further attempt of a call, even once it is answered, so its
+    answer is no sign of an event to wait for. A stream logs itself as it is read.
+
+    A sync ``completion`` retried by ``num_retries`` runs each attempt through the logging wrapper
+    (``completion_with_retries``), which sets ``max_retries`` to 0 for it; one that falls back by
+    ``context_window_fallback_dict`` calls the unwrapped function with the caller's ``max_retries``
+    (LiteLLM's default is None). A fallback with ``max_retries=0`` passed is taken as logged: its scope
+    waits ``logging_timeout`` for it, then prices it from its answer all the same.
+    """
+    if kwargs.get("stream"):
+        return False
+    call_type = kwargs.get("call_type")
+    if call_type in _RETRIED_UNLOGGED:
+        return True
+    return call_type == "completion" and kwargs.get("max_retries") != 0
+
+
 def _turn_of_call(kwargs: Mapping[str, Any], call_id: str | None) -> tuple[TurnTokenAccumulator | None, bool]:
     """The turn an end event belongs to, and whether it belonged to one that no longer exists.
 
@@ -348,7 +372,7 @@ class TokenTrackingCallback(CustomLogger):
         try:
             turn = get_current_accumulator()
             marked = type(kwargs) is dict or isinstance(kwargs, MutableMapping)
-            retry = False
+            retry = first_start = False
             if marked:
                 # The call carries its turn itself (see _TURN_OF_CALL). Its first start binds it:
                 # LiteLLM's own retries run this hook again, with the same details, in the turn it
@@ -358,6 +382,7 @@ class TokenTrackingCallback(CustomLogger):
                 if mark is _MISSING:
                     kwargs[_TURN_OF_CALL] = turn._weak_self if turn is not None else None
                     kwargs[_CALL_BINDER] = self.tracker_name
+                    first_start = True
                 else:
                     turn = mark() if type(mark) is TurnMark else None
                     retry = kwargs.get(_CALL_BINDER) == self.tracker_name
@@ -376,12 +401,9 @@ class TokenTrackingCallback(CustomLogger):
             if retry:
                 # Read for a further attempt only: a first one starts with no headers in the details.
                 started.headers_at_start = kwargs.get("response_headers")
-                if kwargs.get("call_type") == "acompletion" and not kwargs.get("stream"):
-                    # LiteLLM (1.106.12) runs an async call's further attempts outside its logging
-                    # wrapper (acompletion_with_retries): one that is answered is never logged, so its
-                    # answer is no sign of an event to wait for. A stream logs itself as it is read.
+                if _attempt_never_logged(kwargs):
                     started.never_logged = True
-            turn.begin_call(started, bind=not marked, retry=retry)
+            turn.begin_call(started, bind=not marked, retry=retry, new_call=first_start)
         except Exception:
             self._count("errors")
             warn_once("pre_call:error", "turnledger could not bind a call to its turn", exc_info=True)
@@ -688,7 +710,8 @@ class _StartedCall:
     ) -> None:
         self._callback = callback
         self.call_id = call_id
-        self._model = model
+        # Read now: a further attempt of the call (a context-window fallback) changes the live one.
+        self._model = kwargs.get("model") or model
         self._messages = messages
         # Read now: with message logging off, LiteLLM blanks the live input once the response arrives.
         self._input = kwargs.get("input")
@@ -708,6 +731,20 @@ class _StartedCall:
     def responded(self) -> bool:
         return not self.never_logged and response_arrived(self._kwargs, bool(self._kwargs.get("stream")))
 
+    @property
+    def binder(self) -> object:
+        return self._callback
+
+    @property
+    def finished(self) -> bool:
+        # An answer in the details that was there when it started is an earlier attempt's.
+        kwargs = self._kwargs
+        return (
+            self.never_logged
+            and kwargs.get("original_response") is not self._answer_at_start
+            and response_arrived(kwargs, False)
+        )
+
     def pending_call(self) -> PendingCall:
         kwargs = self._kwargs
         get = kwargs.get
@@ -718,7 +755,7 @@ class _StartedCall:
             provider = litellm_params.get("custom_llm_provider")
         return PendingCall(
             call_id=self.call_id,
-            model=str(get("model") or self._model or "unknown"),
+            model=str(self._model or "unknown"),
             provider=provider if isinstance(provider, str) else None,
             call_kind=call_kind_of(get("call_type")),
             stream=bool(get("stream")),

@@ -1058,3 +1058,27 @@ def test_an_event_without_a_call_id_is_added_once_by_two_instances() -> None:
             cb.log_success_event(kwargs, None, None, None)
     [record] = turn.calls
     assert RecordFlag.MALFORMED_EVENT in record.flags
+
+
+async def test_two_calls_in_flight_under_one_call_id_the_caller_passed_are_both_in_the_turn(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # An app that passes its request id as litellm_call_id to every call of a turn. Before: the calls
+    # were one pending call, the scope did not wait for the second to be logged, and it landed in
+    # late_calls only: two answered, one stored.
+    usage = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("same-id", [Script(usage=usage), Script(usage=usage, delay_s=0.3)])
+    messages = [{"role": "user", "content": "say hello [[plan:same-id]]"}]
+
+    async def call() -> Any:
+        return await litellm.acompletion(
+            model="openai/gpt-4o-mini", messages=messages, litellm_call_id="request-42", **provider_kwargs
+        )
+
+    async with turnledger.scoped_turn(settle_timeout=5, logging_timeout=5) as turn:
+        await asyncio.gather(call(), call())
+    assert [a.status for a in fake_provider.answers_for("same-id")] == [200, 200]
+    assert [(r.call_id, r.status, r.prompt_tokens) for r in turn.calls] == [("request-42", CallStatus.SUCCESS, 40)] * 2
+    assert turn.late_calls == []
+    # gpt-4o-mini: 2 x (40 x $0.15/M in + 4 x $0.60/M out).
+    assert turn.total_cost_usd == Decimal("0.0000168")

@@ -35,10 +35,17 @@ from turnledger import CallStatus, CostSource, RecordFlag, TurnTokenAccumulator,
 from turnledger.fake_provider import FakeProvider, Script
 from turnledger.store.writer import BatchWriter
 
+from .test_call_kinds import responses_without_mcp  # noqa: F401 (a fixture)
+
 pytest.importorskip("tenacity", reason="LiteLLM retries a call itself only with tenacity (in the dev extra)")
 
 MESSAGES: Any = [{"role": "user", "content": "say hello to the whole wide world [[plan:retried]]"}]
 UNLOGGED = (RecordFlag.NO_CALLBACK, RecordFlag.PROVIDER_ERROR, RecordFlag.UNLOGGED_RETRY_ATTEMPT)
+
+CONTEXT_WINDOW_EXCEEDED = (
+    "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. "
+    "Please reduce the length of the messages."
+)
 
 pytestmark = pytest.mark.usefixtures("tracker")
 
@@ -267,3 +274,82 @@ async def test_a_turn_with_a_retried_call_stores_every_attempt(
         await writer.persist(turn)
     assert await stored_call_count(engine) == 6
     assert await stored_cost(engine) == Decimal(0)
+
+
+async def test_an_async_retry_that_succeeded_leaves_nothing_for_its_scope_to_wait_for(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The attempt that answered is over: LiteLLM logs no end of it, and its record is read from its
+    # answer when the turn closes. Before: still pending, so every such scope waited out
+    # ``settle_timeout`` (2 s by default) for an event that never comes.
+    usage = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("retried", [Script(status=500)] * 3 + [Script(usage=usage)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+        assert turn.pending_calls == 0
+    refused, answered = turn.calls
+    assert (refused.status, answered.status, answered.prompt_tokens) == (CallStatus.FAILURE, CallStatus.SUCCESS, 40)
+
+
+async def test_an_async_call_that_failed_on_every_retry_stays_pending_until_its_scope_closes(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Its last attempt got no answer LiteLLM's details show: it is recorded as abandoned at close.
+    fake_provider.plan("retried", [Script(status=500)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        with pytest.raises(InternalServerError):
+            await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, num_retries=2, **provider_kwargs)
+        assert turn.pending_calls == 1
+    assert [r.status for r in turn.calls] == [CallStatus.FAILURE, CallStatus.ABANDONED, CallStatus.ABANDONED]
+
+
+@pytest.mark.usefixtures("responses_without_mcp")
+async def test_an_async_responses_call_that_succeeded_on_a_retry_is_priced_from_its_answer_without_a_wait(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # LiteLLM retries ``aresponses`` as it does ``acompletion`` (aresponses_with_retries, outside its
+    # logging wrapper): the attempt that answered is never logged. Before: its answer read as an end
+    # event on its way, and the scope waited out ``logging_timeout`` (30 s by default) for it.
+    usage = {"input_tokens": 40, "output_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("retried", [Script(status=500), Script(usage=usage)])
+    async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        response: Any = await litellm.aresponses(
+            model="openai/gpt-4o-mini", input="say hello [[plan:retried]]", num_retries=2, **provider_kwargs
+        )
+        last_attempt = turn.started_call(turn.calls[0].call_id)
+        assert last_attempt is not None
+        assert not last_attempt.responded
+        assert turn.pending_calls == 0
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (40, 4)
+    assert fake_provider.received("retried") == 2
+    refused, answered = turn.calls
+    assert (refused.status, refused.cost_source) == (CallStatus.FAILURE, CostSource.NOT_BILLED)
+    assert (answered.status, answered.prompt_tokens, answered.completion_tokens) == (CallStatus.SUCCESS, 40, 4)
+    assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in answered.flags
+    # gpt-4o-mini: 40 x $0.15/M in, 4 x $0.60/M out.
+    assert turn.total_cost_usd == Decimal("0.0000084")
+
+
+def test_a_sync_context_window_fallback_is_priced_from_its_answer_without_a_wait(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # completion(context_window_fallback_dict=...) calls the fallback model with the same call details,
+    # outside LiteLLM's logging wrapper: neither the refused attempt nor the answered one is logged.
+    # Before: the answer read as an end event on its way, and the scope waited out ``logging_timeout``
+    # (30 s by default) for it.
+    usage = {"prompt_tokens": 130_000, "completion_tokens": 100, "total_tokens": 130_100}
+    fake_provider.plan("retried", [Script(status=400, error_message=CONTEXT_WINDOW_EXCEEDED), Script(usage=usage)])
+    with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn:
+        response: Any = litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=MESSAGES,
+            context_window_fallback_dict={"openai/gpt-4o-mini": "openai/gpt-4.1-mini"},
+            **provider_kwargs,
+        )
+        assert turn.pending_calls == 0
+    assert response.model == "gpt-4.1-mini"
+    refused, answered = turn.calls
+    assert (refused.model, refused.cost_usd, refused.cost_source) == ("gpt-4o-mini", Decimal(0), CostSource.NOT_BILLED)
+    assert (answered.model, answered.status, answered.prompt_tokens) == ("gpt-4.1-mini", CallStatus.SUCCESS, 130_000)
+    # gpt-4.1-mini: $0.40 / 1M input, $1.60 / 1M output.
+    assert answered.cost_usd == 130_000 * Decimal("0.0000004") + 100 * Decimal("0.0000016") == turn.total_cost_usd
