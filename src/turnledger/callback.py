@@ -73,7 +73,7 @@ from turnledger.records import (
     TokenCallRecord,
     record_from_fields,
 )
-from turnledger.request_ids import response_request_id
+from turnledger.request_ids import exception_request_id, response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
 from turnledger.usage import normalize_usage
 
@@ -562,12 +562,16 @@ class TokenTrackingCallback(CustomLogger):
         )
 
         error_type: str | None = None
+        error_request_id: str | None = None
         cost: Decimal | None
         cost_flags: list[RecordFlag] = []
         unanswered = False
         if status is _FAILURE:
             exc = get("exception")
             error_type = type(exc).__name__ if isinstance(exc, BaseException) else None
+            # The id of the error answer (what the provider's support knows a refused call by), from
+            # this attempt's own exception: never an earlier attempt's headers left in shared details.
+            error_request_id = exception_request_id(exc)
             # A usage block whose every count was discarded tells of tokens it could not say: answered.
             unanswered = not counts.used_tokens and not counts.count_discarded
             if unanswered:
@@ -623,7 +627,7 @@ class TokenTrackingCallback(CustomLogger):
             started_at=started,
             latency_ms=_ms_between(started, ended),
             ttft_ms=ttft,
-            provider_request_id=response_request_id(response_obj),
+            provider_request_id=error_request_id or response_request_id(response_obj),
             model_ref=meta.model_ref if meta else None,
             model_id=meta.model_id if meta else None,
             display_name=meta.display_name if meta else None,

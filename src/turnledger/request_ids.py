@@ -2,7 +2,8 @@
 
 OpenAI and most providers send it as ``x-request-id``, Anthropic as ``request-id``: what the
 provider's request logs and its support know the request by. A success event carries the headers in
-its response's hidden params; an attempt LiteLLM never logged leaves them, if at all, in the call
+its response's hidden params; a failure event the error answer's in its exception
+(:func:`exception_request_id`); an attempt LiteLLM never logged leaves them, if at all, in the call
 details (:func:`headers_request_id`). The answer body's own ``id`` (``chatcmpl-...``) is another
 id, never taken for it.
 """
@@ -48,4 +49,33 @@ def headers_request_id(headers: object) -> str | None:
         value = headers.get(name)
         if isinstance(value, str) and value:
             return value
+    return None
+
+
+_EXCEPTION_HEADERS = ("headers", "response", "litellm_response_headers")
+"""Where an exception keeps the headers of the error answer, in the order LiteLLM reads them for its
+own ``error_provider_request_id`` (``_get_response_headers``, 1.106.12): the openai SDK's and
+httpx's ``response.headers``, and LiteLLM's copy on the exception it maps them to."""
+
+
+def exception_request_id(exc: object) -> str | None:
+    """The request id of the error answer ``exc`` was raised for: ``None`` when it got none (a
+    timeout, a connection lost) or carries none.
+
+    The failure event's own exception, not the call details' ``response_headers`` nor their
+    ``standard_logging_object``: LiteLLM's own retries share the details, where an earlier attempt's
+    answer may have left its headers, and its exception is what LiteLLM derives the logging object's
+    id from in turn (measured on 1.106.12: equal for a refused chat, embedding and stream, through the
+    openai SDK and LiteLLM's own HTTP handler)."""
+    if not isinstance(exc, BaseException):
+        return None
+    for name in _EXCEPTION_HEADERS:
+        try:
+            source = getattr(exc, name, None)
+            headers = getattr(source, "headers", None) if name == "response" else source
+            request_id = headers_request_id(headers)
+        except Exception:  # an exception of any class may come: a property that raises reads as none
+            continue
+        if request_id is not None:
+            return request_id
     return None
