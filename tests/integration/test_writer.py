@@ -138,14 +138,16 @@ async def test_an_unreachable_database_leaves_every_turn_in_the_outbox(engine: A
 async def test_replay_skips_corrupt_and_torn_lines_and_is_idempotent(engine: AsyncEngine, tmp_path: Path) -> None:
     journal = OutboxJournal(tmp_path, writer_id="dead-writer")
     journal.open()
-    good = [encode_entry(make_entry(turn_rows(closed_turn(f"r{i}"), usage_type="chat"))) for i in range(4)]
+    rows = [turn_rows(closed_turn(f"r{i}"), usage_type="chat") for i in range(4)]
+    good = [encode_entry(make_entry(r)) for r in rows]
     damaged = bytearray(good[1])
     damaged[60] ^= 0x01  # one flipped bit: still a line, no longer the line that was written
     journal.append([good[0], bytes(damaged), b"this is not json\n", good[2], good[3][:-40]])
     journal.close()
-    # A turn already in the database is skipped, not duplicated.
+    # A turn already in the database is skipped, not duplicated (a different turn under its id would be
+    # set aside: tests/integration/test_replay_reused_ids.py).
     async with engine.begin() as conn:
-        await turnledger.insert_turn_rows(conn, [turn_rows(closed_turn("r0"), usage_type="chat")])
+        await turnledger.insert_turn_rows(conn, [rows[0]])
 
     report = await replay_outbox(engine, tmp_path)
     assert report.entries == 2

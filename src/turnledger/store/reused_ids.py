@@ -9,7 +9,7 @@ the same turn written again by what it stored: when it opened, how many calls, w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,12 +18,19 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from turnledger.errors import StorageError
-from turnledger.store.entries import Entry
+from turnledger.store.entries import Entry, WriteFn
 from turnledger.store.models import TokenUsage
 
 
 class TurnIdReused(StorageError):
     """Another turn is stored under this turn's ``turn_id``: this one was not stored."""
+
+
+REUSED_REASON = "another turn is stored under its turn_id: its calls are in no report"
+
+
+ReusedFn = Callable[[Sequence[Entry]], Awaitable[list[Entry]]]
+"""The entries of a batch just committed whose ``turn_id`` another stored turn holds."""
 
 
 def _instant(value: Any) -> Any:
@@ -59,3 +66,19 @@ async def reused_turn_ids(engine: AsyncEngine, entries: Sequence[Entry]) -> list
         if e["turn_id"] in stored
         and stored[e["turn_id"]] != _fingerprint(e["usage"]["created_at"], e["usage"]["calls"], e["usage"]["cost_usd"])
     ]
+
+
+def setting_aside_reused(write: WriteFn, find: ReusedFn, set_aside: Callable[[Sequence[Entry]], None]) -> WriteFn:
+    """``write``, then, if it stored fewer turns than it was given, ``set_aside`` the ones ``find`` says
+    another turn holds the id of: before the write returns, so that a batch counted as done is one
+    whose skipped turns were checked. Should the check fail, the write fails with it and is retried
+    (a no-op for what it stored): a turn is never taken as stored because the check could not run.
+    """
+
+    async def write_checked(entries: Sequence[Entry]) -> int:
+        new = await write(entries)
+        if new < len(entries) and (reused := await find(entries)):
+            set_aside(reused)
+        return new
+
+    return write_checked

@@ -628,6 +628,9 @@ class BatchWriter:
     async def _write_live(self, entries: Sequence[Entry]) -> int:
         return await self._bounded_write(entries, fresh=True)
 
+    async def _find_reused(self, entries: Sequence[Entry]) -> list[Entry]:
+        return await asyncio.wait_for(reused_turn_ids(self.engine, entries), self.write_timeout)
+
     def _abandon(self, task: asyncio.Task[Any]) -> None:
         task.cancel()
         self._abandoned.add(task)
@@ -814,6 +817,7 @@ class BatchWriter:
                     write=self._bounded_write,
                     report=report,
                     resume=self._replay_resume,
+                    reused=self._find_reused,
                 )
                 self._others_due = False
         finally:
@@ -823,6 +827,7 @@ class BatchWriter:
             self.stats["written"] += report.inserted
             self.stats["bad_lines"] += len(report.bad_lines)
             self.stats["rejected"] += report.rejected
+            self.stats["turn_id_reused"] += report.turn_id_reused
 
     async def _replay_own(self, segment: int, report: ReplayReport) -> None:
         await self._close_segment(segment)
@@ -831,7 +836,12 @@ class BatchWriter:
         # Gone if it was replayed before and a turn of it, still queued then, has been spilled since.
         if path.exists():
             await replay_segment(
-                self._bounded_write, path, batch_size=self.batch_size, report=report, resume=self._replay_resume
+                self._bounded_write,
+                path,
+                batch_size=self.batch_size,
+                report=report,
+                resume=self._replay_resume,
+                reused=self._find_reused,
             )
         self._replay_resume.pop(path, None)
         self._dirty.discard(segment)
