@@ -9,27 +9,27 @@ the same turn written again by what it stored: when it opened, how many calls, w
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from turnledger.errors import StorageError
-from turnledger.store.entries import Entry, WriteFn
+from turnledger.errors import TurnIdReused
 from turnledger.store.models import TokenUsage
 
+if TYPE_CHECKING:
+    # Only for annotations: entries imports record, which imports this module.
+    from turnledger.store.entries import Entry, WriteFn
 
-class TurnIdReused(StorageError):
-    """Another turn is stored under this turn's ``turn_id``: this one was not stored."""
-
+__all__ = ["REUSED_REASON", "ReusedFn", "TurnIdReused", "holds_another_turn", "reused_turn_ids", "setting_aside_reused"]
 
 REUSED_REASON = "another turn is stored under its turn_id: its calls are in no report"
 
 
-ReusedFn = Callable[[Sequence[Entry]], Awaitable[list[Entry]]]
+ReusedFn = Callable[[Sequence["Entry"]], Awaitable[list["Entry"]]]
 """The entries of a batch just committed whose ``turn_id`` another stored turn holds."""
 
 
@@ -47,6 +47,20 @@ def _fingerprint(created_at: Any, calls: Any, cost_usd: Any) -> tuple[Any, ...]:
     return _instant(created_at), int(calls), _cost(cost_usd)
 
 
+def _usage_fingerprint(usage: Mapping[str, Any]) -> tuple[Any, ...]:
+    return _fingerprint(usage["created_at"], usage["calls"], usage["cost_usd"])
+
+
+async def holds_another_turn(db: AsyncSession | AsyncConnection, usage: Mapping[str, Any]) -> bool:
+    """Whether a turn other than the one of this ``token_usage`` row is stored under its ``turn_id``
+    (read in ``db``'s transaction, where an insert of the row was just skipped)."""
+    stmt = select(TokenUsage.created_at, TokenUsage.calls, TokenUsage.cost_usd).where(
+        TokenUsage.turn_id == usage["turn_id"]
+    )
+    stored = (await db.execute(stmt)).first()
+    return stored is not None and _fingerprint(*stored) != _usage_fingerprint(usage)
+
+
 async def reused_turn_ids(engine: AsyncEngine, entries: Sequence[Entry]) -> list[Entry]:
     """The entries whose ``turn_id`` is stored for another turn (read after their batch committed)."""
     wanted = {e["turn_id"] for e in entries}
@@ -60,12 +74,7 @@ async def reused_turn_ids(engine: AsyncEngine, entries: Sequence[Entry]) -> list
                 )
             )
             stored.update({r.turn_id: _fingerprint(r.created_at, r.calls, r.cost_usd) for r in rows})
-    return [
-        e
-        for e in entries
-        if e["turn_id"] in stored
-        and stored[e["turn_id"]] != _fingerprint(e["usage"]["created_at"], e["usage"]["calls"], e["usage"]["cost_usd"])
-    ]
+    return [e for e in entries if e["turn_id"] in stored and stored[e["turn_id"]] != _usage_fingerprint(e["usage"])]
 
 
 def setting_aside_reused(write: WriteFn, find: ReusedFn, set_aside: Callable[[Sequence[Entry]], None]) -> WriteFn:
