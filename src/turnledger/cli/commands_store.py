@@ -88,6 +88,10 @@ def report_command(
     until: Annotated[str | None, typer.Option("--until", help="Exclusive end, same forms as --since.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user id.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant id.")] = None,
+    thread: Annotated[str | None, typer.Option("--thread", help="Only this thread id.")] = None,
+    usage_type: Annotated[
+        str | None, typer.Option("--usage-type", help="Only this usage type (chat, batch...).")
+    ] = None,
     output_format: FormatOption = "table",
     database_url: DatabaseUrlOption = None,
 ) -> None:
@@ -104,7 +108,8 @@ def report_command(
     refuse_missing_sqlite_file(database_url)
     # One query, so no measurable progress: a spinner on a terminal, nothing when piped.
     with err_console.status("reading usage", spinner="dots") if is_terminal() else nullcontext():
-        rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), database_url)
+        filters = {"user_id": user, "tenant_id": tenant, "thread_id": thread, "usage_type": usage_type}
+        rows = run_db(_report(url, grouping, since=start, until=end, **filters), database_url)
     if fmt is OutputFormat.TABLE:
         _table(grouping, rows)
     else:
