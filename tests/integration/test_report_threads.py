@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.cli_run import invoke
-from turnledger import make_engine, record_token_usage, session_factory
+from turnledger import ReportBy, make_engine, record_token_usage, session_factory, usage_report
+from turnledger.cli.chart_data import daily_spend, day_range
 
 DAY = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 
@@ -46,6 +48,60 @@ def _record_at(url: str) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+async def test_by_thread_groups_each_users_thread_apart(engine: AsyncEngine) -> None:
+    await _record(engine)
+    async with engine.connect() as conn:
+        rows = await usage_report(conn, ReportBy.THREAD)
+        tenants = await usage_report(conn, ReportBy.TENANT)
+    assert [(r.user_id, r.key, r.cost_usd, r.calls) for r in rows] == [
+        ("bob", "main", Decimal("6.00"), 2),
+        ("alice", "main", Decimal("1.50"), 2),
+        ("bob", "t-9", Decimal("0.25"), 1),
+        ("carol", None, Decimal("0.10"), 1),
+    ]
+    # Other breakdowns name no user beside their key.
+    assert {r.user_id for r in tenants} == {None}
+
+
+async def test_the_chart_by_thread_keeps_each_users_thread_apart(engine: AsyncEngine) -> None:
+    await _record(engine)
+    days = day_range(DAY, DAY.replace(hour=13))
+    async with engine.connect() as conn:
+        spend = await daily_spend(conn, ReportBy.THREAD, days)
+    assert [(s.name, s.total) for s in spend.series] == [
+        ("bob / main", Decimal("6.00")),
+        ("alice / main", Decimal("1.50")),
+        ("bob / t-9", Decimal("0.25")),
+        ("carol / (none)", Decimal("0.10")),
+    ]
+    assert spend.total == Decimal("7.85")
+
+
+def test_report_by_thread_shows_the_user_of_each_thread(database_url: str) -> None:
+    _record_at(database_url)
+    as_json = invoke("report", "--by", "thread", "--format", "json", "--database-url", database_url)
+    assert as_json.exit_code == 0, as_json.output
+    assert [(r["user_id"], r["key"], r["cost_usd"]) for r in json.loads(as_json.stdout)] == [
+        ("bob", "main", "6.00"),
+        ("alice", "main", "1.50"),
+        ("bob", "t-9", "0.25"),
+        ("carol", None, "0.10"),
+    ]
+    as_csv = invoke("report", "--by", "thread", "--format", "csv", "--database-url", database_url)
+    assert as_csv.stdout.splitlines()[:2] == [
+        "key,user_id,calls,prompt_tokens,completion_tokens,total_tokens,cached_tokens,cache_creation_tokens,"
+        "reasoning_tokens,cost_usd,unpriced_calls,failed_calls,abandoned_calls",
+        "main,bob,2,0,0,0,0,0,0,6.00,0,0,0",
+    ]
+    table = invoke("report", "--by", "thread", "--database-url", database_url)
+    assert table.exit_code == 0, table.output
+    header = next(line for line in table.stdout.splitlines() if "thread" in line and "calls" in line)
+    assert header.split()[:3] == ["user", "thread", "calls"]
+    # Other breakdowns keep their columns: no user_id beside a tenant or a model.
+    by_user = invoke("report", "--by", "user", "--format", "json", "--database-url", database_url)
+    assert "user_id" not in json.loads(by_user.stdout)[0]
 
 
 def test_report_filters_by_thread_and_usage_type(database_url: str) -> None:
