@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -92,6 +94,36 @@ async def test_another_turn_under_a_stored_turn_id_is_set_aside_not_dropped(
     (rejected,) = [f for f in files_in(tmp_path) if f.endswith(".rejected")]
     kept = [unpack_entry(decode_line(line)) for line in (tmp_path / rejected).read_bytes().splitlines()]
     assert sorted((k["turn_id"], len(k["calls"])) for k in kept if k is not None) == [("req-42", 2), ("req-7", 3)]
+
+
+async def test_a_reused_turn_id_the_writer_could_not_check_is_replayed_and_set_aside_not_dropped(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The link drops after the batch committed, as the writer reads which skipped turn it was: that
+    # turn was taken as stored, with one warning naming no turn, and its billed calls were in no report.
+    import turnledger.store.writer as writer_module
+    from turnledger.store.reused_ids import reused_turn_ids as check
+
+    drops = [ConnectionResetError("the link dropped")]
+
+    async def dropping_once(engine: AsyncEngine, entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        if drops:
+            raise drops.pop()
+        return await check(engine, entries)
+
+    monkeypatch.setattr(writer_module, "reused_turn_ids", dropping_once)
+    first, retried = closed_turn("req-42", calls=1), closed_turn("req-42", calls=2)
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01, retry_initial=0.01) as writer:
+        await writer.persist(first)
+        await writer.flush(timeout=30)
+        await writer.persist(retried)
+        await writer.flush(timeout=30)
+        assert drops == []
+        assert (writer.stats["turn_id_reused"], writer.stats["rejected"], writer.stats["lost"]) == (1, 1, 0)
+    assert await stored_call_count(engine) == 1
+    (rejected,) = [f for f in files_in(tmp_path) if f.endswith(".rejected")]
+    kept = [unpack_entry(decode_line(line)) for line in (tmp_path / rejected).read_bytes().splitlines()]
+    assert [(k["turn_id"], len(k["calls"])) for k in kept if k is not None] == [("req-42", 2)]
 
 
 async def test_a_full_queue_spills_to_the_outbox_and_is_replayed(engine: AsyncEngine, tmp_path: Path) -> None:
