@@ -38,6 +38,7 @@ from turnledger.errors import (
     InsufficientCredits,
     SchemaMissingError,
     StorageError,
+    TurnIdReused,
     TurnledgerError,
 )
 from turnledger.price_map import PriceMap, PriceMapOrigin, load_price_map, refresh_price_map
@@ -110,6 +111,7 @@ __all__ = [  # noqa: RUF022
     "TokenCallRecord",
     "TokenTrackingCallback",
     "TurnCharge",
+    "TurnIdReused",
     "TurnKeyReused",
     "TurnRows",
     "TurnTokenAccumulator",

@@ -3,7 +3,8 @@
     TurnledgerError
     ├── ConfigurationError      bad settings: a database URL, a price file, an option value
     ├── StorageError            the database could not be read or written
-    │   └── SchemaMissingError  the tables are not there: run ``turnledger migrate``
+    │   ├── SchemaMissingError  the tables are not there: run ``turnledger migrate``
+    │   └── TurnIdReused        another turn is stored under this turn's ``turn_id``: not recorded
     └── CreditError             the credit ledger refused an operation
         └── InsufficientCredits the available balance cannot cover a reservation or debit
 
@@ -27,6 +28,13 @@ class StorageError(TurnledgerError):
 
 class SchemaMissingError(StorageError):
     """turnledger's tables do not exist in the database; ``turnledger migrate`` creates them."""
+
+
+class TurnIdReused(StorageError):
+    """Another turn is stored under this turn's ``turn_id``: this one was not stored.
+
+    Told from the same turn recorded again (a quiet no-op) by when it opened, its calls and their cost.
+    """
 
 
 class CreditError(TurnledgerError):

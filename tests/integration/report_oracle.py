@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Context, Decimal
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from turnledger import CallStatus, CostSource, ReportBy, ReportRow, TokenCallRecord, TurnTokenAccumulator
 from turnledger.store.reports import ReportFilters
@@ -270,30 +270,46 @@ def _key(fact: Fact, by: ReportBy) -> str | None:
 
 
 def expected_report(facts: Iterable[Fact], by: ReportBy, filters: ReportFilters) -> list[ReportRow]:
-    groups: dict[str | None, _Group] = {}
+    groups: dict[tuple[str | None, str | None], _Group] = {}
     for fact in facts:
         if not _matches(fact, filters):
             continue
         if by is ReportBy.MODEL:
             for r in fact.calls:
-                _add_call(groups.setdefault(stored(r.model, ID_LENGTH), _Group()), r)
+                _add_call(groups.setdefault((stored(r.model, ID_LENGTH), None), _Group()), r)
             if fact.by_hand is not None:
-                _add_by_hand(groups.setdefault(None, _Group()), fact.by_hand)
+                _add_by_hand(groups.setdefault((None, None), _Group()), fact.by_hand)
             elif not fact.calls:
-                groups.setdefault(None, _Group()).empty_turn = True
+                groups.setdefault((None, None), _Group()).empty_turn = True
             continue
-        group = groups.setdefault(_key(fact, by), _Group())
+        # Per thread, a user's thread: two users' threads of one id are two groups.
+        user = fact.user_id if by is ReportBy.THREAD else None
+        group = groups.setdefault((_key(fact, by), user), _Group())
         group.empty_turn |= fact.by_hand is None and not fact.calls
         for r in fact.calls:
             _add_call(group, r)
         if fact.by_hand is not None:
             _add_by_hand(group, fact.by_hand)
-    rows = [ReportRow(key=key, cost_usd=_cost(g), **g.counters) for key, g in groups.items()]
+    rows = [ReportRow(key=key, user_id=user, cost_usd=_cost(g), **_figures(g)) for (key, user), g in groups.items()]
     if by is ReportBy.MODEL:
         rows = [r for r in rows if r.key is not None or r.cost_usd or any(getattr(r, n) for n in COUNTERS)]
     if by is ReportBy.DAY:
         return sorted(rows, key=lambda r: r.key or "")
-    return sorted(rows, key=lambda r: (r.cost_usd is None, -(r.cost_usd or Decimal(0)), r.key is None, r.key or ""))
+    return sorted(
+        rows,
+        key=lambda r: (
+            r.cost_usd is None,
+            -(r.cost_usd or Decimal(0)),
+            r.key is None,
+            r.key or "",
+            r.user_id is None,
+            r.user_id or "",
+        ),
+    )
+
+
+def _figures(group: _Group) -> dict[str, Any]:
+    return dict(group.counters)
 
 
 def boundaries(facts: Sequence[Fact], rng: random.Random, n: int) -> list[datetime]:

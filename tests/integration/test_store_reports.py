@@ -69,8 +69,8 @@ DAVE = ReportRow(
 )
 
 
-def keyed(row: ReportRow, key: str | None) -> ReportRow:
-    return ReportRow(**(row.to_dict() | {"key": key, "cost_usd": row.cost_usd}))
+def keyed(row: ReportRow, key: str | None, user_id: str | None = None) -> ReportRow:
+    return ReportRow(**(row.to_dict() | {"key": key, "cost_usd": row.cost_usd, "user_id": user_id}))
 
 
 @pytest.fixture
@@ -133,11 +133,12 @@ async def test_an_applications_decimal_context_does_not_round_a_report(session: 
 
 
 async def test_per_thread(session: AsyncSession) -> None:
+    # Each user's threads are theirs: a thread's row names its user.
     assert await reports.by_thread(session) == [
-        keyed(ALICE, "t-a"),
-        keyed(CAROL, None),
-        keyed(BOB, "t-b"),
-        keyed(DAVE, "t-d"),
+        keyed(ALICE, "t-a", "alice"),
+        keyed(CAROL, None, "carol"),
+        keyed(BOB, "t-b", "bob"),
+        keyed(DAVE, "t-d", "dave"),
     ]
 
 

@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -94,6 +96,36 @@ async def test_another_turn_under_a_stored_turn_id_is_set_aside_not_dropped(
     assert sorted((k["turn_id"], len(k["calls"])) for k in kept if k is not None) == [("req-42", 2), ("req-7", 3)]
 
 
+async def test_a_reused_turn_id_the_writer_could_not_check_is_replayed_and_set_aside_not_dropped(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The link drops after the batch committed, as the writer reads which skipped turn it was: that
+    # turn was taken as stored, with one warning naming no turn, and its billed calls were in no report.
+    import turnledger.store.writer as writer_module
+    from turnledger.store.reused_ids import reused_turn_ids as check
+
+    drops = [ConnectionResetError("the link dropped")]
+
+    async def dropping_once(engine: AsyncEngine, entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        if drops:
+            raise drops.pop()
+        return await check(engine, entries)
+
+    monkeypatch.setattr(writer_module, "reused_turn_ids", dropping_once)
+    first, retried = closed_turn("req-42", calls=1), closed_turn("req-42", calls=2)
+    async with BatchWriter(engine, outbox_dir=tmp_path, flush_interval=0.01, retry_initial=0.01) as writer:
+        await writer.persist(first)
+        await writer.flush(timeout=30)
+        await writer.persist(retried)
+        await writer.flush(timeout=30)
+        assert drops == []
+        assert (writer.stats["turn_id_reused"], writer.stats["rejected"], writer.stats["lost"]) == (1, 1, 0)
+    assert await stored_call_count(engine) == 1
+    (rejected,) = [f for f in files_in(tmp_path) if f.endswith(".rejected")]
+    kept = [unpack_entry(decode_line(line)) for line in (tmp_path / rejected).read_bytes().splitlines()]
+    assert [(k["turn_id"], len(k["calls"])) for k in kept if k is not None] == [("req-42", 2)]
+
+
 async def test_a_full_queue_spills_to_the_outbox_and_is_replayed(engine: AsyncEngine, tmp_path: Path) -> None:
     async with BatchWriter(engine, outbox_dir=tmp_path, max_queue=2, batch_size=2, flush_interval=0.01) as writer:
         futures = [writer.submit(closed_turn(f"q{i}")) for i in range(50)]
@@ -138,14 +170,16 @@ async def test_an_unreachable_database_leaves_every_turn_in_the_outbox(engine: A
 async def test_replay_skips_corrupt_and_torn_lines_and_is_idempotent(engine: AsyncEngine, tmp_path: Path) -> None:
     journal = OutboxJournal(tmp_path, writer_id="dead-writer")
     journal.open()
-    good = [encode_entry(make_entry(turn_rows(closed_turn(f"r{i}"), usage_type="chat"))) for i in range(4)]
+    rows = [turn_rows(closed_turn(f"r{i}"), usage_type="chat") for i in range(4)]
+    good = [encode_entry(make_entry(r)) for r in rows]
     damaged = bytearray(good[1])
     damaged[60] ^= 0x01  # one flipped bit: still a line, no longer the line that was written
     journal.append([good[0], bytes(damaged), b"this is not json\n", good[2], good[3][:-40]])
     journal.close()
-    # A turn already in the database is skipped, not duplicated.
+    # A turn already in the database is skipped, not duplicated (a different turn under its id would be
+    # set aside: tests/integration/test_replay_reused_ids.py).
     async with engine.begin() as conn:
-        await turnledger.insert_turn_rows(conn, [turn_rows(closed_turn("r0"), usage_type="chat")])
+        await turnledger.insert_turn_rows(conn, [rows[0]])
 
     report = await replay_outbox(engine, tmp_path)
     assert report.entries == 2

@@ -109,7 +109,11 @@ LONG_USER = "user-3f2c9a1e-7b4d-4e2a-9c1f-8a6b5d4e3c2b@tenant-acme-corporation.e
 
 
 def _report_rows(names: list[str], *, every_kind: bool) -> list[ReportRow]:
-    extra = {"cached_tokens": 55_555_555, "cache_creation_tokens": 4_444_444, "reasoning_tokens": 3_333_333}
+    extra: dict[str, Any] = {
+        "cached_tokens": 55_555_555,
+        "cache_creation_tokens": 4_444_444,
+        "reasoning_tokens": 3_333_333,
+    }
     return [
         ReportRow(
             key=name,

@@ -38,6 +38,7 @@ PUBLIC_API = [
     "TokenCallRecord",
     "TokenTrackingCallback",
     "TurnCharge",
+    "TurnIdReused",
     "TurnKeyReused",
     "TurnRows",
     "TurnTokenAccumulator",

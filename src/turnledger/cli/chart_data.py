@@ -15,7 +15,7 @@ from typing import Any
 
 from turnledger.records import EXACT_SUM_CONTEXT
 from turnledger.store.record import Database
-from turnledger.store.reports import ReportBy, ReportRow, key_label, usage_report
+from turnledger.store.reports import ReportBy, ReportRow, group_label, usage_report
 
 CHART_GROUPINGS = (ReportBy.MODEL, ReportBy.USER, ReportBy.THREAD, ReportBy.TENANT)
 
@@ -120,7 +120,7 @@ async def daily_spend(
             db, by, since=midnight(day), until=midnight(day + timedelta(days=1)), **filters
         )
         for row in rows:
-            name = key_label(by, row.key)
+            name = group_label(by, row)
             series = merged.setdefault(name, Series(name))
             series.calls += row.calls
             if row.cost_usd is not None:

@@ -125,8 +125,14 @@ def _print(report: ReplayReport) -> None:
         f"replayed {_count(report.entries, 'turn')} from {_count(report.files, 'file')}: "
         f"{report.inserted} written, {report.already_present} already in the database"
     )
-    if report.rejected:
-        say(f"{_count(report.rejected, 'turn')} refused by the database for their data: set aside in *.rejected files")
+    refused = report.rejected - report.turn_id_reused
+    if refused:
+        say(f"{_count(refused, 'turn')} refused by the database for their data: set aside in *.rejected files")
+    if report.turn_id_reused:
+        say(
+            f"{_count(report.turn_id_reused, 'turn')} not written: another turn is stored under its turn_id;"
+            " set aside in *.rejected files"
+        )
     if report.set_aside_before:
         say(
             f"{_count(report.set_aside_before, 'line')} skipped: set aside in *.rejected files already, by an earlier"

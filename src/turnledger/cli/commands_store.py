@@ -88,6 +88,10 @@ def report_command(
     until: Annotated[str | None, typer.Option("--until", help="Exclusive end, same forms as --since.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user id.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant id.")] = None,
+    thread: Annotated[str | None, typer.Option("--thread", help="Only this thread id.")] = None,
+    usage_type: Annotated[
+        str | None, typer.Option("--usage-type", help="Only this usage type (chat, batch...).")
+    ] = None,
     output_format: FormatOption = "table",
     database_url: DatabaseUrlOption = None,
 ) -> None:
@@ -104,11 +108,19 @@ def report_command(
     refuse_missing_sqlite_file(database_url)
     # One query, so no measurable progress: a spinner on a terminal, nothing when piped.
     with err_console.status("reading usage", spinner="dots") if is_terminal() else nullcontext():
-        rows = run_db(_report(url, grouping, since=start, until=end, user_id=user, tenant_id=tenant), database_url)
+        filters = {"user_id": user, "tenant_id": tenant, "thread_id": thread, "usage_type": usage_type}
+        rows = run_db(_report(url, grouping, since=start, until=end, **filters), database_url)
     if fmt is OutputFormat.TABLE:
         _table(grouping, rows)
     else:
-        emit([row.to_dict() for row in rows], fmt, columns=[(name, name) for name in ReportRow.__dataclass_fields__])
+        names = _fields(grouping)
+        emit([{n: d[n] for n in names} for d in (r.to_dict() for r in rows)], fmt, columns=[(n, n) for n in names])
+
+
+def _fields(grouping: ReportBy) -> list[str]:
+    """A row's fields in JSON and CSV: ``key``, then (per thread only) its ``user_id``, then the figures."""
+    figures = [n for n in ReportRow.__dataclass_fields__ if n not in ("key", "user_id")]
+    return ["key", *(["user_id"] if grouping is ReportBy.THREAD else []), *figures]
 
 
 async def _report(url: URL, grouping: ReportBy, **filters: Any) -> list[ReportRow]:
@@ -123,10 +135,22 @@ async def _report(url: URL, grouping: ReportBy, **filters: Any) -> list[ReportRo
 def _table(grouping: ReportBy, rows: list[ReportRow]) -> None:
     # At 80 columns every figure must stay whole: token kinds no row used are left out.
     used = [(n, header) for n, header in TABLE_COLUMNS if n in ALWAYS_SHOWN or any(getattr(r, n) for r in rows)]
+    # Per thread, the user beside it: two users' "main" threads are two rows, and say whose each is.
+    whose = [("user_id", "user")] if grouping is ReportBy.THREAD else []
     emit(
-        [{**r.to_dict(), "key": key_label(grouping, r.key), "cost_usd": r.cost_usd} for r in rows],
+        [
+            {**r.to_dict(), "key": key_label(grouping, r.key), "user_id": key_label(ReportBy.USER, r.user_id)}
+            | {"cost_usd": r.cost_usd}
+            for r in rows
+        ],
         OutputFormat.TABLE,
-        columns=[("key", grouping.value), *used, ("cost_usd", "cost (USD)"), ("unpriced_calls", "unpriced calls")],
+        columns=[
+            *whose,
+            ("key", grouping.value),
+            *used,
+            ("cost_usd", "cost (USD)"),
+            ("unpriced_calls", "unpriced calls"),
+        ],
         # A bill for a day is argued from this title: it says whose day (the chart's says so too).
         title=f"usage by {grouping.value}" + (" (UTC)" if grouping is ReportBy.DAY else ""),
     )

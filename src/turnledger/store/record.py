@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from turnledger._logging import warn_once
 from turnledger.accumulator import TurnTokenAccumulator, record_totals
+from turnledger.errors import TurnIdReused
 from turnledger.money import micros_from_usd, split_micros, to_decimal
 from turnledger.pricing import MIN_CALL_COST_USD
 from turnledger.records import (
@@ -38,6 +39,7 @@ from turnledger.records import (
 )
 from turnledger.store.engine import storage_error
 from turnledger.store.models import TokenUsage, TokenUsageCall
+from turnledger.store.reused_ids import holds_another_turn
 
 USAGE_TABLE = cast(Table, TokenUsage.__table__)
 CALLS_TABLE = cast(Table, TokenUsageCall.__table__)
@@ -297,13 +299,30 @@ async def record_turn(
 ) -> int | None:
     """Write a closed turn and its calls in the caller's transaction (commit it yourself).
 
-    Returns the new ``token_usage`` row id, or ``None`` when this ``turn_id`` is already stored
-    (recording a turn twice stores it once). Raises ``ValueError`` for a turn still open and
-    :class:`~turnledger.errors.StorageError` when the database refuses the write.
+    Returns the new ``token_usage`` row id, or ``None`` when this turn is already stored (recording a
+    turn twice stores it once). Raises ``ValueError`` for a turn still open,
+    :class:`~turnledger.errors.TurnIdReused` when a *different* turn (opened at another time, with
+    other calls or cost) is stored under its ``turn_id`` (nothing is written; the transaction is still
+    usable), and :class:`~turnledger.errors.StorageError` when the database refuses the write.
     """
     rows = turn_rows(turn, usage_type=usage_type, message_id=message_id, created_at=created_at)
     written = await insert_turn_rows(db, [rows])
-    return written.get(rows.turn_id)
+    row_id = written.get(rows.turn_id)
+    # Skipped as if recorded already: for a different turn (a retried request naming turns by its
+    # id), the provider billed calls that no report would hold.
+    if row_id is None and await _holds_another_turn(db, rows.usage):
+        raise TurnIdReused(
+            f"turn {rows.turn_id!r} was not recorded: another turn (another created_at, calls or cost) is "
+            "stored under its turn_id"
+        )
+    return row_id
+
+
+async def _holds_another_turn(db: Database, usage: Mapping[str, Any]) -> bool:
+    try:
+        return await holds_another_turn(db, usage)
+    except SQLAlchemyError as exc:
+        raise storage_error(exc) from exc
 
 
 def record_token_usage(

@@ -2,7 +2,8 @@
 
 Safe to run twice and next to live writers: rows already stored are skipped by ``turn_id``, a live
 writer's segments are left to it (its flock says it is alive), and two replays never take the same
-writer's segments. A corrupt or torn line is reported, set aside in ``<segment>.rejected`` and skipped.
+writer's segments. A corrupt or torn line is reported, set aside in ``<segment>.rejected`` and skipped,
+and so is a turn whose ``turn_id`` a *different* stored turn holds (:mod:`turnledger.store.reused_ids`).
 Each bad line and each refused entry is set aside, and counted, once: a replay run again over a
 segment (it was cut short, here or in a process that died) skips what the segment's ``.rejected``
 files hold already, and a writer that retries a replay in the same process goes on where it stopped.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +35,7 @@ from turnledger.store.rejects import (
     set_aside,
     write_isolating,
 )
+from turnledger.store.reused_ids import REUSED_REASON, ReusedFn, TurnIdReused, reused_turn_ids, setting_aside_reused
 
 logger = logging.getLogger("turnledger.outbox")
 
@@ -46,7 +49,11 @@ class ReplayReport:
     inserted: int = 0
     """Turns that were not yet in the database."""
     rejected: int = 0
-    """Entries the database refused for their data, set aside in ``<segment>.rejected``."""
+    """Entries the database refused for their data, or not written because another turn is stored under
+    their ``turn_id`` (``turn_id_reused``), set aside in ``<segment>.rejected``."""
+    turn_id_reused: int = 0
+    """Of ``rejected``: entries whose ``turn_id`` a different stored turn holds (another ``created_at``,
+    other calls or cost). The same turn stored already is counted in ``already_present``."""
     bad_lines: list[BadLine] = field(default_factory=list)
     skipped_files: list[Path] = field(default_factory=list)
     """Segments of a writer that is still alive: it replays its own."""
@@ -63,6 +70,7 @@ class ReplayReport:
         self.entries += other.entries
         self.inserted += other.inserted
         self.rejected += other.rejected
+        self.turn_id_reused += other.turn_id_reused
         self.bad_lines.extend(other.bad_lines)
         self.skipped_files.extend(other.skipped_files)
         self.set_aside_before += other.set_aside_before
@@ -160,14 +168,17 @@ async def replay_segment(
     progress: ProgressFn | None = None,
     report: ReplayReport | None = None,
     resume: ResumeState | None = None,
+    reused: ReusedFn,
 ) -> ReplayReport:
     """Write every entry of one segment file, then delete it. Raises if the database cannot be written.
 
     Entries the database refuses for their data are set aside in ``<segment>.rejected`` (and counted in
-    ``report.rejected``); the rest of their batch is written. Entries and bad lines an earlier pass set
-    aside already are skipped (``report.set_aside_before``). A ``report`` passed in is added to as the
-    replay goes, and returned: should a write fail, it still holds what was done before the failure,
-    and ``resume`` (kept by the caller across retries) where the next attempt is to start.
+    ``report.rejected``); the rest of their batch is written. So are entries ``reused`` finds another
+    turn stored under the ``turn_id`` of (also counted in ``report.turn_id_reused``). Entries and bad
+    lines an earlier pass set aside already are skipped (``report.set_aside_before``). A ``report``
+    passed in is added to as the replay goes, and returned: should a write fail, it still holds what
+    was done before the failure, and ``resume`` (kept by the caller across retries) where the next
+    attempt is to start.
     """
     report = ReplayReport() if report is None else report
     report.files += 1
@@ -185,6 +196,16 @@ async def replay_segment(
             raise
         report.rejected += len(refused)
 
+    def reject_reused(found: Sequence[Entry]) -> None:
+        try:
+            reject(found, TurnIdReused(REUSED_REASON))
+        except DirectoryNotSynced:
+            report.turn_id_reused += len(found)
+            raise
+        report.turn_id_reused += len(found)
+
+    checked_write = setting_aside_reused(write, reused, reject_reused)
+
     def inserted(count: int) -> None:
         report.inserted += count
 
@@ -199,7 +220,7 @@ async def replay_segment(
 
     for first in range(0, len(todo), batch_size):
         chunk = [entries[i] for i in todo[first : first + batch_size]]
-        await write_isolating(write, chunk, reject, inserted, settled)
+        await write_isolating(checked_write, chunk, reject, inserted, settled)
     await _in_thread(lambda _: path.unlink(missing_ok=True))
     if resume is not None:
         resume.pop(path, None)
@@ -243,19 +264,23 @@ async def replay_outbox(
     write: WriteFn | None = None,
     report: ReplayReport | None = None,
     resume: ResumeState | None = None,
+    reused: ReusedFn | None = None,
 ) -> ReplayReport:
     """Replay the segments that writers which are gone left in ``directory`` (or only ``files``, all in one directory).
 
     Safe to run twice, and next to live writers: a live writer's segments are skipped (it replays
     its own), two replays never take the same writer's segments, and rows already stored are skipped.
     A ``report`` passed in is added to as segments are replayed, and ``resume`` kept across retries
-    (see :func:`replay_segment`).
+    (see :func:`replay_segment`). ``reused`` (by default, a query on ``engine``) finds the entries a
+    write skipped because a different turn holds their ``turn_id``: they are set aside, not dropped.
     """
     from turnledger.config import outbox_dir
     from turnledger.store.outbox import segment_writer
 
     root = outbox_dir(directory)
     write = write or transaction_writer(engine)
+    if reused is None:
+        reused = functools.partial(reused_turn_ids, engine)
     report = ReplayReport() if report is None else report
     wanted: set[str] | None = None
     if files is not None:
@@ -275,7 +300,13 @@ async def replay_outbox(
                 if wanted is not None and path.name not in wanted:
                     continue
                 await replay_segment(
-                    write, path, batch_size=batch_size, progress=progress, report=report, resume=resume
+                    write,
+                    path,
+                    batch_size=batch_size,
+                    progress=progress,
+                    report=report,
+                    resume=resume,
+                    reused=reused,
                 )
         finally:
             left = [p for p in claim.segments if p.exists()]

@@ -1,4 +1,4 @@
-"""Breakdowns of recorded usage: per model, user, thread, tenant or day, over a time range.
+"""Breakdowns of recorded usage: per model, user, thread (of a user), tenant or day, over a time range.
 
 Per-model figures are summed over call rows (``token_usage_calls``); the others over turn rows
 (``token_usage``), which already hold each turn's exact totals, so a per-day report reads a third
@@ -60,6 +60,9 @@ class ReportRow:
     unpriced_calls: int = 0
     failed_calls: int = 0
     abandoned_calls: int = 0
+    user_id: str | None = None
+    """Per thread only: the user whose thread it is. A thread belongs to its user: two users' threads
+    of one id (``main``, ``default``) are two groups, billed to two users."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: the cost as a fixed-point decimal string (or null), never a float."""
@@ -92,6 +95,9 @@ async def usage_report(
     usage_type: str | None = None,
 ) -> list[ReportRow]:
     """The breakdown ``by`` model/user/thread/tenant/day, highest cost first (days in date order).
+
+    Per thread, the groups are a user's threads (``key`` the thread id, ``user_id`` its user): apps
+    name threads per user ("main", "default"), and one user's spend is never billed to another.
 
     Raises ``ValueError`` for an unknown ``by`` or a bound without a time zone, and
     :class:`~turnledger.errors.StorageError` (``SchemaMissingError`` when the tables are missing) if
@@ -147,6 +153,9 @@ def build_query(grouping: ReportBy, filters: ReportFilters, *, exact_in_sql: boo
     Per model: the call rows, plus (under a NULL model) the turn rows that have no call rows, those
     written by :func:`~turnledger.record_token_usage`, so the breakdown adds up to the others.
     """
+    if grouping is ReportBy.THREAD:
+        user = TokenUsage.user_id.label("user_id")
+        return _grouped(TokenUsage, TokenUsage.thread_id, filters, exact_in_sql, also_by=[user])
     if grouping is not ReportBy.MODEL:
         return _grouped(TokenUsage, _key(grouping, TokenUsage, exact_in_sql=exact_in_sql), filters, exact_in_sql)
     calls = TokenUsageCall
@@ -170,11 +179,13 @@ def _grouped(
     filters: ReportFilters,
     exact_in_sql: bool,
     counters: list[ColumnElement[Any]] | None = None,
+    also_by: Sequence[ColumnElement[Any]] = (),
 ) -> Select[Any]:
     """``key_column``'s groups of table ``t`` (``None``: one group keyed NULL, and no row when no row
-    matches); the counters default to summing turn-row figures."""
+    matches), each split by the labelled columns ``also_by`` too; the counters default to summing
+    turn-row figures."""
     key = (null() if key_column is None else key_column).label("key")
-    keys = [] if key_column is None else [key]
+    keys = ([] if key_column is None else [key]) + list(also_by)
     if counters is None:
         counters = [
             func.sum(t.calls).label("calls"),
@@ -184,12 +195,14 @@ def _grouped(
             func.sum(t.abandoned_calls).label("abandoned_calls"),
         ]
     if exact_in_sql:
-        stmt = select(key, func.sum(t.cost_usd).label("cost"), *counters).group_by(*keys)
+        stmt = select(key, *also_by, func.sum(t.cost_usd).label("cost"), *counters).group_by(*keys)
         if not keys:
             # PostgreSQL refuses GROUP BY NULL, and an aggregate without GROUP BY answers one row even for none.
             stmt = stmt.having(func.count() > 0)
     else:
-        stmt = select(key, t.cost_usd.label("cost"), func.count().label("rows"), *counters).group_by(*keys, t.cost_usd)
+        stmt = select(key, *also_by, t.cost_usd.label("cost"), func.count().label("rows"), *counters).group_by(
+            *keys, t.cost_usd
+        )
     for condition in _conditions(t, filters):
         stmt = stmt.where(condition)
     return stmt
@@ -240,12 +253,12 @@ _COUNTERS = ("calls", *TOKEN_FIELDS, "unpriced_calls", "failed_calls", "abandone
 
 
 def _merge(raw: Sequence[Any]) -> list[ReportRow]:
-    groups: dict[str | None, dict[str, Any]] = {}
+    groups: dict[tuple[str | None, str | None], dict[str, Any]] = {}
     for row in raw:
         mapping = row._mapping
         key = mapping["key"]
         key = None if key is None else (key.isoformat() if hasattr(key, "isoformat") else str(key))
-        acc = groups.setdefault(key, dict.fromkeys(_COUNTERS, 0) | {"cost_usd": None})
+        acc = groups.setdefault((key, mapping.get("user_id")), dict.fromkeys(_COUNTERS, 0) | {"cost_usd": None})
         for name in _COUNTERS:
             acc[name] += int(mapping[name] or 0)
         cost = mapping["cost"]
@@ -261,7 +274,7 @@ def _merge(raw: Sequence[Any]) -> list[ReportRow]:
         # hand-recorded charge that would make the sum more than 0).
         if acc["calls"] and acc["unpriced_calls"] == acc["calls"] and acc["cost_usd"] == 0:
             acc["cost_usd"] = None
-    return [ReportRow(key=key, **values) for key, values in groups.items()]
+    return [ReportRow(key=key, user_id=user_id, **values) for (key, user_id), values in groups.items()]
 
 
 def key_label(grouping: ReportBy, key: str | None) -> str:
@@ -272,11 +285,28 @@ def key_label(grouping: ReportBy, key: str | None) -> str:
     return "(no model)" if grouping is ReportBy.MODEL else "(none)"
 
 
+def group_label(grouping: ReportBy, row: ReportRow) -> str:
+    """A group's name on its own, where no column says whose it is: a thread as ``user / thread``."""
+    if grouping is ReportBy.THREAD:
+        return f"{key_label(ReportBy.USER, row.user_id)} / {key_label(grouping, row.key)}"
+    return key_label(grouping, row.key)
+
+
 def _sorted(grouping: ReportBy, rows: list[ReportRow]) -> list[ReportRow]:
     if grouping is ReportBy.DAY:
         return sorted(rows, key=lambda r: r.key or "")
     # Highest cost first; unpriced groups (unknown cost) after the priced ones; then by key.
-    return sorted(rows, key=lambda r: (r.cost_usd is None, -(r.cost_usd or Decimal(0)), r.key is None, r.key or ""))
+    return sorted(
+        rows,
+        key=lambda r: (
+            r.cost_usd is None,
+            -(r.cost_usd or Decimal(0)),
+            r.key is None,
+            r.key or "",
+            r.user_id is None,
+            r.user_id or "",
+        ),
+    )
 
 
 __all__ = [
@@ -289,6 +319,7 @@ __all__ = [
     "by_tenant",
     "by_thread",
     "by_user",
+    "group_label",
     "key_label",
     "usage_report",
 ]

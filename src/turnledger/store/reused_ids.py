@@ -9,21 +9,28 @@ the same turn written again by what it stored: when it opened, how many calls, w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from turnledger.errors import StorageError
-from turnledger.store.entries import Entry
+from turnledger.errors import TurnIdReused
 from turnledger.store.models import TokenUsage
 
+if TYPE_CHECKING:
+    # Only for annotations: entries imports record, which imports this module.
+    from turnledger.store.entries import Entry, WriteFn
 
-class TurnIdReused(StorageError):
-    """Another turn is stored under this turn's ``turn_id``: this one was not stored."""
+__all__ = ["REUSED_REASON", "ReusedFn", "TurnIdReused", "holds_another_turn", "reused_turn_ids", "setting_aside_reused"]
+
+REUSED_REASON = "another turn is stored under its turn_id: its calls are in no report"
+
+
+ReusedFn = Callable[[Sequence["Entry"]], Awaitable[list["Entry"]]]
+"""The entries of a batch just committed whose ``turn_id`` another stored turn holds."""
 
 
 def _instant(value: Any) -> Any:
@@ -40,6 +47,20 @@ def _fingerprint(created_at: Any, calls: Any, cost_usd: Any) -> tuple[Any, ...]:
     return _instant(created_at), int(calls), _cost(cost_usd)
 
 
+def _usage_fingerprint(usage: Mapping[str, Any]) -> tuple[Any, ...]:
+    return _fingerprint(usage["created_at"], usage["calls"], usage["cost_usd"])
+
+
+async def holds_another_turn(db: AsyncSession | AsyncConnection, usage: Mapping[str, Any]) -> bool:
+    """Whether a turn other than the one of this ``token_usage`` row is stored under its ``turn_id``
+    (read in ``db``'s transaction, where an insert of the row was just skipped)."""
+    stmt = select(TokenUsage.created_at, TokenUsage.calls, TokenUsage.cost_usd).where(
+        TokenUsage.turn_id == usage["turn_id"]
+    )
+    stored = (await db.execute(stmt)).first()
+    return stored is not None and _fingerprint(*stored) != _usage_fingerprint(usage)
+
+
 async def reused_turn_ids(engine: AsyncEngine, entries: Sequence[Entry]) -> list[Entry]:
     """The entries whose ``turn_id`` is stored for another turn (read after their batch committed)."""
     wanted = {e["turn_id"] for e in entries}
@@ -53,9 +74,20 @@ async def reused_turn_ids(engine: AsyncEngine, entries: Sequence[Entry]) -> list
                 )
             )
             stored.update({r.turn_id: _fingerprint(r.created_at, r.calls, r.cost_usd) for r in rows})
-    return [
-        e
-        for e in entries
-        if e["turn_id"] in stored
-        and stored[e["turn_id"]] != _fingerprint(e["usage"]["created_at"], e["usage"]["calls"], e["usage"]["cost_usd"])
-    ]
+    return [e for e in entries if e["turn_id"] in stored and stored[e["turn_id"]] != _usage_fingerprint(e["usage"])]
+
+
+def setting_aside_reused(write: WriteFn, find: ReusedFn, set_aside: Callable[[Sequence[Entry]], None]) -> WriteFn:
+    """``write``, then, if it stored fewer turns than it was given, ``set_aside`` the ones ``find`` says
+    another turn holds the id of: before the write returns, so that a batch counted as done is one
+    whose skipped turns were checked. Should the check fail, the write fails with it and is retried
+    (a no-op for what it stored): a turn is never taken as stored because the check could not run.
+    """
+
+    async def write_checked(entries: Sequence[Entry]) -> int:
+        new = await write(entries)
+        if new < len(entries) and (reused := await find(entries)):
+            set_aside(reused)
+        return new
+
+    return write_checked

@@ -42,7 +42,7 @@ from turnledger.store.outbox import OutboxJournal, fsync_dir, segment_seq
 from turnledger.store.record import TurnRows, turn_rows
 from turnledger.store.rejects import DirectoryNotSynced, rejected_path, set_aside, write_isolating
 from turnledger.store.replay import ReplayReport, ResumeState, replay_outbox, replay_segment
-from turnledger.store.reused_ids import TurnIdReused, reused_turn_ids
+from turnledger.store.reused_ids import REUSED_REASON, TurnIdReused, reused_turn_ids, setting_aside_reused
 
 if TYPE_CHECKING:
     from turnledger.accumulator import TurnTokenAccumulator
@@ -189,9 +189,10 @@ class BatchWriter:
         where it stopped, so none is counted twice), ``bad_lines``, ``rejected`` (refused by the database
         for their data, set aside in ``*.rejected``; a turn or a bad line an earlier pass set aside is
         skipped, so each is set aside and counted once; one whose file's directory the writer could not
-        sync by ``close()`` is logged as a warning, not lost), ``turn_id_reused`` (a live turn not stored
-        because another turn, opened at another time or with other calls or cost, is stored under its
-        ``turn_id``: also counted in ``rejected``, as it is set aside there), ``lost`` (in neither the
+        sync by ``close()`` is logged as a warning, not lost), ``turn_id_reused`` (a turn, live or
+        replayed, not stored because another turn, opened at another time or with other calls or cost,
+        is stored under its ``turn_id``: also counted in ``rejected``, as it is set aside there; a write
+        whose skipped turns could not be checked counts as failed, and its turns are replayed), ``lost`` (in neither the
         outbox nor the database: both failed; each is logged as an error with its turn_id).
 
         ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
@@ -628,6 +629,9 @@ class BatchWriter:
     async def _write_live(self, entries: Sequence[Entry]) -> int:
         return await self._bounded_write(entries, fresh=True)
 
+    async def _find_reused(self, entries: Sequence[Entry]) -> list[Entry]:
+        return await asyncio.wait_for(reused_turn_ids(self.engine, entries), self.write_timeout)
+
     def _abandon(self, task: asyncio.Task[Any]) -> None:
         task.cancel()
         self._abandoned.add(task)
@@ -668,8 +672,20 @@ class BatchWriter:
             nonlocal settled
             settled += count
 
+        def reject_reused(found: Sequence[Entry]) -> None:
+            try:
+                reject(found, TurnIdReused(REUSED_REASON))
+            except DirectoryNotSynced:
+                self.stats["turn_id_reused"] += len(found)  # set aside: a retry skips them
+                raise
+            self.stats["turn_id_reused"] += len(found)
+
+        # A write that stored fewer turns than it held (some were handed over twice, or another turn
+        # holds their id) is done with only once the skipped ones are checked: should the check fail,
+        # the write counts as failed and its turns are replayed from the outbox, which checks them.
+        write = setting_aside_reused(self._write_live, self._find_reused, reject_reused)
         try:
-            await write_isolating(self._write_live, [t.entry for t in batch], reject, inserted, settle)
+            await write_isolating(write, [t.entry for t in batch], reject, inserted, settle)
         except BaseException:
             # Only what is neither committed nor set aside is left to the outbox: the rest is done with,
             # and spilling it would count it as waiting there and have its segment replayed for nothing.
@@ -677,24 +693,7 @@ class BatchWriter:
             self._stored(batch[:settled])
             raise
         self.stats["batches"] += 1
-        if new < len(batch):
-            # Rare (a live turn is new): some were refused, handed over twice, or another turn has their id.
-            await self._set_aside_reused([t.entry for t in batch], reject_path)
         self._stored(batch)
-
-    async def _set_aside_reused(self, entries: Sequence[Entry], reject_path: Path) -> None:
-        """Set aside, for a person, the turns skipped because another turn is stored under their id."""
-        try:
-            reused = await asyncio.wait_for(reused_turn_ids(self.engine, entries), self.write_timeout)
-        except Exception:
-            warn_once("writer:reused_check", "turnledger could not check a batch for reused turn ids", exc_info=True)
-            return
-        if not reused:
-            return
-        self.stats["turn_id_reused"] += len(reused)
-        failure = TurnIdReused("another turn is stored under its turn_id: its calls are in no report")
-        with contextlib.suppress(DirectoryNotSynced):  # in the file all the same, and named in the log
-            self._reject(reject_path, reused, failure)
 
     def _sync_set_aside(self, batch: list[_Turn], reject_path: Path) -> list[_Turn]:
         """Settle the turns set aside before whose directory sync failed, by syncing it; the rest to write."""
@@ -814,6 +813,7 @@ class BatchWriter:
                     write=self._bounded_write,
                     report=report,
                     resume=self._replay_resume,
+                    reused=self._find_reused,
                 )
                 self._others_due = False
         finally:
@@ -823,6 +823,7 @@ class BatchWriter:
             self.stats["written"] += report.inserted
             self.stats["bad_lines"] += len(report.bad_lines)
             self.stats["rejected"] += report.rejected
+            self.stats["turn_id_reused"] += report.turn_id_reused
 
     async def _replay_own(self, segment: int, report: ReplayReport) -> None:
         await self._close_segment(segment)
@@ -831,7 +832,12 @@ class BatchWriter:
         # Gone if it was replayed before and a turn of it, still queued then, has been spilled since.
         if path.exists():
             await replay_segment(
-                self._bounded_write, path, batch_size=self.batch_size, report=report, resume=self._replay_resume
+                self._bounded_write,
+                path,
+                batch_size=self.batch_size,
+                report=report,
+                resume=self._replay_resume,
+                reused=self._find_reused,
             )
         self._replay_resume.pop(path, None)
         self._dirty.discard(segment)
