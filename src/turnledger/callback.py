@@ -71,7 +71,8 @@ from turnledger.records import (
     CostSource,
     RecordFlag,
     TokenCallRecord,
-    record_from_fields,
+    record_draft,
+    sealed_record,
 )
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
 from turnledger.usage import normalize_usage, private_field
@@ -592,37 +593,37 @@ class TokenTrackingCallback(CustomLogger):
             flags.extend(cost_flags)
 
         meta = _metadata(turn, model, get("litellm_params")) if turn is not None else None
-        return record_from_fields(
-            call_id=call_id,
-            model=model,
-            provider=provider,
-            call_kind=call_kind,
-            status=status,
-            prompt_tokens=counts.prompt_tokens,
-            completion_tokens=counts.completion_tokens,
-            total_tokens=counts.total_tokens,
-            cached_tokens=counts.cached_tokens,
-            cache_creation_tokens=counts.cache_creation_tokens,
-            cache_creation_1h_tokens=counts.cache_creation_1h_tokens,
-            reasoning_tokens=counts.reasoning_tokens,
-            image_input_tokens=counts.image_input_tokens,
-            image_output_tokens=counts.image_output_tokens,
-            audio_input_tokens=counts.audio_input_tokens,
-            audio_output_tokens=counts.audio_output_tokens,
-            cost_usd=cost,
-            cost_source=source,
-            started_at=started,
-            latency_ms=_ms_between(started, ended),
-            ttft_ms=ttft,
-            provider_request_id=_provider_request_id(response_obj),
-            model_ref=meta.model_ref if meta else None,
-            model_id=meta.model_id if meta else None,
-            display_name=meta.display_name if meta else None,
-            stream=stream,
-            usage_estimated=_USAGE_ESTIMATED in flags,
-            error_type=error_type,
-            flags=tuple(dict.fromkeys(flags)) if flags else (),
-        )
+        record = record_draft()
+        record.call_id = call_id
+        record.model = model
+        record.provider = provider
+        record.call_kind = call_kind
+        record.status = status
+        record.prompt_tokens = counts.prompt_tokens
+        record.completion_tokens = counts.completion_tokens
+        record.total_tokens = counts.total_tokens
+        record.cached_tokens = counts.cached_tokens
+        record.cache_creation_tokens = counts.cache_creation_tokens
+        record.cache_creation_1h_tokens = counts.cache_creation_1h_tokens
+        record.reasoning_tokens = counts.reasoning_tokens
+        record.image_input_tokens = counts.image_input_tokens
+        record.image_output_tokens = counts.image_output_tokens
+        record.audio_input_tokens = counts.audio_input_tokens
+        record.audio_output_tokens = counts.audio_output_tokens
+        record.cost_usd = cost
+        record.cost_source = source
+        record.started_at = started
+        record.latency_ms = _ms_between(started, ended)
+        record.ttft_ms = ttft
+        record.provider_request_id = _provider_request_id(response_obj)
+        record.model_ref = meta.model_ref if meta else None
+        record.model_id = meta.model_id if meta else None
+        record.display_name = meta.display_name if meta else None
+        record.stream = stream
+        record.usage_estimated = _USAGE_ESTIMATED in flags
+        record.error_type = error_type
+        record.flags = tuple(dict.fromkeys(flags)) if flags else ()
+        return sealed_record(record)
 
 
 def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator | None) -> Mapping[str, Any]:
