@@ -101,6 +101,7 @@ for _kind, _names in {
 _SUCCESS = CallStatus.SUCCESS
 _FAILURE = CallStatus.FAILURE
 _USAGE_ESTIMATED = RecordFlag.USAGE_ESTIMATED
+_OTHER_KIND = CallKind.OTHER
 
 _REQUEST_ID_HEADERS = ("llm_provider-x-request-id", "llm_provider-request-id", "request-id", "x-request-id")
 
@@ -120,9 +121,9 @@ _LITELLM_CALLBACK_LISTS = (
 
 def call_kind_of(call_type: object) -> CallKind:
     if isinstance(call_type, str):
-        return _CALL_KINDS.get(call_type, CallKind.OTHER)
+        return _CALL_KINDS.get(call_type, _OTHER_KIND)
     value = getattr(call_type, "value", None)
-    return _CALL_KINDS.get(value, CallKind.OTHER) if isinstance(value, str) else CallKind.OTHER
+    return _CALL_KINDS.get(value, _OTHER_KIND) if isinstance(value, str) else _OTHER_KIND
 
 
 def _utc(value: object) -> datetime | None:
