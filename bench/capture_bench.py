@@ -478,7 +478,7 @@ def _stage_times(
             cbm._utc(kwargs.get("completion_start_time")),
         ),
         "TokenCallRecord(...) construction (records.py)": lambda i: turnledger.TokenCallRecord(**fields),
-        "record_from_fields(...), as build_record builds it (records.py)": lambda i: record_from_fields(**fields),
+        "record_from_fields(...), a draft filled and sealed (records.py)": lambda i: record_from_fields(**fields),
         "build_record, whole (callback.py)": lambda i: cb.build_record(
             kwargs, response_obj, start, end, turnledger.CallStatus.SUCCESS, turn
         ),
@@ -503,7 +503,8 @@ _IN_SITU_STAGES = (
     "price_call",
     "response_request_id",
     "_utc",
-    "record_from_fields",
+    "record_draft",
+    "sealed_record",
     "_metadata",
     "call_kind_of",
     "_ms_between",

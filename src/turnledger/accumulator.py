@@ -370,6 +370,11 @@ class TurnTokenAccumulator:
             self._bare_metadata[_bare_model_name(model_ref)] = meta
         return meta
 
+    @property
+    def has_model_metadata(self) -> bool:
+        """Whether any model metadata was registered (most turns register none)."""
+        return bool(self._metadata)
+
     def metadata_for(self, model: str | None) -> ModelMetadata | None:
         # Most turns register none: asked on every event, that answer needs no lock.
         if not model or not self._metadata:

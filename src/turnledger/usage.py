@@ -25,7 +25,6 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel
@@ -102,7 +101,9 @@ def get_field(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+_NO_FIELDS: Mapping[str, Any] = {}
+"""The fields of ``None``: a plain dict, typed read-only (a ``MappingProxyType`` is a call deeper on
+each of the half dozen names read from it per event: 1,100 instructions an event, callgrind)."""
 
 
 def fields_of(obj: Any) -> Mapping[str, Any]:

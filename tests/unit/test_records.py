@@ -6,7 +6,16 @@ from decimal import Decimal
 
 import pytest
 
-from turnledger.records import CallKind, CallStatus, CostSource, RecordFlag, TokenCallRecord, record_from_fields
+from turnledger.records import (
+    CallKind,
+    CallStatus,
+    CostSource,
+    RecordFlag,
+    TokenCallRecord,
+    record_draft,
+    record_from_fields,
+    sealed_record,
+)
 
 
 def _every_field_set() -> dict[str, object]:
@@ -64,3 +73,50 @@ def test_the_fast_builder_has_the_dataclass_defaults_and_stays_frozen() -> None:
         record_from_fields(call_id="c1")
     with pytest.raises(TypeError):
         record_from_fields(call_id="c1", model="m", no_such_field=1)
+
+
+def test_a_sealed_draft_is_the_frozen_record_and_a_field_left_out_fails_when_read() -> None:
+    draft = record_draft()
+    for name, value in _every_field_set().items():
+        setattr(draft, name, value)
+    record = sealed_record(draft)
+    assert type(record) is TokenCallRecord
+    assert record == TokenCallRecord(**_every_field_set())  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.model = "other"  # type: ignore[misc]
+    partial = record_draft()
+    partial.call_id = "c1"
+    with pytest.raises(AttributeError):
+        partial.no_such_field = 1
+    with pytest.raises(AttributeError):
+        _ = sealed_record(partial).model
+
+
+@pytest.mark.parametrize("status", [CallStatus.SUCCESS, CallStatus.FAILURE])
+def test_the_callback_sets_every_field_of_the_records_it_builds(status: CallStatus) -> None:
+    """build_record fills in a draft field by field: one it left out would fail wherever it is read."""
+    import litellm
+
+    from turnledger.accumulator import TurnTokenAccumulator
+    from turnledger.callback import TokenTrackingCallback
+
+    turn = TurnTokenAccumulator()
+    turn.register_model_metadata("openai/gpt-4o-mini", model_id="m-1", display_name="Mini")
+    kwargs = {
+        "litellm_call_id": "c1",
+        "model": "gpt-4o-mini",
+        "custom_llm_provider": "openai",
+        "call_type": "acompletion",
+        "response_cost": 0.000015,
+        "stream": True,
+        "completion_start_time": datetime(2026, 11, 26, 5, 0, 1, tzinfo=UTC),
+        "exception": TimeoutError("slow"),
+    }
+    response = litellm.ModelResponse(
+        model="gpt-4o-mini", usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    )
+    start, end = datetime(2026, 11, 26, 5, 0, 0, tzinfo=UTC), datetime(2026, 11, 26, 5, 0, 2, tzinfo=UTC)
+    record = TokenTrackingCallback(name="every-field").build_record(kwargs, response, start, end, status, turn)
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(TokenCallRecord)}
+    assert record == TokenCallRecord(**values)
+    assert (values["model_id"], values["ttft_ms"], values["latency_ms"]) == ("m-1", 1000.0, 2000.0)
