@@ -100,17 +100,8 @@ def parse_when(value: str | None, *, now: datetime | None = None, option: str = 
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def require_order(start: datetime | None, end: datetime | None, *, now: datetime | None = None) -> None:
-    """Exit 2 for an empty or inverted ``--since``/``--until`` range, or one that starts in the future:
-    its answer could only read as "no usage"."""
-    now = now or datetime.now(UTC)
-    if start is not None and start > now:
-        # Before the --until check: chart's --until defaults to now, which the user never typed.
-        fail(
-            f"--since ({start:%Y-%m-%d %H:%M}) is in the future (it is {now:%Y-%m-%d %H:%M} UTC): nothing is recorded"
-            " there yet",
-            EXIT_BAD_INPUT,
-        )
+def require_order(start: datetime | None, end: datetime | None) -> None:
+    """Exit 2 for an empty or inverted ``--since``/``--until`` range: its answer could only read as "no usage"."""
     if start is not None and end is not None and end <= start:
         fail(f"--until ({end:%Y-%m-%d %H:%M}) must be after --since ({start:%Y-%m-%d %H:%M})", EXIT_BAD_INPUT)
 

@@ -73,7 +73,14 @@ def chart(
     now = datetime.now(UTC)
     start = parse_when(since, now=now, option="--since") or now - timedelta(days=30)
     end = parse_when(until, now=now, option="--until") or now
-    require_order(start, end, now=now)
+    if until is None and end <= start:
+        # The --until in require_order's message would be one the user never gave.
+        fail(
+            f"--since ({start:%Y-%m-%d %H:%M}) is after now, chart's default --until"
+            f" ({end:%Y-%m-%d %H:%M} UTC): give an --until after it",
+            EXIT_BAD_INPUT,
+        )
+    require_order(start, end)
     pixels = parse_size(size)
     if pixels is None:
         fail(f"--size: {size!r} is not WIDTHxHEIGHT in pixels, e.g. 1200x600", EXIT_BAD_INPUT)
