@@ -66,8 +66,10 @@ def _pairs_for(url: str) -> int:
 
 async def _run_pairs(spec: dict[str, Any]) -> dict[str, Any]:
     # A small pool per process: tasks queue for connections, and both processes still hold
-    # several transactions open on the one account at every moment.
-    engine = make_engine(spec["url"], pool_size=6, max_overflow=0)
+    # several transactions open on the one account at every moment. The last of 500 tasks waits for
+    # the 499 before it: on a loaded machine that passed SQLAlchemy's 30 s pool timeout (a full run
+    # beside other work failed with QueuePool TimeoutError), and what is tested is exactness, not speed.
+    engine = make_engine(spec["url"], pool_size=6, max_overflow=0, pool_timeout=600)
     ledger = CreditLedger(engine, hold_ttl=timedelta(hours=1))
     try:
         async with engine.connect() as conn:  # connected before "go", so that the start is simultaneous
