@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import turnledger
 from tests.integration.writer_support import stored_turn
-from turnledger import CallStatus, TurnTokenAccumulator, record_turn, session_factory
+from turnledger import CallStatus, RecordFlag, TurnTokenAccumulator, record_turn, session_factory
 from turnledger.fake_provider import FakeProvider, Script
 
 pytestmark = pytest.mark.usefixtures("tracker")
@@ -155,10 +155,13 @@ def test_a_failure_after_an_answered_attempt_never_takes_that_attempts_request_i
             timeout=0.2,
             **provider_kwargs,
         )
-    (answered,) = fake_provider.answers_for("answered-then-slow")
-    logged = turn.calls[-1]
+    answered = fake_provider.answers_for("answered-then-slow")[0]
+    unlogged, logged = turn.calls
     assert (logged.status, logged.error_type, logged.provider_request_id) == (CallStatus.FAILURE, "Timeout", None)
-    assert answered.status == 200
+    # The first attempt, never logged, keeps its own: the details held it when the second one started.
+    # Before: None.
+    assert (unlogged.status, unlogged.provider_request_id) == (CallStatus.ABANDONED, answered.request_id)
+    assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in unlogged.flags and answered.status == 200
 
 
 def _sync_retried_turn(model: str, provider_kwargs: dict[str, Any], **call: Any) -> TurnTokenAccumulator:
