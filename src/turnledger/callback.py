@@ -74,7 +74,7 @@ from turnledger.records import (
     record_draft,
     sealed_record,
 )
-from turnledger.request_ids import exception_request_id, response_request_id
+from turnledger.request_ids import exception_request_id, headers_request_id, response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
 from turnledger.usage import normalize_usage
 
@@ -574,6 +574,11 @@ class TokenTrackingCallback(CustomLogger):
             # The id of the error answer (what the provider's support knows a refused call by), from
             # this attempt's own exception: never an earlier attempt's headers left in shared details.
             error_request_id = exception_request_id(exc)
+            # A stream broken off after its answer began: the lost connection's exception has no
+            # headers, the success status had them.
+            answer_headers = _attempt_answer_headers(kwargs, call_id, turn)
+            if error_request_id is None:
+                error_request_id = headers_request_id(answer_headers)
             # A usage block whose every count was discarded tells of tokens it could not say: answered.
             unanswered = not counts.used_tokens and not counts.count_discarded
             if unanswered:
@@ -583,9 +588,12 @@ class TokenTrackingCallback(CustomLogger):
                 estimated = delivered_before_failure(
                     sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                 )
-                if estimated is None and (answer_timed_out(exc) or provider_answered(kwargs)):
+                if estimated is None and (
+                    answer_timed_out(exc) or provider_answered(kwargs) or answer_headers is not None
+                ):
                     # The provider had the request and went on with it (or answered it, and LiteLLM
-                    # failed after that): billed as an abandoned call is.
+                    # failed after that, or broke off before the first chunk): billed as an abandoned
+                    # call is.
                     estimated = estimate_unanswered_call(
                         sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                     )
@@ -659,6 +667,24 @@ def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator
         return kwargs
     # LiteLLM blanks the input too (an embedding's texts).
     return {**kwargs, "messages": sent, "input": request.get("input")}
+
+
+def _attempt_answer_headers(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator | None) -> object:
+    """The headers of the success answer this attempt of the call got before it failed, or ``None``.
+
+    LiteLLM writes an answer's headers into the call details (``response_headers``) when its success
+    status arrives, on the openai SDK path only, and never an error answer's (1.106.12): a stream
+    broken off after that keeps them there. The details are shared by the attempts of a call LiteLLM
+    retries itself, so they are this attempt's only when this very call (its details) is pending in
+    the turn and they are not the object that was there when the attempt started (``headers_at_start``).
+    A failure read without its started call (no turn, a late event) cannot tell: ``None``."""
+    headers = kwargs.get("response_headers")
+    if headers is None or turn is None:
+        return None
+    started = turn.started_call(call_id)
+    if type(started) is not _StartedCall or started._kwargs is not kwargs or headers is started.headers_at_start:
+        return None
+    return headers
 
 
 def _deferrable(kwargs: Mapping[str, Any], response_obj: Any, status: CallStatus) -> bool:

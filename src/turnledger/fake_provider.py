@@ -52,7 +52,8 @@ class Script:
     """Delay between streamed chunks."""
     break_after_chunks: int | None = None
     """Close the connection after this many content chunks of an OpenAI or Anthropic stream (a stream
-    broken off mid-flight: the provider generated and sent those chunks, and bills them)."""
+    broken off mid-flight: the provider generated and sent those chunks, and bills them); 0 closes it
+    once the status and headers are sent, before any chunk."""
     done_delay_s: float = 0.0
     """Delay before an OpenAI stream's ``[DONE]``, after its last chunk (its usage chunk when it sends
     one): a client that times out meanwhile has had the whole answer and its usage."""
@@ -386,6 +387,12 @@ class FakeProvider:
                         await _write_event(resp, chunk(call_delta, None))
                 await _write_event(resp, chunk({}, "tool_calls"))
             words = script.content.split(" ") if not script.tool_calls else []
+            if script.break_after_chunks == 0 and words:
+                # Broken off before its first chunk: the status and headers were sent, nothing more.
+                answered = True
+                self._answered(request, body, rid, broken_off=True)
+                _break_off(request)
+                return resp
             for i, word in enumerate(words):
                 for index in range(n):
                     delta: dict[str, Any] = {"content": word if i == 0 else " " + word}

@@ -790,6 +790,16 @@ def price_refused_attempt(pending: PendingCall, meta: ModelMetadata | None, *, r
     return _not_billed_record(pending, meta)
 
 
+def _attempt_request_id(pending: PendingCall) -> str | None:
+    """The request id of the answer this call (or attempt) got, when LiteLLM kept its headers in the
+    call details (the openai SDK path writes them on a success status, never for an error answer):
+    headers there that are not those it started with (an earlier attempt's, ``headers_at_start``) were
+    written after it started. A superseded attempt is read as the next one starts, before its request."""
+    details = pending.call_details
+    headers = details.get("response_headers") if details is not None else None
+    return headers_request_id(headers) if headers is not pending.headers_at_start else None
+
+
 def _not_billed_record(pending: PendingCall, meta: ModelMetadata | None) -> TokenCallRecord:
     """A call the provider did not bill: refused with an HTTP error answer, or never had."""
     return TokenCallRecord(
@@ -802,6 +812,7 @@ def _not_billed_record(pending: PendingCall, meta: ModelMetadata | None) -> Toke
         cost_source=CostSource.NOT_BILLED,
         stream=pending.stream,
         started_at=pending.started_at,
+        provider_request_id=_attempt_request_id(pending),
         model_ref=meta.model_ref if meta else None,
         model_id=meta.model_id if meta else None,
         display_name=meta.display_name if meta else None,
@@ -883,6 +894,7 @@ def price_abandoned_call(pending: PendingCall, meta: ModelMetadata | None) -> To
         model_id=meta.model_id if meta else None,
         display_name=meta.display_name if meta else None,
         usage_estimated=counts.estimated,
+        provider_request_id=_attempt_request_id(pending),
         flags=tuple(dict.fromkeys(flags)),
     )
 

@@ -3,9 +3,9 @@
 OpenAI and most providers send it as ``x-request-id``, Anthropic as ``request-id``: what the
 provider's request logs and its support know the request by. A success event carries the headers in
 its response's hidden params; a failure event the error answer's in its exception
-(:func:`exception_request_id`); an attempt LiteLLM never logged leaves them, if at all, in the call
-details (:func:`headers_request_id`). The answer body's own ``id`` (``chatcmpl-...``) is another
-id, never taken for it.
+(:func:`exception_request_id`); a stream broken off after its answer began, and an attempt LiteLLM
+never logged, leave them, if at all, in the call details (:func:`headers_request_id`). The answer
+body's own ``id`` (``chatcmpl-...``) is another id, never taken for it.
 """
 
 from __future__ import annotations

@@ -325,6 +325,40 @@ def test_a_sync_stream_broken_off_after_some_chunks_is_billed_what_it_delivered(
     assert failure.usage_estimated is True
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_stream_broken_off_before_its_first_chunk_is_billed_its_input_and_no_output(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
+) -> None:
+    # The provider answered (200, its headers sent) and broke off before any chunk: it had the request
+    # and went on with it, and nothing of its output was seen. Before, this was recorded not billed
+    # (cost 0), as if the provider never had the request.
+    fake_provider.script("gpt-4o-mini", content="alpha beta gamma delta", break_after_chunks=0)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    prompt = litellm.token_counter(model="gpt-4o-mini", messages=messages)
+    delivered: list[Any] = []
+
+    async def read() -> None:
+        async for chunk in await litellm.acompletion(
+            model="openai/gpt-4o-mini", messages=messages, stream=True, max_retries=0, **provider_kwargs
+        ):
+            delivered.append(chunk)
+
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            delivered.extend(
+                litellm.completion(
+                    model="openai/gpt-4o-mini", messages=messages, stream=True, max_retries=0, **provider_kwargs
+                )
+            )
+        else:
+            asyncio.run(read())
+    [failure] = turn.calls
+    (answer,) = fake_provider.answers
+    assert delivered == [] and answer.broken_off and answer.status == 200
+    assert failure.status is CallStatus.FAILURE and failure.stream is True
+    assert_billed_a_lower_bound(failure, prompt, 0)
+
+
 def test_a_sync_stream_broken_off_under_message_redaction_is_billed_the_input_it_was_sent(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import turnledger
 from tests.integration.writer_support import stored_turn
-from turnledger import CallStatus, TurnTokenAccumulator, record_turn, session_factory
+from turnledger import CallStatus, RecordFlag, TurnTokenAccumulator, record_turn, session_factory
 from turnledger.fake_provider import FakeProvider, Script
 
 pytestmark = pytest.mark.usefixtures("tracker")
@@ -95,6 +95,73 @@ async def test_a_failure_that_got_no_answer_has_no_request_id(
             ):
                 pass
     assert [(r.status, r.provider_request_id) for r in turn.calls] == [(CallStatus.FAILURE, None)] * 2
+
+
+def _read_broken_stream(key: str, provider_kwargs: dict[str, Any], *, sync: bool) -> TurnTokenAccumulator:
+    messages = _messages(key)
+    if sync:
+        with (
+            turnledger.scoped_turn(turn_id=key, settle_timeout=0.2, logging_timeout=1) as turn,
+            pytest.raises(MidStreamFallbackError),
+        ):
+            for _chunk in litellm.completion(
+                model="openai/gpt-4o-mini", messages=messages, stream=True, **provider_kwargs
+            ):
+                pass
+        return turn
+
+    async def read() -> TurnTokenAccumulator:
+        async with turnledger.scoped_turn(turn_id=key, settle_timeout=0.2, logging_timeout=1) as turn:
+            with pytest.raises(MidStreamFallbackError):
+                async for _chunk in await litellm.acompletion(
+                    model="openai/gpt-4o-mini", messages=messages, stream=True, **provider_kwargs
+                ):
+                    pass
+        return turn
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+@pytest.mark.parametrize("chunks", [0, 2])
+async def test_a_stream_broken_off_stores_the_request_id_its_answer_began_with(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], engine: AsyncEngine, chunks: int, sync: bool
+) -> None:
+    # The lost connection's exception carries no header, but the stream's success status did, and
+    # LiteLLM keeps its headers in the call details (the openai SDK path). Before: None.
+    key = f"broken-{chunks}-{'sync' if sync else 'async'}"
+    fake_provider.plan(key, [Script(break_after_chunks=chunks)])
+    turn = await asyncio.to_thread(_read_broken_stream, key, provider_kwargs, sync=sync)
+    (answer,) = fake_provider.answers_for(key)
+    assert answer.broken_off
+    assert await _store(engine, turn) == [answer.request_id]
+
+
+def test_a_failure_after_an_answered_attempt_never_takes_that_attempts_request_id(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # The first attempt was answered (200, its headers kept in the shared call details) and LiteLLM
+    # failed to read the answer; the logged second one timed out with no answer: unknown, never the
+    # first attempt's id, which the details still hold.
+    fake_provider.plan("answered-then-slow", [Script(extra_response={"choices": 7}), Script(delay_s=0.6)])
+    with (
+        turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=1) as turn,
+        pytest.raises(Timeout),
+    ):
+        litellm.completion(
+            model="openai/gpt-4o-mini",
+            messages=_messages("answered-then-slow"),
+            num_retries=1,
+            timeout=0.2,
+            **provider_kwargs,
+        )
+    answered = fake_provider.answers_for("answered-then-slow")[0]
+    unlogged, logged = turn.calls
+    assert (logged.status, logged.error_type, logged.provider_request_id) == (CallStatus.FAILURE, "Timeout", None)
+    # The first attempt, never logged, keeps its own: the details held it when the second one started.
+    # Before: None.
+    assert (unlogged.status, unlogged.provider_request_id) == (CallStatus.ABANDONED, answered.request_id)
+    assert RecordFlag.UNLOGGED_RETRY_ATTEMPT in unlogged.flags and answered.status == 200
 
 
 def _sync_retried_turn(model: str, provider_kwargs: dict[str, Any], **call: Any) -> TurnTokenAccumulator:
