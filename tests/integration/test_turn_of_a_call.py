@@ -11,6 +11,7 @@ import asyncio
 import copy
 import pickle
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -172,6 +173,24 @@ class _TurnSpy(CustomLogger):
         self._saw("async_failure", kwargs)
 
 
+async def _spy_caught_up(turn: turnledger.TurnTokenAccumulator, spy: _TurnSpy) -> None:
+    """Wait (up to 10 s) until the spy saw the end of every call the turn recorded. LiteLLM calls the
+    loggers one after the other, the spy after the tracker: the scope can exit, its calls recorded,
+    before the spy's hook of the last call has run (a full run saw ``aspeech`` missing)."""
+    for _ in range(1000):
+        if set(spy.call_ids) >= {record.call_id for record in turn.calls}:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _spy_caught_up_sync(turn: turnledger.TurnTokenAccumulator, spy: _TurnSpy) -> None:
+    """:func:`_spy_caught_up` for sync calls, whose loggers run in LiteLLM's logging thread."""
+    for _ in range(1000):
+        if set(spy.call_ids) >= {record.call_id for record in turn.calls}:
+            return
+        time.sleep(0.01)
+
+
 def _one_record_per_call_the_spy_saw(turn: turnledger.TurnTokenAccumulator, spy: _TurnSpy) -> None:
     # By call id, not by event count: in a full run one call reached the spy twice (11 end events for
     # 10 calls, not reproduced alone), and the tracker keeps one record per call by design.
@@ -223,6 +242,7 @@ async def test_every_end_event_of_every_call_kind_and_router_attempt_names_the_t
         await litellm.atext_completion(model="openai/gpt-3.5-turbo-instruct", prompt="hello", **provider_kwargs)
         with pytest.raises(InternalServerError):
             await litellm.acompletion(model="openai/broken", messages=MESSAGES, num_retries=0, **provider_kwargs)
+    await _spy_caught_up(alice, spy)
     assert alice.late_calls == []
     # Router: the primary's two attempts failed, then the fallback answered.
     hooks = Counter((hook, call_type) for hook, call_type, _turn in spy.seen)
@@ -265,6 +285,7 @@ def test_every_end_event_of_every_sync_call_kind_names_the_turn_it_started_in(
         litellm.image_generation(model="openai/dall-e-3", prompt="a red square", **provider_kwargs)
         with pytest.raises(InternalServerError):
             litellm.completion(model="openai/broken", messages=MESSAGES, num_retries=0, **provider_kwargs)
+    _spy_caught_up_sync(alice, spy)
     assert alice.late_calls == []
     assert {call_type for _hook, call_type, _turn in spy.seen} >= {"completion", "embedding", "image_generation"}
     assert {hook for hook, _call_type, _turn in spy.seen} == {"success", "failure"}
@@ -292,6 +313,7 @@ async def test_every_end_event_of_the_other_call_kinds_names_the_turn_it_started
         )
         await litellm.amoderation(model="openai/omni-moderation-latest", input="hello", **provider_kwargs)
         await litellm.aspeech(model="openai/tts-1", input="read this", voice="alloy", **provider_kwargs)
+    await _spy_caught_up(alice, spy)
     assert alice.late_calls == []
     assert {call_type for _hook, call_type, _turn in spy.seen} >= {
         "aresponses",
