@@ -40,7 +40,6 @@ from typing import Any
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
-from pydantic import BaseModel
 
 from turnledger._logging import warn_once
 from turnledger.accumulator import (
@@ -76,7 +75,7 @@ from turnledger.records import (
 )
 from turnledger.request_ids import exception_request_id, headers_request_id, response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
-from turnledger.usage import normalize_usage
+from turnledger.usage import MODEL_CLASSES, is_model, normalize_usage
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
@@ -125,16 +124,20 @@ def call_kind_of(call_type: object) -> CallKind:
     return _CALL_KINDS.get(value, _OTHER_KIND) if isinstance(value, str) else _OTHER_KIND
 
 
+_from_timestamp = datetime.fromtimestamp
+
+
 def _utc(value: object) -> datetime | None:
     """A LiteLLM timestamp in UTC; ``None`` for anything that is not a representable time (NaN, 1e20,
     ``datetime.min`` in a zone east of UTC): the record loses its timing, never its tokens."""
     try:
-        if isinstance(value, datetime):
-            if value.tzinfo is None:
+        if type(value) is datetime or isinstance(value, datetime):
+            tzinfo = value.tzinfo
+            if tzinfo is None:
                 # LiteLLM stamps naive local times (datetime.now()). timestamp() reads one as local time, as
                 # astimezone does, at a third of its cost: astimezone builds a named local zone each time.
-                return datetime.fromtimestamp(value.timestamp(), UTC)
-            return value if value.tzinfo is UTC else value.astimezone(UTC)
+                return _from_timestamp(value.timestamp(), UTC)
+            return value if tzinfo is UTC else value.astimezone(UTC)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return datetime.fromtimestamp(value, UTC)
     except (OverflowError, ValueError, OSError):
@@ -366,8 +369,13 @@ class TokenTrackingCallback(CustomLogger):
         turn no longer exists."""
 
     def _count(self, key: str) -> None:
-        with self._stats_lock:
+        # acquire/release rather than ``with``: 1,100 fewer instructions on every event (callgrind).
+        lock = self._stats_lock
+        lock.acquire()
+        try:
             self.stats[key] += 1
+        finally:
+            lock.release()
 
     # -- LiteLLM hooks ---------------------------------------------------------------------------
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
@@ -713,7 +721,7 @@ def _usage_attribute(response_obj: Any) -> Any:
     """``response_obj.usage``: on a LiteLLM response (a pydantic model keeping ``usage`` among its
     extras) read from its fields and extras, as :func:`~turnledger.usage.usage_block` reads it,
     not through pydantic's ``__getattr__`` (1.8 us, measured; 0.1 us this way)."""
-    if isinstance(response_obj, BaseModel):
+    if type(response_obj) in MODEL_CLASSES or is_model(response_obj):
         usage = response_obj.__dict__.get("usage")
         if usage is None:
             extra = response_obj.__pydantic_extra__

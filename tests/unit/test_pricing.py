@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
+import struct
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from typing import Any
@@ -89,6 +91,46 @@ def test_response_cost_float_noise_is_dropped() -> None:
     obj = response("deepseek-chat", prompt_tokens=1000, completion_tokens=200, total_tokens=1200)
     cost, source, flags = price(kw("deepseek-chat", "deepseek", response_cost=0.00021280000000000002), obj)
     assert (cost, source, flags) == (D("0.0002128"), CostSource.RESPONSE_COST, [])
+
+
+class _FloatSubclass(float):
+    """A float the fast path for exact floats does not take: the general path prices it."""
+
+
+def test_a_float_cost_is_read_alike_by_the_fast_path_and_the_general_one() -> None:
+    # Exact floats skip to_decimal's type tests and the rounding to 60 digits: the Decimal, its digits
+    # and exponent, the source and the flags must be what the general path gives.
+    rng = random.Random(17)
+    values = [
+        1.35e-05,
+        8.400000000000001e-06,
+        0.30000000000000004,
+        2.0,
+        100.0,
+        1e16,
+        1e300,
+        5e-324,
+        1e-30,
+        9.99e-31,
+        1e6,
+        1000000.0000000001,
+        999999.9999999999,
+        -1e-05,
+        0.0,
+        -0.0,
+        float("nan"),
+        float("inf"),
+    ]
+    values += [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(300)]
+    values += [rng.uniform(0, 2) * 10.0 ** rng.randint(-12, 3) for _ in range(300)]
+    obj = response("gpt-4o-mini", prompt_tokens=10, completion_tokens=1, total_tokens=11)
+    for value in values:
+        fast = price(kw("gpt-4o-mini", response_cost=value), obj)
+        general = price(kw("gpt-4o-mini", response_cost=_FloatSubclass(value)), obj)
+        assert fast == general, value
+        assert (fast[0] is None) == (general[0] is None), value
+        if fast[0] is not None and general[0] is not None:
+            assert fast[0].as_tuple() == general[0].as_tuple(), value
 
 
 def test_hidden_params_answer_when_response_cost_is_absent() -> None:

@@ -11,8 +11,10 @@ from litellm.types.utils import EmbeddingResponse, ImageResponse, ModelResponse,
 from turnledger.records import RecordFlag
 from turnledger.usage import (
     MAX_TOKEN_COUNT,
+    MODEL_CLASSES,
     TokenCounts,
     estimate_counts,
+    is_model,
     normalize_usage,
     read_count,
     response_text,
@@ -456,3 +458,21 @@ def test_an_int_count_is_read_by_its_bounds_a_bool_never(value: int, read: int, 
     assert read_count(counts, value) == read
     assert counts.count_discarded is discarded
     assert counts.flags == ([RecordFlag.MALFORMED_USAGE] if discarded else [])
+
+
+def test_is_model_answers_as_isinstance_and_remembers_only_model_classes() -> None:
+    from pydantic import BaseModel
+
+    class Made(BaseModel):
+        n: int = 0
+
+    assert is_model(Made()) and Made in MODEL_CLASSES
+    assert is_model(Made())  # read from the classes seen
+    assert not is_model({"n": 0}) and dict not in MODEL_CLASSES
+    assert not is_model(None) and not is_model(Made)  # a model class is not a model
+    # Bounded: past the bound a new model class is still answered, not remembered.
+    for i in range(300):
+        cls = type(f"Made{i}", (BaseModel,), {"__annotations__": {"n": int}, "n": 0})
+        assert is_model(cls())
+    assert len(MODEL_CLASSES) <= 256
+    MODEL_CLASSES.clear()  # a cache: LiteLLM's classes are remembered again as they come
