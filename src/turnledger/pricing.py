@@ -932,7 +932,6 @@ def price_unlogged_answer(pending: PendingCall, meta: ModelMetadata | None) -> T
     counts = normalize_usage(answer)
     if not counts.present:
         return None
-    headers = details.get("response_headers")
     kwargs = {key: value for key, value in details.items() if key not in _NOT_THIS_ANSWERS_PRICE}
     cost, source, flags = price_call(
         kwargs,
@@ -964,7 +963,7 @@ def price_unlogged_answer(pending: PendingCall, meta: ModelMetadata | None) -> T
         cost_source=source,
         stream=pending.stream,
         started_at=pending.started_at,
-        provider_request_id=headers_request_id(headers) if headers is not pending.headers_at_start else None,
+        provider_request_id=_attempt_request_id(pending),
         model_ref=meta.model_ref if meta else None,
         model_id=meta.model_id if meta else None,
         display_name=meta.display_name if meta else None,
