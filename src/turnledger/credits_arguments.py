@@ -43,7 +43,10 @@ def _amount(value: object, name: str, *, minimum: Literal["zero", "positive", "n
         raise ValueError(f"{name} must not be zero")
     # Refuses what the column cannot hold, before anything is written; and what the stored scale
     # rounds to 0, which would write a grant or debit of nothing under a key that then replays it.
-    stored = quantize_amount(parsed)
+    try:
+        stored = quantize_amount(parsed)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     if minimum != "zero" and stored == 0:
         raise ValueError(f"{name} {parsed} rounds to 0 at {AMOUNT_SCALE} decimal places")
     return parsed

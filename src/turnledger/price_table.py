@@ -374,7 +374,7 @@ class PriceTable(Mapping[str, ModelPrice]):
         except ValueError as exc:  # json.JSONDecodeError and yaml.YAMLError's parse errors
             raise ConfigurationError(f"price table {p} is not valid: {exc}") from exc
         except Exception as exc:
-            raise ConfigurationError(f"price table {p} is not valid: {type(exc).__name__}") from exc
+            raise ConfigurationError(f"price table {p} is not valid: {_yaml_error_place(exc)}") from exc
         return cls.from_dict(data if data is not None else {})
 
     # -- lookup ----------------------------------------------------------------------------------
@@ -484,3 +484,15 @@ def _boundary_prefixes(name: str) -> Iterator[str]:
     for i in range(len(name) - 1, 0, -1):
         if name[i] in BOUNDARY_CHARS:
             yield name[:i]
+
+
+def _yaml_error_place(exc: Exception) -> str:
+    """Where a YAML parse error is and what the parser expected (PyYAML's marks count from 0): a
+    person fixing the file needs the line, not just ``ParserError``."""
+    mark = getattr(exc, "problem_mark", None)
+    line, column = getattr(mark, "line", None), getattr(mark, "column", None)
+    if not isinstance(line, int) or not isinstance(column, int):
+        return type(exc).__name__
+    problem = getattr(exc, "problem", None)
+    what = f": {problem}" if isinstance(problem, str) and problem else ""
+    return f"{type(exc).__name__} at line {line + 1}, column {column + 1}{what}"

@@ -310,6 +310,15 @@ def test_bad_files_are_configuration_errors(tmp_path: Path) -> None:
         PriceTable.from_dict(["a"])  # type: ignore[arg-type]
 
 
+def test_a_yaml_error_names_its_line_and_column(tmp_path: Path) -> None:
+    # The bad indent of 'output' is on line 4: a person fixing a long table needs the place, not the
+    # parser's class name alone.
+    broken = tmp_path / "prices.yml"
+    broken.write_text("models:\n  gpt-x:\n    input_cost_per_token: 0.1\n   output: [1,\n")
+    with pytest.raises(ConfigurationError, match=r"not valid: ParserError at line 4, column 4: expected <block end>"):
+        PriceTable.from_file(broken)
+
+
 # -- immutability and LiteLLM's globals --------------------------------------------------------------------
 
 
