@@ -1116,3 +1116,43 @@ async def test_two_calls_in_flight_under_one_call_id_the_caller_passed_are_both_
     assert turn.late_calls == []
     # gpt-4o-mini: 2 x (40 x $0.15/M in + 4 x $0.60/M out).
     assert turn.total_cost_usd == Decimal("0.0000168")
+
+
+async def test_a_call_left_in_flight_under_a_passed_call_id_another_call_ended_is_estimated_from_its_own_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Two calls under one litellm_call_id, the first still in flight when the second ends, then
+    # cancelled. Before: the second's end event ended the first, so the second stayed pending; the
+    # cancelled call was estimated from the second's input (9 prompt tokens, $0.00000135, instead of
+    # 2,019, $0.00030285), and the scope waited logging_timeout for an answered call already logged.
+    fake_provider.plan("long", [Script(delay_s=2)])
+    long = [{"role": "user", "content": "word " * 2000 + "[[plan:long]]"}]
+    short = [{"role": "user", "content": "say hello"}]
+
+    async def cancelled_in_flight(another_call: bool) -> TurnTokenAccumulator:
+        async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=5) as turn:
+            sent = fake_provider.received("long")
+            call = asyncio.create_task(
+                litellm.acompletion(
+                    model="openai/gpt-4o-mini", messages=long, litellm_call_id="request-42", **provider_kwargs
+                )
+            )
+            while fake_provider.received("long") == sent:
+                await asyncio.sleep(0.01)
+            if another_call:
+                await litellm.acompletion(
+                    model="openai/gpt-4o-mini", messages=short, litellm_call_id="request-42", **provider_kwargs
+                )
+                while not turn.calls:  # its success event, logged in a task of its own
+                    await asyncio.sleep(0.01)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        return turn
+
+    [alone] = (await cancelled_in_flight(False)).calls
+    ended, in_flight = (await cancelled_in_flight(True)).calls
+    assert (ended.status, ended.cost_source) == (CallStatus.SUCCESS, CostSource.RESPONSE_COST)
+    assert (in_flight.status, in_flight.cost_source) == (CallStatus.ABANDONED, CostSource.ESTIMATED)
+    assert (in_flight.prompt_tokens, in_flight.cost_usd) == (alone.prompt_tokens, alone.cost_usd)
+    assert in_flight.prompt_tokens > 100 * ended.prompt_tokens
