@@ -359,6 +359,39 @@ def test_a_stream_broken_off_before_its_first_chunk_is_billed_its_input_and_no_o
     assert_billed_a_lower_bound(failure, prompt, 0)
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_deepseek_stream_broken_off_before_its_first_chunk_is_billed_its_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
+) -> None:
+    # Through LiteLLM's own HTTP handler, which keeps no headers in the call details: the stream's
+    # beginning is told by the original_response it writes. Before: not billed, $0 (19 prompt tokens,
+    # $0.00000532 at DeepSeek's $0.28/M, the same stream through the openai SDK billed its input).
+    fake_provider.script("deepseek-chat", content="alpha beta gamma delta", break_after_chunks=0)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    call: dict[str, Any] = {"model": "deepseek/deepseek-chat", "messages": messages, "stream": True, **provider_kwargs}
+
+    async def read() -> None:
+        async for _chunk in await litellm.acompletion(**call):
+            pass
+
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            list(litellm.completion(**call))
+        else:
+            asyncio.run(read())
+    [failure] = turn.calls
+    (answer,) = fake_provider.answers
+    assert answer.broken_off and answer.status == 200
+    assert (failure.status, failure.cost_source, failure.completion_tokens) == (
+        CallStatus.FAILURE,
+        CostSource.ESTIMATED,
+        0,
+    )
+    rate = Decimal(str(litellm.model_cost["deepseek/deepseek-chat"]["input_cost_per_token"]))
+    assert failure.prompt_tokens > 0
+    assert failure.cost_usd == failure.prompt_tokens * rate
+
+
 def test_a_sync_stream_broken_off_under_message_redaction_is_billed_the_input_it_was_sent(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
