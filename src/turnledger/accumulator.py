@@ -445,8 +445,7 @@ class TurnTokenAccumulator:
             existing = self._pending.get(pending.call_id)
             if retry:
                 self._retried_ids.add(pending.call_id)
-                superseded = existing
-                self._pending[pending.call_id] = pending
+                superseded = self._supersede_locked(existing, pending)
             elif existing is None:
                 self._pending[pending.call_id] = pending
             elif new_call and existing.binder is pending.binder is not None:
@@ -458,6 +457,26 @@ class TurnTokenAccumulator:
                 # Behind the events that arrived before this attempt started.
                 self._read_deferred_locked()
                 self._add_abandoned(superseded, superseded=True)
+
+    def _supersede_locked(self, existing: StartedCall | None, attempt: StartedCall) -> StartedCall | None:
+        """Put a further attempt of a call in place of the attempt before it, and return that one if it
+        is still pending. The attempts of a call share its details; another call the caller passed
+        the same ``litellm_call_id`` to has its own, and is not superseded: taking it for the attempt
+        before recorded it as an estimated abandoned attempt, and its own end event, unwaited for, came
+        late, out of the turn's totals."""
+        call_id = attempt.call_id
+        details = getattr(attempt, "call_details", None)
+        if existing is None or details is None or getattr(existing, "call_details", None) is details:
+            self._pending[call_id] = attempt
+            return existing
+        more = self._more_pending.setdefault(call_id, [])
+        for i, started in enumerate(more):
+            if getattr(started, "call_details", None) is details:
+                more[i] = attempt
+                return started
+        # The attempt before it ended with an event: this one is in flight beside the other call.
+        more.append(attempt)
+        return None
 
     def started_call(self, call_id: str) -> StartedCall | None:
         """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
