@@ -478,11 +478,19 @@ class TurnTokenAccumulator:
         more.append(attempt)
         return None
 
-    def started_call(self, call_id: str) -> StartedCall | None:
+    def started_call(self, call_id: str, call_details: object = None) -> StartedCall | None:
         """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
-        is added (or deferred), or the turn closes."""
+        is added (or deferred), or the turn closes. With other calls pending under the same id (the
+        caller passed it to each), the one whose LiteLLM details are ``call_details``, or ``None``."""
         with self._lock:
-            return self._pending.get(call_id)
+            started = self._pending.get(call_id)
+            more = self._more_pending.get(call_id) if self._more_pending else None
+            if not more or started is None or call_details is None:
+                return started
+            for candidate in (started, *more):
+                if getattr(candidate, "call_details", None) is call_details:
+                    return candidate
+            return None
 
     def add(self, record: TokenCallRecord, *, event_key: EventKey | None = None, call_details: object = None) -> bool:
         """Add a finished call. Returns False if it was a duplicate of an event already added.

@@ -666,7 +666,7 @@ def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator
     where the placeholder leaves its input unknown (see ``pricing._estimate_and_price``)."""
     if turn is None or not redacted_messages(kwargs.get("messages")):
         return kwargs
-    started = turn.started_call(call_id)
+    started = turn.started_call(call_id, kwargs)
     if started is None:
         return kwargs
     request = started.pending_call().request
@@ -689,7 +689,7 @@ def _attempt_answer_headers(kwargs: Mapping[str, Any], call_id: str, turn: TurnT
     headers = kwargs.get("response_headers")
     if headers is None or turn is None:
         return None
-    started = turn.started_call(call_id)
+    started = turn.started_call(call_id, kwargs)
     if type(started) is not _StartedCall or started._kwargs is not kwargs or headers is started.headers_at_start:
         return None
     return headers

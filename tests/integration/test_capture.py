@@ -359,6 +359,37 @@ def test_a_stream_broken_off_before_its_first_chunk_is_billed_its_input_and_no_o
     assert_billed_a_lower_bound(failure, prompt, 0)
 
 
+async def test_a_stream_broken_off_before_its_first_chunk_beside_another_call_under_its_call_id_is_billed(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Another call under the same passed litellm_call_id in flight: the failure's pending call was
+    # looked up by the id alone, found the other call, and the answer's headers were not taken for this
+    # stream's. Before: not billed, $0, no request id (18 prompt tokens, $0.0000027, after).
+    fake_provider.plan("other", [Script(delay_s=1)])
+    fake_provider.plan("broken", [Script(break_after_chunks=0)])
+    call: dict[str, Any] = {
+        "model": "openai/gpt-4o-mini",
+        "litellm_call_id": "request-42",
+        "max_retries": 0,
+        **provider_kwargs,
+    }
+    broken = [{"role": "user", "content": "hello there, how are you [[plan:broken]]"}]
+    async with turnledger.scoped_turn(settle_timeout=5) as turn:
+        other = asyncio.create_task(
+            litellm.acompletion(messages=[{"role": "user", "content": "hi [[plan:other]]"}], **call)
+        )
+        while fake_provider.received("other") == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(MidStreamFallbackError):
+            async for _chunk in await litellm.acompletion(messages=broken, stream=True, **call):
+                pass
+        await other
+    [failure] = [r for r in turn.calls if r.status is CallStatus.FAILURE]
+    (answer,) = fake_provider.answers_for("broken")
+    assert_billed_a_lower_bound(failure, litellm.token_counter(model="gpt-4o-mini", messages=broken), 0)
+    assert failure.provider_request_id == answer.request_id
+
+
 @pytest.mark.parametrize("sync", [False, True])
 def test_a_deepseek_stream_broken_off_before_its_first_chunk_is_billed_its_input(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
