@@ -159,6 +159,11 @@ class StartedCall(Protocol):
         """The callback instance whose pre-call hook bound the call (None: none)."""
         ...
 
+    @property
+    def call_details(self) -> Mapping[str, Any] | None:
+        """LiteLLM's details of the call, the very object its end event carries (None: unknown)."""
+        ...
+
     def pending_call(self) -> PendingCall:
         """The call as :class:`PendingCall`; never raises (what cannot be read is left unknown)."""
         ...
@@ -440,8 +445,7 @@ class TurnTokenAccumulator:
             existing = self._pending.get(pending.call_id)
             if retry:
                 self._retried_ids.add(pending.call_id)
-                superseded = existing
-                self._pending[pending.call_id] = pending
+                superseded = self._supersede_locked(existing, pending)
             elif existing is None:
                 self._pending[pending.call_id] = pending
             elif new_call and existing.binder is pending.binder is not None:
@@ -454,14 +458,43 @@ class TurnTokenAccumulator:
                 self._read_deferred_locked()
                 self._add_abandoned(superseded, superseded=True)
 
-    def started_call(self, call_id: str) -> StartedCall | None:
-        """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
-        is added (or deferred), or the turn closes."""
-        with self._lock:
-            return self._pending.get(call_id)
+    def _supersede_locked(self, existing: StartedCall | None, attempt: StartedCall) -> StartedCall | None:
+        """Put a further attempt of a call in place of the attempt before it, and return that one if it
+        is still pending. The attempts of a call share its details; another call the caller passed
+        the same ``litellm_call_id`` to has its own, and is not superseded: taking it for the attempt
+        before recorded it as an estimated abandoned attempt, and its own end event, unwaited for, came
+        late, out of the turn's totals."""
+        call_id = attempt.call_id
+        details = getattr(attempt, "call_details", None)
+        if existing is None or details is None or getattr(existing, "call_details", None) is details:
+            self._pending[call_id] = attempt
+            return existing
+        more = self._more_pending.setdefault(call_id, [])
+        for i, started in enumerate(more):
+            if getattr(started, "call_details", None) is details:
+                more[i] = attempt
+                return started
+        # The attempt before it ended with an event: this one is in flight beside the other call.
+        more.append(attempt)
+        return None
 
-    def add(self, record: TokenCallRecord, *, event_key: EventKey | None = None) -> bool:
+    def started_call(self, call_id: str, call_details: object = None) -> StartedCall | None:
+        """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
+        is added (or deferred), or the turn closes. With other calls pending under the same id (the
+        caller passed it to each), the one whose LiteLLM details are ``call_details``, or ``None``."""
+        with self._lock:
+            started = self._pending.get(call_id)
+            more = self._more_pending.get(call_id) if self._more_pending else None
+            if not more or started is None or call_details is None:
+                return started
+            for candidate in (started, *more):
+                if getattr(candidate, "call_details", None) is call_details:
+                    return candidate
+            return None
+
+    def add(self, record: TokenCallRecord, *, event_key: EventKey | None = None, call_details: object = None) -> bool:
         """Add a finished call. Returns False if it was a duplicate of an event already added.
+        ``call_details``: the LiteLLM details its end event carried (see :meth:`_ended_locked`).
 
         After the turn closed, the record is kept in ``late_calls``, flagged ``late``, and still handed
         to subscribers; it no longer changes the totals.
@@ -479,9 +512,10 @@ class TurnTokenAccumulator:
                     self.late_calls.append(record)
                 else:
                     self._records.append(record)
-                self._pending.pop(record.call_id, None)
                 if self._more_pending:
-                    self._next_pending_locked(record.call_id)
+                    self._ended_locked(record.call_id, call_details)
+                else:
+                    self._pending.pop(record.call_id, None)
                 waiters = self._wake_waiters_locked()
                 subscribers = self._subscribers + global_subscribers()
         if waiters:
@@ -490,7 +524,9 @@ class TurnTokenAccumulator:
             dispatch(record, self, subscribers, self._loop)
         return True
 
-    def add_deferred(self, event: DeferredRecord, *, call_id: str, event_key: EventKey) -> bool | None:
+    def add_deferred(
+        self, event: DeferredRecord, *, call_id: str, event_key: EventKey, call_details: object = None
+    ) -> bool | None:
         """Keep an end event to be read later (see :class:`DeferredRecord`). Returns False for a
         duplicate event, and None when the turn cannot defer it: it is closed (the record is late) or
         someone subscribed (they hear of each record as it lands); then :meth:`add` the record now."""
@@ -506,9 +542,10 @@ class TurnTokenAccumulator:
             self._seen_events.add(event_key)
             self._deferred.append(event)
             full = len(self._deferred) >= MAX_DEFERRED_RECORDS
-            self._pending.pop(call_id, None)
             if self._more_pending:
-                self._next_pending_locked(call_id)
+                self._ended_locked(call_id, call_details)
+            else:
+                self._pending.pop(call_id, None)
             waiters = self._wake_waiters_locked() if self._waiters or self._sync_waiters else None
         finally:
             lock.release()
@@ -517,6 +554,22 @@ class TurnTokenAccumulator:
         if full:
             self._read_deferred()
         return True
+
+    def _ended_locked(self, call_id: str, call_details: object) -> None:
+        """A call ``call_id`` ended. With others in flight under the same id, the one whose details its
+        end event carried is over: taking the first one for it instead kept a call that had ended
+        pending, so the scope waited for it, and priced the one still in flight, when abandoned, from
+        the other's input."""
+        more = self._more_pending.get(call_id)
+        if more and call_details is not None:
+            for i, started in enumerate(more):
+                if getattr(started, "call_details", None) is call_details:
+                    del more[i]
+                    if not more:
+                        del self._more_pending[call_id]
+                    return
+        self._pending.pop(call_id, None)
+        self._next_pending_locked(call_id)
 
     def _next_pending_locked(self, call_id: str) -> None:
         """A call ``call_id`` ended: another in flight under the same id is pending in its place."""

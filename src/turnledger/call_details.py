@@ -101,12 +101,24 @@ def provider_answered(call_details: Mapping[str, Any] | None) -> bool:
     ``generate_content``) keeps the provider's HTTP response as ``httpx_response`` once it has it, before
     it reads or wraps the body. A call that fails after that (a streamed ``anthropic_messages`` without
     the LiteLLM proxy's optional packages, measured on 1.106.12: ``No module named 'fastapi'``) was
-    answered, and the provider bills it, though no usage ever reaches a callback.
+    answered, and the provider bills it, though no usage ever reaches a callback. So was a stream
+    LiteLLM's own HTTP handler saw begin (:data:`STREAM_BEGAN`).
     """
     if call_details is None:
         return False
+    answer = call_details.get("original_response")
+    if type(answer) is str and answer == STREAM_BEGAN:
+        return True
     status = getattr(call_details.get("httpx_response"), "status_code", None)
     return type(status) is int and 200 <= status < 300
+
+
+STREAM_BEGAN = "first stream response received"
+"""``original_response`` as LiteLLM's own HTTP handler (DeepSeek and the other OpenAI-compatible
+providers it serves, 1.106.12) writes it once a stream's success status and headers arrived, before its
+first chunk: a stream broken off after that was answered, as the headers the openai SDK path keeps
+show (``response_headers``). Without it, a DeepSeek stream broken before its first chunk was recorded
+not billed, the same stream through the openai SDK billed its input."""
 
 
 def answer_in_details(call_details: Mapping[str, Any] | None) -> object | None:

@@ -463,7 +463,7 @@ class TokenTrackingCallback(CustomLogger):
                 and _deferrable(kw, response_obj, status)
             ):
                 event = _EndEvent(self, kw, response_obj, start_time, end_time, status)
-                kept = turn.add_deferred(event, call_id=call_id, event_key=(call_id, status, end_key))
+                kept = turn.add_deferred(event, call_id=call_id, event_key=(call_id, status, end_key), call_details=kw)
                 if kept is not None:
                     self._count("captured" if kept else "duplicate")
                     return
@@ -478,7 +478,7 @@ class TokenTrackingCallback(CustomLogger):
                 dispatch(record, None, self._on_record + (global_subscribers() if first else ()))
                 return
             was_closed = turn.closed
-            if turn.add(record, event_key=event_key):
+            if turn.add(record, event_key=event_key, call_details=kw):
                 self._count("late" if was_closed else "captured")
             else:
                 self._count("duplicate")
@@ -666,7 +666,7 @@ def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator
     where the placeholder leaves its input unknown (see ``pricing._estimate_and_price``)."""
     if turn is None or not redacted_messages(kwargs.get("messages")):
         return kwargs
-    started = turn.started_call(call_id)
+    started = turn.started_call(call_id, kwargs)
     if started is None:
         return kwargs
     request = started.pending_call().request
@@ -689,7 +689,7 @@ def _attempt_answer_headers(kwargs: Mapping[str, Any], call_id: str, turn: TurnT
     headers = kwargs.get("response_headers")
     if headers is None or turn is None:
         return None
-    started = turn.started_call(call_id)
+    started = turn.started_call(call_id, kwargs)
     if type(started) is not _StartedCall or started._kwargs is not kwargs or headers is started.headers_at_start:
         return None
     return headers
@@ -776,6 +776,10 @@ class _StartedCall:
     @property
     def binder(self) -> object:
         return self._callback
+
+    @property
+    def call_details(self) -> Mapping[str, Any]:
+        return self._kwargs
 
     @property
     def finished(self) -> bool:

@@ -359,6 +359,70 @@ def test_a_stream_broken_off_before_its_first_chunk_is_billed_its_input_and_no_o
     assert_billed_a_lower_bound(failure, prompt, 0)
 
 
+async def test_a_stream_broken_off_before_its_first_chunk_beside_another_call_under_its_call_id_is_billed(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Another call under the same passed litellm_call_id in flight: the failure's pending call was
+    # looked up by the id alone, found the other call, and the answer's headers were not taken for this
+    # stream's. Before: not billed, $0, no request id (18 prompt tokens, $0.0000027, after).
+    fake_provider.plan("other", [Script(delay_s=1)])
+    fake_provider.plan("broken", [Script(break_after_chunks=0)])
+    call: dict[str, Any] = {
+        "model": "openai/gpt-4o-mini",
+        "litellm_call_id": "request-42",
+        "max_retries": 0,
+        **provider_kwargs,
+    }
+    broken = [{"role": "user", "content": "hello there, how are you [[plan:broken]]"}]
+    async with turnledger.scoped_turn(settle_timeout=5) as turn:
+        other = asyncio.create_task(
+            litellm.acompletion(messages=[{"role": "user", "content": "hi [[plan:other]]"}], **call)
+        )
+        while fake_provider.received("other") == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(MidStreamFallbackError):
+            async for _chunk in await litellm.acompletion(messages=broken, stream=True, **call):
+                pass
+        await other
+    [failure] = [r for r in turn.calls if r.status is CallStatus.FAILURE]
+    (answer,) = fake_provider.answers_for("broken")
+    assert_billed_a_lower_bound(failure, litellm.token_counter(model="gpt-4o-mini", messages=broken), 0)
+    assert failure.provider_request_id == answer.request_id
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_deepseek_stream_broken_off_before_its_first_chunk_is_billed_its_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], sync: bool
+) -> None:
+    # Through LiteLLM's own HTTP handler, which keeps no headers in the call details: the stream's
+    # beginning is told by the original_response it writes. Before: not billed, $0 (19 prompt tokens,
+    # $0.00000532 at DeepSeek's $0.28/M, the same stream through the openai SDK billed its input).
+    fake_provider.script("deepseek-chat", content="alpha beta gamma delta", break_after_chunks=0)
+    messages = [{"role": "user", "content": "hello there, how are you"}]
+    call: dict[str, Any] = {"model": "deepseek/deepseek-chat", "messages": messages, "stream": True, **provider_kwargs}
+
+    async def read() -> None:
+        async for _chunk in await litellm.acompletion(**call):
+            pass
+
+    with turnledger.scoped_turn(settle_timeout=5) as turn, pytest.raises(MidStreamFallbackError):
+        if sync:
+            list(litellm.completion(**call))
+        else:
+            asyncio.run(read())
+    [failure] = turn.calls
+    (answer,) = fake_provider.answers
+    assert answer.broken_off and answer.status == 200
+    assert (failure.status, failure.cost_source, failure.completion_tokens) == (
+        CallStatus.FAILURE,
+        CostSource.ESTIMATED,
+        0,
+    )
+    rate = Decimal(str(litellm.model_cost["deepseek/deepseek-chat"]["input_cost_per_token"]))
+    assert failure.prompt_tokens > 0
+    assert failure.cost_usd == failure.prompt_tokens * rate
+
+
 def test_a_sync_stream_broken_off_under_message_redaction_is_billed_the_input_it_was_sent(
     fake_provider: FakeProvider, provider_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1116,3 +1180,43 @@ async def test_two_calls_in_flight_under_one_call_id_the_caller_passed_are_both_
     assert turn.late_calls == []
     # gpt-4o-mini: 2 x (40 x $0.15/M in + 4 x $0.60/M out).
     assert turn.total_cost_usd == Decimal("0.0000168")
+
+
+async def test_a_call_left_in_flight_under_a_passed_call_id_another_call_ended_is_estimated_from_its_own_input(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Two calls under one litellm_call_id, the first still in flight when the second ends, then
+    # cancelled. Before: the second's end event ended the first, so the second stayed pending; the
+    # cancelled call was estimated from the second's input (9 prompt tokens, $0.00000135, instead of
+    # 2,019, $0.00030285), and the scope waited logging_timeout for an answered call already logged.
+    fake_provider.plan("long", [Script(delay_s=2)])
+    long = [{"role": "user", "content": "word " * 2000 + "[[plan:long]]"}]
+    short = [{"role": "user", "content": "say hello"}]
+
+    async def cancelled_in_flight(another_call: bool) -> TurnTokenAccumulator:
+        async with turnledger.scoped_turn(settle_timeout=0.2, logging_timeout=5) as turn:
+            sent = fake_provider.received("long")
+            call = asyncio.create_task(
+                litellm.acompletion(
+                    model="openai/gpt-4o-mini", messages=long, litellm_call_id="request-42", **provider_kwargs
+                )
+            )
+            while fake_provider.received("long") == sent:
+                await asyncio.sleep(0.01)
+            if another_call:
+                await litellm.acompletion(
+                    model="openai/gpt-4o-mini", messages=short, litellm_call_id="request-42", **provider_kwargs
+                )
+                while not turn.calls:  # its success event, logged in a task of its own
+                    await asyncio.sleep(0.01)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        return turn
+
+    [alone] = (await cancelled_in_flight(False)).calls
+    ended, in_flight = (await cancelled_in_flight(True)).calls
+    assert (ended.status, ended.cost_source) == (CallStatus.SUCCESS, CostSource.RESPONSE_COST)
+    assert (in_flight.status, in_flight.cost_source) == (CallStatus.ABANDONED, CostSource.ESTIMATED)
+    assert (in_flight.prompt_tokens, in_flight.cost_usd) == (alone.prompt_tokens, alone.cost_usd)
+    assert in_flight.prompt_tokens > 100 * ended.prompt_tokens

@@ -353,3 +353,40 @@ def test_a_sync_context_window_fallback_is_priced_from_its_answer_without_a_wait
     assert (answered.model, answered.status, answered.prompt_tokens) == ("gpt-4.1-mini", CallStatus.SUCCESS, 130_000)
     # gpt-4.1-mini: $0.40 / 1M input, $1.60 / 1M output.
     assert answered.cost_usd == 130_000 * Decimal("0.0000004") + 100 * Decimal("0.0000016") == turn.total_cost_usd
+
+
+async def test_a_retried_call_does_not_supersede_another_call_in_flight_under_the_same_passed_call_id(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any]
+) -> None:
+    # Two calls under one litellm_call_id the caller passed, each with num_retries: the second's first
+    # attempt refused, its retry answered, while the first is still in flight. Before: the retry took
+    # the first call for the attempt before it, recorded it abandoned, its input estimated (13 tokens,
+    # $0.00000364), and the first call's own success (7 + 3 tokens, $0.00000322), waited for by nobody,
+    # came late, out of the turn's totals.
+    fake_provider.plan(
+        "first", [Script(delay_s=1, usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})]
+    )
+    retried_usage = {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+    fake_provider.plan("second", [Script(status=500), Script(usage=retried_usage)])
+    call: dict[str, Any] = {
+        "model": "deepseek/deepseek-chat",
+        "litellm_call_id": "request-42",
+        "num_retries": 2,
+        **provider_kwargs,
+    }
+    first = [{"role": "user", "content": "question one [[plan:first]]"}]
+    second = [{"role": "user", "content": "question two [[plan:second]]"}]
+    async with turnledger.scoped_turn(settle_timeout=0.5, logging_timeout=5) as turn:
+        in_flight = asyncio.create_task(litellm.acompletion(messages=first, **call))
+        while fake_provider.received("first") == 0:
+            await asyncio.sleep(0.01)
+        await litellm.acompletion(messages=second, **call)
+        await in_flight
+    assert (fake_provider.received("first"), fake_provider.received("second")) == (1, 2)
+    assert sorted((r.status, r.prompt_tokens, r.completion_tokens) for r in turn.calls) == [
+        (CallStatus.FAILURE, 0, 0),
+        (CallStatus.SUCCESS, 7, 3),
+        (CallStatus.SUCCESS, 40, 4),
+    ]
+    assert turn.late_calls == []
+    assert not any(r.status is CallStatus.ABANDONED for r in turn.calls)

@@ -21,6 +21,7 @@ from turnledger import (
     StorageError,
     TurnIdReused,
     TurnKeyReused,
+    TurnTokenAccumulator,
     credit_scope,
     record_token_usage,
     record_turn,
@@ -55,6 +56,45 @@ async def test_record_turn_of_the_same_turn_at_the_same_created_at_is_the_same_t
         assert await record_turn(session, turn, usage_type="chat", created_at=when) is None
         await session.commit()
     assert await stored_turn_ids(engine) == {"req-9": 1}
+
+
+def _unpriced_turn(turn_id: str, call_id: str, prompt_tokens: int) -> TurnTokenAccumulator:
+    turn = TurnTokenAccumulator(turn_id=turn_id, user_id="u-1")
+    turn.add(
+        TokenCallRecord(
+            call_id=call_id,
+            model="in-house-model",
+            provider="openai",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=10,
+            total_tokens=prompt_tokens + 10,
+            cost_source=CostSource.NONE,
+        )
+    )
+    turn._finalize()
+    return turn
+
+
+@pytest.mark.parametrize("retried_tokens", [5000, 100], ids=["other-tokens", "same-tokens"])
+async def test_record_turn_refuses_another_turn_with_the_same_created_at_calls_and_cost(
+    engine: AsyncEngine, retried_tokens: int
+) -> None:
+    # A caller passing a message's time as created_at, and a retried request of one call to an unpriced
+    # model: one call, no cost, one created_at for both turns. Before, the retried turn (5,010 tokens,
+    # or as many as the first: another call all the same) was taken for the first one written again:
+    # record_turn returned None and its tokens were in no report.
+    when = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    first, retried = _unpriced_turn("msg-1", "call-a", 100), _unpriced_turn("msg-1", "call-b", retried_tokens)
+    async with session_factory(engine)() as session:
+        assert await record_turn(session, first, usage_type="chat", created_at=when) is not None
+        await session.commit()
+    async with session_factory(engine)() as session:
+        assert await record_turn(session, first, usage_type="chat", created_at=when) is None
+        with pytest.raises(TurnIdReused, match="msg-1"):
+            await record_turn(session, retried, usage_type="chat", created_at=when)
+        await session.commit()
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(TokenUsage.prompt_tokens))).scalars().all() == [100]
 
 
 async def test_record_token_usage_under_a_stored_turn_id_fails_the_callers_commit(engine: AsyncEngine) -> None:

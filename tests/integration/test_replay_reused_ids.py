@@ -7,6 +7,8 @@ down: both turns' calls were billed, the first reached the database, the second 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +23,7 @@ from tests.integration.writer_support import (
     stored_call_count,
     stored_turn_ids,
 )
+from turnledger import TurnTokenAccumulator
 from turnledger.store.engine import make_engine
 from turnledger.store.entries import make_entry
 from turnledger.store.lines import unpack_entry
@@ -82,6 +85,31 @@ async def test_two_different_turns_under_one_turn_id_in_one_segment_keep_one_and
     assert (report.inserted, report.rejected, report.turn_id_reused) == (1, 1, 1)
     assert await stored_call_count(engine) == 1
     assert _kept(tmp_path / "dead-writer.000001.jsonl.rejected") == [("twin", 3)]
+
+
+async def test_replay_sets_aside_another_turn_with_the_same_created_at_calls_and_cost(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # Turns submitted with the caller's created_at (a message's time): the retried request's turn has
+    # as many calls, tokens and cost as the first, only other call ids. Before: counted as
+    # already_present, its calls in no report.
+    when = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    first = turn_rows(closed_turn("msg-1", calls=2), usage_type="chat", created_at=when)
+    retried_turn = closed_turn("msg-1", calls=2)
+    retried = turn_rows(_with_call_ids(retried_turn, "retry"), usage_type="chat", created_at=when)
+    await _store(engine, first)
+    leave_dead_writers_segment(tmp_path, outbox_lines(first, retried))
+    report = await replay_outbox(engine, tmp_path)
+    assert (report.already_present, report.rejected, report.turn_id_reused) == (1, 1, 1)
+    assert [c for _, c in _kept(tmp_path / "dead-writer.000001.jsonl.rejected")] == [2]
+
+
+def _with_call_ids(turn: TurnTokenAccumulator, prefix: str) -> TurnTokenAccumulator:
+    again = TurnTokenAccumulator(turn_id=turn.turn_id, user_id=turn.user_id, thread_id=turn.thread_id)
+    for i, record in enumerate(turn.calls):
+        again.add(dataclasses.replace(record, call_id=f"{prefix}-{i}"))
+    again._finalize()
+    return again
 
 
 async def test_a_turn_its_writer_set_aside_live_is_not_set_aside_again_by_replay(

@@ -407,6 +407,7 @@ def test_a_call_that_never_reported_and_cannot_be_priced_is_kept_with_what_could
         responded = False
         finished = False
         binder = None
+        call_details = None
 
         def pending_call(self) -> Any:
             raise RuntimeError("LiteLLM changed its call details")

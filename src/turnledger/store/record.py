@@ -302,8 +302,8 @@ async def record_turn(
     Returns the new ``token_usage`` row id, or ``None`` when this turn is already stored (recording a
     turn twice stores it once). Raises ``ValueError`` for a turn still open,
     :class:`~turnledger.errors.TurnIdReused` when a *different* turn (opened at another time, with
-    other calls or cost) is stored under its ``turn_id`` (nothing is written; the transaction is still
-    usable), and :class:`~turnledger.errors.StorageError` when the database refuses the write.
+    other calls, tokens, cost or call ids) is stored under its ``turn_id`` (nothing is written; the
+    transaction is still usable), and :class:`~turnledger.errors.StorageError` when the database refuses the write.
     """
     rows = turn_rows(turn, usage_type=usage_type, message_id=message_id, created_at=created_at)
     written = await insert_turn_rows(db, [rows])
@@ -312,8 +312,8 @@ async def record_turn(
     # id), the provider billed calls that no report would hold.
     if row_id is None and await _holds_another_turn(db, rows.usage):
         raise TurnIdReused(
-            f"turn {rows.turn_id!r} was not recorded: another turn (another created_at, calls or cost) is "
-            "stored under its turn_id"
+            f"turn {rows.turn_id!r} was not recorded: another turn (another created_at, calls, tokens, cost or "
+            "call ids) is stored under its turn_id"
         )
     return row_id
 

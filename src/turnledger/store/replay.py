@@ -53,7 +53,8 @@ class ReplayReport:
     their ``turn_id`` (``turn_id_reused``), set aside in ``<segment>.rejected``."""
     turn_id_reused: int = 0
     """Of ``rejected``: entries whose ``turn_id`` a different stored turn holds (another ``created_at``,
-    other calls or cost). The same turn stored already is counted in ``already_present``."""
+    other calls, tokens, cost or call ids). The same turn stored already is counted in
+    ``already_present``."""
     bad_lines: list[BadLine] = field(default_factory=list)
     skipped_files: list[Path] = field(default_factory=list)
     """Segments of a writer that is still alive: it replays its own."""

@@ -190,10 +190,11 @@ class BatchWriter:
         for their data, set aside in ``*.rejected``; a turn or a bad line an earlier pass set aside is
         skipped, so each is set aside and counted once; one whose file's directory the writer could not
         sync by ``close()`` is logged as a warning, not lost), ``turn_id_reused`` (a turn, live or
-        replayed, not stored because another turn, opened at another time or with other calls or cost,
-        is stored under its ``turn_id``: also counted in ``rejected``, as it is set aside there; a write
-        whose skipped turns could not be checked counts as failed, and its turns are replayed), ``lost`` (in neither the
-        outbox nor the database: both failed; each is logged as an error with its turn_id).
+        replayed, not stored because another turn, opened at another time or with other calls, tokens,
+        cost or call ids, is stored under its ``turn_id``: also counted in ``rejected``, as it is set aside
+        there; a write whose skipped turns could not be checked counts as failed, and its turns are
+        replayed), ``lost`` (in neither the outbox nor the database: both failed; each is logged as an
+        error with its turn_id).
 
         ``written`` counts the turns this writer's writes inserted, each once the database acknowledges
         its commit (even if a later write of the same batch fails). A turn found already stored is not
