@@ -26,7 +26,8 @@ user pays. Judged: turnledger's own work against LiteLLM's per-call instructions
 target < 1%: PASS if every repeat is under it, OVER if none is, else UNDECIDED.
 
 Needs valgrind, its ``valgrind/callgrind.h`` and gcc (Debian: ``apt-get install valgrind gcc``);
-without them it says what is missing and returns. About 40 s per child on the project's machine.
+without them it says what is missing and returns. About a minute of CPU per child on the project's
+machine, two thirds of it importing LiteLLM under valgrind (the default run: 9 children, ~8 CPU minutes).
 
 Size knobs: ``BENCH_INSTR_CALLS`` (counted calls per child, a multiple of 3, default 60),
 ``BENCH_INSTR_REPEATS`` (children per arm, default 3), ``BENCH_INSTR_JOBS`` (children at a time,
@@ -256,6 +257,8 @@ def main() -> None:
     if missing:
         print(f"skipped: {' and '.join(missing)} not found. Debian/Ubuntu: apt-get install valgrind gcc")
         return
+    # Read before the children run: the tree may change under a run this long.
+    how_made = _how_made(calls, repeats, jobs)
     with tempfile.TemporaryDirectory(prefix="capture-instr-") as tmp:
         workdir = Path(tmp)
         library = _compile(workdir)
@@ -271,7 +274,7 @@ def main() -> None:
                 for i, arm in order
             }
             per_call = {arm: [futures[(i, arm)].result() / calls for i in range(repeats)] for arm in ARMS}
-    _report(per_call, calls, repeats, jobs)
+    _report(per_call, how_made)
 
 
 COMPARISONS = (
@@ -288,8 +291,8 @@ def differences(per_call: dict[str, list[float]], arm: str, minus: str) -> tuple
     return deltas, [d / w for d, w in zip(deltas, per_call["without"], strict=True)]
 
 
-def _report(per_call: dict[str, list[float]], calls: int, repeats: int, jobs: int) -> None:
-    print(f"LiteLLM acompletion(mock_response) under callgrind: {_how_made(calls, repeats, jobs)}")
+def _report(per_call: dict[str, list[float]], how_made: str) -> None:
+    print(f"LiteLLM acompletion(mock_response) under callgrind: {how_made}")
     print(" instructions per call:")
     for arm in ARMS:
         print(f"  {arm:<14} {_spread(per_call[arm], '{:>12,.0f}')}")
