@@ -1,0 +1,323 @@
+"""Capture overhead counted in instructions (callgrind): a figure the machine's load does not move.
+
+bench/capture_bench.py times the capture against LiteLLM's own per-call time, but on a shared machine
+the paired timing moves by several percent from run to run, so it cannot settle a 1% target.
+Instructions executed are repeatable whatever the load, so this bench counts them instead.
+
+Method: each arm runs in a child Python under ``valgrind --tool=callgrind --instr-atstart=no``
+(``PYTHONHASHSEED`` fixed), which imports the same ``turnledger`` and ``bench`` this process did. The
+child warms up (``WARM_CALLS`` calls, as measured below, and LiteLLM's logging worker idle), then
+counts exactly ``BENCH_INSTR_CALLS`` ``acompletion(mock_response=...)`` calls in turns of 3, ending
+with the wait for LiteLLM's logging worker to go idle (as capture_bench's ``_block``), so the
+callback's deferred work is inside the count. The count is switched on and off from inside the
+child by callgrind's client requests (``ZERO_STATS`` + ``START_INSTRUMENTATION``, then
+``STOP_INSTRUMENTATION`` + ``DUMP_STATS``), through a tiny C library compiled with gcc at run time
+into a temporary directory; the dump's ``totals:`` line is the count, all threads included. Arms:
+- ``without``: no logger;
+- ``no-op logger``: capture_bench's logger that does nothing (any logger switches on LiteLLM's own
+  logging work);
+- ``callback``: ``TokenTrackingCallback`` installed, each 3-call turn in its own ``scoped_turn``, as in
+  real use, so scope entry and exit (its wait for the turn's last event) are in the count.
+Arms of a repeat run interleaved, up to ``BENCH_INSTR_JOBS`` children at a time (counts do not depend
+on load). Printed per arm: instructions per call, min/median/max over repeats; then, paired by repeat,
+(no-op - without) / without: LiteLLM's own logging work that any logger switches on;
+(callback - no-op) / without: turnledger's own work; (callback - without) / without: all of it, what a
+user pays. Judged: turnledger's own work against LiteLLM's per-call instructions without a logger,
+target < 1%: PASS if every repeat is under it, OVER if none is, else UNDECIDED.
+
+Needs valgrind, its ``valgrind/callgrind.h`` and gcc (Debian: ``apt-get install valgrind gcc``);
+without them it says what is missing and returns. About a minute of CPU per child on the project's
+machine, two thirds of it importing LiteLLM under valgrind (the default run: 9 children, ~8 CPU minutes).
+
+Size knobs: ``BENCH_INSTR_CALLS`` (counted calls per child, a multiple of 3, default 60),
+``BENCH_INSTR_REPEATS`` (children per arm, default 3), ``BENCH_INSTR_JOBS`` (children at a time,
+default 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+from pathlib import Path
+
+ARMS = ("without", "no-op logger", "callback")
+WARM_CALLS = 30
+TARGET = 0.01
+_CHILD_FLAG = "--child"
+
+_CGCTL_C = """\
+#include <valgrind/callgrind.h>
+void cg_start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void cg_stop(void) { CALLGRIND_STOP_INSTRUMENTATION; CALLGRIND_DUMP_STATS_AT("measured"); }
+"""
+_DUMP_REASON = "Client Request: measured"
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+# -- reading callgrind's dumps and judging ---------------------------------------------------------
+
+
+def parse_totals(dump: str) -> int:
+    """The ``totals:`` of one callgrind dump (instructions, the only event counted here)."""
+    found = re.findall(r"^totals:\s+(\d+)\s*$", dump, re.MULTILINE)
+    if len(found) != 1:
+        raise ValueError(f"expected one 'totals:' line in the callgrind dump, found {len(found)}")
+    return int(found[0])
+
+
+def measured_total(dumps: Iterable[str]) -> int:
+    """The count of the dump the child asked for: callgrind also writes one at exit (zero, as the
+    instrumentation is off by then), and any other dump would be of some other stretch of the run."""
+    ours = [d for d in dumps if re.search(rf"^desc: Trigger: {re.escape(_DUMP_REASON)}\s*$", d, re.MULTILINE)]
+    if len(ours) != 1:
+        raise ValueError(f"expected one dump triggered by '{_DUMP_REASON}', found {len(ours)}")
+    return parse_totals(ours[0])
+
+
+def verdict(shares: list[float], target: float = TARGET) -> str:
+    """PASS if every repeat's share is under the target, OVER if none is, else UNDECIDED."""
+    if not shares:
+        raise ValueError("no shares to judge")
+    if max(shares) < target:
+        return "PASS"
+    if min(shares) >= target:
+        return "OVER"
+    return "UNDECIDED (repeats span the target)"
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    low, mid, high = (fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    return f"min {low}   median {mid}   max {high}"
+
+
+# -- the child, run under callgrind ----------------------------------------------------------------
+
+
+async def _turns(arm: str, turns: int) -> int:
+    """``turns`` turns of 3 calls, then LiteLLM's logging worker idle; returns the calls turnledger recorded."""
+    import turnledger
+    from bench.capture_bench import _call, _logging_idle
+
+    recorded = 0
+    for _ in range(turns):
+        if arm == "callback":
+            async with turnledger.scoped_turn(user_id="bench") as turn:
+                for _ in range(3):
+                    await _call()
+            recorded += len(turn.calls)
+        else:
+            for _ in range(3):
+                await _call()
+    await _logging_idle()
+    return recorded
+
+
+async def _child(arm: str, calls: int, library: str) -> None:
+    import ctypes
+
+    import litellm
+
+    import turnledger
+    from bench.capture_bench import _noop
+
+    cg = ctypes.CDLL(library)
+    if arm == "no-op logger":
+        litellm.callbacks.append(_noop)
+    elif arm == "callback":
+        turnledger.install(turnledger.TokenTrackingCallback(name="bench-instr"))
+    elif arm != "without":
+        raise ValueError(f"no arm {arm!r}")
+    await _turns(arm, WARM_CALLS // 3)
+    # install() loads LiteLLM's tokenizer in a thread; slow under callgrind, it must not run into the count.
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.name == "turnledger-tokenizer-warmup":
+            thread.join()
+    gc.collect()
+    cg.cg_start()
+    recorded = await _turns(arm, calls // 3)
+    cg.cg_stop()
+    print(f"calls={calls} recorded={recorded}", flush=True)
+
+
+# -- the parent ------------------------------------------------------------------------------------
+
+
+def _missing_tools() -> list[str]:
+    return [tool for tool in ("valgrind", "gcc") if shutil.which(tool) is None]
+
+
+def _compile(workdir: Path) -> Path | str:
+    """The client-request library, or gcc's complaint."""
+    source = workdir / "cgctl.c"
+    source.write_text(_CGCTL_C, encoding="utf-8")
+    library = workdir / "cgctl.so"
+    done = subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return library if done.returncode == 0 else done.stderr.strip()
+
+
+def _import_roots() -> list[str]:
+    """Where this process found turnledger and bench: the child must count the same code."""
+    import bench
+    import turnledger
+
+    roots = [str(Path(turnledger.__file__).resolve().parents[1]), str(Path(bench.__file__).resolve().parents[1])]
+    return list(dict.fromkeys(roots))
+
+
+def _run_child(arm: str, calls: int, library: Path, workdir: Path, tag: str) -> int:
+    """Instructions the child counted over its ``calls`` calls."""
+    out = workdir / f"{tag}.out"
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "LITELLM_LOCAL_MODEL_COST_MAP": os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+        "PYTHONPATH": os.pathsep.join([*_import_roots(), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--dump-line=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "bench.capture_instr_bench",
+            _CHILD_FLAG,
+            arm,
+            str(calls),
+            str(library),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+    if done.returncode != 0:
+        raise RuntimeError(f"the {arm} child failed (exit {done.returncode}):\n{tail}")
+    if f"calls={calls} " not in done.stdout:
+        raise RuntimeError(f"the {arm} child did not report its calls:\n{done.stdout}\n{tail}")
+    if arm == "callback" and f"recorded={calls}" not in done.stdout:
+        raise RuntimeError(f"the callback arm did not record every counted call: {done.stdout.strip()}")
+    dumps = [p.read_text(encoding="utf-8") for p in sorted(workdir.glob(f"{tag}.out*"))]
+    return measured_total(dumps)
+
+
+def _how_made(calls: int, repeats: int, jobs: int) -> str:
+    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    root = Path(_import_roots()[0]).parent
+    git = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    commit = git.stdout.strip() or "unknown"
+    if dirty.stdout.strip():
+        commit += " + uncommitted changes"
+    return (
+        f"LiteLLM {version('litellm')}, Python {sys.version.split()[0]}, {valgrind}, turnledger at {root} "
+        f"(commit {commit}); {calls} calls counted per child after {WARM_CALLS} warm-up calls, {repeats} "
+        f"repeats per arm, {jobs} children at a time, PYTHONHASHSEED=0"
+    )
+
+
+def main() -> None:
+    calls = _env_int("BENCH_INSTR_CALLS", 60)
+    repeats = _env_int("BENCH_INSTR_REPEATS", 3)
+    jobs = _env_int("BENCH_INSTR_JOBS", 2)
+    if calls <= 0 or calls % 3:
+        raise ValueError(f"BENCH_INSTR_CALLS must be a positive multiple of 3 (turns of 3 calls), not {calls}")
+    if repeats <= 0 or jobs <= 0:
+        raise ValueError("BENCH_INSTR_REPEATS and BENCH_INSTR_JOBS must be positive")
+    missing = _missing_tools()
+    if missing:
+        print(f"skipped: {' and '.join(missing)} not found. Debian/Ubuntu: apt-get install valgrind gcc")
+        return
+    # Read before the children run: the tree may change under a run this long.
+    how_made = _how_made(calls, repeats, jobs)
+    with tempfile.TemporaryDirectory(prefix="capture-instr-") as tmp:
+        workdir = Path(tmp)
+        library = _compile(workdir)
+        if isinstance(library, str):
+            print(f"skipped: could not compile callgrind's client requests (valgrind/callgrind.h missing?):\n{library}")
+            print("Debian/Ubuntu: apt-get install valgrind (it ships the header); elsewhere its -devel package")
+            return
+        # Arms of a repeat interleaved, the first one rotating, so no arm always runs beside the same one.
+        order = [(i, arm) for i in range(repeats) for arm in ARMS[i % 3 :] + ARMS[: i % 3]]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {
+                (i, arm): pool.submit(_run_child, arm, calls, library, workdir, f"{ARMS.index(arm)}-{i}")
+                for i, arm in order
+            }
+            per_call = {arm: [futures[(i, arm)].result() / calls for i in range(repeats)] for arm in ARMS}
+    _report(per_call, how_made)
+
+
+COMPARISONS = (
+    ("no-op logger", "without", "LiteLLM's own logging work, switched on by any logger"),
+    ("callback", "no-op logger", "turnledger's own work"),
+    ("callback", "without", "all of it: what installing turnledger costs a call"),
+)
+
+
+def differences(per_call: dict[str, list[float]], arm: str, minus: str) -> tuple[list[float], list[float]]:
+    """(arm - minus) per call, paired by repeat, and each as a share of that repeat's ``without``: every
+    share is of LiteLLM's own per-call count, so turnledger's and LiteLLM's shares add up to the whole."""
+    deltas = [a - b for a, b in zip(per_call[arm], per_call[minus], strict=True)]
+    return deltas, [d / w for d, w in zip(deltas, per_call["without"], strict=True)]
+
+
+def _report(per_call: dict[str, list[float]], how_made: str) -> None:
+    print(f"LiteLLM acompletion(mock_response) under callgrind: {how_made}")
+    print(" instructions per call:")
+    for arm in ARMS:
+        print(f"  {arm:<14} {_spread(per_call[arm], '{:>12,.0f}')}")
+    print(" differences per call, paired by repeat, and their share of `without` (LiteLLM's own per-call count):")
+    for arm, minus, note in COMPARISONS:
+        deltas, shares = differences(per_call, arm, minus)
+        print(f"  ({arm} - {minus}) [{note}]")
+        print(f"      instructions {_spread(deltas, '{:>+10,.0f}')}")
+        print(f"      / without    {_spread(shares, '{:>+8.3%}')}")
+    _, own = differences(per_call, "callback", "no-op logger")
+    _, litellms = differences(per_call, "no-op logger", "without")
+    _, whole = differences(per_call, "callback", "without")
+    print(
+        f"  JUDGED turnledger's own work / without: median {statistics.median(own):+.3%}   target < {TARGET:.0%} "
+        f"-> {verdict(own)}"
+    )
+    print(
+        f"  what a user pays, (callback - without) / without: median {statistics.median(whole):+.3%}   (medians of "
+        f"its parts: turnledger's own work {statistics.median(own):+.3%}, LiteLLM's logging work that any logger "
+        f"switches on {statistics.median(litellms):+.3%})"
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == _CHILD_FLAG:
+        asyncio.run(_child(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    else:
+        main()
