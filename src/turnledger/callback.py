@@ -487,7 +487,14 @@ class TokenTrackingCallback(CustomLogger):
                 event = _EndEvent((self, kw, response_obj, start_time, end_time, status))
                 kept = turn.add_deferred(event, call_id=call_id, event_key=(call_id, status, end_key))
                 if kept is not None:
-                    self._count("captured" if kept else "duplicate")
+                    # Counted here, not through _count: a Python-level call less on every event, 400
+                    # instructions (callgrind).
+                    lock = self._stats_lock
+                    lock.acquire()
+                    try:
+                        self.stats["captured" if kept else "duplicate"] += 1
+                    finally:
+                        lock.release()
                     return
             record = self._record_or_flagged(kw, response_obj, start_time, end_time, status, turn)
             event_key: EventKey = (record.call_id, status, end_key)
