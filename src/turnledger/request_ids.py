@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from turnledger.usage import private_field
+from turnledger.usage import MODEL_CLASSES, private_field
 
 REQUEST_ID_HEADERS = ("x-request-id", "request-id")
 """The provider's request-id headers as it sends them, the first one present taken."""
@@ -26,12 +26,22 @@ prefixes them, then unprefixed."""
 def response_request_id(response_obj: Any) -> str | None:
     """The request id in a LiteLLM response's ``_hidden_params["additional_headers"]``."""
     # Read on every success event. Exact type tests first: LiteLLM hands dicts, and isinstance against
-    # an ABC costs 0.2 us each.
-    hidden = private_field(response_obj, "_hidden_params")
+    # an ABC costs 0.2 us each. A LiteLLM response's private attributes read in place, as private_field
+    # reads them (a call less: 400 instructions), and no headers (a provider that sends none, a mocked
+    # answer) not looked through name by name (2,000).
+    private = response_obj.__pydantic_private__ if type(response_obj) in MODEL_CLASSES else None
+    hidden = (
+        private["_hidden_params"]
+        if private and "_hidden_params" in private
+        else private_field(response_obj, "_hidden_params")
+    )
     if not (type(hidden) is dict or isinstance(hidden, Mapping)):
         return None
     headers = hidden.get("additional_headers")
-    if not (type(headers) is dict or isinstance(headers, Mapping)):
+    if type(headers) is dict:
+        if not headers:
+            return None
+    elif not isinstance(headers, Mapping):
         return None
     for name in _HIDDEN_PARAMS_HEADERS:
         value = headers.get(name)

@@ -286,10 +286,16 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
     output_raw = get("output_tokens")
     use_output = completion_raw is None or (completion_raw == 0 and isinstance(output_raw, int) and output_raw > 0)
 
+    # Details are often absent (None): their empty fields then without a call to fields_of (400
+    # instructions each, callgrind).
     details = get("prompt_tokens_details")
-    prompt_details = fields_of(details if details is not None else get("input_tokens_details"))
+    if details is None:
+        details = get("input_tokens_details")
+    prompt_details = _NO_FIELDS if details is None else fields_of(details)
     details = get("completion_tokens_details")
-    completion_details = fields_of(details if details is not None else get("output_tokens_details"))
+    if details is None:
+        details = get("output_tokens_details")
+    completion_details = _NO_FIELDS if details is None else fields_of(details)
 
     cached = prompt_details.get("cached_tokens")
     if cached is None:
@@ -317,7 +323,8 @@ def _read_openai_or_anthropic(counts: TokenCounts, usage: Mapping[str, Any]) -> 
         else read_count(counts, creation)
     )
 
-    creation_details = fields_of(prompt_details.get("cache_creation_token_details") or get("cache_creation"))
+    details = prompt_details.get("cache_creation_token_details") or get("cache_creation")
+    creation_details = _NO_FIELDS if details is None else fields_of(details)
     if creation_details:
         one_hour = read_count(counts, creation_details.get("ephemeral_1h_input_tokens"))
         five_min = read_count(counts, creation_details.get("ephemeral_5m_input_tokens"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import struct
 from datetime import UTC, datetime
@@ -115,6 +116,13 @@ def test_a_float_cost_is_read_alike_by_the_fast_path_and_the_general_one() -> No
         1e6,
         1000000.0000000001,
         999999.9999999999,
+        # The bounds of the range taken without _believable, and their neighbours.
+        1e-29,
+        math.nextafter(1e-29, 0),
+        math.nextafter(1e-29, 1),
+        5e5,
+        math.nextafter(5e5, 0),
+        math.nextafter(5e5, 1e6),
         -1e-05,
         0.0,
         -0.0,
