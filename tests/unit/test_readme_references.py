@@ -59,3 +59,45 @@ def test_the_schema_section_names_every_column_of_the_usage_tables_and_every_tab
     assert missing == []
     named = set(re.findall(r"`([a-z0-9_]+)`", schema))
     assert sorted(TABLE_NAMES - {VERSION_TABLE} - named) == []
+
+
+def test_every_python_block_of_the_readme_is_run_by_a_test() -> None:
+    # The tests find an example by the heading it follows (tests/integration/readme_blocks.py): an
+    # example added under a heading no test names would go stale unseen.
+    blocks = {m.start(1): m.group(1).splitlines()[0] for m in re.finditer(r"```python\n(.*?)```", README, re.S)}
+    assert blocks
+    run = {README.index("```python\n", README.index(heading)) + len("```python\n") for heading in readme_headings()}
+    assert sorted(line for start, line in blocks.items() if start not in run) == []
+
+
+def readme_headings() -> set[str]:
+    """The headings the tests pass to ``readme_python`` or ``readme_block(..., "python")``."""
+    import ast
+
+    found: set[str] = set()
+    for path in (ROOT / "tests").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        constants = {
+            node.targets[0].id: node.value.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            if name not in ("readme_python", "readme_block"):
+                continue
+            args = [
+                a.value if isinstance(a, ast.Constant) else constants.get(a.id) if isinstance(a, ast.Name) else None
+                for a in node.args
+            ]
+            strings = [a for a in args if isinstance(a, str)]
+            if name == "readme_block" and "python" not in strings:
+                continue
+            found.update(s for s in strings if s != "python" and s in README)
+    return found
