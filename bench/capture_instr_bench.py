@@ -29,7 +29,7 @@ Needs valgrind, its ``valgrind/callgrind.h`` and gcc (Debian: ``apt-get install 
 without them it says what is missing and returns. About a minute of CPU per child on the project's
 machine, two thirds of it importing LiteLLM under valgrind (the default run: 9 children, ~8 CPU minutes).
 
-Size knobs: ``BENCH_INSTR_CALLS`` (counted calls per child, a multiple of 3, default 60),
+Size knobs: ``BENCH_INSTR_CALLS`` (counted calls per child, a multiple of 3, default 120),
 ``BENCH_INSTR_REPEATS`` (children per arm, default 3), ``BENCH_INSTR_JOBS`` (children at a time,
 default 2).
 """
@@ -135,6 +135,11 @@ async def _child(arm: str, calls: int, library: str) -> None:
     from bench.capture_bench import _noop
 
     cg = ctypes.CDLL(library)
+    # The GIL's switch interval is wall-clock time (5 ms): under callgrind, 50 times slower, a call's
+    # threads were forced to hand the GIL over many times more often than natively, by how loaded the
+    # machine was (a no-op arm's count moved by 30k per call between children). Handed over only when
+    # a thread blocks, as a native 3 ms call almost always does, the counts repeat within a few thousand.
+    sys.setswitchinterval(1000.0)
     if arm == "no-op logger":
         litellm.callbacks.append(_noop)
     elif arm == "callback":
@@ -246,7 +251,7 @@ def _how_made(calls: int, repeats: int, jobs: int) -> str:
 
 
 def main() -> None:
-    calls = _env_int("BENCH_INSTR_CALLS", 60)
+    calls = _env_int("BENCH_INSTR_CALLS", 120)
     repeats = _env_int("BENCH_INSTR_REPEATS", 3)
     jobs = _env_int("BENCH_INSTR_JOBS", 2)
     if calls <= 0 or calls % 3:
