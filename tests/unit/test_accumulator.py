@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import types
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -390,3 +391,49 @@ def test_a_turn_id_is_a_random_version_4_uuid_in_hex() -> None:
     for turn_id in ids:
         parsed = uuid.UUID(hex=turn_id)
         assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, turn_id)
+
+
+def test_a_sync_close_waits_logging_timeout_in_all_not_per_answered_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The docs bound the wait at scope exit by logging_timeout. Three answered calls, two of whose
+    # events come in just before each would have had its own full deadline: a wait per call would add
+    # up to 1.8 x logging_timeout. Measured on a clock the test drives, so no real time is asserted.
+    logging_timeout = 10.0
+    now = [0.0]
+    turn = TurnTokenAccumulator(settle_timeout=0.05, logging_timeout=logging_timeout)
+    late_events = [record("a"), record("b")]
+
+    class DrivenCondition:
+        def __init__(self, lock: threading.Lock) -> None:
+            self.lock = lock
+
+        def notify_all(self) -> None:
+            pass
+
+        def wait(self, timeout: float) -> bool:
+            # A close that waits on and on fails here instead of hanging the run.
+            assert now[0] < 5 * logging_timeout, "the close kept waiting"
+            self.lock.release()
+            try:
+                if late_events:
+                    now[0] += min(timeout, 0.4 * logging_timeout)
+                    turn.add(late_events.pop(0))
+                else:
+                    now[0] += timeout
+            finally:
+                self.lock.acquire()
+            return True
+
+    monkeypatch.setattr(threading, "Condition", DrivenCondition)
+    # The module's own name only: patching time.monotonic itself would drive every thread's clock.
+    monkeypatch.setattr("turnledger.accumulator.time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    with turnledger.scoped_turn(turn=turn):
+        for call_id in ("a", "b", "never-logged"):
+            answered = pending(call_id)
+            answered.call_details = {"original_response": "{...}"}
+            turn.begin_call(answered)
+    assert now[0] == logging_timeout
+    assert [(r.call_id, r.status) for r in turn.calls] == [
+        ("a", CallStatus.SUCCESS),
+        ("b", CallStatus.SUCCESS),
+        ("never-logged", CallStatus.ABANDONED),
+    ]
