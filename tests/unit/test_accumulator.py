@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import types
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -437,3 +438,35 @@ def test_a_sync_close_waits_logging_timeout_in_all_not_per_answered_call(monkeyp
         ("b", CallStatus.SUCCESS),
         ("never-logged", CallStatus.ABANDONED),
     ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_turn_ids_of_its_own() -> None:
+    # Turn ids are read from the OS in batches: a child handing out its parent's unread ones would
+    # give two turns, in two processes, the same id.
+    TurnTokenAccumulator()  # a batch is read, and most of it is left
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write_end, TurnTokenAccumulator().turn_id.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as child:
+        child_id = child.read().decode()
+    assert child_id and child_id != TurnTokenAccumulator().turn_id
+
+
+async def test_a_turn_tells_when_it_opened_and_closed_in_utc() -> None:
+    before = datetime.now(UTC)
+    async with turnledger.scoped_turn() as turn:
+        assert turn.closed_at is None
+        opened = turn.created_at
+    after = datetime.now(UTC)
+    assert opened.tzinfo is not None and opened.utcoffset() == timedelta(0)
+    assert turn.closed_at is not None and turn.closed_at.utcoffset() == timedelta(0)
+    assert before - timedelta(milliseconds=1) <= opened <= turn.closed_at <= after + timedelta(milliseconds=1)
+    turn.created_at = datetime(2026, 1, 2, tzinfo=UTC)
+    assert turn.created_at == datetime(2026, 1, 2, tzinfo=UTC)
