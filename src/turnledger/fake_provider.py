@@ -80,6 +80,8 @@ PLAN_MARKER = re.compile(r"\[\[plan:([A-Za-z0-9_.-]+)\]\]")
 selects the scripts of :meth:`FakeProvider.plan` ``KEY``: per request, not per model."""
 
 
+_received_in: ContextVar[int | None] = ContextVar("fake_provider_received_in", default=None)
+"""The :meth:`FakeProvider.reset` generation a request arrived in (None: not recorded)."""
 _plan_attempt: ContextVar[tuple[str | None, int, float]] = ContextVar(
     "fake_provider_plan_attempt", default=(None, 0, 0.0)
 )
@@ -132,6 +134,10 @@ class FakeProvider:
         """What it answered to the latest chat, embedding and image requests (at most
         :data:`MAX_KEPT_REQUESTS`), in the order the answers were decided."""
         self._ids = itertools.count(1)
+        # Bumped by reset(): a request held or streamed past its test's end (a client that timed out
+        # while the server still waited) is answered later, and its answer must not land among the
+        # next test's answers.
+        self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -205,6 +211,7 @@ class FakeProvider:
             self.plans.clear()
             self._plan_attempts.clear()
             self.answers.clear()
+            self._generation += 1
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -254,6 +261,7 @@ class FakeProvider:
         plan, attempt = _plan_key(body), 0
         with self._lock:
             self.requests.append(ReceivedRequest(request.path, body, dict(request.headers)))
+            _received_in.set(self._generation)
             scripts = self.plans.get(plan) if plan is not None else None
             if plan is not None and scripts is not None:
                 attempt = self._plan_attempts[plan]
@@ -291,7 +299,10 @@ class FakeProvider:
             held_s=held_s,
             client_gone=request.transport is None or request.transport.is_closing(),
         )
+        received_in = _received_in.get()
         with self._lock:
+            if received_in is not None and received_in != self._generation:
+                return  # received before the last reset: an earlier test's
             self.answers.append(answer)
 
     def _request_id(self) -> str:
