@@ -192,17 +192,19 @@ def history_plan(day: date) -> list[tuple[str, list[str]]]:
 
 
 async def run_history_turns(fake: FakeProvider, days: list[date]) -> list[DemoTurn]:
-    """Real captured calls for each past day; their turn ids are fixed per day, so a second demo run
-    stores no history twice (recording a turn is idempotent on its id)."""
+    """Real captured calls for each past day; their turn ids and call ids are fixed per day, so a second
+    demo run makes the same turns and stores no history twice (recording a turn is idempotent on its id;
+    a different turn under a stored id, other call ids included, is refused)."""
     for model, usage, _ in _HISTORY_CALLS.values():
         fake.script(model.split("/", 1)[1], usage=usage)
     bases = {"openai": fake.base_url, "anthropic": fake.anthropic_base_url}
 
     async def one_turn(day: date, index: int, user: str, calls: list[str]) -> DemoTurn:
-        async with scoped_turn(turn_id=f"demo-history-{day.isoformat()}-{index}", user_id=user) as turn:
-            for name in calls:
+        turn_id = f"demo-history-{day.isoformat()}-{index}"
+        async with scoped_turn(turn_id=turn_id, user_id=user) as turn:
+            for position, name in enumerate(calls):
                 model, _, base = _HISTORY_CALLS[name]
-                kw = {"api_base": bases[base], "api_key": PLACEHOLDER_KEY}
+                kw = {"api_base": bases[base], "api_key": PLACEHOLDER_KEY, "litellm_call_id": f"{turn_id}-{position}"}
                 if name == "embed":
                     await litellm.aembedding(model=model, input=["refund policy", "shipping times"], **kw)
                 else:
