@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import types
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -426,7 +427,8 @@ def test_a_sync_close_waits_logging_timeout_in_all_not_per_answered_call(monkeyp
 
     monkeypatch.setattr(threading, "Condition", DrivenCondition)
     # The module's own name only: patching time.monotonic itself would drive every thread's clock.
-    monkeypatch.setattr("turnledger.accumulator.time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    # (Wall-clock time is the real one: the turn stamps when it closed.)
+    monkeypatch.setattr("turnledger.accumulator.time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
     with turnledger.scoped_turn(turn=turn):
         for call_id in ("a", "b", "never-logged"):
             answered = pending(call_id)
