@@ -341,6 +341,7 @@ class TurnTokenAccumulator:
         self._retried_ids: set[str] = set()
         self._seen_events: set[EventKey] = set()
         self._sync_waiters = 0
+        self._waiting_long = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._subscribers: tuple[Subscriber, ...] = ()
         self._metadata: dict[str, ModelMetadata] = {}
@@ -662,6 +663,13 @@ class TurnTokenAccumulator:
             self._idle.notify_all()
         if not self._waiters:
             return []
+        if self._pending or self._more_pending:
+            # Woken only when its wait is over or its deadline shorter: a wake-up is a round of the
+            # wait loop (a future and a timer made, checked, cancelled), and the usual scope exit has
+            # its last two calls still being logged: one round a turn less, ~40 Python-level calls.
+            awaited, responded = self._wait_state_locked()
+            if awaited and (responded or not self._waiting_long):
+                return []
         waiters, self._waiters = self._waiters, []
         return waiters
 
@@ -713,17 +721,33 @@ class TurnTokenAccumulator:
         recorded at close, and nothing is waited for it."""
         return any(not p.finished for p in self._all_pending_locked())
 
+    def _wait_state_locked(self) -> tuple[bool, bool]:
+        """Whether a pending call may still report its end (see :meth:`_awaited_locked`), and whether
+        one has its response (it gets ``logging_timeout``), in one pass."""
+        awaited = responded = False
+        for p in self._all_pending_locked():
+            if not awaited and not p.finished:
+                awaited = True
+            if not responded and p.responded:
+                responded = True
+            if awaited and responded:
+                break
+        return awaited, responded
+
     def _all_pending_locked(self) -> list[StartedCall]:
         calls = list(self._pending.values())
         for more in self._more_pending.values():
             calls.extend(more)
         return calls
 
-    def _settle_deadline_locked(self, started: float, timeout: float | None) -> float:
-        """When to stop waiting, re-evaluated on every wake-up: a call can get its response meanwhile."""
+    def _settle_deadline_locked(self, started: float, timeout: float | None, responded: bool | None = None) -> float:
+        """When to stop waiting, re-evaluated on every wake-up: a call can get its response meanwhile.
+        ``responded``: whether a pending call has its response, if the caller already knows."""
         if timeout is not None:
             return started + timeout
-        if any(p.responded for p in self._all_pending_locked()):
+        if responded is None:
+            responded = any(p.responded for p in self._all_pending_locked())
+        if responded:
             return started + max(self.logging_timeout, self.settle_timeout)
         return started + self.settle_timeout
 
@@ -732,18 +756,20 @@ class TurnTokenAccumulator:
         started = time.monotonic()
         while True:
             with self._lock:
-                if not self._awaited_locked() or (
-                    answered_only and not any(p.responded for p in self._all_pending_locked())
-                ):
+                awaited, responded = self._wait_state_locked()
+                if not awaited or (answered_only and not responded):
                     return
-                remaining = self._settle_deadline_locked(started, timeout) - time.monotonic()
+                remaining = self._settle_deadline_locked(started, timeout, responded) - time.monotonic()
                 if remaining <= 0:
                     return
+                # Whether this deadline is the long one: an event that leaves no call with its
+                # response shortens it, and wakes the wait (see _wake_waiters_locked).
+                self._waiting_long = timeout is None and responded
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
             # On a timeout, loop once more: the deadline may have moved (a response arrived). A timer
             # resolving the future is what wait_for does, without its extra future and callbacks.
-            timer = loop.call_later(remaining, _resolve, fut)
+            timer = loop.call_at(loop.time() + remaining, _resolve, fut)
             try:
                 await fut
             finally:

@@ -288,6 +288,41 @@ async def test_a_stream_or_in_flight_call_gets_only_the_settle_deadline() -> Non
     ]
 
 
+async def test_the_wait_shortens_to_the_settle_deadline_once_the_answered_call_is_in() -> None:
+    """The exit waits up to logging_timeout while a call with its response is pending; once that call's
+    event is in and only a call without a response is left, the wait ends at the settle deadline."""
+    async with turnledger.scoped_turn(settle_timeout=0.3, logging_timeout=30) as turn:
+        answered = pending("answered")
+        answered.call_details = {"original_response": "{...}"}
+        in_flight = pending("in-flight")
+        in_flight.call_details = {}
+        turn.begin_call(answered)
+        turn.begin_call(in_flight)
+        asyncio.get_running_loop().call_later(0.05, turn.add, record("answered"))
+        started = time.monotonic()
+    waited = time.monotonic() - started
+    assert sorted((r.call_id, r.status) for r in turn.calls) == [
+        ("answered", CallStatus.SUCCESS),
+        ("in-flight", CallStatus.ABANDONED),
+    ]
+    # The settle deadline (0.3 s from the exit), not logging_timeout's 30 s.
+    assert 0.25 < waited < 10, waited
+
+
+async def test_a_call_answered_during_the_wait_gets_the_logging_deadline() -> None:
+    """An in-flight call whose response arrives while the exit waits is waited for past the settle
+    deadline (its event is on its way), with no other event to wake the wait."""
+    async with turnledger.scoped_turn(settle_timeout=0.1, logging_timeout=5) as turn:
+        call = pending("late-answer")
+        details: dict[str, object] = {}
+        call.call_details = details
+        turn.begin_call(call)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, details.__setitem__, "original_response", "{...}")
+        loop.call_later(0.4, turn.add, record("late-answer"))
+    assert [(r.call_id, r.status) for r in turn.calls] == [("late-answer", CallStatus.SUCCESS)]
+
+
 def test_sync_close_applies_the_same_two_deadlines() -> None:
     with turnledger.scoped_turn(settle_timeout=0.05, logging_timeout=5) as turn:
         responded = pending("slow-log")
