@@ -16,18 +16,26 @@ into a temporary directory; the dump's ``totals:`` line is the count, all thread
 - ``without``: no logger;
 - ``no-op logger``: capture_bench's logger that does nothing (any logger switches on LiteLLM's own
   logging work);
+- ``no-op, waited``: the no-op logger, and at the end of each 3-call turn a wait until it has seen the
+  turn's 3 success events: what knowing a turn's calls when it ends costs any logger (LiteLLM logs a
+  call from its worker after the call returns, so the turn's end waits for the worker's steps);
+- ``callback, one scope``: ``TokenTrackingCallback`` installed, every counted call in one ``scoped_turn``
+  (what the callback costs per call once per-turn costs are spread over many calls; not judged);
 - ``callback``: ``TokenTrackingCallback`` installed, each 3-call turn in its own ``scoped_turn``, as in
   real use, so scope entry and exit (its wait for the turn's last event) are in the count.
 Arms of a repeat run interleaved, up to ``BENCH_INSTR_JOBS`` children at a time (counts do not depend
 on load). Printed per arm: instructions per call, min/median/max over repeats; then, paired by repeat,
 (no-op - without) / without: LiteLLM's own logging work that any logger switches on;
 (callback - no-op) / without: turnledger's own work; (callback - without) / without: all of it, what a
-user pays. Judged: turnledger's own work against LiteLLM's per-call instructions without a logger,
-target < 1%: PASS if every repeat is under it, OVER if none is, else UNDECIDED.
+user pays; and, as context: (no-op waited - no-op): the per-turn wait any logger pays, (callback -
+no-op waited): turnledger's own work beyond that wait, and the one-scope arm over the no-op logger.
+Judged: turnledger's own work (callback - no-op) against LiteLLM's per-call instructions without a
+logger, target < 1%: PASS if every repeat is under it, OVER if none is, else UNDECIDED.
 
 Needs valgrind, its ``valgrind/callgrind.h`` and gcc (Debian: ``apt-get install valgrind gcc``);
 without them it says what is missing and returns. About a minute of CPU per child on the project's
-machine, two thirds of it importing LiteLLM under valgrind (the default run: 9 children, ~8 CPU minutes).
+machine, two thirds of it importing LiteLLM under valgrind (the default run: 15 children; measured on
+2026-11-26: 2.5 minutes wall with 2 at a time).
 
 Size knobs: ``BENCH_INSTR_CALLS`` (counted calls per child, a multiple of 3, default 120),
 ``BENCH_INSTR_REPEATS`` (children per arm, default 3), ``BENCH_INSTR_JOBS`` (children at a time,
@@ -50,8 +58,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-ARMS = ("without", "no-op logger", "callback")
+from litellm.integrations.custom_logger import CustomLogger
+
+ARMS = ("without", "no-op logger", "no-op, waited", "callback, one scope", "callback")
 WARM_CALLS = 30
 TARGET = 0.01
 _CHILD_FLAG = "--child"
@@ -104,6 +115,32 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"min {low}   median {mid}   max {high}"
 
 
+class _WaitedLogger(CustomLogger):
+    """A logger that does nothing but count success events, so a turn can wait for its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+        self._wanted = 0
+        self._done: asyncio.Future[None] | None = None
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self.seen += 1
+        if self._done is not None and self.seen >= self._wanted and not self._done.done():
+            self._done.set_result(None)
+
+    async def turn_logged(self, calls: int = 3) -> None:
+        """Until the last ``calls`` calls' success events are in."""
+        self._wanted += calls
+        if self.seen < self._wanted:
+            self._done = asyncio.get_running_loop().create_future()
+            await self._done
+            self._done = None
+
+
+_waited = _WaitedLogger()
+
+
 # -- the child, run under callgrind ----------------------------------------------------------------
 
 
@@ -113,6 +150,12 @@ async def _turns(arm: str, turns: int) -> int:
     from bench.capture_bench import _call, _logging_idle
 
     recorded = 0
+    if arm == "callback, one scope":
+        async with turnledger.scoped_turn(user_id="bench") as turn:
+            for _ in range(3 * turns):
+                await _call()
+        await _logging_idle()
+        return len(turn.calls)
     for _ in range(turns):
         if arm == "callback":
             async with turnledger.scoped_turn(user_id="bench") as turn:
@@ -122,6 +165,8 @@ async def _turns(arm: str, turns: int) -> int:
         else:
             for _ in range(3):
                 await _call()
+            if arm == "no-op, waited":
+                await _waited.turn_logged()
     await _logging_idle()
     return recorded
 
@@ -142,7 +187,9 @@ async def _child(arm: str, calls: int, library: str) -> None:
     sys.setswitchinterval(1000.0)
     if arm == "no-op logger":
         litellm.callbacks.append(_noop)
-    elif arm == "callback":
+    elif arm == "no-op, waited":
+        litellm.callbacks.append(_waited)
+    elif arm in ("callback", "callback, one scope"):
         turnledger.install(turnledger.TokenTrackingCallback(name="bench-instr"))
     elif arm != "without":
         raise ValueError(f"no arm {arm!r}")
@@ -222,7 +269,7 @@ def _run_child(arm: str, calls: int, library: Path, workdir: Path, tag: str) -> 
         raise RuntimeError(f"the {arm} child failed (exit {done.returncode}):\n{tail}")
     if f"calls={calls} " not in done.stdout:
         raise RuntimeError(f"the {arm} child did not report its calls:\n{done.stdout}\n{tail}")
-    if arm == "callback" and f"recorded={calls}" not in done.stdout:
+    if arm.startswith("callback") and f"recorded={calls}" not in done.stdout:
         raise RuntimeError(f"the callback arm did not record every counted call: {done.stdout.strip()}")
     dumps = [p.read_text(encoding="utf-8") for p in sorted(workdir.glob(f"{tag}.out*"))]
     return measured_total(dumps)
@@ -272,7 +319,7 @@ def main() -> None:
             print("Debian/Ubuntu: apt-get install valgrind (it ships the header); elsewhere its -devel package")
             return
         # Arms of a repeat interleaved, the first one rotating, so no arm always runs beside the same one.
-        order = [(i, arm) for i in range(repeats) for arm in ARMS[i % 3 :] + ARMS[: i % 3]]
+        order = [(i, arm) for i in range(repeats) for arm in ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]]
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {
                 (i, arm): pool.submit(_run_child, arm, calls, library, workdir, f"{ARMS.index(arm)}-{i}")
@@ -286,6 +333,9 @@ COMPARISONS = (
     ("no-op logger", "without", "LiteLLM's own logging work, switched on by any logger"),
     ("callback", "no-op logger", "turnledger's own work"),
     ("callback", "without", "all of it: what installing turnledger costs a call"),
+    ("no-op, waited", "no-op logger", "context: waiting at each turn's end for LiteLLM to log its calls, any logger"),
+    ("callback", "no-op, waited", "context: turnledger's own work beyond that wait"),
+    ("callback, one scope", "no-op logger", "context: turnledger's own work, one scope for all the calls"),
 )
 
 

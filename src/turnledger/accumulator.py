@@ -341,7 +341,7 @@ class TurnTokenAccumulator:
         self._retried_ids: set[str] = set()
         self._seen_events: set[EventKey] = set()
         self._sync_waiters = 0
-        self._waiting_long = False
+        self._wake_if_unanswered = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._subscribers: tuple[Subscriber, ...] = ()
         self._metadata: dict[str, ModelMetadata] = {}
@@ -664,11 +664,11 @@ class TurnTokenAccumulator:
         if not self._waiters:
             return []
         if self._pending or self._more_pending:
-            # Woken only when its wait is over or its deadline shorter: a wake-up is a round of the
+            # Woken only when its wait is over or its deadline shorter (see _settle_async): a wake-up is a round of the
             # wait loop (a future and a timer made, checked, cancelled), and the usual scope exit has
             # its last two calls still being logged: one round a turn less, ~40 Python-level calls.
             awaited, responded = self._wait_state_locked()
-            if awaited and (responded or not self._waiting_long):
+            if awaited and (responded or not self._wake_if_unanswered):
                 return []
         waiters, self._waiters = self._waiters, []
         return waiters
@@ -762,9 +762,9 @@ class TurnTokenAccumulator:
                 remaining = self._settle_deadline_locked(started, timeout, responded) - time.monotonic()
                 if remaining <= 0:
                     return
-                # Whether this deadline is the long one: an event that leaves no call with its
-                # response shortens it, and wakes the wait (see _wake_waiters_locked).
-                self._waiting_long = timeout is None and responded
+                # Whether an event that leaves no call with its response changes this wait: it
+                # shortens the long deadline, and ends a wait for answered calls only.
+                self._wake_if_unanswered = responded and (timeout is None or answered_only)
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
             # On a timeout, loop once more: the deadline may have moved (a response arrived). A timer

@@ -399,6 +399,32 @@ async def test_a_cancelled_exit_waits_for_an_answered_call_no_longer_than_the_se
     assert [(r.call_id, r.status) for r in turn.calls] == [("stuck-log", CallStatus.ABANDONED)]
 
 
+async def test_a_cancelled_exit_ends_when_the_answered_call_is_in_not_at_the_settle_deadline() -> None:
+    # Cancelled, the exit waits for answered calls only: once the answered call's event is in, a call
+    # still in flight is abandoned at once.
+    turn = TurnTokenAccumulator(settle_timeout=5, logging_timeout=600)
+    turn._activate()
+    answered = pending("answered")
+    answered.call_details = {"original_response": "{...}"}
+    in_flight = pending("in-flight")
+    in_flight.call_details = {}
+    turn.begin_call(answered)
+    turn.begin_call(in_flight)
+    closing = asyncio.ensure_future(turn.aclose())
+    await asyncio.sleep(0.01)
+    closing.cancel()
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    turn.add(record("answered"))
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(closing, 60)
+    assert time.monotonic() - started < 2.5
+    assert sorted((r.call_id, r.status) for r in turn.calls) == [
+        ("answered", CallStatus.SUCCESS),
+        ("in-flight", CallStatus.ABANDONED),
+    ]
+
+
 def test_a_turn_makes_its_condition_only_for_a_sync_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every turn used to make a threading.Condition (several microseconds over a plain Lock); only a
     # sync close that has to wait needs one.
