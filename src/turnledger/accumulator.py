@@ -761,6 +761,9 @@ class TurnTokenAccumulator:
         started = time.monotonic()
         while True:
             with self._lock:
+                if not self._pending and not self._more_pending:
+                    # Woken by the last call's event, the usual end of a wait.
+                    return
                 awaited, responded = self._wait_state_locked()
                 if not awaited or (answered_only and not responded):
                     return

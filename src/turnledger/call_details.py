@@ -63,7 +63,9 @@ def response_arrived(call_details: Mapping[str, Any] | None, stream: bool) -> bo
     # None: LiteLLM's failure logging sets the key to None when no answer came (1.106.12), and an
     # async call it retries itself stays pending with it after its first attempt's logged failure.
     # LiteLLM's atext_completion writes its request's coroutine there before it is awaited: no answer yet.
-    if answer is None or inspect.isawaitable(answer):
+    # Text (the usual answer) first: inspect.isawaitable goes through the Awaitable ABC, two
+    # Python-level calls, on every round of a closing scope's wait.
+    if answer is None or (type(answer) is not str and inspect.isawaitable(answer)):
         return False
     return not provider_refused(call_details)
 

@@ -856,9 +856,12 @@ class _StartedCall(tuple[Any, ...]):
     def never_logged(self) -> bool:
         return self[10]  # type: ignore[no-any-return]
 
+    # responded and finished read their fields by index: a closing scope asks them of every call still
+    # pending, in each round of its wait, and every property read is a Python-level call.
     @property
     def responded(self) -> bool:
-        return not self.never_logged and response_arrived(self._kwargs, bool(self._kwargs.get("stream")))
+        kwargs = self[7]
+        return not self[10] and response_arrived(kwargs, bool(kwargs.get("stream")))
 
     @property
     def binder(self) -> object:
@@ -871,12 +874,8 @@ class _StartedCall(tuple[Any, ...]):
     @property
     def finished(self) -> bool:
         # An answer in the details that was there when it started is an earlier attempt's.
-        kwargs = self._kwargs
-        return (
-            self.never_logged
-            and kwargs.get("original_response") is not self._answer_at_start
-            and response_arrived(kwargs, False)
-        )
+        kwargs = self[7]
+        return self[10] and kwargs.get("original_response") is not self[5] and response_arrived(kwargs, False)
 
     def pending_call(self) -> PendingCall:
         kwargs = self._kwargs
