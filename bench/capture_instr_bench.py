@@ -349,8 +349,9 @@ def differences(per_call: dict[str, list[float]], arm: str, minus: str) -> tuple
 def _report(per_call: dict[str, list[float]], how_made: str) -> None:
     print(f"LiteLLM acompletion(mock_response) under callgrind: {how_made}")
     print(" instructions per call:")
+    width = max(map(len, ARMS))
     for arm in ARMS:
-        print(f"  {arm:<14} {_spread(per_call[arm], '{:>12,.0f}')}")
+        print(f"  {arm:<{width}} {_spread(per_call[arm], '{:>12,.0f}')}")
     print(" differences per call, paired by repeat, and their share of `without` (LiteLLM's own per-call count):")
     for arm, minus, note in COMPARISONS:
         deltas, shares = differences(per_call, arm, minus)
