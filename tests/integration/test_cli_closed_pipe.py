@@ -21,7 +21,7 @@ from pathlib import Path
 from turnledger import make_engine, record_token_usage, session_factory
 from turnledger.store import migrate
 
-from .cli_run import run_into_closed_pipe
+from .cli_run import run_cli, run_into_closed_pipe
 from .store_data import record_report_turns
 
 PAGE = 4096
@@ -48,6 +48,17 @@ def test_every_kind_of_output_into_a_closed_pipe_ends_by_sigpipe_saying_nothing(
     assert [(r.args[3:], r.returncode, r.stderr) for r in results] == [
         (list(args), -signal.SIGPIPE, "") for args in commands
     ]
+
+
+def test_help_into_an_open_pipe_is_printed_whole_and_ends_0() -> None:
+    # The watched stdout once took bytes without a word (click probes a stream with b""), so click
+    # wrote its help through it as bytes: every --help ended in a TypeError traceback, exit 1.
+    commands = [("--help",), ("version", "--help"), ("report", "--help"), ("credits", "--help")]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each start-up imports LiteLLM
+        results = list(pool.map(lambda args: run_cli(*args), commands))
+    for args, result in zip(commands, results, strict=True):
+        assert (result.returncode, result.stderr) == (0, ""), (args, result.stderr[-500:])
+        assert "Usage:" in result.stdout and "Show this message and exit." in result.stdout, args
 
 
 def test_a_reader_that_leaves_in_the_middle_of_a_large_table_ends_it_by_sigpipe(tmp_path: Path) -> None:

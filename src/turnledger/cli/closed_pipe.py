@@ -35,6 +35,11 @@ class _WatchedStdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        if type(text) is not str:
+            # Refused by the text stream itself, as before the wrapping: click tells a binary stream
+            # from a text one by writing b"" to it, and took this one, which wrote nothing of b"", for a
+            # binary stream; it then wrote bytes through it, and every --help ended in a TypeError, exit 1.
+            return self._stream.write(text)
         try:
             # In pieces the stream's buffer holds: CPython 3.11 takes a partial write of one large
             # write for the whole of it (measured: a 198,461-byte table into a pipe whose reader
