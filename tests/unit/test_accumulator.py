@@ -45,6 +45,16 @@ def pending(call_id: str, model: str = "m") -> PendingCall:
     )
 
 
+def begin_answered_and_in_flight(turn: TurnTokenAccumulator) -> None:
+    """Two calls pending: "answered" (its response arrived: an end event is on its way) and "in-flight"."""
+    answered = pending("answered")
+    answered.call_details = {"original_response": "{...}"}
+    in_flight = pending("in-flight")
+    in_flight.call_details = {}
+    turn.begin_call(answered)
+    turn.begin_call(in_flight)
+
+
 async def test_two_concurrent_tasks_each_see_only_their_own_turn() -> None:
     seen: dict[str, list[TurnTokenAccumulator | None]] = {"a": [], "b": []}
     both_inside = asyncio.Barrier(2)
@@ -292,12 +302,7 @@ async def test_the_wait_shortens_to_the_settle_deadline_once_the_answered_call_i
     """The exit waits up to logging_timeout while a call with its response is pending; once that call's
     event is in and only a call without a response is left, the wait ends at the settle deadline."""
     async with turnledger.scoped_turn(settle_timeout=0.3, logging_timeout=30) as turn:
-        answered = pending("answered")
-        answered.call_details = {"original_response": "{...}"}
-        in_flight = pending("in-flight")
-        in_flight.call_details = {}
-        turn.begin_call(answered)
-        turn.begin_call(in_flight)
+        begin_answered_and_in_flight(turn)
         asyncio.get_running_loop().call_later(0.05, turn.add, record("answered"))
         started = time.monotonic()
     waited = time.monotonic() - started
@@ -404,12 +409,7 @@ async def test_a_cancelled_exit_ends_when_the_answered_call_is_in_not_at_the_set
     # still in flight is abandoned at once.
     turn = TurnTokenAccumulator(settle_timeout=5, logging_timeout=600)
     turn._activate()
-    answered = pending("answered")
-    answered.call_details = {"original_response": "{...}"}
-    in_flight = pending("in-flight")
-    in_flight.call_details = {}
-    turn.begin_call(answered)
-    turn.begin_call(in_flight)
+    begin_answered_and_in_flight(turn)
     closing = asyncio.ensure_future(turn.aclose())
     await asyncio.sleep(0.01)
     closing.cancel()
