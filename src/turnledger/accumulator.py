@@ -828,6 +828,13 @@ class TurnTokenAccumulator:
             # Even if that read was interrupted: the calls that never reported are in no other list.
             for call in started:
                 self._add_abandoned(call)
+            if started:
+                # Another closer of the turn still waiting (on another task, loop or thread) has nothing
+                # left to wait for; woken once the records are in, it would otherwise sleep to its deadline.
+                with self._lock:
+                    waiters = self._wake_waiters_locked() if self._waiters or self._sync_waiters else None
+                if waiters:
+                    _wake(waiters)
 
     def _add_abandoned(self, call: StartedCall, *, superseded: bool = False) -> None:
         """Keep the record of a call (or attempt) that never reported; ``superseded`` for an attempt a

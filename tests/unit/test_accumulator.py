@@ -350,6 +350,28 @@ async def test_a_second_closer_does_not_keep_the_first_waiting_past_its_shortene
     ]
 
 
+@pytest.mark.parametrize("second_closer", ["async", "sync on a thread"])
+async def test_a_closer_still_waiting_when_another_closes_the_turn_ends_with_it(second_closer: str) -> None:
+    """The first closer's deadline passes and it closes the turn (the call in flight is abandoned):
+    nothing is left to wait for, yet the second closer slept until its own timeout."""
+    turn = TurnTokenAccumulator(settle_timeout=0.05, logging_timeout=30)
+    turn.begin_call(pending("in-flight"))
+    if second_closer == "async":
+        second: asyncio.Future[None] = asyncio.ensure_future(turn.aclose(timeout=30))
+    else:
+        second = asyncio.ensure_future(asyncio.to_thread(turn.close, 30))
+    await asyncio.sleep(0.02)  # the second waits
+    await asyncio.wait_for(turn.aclose(), 10)
+    try:
+        await asyncio.wait({second}, timeout=5)
+        assert second.done()
+    finally:
+        # The call's late event wakes a closer still waiting.
+        turn.add(record("in-flight"))
+        await asyncio.wait_for(second, 10)
+    assert [r.status for r in turn.calls] == [CallStatus.ABANDONED]
+
+
 async def test_a_call_answered_during_the_wait_gets_the_logging_deadline() -> None:
     """An in-flight call whose response arrives while the exit waits is waited for past the settle
     deadline (its event is on its way), with no other event to wake the wait."""
