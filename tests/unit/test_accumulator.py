@@ -328,7 +328,11 @@ async def test_a_second_closer_does_not_keep_the_first_waiting_past_its_shortene
     else:
         second = threading.Thread(target=asyncio.run, args=(turn.aclose(timeout=30),))
         second.start()
-    await asyncio.sleep(0.1)  # both wait now
+    for _ in range(500):  # until both wait
+        if len(turn._waiters) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(turn._waiters) == 2
     started = time.monotonic()
     turn.add(record("answered"))
     try:
