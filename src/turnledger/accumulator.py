@@ -771,8 +771,13 @@ class TurnTokenAccumulator:
                 if remaining <= 0:
                     return
                 # Whether an event that leaves no call with its response changes this wait: it
-                # shortens the long deadline, and ends a wait for answered calls only.
-                self._wake_if_unanswered = responded and (timeout is None or answered_only)
+                # shortens the long deadline, and ends a wait for answered calls only. One flag for
+                # every waiter (two closers of a turn, on one loop or two): one that needs the wake
+                # keeps it set until the waiters are woken. A waiter woken that did not need it waits
+                # another round; one left asleep that needed it waited out logging_timeout.
+                wake_if_unanswered = responded and (timeout is None or answered_only)
+                if wake_if_unanswered or not self._waiters:
+                    self._wake_if_unanswered = wake_if_unanswered
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
             # On a timeout, loop once more: the deadline may have moved (a response arrived). A timer
@@ -823,6 +828,13 @@ class TurnTokenAccumulator:
             # Even if that read was interrupted: the calls that never reported are in no other list.
             for call in started:
                 self._add_abandoned(call)
+            if started:
+                # Another closer of the turn still waiting (on another task, loop or thread) has nothing
+                # left to wait for; woken once the records are in, it would otherwise sleep to its deadline.
+                with self._lock:
+                    waiters = self._wake_waiters_locked() if self._waiters or self._sync_waiters else None
+                if waiters:
+                    _wake(waiters)
 
     def _add_abandoned(self, call: StartedCall, *, superseded: bool = False) -> None:
         """Keep the record of a call (or attempt) that never reported; ``superseded`` for an attempt a

@@ -314,6 +314,68 @@ async def test_the_wait_shortens_to_the_settle_deadline_once_the_answered_call_i
     assert 0.25 < waited < 10, waited
 
 
+@pytest.mark.parametrize("second_on", ["same loop", "another thread's loop"])
+async def test_a_second_closer_does_not_keep_the_first_waiting_past_its_shortened_deadline(second_on: str) -> None:
+    """Two closers of one turn: the second has an explicit timeout, so the answered call's event changes
+    nothing for it; the first's deadline shortens to settle_timeout with it. Both shared one wake flag,
+    the second's overwrote the first's, and the first slept until logging_timeout."""
+    turn = TurnTokenAccumulator(settle_timeout=0.1, logging_timeout=30)
+    begin_answered_and_in_flight(turn)
+    first = asyncio.ensure_future(turn.aclose())
+    await asyncio.sleep(0.02)
+    if second_on == "same loop":
+        second: object = asyncio.ensure_future(turn.aclose(timeout=30))
+    else:
+        second = threading.Thread(target=asyncio.run, args=(turn.aclose(timeout=30),))
+        second.start()
+    for _ in range(500):  # until both wait
+        if len(turn._waiters) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(turn._waiters) == 2
+    started = time.monotonic()
+    turn.add(record("answered"))
+    try:
+        await asyncio.wait({first}, timeout=5)
+        # settle_timeout (0.1 s from the first's start, past already), not logging_timeout's 30 s.
+        assert first.done() and time.monotonic() - started < 5
+    finally:
+        # The last call's event, late or not, wakes every closer still waiting.
+        turn.add(record("in-flight"))
+        await asyncio.wait_for(first, 10)
+        if isinstance(second, threading.Thread):
+            await asyncio.to_thread(second.join, 10)
+            assert not second.is_alive()
+        else:
+            await asyncio.wait_for(second, 10)  # type: ignore[arg-type]
+    assert sorted((r.call_id, r.status) for r in turn.calls) == [
+        ("answered", CallStatus.SUCCESS),
+        ("in-flight", CallStatus.ABANDONED),
+    ]
+
+
+@pytest.mark.parametrize("second_closer", ["async", "sync on a thread"])
+async def test_a_closer_still_waiting_when_another_closes_the_turn_ends_with_it(second_closer: str) -> None:
+    """The first closer's deadline passes and it closes the turn (the call in flight is abandoned):
+    nothing is left to wait for, yet the second closer slept until its own timeout."""
+    turn = TurnTokenAccumulator(settle_timeout=0.05, logging_timeout=30)
+    turn.begin_call(pending("in-flight"))
+    if second_closer == "async":
+        second: asyncio.Future[None] = asyncio.ensure_future(turn.aclose(timeout=30))
+    else:
+        second = asyncio.ensure_future(asyncio.to_thread(turn.close, 30))
+    await asyncio.sleep(0.02)  # the second waits
+    await asyncio.wait_for(turn.aclose(), 10)
+    try:
+        await asyncio.wait({second}, timeout=5)
+        assert second.done()
+    finally:
+        # The call's late event wakes a closer still waiting.
+        turn.add(record("in-flight"))
+        await asyncio.wait_for(second, 10)
+    assert [r.status for r in turn.calls] == [CallStatus.ABANDONED]
+
+
 async def test_a_call_answered_during_the_wait_gets_the_logging_deadline() -> None:
     """An in-flight call whose response arrives while the exit waits is waited for past the settle
     deadline (its event is on its way), with no other event to wake the wait."""
