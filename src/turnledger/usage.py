@@ -248,11 +248,26 @@ def usage_block(response_obj: Any) -> Any:
 def normalize_usage(response_obj: Any) -> TokenCounts:
     """Normalized counts from whatever LiteLLM handed the callback (never raises on odd shapes)."""
     counts = TokenCounts()
-    block = usage_block(response_obj)
+    # usage_block's and fields_of's usual case, a LiteLLM response and its Usage (pydantic models of
+    # classes already seen), read in place: two Python-level calls less an event.
+    block = None
+    if type(response_obj) in MODEL_CLASSES:
+        block = response_obj.__dict__.get("usage")
+        if block is None:
+            extra = response_obj.__pydantic_extra__
+            block = extra.get("usage") if extra else None
+    if block is None:
+        block = usage_block(response_obj)
+        if block is None:
+            return counts
+    if type(block) in MODEL_CLASSES:
+        extra = block.__pydantic_extra__
+        usage: Mapping[str, Any] = {**block.__dict__, **extra} if extra else block.__dict__
     # A tuple, not ``str | bytes | int | float``: that union is built anew on every call (0.2 us).
-    if block is None or isinstance(block, (str, bytes, int, float)):
+    elif isinstance(block, (str, bytes, int, float)):
         return counts
-    usage = fields_of(block)
+    else:
+        usage = fields_of(block)
     counts.present = True
     counts.inline_cost = usage.get("cost")
     if usage.get("promptTokenCount") is not None or usage.get("candidatesTokenCount") is not None:
@@ -427,7 +442,10 @@ def _read_gemini(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
 
 def _check_invariants(counts: TokenCounts, total: Any) -> None:
     if total is not None:
-        counts.total_tokens = read_count(counts, total)
+        # read_count's usual case in place: a Python-level call less an event.
+        counts.total_tokens = (
+            total if type(total) is int and 0 <= total <= MAX_TOKEN_COUNT else read_count(counts, total)
+        )
     if counts.cache_creation_1h_tokens > counts.cache_creation_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
         counts.cache_creation_tokens = counts.cache_creation_1h_tokens
