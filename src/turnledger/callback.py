@@ -53,7 +53,7 @@ from turnledger.accumulator import (
     get_current_accumulator,
 )
 from turnledger.call_details import provider_answered, response_arrived
-from turnledger.money import _from_float
+from turnledger.money import FLOAT_SIGNIFICANT_DIGITS, _from_float
 from turnledger.price_table import PriceTable
 from turnledger.pricing import (
     _FLOAT_SURELY_BELIEVABLE_FROM,
@@ -107,6 +107,8 @@ _FAILURE = CallStatus.FAILURE
 _USAGE_ESTIMATED = RecordFlag.USAGE_ESTIMATED
 _OTHER_KIND = CallKind.OTHER
 _RESPONSE_COST = CostSource.RESPONSE_COST
+_SHORT_FLOAT_REPR = FLOAT_SIGNIFICANT_DIGITS + 1
+"""A float's repr this short has at most 15 digits: its Decimal needs no rounding (see money._from_float)."""
 
 # Every list LiteLLM may copy a registered logger into (``function_setup`` promotes entries of
 # ``litellm.callbacks`` into the others); uninstall must clear all of them.
@@ -716,8 +718,14 @@ class TokenTrackingCallback(CustomLogger):
         ):
             # price_call's usual answer, without its two Python-level calls: LiteLLM's float
             # response_cost, believable whatever its rounding (see pricing._accept), no inline cost
-            # before it in the chain, not a cache hit, every count believed.
-            cost, source = _from_float(response_cost), _RESPONSE_COST
+            # before it in the chain, not a cache hit, every count believed. And money._from_float's
+            # usual case, a short repr that is not integral, read here too.
+            text = repr(response_cost)
+            if len(text) <= _SHORT_FLOAT_REPR and not response_cost.is_integer():
+                cost = Decimal(text)
+            else:
+                cost = _from_float(response_cost)
+            source = _RESPONSE_COST
         else:
             cost, source, cost_flags = price_call(
                 kwargs,
@@ -761,7 +769,18 @@ class TokenTrackingCallback(CustomLogger):
         else:
             record.latency_ms = None
         record.ttft_ms = ttft
-        record.provider_request_id = error_request_id or response_request_id(response_obj)
+        if error_request_id is None:
+            # response_request_id's answer for a LiteLLM response without headers in its hidden params
+            # (a mocked answer, a provider that sends none) read here: a Python-level call less.
+            private = response_obj.__pydantic_private__ if type(response_obj) in MODEL_CLASSES else None
+            hidden = private.get("_hidden_params") if type(private) is dict else None
+            headers = hidden.get("additional_headers", _MISSING) if type(hidden) is dict else _MISSING
+            if headers is None or (type(headers) is dict and not headers):
+                record.provider_request_id = None
+            else:
+                record.provider_request_id = response_request_id(response_obj)
+        else:
+            record.provider_request_id = error_request_id
         record.model_ref = meta.model_ref if meta else None
         record.model_id = meta.model_id if meta else None
         record.display_name = meta.display_name if meta else None
