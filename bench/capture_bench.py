@@ -130,7 +130,7 @@ class _TimedCallback(turnledger.TokenTrackingCallback):
         self.events = 0
         self._in_hook = False
 
-    def _record_or_flagged(
+    def build_record(
         self,
         kwargs: Any,
         response_obj: Any,
@@ -141,7 +141,7 @@ class _TimedCallback(turnledger.TokenTrackingCallback):
     ) -> turnledger.TokenCallRecord:
         t0 = time.perf_counter()
         try:
-            return super()._record_or_flagged(kwargs, response_obj, start_time, end_time, status, turn)
+            return super().build_record(kwargs, response_obj, start_time, end_time, status, turn)
         finally:
             took = time.perf_counter() - t0
             self.read_spent += took

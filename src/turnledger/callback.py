@@ -53,8 +53,11 @@ from turnledger.accumulator import (
     get_current_accumulator,
 )
 from turnledger.call_details import provider_answered, response_arrived
+from turnledger.money import FLOAT_SIGNIFICANT_DIGITS, _from_float
 from turnledger.price_table import PriceTable
 from turnledger.pricing import (
+    _FLOAT_SURELY_BELIEVABLE_FROM,
+    _FLOAT_SURELY_BELIEVABLE_UNTIL,
     answer_timed_out,
     billed_service_tier,
     delivered_before_failure,
@@ -71,8 +74,8 @@ from turnledger.records import (
     CostSource,
     RecordFlag,
     TokenCallRecord,
-    record_draft,
-    sealed_record,
+    _new_object,
+    _RecordDraft,
 )
 from turnledger.request_ids import exception_request_id, headers_request_id, response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
@@ -103,6 +106,9 @@ _SUCCESS = CallStatus.SUCCESS
 _FAILURE = CallStatus.FAILURE
 _USAGE_ESTIMATED = RecordFlag.USAGE_ESTIMATED
 _OTHER_KIND = CallKind.OTHER
+_RESPONSE_COST = CostSource.RESPONSE_COST
+_SHORT_FLOAT_REPR = FLOAT_SIGNIFICANT_DIGITS + 1
+"""A float's repr this short has at most 15 digits: its Decimal needs no rounding (see money._from_float)."""
 
 # Every list LiteLLM may copy a registered logger into (``function_setup`` promotes entries of
 # ``litellm.callbacks`` into the others); uninstall must clear all of them.
@@ -567,17 +573,22 @@ class TokenTrackingCallback(CustomLogger):
         try:
             return self.build_record(kwargs, response_obj, start_time, end_time, status, turn)
         except Exception:
-            self._count("errors")
-            warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
-            call_id = kwargs.get("litellm_call_id")
-            # Only a name as given: str() of whatever else came may raise too, and the record would be lost.
-            model = kwargs.get("model")
-            return TokenCallRecord(
-                call_id=call_id if isinstance(call_id, str) and call_id else _stand_in_call_id(kwargs),
-                model=model if isinstance(model, str) and model else "unknown",
-                status=status,
-                flags=(RecordFlag.MALFORMED_EVENT,),
-            )
+            return self._flagged_record(kwargs, status)
+
+    def _flagged_record(self, kwargs: Mapping[str, Any], status: CallStatus) -> TokenCallRecord:
+        """What could be read of an event :meth:`build_record` raised on, flagged; called from the except
+        clause, whose exception it logs."""
+        self._count("errors")
+        warn_once(f"event:{status}", "turnledger could not read a LiteLLM %s event", status, exc_info=True)
+        call_id = kwargs.get("litellm_call_id")
+        # Only a name as given: str() of whatever else came may raise too, and the record would be lost.
+        model = kwargs.get("model")
+        return TokenCallRecord(
+            call_id=call_id if isinstance(call_id, str) and call_id else _stand_in_call_id(kwargs),
+            model=model if isinstance(model, str) and model else "unknown",
+            status=status,
+            flags=(RecordFlag.MALFORMED_EVENT,),
+        )
 
     def build_record(
         self,
@@ -604,8 +615,29 @@ class TokenTrackingCallback(CustomLogger):
         provider = get("custom_llm_provider")
         if not isinstance(provider, str):
             provider = None
-        started = _utc(start_time)
-        ended = _utc(end_time)
+        # _utc's usual case (LiteLLM's naive local times, the local zone UTC) read here, for both times:
+        # two Python-level calls less an event.
+        utc_zone = _zone_is_utc if time.tzname is _zone_checked else _local_zone_is_utc()
+        if (
+            utc_zone
+            and type(start_time) is datetime
+            and start_time.tzinfo is None
+            and not start_time.fold
+            and _UTC_AS_IS_FROM <= start_time < _UTC_AS_IS_UNTIL
+        ):
+            started: datetime | None = _combine(start_time, start_time.time(), UTC)
+        else:
+            started = _utc(start_time)
+        if (
+            utc_zone
+            and type(end_time) is datetime
+            and end_time.tzinfo is None
+            and not end_time.fold
+            and _UTC_AS_IS_FROM <= end_time < _UTC_AS_IS_UNTIL
+        ):
+            ended: datetime | None = _combine(end_time, end_time.time(), UTC)
+        else:
+            ended = _utc(end_time)
         stream = bool(get("stream"))
         ttft = _ms_between(started, _utc(get("completion_start_time"))) if stream else None
         success = status is _SUCCESS
@@ -618,8 +650,11 @@ class TokenTrackingCallback(CustomLogger):
             flags.extend(counts.flags)
         if success and not counts.present:
             flags.append(RecordFlag.USAGE_MISSING)
-        call_kind = call_kind_of(get("call_type"))
+        call_type = get("call_type")
+        call_kind = _CALL_KINDS.get(call_type, _OTHER_KIND) if type(call_type) is str else call_kind_of(call_type)
         price_table = self._price_table
+        # counts.used_tokens read in place here and below: a property is a Python-level call.
+        used_tokens = counts.prompt_tokens > 0 or counts.completion_tokens > 0
         # Only a call that used no tokens can have its usage missing: skip the call otherwise.
         estimated = (
             estimate_missing_usage(
@@ -631,7 +666,7 @@ class TokenTrackingCallback(CustomLogger):
                 call_kind=call_kind,
                 price_table=price_table,
             )
-            if success and not counts.used_tokens
+            if success and not used_tokens
             else None
         )
 
@@ -652,7 +687,7 @@ class TokenTrackingCallback(CustomLogger):
             if error_request_id is None:
                 error_request_id = headers_request_id(answer_headers)
             # A usage block whose every count was discarded tells of tokens it could not say: answered.
-            unanswered = not counts.used_tokens and not counts.count_discarded
+            unanswered = not used_tokens and not counts.count_discarded
             if unanswered:
                 sent = _as_sent(kwargs, call_id, turn)
                 # Part of the answer was delivered before the failure (a stream broken off, sync or
@@ -669,10 +704,28 @@ class TokenTrackingCallback(CustomLogger):
                     estimated = estimate_unanswered_call(
                         sent, model=model, provider=provider, call_kind=call_kind, price_table=price_table
                     )
+        response_cost = get("response_cost")
         if estimated is not None:
             counts, cost, source, cost_flags = estimated
         elif unanswered:
             cost, source = Decimal(0), CostSource.NOT_BILLED
+        elif (
+            type(response_cost) is float
+            and _FLOAT_SURELY_BELIEVABLE_FROM <= response_cost <= _FLOAT_SURELY_BELIEVABLE_UNTIL
+            and counts.inline_cost is None
+            and not counts.count_discarded
+            and get("cache_hit") is not True
+        ):
+            # price_call's usual answer, without its two Python-level calls: LiteLLM's float
+            # response_cost, believable whatever its rounding (see pricing._accept), no inline cost
+            # before it in the chain, not a cache hit, every count believed. And money._from_float's
+            # usual case, a short repr that is not integral, read here too.
+            text = repr(response_cost)
+            if len(text) <= _SHORT_FLOAT_REPR and not response_cost.is_integer():
+                cost = Decimal(text)
+            else:
+                cost = _from_float(response_cost)
+            source = _RESPONSE_COST
         else:
             cost, source, cost_flags = price_call(
                 kwargs,
@@ -689,7 +742,8 @@ class TokenTrackingCallback(CustomLogger):
         # Most turns register no metadata: asked first, that saves two lookups that find none (3,000
         # instructions an event, callgrind).
         meta = _metadata(turn, model, get("litellm_params")) if turn is not None and turn.has_model_metadata else None
-        record = record_draft()
+        # record_draft() and sealed_record() done in place: two Python-level calls less an event.
+        record: Any = _new_object(_RecordDraft)
         record.call_id = call_id
         record.model = model
         record.provider = provider
@@ -709,9 +763,24 @@ class TokenTrackingCallback(CustomLogger):
         record.cost_usd = cost
         record.cost_source = source
         record.started_at = started
-        record.latency_ms = _ms_between(started, ended)
+        if started is not None and ended is not None:
+            ms = (ended - started).total_seconds() * 1000.0
+            record.latency_ms = ms if ms >= 0 else None
+        else:
+            record.latency_ms = None
         record.ttft_ms = ttft
-        record.provider_request_id = error_request_id or response_request_id(response_obj)
+        if error_request_id is None:
+            # response_request_id's answer for a LiteLLM response without headers in its hidden params
+            # (a mocked answer, a provider that sends none) read here: a Python-level call less.
+            private = response_obj.__pydantic_private__ if type(response_obj) in MODEL_CLASSES else None
+            hidden = private.get("_hidden_params") if type(private) is dict else None
+            headers = hidden.get("additional_headers", _MISSING) if type(hidden) is dict else _MISSING
+            if headers is None or (type(headers) is dict and not headers):
+                record.provider_request_id = None
+            else:
+                record.provider_request_id = response_request_id(response_obj)
+        else:
+            record.provider_request_id = error_request_id
         record.model_ref = meta.model_ref if meta else None
         record.model_id = meta.model_id if meta else None
         record.display_name = meta.display_name if meta else None
@@ -719,7 +788,8 @@ class TokenTrackingCallback(CustomLogger):
         record.usage_estimated = _USAGE_ESTIMATED in flags
         record.error_type = error_type
         record.flags = tuple(dict.fromkeys(flags)) if flags else ()
-        return sealed_record(record)
+        record.__class__ = TokenCallRecord
+        return record  # type: ignore[no-any-return]
 
 
 def _as_sent(kwargs: Mapping[str, Any], call_id: str, turn: TurnTokenAccumulator | None) -> Mapping[str, Any]:
@@ -926,7 +996,11 @@ class _EndEvent(tuple[Any, ...]):
 
     def build(self, turn: TurnTokenAccumulator) -> TokenCallRecord:
         callback, kwargs, response_obj, start_time, end_time, status = self
-        record: TokenCallRecord = callback._record_or_flagged(kwargs, response_obj, start_time, end_time, status, turn)
+        # _record_or_flagged's work in place: a Python-level call less on every event read.
+        try:
+            record: TokenCallRecord = callback.build_record(kwargs, response_obj, start_time, end_time, status, turn)
+        except Exception:
+            record = callback._flagged_record(kwargs, status)
         return record
 
 

@@ -248,12 +248,55 @@ def usage_block(response_obj: Any) -> Any:
 def normalize_usage(response_obj: Any) -> TokenCounts:
     """Normalized counts from whatever LiteLLM handed the callback (never raises on odd shapes)."""
     counts = TokenCounts()
-    block = usage_block(response_obj)
+    # usage_block's and fields_of's usual case, a LiteLLM response and its Usage (pydantic models of
+    # classes already seen), read in place: two Python-level calls less an event.
+    block = None
+    if type(response_obj) in MODEL_CLASSES:
+        block = response_obj.__dict__.get("usage")
+        if block is None:
+            extra = response_obj.__pydantic_extra__
+            block = extra.get("usage") if extra else None
+    if block is None:
+        block = usage_block(response_obj)
+        if block is None:
+            return counts
+    if type(block) in MODEL_CLASSES:
+        extra = block.__pydantic_extra__
+        usage: Mapping[str, Any] = {**block.__dict__, **extra} if extra else block.__dict__
     # A tuple, not ``str | bytes | int | float``: that union is built anew on every call (0.2 us).
-    if block is None or isinstance(block, (str, bytes, int, float)):
+    elif isinstance(block, (str, bytes, int, float)):
         return counts
-    usage = fields_of(block)
+    else:
+        usage = fields_of(block)
     counts.present = True
+    if type(usage) is dict and usage.keys() <= _CHAT_USAGE_KEYS:
+        # The usual chat usage block (LiteLLM's Usage with no details, as a mocked answer and providers
+        # that send none have it), read here: no other name can be in it, so what the readers below
+        # would find is known, and its parts being 0 pass every check of _check_invariants but the
+        # total's (13,000 fewer instructions an event, callgrind). Any other, read as before.
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if (
+            type(prompt) is int
+            and 0 <= prompt <= MAX_TOKEN_COUNT
+            and type(completion) is int
+            and 0 <= completion <= MAX_TOKEN_COUNT
+            and usage.get("prompt_tokens_details") is None
+            and usage.get("completion_tokens_details") is None
+        ):
+            counts.prompt_tokens = prompt
+            counts.completion_tokens = completion
+            expected_total = prompt + completion
+            total = usage.get("total_tokens")
+            if total is None:
+                counts.total_tokens = expected_total
+                return counts
+            read_total = total if type(total) is int and 0 <= total <= MAX_TOKEN_COUNT else read_count(counts, total)
+            if read_total != expected_total:
+                counts.flag(RecordFlag.MALFORMED_USAGE)
+                read_total = max(read_total, expected_total)
+            counts.total_tokens = read_total
+            return counts
     counts.inline_cost = usage.get("cost")
     if usage.get("promptTokenCount") is not None or usage.get("candidatesTokenCount") is not None:
         _read_gemini(counts, usage)
@@ -265,6 +308,11 @@ def normalize_usage(response_obj: Any) -> TokenCounts:
     _check_invariants(counts, total if total is not None else usage.get("totalTokens"))
     return counts
 
+
+_CHAT_USAGE_KEYS = frozenset(
+    {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details"}
+)
+"""The names of a chat usage block that :func:`normalize_usage` can read without looking for any other."""
 
 _ANTHROPIC_CACHE_KEYS = ("cache_read_input_tokens", "cache_creation_input_tokens", "cache_creation")
 
@@ -427,7 +475,10 @@ def _read_gemini(counts: TokenCounts, usage: Mapping[str, Any]) -> None:
 
 def _check_invariants(counts: TokenCounts, total: Any) -> None:
     if total is not None:
-        counts.total_tokens = read_count(counts, total)
+        # read_count's usual case in place: a Python-level call less an event.
+        counts.total_tokens = (
+            total if type(total) is int and 0 <= total <= MAX_TOKEN_COUNT else read_count(counts, total)
+        )
     if counts.cache_creation_1h_tokens > counts.cache_creation_tokens:
         counts.flag(RecordFlag.MALFORMED_USAGE)
         counts.cache_creation_tokens = counts.cache_creation_1h_tokens
