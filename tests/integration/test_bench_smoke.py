@@ -1,0 +1,34 @@
+"""``python -m bench capture_bench`` runs to its end at a tiny size: nothing else runs the bench, and a
+rename in turnledger once ended it halfway (AttributeError), before its judged per-event figure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_capture_bench_runs_to_its_last_figure_at_a_tiny_size() -> None:
+    env = {
+        **os.environ,
+        "BENCH_CAPTURE_ROUNDS": "2",
+        "BENCH_CAPTURE_TURNS": "1",
+        "BENCH_CAPTURE_REPEATS": "2",
+        "BENCH_CAPTURE_EVENTS": "10",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "capture_bench"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for figure in ("JUDGED (callback - without) / without, CPU", "The hooks in situ", "JUDGED both hooks per call"):
+        assert figure in done.stdout, figure
