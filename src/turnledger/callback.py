@@ -495,10 +495,19 @@ class TokenTrackingCallback(CustomLogger):
         payload fields): 3.5 us an event, measured on 1.106; this test is 0.2 us. When there is
         something to do, LiteLLM's version does it.
         """
-        if getattr(self, "turn_off_message_logging", False) is False and not getattr(
-            litellm, "standard_logging_payload_excluded_fields", None
-        ):
-            return model_call_details
+        # getattr(obj, name, default) as attribute reads whose AttributeError gives the default: two
+        # builtin calls less on every event (the try costs nothing when nothing is raised).
+        try:
+            logging_off = self.turn_off_message_logging
+        except AttributeError:
+            logging_off = False
+        if logging_off is False:
+            try:
+                excluded = litellm.standard_logging_payload_excluded_fields
+            except AttributeError:
+                excluded = None
+            if not excluded:
+                return model_call_details
         return super().redact_standard_logging_payload_from_model_call_details(model_call_details)
 
     # -- events -> records -----------------------------------------------------------------------
