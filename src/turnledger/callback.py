@@ -766,7 +766,9 @@ class TokenTrackingCallback(CustomLogger):
             # before it in the chain, not a cache hit, every count believed. And money._from_float's
             # usual case, a short repr that is not integral, read here too.
             text = repr(response_cost)
-            if len(text) <= _SHORT_FLOAT_REPR and not response_cost.is_integer():
+            # A believable cost is positive: one under 1 USD (every call's, about) is not integral,
+            # and is_integer(), a method call, is asked only of the others.
+            if len(text) <= _SHORT_FLOAT_REPR and (response_cost < 1.0 or not response_cost.is_integer()):
                 cost = Decimal(text)
             else:
                 cost = _from_float(response_cost)

@@ -75,6 +75,10 @@ class _Stamp(datetime):
         (0.0000135, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (8.400000000000001e-06, {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}, {}),
         (2.0, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (1.0, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (0.5, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (0.9999999999999999, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (1.5, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (1e-13, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (1e-20, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (1e9, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
@@ -255,3 +259,10 @@ def test_an_event_is_deferred_where_deferrable_says_it_can_be(
         hook(kwargs, response, _NAIVE, _NAIVE + timedelta(seconds=1))
         assert len(turn._deferred) == int(expected)
         assert cb.stats["captured"] == 1
+
+
+def test_a_believable_float_cost_is_positive() -> None:
+    # build_record takes a believable cost under 1 USD for one that is not integral.
+    from turnledger.pricing import _FLOAT_SURELY_BELIEVABLE_FROM
+
+    assert _FLOAT_SURELY_BELIEVABLE_FROM > 0.0
