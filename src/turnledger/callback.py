@@ -447,8 +447,7 @@ class TokenTrackingCallback(CustomLogger):
                 return
             get = kwargs.get
             call_id = get("litellm_call_id")
-            # The exact type first: isinstance is a call (100 instructions).
-            if (type(call_id) is not str and not isinstance(call_id, str)) or not call_id:
+            if not isinstance(call_id, str) or not call_id:
                 warn_once("pre_call:no_call_id", "LiteLLM pre-call event without litellm_call_id")
                 return
             if turn is None:
@@ -528,7 +527,8 @@ class TokenTrackingCallback(CustomLogger):
                 turn, orphaned = _turn_of_call(kw, call_id)
             # The end time itself, not its text: every instance reads the same LiteLLM value alike.
             # (A tuple, not a union: the union is built anew on every call, twice as slow.)
-            # LiteLLM's datetime tested first by its exact type: isinstance is a call (100 instructions).
+            # LiteLLM's datetime tested first by its exact type: isinstance against a tuple of types
+            # costs 400 instructions more (callgrind).
             end_key = end_time if type(end_time) is datetime or isinstance(end_time, (datetime, int, float)) else None
             if turn is not None and call_id is not None and not self._on_record:
                 # _deferrable's answer for a success with a LiteLLM response read in place, in the order
