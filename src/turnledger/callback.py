@@ -532,7 +532,7 @@ class TokenTrackingCallback(CustomLogger):
             end_key = end_time if type(end_time) is datetime or isinstance(end_time, (datetime, int, float)) else None
             if turn is not None and call_id is not None and not self._on_record:
                 # _deferrable's answer for a success with a LiteLLM response read in place, in the order
-                # it reads them: the call cost 700 instructions an event (callgrind). Any other event
+                # it reads them: the call cost 600 instructions an event (callgrind). Any other event
                 # goes to it.
                 if status is _SUCCESS and type(response_obj) in MODEL_CLASSES:
                     cost = kw.get("response_cost")
