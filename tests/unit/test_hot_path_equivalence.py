@@ -75,6 +75,10 @@ class _Stamp(datetime):
         (0.0000135, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (8.400000000000001e-06, {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}, {}),
         (2.0, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (1.0, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (0.5, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (0.9999999999999999, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
+        (1.5, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (1e-13, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (1e-20, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
         (1e9, {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, {}),
@@ -157,3 +161,108 @@ def test_naive_times_in_a_zone_that_is_not_utc_are_read_as_local_times(monkeypat
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+@pytest.fixture
+def utc_zone(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The local zone UTC, where build_record reads naive times in place."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        (_NAIVE, _NAIVE + timedelta(milliseconds=742)),
+        (_NAIVE, _NAIVE - timedelta(microseconds=1)),
+        (_NAIVE, _NAIVE),
+        (_NAIVE, _NAIVE.replace(fold=1) + timedelta(seconds=1)),
+        (_NAIVE, _Stamp(2026, 11, 26, 5, 0, 1)),
+        (_NAIVE, datetime(2026, 11, 26, 5, 0, 1, tzinfo=timezone(timedelta(hours=2)))),
+        (_NAIVE, datetime(2200, 1, 1)),
+        (_NAIVE, datetime.max),
+        (_NAIVE, 1_764_133_201.5),
+        (_NAIVE, None),
+        (datetime(1900, 12, 31, 23, 59, 59), _NAIVE),
+        (datetime.min, _NAIVE),
+        (_NAIVE.replace(fold=1), _NAIVE + timedelta(seconds=1)),
+        (1_764_133_200.0, _NAIVE),
+        (None, _NAIVE),
+    ],
+)
+def test_a_latency_between_naive_utc_times_is_that_of_the_utc_times(utc_zone: None, times: tuple[Any, Any]) -> None:
+    # Both times usual: their difference is taken on the naive times, the end never made UTC.
+    start, end = times
+    kwargs = {"litellm_call_id": "c1", "model": "gpt-4o-mini", "response_cost": 0.00001}
+    response = litellm.ModelResponse(model="gpt-4o-mini", usage={"prompt_tokens": 1, "completion_tokens": 1})
+    record = TokenTrackingCallback(name="latency").build_record(kwargs, response, start, end, CallStatus.SUCCESS, None)
+    assert record.started_at == _utc(start)
+    expected = _ms_between(_utc(start), _utc(end))
+    assert record.latency_ms == expected
+    assert type(record.latency_ms) is type(expected)
+
+
+class _NoUsageAttribute:
+    """A usage block whose every read raises: _deferrable reads it as "read at once"."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(name)
+
+
+def _responses() -> list[Any]:
+    def with_usage(usage: Any) -> litellm.ModelResponse:
+        response = litellm.ModelResponse(model="gpt-4o-mini")
+        response.usage = usage
+        return response
+
+    # LiteLLM keeps a response's usage among its pydantic extras: one in its fields is read as well.
+    in_fields = litellm.ModelResponse(model="gpt-4o-mini")
+    in_fields.__dict__["usage"] = litellm.Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    return [
+        litellm.ModelResponse(
+            model="gpt-4o-mini", usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        ),
+        litellm.ModelResponse(model="gpt-4o-mini", usage={"prompt_tokens": 10, "completion_tokens": 5}),
+        litellm.ModelResponse(model="gpt-4o-mini", usage={"prompt_tokens": 0, "completion_tokens": 0}),
+        litellm.ModelResponse(model="gpt-4o-mini"),
+        in_fields,
+        with_usage(None),
+        with_usage({"total_tokens": 15}),
+        with_usage(_NoUsageAttribute()),
+        with_usage(litellm.Usage(prompt_tokens=3, completion_tokens=4, total_tokens=-1)),
+        litellm.EmbeddingResponse(model="text-embedding-3-small", usage=litellm.Usage(prompt_tokens=3, total_tokens=3)),
+        litellm.TextCompletionResponse(model="gpt-3.5-turbo-instruct"),
+        {"usage": {"total_tokens": 15}},
+        None,
+    ]
+
+
+@pytest.mark.parametrize("status", [CallStatus.SUCCESS, CallStatus.FAILURE])
+@pytest.mark.parametrize("cost", [0.000015, 2.0, 0.0, -1.0, float("inf"), float("nan"), 5e-324, 1, "0.1", None])
+@pytest.mark.parametrize("response_index", range(len(_responses())))
+def test_an_event_is_deferred_where_deferrable_says_it_can_be(
+    status: CallStatus, cost: object, response_index: int
+) -> None:
+    # _on_end reads _deferrable's answer in place for a success with a LiteLLM response.
+    import turnledger
+    from turnledger.callback import _deferrable
+
+    response = _responses()[response_index]
+    kwargs = {"litellm_call_id": "c1", "model": "gpt-4o-mini", "call_type": "acompletion", "response_cost": cost}
+    cb = TokenTrackingCallback(name="deferrable")
+    expected = _deferrable(dict(kwargs), response, status)
+    with turnledger.scoped_turn() as turn:
+        hook = cb.log_success_event if status is CallStatus.SUCCESS else cb.log_failure_event
+        hook(kwargs, response, _NAIVE, _NAIVE + timedelta(seconds=1))
+        assert len(turn._deferred) == int(expected)
+        assert cb.stats["captured"] == 1
+
+
+def test_a_believable_float_cost_is_positive() -> None:
+    # build_record takes a believable cost under 1 USD for one that is not integral.
+    from turnledger.pricing import _FLOAT_SURELY_BELIEVABLE_FROM
+
+    assert _FLOAT_SURELY_BELIEVABLE_FROM > 0.0

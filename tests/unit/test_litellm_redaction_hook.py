@@ -69,3 +69,28 @@ def test_it_gives_what_litellms_own_version_gives(
     given = copy.deepcopy(untouched)
     cb.redact_standard_logging_payload_from_model_call_details(model_call_details=given)
     assert given == untouched, "the details LiteLLM passes are never changed in place"
+
+
+@pytest.mark.parametrize("instance_has_it", [True, False])
+@pytest.mark.parametrize("litellm_has_it", [True, False])
+def test_a_setting_that_is_missing_reads_as_its_default(
+    monkeypatch: pytest.MonkeyPatch, instance_has_it: bool, litellm_has_it: bool
+) -> None:
+    # The settings are read as attributes, a missing one as getattr's default: nothing to redact.
+    if litellm_has_it:
+        monkeypatch.setattr(litellm, "standard_logging_payload_excluded_fields", None, raising=False)
+    else:
+        monkeypatch.delattr(litellm, "standard_logging_payload_excluded_fields", raising=False)
+    ran: list[dict[str, Any]] = []
+
+    def litellms(self: CustomLogger, model_call_details: dict[str, Any]) -> dict[str, Any]:
+        ran.append(model_call_details)
+        return model_call_details
+
+    monkeypatch.setattr(CustomLogger, "redact_standard_logging_payload_from_model_call_details", litellms)
+    cb = turnledger.TokenTrackingCallback(name="redaction-missing")
+    if not instance_has_it:
+        del cb.turn_off_message_logging
+    details = _details()
+    assert cb.redact_standard_logging_payload_from_model_call_details(model_call_details=details) is details
+    assert ran == []
