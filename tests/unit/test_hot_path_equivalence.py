@@ -7,19 +7,26 @@ ways and compared, the usual shapes and the ones next to them that must take the
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
 import litellm
 import pytest
+from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper
+from pydantic import BaseModel, ConfigDict
 
+import turnledger.usage as usage_module
 from turnledger.callback import TokenTrackingCallback, _ms_between, _utc
+from turnledger.fake_provider import FakeProvider
 from turnledger.pricing import price_call
-from turnledger.records import CallStatus
+from turnledger.records import CallStatus, RecordFlag
 from turnledger.request_ids import response_request_id
-from turnledger.usage import TokenCounts, normalize_usage
+from turnledger.usage import MAX_TOKEN_COUNT, TokenCounts, normalize_usage
 
 
 def _slow_counts(usage: dict[str, Any]) -> TokenCounts:
@@ -266,3 +273,310 @@ def test_a_believable_float_cost_is_positive() -> None:
     from turnledger.pricing import _FLOAT_SURELY_BELIEVABLE_FROM
 
     assert _FLOAT_SURELY_BELIEVABLE_FROM > 0.0
+
+
+# -- normalize_usage's chat fast path, details included ------------------------------------------------
+
+_MISSING = object()
+"""A name left out of a usage block or details object."""
+
+_USUAL_COUNTS = (_MISSING, None, 0, 0, 3, 40)
+_COUNTS = (*_USUAL_COUNTS, 700, 1200, -1, True, False, 2.0, 2.5, "4", 10**10, MAX_TOKEN_COUNT, float("nan"))
+"""Values a count may have: usual ones and every kind the general readers flag or discard."""
+
+_PROMPT_DETAIL_NAMES = ("cached_tokens", "cache_creation_tokens", "cache_write_tokens", "image_tokens", "audio_tokens")
+_COMPLETION_DETAIL_NAMES = ("reasoning_tokens", "image_tokens", "audio_tokens")
+_IGNORED_DETAIL_NAMES = ("text_tokens", "video_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens")
+
+
+class _Details:
+    """A details object of no kind the fast path knows (read through fields_of's ``__dict__``)."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+
+class _OtherModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    cached_tokens: Any = None
+    reasoning_tokens: Any = None
+
+
+def _general_counts(usage: Mapping[str, Any]) -> TokenCounts:
+    """What the general readers give for a usage block's fields (a read-only mapping is not a dict)."""
+    return normalize_usage({"usage": MappingProxyType(dict(usage))})
+
+
+def _usage_fields(block: Any) -> dict[str, Any]:
+    """The fields normalize_usage reads from a LiteLLM Usage (fields_of's reading of it)."""
+    extra = block.__pydantic_extra__
+    return {**block.__dict__, **extra} if extra else dict(block.__dict__)
+
+
+def _details_of(kind: str, wrapper: type[BaseModel], fields: dict[str, Any]) -> Any:
+    if kind == "dict":
+        return fields
+    if kind == "wrapper":
+        # A LiteLLM details model, its values forced in as they are (pydantic would refuse or coerce some).
+        model = wrapper()
+        for name, value in fields.items():
+            if name in type(model).model_fields:
+                model.__dict__[name] = value
+            else:
+                model.__pydantic_extra__[name] = value  # type: ignore[index]
+        return model
+    if kind == "other_model":
+        return _OtherModel(**fields)
+    if kind == "plain":
+        return _Details(**fields)
+    if kind == "mapping":
+        return MappingProxyType(fields)
+    return fields.get("cached_tokens", 0)  # not a details object at all
+
+
+def _random_usage(rng: random.Random) -> dict[str, Any]:
+    usage: dict[str, Any] = {}
+    usual = rng.random() < 0.5  # half the blocks of usual counts, where the fast path has its work
+    for name, values in (
+        ("prompt_tokens", (1200, 1200, 1200, 40, 0, 3, -1, "12", None, True, 10**10, _MISSING)),
+        ("completion_tokens", (300, 300, 300, 40, 0, 3, -1, 2.0, None, _MISSING)),
+        ("total_tokens", (_MISSING, None, "sum", "sum", "sum", 0, 1, 5000, -1, "30", 2.5, True, 10**10)),
+    ):
+        if usual:
+            values = values[:4]
+        value = rng.choice(values)
+        if value is not _MISSING:
+            usage[name] = value
+    if usage.get("total_tokens") == "sum":
+        parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+        usage["total_tokens"] = sum(p for p in parts if type(p) is int)
+    for key, wrapper, names in (
+        ("prompt_tokens_details", PromptTokensDetailsWrapper, _PROMPT_DETAIL_NAMES),
+        ("completion_tokens_details", CompletionTokensDetailsWrapper, _COMPLETION_DETAIL_NAMES),
+    ):
+        kinds = ("absent", "none", "dict", "wrapper", "wrapper", "wrapper", "other_model", "plain", "mapping", "int")
+        kind = rng.choice(kinds[:6] if usual else kinds)
+        if kind == "absent":
+            continue
+        if kind == "none":
+            usage[key] = None
+            continue
+        fields: dict[str, Any] = {}
+        for name in names + _IGNORED_DETAIL_NAMES:
+            if rng.random() < 0.6:
+                value = rng.choice(_USUAL_COUNTS if usual else _COUNTS)
+                if value is not _MISSING:
+                    fields[name] = value
+        if rng.random() < (0.02 if usual else 0.1):
+            fields["extra_name"] = 5
+        if key == "prompt_tokens_details" and rng.random() < 0.1:
+            nested = rng.choice(("cached_tokens_details", "cache_creation_token_details"))
+            fields[nested] = rng.choice(({}, {"audio_tokens": 2}, {"ephemeral_1h_input_tokens": 3}, None, 0))
+        usage[key] = _details_of(kind, wrapper, fields)
+    if rng.random() < 0.05:
+        usage[rng.choice(("cost", "cache_read_input_tokens", "input_tokens", "reasoning_tokens"))] = 7
+    return usage
+
+
+_NAMED_USAGES: dict[str, dict[str, Any]] = {
+    "details None": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+    "all zero": {
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0},
+    },
+    "cached": {"prompt_tokens": 1200, "completion_tokens": 300, "prompt_tokens_details": {"cached_tokens": 1024}},
+    "cached is the prompt": {
+        "prompt_tokens": 1200,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 1200},
+    },
+    "cached past the prompt": {
+        "prompt_tokens": 1200,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 1201},
+    },
+    "cache writes": {
+        "prompt_tokens": 900,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cache_write_tokens": 300},
+    },
+    "cache writes by both names": {
+        "prompt_tokens": 900,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cache_creation_tokens": 200, "cache_write_tokens": "garbage"},
+    },
+    "reasoning": {
+        "prompt_tokens": 10,
+        "completion_tokens": 300,
+        "completion_tokens_details": {"reasoning_tokens": 128},
+    },
+    "reasoning past the completion": {
+        "prompt_tokens": 10,
+        "completion_tokens": 300,
+        "total_tokens": 310,
+        "completion_tokens_details": {"reasoning_tokens": 301},
+    },
+    "audio": {
+        "prompt_tokens": 500,
+        "completion_tokens": 400,
+        "prompt_tokens_details": {"audio_tokens": 450, "cached_tokens": 100},
+        "completion_tokens_details": {"audio_tokens": 350, "reasoning_tokens": 50},
+    },
+    "audio and image past the prompt": {
+        "prompt_tokens": 500,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"audio_tokens": 300, "image_tokens": 300},
+    },
+    "image": {
+        "prompt_tokens": 500,
+        "completion_tokens": 4000,
+        "prompt_tokens_details": {"image_tokens": 400, "text_tokens": 100},
+        "completion_tokens_details": {"image_tokens": 4000},
+    },
+    "negative": {"prompt_tokens": 10, "completion_tokens": 20, "prompt_tokens_details": {"cached_tokens": -1}},
+    "past MAX": {
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "completion_tokens_details": {"reasoning_tokens": 10**10},
+    },
+    "a string": {"prompt_tokens": 10, "completion_tokens": 20, "prompt_tokens_details": {"cached_tokens": "4"}},
+    "a bool": {"prompt_tokens": 10, "completion_tokens": 20, "completion_tokens_details": {"audio_tokens": True}},
+    "a float": {"prompt_tokens": 10, "completion_tokens": 20, "prompt_tokens_details": {"image_tokens": 2.5}},
+    "extra names": {
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "prompt_tokens_details": {"cached_tokens": 4, "something_new": 9},
+        "completion_tokens_details": {"reasoning_tokens": 4, "something_new": 9},
+    },
+    "total below": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 25, "prompt_tokens_details": {}},
+    "total above": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 99, "completion_tokens_details": {}},
+    "total a string": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": "30", "prompt_tokens_details": {}},
+    "cached audio": {
+        "prompt_tokens": 100,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 50, "cached_tokens_details": {"audio_tokens": 60}},
+    },
+    "cache lifetimes": {
+        "prompt_tokens": 100,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cache_creation_token_details": {"ephemeral_1h_input_tokens": 30}},
+    },
+}
+
+
+def _all_usages() -> list[tuple[str, dict[str, Any]]]:
+    cases: list[tuple[str, dict[str, Any]]] = []
+    for name, usage in _NAMED_USAGES.items():
+        for kind in ("dict", "wrapper", "other_model", "plain", "mapping"):
+            converted = dict(usage)
+            for key, wrapper in (
+                ("prompt_tokens_details", PromptTokensDetailsWrapper),
+                ("completion_tokens_details", CompletionTokensDetailsWrapper),
+            ):
+                if isinstance(usage.get(key), dict):
+                    converted[key] = _details_of(kind, wrapper, dict(usage[key]))
+            cases.append((f"{name} ({kind})", converted))
+    # Each count of the details alone unusual, in an otherwise usual block.
+    for key, wrapper, names in (
+        ("prompt_tokens_details", PromptTokensDetailsWrapper, _PROMPT_DETAIL_NAMES),
+        ("completion_tokens_details", CompletionTokensDetailsWrapper, _COMPLETION_DETAIL_NAMES),
+    ):
+        for name in names:
+            for value in _COUNTS[1:]:
+                usage = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500, key: {name: value}}
+                cases.append((f"{key}.{name}={value!r} (dict)", usage))
+                details = _details_of("wrapper", wrapper, {name: value})
+                cases.append((f"{key}.{name}={value!r} (wrapper)", {**usage, key: details}))
+    rng = random.Random(20261127)
+    cases.extend((f"random {i}", _random_usage(rng)) for i in range(3000))
+    return cases
+
+
+def test_every_chat_usage_block_reads_as_the_general_readers_read_it() -> None:
+    taken = 0
+    for name, usage in _all_usages():
+        expected = _general_counts(usage)
+        assert normalize_usage({"usage": usage}) == expected, name
+        assert normalize_usage({"usage": usage}).flags == expected.flags, name
+        # And as LiteLLM hands it: a Usage model in a ModelResponse, its details as they are.
+        response = litellm.ModelResponse(model="gpt-4o-mini")
+        block = litellm.Usage()
+        block.__dict__.clear()
+        block.__dict__.update(usage)
+        response.usage = block
+        assert normalize_usage(response) == _general_counts(_usage_fields(block)), name
+        taken += _fast_path_taken(usage)
+    # The fast path is not vacuous: it read a good part of the shapes itself.
+    assert taken > 600
+
+
+def _fast_path_taken(usage: dict[str, Any]) -> bool:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(usage_module, "_read_openai_or_anthropic", _not_expected)
+        try:
+            normalize_usage({"usage": usage})
+        except _GeneralPathError:
+            return False
+    return True
+
+
+class _GeneralPathError(Exception):
+    pass
+
+
+def _not_expected(*args: object) -> None:
+    raise _GeneralPathError
+
+
+_OPENAI_WIRE_USAGE = {
+    "prompt_tokens": 1200,
+    "completion_tokens": 300,
+    "total_tokens": 1500,
+    "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 128,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "wire_usage",
+    [
+        _OPENAI_WIRE_USAGE,
+        {**_OPENAI_WIRE_USAGE, "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0}},
+        {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+    ],
+)
+async def test_usual_answers_of_an_openai_format_provider_take_the_fast_path(
+    fake_provider: FakeProvider, provider_kwargs: dict[str, Any], wire_usage: dict[str, Any]
+) -> None:
+    fake_provider.script("gpt-4o-mini", usage=wire_usage)
+    response = await litellm.acompletion(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], **provider_kwargs
+    )
+    normalize_usage(response)  # the details classes are seen (fields_of) on the first event
+    expected = _general_counts(_usage_fields(response.usage))
+    assert expected.prompt_tokens == wire_usage["prompt_tokens"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(usage_module, "_read_openai_or_anthropic", _not_expected)
+        patch.setattr(usage_module, "_check_invariants", _not_expected)
+        counts = normalize_usage(response)
+    assert counts == expected
+    assert counts.flags == [] and counts.flags is not expected.flags
+
+
+def test_counts_read_in_place_are_whole_token_counts() -> None:
+    """The fast path builds its TokenCounts without __init__: every field is there, as __init__ sets it."""
+    counts = normalize_usage({"usage": dict(_NAMED_USAGES["details None"])})
+    assert _fast_path_taken(dict(_NAMED_USAGES["details None"]))
+    built = TokenCounts(prompt_tokens=10, completion_tokens=20, total_tokens=30, present=True)
+    assert {f.name: getattr(counts, f.name) for f in fields(TokenCounts)} == asdict(built)
+    assert counts == built and repr(counts) == repr(built) and replace(counts) == built
+    counts.flag(RecordFlag.MALFORMED_USAGE)
+    assert built.flags == [] and normalize_usage({"usage": dict(_NAMED_USAGES["details None"])}).flags == []
