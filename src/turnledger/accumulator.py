@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import operator
+import os
 import threading
 import time
 import weakref
@@ -767,8 +769,8 @@ class TurnTokenAccumulator:
                 awaited, responded = self._wait_state_locked()
                 if not awaited or (answered_only and not responded):
                     return
-                remaining = self._settle_deadline_locked(started, timeout, responded) - time.monotonic()
-                if remaining <= 0:
+                deadline = self._settle_deadline_locked(started, timeout, responded)
+                if deadline <= time.monotonic():
                     return
                 # Whether an event that leaves no call with its response changes this wait: it
                 # shortens the long deadline, and ends a wait for answered calls only. One flag for
@@ -780,13 +782,18 @@ class TurnTokenAccumulator:
                     self._wake_if_unanswered = wake_if_unanswered
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
-            # On a timeout, loop once more: the deadline may have moved (a response arrived). A timer
-            # resolving the future is what wait_for does, without its extra future and callbacks.
-            timer = loop.call_at(loop.time() + remaining, _resolve, fut)
+            # On a timeout, loop once more: the deadline may have moved (a response arrived). The
+            # keeper resolving the future at the deadline is what wait_for does, without its extra
+            # future, callbacks and timer (see _DeadlineKeeper).
+            ref = weakref.ref(fut)
+            keeper = _deadlines
+            keeper.waits[ref] = deadline
+            if deadline < keeper.wake_at:
+                keeper.wake_by(deadline)
             try:
                 await fut
             finally:
-                timer.cancel()
+                keeper.waits.pop(ref, None)
 
     def _settle_sync(self, timeout: float | None) -> None:
         started = time.monotonic()
@@ -1032,6 +1039,112 @@ def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]])
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+class _DeadlineKeeper:
+    """Ends the waits of closing scopes at their deadlines, for every event loop of the process, from
+    a thread of its own.
+
+    A wait armed a timer on its loop (``loop.call_at``) and cancelled it when the turn's last event
+    woke it, as nearly every wait ends: asyncio's Python code made a timer handle, pushed it on the
+    loop's heap (comparing handles in Python), cancelled it and later popped it, some 90 bytecodes and
+    2,600 instructions a call with a scope per 3-call turn (callgrind). One timer per loop left armed
+    at the earliest deadline cost more than it saved (+64 bytecodes a call): LiteLLM's logging worker
+    pushes and pops a timer of its own for every event (``asyncio.wait_for``), and each of those, and
+    every round of the loop, then went past it. Here a wait files its deadline in :attr:`waits` (one
+    dict store, and one pop when it ends) and tells the thread only of a deadline earlier than the one
+    it sleeps until: turns come and go, each filing a deadline later than the last, and the thread
+    sleeps through to one whose wait is long over, then until the earliest deadline still filed.
+
+    A wait is filed by a weak reference to its future: a loop closed while a scope waits on it is not
+    kept alive by it, nor is the turn. The thread is made by the first wait, and again after a fork.
+    """
+
+    def __init__(self) -> None:
+        self.waits: dict[weakref.ref[asyncio.Future[None]], float] = {}
+        # When the thread next looks at the waits (time.monotonic), infinite while it looks: a wait
+        # filed meanwhile then takes the lock, and finds when the thread looks next once it is done.
+        # Read without the lock by every wait: a float read and compared under the GIL.
+        self.wake_at = math.inf
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def wake_by(self, deadline: float) -> None:
+        """Have the thread look at the waits by ``deadline``: a wait that ends then was just filed."""
+        with self._lock:
+            if deadline >= self.wake_at:
+                return
+            self.wake_at = deadline
+            if self._thread is not None and self._thread.is_alive():
+                self._wakeup.notify()
+                return
+            self._thread = threading.Thread(target=self._run, name="turnledger-deadlines", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                if self.wake_at > now:
+                    self._wakeup.wait(None if self.wake_at == math.inf else self.wake_at - now)
+                    continue
+                self.wake_at = math.inf
+                try:
+                    due = self._due_locked(now)
+                except Exception:
+                    # Nothing here should raise; if it did, the thread lives on for the waits filed,
+                    # and looks again a second later.
+                    self.wake_at = now + 1.0
+                    warn_once("turn:deadlines", "turnledger could not read closing scopes' deadlines", exc_info=True)
+                    continue
+                if due:
+                    self._lock.release()
+                    try:
+                        _wake_at_deadline(due)
+                    finally:
+                        # Not held while the thread sleeps: a loop closed meanwhile is not kept alive.
+                        del due
+                        self._lock.acquire()
+
+    def _due_locked(self, now: float) -> list[asyncio.Future[None]]:
+        """The waits whose deadline has passed, taken off the list; when the thread looks next is set."""
+        due: list[asyncio.Future[None]] = []
+        next_at = math.inf
+        waits = self.waits
+        # A copy, in C, under the GIL: waits are filed and ended meanwhile without the lock.
+        for ref, deadline in list(waits.items()):
+            fut = ref()
+            if fut is None or fut.done():
+                # Its wait is over (the loop closed under it, or a pop not yet made).
+                waits.pop(ref, None)
+            elif deadline <= now:
+                waits.pop(ref, None)
+                due.append(fut)
+            elif deadline < next_at:
+                next_at = deadline
+        self.wake_at = next_at
+        return due
+
+
+def _wake_at_deadline(due: list[asyncio.Future[None]]) -> None:
+    for fut in due:
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+
+_deadlines = _DeadlineKeeper()
+
+
+def _new_keeper_after_fork() -> None:
+    # The child has no thread, and the parent's may have held the lock when it forked.
+    global _deadlines
+    _deadlines = _DeadlineKeeper()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_keeper_after_fork)
 
 
 def _bare_model_name(model: str) -> str:
