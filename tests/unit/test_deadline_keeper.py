@@ -24,6 +24,13 @@ from turnledger.accumulator import PendingCall
 from turnledger.records import CallKind
 
 
+@pytest.fixture(autouse=True)
+def own_keeper(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A keeper of the test's own, whatever waits earlier tests filed: its thread sleeps until the
+    # deadlines these tests set (and sleeps on, idle, once the test is over).
+    monkeypatch.setattr(acc, "_deadlines", acc._DeadlineKeeper())
+
+
 def pending(call_id: str, *, answered: bool) -> PendingCall:
     return PendingCall(
         call_id=call_id,
