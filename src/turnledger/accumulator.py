@@ -38,7 +38,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from turnledger import subscribers as _subscribers_module
@@ -67,6 +67,8 @@ MAX_DEFERRED_RECORDS = 8
 objects the garbage collector tracks, that LiteLLM would otherwise free at once; 8 keep that well
 below the collector's default young-generation threshold (700), so deferring starts no collections
 of its own (measured with gc callbacks: 32 triggered one per 15-call turn)."""
+
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 _current_turn: ContextVar[TurnTokenAccumulator | None] = ContextVar("turnledger_current_turn", default=None)
 
@@ -330,11 +332,9 @@ class TurnTokenAccumulator:
         self._weak_self = TurnMark(self)
         self.late_calls: list[TokenCallRecord] = []
         """Records whose event came after the turn closed; not part of the totals."""
-        self._abandoned_factory = abandoned_record_factory or _default_abandoned_record
+        if abandoned_record_factory:
+            self._abandoned_factory = abandoned_record_factory
         self._lock = threading.Lock()
-        # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
-        # several microseconds to make (it probes the lock for three methods it lacks).
-        self._idle: threading.Condition | None = None
         self._pending: dict[str, StartedCall] = {}
         # Further calls in flight under a call id already pending (the caller passed the same
         # litellm_call_id to each): each end event of the id hands its place to the next.
@@ -342,15 +342,24 @@ class TurnTokenAccumulator:
         # Call ids LiteLLM retried itself (num_retries): their attempts share the id.
         self._retried_ids: set[str] = set()
         self._seen_events: set[EventKey] = set()
-        self._sync_waiters = 0
-        self._wake_if_unanswered = False
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._subscribers: tuple[Subscriber, ...] = ()
-        self._metadata: dict[str, ModelMetadata] = {}
-        self._bare_metadata: dict[str, ModelMetadata] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._token: Token[TurnTokenAccumulator | None] | None = None
-        self._closed = False
+
+    # Fields most turns never change, read off the class until a turn writes its own: a store in
+    # __init__ is ~50 instructions, a dict or list made ~150, on every turn (11 of them, ~1,000
+    # instructions a turn). Only immutable values here: a turn writes its own, never into these.
+    _abandoned_factory: AbandonedRecordFactory | None = None
+    # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
+    # several microseconds to make (it probes the lock for three methods it lacks).
+    _idle: threading.Condition | None = None
+    _sync_waiters = 0
+    _wake_if_unanswered = False
+    # Closing scopes waiting on an event loop: a list of the turn's own once one waits.
+    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | tuple[()] = ()
+    _subscribers: tuple[Subscriber, ...] = ()
+    _metadata: Mapping[str, ModelMetadata] = _NO_METADATA
+    _bare_metadata: Mapping[str, ModelMetadata] = _NO_METADATA
+    _loop: asyncio.AbstractEventLoop | None = None
+    _token: Token[TurnTokenAccumulator | None] | None = None
+    _closed = False
 
     # -- when ------------------------------------------------------------------------------------
     _created_at: datetime | None = None
@@ -402,8 +411,9 @@ class TurnTokenAccumulator:
         # Calls that ended before this were made without it, whenever their events are read.
         self._read_deferred()
         with self._lock:
-            self._metadata[model_ref] = meta
-            self._bare_metadata[_bare_model_name(model_ref)] = meta
+            # New dicts (a turn registers a few models at most): the class's empty ones are shared.
+            self._metadata = {**self._metadata, model_ref: meta}
+            self._bare_metadata = {**self._bare_metadata, _bare_model_name(model_ref): meta}
         return meta
 
     @property
@@ -677,7 +687,7 @@ class TurnTokenAccumulator:
                 awaited = responded = False
             if awaited and (responded or not self._wake_if_unanswered):
                 return []
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters, ()
         return waiters
 
     # -- closing ---------------------------------------------------------------------------------
@@ -778,10 +788,14 @@ class TurnTokenAccumulator:
                 # keeps it set until the waiters are woken. A waiter woken that did not need it waits
                 # another round; one left asleep that needed it waited out logging_timeout.
                 wake_if_unanswered = responded and (timeout is None or answered_only)
-                if wake_if_unanswered or not self._waiters:
+                waiters = self._waiters
+                if wake_if_unanswered or not waiters:
                     self._wake_if_unanswered = wake_if_unanswered
                 fut: asyncio.Future[None] = loop.create_future()
-                self._waiters.append((loop, fut))
+                if waiters:
+                    waiters.append((loop, fut))
+                else:
+                    self._waiters = [(loop, fut)]
             # On a timeout, loop once more: the deadline may have moved (a response arrived). The
             # keeper resolving the future at the deadline is what wait_for does, without its extra
             # future, callbacks and timer (see _DeadlineKeeper).
@@ -857,10 +871,10 @@ class TurnTokenAccumulator:
                 if record is None:
                     record = _refused_attempt_record(pending, meta, raised=superseded)
                 if record is None:
-                    record = self._abandoned_factory(pending, meta)
+                    record = (self._abandoned_factory or _default_abandoned_record)(pending, meta)
                 record = record.with_flags(RecordFlag.UNLOGGED_RETRY_ATTEMPT)
             else:
-                record = self._abandoned_factory(pending, meta)
+                record = (self._abandoned_factory or _default_abandoned_record)(pending, meta)
         except Exception:
             # What could be read of the call, if anything; never priced.
             known: dict[str, Any] = {"model": "unknown"}
