@@ -223,3 +223,22 @@ async def test_turns_write_their_own_fields_never_the_class_defaults() -> None:
     # The factory given is the turn's own; none given, the default one is used.
     assert TurnTokenAccumulator(abandoned_record_factory=len)._abandoned_factory is len  # type: ignore[arg-type]
     assert fresh._abandoned_factory is None
+
+
+async def test_a_turn_closed_by_another_task_is_current_no_more_where_it_closed() -> None:
+    # aclose deactivates the turn in place of _deactivate: from another context the token cannot be
+    # reset, and the turn is taken off that context's copy of the var, as _deactivate does.
+    turn = turnledger.start_turn()
+
+    async def close_elsewhere() -> TurnTokenAccumulator | None:
+        assert turnledger.get_current_accumulator() is turn
+        await turn.aclose()
+        return turnledger.get_current_accumulator()
+
+    try:
+        assert await asyncio.create_task(close_elsewhere()) is None
+        assert turn.closed and turn._token is None
+        # The opener's own context is its own business (as with _deactivate).
+        assert turnledger.get_current_accumulator() is turn
+    finally:
+        acc._current_turn.set(None)
