@@ -42,6 +42,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from turnledger import subscribers as _subscribers_module
+from turnledger import turn_ids as _turn_ids
 from turnledger._logging import warn_once
 from turnledger.call_details import response_arrived
 from turnledger.money import micros_from_usd, split_micros, sum_costs
@@ -313,7 +314,9 @@ class TurnTokenAccumulator:
         abandoned_record_factory: AbandonedRecordFactory | None = None,
         **labels: Any,
     ) -> None:
-        self.turn_id: str = turn_id or new_turn_id()
+        # new_turn_id's usual case in place (the next id of the batch it read): a Python-level call
+        # fewer on every turn. Ids are never empty; an exhausted batch gives None, and new_turn_id reads one.
+        self.turn_id: str = turn_id or next(_turn_ids._ids, None) or new_turn_id()
         self.user_id = user_id
         self.thread_id = thread_id
         self.message_id = message_id

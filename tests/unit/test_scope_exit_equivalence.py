@@ -242,3 +242,15 @@ async def test_a_turn_closed_by_another_task_is_current_no_more_where_it_closed(
         assert turnledger.get_current_accumulator() is turn
     finally:
         acc._current_turn.set(None)
+
+
+def test_a_turn_takes_its_id_as_new_turn_id_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # __init__ takes the next id of the batch in place of new_turn_id, which reads a batch when it ran out.
+    from turnledger import turn_ids
+
+    monkeypatch.setattr(turn_ids, "_ids", iter(["0" * 32, "1" * 32]))
+    assert [TurnTokenAccumulator().turn_id for _ in range(2)] == ["0" * 32, "1" * 32]
+    refilled = TurnTokenAccumulator().turn_id
+    assert len(refilled) == 32 and refilled not in ("0" * 32, "1" * 32)
+    assert next(turn_ids._ids) != refilled, "the rest of the new batch is handed out next"
+    assert TurnTokenAccumulator(turn_id="given").turn_id == "given"
