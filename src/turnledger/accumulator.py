@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import operator
+import os
 import threading
 import time
 import weakref
@@ -36,10 +38,11 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from turnledger import subscribers as _subscribers_module
+from turnledger import turn_ids as _turn_ids
 from turnledger._logging import warn_once
 from turnledger.call_details import response_arrived
 from turnledger.money import micros_from_usd, split_micros, sum_costs
@@ -65,6 +68,8 @@ MAX_DEFERRED_RECORDS = 8
 objects the garbage collector tracks, that LiteLLM would otherwise free at once; 8 keep that well
 below the collector's default young-generation threshold (700), so deferring starts no collections
 of its own (measured with gc callbacks: 32 triggered one per 15-call turn)."""
+
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 _current_turn: ContextVar[TurnTokenAccumulator | None] = ContextVar("turnledger_current_turn", default=None)
 
@@ -147,7 +152,11 @@ class StartedCall(Protocol):
     def call_id(self) -> str: ...
 
     @property
-    def responded(self) -> bool: ...
+    def responded(self) -> bool:
+        """Its response arrived and an end event is on its way (a closing scope waits for it up to
+        ``logging_timeout``). Never true of a call that is :attr:`finished` (no end event will come):
+        a closing scope that finds a call responded takes it as not finished without asking."""
+        ...
 
     @property
     def finished(self) -> bool:
@@ -305,7 +314,9 @@ class TurnTokenAccumulator:
         abandoned_record_factory: AbandonedRecordFactory | None = None,
         **labels: Any,
     ) -> None:
-        self.turn_id: str = turn_id or new_turn_id()
+        # new_turn_id's usual case in place (the next id of the batch it read): a Python-level call
+        # fewer on every turn. Ids are never empty; an exhausted batch gives None, and new_turn_id reads one.
+        self.turn_id: str = turn_id or next(_turn_ids._ids, None) or new_turn_id()
         self.user_id = user_id
         self.thread_id = thread_id
         self.message_id = message_id
@@ -328,11 +339,9 @@ class TurnTokenAccumulator:
         self._weak_self = TurnMark(self)
         self.late_calls: list[TokenCallRecord] = []
         """Records whose event came after the turn closed; not part of the totals."""
-        self._abandoned_factory = abandoned_record_factory or _default_abandoned_record
+        if abandoned_record_factory:
+            self._abandoned_factory = abandoned_record_factory
         self._lock = threading.Lock()
-        # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
-        # several microseconds to make (it probes the lock for three methods it lacks).
-        self._idle: threading.Condition | None = None
         self._pending: dict[str, StartedCall] = {}
         # Further calls in flight under a call id already pending (the caller passed the same
         # litellm_call_id to each): each end event of the id hands its place to the next.
@@ -340,15 +349,24 @@ class TurnTokenAccumulator:
         # Call ids LiteLLM retried itself (num_retries): their attempts share the id.
         self._retried_ids: set[str] = set()
         self._seen_events: set[EventKey] = set()
-        self._sync_waiters = 0
-        self._wake_if_unanswered = False
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._subscribers: tuple[Subscriber, ...] = ()
-        self._metadata: dict[str, ModelMetadata] = {}
-        self._bare_metadata: dict[str, ModelMetadata] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._token: Token[TurnTokenAccumulator | None] | None = None
-        self._closed = False
+
+    # Fields most turns never change, read off the class until a turn writes its own: a store in
+    # __init__ is ~50 instructions, a dict or list made ~150, on every turn (11 of them, ~1,000
+    # instructions a turn). Only immutable values here: a turn writes its own, never into these.
+    _abandoned_factory: AbandonedRecordFactory | None = None
+    # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
+    # several microseconds to make (it probes the lock for three methods it lacks).
+    _idle: threading.Condition | None = None
+    _sync_waiters = 0
+    _wake_if_unanswered = False
+    # Closing scopes waiting on an event loop: a list of the turn's own once one waits.
+    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | tuple[()] = ()
+    _subscribers: tuple[Subscriber, ...] = ()
+    _metadata: Mapping[str, ModelMetadata] = _NO_METADATA
+    _bare_metadata: Mapping[str, ModelMetadata] = _NO_METADATA
+    _loop: asyncio.AbstractEventLoop | None = None
+    _token: Token[TurnTokenAccumulator | None] | None = None
+    _closed = False
 
     # -- when ------------------------------------------------------------------------------------
     _created_at: datetime | None = None
@@ -400,8 +418,9 @@ class TurnTokenAccumulator:
         # Calls that ended before this were made without it, whenever their events are read.
         self._read_deferred()
         with self._lock:
-            self._metadata[model_ref] = meta
-            self._bare_metadata[_bare_model_name(model_ref)] = meta
+            # New dicts (a turn registers a few models at most): the class's empty ones are shared.
+            self._metadata = {**self._metadata, model_ref: meta}
+            self._bare_metadata = {**self._bare_metadata, _bare_model_name(model_ref): meta}
         return meta
 
     @property
@@ -685,7 +704,7 @@ class TurnTokenAccumulator:
                 awaited = responded = False
             if awaited and (responded or not self._wake_if_unanswered):
                 return []
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters, ()
         return waiters
 
     # -- closing ---------------------------------------------------------------------------------
@@ -716,7 +735,16 @@ class TurnTokenAccumulator:
                 raise
         finally:
             self._finalize()
-            self._deactivate()
+            # _deactivate in place: a Python-level call fewer on every turn.
+            token = self._token
+            if token is not None:
+                self._token = None
+                try:
+                    _current_turn.reset(token)
+                except ValueError:
+                    # As _deactivate: closed from another context.
+                    if _current_turn.get() is self:
+                        _current_turn.set(None)
 
     def close(self, timeout: float | None = None) -> None:
         """The sync twin of :meth:`aclose`; blocks the calling thread while it waits.
@@ -739,15 +767,14 @@ class TurnTokenAccumulator:
     def _wait_state_locked(self) -> tuple[bool, bool]:
         """Whether a pending call may still report its end (see :meth:`_awaited_locked`), and whether
         one has its response (it gets ``logging_timeout``), in one pass."""
-        awaited = responded = False
-        for p in self._all_pending_locked():
+        awaited = False
+        for p in self._pending.values() if not self._more_pending else self._all_pending_locked():
+            if p.responded:
+                # Not finished then (see StartedCall.responded): both are known.
+                return True, True
             if not awaited and not p.finished:
                 awaited = True
-            if not responded and p.responded:
-                responded = True
-            if awaited and responded:
-                break
-        return awaited, responded
+        return awaited, False
 
     def _all_pending_locked(self) -> list[StartedCall]:
         calls = list(self._pending.values())
@@ -768,17 +795,37 @@ class TurnTokenAccumulator:
 
     async def _settle_async(self, timeout: float | None, *, answered_only: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
+        started = _monotonic()
+        lock = self._lock
         while True:
-            with self._lock:
-                if not self._pending and not self._more_pending:
+            # _wait_state_locked and _settle_deadline_locked in place, the lock taken without ``with``
+            # and the future made without the loop's Python-level create_future when it is asyncio's
+            # own: 4 Python-level calls fewer in a wait's usual first round (~1,800 instructions a
+            # turn). Pinned by the wait tests in tests/unit/test_accumulator.py.
+            lock.acquire()
+            try:
+                pending = self._pending
+                more_pending = self._more_pending
+                if not pending and not more_pending:
                     # Woken by the last call's event, the usual end of a wait.
                     return
-                awaited, responded = self._wait_state_locked()
+                awaited = responded = False
+                for p in pending.values() if not more_pending else self._all_pending_locked():
+                    if p.responded:
+                        # Not finished then (see StartedCall.responded).
+                        awaited = responded = True
+                        break
+                    if not awaited and not p.finished:
+                        awaited = True
                 if not awaited or (answered_only and not responded):
                     return
-                remaining = self._settle_deadline_locked(started, timeout, responded) - time.monotonic()
-                if remaining <= 0:
+                if timeout is not None:
+                    deadline = started + timeout
+                elif responded:
+                    deadline = started + max(self.logging_timeout, self.settle_timeout)
+                else:
+                    deadline = started + self.settle_timeout
+                if deadline <= _monotonic():
                     return
                 # Whether an event that leaves no call with its response changes this wait: it
                 # shortens the long deadline, and ends a wait for answered calls only. One flag for
@@ -786,17 +833,30 @@ class TurnTokenAccumulator:
                 # keeps it set until the waiters are woken. A waiter woken that did not need it waits
                 # another round; one left asleep that needed it waited out logging_timeout.
                 wake_if_unanswered = responded and (timeout is None or answered_only)
-                if wake_if_unanswered or not self._waiters:
+                waiters = self._waiters
+                if wake_if_unanswered or not waiters:
                     self._wake_if_unanswered = wake_if_unanswered
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiters.append((loop, fut))
-            # On a timeout, loop once more: the deadline may have moved (a response arrived). A timer
-            # resolving the future is what wait_for does, without its extra future and callbacks.
-            timer = loop.call_at(loop.time() + remaining, _resolve, fut)
+                fut: asyncio.Future[None] = (
+                    _Future(loop=loop) if type(loop).create_future is _BASE_CREATE_FUTURE else loop.create_future()
+                )
+                if waiters:
+                    waiters.append((loop, fut))
+                else:
+                    self._waiters = [(loop, fut)]
+            finally:
+                lock.release()
+            # On a timeout, loop once more: the deadline may have moved (a response arrived). The
+            # keeper resolving the future at the deadline is what wait_for does, without its extra
+            # future, callbacks and timer (see _DeadlineKeeper).
+            ref = weakref.ref(fut)
+            keeper = _deadlines
+            keeper.waits[ref] = deadline
+            if deadline < keeper.wake_at:
+                keeper.wake_by(deadline)
             try:
                 await fut
             finally:
-                timer.cancel()
+                keeper.waits.pop(ref, None)
 
     def _settle_sync(self, timeout: float | None) -> None:
         started = time.monotonic()
@@ -817,7 +877,10 @@ class TurnTokenAccumulator:
                     self._sync_waiters -= 1
 
     def _finalize(self) -> None:
-        with self._lock:
+        # The locks taken without ``with``, and _read_deferred in place: on every turn (~600 instructions).
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._closed:
                 return
             self._closed = True
@@ -831,9 +894,16 @@ class TurnTokenAccumulator:
                 started = self._all_pending_locked()
                 self._pending.clear()
                 self._more_pending.clear()
+        finally:
+            lock.release()
         try:
             # Closed: no event is deferred any more, and these are the last records of the turn.
-            self._read_deferred()
+            build_lock = self._build_lock
+            build_lock.acquire()
+            try:
+                self._read_deferred_locked()
+            finally:
+                build_lock.release()
         finally:
             # Even if that read was interrupted: the calls that never reported are in no other list.
             for call in started:
@@ -860,10 +930,10 @@ class TurnTokenAccumulator:
                 if record is None:
                     record = _refused_attempt_record(pending, meta, raised=superseded)
                 if record is None:
-                    record = self._abandoned_factory(pending, meta)
+                    record = (self._abandoned_factory or _default_abandoned_record)(pending, meta)
                 record = record.with_flags(RecordFlag.UNLOGGED_RETRY_ATTEMPT)
             else:
-                record = self._abandoned_factory(pending, meta)
+                record = (self._abandoned_factory or _default_abandoned_record)(pending, meta)
         except Exception:
             # What could be read of the call, if anything; never priced.
             known: dict[str, Any] = {"model": "unknown"}
@@ -1032,16 +1102,133 @@ def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]])
     for loop, fut in waiters:
         if loop is running:
             # On the waiter's own loop (an async call's event): no self-pipe write and wake-up needed.
-            _resolve(fut)
+            # _resolve in place: a Python-level call fewer on every turn.
+            if not fut.done():
+                fut.set_result(None)
             continue
         # A closed loop raises RuntimeError: nobody is waiting there any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_resolve, fut)
 
 
+_Future = asyncio.Future
+# The clock of async waits and of the keeper that ends them, one and the same, bound here: the keeper's
+# thread reads it at any time, also while a test drives this module's ``time`` for a sync close.
+_monotonic = time.monotonic
+# What asyncio's own loops make a future with (``Future(loop=self)``); a loop that makes its own
+# (uvloop) is asked to.
+_BASE_CREATE_FUTURE = asyncio.BaseEventLoop.create_future
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+class _DeadlineKeeper:
+    """Ends the waits of closing scopes at their deadlines, for every event loop of the process, from
+    a thread of its own.
+
+    A wait armed a timer on its loop (``loop.call_at``) and cancelled it when the turn's last event
+    woke it, as nearly every wait ends: asyncio's Python code made a timer handle, pushed it on the
+    loop's heap (comparing handles in Python), cancelled it and later popped it, some 90 bytecodes and
+    2,600 instructions a call with a scope per 3-call turn (callgrind). One timer per loop left armed
+    at the earliest deadline cost more than it saved (+64 bytecodes a call): LiteLLM's logging worker
+    pushes and pops a timer of its own for every event (``asyncio.wait_for``), and each of those, and
+    every round of the loop, then went past it. Here a wait files its deadline in :attr:`waits` (one
+    dict store, and one pop when it ends) and tells the thread only of a deadline earlier than the one
+    it sleeps until: turns come and go, each filing a deadline later than the last, and the thread
+    sleeps through to one whose wait is long over, then until the earliest deadline still filed.
+
+    A wait is filed by a weak reference to its future: a loop closed while a scope waits on it is not
+    kept alive by it, nor is the turn. The thread is made by the first wait, and again after a fork.
+    """
+
+    def __init__(self) -> None:
+        self.waits: dict[weakref.ref[asyncio.Future[None]], float] = {}
+        # When the thread next looks at the waits (time.monotonic), infinite while it looks: a wait
+        # filed meanwhile then takes the lock, and finds when the thread looks next once it is done.
+        # Read without the lock by every wait: a float read and compared under the GIL.
+        self.wake_at = math.inf
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def wake_by(self, deadline: float) -> None:
+        """Have the thread look at the waits by ``deadline``: a wait that ends then was just filed."""
+        with self._lock:
+            if deadline >= self.wake_at:
+                return
+            self.wake_at = deadline
+            if self._thread is not None and self._thread.is_alive():
+                self._wakeup.notify()
+                return
+            self._thread = threading.Thread(target=self._run, name="turnledger-deadlines", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                now = _monotonic()
+                if self.wake_at > now:
+                    self._wakeup.wait(None if self.wake_at == math.inf else self.wake_at - now)
+                    continue
+                self.wake_at = math.inf
+                try:
+                    due = self._due_locked(now)
+                except Exception:
+                    # Nothing here should raise; if it did, the thread lives on for the waits filed,
+                    # and looks again a second later.
+                    self.wake_at = now + 1.0
+                    warn_once("turn:deadlines", "turnledger could not read closing scopes' deadlines", exc_info=True)
+                    continue
+                if due:
+                    self._lock.release()
+                    try:
+                        _wake_at_deadline(due)
+                    finally:
+                        # Not held while the thread sleeps: a loop closed meanwhile is not kept alive.
+                        del due
+                        self._lock.acquire()
+
+    def _due_locked(self, now: float) -> list[asyncio.Future[None]]:
+        """The waits whose deadline has passed, taken off the list; when the thread looks next is set."""
+        due: list[asyncio.Future[None]] = []
+        next_at = math.inf
+        waits = self.waits
+        # A copy, in C, under the GIL: waits are filed and ended meanwhile without the lock.
+        for ref, deadline in list(waits.items()):
+            fut = ref()
+            if fut is None or fut.done():
+                # Its wait is over (the loop closed under it, or a pop not yet made).
+                waits.pop(ref, None)
+            elif deadline <= now:
+                waits.pop(ref, None)
+                due.append(fut)
+            elif deadline < next_at:
+                next_at = deadline
+        self.wake_at = next_at
+        return due
+
+
+def _wake_at_deadline(due: list[asyncio.Future[None]]) -> None:
+    for fut in due:
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+
+_deadlines = _DeadlineKeeper()
+
+
+def _new_keeper_after_fork() -> None:
+    # The child has no thread, and the parent's may have held the lock when it forked.
+    global _deadlines
+    _deadlines = _DeadlineKeeper()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_keeper_after_fork)
 
 
 def _bare_model_name(model: str) -> str:
@@ -1080,8 +1267,15 @@ class scoped_turn:
         self.persist = persist
 
     async def __aenter__(self) -> TurnTokenAccumulator:
-        self.turn._activate()
-        return self.turn
+        # TurnTokenAccumulator._activate in place: a Python-level call fewer on every turn.
+        turn = self.turn
+        try:
+            turn._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # Run by no asyncio loop (trio through anyio): as _activate.
+            turn._loop = None
+        turn._token = _current_turn.set(turn)
+        return turn
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
