@@ -337,6 +337,7 @@ def _details_of(kind: str, wrapper: type[BaseModel], fields: dict[str, Any]) -> 
 def _random_usage(rng: random.Random) -> dict[str, Any]:
     usage: dict[str, Any] = {}
     usual = rng.random() < 0.5  # half the blocks of usual counts, where the fast path has its work
+    values: tuple[object, ...]
     for name, values in (
         ("prompt_tokens", (1200, 1200, 1200, 40, 0, 3, -1, "12", None, True, 10**10, _MISSING)),
         ("completion_tokens", (300, 300, 300, 40, 0, 3, -1, 2.0, None, _MISSING)),

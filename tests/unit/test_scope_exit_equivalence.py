@@ -168,7 +168,7 @@ def test_a_loop_that_makes_its_own_futures_is_asked_for_the_wait_s() -> None:
 async def test_asyncio_s_own_loop_gets_the_future_its_create_future_makes() -> None:
     loop = asyncio.get_running_loop()
     assert type(loop).create_future is acc._BASE_CREATE_FUTURE
-    made = acc._Future(loop=loop)
+    made: asyncio.Future[None] = acc._Future(loop=loop)
     assert type(made) is type(loop.create_future()) and made.get_loop() is loop
 
 
@@ -177,7 +177,7 @@ def test_a_scope_entered_without_an_asyncio_loop_is_current_with_no_loop() -> No
     entering = turnledger.scoped_turn().__aenter__()
     with pytest.raises(StopIteration) as entered:
         entering.send(None)
-    turn = entered.value.value
+    turn: TurnTokenAccumulator = entered.value.value
     try:
         assert turn._loop is None and turnledger.get_current_accumulator() is turn
     finally:
@@ -221,7 +221,8 @@ async def test_turns_write_their_own_fields_never_the_class_defaults() -> None:
     assert TurnTokenAccumulator._waiters == () and dict(TurnTokenAccumulator._metadata) == {}
     assert fresh.metadata_for("gpt-4o") is None and not fresh.closed and fresh._waiters == ()
     # The factory given is the turn's own; none given, the default one is used.
-    assert TurnTokenAccumulator(abandoned_record_factory=len)._abandoned_factory is len  # type: ignore[arg-type]
+    factory: Any = len
+    assert TurnTokenAccumulator(abandoned_record_factory=factory)._abandoned_factory is factory
     assert fresh._abandoned_factory is None
 
 
