@@ -1,0 +1,161 @@
+"""Fields a turn makes only when it first writes them, and the exit that hands back the close itself:
+each turn must still behave as if it had made its own."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import turnledger
+from turnledger import TokenCallRecord, TurnTokenAccumulator
+from turnledger.accumulator import PendingCall
+from turnledger.records import CallKind, RecordFlag
+
+
+@dataclass
+class _Started:
+    """A started call bound by one callback instance (``binder``), as the callback's own are."""
+
+    call_id: str
+    binder: object
+    call_details: Any = None
+    responded: bool = False
+    finished: bool = False
+    ended: int = 0
+
+    def pending_call(self) -> PendingCall:
+        return PendingCall(
+            call_id=self.call_id,
+            model="m",
+            provider="openai",
+            call_kind=CallKind.CHAT,
+            stream=False,
+            started_at=datetime.now(UTC),
+            started_monotonic=0.0,
+        )
+
+    def abandoned(self) -> None:
+        self.ended += 1
+
+
+def _record(call_id: str) -> TokenCallRecord:
+    return TokenCallRecord(call_id=call_id, model="m", prompt_tokens=1, completion_tokens=1, total_tokens=2)
+
+
+def test_calls_under_one_id_are_the_turns_own() -> None:
+    binder = object()
+    one, other = TurnTokenAccumulator(), TurnTokenAccumulator()
+    first, second = _Started("id", binder, {}), _Started("id", binder, {})
+    one.begin_call(first, bind=False)
+    one.begin_call(second, bind=False, new_call=True)
+    assert one.pending_calls == 2
+    # Another turn, and a new one, see none of them.
+    assert other.pending_calls == 0 and TurnTokenAccumulator().pending_calls == 0
+    assert not other._more_pending and not TurnTokenAccumulator._more_pending
+    assert other.started_call("id") is None
+    # Each end event hands the id to the next call; the turn waits for both.
+    one.add(_record("id"), event_key=("id", "s", 1), call_details=first.call_details)
+    assert one.pending_calls == 1 and one.started_call("id") is second
+    one.close(timeout=0)
+    assert [r.status for r in one.calls][1:] == ["abandoned"] and second.ended == 1
+    other.begin_call(_Started("id", binder), bind=False)
+    other.close(timeout=0)
+    assert len(other.calls) == 1
+
+
+def test_a_turn_with_calls_under_one_id_still_pending_closes_with_them_abandoned() -> None:
+    binder = object()
+    turn = TurnTokenAccumulator()
+    calls = [_Started("id", binder, {}) for _ in range(3)]
+    for call in calls:
+        turn.begin_call(call, bind=False, new_call=True)
+    turn.close(timeout=0)
+    assert [c.ended for c in calls] == [1, 1, 1]
+    assert len(turn.calls) == 3 and not turn._more_pending
+    assert not TurnTokenAccumulator._more_pending
+
+
+def test_the_class_default_of_calls_under_one_id_cannot_be_written() -> None:
+    # A write that reached it would put one turn's calls in every turn.
+    with pytest.raises(TypeError):
+        TurnTokenAccumulator._more_pending["id"] = []
+    with pytest.raises(TypeError):
+        TurnTokenAccumulator()._more_pending["id"] = []
+
+
+def test_retried_ids_are_the_turns_own() -> None:
+    one, other = TurnTokenAccumulator(), TurnTokenAccumulator()
+    details: dict[str, Any] = {}
+    one.begin_call(_Started("r", None, details), bind=False, retry=True)
+    one.begin_call(_Started("r", None, details), bind=False, retry=True)
+    assert "r" in one._retried_ids and isinstance(one._retried_ids, set)
+    assert not other._retried_ids and not TurnTokenAccumulator._retried_ids
+    # A call of the same id in another turn is no retried call there: abandoned, not an unlogged attempt.
+    other.begin_call(_Started("r", None, details), bind=False)
+    other.close(timeout=0)
+    assert [RecordFlag.UNLOGGED_RETRY_ATTEMPT in r.flags for r in other.calls] == [False]
+    one.close(timeout=0)
+    assert [RecordFlag.UNLOGGED_RETRY_ATTEMPT in r.flags for r in one.calls] == [True, True]
+
+
+def test_the_build_lock_is_re_entrant() -> None:
+    # Reading an event may log, and a logging handler may read the turn's totals on the same thread.
+    lock = TurnTokenAccumulator()._build_lock
+    assert type(lock) is type(threading.RLock())
+    assert lock.acquire(blocking=False) and lock.acquire(blocking=False)
+    lock.release()
+    lock.release()
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.turns: list[TurnTokenAccumulator] = []
+
+    async def persist_turn(self, turn: TurnTokenAccumulator) -> None:
+        assert turn.closed
+        self.turns.append(turn)
+
+    def submit_threadsafe(self, turn: TurnTokenAccumulator) -> None:
+        self.turns.append(turn)
+
+
+def test_the_async_exit_closes_restores_and_hands_over() -> None:
+    async def main() -> None:
+        outer = turnledger.start_turn()
+        with pytest.raises(KeyError):
+            async with turnledger.scoped_turn() as turn:
+                assert turnledger.get_current_accumulator() is turn
+                raise KeyError("the block's own")
+        assert turn.closed and turnledger.get_current_accumulator() is outer
+        writer = _Writer()
+        with pytest.raises(KeyError):
+            async with turnledger.scoped_turn(persist=writer) as persisted:
+                raise KeyError("the block's own")
+        assert writer.turns == [persisted] and persisted.closed
+        assert turnledger.get_current_accumulator() is outer
+        await outer.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_async_exit_hands_over_a_turn_whose_wait_was_cancelled() -> None:
+    async def main() -> None:
+        writer = _Writer()
+
+        async def scope() -> None:
+            async with turnledger.scoped_turn(persist=writer, settle_timeout=30) as turn:
+                turn.begin_call(_Started("c", None), bind=False)
+
+        task = asyncio.create_task(scope())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(writer.turns) == 1 and writer.turns[0].closed
+
+    asyncio.run(main())
