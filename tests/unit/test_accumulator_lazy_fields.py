@@ -4,7 +4,9 @@ each turn must still behave as if it had made its own."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -159,3 +161,69 @@ def test_the_async_exit_hands_over_a_turn_whose_wait_was_cancelled() -> None:
         assert len(writer.turns) == 1 and writer.turns[0].closed
 
     asyncio.run(main())
+
+
+# -- a closing scope reads whether a call has its response only once settle_timeout has passed ------
+
+
+class _Counted(_Started):
+    """A started call that counts how often a wait asks whether its response has arrived."""
+
+    reads = 0
+
+    def __init__(self, call_id: str, *, answered: bool) -> None:
+        super().__init__(call_id, None)
+        self._answered = answered
+
+    @property
+    def responded(self) -> bool:
+        type(self).reads += 1
+        return self._answered
+
+    @responded.setter
+    def responded(self, value: bool) -> None:
+        pass
+
+
+def _close_after(
+    calls: list[_Counted], events: list[tuple[float, str]], *, settle_timeout: float, logging_timeout: float
+) -> tuple[TurnTokenAccumulator, float]:
+    async def main() -> tuple[TurnTokenAccumulator, float]:
+        loop = asyncio.get_running_loop()
+        async with turnledger.scoped_turn(settle_timeout=settle_timeout, logging_timeout=logging_timeout) as turn:
+            for call in calls:
+                turn.begin_call(call, bind=False)
+            for delay, call_id in events:
+                loop.call_later(delay, functools.partial(turn.add, _record(call_id), event_key=(call_id, "s", 0)))
+            started = time.monotonic()
+        return turn, time.monotonic() - started
+
+    return asyncio.run(main())
+
+
+def test_a_wait_that_ends_within_settle_timeout_never_asks_whether_a_response_arrived() -> None:
+    _Counted.reads = 0
+    calls = [_Counted("a", answered=True), _Counted("b", answered=True)]
+    turn, _ = _close_after(calls, [(0.0, "a"), (0.01, "b")], settle_timeout=5, logging_timeout=30)
+    assert [r.status for r in turn.calls] == ["success", "success"]
+    assert _Counted.reads == 0
+
+
+def test_an_answered_call_still_gets_logging_timeout() -> None:
+    _Counted.reads = 0
+    turn, waited = _close_after([_Counted("a", answered=True)], [(0.4, "a")], settle_timeout=0.05, logging_timeout=30)
+    assert [r.status for r in turn.calls] == ["success"], "waited for past settle_timeout"
+    assert 0.35 < waited < 10 and _Counted.reads >= 1
+
+
+def test_a_call_without_its_response_gets_settle_timeout_only() -> None:
+    turn, waited = _close_after([_Counted("a", answered=False)], [], settle_timeout=0.1, logging_timeout=30)
+    assert [r.status for r in turn.calls] == ["abandoned"]
+    assert 0.05 < waited < 5
+
+
+def test_once_the_answered_call_is_in_an_unanswered_one_has_had_its_settle_timeout() -> None:
+    calls = [_Counted("a", answered=True), _Counted("b", answered=False)]
+    turn, waited = _close_after(calls, [(0.3, "a")], settle_timeout=0.2, logging_timeout=30)
+    assert [r.status for r in turn.calls] == ["success", "abandoned"]
+    assert 0.25 < waited < 5
