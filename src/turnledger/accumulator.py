@@ -716,7 +716,13 @@ class TurnTokenAccumulator:
                 else:
                     # Whether a call has its response decides nothing then: not read (a Python-level
                     # call or two a pending call, ~3,500 instructions for a call with its answer).
-                    awaited, responded = self._awaited_locked(), False
+                    # _awaited_locked in place, without its list and generator, for calls under
+                    # distinct ids (the usual): ~1,500 instructions at such an event.
+                    awaited = responded = False
+                    for p in self._pending.values() if not self._more_pending else self._all_pending_locked():
+                        if not p.finished:
+                            awaited = True
+                            break
             except Exception:
                 # Call details that cannot be read: the waiter reads them again and decides.
                 awaited = responded = False

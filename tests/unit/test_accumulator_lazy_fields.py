@@ -15,7 +15,7 @@ import pytest
 
 import turnledger
 from turnledger import TokenCallRecord, TurnTokenAccumulator
-from turnledger.accumulator import PendingCall
+from turnledger.accumulator import PendingCall, StartedCall
 from turnledger.records import CallKind, RecordFlag
 
 
@@ -227,3 +227,28 @@ def test_once_the_answered_call_is_in_an_unanswered_one_has_had_its_settle_timeo
     turn, waited = _close_after(calls, [(0.3, "a")], settle_timeout=0.2, logging_timeout=30)
     assert [r.status for r in turn.calls] == ["success", "abandoned"]
     assert 0.25 < waited < 5
+
+
+def test_an_event_wakes_a_short_wait_exactly_when_no_pending_call_may_still_report() -> None:
+    # With no call known to have its response (the flag unset), a waiter is woken once nothing
+    # pending may still report: what _awaited_locked says, under distinct ids and under one.
+    loop = asyncio.new_event_loop()
+    try:
+        for finished in ([], [False], [True], [True, True], [True, False], [False, True]):
+            for shared_id in (False, True):
+                turn = TurnTokenAccumulator()
+                calls: list[StartedCall] = [
+                    _Started("id" if shared_id else f"id-{i}", None, finished=f) for i, f in enumerate(finished)
+                ]
+                if shared_id and calls:
+                    turn._pending["id"] = calls[0]
+                    if calls[1:]:
+                        turn._more_pending = {"id": calls[1:]}
+                else:
+                    turn._pending.update((c.call_id, c) for c in calls)
+                fut: asyncio.Future[None] = loop.create_future()
+                turn._waiters = [(loop, fut)]
+                woken = turn._wake_waiters_locked()
+                assert bool(woken) is not turn._awaited_locked(), (finished, shared_id)
+    finally:
+        loop.close()
