@@ -33,13 +33,13 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from turnledger import subscribers as _subscribers_module
 from turnledger import turn_ids as _turn_ids
@@ -335,7 +335,7 @@ class TurnTokenAccumulator:
         # Held while deferred events are read and while a record is added behind them, so the records
         # keep the order their events arrived in; never held while subscribers run. Re-entrant: reading
         # an event may log, and a logging handler may read this turn's totals on the same thread.
-        self._build_lock = threading.RLock()
+        self._build_lock = _RLock()
         self._weak_self = TurnMark(self)
         self.late_calls: list[TokenCallRecord] = []
         """Records whose event came after the turn closed; not part of the totals."""
@@ -343,17 +343,21 @@ class TurnTokenAccumulator:
             self._abandoned_factory = abandoned_record_factory
         self._lock = threading.Lock()
         self._pending: dict[str, StartedCall] = {}
-        # Further calls in flight under a call id already pending (the caller passed the same
-        # litellm_call_id to each): each end event of the id hands its place to the next.
-        self._more_pending: dict[str, list[StartedCall]] = {}
-        # Call ids LiteLLM retried itself (num_retries): their attempts share the id.
-        self._retried_ids: set[str] = set()
         self._seen_events: set[EventKey] = set()
 
     # Fields most turns never change, read off the class until a turn writes its own: a store in
     # __init__ is ~50 instructions, a dict or list made ~150, on every turn (11 of them, ~1,000
     # instructions a turn). Only immutable values here: a turn writes its own, never into these.
     _abandoned_factory: AbandonedRecordFactory | None = None
+    # Further calls in flight under a call id already pending (the caller passed the same
+    # litellm_call_id to each): each end event of the id hands its place to the next. Read-only here:
+    # the turn's own dict is made by its first write (see _own_more_pending_locked); until then every
+    # read (truthiness, get, values) sees an empty mapping, and a write anywhere else raises rather
+    # than reaching another turn. Typed as the dict it becomes (its only writers make it one first).
+    _more_pending: dict[str, list[StartedCall]] = cast("dict[str, list[StartedCall]]", MappingProxyType({}))
+    # Call ids LiteLLM retried itself (num_retries): their attempts share the id. A set of the
+    # turn's own once it has one (begin_call with retry=True).
+    _retried_ids: frozenset[str] | set[str] = frozenset()
     # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
     # several microseconds to make (it probes the lock for three methods it lacks).
     _idle: threading.Condition | None = None
@@ -507,10 +511,13 @@ class TurnTokenAccumulator:
                 return
             existing = self._pending.setdefault(call_id, pending)
             if retry:
-                self._retried_ids.add(call_id)
+                retried = self._retried_ids
+                if not isinstance(retried, set):
+                    retried = self._retried_ids = set()
+                retried.add(call_id)
                 superseded = self._supersede_locked(None if existing is pending else existing, pending)
             elif existing is not pending and new_call and existing.binder is pending.binder is not None:
-                self._more_pending.setdefault(call_id, []).append(pending)
+                self._own_more_pending_locked().setdefault(call_id, []).append(pending)
         finally:
             lock.release()
         if bind:
@@ -532,7 +539,7 @@ class TurnTokenAccumulator:
         if existing is None or details is None or getattr(existing, "call_details", None) is details:
             self._pending[call_id] = attempt
             return existing
-        more = self._more_pending.setdefault(call_id, [])
+        more = self._own_more_pending_locked().setdefault(call_id, [])
         for i, started in enumerate(more):
             if getattr(started, "call_details", None) is details:
                 more[i] = attempt
@@ -540,6 +547,12 @@ class TurnTokenAccumulator:
         # The attempt before it ended with an event: this one is in flight beside the other call.
         more.append(attempt)
         return None
+
+    def _own_more_pending_locked(self) -> dict[str, list[StartedCall]]:
+        more = self._more_pending
+        if type(more) is not dict:
+            more = self._more_pending = {}
+        return more
 
     def started_call(self, call_id: str, call_details: object = None) -> StartedCall | None:
         """The call ``call_id`` as its pre-call hook bound it, while it is pending: until its end event
@@ -698,7 +711,18 @@ class TurnTokenAccumulator:
             # has its last two calls still being logged: one round a turn less, ~40 Python-level calls,
             # 25k instructions a call with a scope per 3-call turn (callgrind).
             try:
-                awaited, responded = self._wait_state_locked()
+                if self._wake_if_unanswered:
+                    awaited, responded = self._wait_state_locked()
+                else:
+                    # Whether a call has its response decides nothing then: not read (a Python-level
+                    # call or two a pending call, ~3,500 instructions for a call with its answer).
+                    # _awaited_locked in place, without its list and generator, for calls under
+                    # distinct ids (the usual): ~1,500 instructions at such an event.
+                    awaited = responded = False
+                    for p in self._pending.values() if not self._more_pending else self._all_pending_locked():
+                        if not p.finished:
+                            awaited = True
+                            break
             except Exception:
                 # Call details that cannot be read: the waiter reads them again and decides.
                 awaited = responded = False
@@ -810,13 +834,25 @@ class TurnTokenAccumulator:
                     # Woken by the last call's event, the usual end of a wait.
                     return
                 awaited = responded = False
-                for p in pending.values() if not more_pending else self._all_pending_locked():
-                    if p.responded:
-                        # Not finished then (see StartedCall.responded).
-                        awaited = responded = True
-                        break
-                    if not awaited and not p.finished:
-                        awaited = True
+                if timeout is None and not answered_only and started + self.settle_timeout > _monotonic():
+                    # Whether a call has its response is not read until settle_timeout has passed: till
+                    # then the wait goes on either way, and the deadline filed is settle_timeout's.
+                    # Woken there by the keeper, the next round reads it and, for a call with its
+                    # response, files logging_timeout's. Most waits end well before (their calls' events
+                    # come within milliseconds): a response_arrived read fewer, ~3,500 instructions, at
+                    # every wait and at every event that leaves calls pending (see _wake_waiters_locked).
+                    for p in pending.values() if not more_pending else self._all_pending_locked():
+                        if not p.finished:
+                            awaited = True
+                            break
+                else:
+                    for p in pending.values() if not more_pending else self._all_pending_locked():
+                        if p.responded:
+                            # Not finished then (see StartedCall.responded).
+                            awaited = responded = True
+                            break
+                        if not awaited and not p.finished:
+                            awaited = True
                 if not awaited or (answered_only and not responded):
                     return
                 if timeout is not None:
@@ -893,7 +929,9 @@ class TurnTokenAccumulator:
             else:
                 started = self._all_pending_locked()
                 self._pending.clear()
-                self._more_pending.clear()
+                if self._more_pending:
+                    # Not empty: the turn's own dict (the class's is read-only).
+                    self._more_pending.clear()
         finally:
             lock.release()
         try:
@@ -1112,6 +1150,9 @@ def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]])
 
 
 _Future = asyncio.Future
+# The class threading.RLock() makes an instance of (the C one), called directly: threading.RLock is a
+# Python-level factory, ~500 instructions on every turn.
+_RLock = type(threading.RLock())
 # The clock of async waits and of the keeper that ends them, one and the same, bound here: the keeper's
 # thread reads it at any time, also while a test drives this module's ``time`` for a sync close.
 _monotonic = time.monotonic
@@ -1277,9 +1318,18 @@ class scoped_turn:
         turn._token = _current_turn.set(turn)
         return turn
 
-    async def __aexit__(
+    def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        # Without a writer the exit is the turn's close: its coroutine is handed back to be awaited
+        # directly, with no coroutine of the exit's own around it (made, and passed through on every
+        # resume of the wait): ~1,500 instructions a turn (callgrind). Exceptions of the block
+        # propagate as before (the close returns None).
+        if self.persist is None:
+            return self.turn.aclose()
+        return self._aexit_persist()
+
+    async def _aexit_persist(self) -> None:
         try:
             await self.turn.aclose()
         finally:

@@ -135,7 +135,7 @@ def test_the_wait_state_is_what_asking_every_pending_call_both_gives() -> None:
                 if shared_id:
                     turn._pending["id"] = group[0]
                     if group[1:]:
-                        turn._more_pending["id"] = list(group[1:])
+                        turn._more_pending = {"id": list(group[1:])}
                 else:
                     turn._pending.update((f"id-{i}", c) for i, c in enumerate(group))
                 expected = (any(not c.finished for c in group), any(c.responded for c in group))
