@@ -14,9 +14,9 @@ from decimal import Decimal
 import pytest
 
 import turnledger
+from tests.unit.pending_calls import pending_call
 from turnledger import CallStatus, CostSource, RecordFlag, TokenCallRecord, TurnTokenAccumulator
 from turnledger.accumulator import PendingCall, call_bindings
-from turnledger.records import CallKind
 
 
 def record(
@@ -34,15 +34,7 @@ def record(
 
 
 def pending(call_id: str, model: str = "m") -> PendingCall:
-    return PendingCall(
-        call_id=call_id,
-        model=model,
-        provider="openai",
-        call_kind=CallKind.CHAT,
-        stream=False,
-        started_at=datetime.now(UTC),
-        started_monotonic=0.0,
-    )
+    return pending_call(call_id, model=model)
 
 
 def begin_answered_and_in_flight(turn: TurnTokenAccumulator) -> None:

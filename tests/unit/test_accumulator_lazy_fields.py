@@ -8,15 +8,15 @@ import functools
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 import turnledger
+from tests.unit.pending_calls import pending_call
 from turnledger import TokenCallRecord, TurnTokenAccumulator
 from turnledger.accumulator import PendingCall, StartedCall
-from turnledger.records import CallKind, RecordFlag
+from turnledger.records import RecordFlag
 
 
 @dataclass
@@ -31,15 +31,7 @@ class _Started:
     ended: int = 0
 
     def pending_call(self) -> PendingCall:
-        return PendingCall(
-            call_id=self.call_id,
-            model="m",
-            provider="openai",
-            call_kind=CallKind.CHAT,
-            stream=False,
-            started_at=datetime.now(UTC),
-            started_monotonic=0.0,
-        )
+        return pending_call(self.call_id)
 
     def abandoned(self) -> None:
         self.ended += 1

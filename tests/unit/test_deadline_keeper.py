@@ -13,15 +13,14 @@ import os
 import threading
 import time
 import weakref
-from datetime import UTC, datetime
 
 import pytest
 
 import turnledger
+from tests.unit.pending_calls import pending_call
 from turnledger import CallStatus, TokenCallRecord, TurnTokenAccumulator
 from turnledger import accumulator as acc
 from turnledger.accumulator import PendingCall
-from turnledger.records import CallKind
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +31,7 @@ def own_keeper(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pending(call_id: str, *, answered: bool) -> PendingCall:
-    return PendingCall(
-        call_id=call_id,
-        model="m",
-        provider="openai",
-        call_kind=CallKind.CHAT,
-        stream=False,
-        started_at=datetime.now(UTC),
-        started_monotonic=0.0,
-        call_details={"original_response": "{...}"} if answered else {},
-    )
+    return pending_call(call_id, call_details={"original_response": "{...}"} if answered else {})
 
 
 def record(call_id: str) -> TokenCallRecord:

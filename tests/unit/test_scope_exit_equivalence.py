@@ -12,19 +12,18 @@ import asyncio
 import inspect
 import itertools
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import litellm
 import pytest
 
 import turnledger
+from tests.unit.pending_calls import pending_call
 from turnledger import TokenCallRecord, TurnTokenAccumulator
 from turnledger import accumulator as acc
 from turnledger.accumulator import PendingCall
 from turnledger.call_details import provider_refused, response_arrived
 from turnledger.callback import TokenTrackingCallback, _StartedCall
-from turnledger.records import CallKind
 
 
 def _arrived_the_long_way(details: Mapping[str, Any] | None, stream: bool) -> bool:
@@ -113,16 +112,7 @@ def test_a_started_call_that_has_its_response_is_never_finished() -> None:
 
 
 def _pending(call_id: str, answer: object) -> PendingCall:
-    return PendingCall(
-        call_id=call_id,
-        model="m",
-        provider="openai",
-        call_kind=CallKind.CHAT,
-        stream=False,
-        started_at=datetime.now(UTC),
-        started_monotonic=0.0,
-        call_details={"original_response": answer},
-    )
+    return pending_call(call_id, call_details={"original_response": answer})
 
 
 def test_the_wait_state_is_what_asking_every_pending_call_both_gives() -> None:
