@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from turnledger.records import RecordFlag
+from turnledger.records import RecordFlag, _new_object
 
 
 @dataclass(slots=True)
@@ -417,9 +417,6 @@ def normalize_usage(response_obj: Any) -> TokenCounts:
     total = usage.get("total_tokens")
     _check_invariants(counts, total if total is not None else usage.get("totalTokens"))
     return counts
-
-
-_new_object = object.__new__
 
 
 _CHAT_USAGE_KEYS = frozenset(
