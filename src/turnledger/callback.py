@@ -650,6 +650,13 @@ class TokenTrackingCallback(CustomLogger):
         # _utc's usual case (LiteLLM's naive local times, the local zone UTC) read here, for both times:
         # two Python-level calls less an event.
         utc_zone = _zone_is_utc if time.tzname is _zone_checked else _local_zone_is_utc()
+        end_as_is = (
+            utc_zone
+            and type(end_time) is datetime
+            and end_time.tzinfo is None
+            and not end_time.fold
+            and _UTC_AS_IS_FROM <= end_time < _UTC_AS_IS_UNTIL
+        )
         if (
             utc_zone
             and type(start_time) is datetime
@@ -658,12 +665,7 @@ class TokenTrackingCallback(CustomLogger):
             and _UTC_AS_IS_FROM <= start_time < _UTC_AS_IS_UNTIL
         ):
             started: datetime | None = _combine(start_time, start_time.time(), UTC)
-            if (
-                type(end_time) is datetime
-                and end_time.tzinfo is None
-                and not end_time.fold
-                and _UTC_AS_IS_FROM <= end_time < _UTC_AS_IS_UNTIL
-            ):
+            if end_as_is:
                 # Both naive times are UTC as they are: the difference of the two UTC times is theirs
                 # (aware times with the same tzinfo subtract as naive ones), and the end one, read for
                 # nothing else, is never made: 850 fewer instructions an event (callgrind).
@@ -673,16 +675,7 @@ class TokenTrackingCallback(CustomLogger):
                 latency = _ms_between(started, _utc(end_time))
         else:
             started = _utc(start_time)
-            if (
-                utc_zone
-                and type(end_time) is datetime
-                and end_time.tzinfo is None
-                and not end_time.fold
-                and _UTC_AS_IS_FROM <= end_time < _UTC_AS_IS_UNTIL
-            ):
-                latency = _ms_between(started, _combine(end_time, end_time.time(), UTC))
-            else:
-                latency = _ms_between(started, _utc(end_time))
+            latency = _ms_between(started, _combine(end_time, end_time.time(), UTC) if end_as_is else _utc(end_time))
         stream = bool(get("stream"))
         ttft = _ms_between(started, _utc(get("completion_start_time"))) if stream else None
         success = status is _SUCCESS
