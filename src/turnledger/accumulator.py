@@ -716,13 +716,7 @@ class TurnTokenAccumulator:
                 else:
                     # Whether a call has its response decides nothing then: not read (a Python-level
                     # call or two a pending call, ~3,500 instructions for a call with its answer).
-                    # _awaited_locked in place, without its list and generator, for calls under
-                    # distinct ids (the usual): ~1,500 instructions at such an event.
-                    awaited = responded = False
-                    for p in self._pending.values() if not self._more_pending else self._all_pending_locked():
-                        if not p.finished:
-                            awaited = True
-                            break
+                    awaited, responded = self._awaited_locked(), False
             except Exception:
                 # Call details that cannot be read: the waiter reads them again and decides.
                 awaited = responded = False
@@ -786,7 +780,12 @@ class TurnTokenAccumulator:
     def _awaited_locked(self) -> bool:
         """Whether a pending call may still report its end: one that is over without an event is
         recorded at close, and nothing is waited for it."""
-        return any(not p.finished for p in self._all_pending_locked())
+        # A loop over the usual calls under distinct ids, not any() over a list of them all: a list and
+        # a generator fewer, ~1,500 instructions, at every event that leaves calls pending.
+        for p in self._pending.values() if not self._more_pending else self._all_pending_locked():
+            if not p.finished:
+                return True
+        return False
 
     def _wait_state_locked(self) -> tuple[bool, bool]:
         """Whether a pending call may still report its end (see :meth:`_awaited_locked`), and whether
@@ -822,18 +821,14 @@ class TurnTokenAccumulator:
         started = _monotonic()
         lock = self._lock
         while True:
-            # _wait_state_locked and _settle_deadline_locked in place, the lock taken without ``with``
-            # and the future made without the loop's Python-level create_future when it is asyncio's
-            # own: 4 Python-level calls fewer in a wait's usual first round (~1,800 instructions a
-            # turn). Pinned by the wait tests in tests/unit/test_accumulator.py.
+            # The lock taken without ``with``, and the future made without the loop's Python-level
+            # create_future when it is asyncio's own: in every wait's first round. Pinned by the wait
+            # tests in tests/unit/test_accumulator.py.
             lock.acquire()
             try:
-                pending = self._pending
-                more_pending = self._more_pending
-                if not pending and not more_pending:
+                if not self._pending and not self._more_pending:
                     # Woken by the last call's event, the usual end of a wait.
                     return
-                awaited = responded = False
                 if timeout is None and not answered_only and started + self.settle_timeout > _monotonic():
                     # Whether a call has its response is not read until settle_timeout has passed: till
                     # then the wait goes on either way, and the deadline filed is settle_timeout's.
@@ -841,26 +836,12 @@ class TurnTokenAccumulator:
                     # response, files logging_timeout's. Most waits end well before (their calls' events
                     # come within milliseconds): a response_arrived read fewer, ~3,500 instructions, at
                     # every wait and at every event that leaves calls pending (see _wake_waiters_locked).
-                    for p in pending.values() if not more_pending else self._all_pending_locked():
-                        if not p.finished:
-                            awaited = True
-                            break
+                    awaited, responded = self._awaited_locked(), False
                 else:
-                    for p in pending.values() if not more_pending else self._all_pending_locked():
-                        if p.responded:
-                            # Not finished then (see StartedCall.responded).
-                            awaited = responded = True
-                            break
-                        if not awaited and not p.finished:
-                            awaited = True
+                    awaited, responded = self._wait_state_locked()
                 if not awaited or (answered_only and not responded):
                     return
-                if timeout is not None:
-                    deadline = started + timeout
-                elif responded:
-                    deadline = started + max(self.logging_timeout, self.settle_timeout)
-                else:
-                    deadline = started + self.settle_timeout
+                deadline = self._settle_deadline_locked(started, timeout, responded)
                 if deadline <= _monotonic():
                     return
                 # Whether an event that leaves no call with its response changes this wait: it
