@@ -501,6 +501,10 @@ class TurnTokenAccumulator:
 
         ``call_id``: ``pending.call_id``, when the caller has it at hand: the property is a Python-level
         call, 400 instructions on every call.
+
+        The callback's pre-call hook makes the usual case itself (``bind=False``, no retry, the id not
+        pending yet in the open turn) and calls this for any other: a change to that case here is one
+        there too (tests/unit/test_pre_call_equivalence.py compares them).
         """
         if call_id is None:
             call_id = pending.call_id
