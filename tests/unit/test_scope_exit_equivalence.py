@@ -192,7 +192,6 @@ _CLASS_DEFAULTS = (
     "_bare_metadata",
     "_loop",
     "_token",
-    "_closed",
 )
 
 
@@ -201,6 +200,8 @@ async def test_turns_write_their_own_fields_never_the_class_defaults() -> None:
     before = {name: repr(getattr(TurnTokenAccumulator, name)) for name in _CLASS_DEFAULTS}
     fresh = TurnTokenAccumulator()
     assert not set(_CLASS_DEFAULTS) & set(vars(fresh)), "a new turn stores none of them"
+    # Except _closed, which every call reads: the turn's own from the start (a class field is read the long way).
+    assert vars(fresh)["_closed"] is False
     async with turnledger.scoped_turn(settle_timeout=5) as turn:
         turn.register_model_metadata("openai/gpt-4o", model_id="7")
         turn.on_call(lambda record, t: None)
