@@ -70,6 +70,12 @@ below the collector's default young-generation threshold (700), so deferring sta
 of its own (measured with gc callbacks: 32 triggered one per 15-call turn)."""
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+_NO_MORE_PENDING = cast("dict[str, list[StartedCall]]", MappingProxyType({}))
+"""A turn's ``_more_pending`` until its first write: further calls in flight under a call id already
+pending (the caller passed the same litellm_call_id to each), each end event of the id handing its place
+to the next. Read-only: the turn's own dict is made by its first write (see ``_own_more_pending_locked``);
+until then every read (truthiness, get, values) sees an empty mapping, and a write anywhere else raises
+rather than reaching another turn. Typed as the dict it becomes (its only writers make it one first)."""
 
 _current_turn: ContextVar[TurnTokenAccumulator | None] = ContextVar("turnledger_current_turn", default=None)
 
@@ -344,33 +350,29 @@ class TurnTokenAccumulator:
         self._lock = threading.Lock()
         self._pending: dict[str, StartedCall] = {}
         self._seen_events: set[EventKey] = set()
-        # The turn's own, not the class's: it is read on every call (twice by the pre-call hook, again
-        # by its end), and Python 3.11 reads a field an instance lacks the long way, ~300 instructions
-        # a read where the turn's own is ~20 (callgrind); this store is ~50, once a turn.
+        # The turn's own, not the class's, though most turns never change them: each is read on every
+        # call (_closed twice by the pre-call hook and again at its end; add_deferred reads the next four
+        # on every event, build_record the metadata), and Python 3.11 reads a field an instance lacks
+        # the long way, ~300 instructions a read where the turn's own is ~20 (callgrind); a store is
+        # ~50, once a turn. Immutable values: a turn replaces them, never writes into them.
         self._closed: bool = False
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._more_pending = _NO_MORE_PENDING
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | tuple[()] = ()
+        self._sync_waiters = 0
+        self._metadata: Mapping[str, ModelMetadata] = _NO_METADATA
 
-    # Fields most turns never change, read off the class until a turn writes its own: a store in
-    # __init__ is ~50 instructions, a dict or list made ~150, on every turn (11 of them, ~1,000
-    # instructions a turn). Only immutable values here: a turn writes its own, never into these.
+    # Fields most turns never change and few read, read off the class until a turn writes its own: a
+    # store in __init__ is ~50 instructions, a dict or list made ~150, on every turn. Only immutable
+    # values here: a turn writes its own, never into these.
     _abandoned_factory: AbandonedRecordFactory | None = None
-    # Further calls in flight under a call id already pending (the caller passed the same
-    # litellm_call_id to each): each end event of the id hands its place to the next. Read-only here:
-    # the turn's own dict is made by its first write (see _own_more_pending_locked); until then every
-    # read (truthiness, get, values) sees an empty mapping, and a write anywhere else raises rather
-    # than reaching another turn. Typed as the dict it becomes (its only writers make it one first).
-    _more_pending: dict[str, list[StartedCall]] = cast("dict[str, list[StartedCall]]", MappingProxyType({}))
     # Call ids LiteLLM retried itself (num_retries): their attempts share the id. A set of the
     # turn's own once it has one (begin_call with retry=True).
     _retried_ids: frozenset[str] | set[str] = frozenset()
     # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
     # several microseconds to make (it probes the lock for three methods it lacks).
     _idle: threading.Condition | None = None
-    _sync_waiters = 0
     _wake_if_unanswered = False
-    # Closing scopes waiting on an event loop: a list of the turn's own once one waits.
-    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | tuple[()] = ()
-    _subscribers: tuple[Subscriber, ...] = ()
-    _metadata: Mapping[str, ModelMetadata] = _NO_METADATA
     _bare_metadata: Mapping[str, ModelMetadata] = _NO_METADATA
     _loop: asyncio.AbstractEventLoop | None = None
     _token: Token[TurnTokenAccumulator | None] | None = None

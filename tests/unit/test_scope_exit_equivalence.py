@@ -184,11 +184,7 @@ async def test_a_scope_entered_on_a_loop_holds_that_loop() -> None:
 _CLASS_DEFAULTS = (
     "_abandoned_factory",
     "_idle",
-    "_sync_waiters",
     "_wake_if_unanswered",
-    "_waiters",
-    "_subscribers",
-    "_metadata",
     "_bare_metadata",
     "_loop",
     "_token",
@@ -200,8 +196,12 @@ async def test_turns_write_their_own_fields_never_the_class_defaults() -> None:
     before = {name: repr(getattr(TurnTokenAccumulator, name)) for name in _CLASS_DEFAULTS}
     fresh = TurnTokenAccumulator()
     assert not set(_CLASS_DEFAULTS) & set(vars(fresh)), "a new turn stores none of them"
-    # Except _closed, which every call reads: the turn's own from the start (a class field is read the long way).
-    assert vars(fresh)["_closed"] is False
+    # Except the fields every call reads: the turn's own from the start (a class field is read the long
+    # way), each the one shared immutable default.
+    own = vars(fresh)
+    assert own["_closed"] is False and own["_subscribers"] == () and own["_waiters"] == ()
+    assert own["_sync_waiters"] == 0 and own["_more_pending"] is acc._NO_MORE_PENDING
+    assert own["_metadata"] is acc._NO_METADATA
     async with turnledger.scoped_turn(settle_timeout=5) as turn:
         turn.register_model_metadata("openai/gpt-4o", model_id="7")
         turn.on_call(lambda record, t: None)
@@ -209,7 +209,7 @@ async def test_turns_write_their_own_fields_never_the_class_defaults() -> None:
         asyncio.get_running_loop().call_later(0.02, turn.add, TokenCallRecord(call_id="c1", model="gpt-4o"))
     assert turn.closed and turn.metadata_for("gpt-4o") is not None
     assert {name: repr(getattr(TurnTokenAccumulator, name)) for name in _CLASS_DEFAULTS} == before
-    assert TurnTokenAccumulator._waiters == () and dict(TurnTokenAccumulator._metadata) == {}
+    assert dict(acc._NO_METADATA) == {} and dict(acc._NO_MORE_PENDING) == {}
     assert fresh.metadata_for("gpt-4o") is None and not fresh.closed and fresh._waiters == ()
     # The factory given is the turn's own; none given, the default one is used.
     factory: Any = len
