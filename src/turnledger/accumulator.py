@@ -70,6 +70,7 @@ below the collector's default young-generation threshold (700), so deferring sta
 of its own (measured with gc callbacks: 32 triggered one per 15-call turn)."""
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+_NO_MORE_PENDING = cast("dict[str, list[StartedCall]]", MappingProxyType({}))
 
 _current_turn: ContextVar[TurnTokenAccumulator | None] = ContextVar("turnledger_current_turn", default=None)
 
@@ -184,17 +185,17 @@ class StartedCall(Protocol):
         ...
 
 
-class DeferredRecord(Protocol):
-    """An end event kept as LiteLLM delivered it, read into its record when the turn is next read.
+DeferredRecord = tuple[Any, ...]
+"""An end event kept as LiteLLM delivered it, read into its record when the turn is next read: a
+plain tuple whose first item reads it, ``event[0].build(event, turn)``, the rest what that reader
+reads (a tuple subclass instance, read by its own method, cost 1,100 instructions more to make on
+every event, callgrind). ``build`` never raises: an event that cannot be read becomes a flagged record.
 
-    Reading an event costs about three times as much where LiteLLM delivers it (caches cold after
-    its own work) as in a run of several events read back to back (measured by bench/capture_bench.py),
-    so a turn nobody is watching reads its events in batches: at most :data:`MAX_DEFERRED_RECORDS`
-    at a time, when :attr:`TurnTokenAccumulator.calls` or a total is read, and when the turn closes.
-    ``build`` never raises: an event that cannot be read becomes a flagged record.
-    """
-
-    def build(self, turn: TurnTokenAccumulator) -> TokenCallRecord: ...
+Reading an event costs about three times as much where LiteLLM delivers it (caches cold after
+its own work) as in a run of several events read back to back (measured by bench/capture_bench.py),
+so a turn nobody is watching reads its events in batches: at most :data:`MAX_DEFERRED_RECORDS`
+at a time, when :attr:`TurnTokenAccumulator.calls` or a total is read, and when the turn closes.
+"""
 
 
 AbandonedRecordFactory = Callable[[PendingCall, "ModelMetadata | None"], TokenCallRecord]
@@ -344,33 +345,37 @@ class TurnTokenAccumulator:
         self._lock = threading.Lock()
         self._pending: dict[str, StartedCall] = {}
         self._seen_events: set[EventKey] = set()
+        # Read on every event, so the turn's own from the start rather than class defaults: a class
+        # attribute read through an instance costs ~310 instructions, an instance's own ~80. Five
+        # stores, ~250 instructions a turn; 1,190 fewer an event in the success hook, 520 in the
+        # pre-call hook (callgrind).
+        self._closed = False
+        self._subscribers: tuple[Subscriber, ...] = ()
+        # Further calls in flight under a call id already pending (the caller passed the same
+        # litellm_call_id to each): each end event of the id hands its place to the next. Read-only
+        # until the turn's first write makes its own dict (see _own_more_pending_locked): every read
+        # (truthiness, get, values) sees an empty mapping, and a write anywhere else raises rather
+        # than reaching another turn. Typed as the dict it becomes (its only writers make it one first).
+        self._more_pending: dict[str, list[StartedCall]] = _NO_MORE_PENDING
+        # Closing scopes waiting on an event loop: a list of the turn's own once one waits.
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | tuple[()] = ()
+        self._sync_waiters = 0
 
     # Fields most turns never change, read off the class until a turn writes its own: a store in
-    # __init__ is ~50 instructions, a dict or list made ~150, on every turn (11 of them, ~1,000
-    # instructions a turn). Only immutable values here: a turn writes its own, never into these.
+    # __init__ is ~50 instructions, a dict or list made ~150, on every turn (those read on every
+    # event are set in __init__). Only immutable values here: a turn writes its own, never into these.
     _abandoned_factory: AbandonedRecordFactory | None = None
-    # Further calls in flight under a call id already pending (the caller passed the same
-    # litellm_call_id to each): each end event of the id hands its place to the next. Read-only here:
-    # the turn's own dict is made by its first write (see _own_more_pending_locked); until then every
-    # read (truthiness, get, values) sees an empty mapping, and a write anywhere else raises rather
-    # than reaching another turn. Typed as the dict it becomes (its only writers make it one first).
-    _more_pending: dict[str, list[StartedCall]] = cast("dict[str, list[StartedCall]]", MappingProxyType({}))
     # Call ids LiteLLM retried itself (num_retries): their attempts share the id. A set of the
     # turn's own once it has one (begin_call with retry=True).
     _retried_ids: frozenset[str] | set[str] = frozenset()
     # Made by the first sync wait (few turns have one): a Condition over a plain Lock costs
     # several microseconds to make (it probes the lock for three methods it lacks).
     _idle: threading.Condition | None = None
-    _sync_waiters = 0
     _wake_if_unanswered = False
-    # Closing scopes waiting on an event loop: a list of the turn's own once one waits.
-    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | tuple[()] = ()
-    _subscribers: tuple[Subscriber, ...] = ()
     _metadata: Mapping[str, ModelMetadata] = _NO_METADATA
     _bare_metadata: Mapping[str, ModelMetadata] = _NO_METADATA
     _loop: asyncio.AbstractEventLoop | None = None
     _token: Token[TurnTokenAccumulator | None] | None = None
-    _closed = False
 
     # -- when ------------------------------------------------------------------------------------
     _created_at: datetime | None = None
@@ -601,7 +606,7 @@ class TurnTokenAccumulator:
         return True
 
     def add_deferred(
-        self, event: DeferredRecord, *, call_id: str, event_key: EventKey, call_details: object = None
+        self, event: DeferredRecord, call_id: str, event_key: EventKey, call_details: object = None
     ) -> bool | None:
         """Keep an end event to be read later (see :class:`DeferredRecord`). Returns False for a
         duplicate event, and None when the turn cannot defer it: it is closed (the record is late) or
@@ -684,7 +689,7 @@ class TurnTokenAccumulator:
         records: list[TokenCallRecord] = []
         try:
             for event in events:
-                records.append(event.build(self))
+                records.append(event[0].build(event, self))
         finally:
             # build() turns every Exception into a flagged record; anything else (KeyboardInterrupt, a
             # gevent Timeout) must not take the batch with it: the unread events go back, first in line.

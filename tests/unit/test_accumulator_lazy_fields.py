@@ -15,7 +15,7 @@ import pytest
 import turnledger
 from tests.unit.pending_calls import pending_call
 from turnledger import TokenCallRecord, TurnTokenAccumulator
-from turnledger.accumulator import PendingCall, StartedCall
+from turnledger.accumulator import _NO_MORE_PENDING, PendingCall, StartedCall
 from turnledger.records import RecordFlag
 
 
@@ -50,7 +50,7 @@ def test_calls_under_one_id_are_the_turns_own() -> None:
     assert one.pending_calls == 2
     # Another turn, and a new one, see none of them.
     assert other.pending_calls == 0 and TurnTokenAccumulator().pending_calls == 0
-    assert not other._more_pending and not TurnTokenAccumulator._more_pending
+    assert not other._more_pending and not _NO_MORE_PENDING
     assert other.started_call("id") is None
     # Each end event hands the id to the next call; the turn waits for both.
     one.add(_record("id"), event_key=("id", "s", 1), call_details=first.call_details)
@@ -71,13 +71,13 @@ def test_a_turn_with_calls_under_one_id_still_pending_closes_with_them_abandoned
     turn.close(timeout=0)
     assert [c.ended for c in calls] == [1, 1, 1]
     assert len(turn.calls) == 3 and not turn._more_pending
-    assert not TurnTokenAccumulator._more_pending
+    assert not _NO_MORE_PENDING
 
 
-def test_the_class_default_of_calls_under_one_id_cannot_be_written() -> None:
+def test_the_shared_default_of_calls_under_one_id_cannot_be_written() -> None:
     # A write that reached it would put one turn's calls in every turn.
     with pytest.raises(TypeError):
-        TurnTokenAccumulator._more_pending["id"] = []
+        _NO_MORE_PENDING["id"] = []
     with pytest.raises(TypeError):
         TurnTokenAccumulator()._more_pending["id"] = []
 
