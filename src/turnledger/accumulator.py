@@ -190,17 +190,17 @@ class StartedCall(Protocol):
         ...
 
 
-class DeferredRecord(Protocol):
-    """An end event kept as LiteLLM delivered it, read into its record when the turn is next read.
+DeferredRecord = tuple[Any, ...]
+"""An end event kept as LiteLLM delivered it, read into its record when the turn is next read: a
+plain tuple whose first item reads it, ``event[0].build(event, turn)``, the rest what that reader
+reads (a tuple subclass instance, read by its own method, cost 1,100 instructions more to make on
+every event, callgrind). ``build`` never raises: an event that cannot be read becomes a flagged record.
 
-    Reading an event costs about three times as much where LiteLLM delivers it (caches cold after
-    its own work) as in a run of several events read back to back (measured by bench/capture_bench.py),
-    so a turn nobody is watching reads its events in batches: at most :data:`MAX_DEFERRED_RECORDS`
-    at a time, when :attr:`TurnTokenAccumulator.calls` or a total is read, and when the turn closes.
-    ``build`` never raises: an event that cannot be read becomes a flagged record.
-    """
-
-    def build(self, turn: TurnTokenAccumulator) -> TokenCallRecord: ...
+Reading an event costs about three times as much where LiteLLM delivers it (caches cold after
+its own work) as in a run of several events read back to back (measured by bench/capture_bench.py),
+so a turn nobody is watching reads its events in batches: at most :data:`MAX_DEFERRED_RECORDS`
+at a time, when :attr:`TurnTokenAccumulator.calls` or a total is read, and when the turn closes.
+"""
 
 
 AbandonedRecordFactory = Callable[[PendingCall, "ModelMetadata | None"], TokenCallRecord]
@@ -610,7 +610,7 @@ class TurnTokenAccumulator:
         return True
 
     def add_deferred(
-        self, event: DeferredRecord, *, call_id: str, event_key: EventKey, call_details: object = None
+        self, event: DeferredRecord, call_id: str, event_key: EventKey, call_details: object = None
     ) -> bool | None:
         """Keep an end event to be read later (see :class:`DeferredRecord`). Returns False for a
         duplicate event, and None when the turn cannot defer it: it is closed (the record is late) or
@@ -693,7 +693,7 @@ class TurnTokenAccumulator:
         records: list[TokenCallRecord] = []
         try:
             for event in events:
-                records.append(event.build(self))
+                records.append(event[0].build(event, self))
         finally:
             # build() turns every Exception into a flagged record; anything else (KeyboardInterrupt, a
             # gevent Timeout) must not take the batch with it: the unread events go back, first in line.

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -473,3 +474,27 @@ def test_deferring_an_event_reads_its_usage_without_pydantics_getattr(monkeypatc
         assert len(turn._deferred) == 1, "a priced success that used tokens is deferred"
     assert looked_up == []
     assert [(r.prompt_tokens, r.cost_usd) for r in turn.calls] == [(12, Decimal("0.000015"))]
+
+
+def test_the_stats_count_as_a_counter_does() -> None:
+    # TokenTrackingCallback.stats stores its items as a dict's (a Counter's own __delitem__ makes every
+    # store a Python-level call): the same operations give the same counts as a Counter, and reading a
+    # missing key gives 0; only ``del`` of a missing key differs (it raises, as a dict's does).
+    stats = turnledger.TokenTrackingCallback().stats
+    assert isinstance(stats, Counter) and not stats
+    plain: Counter[str] = Counter()
+    for counter in (stats, plain):
+        for key in ("captured", "duplicate", "captured", "errors", "late", "captured"):
+            counter[key] += 1
+        counter["late"] -= 1
+        counter.update(["unscoped", "captured"])
+        counter.subtract({"errors": 2})
+        del counter["duplicate"]
+        assert counter["never"] == 0 and "never" not in counter
+    assert stats == plain and dict(stats) == dict(plain) and repr(stats) == repr(plain).replace("Counter", "_Stats")
+    assert stats.most_common() == plain.most_common() and stats.total() == plain.total()
+    assert +stats == +plain and stats.copy() == plain.copy()
+    with pytest.raises(KeyError):
+        del stats["never"]
+    stats.clear()
+    assert stats == Counter()
