@@ -78,7 +78,11 @@ from turnledger.records import (
 )
 from turnledger.request_ids import exception_request_id, headers_request_id, response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
-from turnledger.usage import MODEL_CLASSES, is_model, normalize_usage
+from turnledger.usage import MODEL_CLASSES, TokenCounts, UsualCounts, _usual_counts, is_model, usage_counts
+
+# build_record reads usage through usage_counts; the name stays here for bench/capture_bench.py, whose
+# in-situ timing wraps each helper it names in this module (tests/unit/test_bench_harness.py).
+from turnledger.usage import normalize_usage as normalize_usage
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
@@ -713,22 +717,33 @@ class TokenTrackingCallback(CustomLogger):
         # A failure usually carries no response; one that does (billed, then refused) is priced by its usage,
         # one broken off after part of its answer by what was delivered, one that timed out waiting for its
         # answer by its estimated input.
-        counts = normalize_usage(response_obj)
-        if counts.flags:
-            flags += tuple(counts.flags)
-        if success and not counts.present:
-            flags += (RecordFlag.USAGE_MISSING,)
+        # normalize_usage's counts; a usual chat usage block's as a tuple, stored in the record from it
+        # (see usage_counts), its TokenCounts made only for an estimate or price_call, which read one.
+        counts: UsualCounts | TokenCounts = usage_counts(response_obj)
+        # isinstance: mypy narrows both branches by it, and not the second by ``type() is`` (same cost).
+        if not isinstance(counts, tuple):
+            if counts.flags:
+                flags += tuple(counts.flags)
+            if success and not counts.present:
+                flags += (RecordFlag.USAGE_MISSING,)
+            inline_cost = counts.inline_cost
+            count_discarded = counts.count_discarded
+            # counts.used_tokens read in place: a property is a Python-level call.
+            used_tokens = counts.prompt_tokens > 0 or counts.completion_tokens > 0
+        else:
+            # What _usual_counts would set: present, no flags, no inline cost, every count believed.
+            inline_cost = None
+            count_discarded = False
+            used_tokens = counts[0] > 0 or counts[1] > 0
         call_type = get("call_type")
         call_kind = _CALL_KINDS.get(call_type, _OTHER_KIND) if type(call_type) is str else call_kind_of(call_type)
         price_table = self._price_table
-        # counts.used_tokens read in place here and below: a property is a Python-level call.
-        used_tokens = counts.prompt_tokens > 0 or counts.completion_tokens > 0
         # Only a call that used no tokens can have its usage missing: skip the call otherwise.
         estimated = (
             estimate_missing_usage(
                 _as_sent(kwargs, call_id, turn),
                 response_obj,
-                counts,
+                _usual_counts(counts) if isinstance(counts, tuple) else counts,
                 model=model,
                 provider=provider,
                 call_kind=call_kind,
@@ -755,7 +770,7 @@ class TokenTrackingCallback(CustomLogger):
             if error_request_id is None:
                 error_request_id = headers_request_id(answer_headers)
             # A usage block whose every count was discarded tells of tokens it could not say: answered.
-            unanswered = not used_tokens and not counts.count_discarded
+            unanswered = not used_tokens and not count_discarded
             if unanswered:
                 sent = _as_sent(kwargs, call_id, turn)
                 # Part of the answer was delivered before the failure (a stream broken off, sync or
@@ -780,8 +795,8 @@ class TokenTrackingCallback(CustomLogger):
         elif (
             type(response_cost) is float
             and _FLOAT_SURELY_BELIEVABLE_FROM <= response_cost <= _FLOAT_SURELY_BELIEVABLE_UNTIL
-            and counts.inline_cost is None
-            and not counts.count_discarded
+            and inline_cost is None
+            and not count_discarded
             and get("cache_hit") is not True
         ):
             # price_call's usual answer, without its two Python-level calls: LiteLLM's float
@@ -800,7 +815,7 @@ class TokenTrackingCallback(CustomLogger):
             cost, source, cost_flags = price_call(
                 kwargs,
                 response_obj,
-                counts,
+                _usual_counts(counts) if isinstance(counts, tuple) else counts,
                 model=model,
                 provider=provider,
                 call_kind=call_kind,
@@ -821,17 +836,36 @@ class TokenTrackingCallback(CustomLogger):
         record.provider = provider
         record.call_kind = call_kind
         record.status = status
-        record.prompt_tokens = counts.prompt_tokens
-        record.completion_tokens = counts.completion_tokens
-        record.total_tokens = counts.total_tokens
-        record.cached_tokens = counts.cached_tokens
-        record.cache_creation_tokens = counts.cache_creation_tokens
-        record.cache_creation_1h_tokens = counts.cache_creation_1h_tokens
-        record.reasoning_tokens = counts.reasoning_tokens
-        record.image_input_tokens = counts.image_input_tokens
-        record.image_output_tokens = counts.image_output_tokens
-        record.audio_input_tokens = counts.audio_input_tokens
-        record.audio_output_tokens = counts.audio_output_tokens
+        usual: UsualCounts
+        if not isinstance(counts, tuple):
+            usual = (
+                counts.prompt_tokens,
+                counts.completion_tokens,
+                counts.total_tokens,
+                counts.cached_tokens,
+                counts.cache_creation_tokens,
+                counts.cache_creation_1h_tokens,
+                counts.reasoning_tokens,
+                counts.image_input_tokens,
+                counts.image_output_tokens,
+                counts.audio_input_tokens,
+                counts.audio_output_tokens,
+            )
+        else:
+            usual = counts
+        (
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.total_tokens,
+            record.cached_tokens,
+            record.cache_creation_tokens,
+            record.cache_creation_1h_tokens,
+            record.reasoning_tokens,
+            record.image_input_tokens,
+            record.image_output_tokens,
+            record.audio_input_tokens,
+            record.audio_output_tokens,
+        ) = usual
         record.cost_usd = cost
         record.cost_source = source
         record.started_at = started

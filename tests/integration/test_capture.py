@@ -1065,7 +1065,7 @@ async def test_a_failing_capture_never_breaks_the_call_and_logs_once(
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("usage parser bug")
 
-    monkeypatch.setattr("turnledger.callback.normalize_usage", explode)
+    monkeypatch.setattr("turnledger.callback.usage_counts", explode)
     async with turnledger.scoped_turn() as turn:
         for _ in range(3):
             response = await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, **provider_kwargs)

@@ -92,7 +92,7 @@ def test_an_event_that_cannot_be_read_is_flagged_when_it_is_read(monkeypatch: py
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("usage parser bug")
 
-    monkeypatch.setattr("turnledger.callback.normalize_usage", explode)
+    monkeypatch.setattr("turnledger.callback.usage_counts", explode)
     with turnledger.scoped_turn() as turn:
         deliver(cb, "bad")
         assert cb.stats["captured"] == 1
@@ -218,7 +218,7 @@ def test_a_log_handler_that_reads_the_turn_while_a_batch_is_read_does_not_deadlo
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("usage parser bug")
 
-    monkeypatch.setattr("turnledger.callback.normalize_usage", explode)
+    monkeypatch.setattr("turnledger.callback.usage_counts", explode)
     log_filter = TurnCost()
     logging.getLogger("turnledger").addFilter(log_filter)
     outcome: list[list[TokenCallRecord]] = []
@@ -242,7 +242,7 @@ def test_a_log_handler_that_reads_the_turn_while_a_batch_is_read_does_not_deadlo
 
 
 def test_an_interrupt_while_a_batch_is_read_loses_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
-    from turnledger.usage import normalize_usage as real
+    from turnledger.usage import usage_counts as real
 
     cb = turnledger.TokenTrackingCallback(name="interrupted")
     reads = 0
@@ -257,7 +257,7 @@ def test_an_interrupt_while_a_batch_is_read_loses_no_event(monkeypatch: pytest.M
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("turnledger.callback.normalize_usage", interrupt_the_third)
+    monkeypatch.setattr("turnledger.callback.usage_counts", interrupt_the_third)
     with turnledger.scoped_turn() as turn:
         for i in range(5):
             deliver(cb, f"c{i}")
@@ -278,7 +278,7 @@ def test_an_interrupt_while_the_exit_reads_the_batch_keeps_the_calls_that_never_
     with pytest.raises(KeyboardInterrupt), turnledger.scoped_turn(settle_timeout=0) as turn:
         cb.log_pre_api_call("gpt-4o-mini", None, event("never-ends")[0])
         deliver(cb, "ended")
-        monkeypatch.setattr("turnledger.callback.normalize_usage", interrupt)
+        monkeypatch.setattr("turnledger.callback.usage_counts", interrupt)
     assert turn.closed
     monkeypatch.undo()
     assert sorted((r.call_id, r.status) for r in turn.calls) == [

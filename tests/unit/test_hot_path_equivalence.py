@@ -20,6 +20,7 @@ import pytest
 from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper
 from pydantic import BaseModel, ConfigDict
 
+import turnledger.callback as callback_module
 import turnledger.usage as usage_module
 from turnledger.callback import TokenTrackingCallback, _ms_between, _utc
 from turnledger.fake_provider import FakeProvider
@@ -581,3 +582,82 @@ def test_counts_read_in_place_are_whole_token_counts() -> None:
     assert counts == built and repr(counts) == repr(built) and replace(counts) == built
     counts.flag(RecordFlag.MALFORMED_USAGE)
     assert built.flags == [] and normalize_usage({"usage": dict(_NAMED_USAGES["details None"])}).flags == []
+
+
+_RECORD_COUNTS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "cache_creation_1h_tokens",
+    "reasoning_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+)
+
+
+def _record_both_ways(
+    response: Any, kwargs: dict[str, Any], status: CallStatus, patch: pytest.MonkeyPatch
+) -> tuple[Any, Any, bool]:
+    """build_record's record, and the one it makes when its usage is always read as a TokenCounts
+    (normalize_usage, which makes one from the very tuple a usual block gives): and whether the first
+    read a tuple."""
+    callback = TokenTrackingCallback(name="usual-counts")
+    read: list[object] = []
+
+    def recorded(response_obj: Any) -> Any:
+        counts = usage_module.usage_counts(response_obj)
+        read.append(counts)
+        return counts
+
+    patch.setattr(callback_module, "usage_counts", recorded)
+    record = callback.build_record(dict(kwargs), response, _NAIVE, _NAIVE + timedelta(seconds=1), status, None)
+    patch.setattr(callback_module, "usage_counts", normalize_usage)
+    long_way = callback.build_record(dict(kwargs), response, _NAIVE, _NAIVE + timedelta(seconds=1), status, None)
+    return record, long_way, type(read[0]) is tuple
+
+
+def test_a_record_of_counts_read_as_a_tuple_is_the_one_read_from_their_token_counts() -> None:
+    # build_record stores a usual block's counts from usage_counts' tuple, and makes their TokenCounts
+    # only for an estimate or price_call: its record is the one made from the TokenCounts every time.
+    taken = 0
+    shapes = [(name, usage) for name, usage in _all_usages() if not name.startswith("random")]
+    shapes += [(name, usage) for name, usage in _all_usages() if name.startswith("random")][:600]
+    shapes += [(f"zero {i}", {"prompt_tokens": 0, "completion_tokens": i, "total_tokens": i}) for i in (0, 1)]
+    kinds: list[tuple[dict[str, Any], CallStatus]] = [
+        ({"response_cost": 0.0000135}, CallStatus.SUCCESS),
+        ({"response_cost": None}, CallStatus.SUCCESS),
+        ({"response_cost": 0.0000135, "cache_hit": True}, CallStatus.SUCCESS),
+        ({"response_cost": 0.0000135, "exception": RuntimeError("refused")}, CallStatus.FAILURE),
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        for index, (name, usage) in enumerate(shapes):
+            extra, status = kinds[index % len(kinds)]
+            kwargs: dict[str, Any] = {
+                "litellm_call_id": f"c{index}",
+                "model": "gpt-4o-mini",
+                "custom_llm_provider": "openai",
+                "call_type": "acompletion",
+                "messages": [{"role": "user", "content": "hello there"}],
+                **extra,
+            }
+            response = litellm.ModelResponse(model="gpt-4o-mini")
+            block = litellm.Usage()
+            block.__dict__.clear()
+            block.__dict__.update(usage)
+            response.usage = block
+            for answer in (response, {"usage": usage}):
+                record, long_way, tuple_read = _record_both_ways(answer, kwargs, status, patch)
+                assert record == long_way, name
+                assert (str(record.cost_usd), record.flags) == (str(long_way.cost_usd), long_way.flags), name
+                if not record.usage_estimated:
+                    counts = normalize_usage(answer)
+                    assert {name: getattr(record, name) for name in _RECORD_COUNTS} == {
+                        name: getattr(counts, name) for name in _RECORD_COUNTS
+                    }, name
+                taken += tuple_read
+    # Not vacuous: many records were made from a tuple.
+    assert taken > 600

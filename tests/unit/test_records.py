@@ -12,6 +12,7 @@ from turnledger.records import (
     CostSource,
     RecordFlag,
     TokenCallRecord,
+    _RecordDraft,
     record_draft,
     record_from_fields,
     sealed_record,
@@ -90,6 +91,24 @@ def test_a_sealed_draft_is_the_frozen_record_and_a_field_left_out_fails_when_rea
         partial.no_such_field = 1
     with pytest.raises(AttributeError):
         _ = sealed_record(partial).model
+
+
+def test_a_draft_made_by_calling_its_class_is_empty_writable_and_sealed_as_a_plain_record() -> None:
+    # build_record calls the draft class (a subclass of TokenCallRecord adding no slots, writable).
+    draft = _RecordDraft()
+    with pytest.raises(AttributeError):
+        _ = draft.model
+    with pytest.raises(TypeError):
+        _RecordDraft(call_id="c1", model="m")
+    for name, value in _every_field_set().items():
+        setattr(draft, name, value)
+    draft.model = "again"
+    del draft.model
+    draft.model = _every_field_set()["model"]
+    record = sealed_record(draft)
+    assert type(record) is TokenCallRecord and record == TokenCallRecord(**_every_field_set())  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.model = "other"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("status", [CallStatus.SUCCESS, CallStatus.FAILURE])
