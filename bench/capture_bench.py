@@ -448,7 +448,7 @@ def _stage_times(
     from turnledger import callback as cbm
     from turnledger.pricing import estimate_missing_usage, price_call
     from turnledger.request_ids import response_request_id
-    from turnledger.usage import normalize_usage
+    from turnledger.usage import normalize_usage, usage_counts
 
     model = kwargs.get("model")
     provider = kwargs.get("custom_llm_provider")
@@ -466,7 +466,7 @@ def _stage_times(
     # The turn as the pre-call hook leaves it in LiteLLM's details of a call.
     marked = {**kwargs, cbm._TURN_OF_CALL: turn._weak_self}
     stages: dict[str, Callable[[int], object]] = {
-        "normalize_usage (usage.py)": lambda i: normalize_usage(response_obj),
+        "usage_counts (usage.py)": lambda i: usage_counts(response_obj),
         "estimate_missing_usage (pricing.py)": lambda i: estimate_missing_usage(
             kwargs, response_obj, counts, **pricing_kw
         ),
@@ -501,7 +501,7 @@ def _stage_times(
 # several in place (price_call's float response_cost, _utc, call_kind_of, _ms_between...): those show
 # only the events that fell back to them, and the rest of their time is in build_record's own line.
 _IN_SITU_STAGES = (
-    "normalize_usage",
+    "usage_counts",
     "estimate_missing_usage",
     "price_call",
     "response_request_id",

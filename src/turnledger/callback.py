@@ -80,10 +80,6 @@ from turnledger.request_ids import exception_request_id, headers_request_id, res
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
 from turnledger.usage import MODEL_CLASSES, TokenCounts, UsualCounts, _usual_counts, is_model, usage_counts
 
-# build_record reads usage through usage_counts; the name stays here for bench/capture_bench.py, whose
-# in-situ timing wraps each helper it names in this module (tests/unit/test_bench_harness.py).
-from turnledger.usage import normalize_usage as normalize_usage
-
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
     # LiteLLM's Anthropic /v1/messages passthrough (``litellm.anthropic_messages``) is a chat call: billed
