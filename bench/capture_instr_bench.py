@@ -4,16 +4,15 @@ bench/capture_bench.py times the capture against LiteLLM's own per-call time, bu
 the paired timing moves by several percent from run to run, so it cannot settle a 1% target.
 Instructions executed are repeatable whatever the load, so this bench counts them instead.
 
-Method: each arm runs in a child Python under ``valgrind --tool=callgrind --instr-atstart=no
---fair-sched=yes`` (``PYTHONHASHSEED`` fixed; why fair scheduling: see ``_run_child``), which imports the
-same ``turnledger`` and ``bench`` this process did. The child warms up (``WARM_CALLS`` calls, as measured
-below, and LiteLLM's logging worker idle), then counts exactly ``BENCH_INSTR_CALLS``
-``acompletion(mock_response=...)`` calls in turns of 3, ending with the wait for LiteLLM's logging worker
-to go idle (as capture_bench's ``_block``), so the callback's deferred work is inside the count. The count
-is switched on and off from inside the child by callgrind's client requests (``ZERO_STATS`` +
-``START_INSTRUMENTATION``, then ``STOP_INSTRUMENTATION`` + ``DUMP_STATS``), through a tiny C library
-compiled with gcc at run time into a temporary directory; the dump's ``totals:`` line is the count, all
-threads included. Arms:
+Method: each arm runs in a child Python under ``valgrind --tool=callgrind --instr-atstart=no``
+(``PYTHONHASHSEED`` fixed), which imports the same ``turnledger`` and ``bench`` this process did. The
+child warms up (``WARM_CALLS`` calls, as measured below, and LiteLLM's logging worker idle), then
+counts exactly ``BENCH_INSTR_CALLS`` ``acompletion(mock_response=...)`` calls in turns of 3, ending
+with the wait for LiteLLM's logging worker to go idle (as capture_bench's ``_block``), so the
+callback's deferred work is inside the count. The count is switched on and off from inside the
+child by callgrind's client requests (``ZERO_STATS`` + ``START_INSTRUMENTATION``, then
+``STOP_INSTRUMENTATION`` + ``DUMP_STATS``), through a tiny C library compiled with gcc at run time
+into a temporary directory; the dump's ``totals:`` line is the count, all threads included. Arms:
 - ``without``: no logger;
 - ``no-op logger``: capture_bench's logger that does nothing (any logger switches on LiteLLM's own
   logging work);
@@ -249,13 +248,6 @@ def _run_child(arm: str, calls: int, library: Path, workdir: Path, tag: str) -> 
         [
             "valgrind",
             "--tool=callgrind",
-            # Valgrind runs one thread at a time. Its default lock hands the CPU from thread to thread in an
-            # order the kernel's scheduler (the machine's load) decides, and with it whether LiteLLM's
-            # executor thread finishes a call while the event loop still has work or only once it blocks:
-            # 2 to 9 loop rounds a call (~10k instructions each), so a child's count moved by +-5k a call
-            # and one in three by 40k. Handed over in turn (a ticket lock), two children of an arm count
-            # within 500 instructions a call of each other (measured 2026-11-27, under load).
-            "--fair-sched=yes",
             "--instr-atstart=no",
             "--dump-line=no",
             f"--callgrind-out-file={out}",
