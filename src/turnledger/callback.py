@@ -78,7 +78,15 @@ from turnledger.records import (
 )
 from turnledger.request_ids import exception_request_id, headers_request_id, response_request_id
 from turnledger.subscribers import Subscriber, dispatch, global_subscribers
-from turnledger.usage import MODEL_CLASSES, TokenCounts, UsualCounts, _usual_counts, is_model, usage_counts
+from turnledger.usage import (
+    MODEL_CLASSES,
+    TokenCounts,
+    UsualCounts,
+    is_model,
+    token_counts,
+    usage_counts,
+    usual_counts_of,
+)
 
 _CALL_KINDS: dict[str, CallKind] = {}
 for _kind, _names in {
@@ -739,7 +747,7 @@ class TokenTrackingCallback(CustomLogger):
             estimate_missing_usage(
                 _as_sent(kwargs, call_id, turn),
                 response_obj,
-                _usual_counts(counts) if isinstance(counts, tuple) else counts,
+                token_counts(counts),
                 model=model,
                 provider=provider,
                 call_kind=call_kind,
@@ -811,7 +819,7 @@ class TokenTrackingCallback(CustomLogger):
             cost, source, cost_flags = price_call(
                 kwargs,
                 response_obj,
-                _usual_counts(counts) if isinstance(counts, tuple) else counts,
+                token_counts(counts),
                 model=model,
                 provider=provider,
                 call_kind=call_kind,
@@ -832,23 +840,7 @@ class TokenTrackingCallback(CustomLogger):
         record.provider = provider
         record.call_kind = call_kind
         record.status = status
-        usual: UsualCounts
-        if not isinstance(counts, tuple):
-            usual = (
-                counts.prompt_tokens,
-                counts.completion_tokens,
-                counts.total_tokens,
-                counts.cached_tokens,
-                counts.cache_creation_tokens,
-                counts.cache_creation_1h_tokens,
-                counts.reasoning_tokens,
-                counts.image_input_tokens,
-                counts.image_output_tokens,
-                counts.audio_input_tokens,
-                counts.audio_output_tokens,
-            )
-        else:
-            usual = counts
+        usual: UsualCounts = counts if isinstance(counts, tuple) else usual_counts_of(counts)
         (
             record.prompt_tokens,
             record.completion_tokens,

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,14 +248,34 @@ def usage_block(response_obj: Any) -> Any:
 
 def normalize_usage(response_obj: Any) -> TokenCounts:
     """Normalized counts from whatever LiteLLM handed the callback (never raises on odd shapes)."""
-    counts = usage_counts(response_obj)
-    return _usual_counts(counts) if isinstance(counts, tuple) else counts
+    return token_counts(usage_counts(response_obj))
 
 
 UsualCounts = tuple[int, int, int, int, int, int, int, int, int, int, int]
 """The counts of a usual chat usage block (see :func:`usage_counts`), in :class:`TokenCounts`'s order:
 prompt, completion, total, cached, cache creation, its 1-hour part, reasoning, image input, image
 output, audio input, audio output."""
+
+usual_counts_of: Callable[[TokenCounts], UsualCounts] = operator.attrgetter(
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "cache_creation_1h_tokens",
+    "reasoning_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+)
+"""A :class:`TokenCounts`'s counts as :data:`UsualCounts` (the inverse of :func:`_usual_counts`, for
+those counts)."""
+
+
+def token_counts(counts: UsualCounts | TokenCounts) -> TokenCounts:
+    """:func:`usage_counts`' answer as the :class:`TokenCounts` :func:`normalize_usage` gives."""
+    return _usual_counts(counts) if isinstance(counts, tuple) else counts
 
 
 def _usual_counts(counts: UsualCounts) -> TokenCounts:
@@ -424,36 +445,24 @@ def usage_counts(response_obj: Any) -> UsualCounts | TokenCounts:
                 usual = usual and reasoning + image_out + audio_out <= completion
             if usual and (details is None or (cached + creation <= prompt and image_in + audio_in <= prompt)):
                 expected_total = prompt + completion
-                if total is None or total == expected_total:
-                    return (
-                        prompt,
-                        completion,
-                        expected_total,
-                        cached,
-                        creation,
-                        0,
-                        reasoning,
-                        image_in,
-                        image_out,
-                        audio_in,
-                        audio_out,
-                    )
-                # A total that is not the sum of its parts: flagged, and read as the larger.
-                counts = _usual_counts(
-                    (
-                        prompt,
-                        completion,
-                        max(total, expected_total),
-                        cached,
-                        creation,
-                        0,
-                        reasoning,
-                        image_in,
-                        image_out,
-                        audio_in,
-                        audio_out,
-                    )
+                counted = (
+                    prompt,
+                    completion,
+                    expected_total,
+                    cached,
+                    creation,
+                    0,
+                    reasoning,
+                    image_in,
+                    image_out,
+                    audio_in,
+                    audio_out,
                 )
+                if total is None or total == expected_total:
+                    return counted
+                # A total that is not the sum of its parts: flagged, and read as the larger.
+                counts = _usual_counts(counted)
+                counts.total_tokens = max(total, expected_total)
                 counts.flags.append(RecordFlag.MALFORMED_USAGE)
                 return counts
     counts = TokenCounts()
