@@ -4,15 +4,19 @@ bench/capture_bench.py times the capture against LiteLLM's own per-call time, bu
 the paired timing moves by several percent from run to run, so it cannot settle a 1% target.
 Instructions executed are repeatable whatever the load, so this bench counts them instead.
 
-Method: each arm runs in a child Python under ``valgrind --tool=callgrind --instr-atstart=no``
-(``PYTHONHASHSEED`` fixed), which imports the same ``turnledger`` and ``bench`` this process did. The
-child warms up (``WARM_CALLS`` calls, as measured below, and LiteLLM's logging worker idle), then
-counts exactly ``BENCH_INSTR_CALLS`` ``acompletion(mock_response=...)`` calls in turns of 3, ending
-with the wait for LiteLLM's logging worker to go idle (as capture_bench's ``_block``), so the
-callback's deferred work is inside the count. The count is switched on and off from inside the
-child by callgrind's client requests (``ZERO_STATS`` + ``START_INSTRUMENTATION``, then
-``STOP_INSTRUMENTATION`` + ``DUMP_STATS``), through a tiny C library compiled with gcc at run time
-into a temporary directory; the dump's ``totals:`` line is the count, all threads included. Arms:
+Method: a child Python runs under ``valgrind --tool=callgrind --instr-atstart=no`` (``PYTHONHASHSEED``
+fixed), importing the same ``turnledger`` and ``bench`` this process did, and counts every arm in turn, in
+blocks: it registers the arm's logger (and takes every other one out of LiteLLM's lists), lets LiteLLM take
+it up (``BLOCK_WARM_CALLS`` calls), then counts exactly ``BENCH_INSTR_CALLS`` ``acompletion(mock_response=...)``
+calls in turns of 3, ending with the wait for LiteLLM's logging worker to go idle (as capture_bench's
+``_block``), so the callback's deferred work is inside the count. Before the first counted block every arm
+runs once uncounted (``WARM_CALLS`` calls each): the first block after a logger was first registered in the
+process counted 40,000 instructions a call more than the same arm later in the same child (measured
+2026-11-27, its 15 warm-up calls notwithstanding; not traced to its cause in LiteLLM). The count is
+switched on and off from inside the child by callgrind's client requests (``ZERO_STATS`` +
+``START_INSTRUMENTATION``, then ``STOP_INSTRUMENTATION`` + ``DUMP_STATS``), through a tiny C library
+compiled with gcc at run time into a temporary directory; each block's dump's ``totals:`` line is its
+count, all threads included. Arms:
 - ``without``: no logger;
 - ``no-op logger``: capture_bench's logger that does nothing (any logger switches on LiteLLM's own
   logging work);
@@ -23,8 +27,16 @@ into a temporary directory; the dump's ``totals:`` line is the count, all thread
   (what the callback costs per call once per-turn costs are spread over many calls; not judged);
 - ``callback``: ``TokenTrackingCallback`` installed, each 3-call turn in its own ``scoped_turn``, as in
   real use, so scope entry and exit (its wait for the turn's last event) are in the count.
-Arms of a repeat run interleaved, up to ``BENCH_INSTR_JOBS`` children at a time (counts do not depend
-on load). Printed per arm: instructions per call, min/median/max over repeats; then, paired by repeat,
+
+Why all arms in one child: a child's counts, every arm alike, move with the process as a whole. Children
+started side by side counted the same arm within a few thousand instructions a call of each other, one
+started alone on a quiet machine 55,000 to 75,000 more in every arm; within one child, blocks of the same
+arm agree within about 3,000 (measured 2026-11-27, no-op logger and without, 4 blocks a child). With an arm
+a child, that per-process shift landed on the differences (the judged one moved from +0.2% to +1.1%
+between repeats); with every arm in each child it cancels. A repeat is one round of all the arms in a
+child, the first arm rotating from round to round; ``BENCH_INSTR_CHILDREN`` children, up to
+``BENCH_INSTR_JOBS`` at a time, each run ``BENCH_INSTR_REPEATS`` rounds. Printed per arm: instructions per
+call, min/median/max over every block; then, paired within each round of each child,
 (no-op - without) / without: LiteLLM's own logging work that any logger switches on;
 (callback - no-op) / without: turnledger's own work; (callback - without) / without: all of it, what a
 user pays; and, as context: (no-op waited - no-op): the per-turn wait any logger pays, (callback -
@@ -33,13 +45,13 @@ Judged: turnledger's own work (callback - no-op) against LiteLLM's per-call inst
 logger, target < 1%: PASS if every repeat is under it, OVER if none is, else UNDECIDED.
 
 Needs valgrind, its ``valgrind/callgrind.h`` and gcc (Debian: ``apt-get install valgrind gcc``);
-without them it says what is missing and returns. About a minute of CPU per child on the project's
-machine, two thirds of it importing LiteLLM under valgrind (the default run: 15 children; measured on
-2026-11-26: 2.5 minutes wall with 2 at a time).
+without them it says what is missing and returns. The default run, 2 children of 3 rounds side by side,
+counts 1,800 calls each (2,175 run): 6.5 minutes wall on the project's 2-core machine (measured 2026-11-27),
+about 40 seconds of each child importing LiteLLM under valgrind.
 
-Size knobs: ``BENCH_INSTR_CALLS`` (counted calls per child, a multiple of 3, default 120),
-``BENCH_INSTR_REPEATS`` (children per arm, default 3), ``BENCH_INSTR_JOBS`` (children at a time,
-default 2).
+Size knobs: ``BENCH_INSTR_CALLS`` (counted calls per block, a multiple of 3, default 120),
+``BENCH_INSTR_REPEATS`` (rounds of all the arms per child, default 3), ``BENCH_INSTR_CHILDREN`` (default 2),
+``BENCH_INSTR_JOBS`` (children at a time, default 2).
 """
 
 from __future__ import annotations
@@ -58,12 +70,16 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
+if TYPE_CHECKING:
+    from turnledger import TokenTrackingCallback
+
 ARMS = ("without", "no-op logger", "no-op, waited", "callback, one scope", "callback")
 WARM_CALLS = 30
+BLOCK_WARM_CALLS = 15
 TARGET = 0.01
 _CHILD_FLAG = "--child"
 
@@ -90,13 +106,22 @@ def parse_totals(dump: str) -> int:
     return int(found[0])
 
 
-def measured_total(dumps: Iterable[str]) -> int:
-    """The count of the dump the child asked for: callgrind also writes one at exit (zero, as the
-    instrumentation is off by then), and any other dump would be of some other stretch of the run."""
-    ours = [d for d in dumps if re.search(rf"^desc: Trigger: {re.escape(_DUMP_REASON)}\s*$", d, re.MULTILINE)]
-    if len(ours) != 1:
-        raise ValueError(f"expected one dump triggered by '{_DUMP_REASON}', found {len(ours)}")
-    return parse_totals(ours[0])
+def measured_totals(dumps: Iterable[str]) -> list[int]:
+    """The counts of the dumps the child asked for, one a block, in the order it asked for them (their
+    ``part:`` numbers): callgrind also writes one at exit (zero, as the instrumentation is off by then),
+    which is not one of them."""
+    ours: list[tuple[int, int]] = []
+    for dump in dumps:
+        if not re.search(rf"^desc: Trigger: {re.escape(_DUMP_REASON)}\s*$", dump, re.MULTILINE):
+            continue
+        part = re.search(r"^part:\s+(\d+)\s*$", dump, re.MULTILINE)
+        if part is None:
+            raise ValueError("a measured dump without its 'part:' number")
+        ours.append((int(part.group(1)), parse_totals(dump)))
+    parts = [number for number, _ in sorted(ours)]
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"measured dumps with the same part number: {parts}")
+    return [total for _, total in sorted(ours)]
 
 
 def verdict(shares: list[float], target: float = TARGET) -> str:
@@ -171,13 +196,35 @@ async def _turns(arm: str, turns: int) -> int:
     return recorded
 
 
-async def _child(arm: str, calls: int, library: str) -> None:
-    import ctypes
-
+def _take_up(arm: str, callback: TokenTrackingCallback) -> None:
+    """Register ``arm``'s logger, with every logger of the other arms taken out of LiteLLM's lists."""
     import litellm
 
     import turnledger
-    from bench.capture_bench import _noop
+    from bench.capture_bench import _noop, forget_logger
+
+    forget_logger(_noop)
+    forget_logger(_waited)
+    turnledger.uninstall(callback)
+    if arm == "no-op logger":
+        litellm.callbacks.append(_noop)
+    elif arm == "no-op, waited":
+        litellm.callbacks.append(_waited)
+    elif arm in ("callback", "callback, one scope"):
+        turnledger.install(callback)
+    elif arm != "without":
+        raise ValueError(f"no arm {arm!r}")
+
+
+def rounds_of(repeats: int) -> list[tuple[int, str]]:
+    """The blocks a child counts, in order: every arm once a round, the first one rotating."""
+    return [(i, arm) for i in range(repeats) for arm in ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]]
+
+
+async def _child(calls: int, repeats: int, library: str) -> None:
+    import ctypes
+
+    import turnledger
 
     cg = ctypes.CDLL(library)
     # The GIL's switch interval is wall-clock time (5 ms): under callgrind, 50 times slower, a call's
@@ -185,24 +232,22 @@ async def _child(arm: str, calls: int, library: str) -> None:
     # machine was (a no-op arm's count moved by 30k per call between children). Handed over only when
     # a thread blocks, as a native 3 ms call almost always does, the counts repeat within a few thousand.
     sys.setswitchinterval(1000.0)
-    if arm == "no-op logger":
-        litellm.callbacks.append(_noop)
-    elif arm == "no-op, waited":
-        litellm.callbacks.append(_waited)
-    elif arm in ("callback", "callback, one scope"):
-        turnledger.install(turnledger.TokenTrackingCallback(name="bench-instr"))
-    elif arm != "without":
-        raise ValueError(f"no arm {arm!r}")
-    await _turns(arm, WARM_CALLS // 3)
-    # install() loads LiteLLM's tokenizer in a thread; slow under callgrind, it must not run into the count.
+    callback = turnledger.TokenTrackingCallback(name="bench-instr")
+    for arm in ARMS:
+        _take_up(arm, callback)
+        await _turns(arm, WARM_CALLS // 3)
+    # install() loads LiteLLM's tokenizer in a thread; slow under callgrind, it must not run into a count.
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and thread.name == "turnledger-tokenizer-warmup":
             thread.join()
-    gc.collect()
-    cg.cg_start()
-    recorded = await _turns(arm, calls // 3)
-    cg.cg_stop()
-    print(f"calls={calls} recorded={recorded}", flush=True)
+    for i, arm in rounds_of(repeats):
+        _take_up(arm, callback)
+        await _turns(arm, BLOCK_WARM_CALLS // 3)
+        gc.collect()
+        cg.cg_start()
+        recorded = await _turns(arm, calls // 3)
+        cg.cg_stop()
+        print(f"block round={i} arm={arm} calls={calls} recorded={recorded}", flush=True)
 
 
 # -- the parent ------------------------------------------------------------------------------------
@@ -235,8 +280,8 @@ def _import_roots() -> list[str]:
     return list(dict.fromkeys(roots))
 
 
-def _run_child(arm: str, calls: int, library: Path, workdir: Path, tag: str) -> int:
-    """Instructions the child counted over its ``calls`` calls."""
+def _run_child(calls: int, repeats: int, library: Path, workdir: Path, tag: str) -> dict[str, list[int]]:
+    """Instructions the child counted, arm -> one count per round (each over ``calls`` calls)."""
     out = workdir / f"{tag}.out"
     env = {
         **os.environ,
@@ -255,8 +300,8 @@ def _run_child(arm: str, calls: int, library: Path, workdir: Path, tag: str) -> 
             "-m",
             "bench.capture_instr_bench",
             _CHILD_FLAG,
-            arm,
             str(calls),
+            str(repeats),
             str(library),
         ],
         capture_output=True,
@@ -266,16 +311,26 @@ def _run_child(arm: str, calls: int, library: Path, workdir: Path, tag: str) -> 
     )
     tail = "\n".join(done.stderr.strip().splitlines()[-15:])
     if done.returncode != 0:
-        raise RuntimeError(f"the {arm} child failed (exit {done.returncode}):\n{tail}")
-    if f"calls={calls} " not in done.stdout:
-        raise RuntimeError(f"the {arm} child did not report its calls:\n{done.stdout}\n{tail}")
-    if arm.startswith("callback") and f"recorded={calls}" not in done.stdout:
-        raise RuntimeError(f"the callback arm did not record every counted call: {done.stdout.strip()}")
-    dumps = [p.read_text(encoding="utf-8") for p in sorted(workdir.glob(f"{tag}.out*"))]
-    return measured_total(dumps)
+        raise RuntimeError(f"child {tag} failed (exit {done.returncode}):\n{tail}")
+    blocks = [line for line in done.stdout.splitlines() if line.startswith("block ")]
+    expected = rounds_of(repeats)
+    for line, (i, arm) in zip(blocks, expected, strict=False):
+        if not line.startswith(f"block round={i} arm={arm} calls={calls} "):
+            raise RuntimeError(f"child {tag} counted {line!r} where round {i} of {arm} was due")
+        if arm.startswith("callback") and not line.endswith(f" recorded={calls}"):
+            raise RuntimeError(f"the callback arm did not record every counted call: {line}")
+    if len(blocks) != len(expected):
+        raise RuntimeError(f"child {tag} reported {len(blocks)} blocks of {len(expected)}:\n{done.stdout}\n{tail}")
+    totals = measured_totals(p.read_text(encoding="utf-8") for p in sorted(workdir.glob(f"{tag}.out*")))
+    if len(totals) != len(expected):
+        raise RuntimeError(f"child {tag} left {len(totals)} measured dumps for {len(expected)} blocks")
+    counts: dict[str, list[int]] = {arm: [] for arm in ARMS}
+    for (_, arm), total in zip(expected, totals, strict=True):
+        counts[arm].append(total)
+    return counts
 
 
-def _how_made(calls: int, repeats: int, jobs: int) -> str:
+def _how_made(calls: int, repeats: int, children: int, jobs: int) -> str:
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     root = Path(_import_roots()[0]).parent
     git = subprocess.run(
@@ -292,25 +347,27 @@ def _how_made(calls: int, repeats: int, jobs: int) -> str:
         commit += " + uncommitted changes"
     return (
         f"LiteLLM {version('litellm')}, Python {sys.version.split()[0]}, {valgrind}, turnledger at {root} "
-        f"(commit {commit}); {calls} calls counted per child after {WARM_CALLS} warm-up calls, {repeats} "
-        f"repeats per arm, {jobs} children at a time, PYTHONHASHSEED=0"
+        f"(commit {commit}); {children} children ({jobs} at a time), each counting every arm in {repeats} "
+        f"rounds, {calls} calls a block after {BLOCK_WARM_CALLS} uncounted ones (and {WARM_CALLS} of every arm "
+        f"before the first block); PYTHONHASHSEED=0"
     )
 
 
 def main() -> None:
     calls = _env_int("BENCH_INSTR_CALLS", 120)
     repeats = _env_int("BENCH_INSTR_REPEATS", 3)
+    children = _env_int("BENCH_INSTR_CHILDREN", 2)
     jobs = _env_int("BENCH_INSTR_JOBS", 2)
     if calls <= 0 or calls % 3:
         raise ValueError(f"BENCH_INSTR_CALLS must be a positive multiple of 3 (turns of 3 calls), not {calls}")
-    if repeats <= 0 or jobs <= 0:
-        raise ValueError("BENCH_INSTR_REPEATS and BENCH_INSTR_JOBS must be positive")
+    if repeats <= 0 or children <= 0 or jobs <= 0:
+        raise ValueError("BENCH_INSTR_REPEATS, BENCH_INSTR_CHILDREN and BENCH_INSTR_JOBS must be positive")
     missing = _missing_tools()
     if missing:
         print(f"skipped: {' and '.join(missing)} not found. Debian/Ubuntu: apt-get install valgrind gcc")
         return
     # Read before the children run: the tree may change under a run this long.
-    how_made = _how_made(calls, repeats, jobs)
+    how_made = _how_made(calls, repeats, children, jobs)
     with tempfile.TemporaryDirectory(prefix="capture-instr-") as tmp:
         workdir = Path(tmp)
         library = _compile(workdir)
@@ -318,14 +375,12 @@ def main() -> None:
             print(f"skipped: could not compile callgrind's client requests (valgrind/callgrind.h missing?):\n{library}")
             print("Debian/Ubuntu: apt-get install valgrind (it ships the header); elsewhere its -devel package")
             return
-        # Arms of a repeat interleaved, the first one rotating, so no arm always runs beside the same one.
-        order = [(i, arm) for i in range(repeats) for arm in ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]]
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {
-                (i, arm): pool.submit(_run_child, arm, calls, library, workdir, f"{ARMS.index(arm)}-{i}")
-                for i, arm in order
-            }
-            per_call = {arm: [futures[(i, arm)].result() / calls for i in range(repeats)] for arm in ARMS}
+            futures = [pool.submit(_run_child, calls, repeats, library, workdir, f"child-{c}") for c in range(children)]
+            counted = [future.result() for future in futures]
+    # Every arm's counts in the same order, child by child and round by round: differences pair up
+    # counts of one round of one child.
+    per_call = {arm: [total / calls for counts in counted for total in counts[arm]] for arm in ARMS}
     _report(per_call, how_made)
 
 
@@ -340,8 +395,9 @@ COMPARISONS = (
 
 
 def differences(per_call: dict[str, list[float]], arm: str, minus: str) -> tuple[list[float], list[float]]:
-    """(arm - minus) per call, paired by repeat, and each as a share of that repeat's ``without``: every
-    share is of LiteLLM's own per-call count, so turnledger's and LiteLLM's shares add up to the whole."""
+    """(arm - minus) per call, paired by repeat (a round of a child), and each as a share of that repeat's
+    ``without``: every share is of LiteLLM's own per-call count, so turnledger's and LiteLLM's shares add
+    up to the whole."""
     deltas = [a - b for a, b in zip(per_call[arm], per_call[minus], strict=True)]
     return deltas, [d / w for d, w in zip(deltas, per_call["without"], strict=True)]
 
@@ -352,7 +408,10 @@ def _report(per_call: dict[str, list[float]], how_made: str) -> None:
     width = max(map(len, ARMS))
     for arm in ARMS:
         print(f"  {arm:<{width}} {_spread(per_call[arm], '{:>12,.0f}')}")
-    print(" differences per call, paired by repeat, and their share of `without` (LiteLLM's own per-call count):")
+    print(
+        " differences per call, paired by repeat (a round of all the arms in one child), and their share of"
+        " `without` (LiteLLM's own per-call count):"
+    )
     for arm, minus, note in COMPARISONS:
         deltas, shares = differences(per_call, arm, minus)
         print(f"  ({arm} - {minus}) [{note}]")
@@ -374,6 +433,6 @@ def _report(per_call: dict[str, list[float]], how_made: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == _CHILD_FLAG:
-        asyncio.run(_child(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+        asyncio.run(_child(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
     else:
         main()

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from bench.capture_instr_bench import differences, measured_total, parse_totals, verdict
+from bench.capture_instr_bench import ARMS, differences, measured_totals, parse_totals, rounds_of, verdict
 
 
-def _dump(trigger: str, totals: int) -> str:
+def _dump(trigger: str, totals: int, part: int = 1) -> str:
     # The shape callgrind 3.19 writes: a header with ``summary: 0`` (the instrumentation was off when
     # it started), the cost lines, and ``totals:`` at the end.
     return f"""# callgrind format
 version: 1
 creator: callgrind-3.19.0
 pid: 5309
-cmd:  /work/main/.venv/bin/python -m bench.capture_instr_bench --child without 60 /tmp/cgctl.so
-part: 1
+cmd:  /work/main/.venv/bin/python -m bench.capture_instr_bench --child 60 3 /tmp/cgctl.so
+part: {part}
 
 
 desc: I1 cache:
@@ -52,16 +52,33 @@ def test_a_dump_without_its_totals_is_refused() -> None:
         parse_totals(truncated)
 
 
-def test_the_measured_dump_is_the_one_the_child_asked_for_not_the_one_at_exit() -> None:
-    # callgrind writes a second dump when the program ends; its count is of the run after the stop.
-    at_exit = _dump("Program termination", 1234)
-    measured = _dump("Client Request: measured", 503458243)
-    assert measured_total([at_exit, measured]) == 503458243
-    assert measured_total([measured, at_exit]) == 503458243
-    with pytest.raises(ValueError, match="found 0"):
-        measured_total([at_exit])
-    with pytest.raises(ValueError, match="found 2"):
-        measured_total([measured, measured])
+def test_the_measured_dumps_are_the_ones_the_child_asked_for_in_its_order_not_the_one_at_exit() -> None:
+    # callgrind writes one more dump when the program ends; its count is of the run after the last stop.
+    # The files' names sort 1, 10, 11, 2...: the order is the dumps' own part numbers.
+    at_exit = _dump("Program termination", 1234, part=13)
+    blocks = [_dump("Client Request: measured", 500_000_000 + part, part=part) for part in range(1, 13)]
+    by_file_name = sorted([*blocks, at_exit], key=lambda d: str(d.split("part: ")[1].split()[0]))
+    assert measured_totals(by_file_name) == [500_000_000 + part for part in range(1, 13)]
+    assert measured_totals([at_exit]) == []
+
+
+def test_measured_dumps_that_cannot_be_put_in_order_are_refused() -> None:
+    first = _dump("Client Request: measured", 491273872, part=1)
+    with pytest.raises(ValueError, match="same part number"):
+        measured_totals([first, first])
+    with pytest.raises(ValueError, match="without its 'part:'"):
+        measured_totals([first.replace("part: 1", "")])
+
+
+def test_every_round_counts_every_arm_once_the_first_one_rotating() -> None:
+    blocks = rounds_of(3)
+    assert len(blocks) == 3 * len(ARMS)
+    for i in range(3):
+        arms = [arm for r, arm in blocks if r == i]
+        assert sorted(arms) == sorted(ARMS)
+        assert arms[0] == ARMS[i]
+    # Blocks of a round are contiguous, rounds in order: each round's counts pair up.
+    assert [r for r, _ in blocks] == sorted(r for r, _ in blocks)
 
 
 def test_every_share_is_of_litellms_own_count_so_the_parts_add_up_to_the_whole() -> None:
