@@ -31,7 +31,8 @@ count, all threads included. Arms:
 Why all arms in one child: a child's counts, every arm alike, move with the process as a whole. Children
 started side by side counted the same arm within a few thousand instructions a call of each other, one
 started alone on a quiet machine 55,000 to 75,000 more in every arm; within one child, blocks of the same
-arm agree within about 3,000 (measured 2026-11-27, no-op logger and without, 4 blocks a child). With an arm
+arm agree within about 3,000 (measured 2026-11-27, no-op logger and without, 4 blocks a child; in one run
+of the bench since, one no-op block of six came out 48,000 above the other five). With an arm
 a child, that per-process shift landed on the differences (the judged one moved from +0.2% to +1.1%
 between repeats); with every arm in each child it cancels. A repeat is one round of all the arms in a
 child, the first arm rotating from round to round; ``BENCH_INSTR_CHILDREN`` children, up to
