@@ -256,7 +256,7 @@ UsualCounts = tuple[int, int, int, int, int, int, int, int, int, int, int]
 prompt, completion, total, cached, cache creation, its 1-hour part, reasoning, image input, image
 output, audio input, audio output."""
 
-usual_counts_of: Callable[[TokenCounts], UsualCounts] = operator.attrgetter(
+USUAL_COUNT_NAMES = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
@@ -269,6 +269,9 @@ usual_counts_of: Callable[[TokenCounts], UsualCounts] = operator.attrgetter(
     "audio_input_tokens",
     "audio_output_tokens",
 )
+"""The fields of :class:`TokenCounts` (and of a record) that :data:`UsualCounts` holds, in its order."""
+
+usual_counts_of: Callable[[TokenCounts], UsualCounts] = operator.attrgetter(*USUAL_COUNT_NAMES)
 """A :class:`TokenCounts`'s counts as :data:`UsualCounts` (the inverse of :func:`_usual_counts`, for
 those counts)."""
 

@@ -27,7 +27,7 @@ from turnledger.fake_provider import FakeProvider
 from turnledger.pricing import price_call
 from turnledger.records import CallStatus, RecordFlag
 from turnledger.request_ids import response_request_id
-from turnledger.usage import MAX_TOKEN_COUNT, TokenCounts, normalize_usage
+from turnledger.usage import MAX_TOKEN_COUNT, USUAL_COUNT_NAMES, TokenCounts, normalize_usage
 
 
 def _slow_counts(usage: dict[str, Any]) -> TokenCounts:
@@ -584,21 +584,6 @@ def test_counts_read_in_place_are_whole_token_counts() -> None:
     assert built.flags == [] and normalize_usage({"usage": dict(_NAMED_USAGES["details None"])}).flags == []
 
 
-_RECORD_COUNTS = (
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "cache_creation_1h_tokens",
-    "reasoning_tokens",
-    "image_input_tokens",
-    "image_output_tokens",
-    "audio_input_tokens",
-    "audio_output_tokens",
-)
-
-
 def _record_both_ways(
     response: Any, kwargs: dict[str, Any], status: CallStatus, patch: pytest.MonkeyPatch
 ) -> tuple[Any, Any, bool]:
@@ -623,6 +608,9 @@ def _record_both_ways(
 def test_a_record_of_counts_read_as_a_tuple_is_the_one_read_from_their_token_counts() -> None:
     # build_record stores a usual block's counts from usage_counts' tuple, and makes their TokenCounts
     # only for an estimate or price_call: its record is the one made from the TokenCounts every time.
+    # The counts compared are every one the tuple holds: TokenCounts' leading fields, in its order.
+    assert len(USUAL_COUNT_NAMES) == 11  # UsualCounts' length
+    assert tuple(f.name for f in fields(TokenCounts))[:11] == USUAL_COUNT_NAMES
     taken = 0
     shapes = [(name, usage) for name, usage in _all_usages() if not name.startswith("random")]
     shapes += [(name, usage) for name, usage in _all_usages() if name.startswith("random")][:600]
@@ -655,8 +643,8 @@ def test_a_record_of_counts_read_as_a_tuple_is_the_one_read_from_their_token_cou
                 assert (str(record.cost_usd), record.flags) == (str(long_way.cost_usd), long_way.flags), name
                 if not record.usage_estimated:
                     counts = normalize_usage(answer)
-                    assert {name: getattr(record, name) for name in _RECORD_COUNTS} == {
-                        name: getattr(counts, name) for name in _RECORD_COUNTS
+                    assert {name: getattr(record, name) for name in USUAL_COUNT_NAMES} == {
+                        name: getattr(counts, name) for name in USUAL_COUNT_NAMES
                     }, name
                 taken += tuple_read
     # Not vacuous: many records were made from a tuple.
