@@ -29,3 +29,12 @@ def test_every_stage_the_in_situ_timing_wraps_is_still_in_the_callback_module() 
     from turnledger import callback
 
     assert [name for name in _IN_SITU_STAGES if not callable(getattr(callback, name, None))] == []
+
+
+def test_a_share_is_judged_by_the_interval_of_its_median_not_the_median_alone() -> None:
+    from bench.capture_bench import interval_verdict
+
+    assert interval_verdict(0.002, 0.0099, 0.01) == "PASS"
+    assert interval_verdict(0.01, 0.03, 0.01) == "OVER"  # at the target is not under it
+    assert interval_verdict(-0.01, 0.01, 0.01).startswith("UNDECIDED")  # the median could be under 1%
+    assert interval_verdict(0.0099, 0.05, 0.01).startswith("UNDECIDED")
