@@ -41,7 +41,7 @@ Each round gives one paired ratio per arm against ``without``; printed: their me
 interval, min/max, in this process's CPU time and in wall-clock time; in CPU time, each judged against
 the 1% target by that interval (``capture_bench.interval_verdict``).
 
-Size knobs: ``BENCH_FLOOR_ROUNDS`` (default 1000, some 2 minutes), ``BENCH_FLOOR_TURNS`` (3-call turns per
+Size knobs: ``BENCH_FLOOR_ROUNDS`` (default 1000, some 1.6 minutes), ``BENCH_FLOOR_TURNS`` (3-call turns per
 block, default 5).
 """
 
@@ -153,7 +153,7 @@ async def _run(rounds: int, turns: int) -> None:
                 f"{high:+.2%}; ratio of the medians: {of_medians:+.2%})"
             )
             if clock == "process CPU":
-                print(f"      against the 1% capture target: {interval_verdict(low, high, TARGET_SHARE)}")
+                print(f"      -> against 1%: {interval_verdict(low, high, TARGET_SHARE)}")
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""``python -m bench capture_bench`` runs to its end at a tiny size: nothing else runs the bench, and a
-rename in turnledger once ended it halfway (AttributeError), before its judged per-event figure."""
+"""``python -m bench capture_bench`` (and ``logger_floor_bench``) run to their end at a tiny size: nothing
+else runs the benches, and a rename in turnledger once ended one halfway (AttributeError), before its
+judged per-event figure."""
 
 from __future__ import annotations
 
@@ -32,3 +33,26 @@ def test_capture_bench_runs_to_its_last_figure_at_a_tiny_size() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     for figure in ("JUDGED (callback - without) / without, CPU", "The hooks in situ", "JUDGED both hooks per call"):
         assert figure in done.stdout, figure
+    # LiteLLM's share and turnledger's own are each judged too, in CPU time only.
+    assert done.stdout.count("-> against 1%:") == 2, done.stdout
+
+
+def test_logger_floor_bench_judges_each_logger_at_a_tiny_size() -> None:
+    env = {
+        **os.environ,
+        "BENCH_FLOOR_ROUNDS": "2",
+        "BENCH_FLOOR_TURNS": "1",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "logger_floor_bench"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Both loggers, in CPU time only (the wall clock's figures are printed, not judged).
+    assert done.stdout.count("-> against 1%:") == 2, done.stdout
