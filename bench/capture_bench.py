@@ -48,6 +48,7 @@ events per repeat, default 2000).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import gc
@@ -55,7 +56,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -65,6 +66,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
 import turnledger
+from bench._verdicts import TARGET_SHARE, interval_verdict
 from turnledger.accumulator import TurnTokenAccumulator
 from turnledger.callback import _LITELLM_CALLBACK_LISTS, _TURN_OF_CALL
 from turnledger.records import record_from_fields
@@ -243,20 +245,6 @@ def _median_interval(values: list[float], resamples: int = 2000) -> tuple[float,
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
-TARGET_SHARE = 0.01
-"""The issue's capture target: under 1% of LiteLLM's per-call time."""
-
-
-def interval_verdict(low: float, high: float, target: float) -> str:
-    """A share judged by the 95% interval of its median, not by the median alone: on a noisy day the
-    median can fall under the target by chance while the interval spans several percent either way."""
-    if high < target:
-        return "PASS"
-    if low >= target:
-        return "OVER"
-    return "UNDECIDED (noise spans the target)"
-
-
 def _of_medians(per_call: dict[str, list[float]], arm: str, base: str) -> str:
     return f"{statistics.median(per_call[arm]) / statistics.median(per_call[base]) - 1:+.2%}"
 
@@ -280,18 +268,28 @@ class _GcTally:
         self.seconds[self.arm] = self.seconds.get(self.arm, 0.0) + time.perf_counter() - self._started
 
 
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """The heap as it is now left out of every collection until the block ends.
+
+    Each timed block starts after a full collection (no garbage of the block before in it). LiteLLM's heap,
+    some 370,000 objects, made that 186 ms a block, several times the block itself; frozen, the collections
+    see only what was made since. Collections inside the blocks (young ones) are the same either way.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def litellm_overhead(repeats: int, turns: int) -> None:
     # Warm every path (imports, price map, first-call setup) before anything is timed.
     for arm in ARMS:
         _register(arm)
         await _block(5, arm)
         _unregister()
-    # Each block starts after a full collection (no garbage of the block before in it). LiteLLM's heap,
-    # some 370,000 objects, made that 186 ms a block, several times the block itself; frozen, the
-    # collections see only what was made since. Collections inside the blocks (young ones: tallied
-    # below) are the same either way. Unfrozen after the blocks: the later sections run as before.
-    gc.collect()
-    gc.freeze()
 
     wall: dict[str, list[float]] = {arm: [] for arm in ARMS}
     cpu: dict[str, list[float]] = {arm: [] for arm in ARMS}
@@ -301,29 +299,29 @@ async def litellm_overhead(repeats: int, turns: int) -> None:
     in_situ: list[float] = []
     in_situ_pre: list[float] = []
     in_situ_read: list[float] = []
-    for i in range(repeats):
-        # Rotate which arm goes first so a drifting machine favours none.
-        shift = i % len(ARMS)
-        for arm in ARMS[shift:] + ARMS[:shift]:
-            _register(arm)
-            await _take_up(arm)
-            gc.collect()
-            _timed.spent, _timed.pre_spent, _timed.read_spent, _timed.events = 0.0, 0.0, 0.0, 0
-            tally.arm = arm
-            w, c, lc = await _block(turns, arm)
-            tally.arm = None
-            wall[arm].append(w)
-            cpu[arm].append(c)
-            loop_cpu[arm].append(lc)
-            if arm == "callback":
-                # An event of the previous block may land in this one: time per event, not per block.
-                if _timed.events < 3 * turns:
-                    raise RuntimeError(f"callback saw {_timed.events} events, expected {3 * turns}")
-                in_situ.append(_timed.spent / _timed.events)
-                in_situ_pre.append(_timed.pre_spent / _timed.events)
-                in_situ_read.append(_timed.read_spent / _timed.events)
-            _unregister()
-    gc.unfreeze()
+    with frozen_heap():
+        for i in range(repeats):
+            # Rotate which arm goes first so a drifting machine favours none.
+            shift = i % len(ARMS)
+            for arm in ARMS[shift:] + ARMS[:shift]:
+                _register(arm)
+                await _take_up(arm)
+                gc.collect()
+                _timed.spent, _timed.pre_spent, _timed.read_spent, _timed.events = 0.0, 0.0, 0.0, 0
+                tally.arm = arm
+                w, c, lc = await _block(turns, arm)
+                tally.arm = None
+                wall[arm].append(w)
+                cpu[arm].append(c)
+                loop_cpu[arm].append(lc)
+                if arm == "callback":
+                    # An event of the previous block may land in this one: time per event, not per block.
+                    if _timed.events < 3 * turns:
+                        raise RuntimeError(f"callback saw {_timed.events} events, expected {3 * turns}")
+                    in_situ.append(_timed.spent / _timed.events)
+                    in_situ_pre.append(_timed.pre_spent / _timed.events)
+                    in_situ_read.append(_timed.read_spent / _timed.events)
+                _unregister()
     print(f"LiteLLM acompletion(mock_response), {repeats} interleaved rounds x {3 * turns} calls per arm")
     for clock, per_call in (("wall clock", wall), ("process CPU", cpu)):
         print(f" {clock}:")

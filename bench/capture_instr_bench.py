@@ -75,13 +75,14 @@ from typing import TYPE_CHECKING, Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
+from bench._verdicts import TARGET_SHARE, interval_verdict
+
 if TYPE_CHECKING:
     from turnledger import TokenTrackingCallback
 
 ARMS = ("without", "no-op logger", "no-op, waited", "callback, one scope", "callback")
 WARM_CALLS = 30
 BLOCK_WARM_CALLS = 15
-TARGET = 0.01
 _CHILD_FLAG = "--child"
 
 _CGCTL_C = """\
@@ -125,15 +126,11 @@ def measured_totals(dumps: Iterable[str]) -> list[int]:
     return [total for _, total in sorted(ours)]
 
 
-def verdict(shares: list[float], target: float = TARGET) -> str:
+def verdict(shares: list[float], target: float = TARGET_SHARE) -> str:
     """PASS if every repeat's share is under the target, OVER if none is, else UNDECIDED."""
     if not shares:
         raise ValueError("no shares to judge")
-    if max(shares) < target:
-        return "PASS"
-    if min(shares) >= target:
-        return "OVER"
-    return "UNDECIDED (repeats span the target)"
+    return interval_verdict(min(shares), max(shares), target, spanned="repeats span the target")
 
 
 def _spread(values: list[float], fmt: str) -> str:
@@ -422,7 +419,7 @@ def _report(per_call: dict[str, list[float]], how_made: str) -> None:
     _, litellms = differences(per_call, "no-op logger", "without")
     _, whole = differences(per_call, "callback", "without")
     print(
-        f"  JUDGED turnledger's own work / without: median {statistics.median(own):+.3%}   target < {TARGET:.0%} "
+        f"  JUDGED turnledger's own work / without: median {statistics.median(own):+.3%}   target < {TARGET_SHARE:.0%} "
         f"-> {verdict(own)}"
     )
     print(

@@ -39,7 +39,7 @@ Arms, interleaved block by block exactly as in capture_bench (same call, same id
   records usage per call costs at the very least.
 Each round gives one paired ratio per arm against ``without``; printed: their median, its 95% bootstrap
 interval, min/max, in this process's CPU time and in wall-clock time; in CPU time, each judged against
-the 1% target by that interval (``capture_bench.interval_verdict``).
+the 1% target by that interval (``bench._verdicts.interval_verdict``).
 
 Size knobs: ``BENCH_FLOOR_ROUNDS`` (default 1000, some 1.6 minutes), ``BENCH_FLOOR_TURNS`` (3-call turns per
 block, default 5).
@@ -59,8 +59,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
+from bench._verdicts import TARGET_SHARE, interval_verdict
 from bench.capture_bench import (
-    TARGET_SHARE,
     _call,
     _logging_idle,
     _median_interval,
@@ -68,7 +68,7 @@ from bench.capture_bench import (
     _ratios,
     fmt,
     forget_logger,
-    interval_verdict,
+    frozen_heap,
 )
 
 ARMS = ("without", "no-op logger", "minimal recorder")
@@ -119,24 +119,22 @@ async def _run(rounds: int, turns: int) -> None:
         await _block(calls)
         if logger is not None:
             forget_logger(logger)
-    # As in capture_bench: the collection before each block sees only what was made since the warm-up.
-    gc.collect()
-    gc.freeze()
-    for i in range(rounds):
-        shift = i % len(ARMS)
-        for arm in ARMS[shift:] + ARMS[:shift]:
-            logger = _logger_of(arm)
-            if logger is not None:
-                litellm.callbacks.append(logger)
-                await _call()  # LiteLLM takes a newly registered logger up on the next call: untimed
-                await _logging_idle()
-            gc.collect()
-            w, c = await _block(calls)
-            wall[arm].append(w)
-            cpu[arm].append(c)
-            if logger is not None:
-                forget_logger(logger)
-        _recorder.kept.clear()
+    with frozen_heap():
+        for i in range(rounds):
+            shift = i % len(ARMS)
+            for arm in ARMS[shift:] + ARMS[:shift]:
+                logger = _logger_of(arm)
+                if logger is not None:
+                    litellm.callbacks.append(logger)
+                    await _call()  # LiteLLM takes a newly registered logger up on the next call: untimed
+                    await _logging_idle()
+                gc.collect()
+                w, c = await _block(calls)
+                wall[arm].append(w)
+                cpu[arm].append(c)
+                if logger is not None:
+                    forget_logger(logger)
+            _recorder.kept.clear()
     print(f"LiteLLM acompletion(mock_response), {rounds} interleaved rounds x {calls} calls per arm")
     for clock, per_call in (("process CPU", cpu), ("wall clock", wall)):
         print(f" {clock}:")

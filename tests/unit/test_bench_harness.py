@@ -32,7 +32,7 @@ def test_every_stage_the_in_situ_timing_wraps_is_still_in_the_callback_module() 
 
 
 def test_a_share_is_judged_by_the_interval_of_its_median_not_the_median_alone() -> None:
-    from bench.capture_bench import interval_verdict
+    from bench._verdicts import interval_verdict
 
     assert interval_verdict(0.002, 0.0099, 0.01) == "PASS"
     assert interval_verdict(0.01, 0.03, 0.01) == "OVER"  # at the target is not under it
