@@ -120,10 +120,11 @@ def measured_totals(dumps: Iterable[str]) -> list[int]:
         if part is None:
             raise ValueError("a measured dump without its 'part:' number")
         ours.append((int(part.group(1)), parse_totals(dump)))
-    parts = [number for number, _ in sorted(ours)]
+    ours.sort()
+    parts = [number for number, _ in ours]
     if len(set(parts)) != len(parts):
         raise ValueError(f"measured dumps with the same part number: {parts}")
-    return [total for _, total in sorted(ours)]
+    return [total for _, total in ours]
 
 
 def verdict(shares: list[float], target: float = TARGET_SHARE) -> str:
